@@ -1,0 +1,39 @@
+"""Where kernels run: picks interpret mode automatically when no GPU is present.
+
+Triton reads TRITON_INTERPRET when a kernel is decorated, so this module must be
+imported before any `@triton.jit` in the package (``kernels/__init__`` does it).
+The user can still force either mode by setting TRITON_INTERPRET themselves.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+
+@functools.lru_cache(maxsize=None)
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def configure_triton_interpret() -> bool:
+    """Set TRITON_INTERPRET=1 when torch sees no CUDA device; return whether interpreting."""
+    if "TRITON_INTERPRET" not in os.environ and not torch_has_cuda():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return triton_interpreting()
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def pallas_interpret_default() -> bool:
+    """Pallas runs in interpret mode unless JAX's default backend is a GPU."""
+    return jax_backend() not in ("gpu", "cuda", "rocm")

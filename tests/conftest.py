@@ -1,0 +1,61 @@
+"""Shared test settings: the one tolerance table, and reference comparisons.
+
+Accuracy rule (FlashAttention's): a kernel's max error against a float64 reference
+is at most 2x the error of the framework doing the same math in the same precision,
+plus a small floor per dtype (scaled by the reference's magnitude) so exact-ish
+fp32 paths don't fail on rounding noise.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Floor per dtype, relative to max(1, max|reference|). A change here is a decision:
+# say why in the commit message.
+ATOL_FLOOR = {
+    "float32": 2e-5,
+    "float16": 2e-3,
+    "bfloat16": 1.6e-2,
+}
+ERROR_RATIO = 2.0
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "").split(".")[-1]
+
+
+def to_numpy64(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def max_err(x, ref) -> float:
+    return float(np.max(np.abs(to_numpy64(x) - to_numpy64(ref)), initial=0.0))
+
+
+def assert_close(out, ref64, baseline, dtype, what="output"):
+    """Assert ``out`` is within ERROR_RATIO x the same-precision baseline's error of ref64."""
+    ref = to_numpy64(ref64)
+    out64 = to_numpy64(out)
+    assert out64.shape == ref.shape, f"{what}: shape {out64.shape} != reference {ref.shape}"
+    assert np.all(np.isfinite(out64)), f"{what}: non-finite values"
+    err = max_err(out64, ref)
+    base = max_err(baseline, ref)
+    floor = ATOL_FLOOR[dtype_name(dtype)] * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+    bound = ERROR_RATIO * base + floor
+    assert err <= bound, (
+        f"{what}: max error {err:.3e} > bound {bound:.3e} "
+        f"(framework same-precision error {base:.3e}, floor {floor:.3e}, dtype {dtype_name(dtype)})"
+    )
+    return err
+
+
+@pytest.fixture
+def rng():
+    """Fresh random data each run; the seed is printed on failure through the test id log."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed {seed}")
+    return np.random.default_rng(seed)
