@@ -59,3 +59,33 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")
     return np.random.default_rng(seed)
+
+
+def attention_inputs(rng, b, sq, skv, h, kvh, d):
+    """Float64 numpy q, k, v and an output cotangent dO, standard normal."""
+    q = rng.standard_normal((b, sq, h, d))
+    k = rng.standard_normal((b, skv, kvh, d))
+    v = rng.standard_normal((b, skv, kvh, d))
+    do = rng.standard_normal((b, sq, h, d))
+    return q, k, v, do
+
+
+def torch_attention_vjp(fn, q, k, v, do, dtype, **kwargs):
+    """Run a torch attention ``fn`` on numpy inputs cast to ``dtype``; return (o, dq, dk, dv).
+
+    Inputs are cast to ``dtype`` first, so a float64 run on ``dtype``-rounded values is the
+    ground truth for a ``dtype`` run (input rounding is not counted as kernel error).
+    """
+    import torch
+
+    ts = [torch.tensor(x).to(dtype).requires_grad_() for x in (q, k, v)]
+    o = fn(*ts, **kwargs)
+    o.backward(torch.tensor(do).to(o.dtype))
+    return (o.detach(), *(t.grad for t in ts))
+
+
+def rounded(x, dtype):
+    """numpy float64 array rounded through a torch dtype."""
+    import torch
+
+    return torch.tensor(x).to(dtype).double().numpy()

@@ -1,0 +1,40 @@
+# One-command setup: `make test` and `make bench` create .venv if missing, install the
+# pinned set (requirements.txt), then run. `make bench-gpu` is the prepared GPU run for
+# the device machines, which have their own torch/triton/jax and no network.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= benchmarks/results
+
+.PHONY: setup test bench bench-gpu gpu-wheels clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+# On a GPU machine: system python (torch 2.11 / triton 3.6 / jax 0.11 there); hydra-core
+# travels as wheels in .whl/ (made here by `make gpu-wheels`). Results go to $$OUT.
+bench-gpu:
+	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile \
+	  --target /tmp/site .whl/*.whl; fi; \
+	PYTHONPATH=/tmp/site:$$PYTHONPATH python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
+
+gpu-wheels:
+	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+	  hydra-core==1.3.8 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

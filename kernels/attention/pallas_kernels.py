@@ -1,0 +1,221 @@
+"""Pallas (Triton-lowered) device code for MQA/GQA flash attention: forward, dK/dV, dQ.
+
+Every kernel sees one (batch, kv head) pair. Queries arrive *folded*: the G query heads of
+a kv group are rows of one matrix [rows = q_len * G, D], row r = s * G + g, so a K/V
+tile loaded once serves all G heads. K/V are read in their own [B, Skv, KVH, D] layout.
+Inputs are padded by the launcher (pallas_attention.py) to block multiples; the true
+lengths live in ``TileStatics`` and every tile masks by them. Scores are kept in base 2
+(s * log2(e)) so the softmax uses exp2; ``lse`` is stored in that base too.
+
+A row that sees no key gets l == 0: the output is 0 and lse = +inf, so the backward
+recomputes p = exp2(s - inf) = 0 and its gradients vanish.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileStatics:
+    """Static facts a kernel masks and bounds its loops with (true, unpadded sizes)."""
+
+    q_len: int
+    kv_len: int
+    group: int  # G = heads // kv_heads; folded rows = q_len * group
+    block_q: int  # folded rows per tile
+    block_k: int
+    causal: bool
+    window: int | None
+    softcap: float | None
+    scale: float
+    has_segments: bool
+
+    @property
+    def rows(self) -> int:
+        return self.q_len * self.group
+
+    @property
+    def offset(self) -> int:
+        """Query s sits at absolute position s + offset (bottom-right alignment)."""
+        return self.kv_len - self.q_len
+
+    @property
+    def banded(self) -> bool:
+        return self.causal or self.window is not None
+
+
+def _dot(a, b, *, ta=False, tb=False):
+    """a @ b with optional transposes, fp32 accumulation; fp32 inputs at full precision."""
+    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+    prec = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, dims, precision=prec, preferred_element_type=jnp.float32)
+
+
+def _cdiv(a, b: int):
+    return lax.div(a + (b - 1), b)  # a >= 0
+
+
+def _kv_block_range(i, t: TileStatics, num_k_blocks: int):
+    """[lo, hi) of the K/V blocks that q tile i can see; fully masked blocks are skipped."""
+    if not t.banded:
+        return 0, num_k_blocks
+    r_first = i * t.block_q
+    r_last = jnp.minimum(r_first + t.block_q, t.rows) - 1
+    pos_first = lax.div(r_first, t.group) + t.offset  # smallest query position in the tile
+    pos_last = lax.div(r_last, t.group) + t.offset  # largest
+    hi = jnp.clip(_cdiv(jnp.maximum(pos_last + 1, 0), t.block_k), 0, num_k_blocks)
+    lo = 0
+    if t.window is not None:
+        lo = lax.div(jnp.maximum(pos_first - t.window + 1, 0), t.block_k)
+    return lo, hi
+
+
+def _q_block_range(j, t: TileStatics, num_q_blocks: int):
+    """[lo, hi) of the folded q tiles that see any key of K/V block j."""
+    if not t.banded:
+        return 0, num_q_blocks
+    c_first = j * t.block_k
+    c_last = jnp.minimum(c_first + t.block_k, t.kv_len) - 1
+    s_first = jnp.maximum(c_first - t.offset, 0)  # first query whose position >= c_first
+    lo = jnp.minimum(lax.div(s_first * t.group, t.block_q), num_q_blocks)
+    hi = num_q_blocks
+    if t.window is not None:
+        # last query whose window still reaches c_last: position <= c_last + W - 1
+        s_end = jnp.clip(c_last + t.window - t.offset, 0, t.q_len)
+        hi = _cdiv(s_end * t.group, t.block_q)
+    return lo, hi
+
+
+def _mask(rows, cols, q_ids, kv_ids, t: TileStatics):
+    """[block_q, block_k] bool: folded row r may see key column c."""
+    pos = lax.div(rows, t.group) + t.offset
+    ok = (rows < t.rows)[:, None] & (cols < t.kv_len)[None, :]
+    if t.banded:
+        ok &= cols[None, :] <= pos[:, None]
+    if t.window is not None:
+        ok &= cols[None, :] > pos[:, None] - t.window
+    if q_ids is not None:
+        ok &= q_ids[:, None] == kv_ids[None, :]
+    return ok
+
+
+def _scores(q, k, t: TileStatics):
+    """Scaled (and soft-capped) scores in fp32, and tanh(s/c) for the softcap backward."""
+    s = _dot(q, k, tb=True) * t.scale
+    if t.softcap is None:
+        return s, None
+    th = jnp.tanh(s / t.softcap)
+    return t.softcap * th, th
+
+
+def _split_refs(refs, t: TileStatics, n_in: int):
+    """(inputs, q_ids_ref, kv_ids_ref, outputs): segment refs are present only if used."""
+    if t.has_segments:
+        return refs[:n_in], refs[n_in], refs[n_in + 1], refs[n_in + 2:]
+    return refs[:n_in], None, None, refs[n_in:]
+
+
+def _fwd_kernel(*refs, t: TileStatics):
+    # q_ref [block_q, Dp] (folded rows); k_ref, v_ref [Skv_pad, Dp]
+    # o_ref [block_q, Dp]; lse_ref [block_q] (base 2)
+    (q_ref, k_ref, v_ref), qid_ref, kvid_ref, (o_ref, lse_ref) = _split_refs(refs, t, 3)
+    i = pl.program_id(0)
+    bq, bk = t.block_q, t.block_k
+    q = q_ref[...]
+    rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
+    q_ids = None if qid_ref is None else qid_ref[...]
+
+    def body(j, carry):
+        acc, m, l = carry
+        sl = pl.ds(j * bk, bk)
+        k, v = k_ref[sl, :], v_ref[sl, :]
+        cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
+        kv_ids = None if kvid_ref is None else kvid_ref[sl]
+        s, _ = _scores(q, k, t)
+        s = jnp.where(_mask(rows, cols, q_ids, kv_ids, t), s * LOG2E, -jnp.inf)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with no key yet
+        p = jnp.exp2(s - m_safe[:, None])
+        alpha = jnp.exp2(m - m_safe)
+        l = alpha * l + p.sum(axis=-1)
+        acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
+        return acc, m_new, l
+
+    lo, hi = _kv_block_range(i, t, k_ref.shape[0] // bk)
+    init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
+            jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
+    acc, m, l = lax.fori_loop(lo, hi, body, init)
+    seen = l > 0
+    o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(seen, m + jnp.log2(jnp.where(seen, l, 1.0)), jnp.inf)
+
+
+def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t: TileStatics):
+    """Recompute p [bq, bk] from lse; dS = p * (dO V^T - delta), through the softcap."""
+    s, th = _scores(q, k, t)
+    p = jnp.where(_mask(rows, cols, q_ids, kv_ids, t), jnp.exp2(s * LOG2E - lse[:, None]), 0.0)
+    ds = p * (_dot(do, v, tb=True) - delta[:, None])
+    if th is not None:
+        ds = ds * (1.0 - th * th)  # d/ds [c tanh(s/c)]
+    return p, ds
+
+
+def _bwd_dkdv_kernel(*refs, t: TileStatics):
+    # q_ref, do_ref [rows_pad, Dp] (all folded rows of the group); lse_ref, delta_ref [rows_pad]
+    # k_ref, v_ref [Skv_pad, Dp]; dk_ref, dv_ref [block_k, Dp]
+    ins, qid_ref, kvid_ref, (dk_ref, dv_ref) = _split_refs(refs, t, 6)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
+    j = pl.program_id(0)
+    bq, bk = t.block_q, t.block_k
+    ksl = pl.ds(j * bk, bk)
+    k, v = k_ref[ksl, :], v_ref[ksl, :]
+    cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
+    kv_ids = None if kvid_ref is None else kvid_ref[ksl]
+
+    def body(i, carry):
+        dk, dv = carry
+        sl = pl.ds(i * bq, bq)
+        q, do = q_ref[sl, :], do_ref[sl, :]
+        rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
+        q_ids = None if qid_ref is None else qid_ref[sl]
+        p, ds = _probs_and_dscores(q, k, v, do, lse_ref[sl], delta_ref[sl], rows, cols,
+                                   q_ids, kv_ids, t)
+        dv = dv + _dot(p.astype(do.dtype), do, ta=True)  # P^T dO
+        dk = dk + _dot(ds.astype(q.dtype), q, ta=True)  # dS^T Q
+        return dk, dv
+
+    lo, hi = _q_block_range(j, t, q_ref.shape[0] // bq)
+    zeros = jnp.zeros((bk, k.shape[-1]), jnp.float32)
+    dk, dv = lax.fori_loop(lo, hi, body, (zeros, zeros))
+    dk_ref[...] = (dk * t.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _bwd_dq_kernel(*refs, t: TileStatics):
+    # q_ref, do_ref, dq_ref [block_q, Dp]; lse_ref, delta_ref [block_q]; k_ref, v_ref [Skv_pad, Dp]
+    ins, qid_ref, kvid_ref, (dq_ref,) = _split_refs(refs, t, 6)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
+    i = pl.program_id(0)
+    bq, bk = t.block_q, t.block_k
+    q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+    rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
+    q_ids = None if qid_ref is None else qid_ref[...]
+
+    def body(j, dq):
+        sl = pl.ds(j * bk, bk)
+        k, v = k_ref[sl, :], v_ref[sl, :]
+        cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
+        kv_ids = None if kvid_ref is None else kvid_ref[sl]
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t)
+        return dq + _dot(ds.astype(k.dtype), k)  # dS K
+
+    lo, hi = _kv_block_range(i, t, k_ref.shape[0] // bk)
+    dq = lax.fori_loop(lo, hi, body, jnp.zeros((bq, q.shape[-1]), jnp.float32))
+    dq_ref[...] = (dq * t.scale).astype(dq_ref.dtype)

@@ -1,0 +1,1 @@
+"""Data, FSDP, tensor and context-parallel strategies (the sharding issue)."""

@@ -1,0 +1,126 @@
+"""The plain references and the framework peers (SDPA, jax.nn) against float64.
+
+These pin down the semantics every kernel is tested against (bottom-right causal,
+windows, softcap, segments, empty rows) in both frameworks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close, attention_inputs, rounded, torch_attention_vjp
+
+from kernels import jax_ops, torch_ops
+from kernels.attention.reference import _attention as ref_torch
+
+CASES = [  # id, (b, sq, skv, h, kvh, d), flags
+    ("mqa-17x17-causal", (2, 17, 17, 4, 1, 64), dict(causal=True)),
+    ("gqa-5x33-causal", (1, 5, 33, 4, 2, 80), dict(causal=True)),
+    ("mha-1x100-window", (1, 1, 100, 2, 2, 64), dict(window=7)),
+    ("gqa-33x20", (1, 33, 20, 4, 2, 64), dict()),
+    ("mqa-29-window-causal", (1, 29, 29, 2, 1, 128), dict(causal=True, window=5)),
+    ("mqa-24-segments", (2, 24, 24, 2, 1, 64), dict(segments=True)),
+    ("mqa-24-softcap", (1, 24, 24, 2, 1, 64), dict(softcap=5.0)),
+]
+
+
+def _segments(rng, b, sq, skv):
+    kv = np.sort(rng.integers(0, 3, size=(b, skv)), axis=1)
+    q = kv[:, skv - sq:] if sq <= skv else np.sort(rng.integers(0, 3, size=(b, sq)), axis=1)
+    return q, kv
+
+
+def _flags(rng, shape, flags):
+    flags = dict(flags)
+    if flags.pop("segments", False):
+        b, sq, skv = shape[:3]
+        flags["segment_ids"] = _segments(rng, b, sq, skv)
+    return flags
+
+
+def _ground_truth(q, k, v, do, dtype, flags):
+    kw = dict(flags)
+    ids = kw.pop("segment_ids", None)
+    q_ids, kv_ids = (None, None) if ids is None else (torch.tensor(ids[0]), torch.tensor(ids[1]))
+    d = q.shape[-1]
+    fn = lambda a, b_, c: ref_torch(a, b_, c, causal=kw.get("causal", False), window=kw.get("window"),
+                                    softcap=kw.get("softcap"), scale=d**-0.5,
+                                    q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    r = [rounded(x, dtype) for x in (q, k, v)]
+    return torch_attention_vjp(fn, *r, do, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_torch_peers_match_float64(case, impl, dtype, rng):
+    _, shape, flags = case
+    if impl == "sdpa" and "softcap" in flags:
+        pytest.skip("sdpa has no softcap (refusal tested in test_attention_inputs)")
+    flags = _flags(rng, shape, flags)
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth = _ground_truth(q, k, v, do, dtype, flags)
+    kw = dict(flags)
+    if "segment_ids" in kw:
+        kw["segment_ids"] = tuple(torch.tensor(x) for x in kw["segment_ids"])
+    got = torch_attention_vjp(torch_ops.attention, q, k, v, do, dtype, impl=impl, **kw)
+    base = torch_attention_vjp(
+        lambda a, b_, c, **kk: torch_ops.attention(a, b_, c, impl="reference", **kk) if dtype == torch.float32
+        else _same_precision(a, b_, c, **kk), q, k, v, do, dtype, **kw)
+    for name, g, t, bl in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, bl, dtype, f"{impl} {name}")
+
+
+def _same_precision(q, k, v, **kw):
+    from kernels.attention.reference import attention_reference
+
+    return attention_reference(q, k, v, upcast=False, **kw)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_jax_peers_match_float64(case, impl, dtype, rng):
+    _, shape, flags = case
+    if impl == "xla" and "softcap" in flags:
+        pytest.skip("jax.nn.dot_product_attention has no softcap (refusal tested in test_attention_inputs)")
+    flags = _flags(rng, shape, flags)
+    q, k, v, do = attention_inputs(rng, *shape)
+    tdt = torch.bfloat16 if dtype == jnp.bfloat16 else torch.float32
+    truth = _ground_truth(q, k, v, do, tdt, flags)
+    kw = dict(flags)
+    if "segment_ids" in kw:
+        kw["segment_ids"] = tuple(jnp.asarray(x) for x in kw["segment_ids"])
+
+    def run(fn):
+        xs = [jnp.asarray(x, dtype) for x in (q, k, v)]
+        o, vjp = jax.vjp(fn, *xs)
+        return (o, *vjp(jnp.asarray(do, o.dtype)))
+
+    from kernels.attention.reference_jax import attention_reference
+
+    got = run(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw))
+    base = run(lambda a, b_, c: attention_reference(a, b_, c, upcast=dtype == jnp.float32, **kw))
+    for name, g, t, bl in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(np.asarray(g, np.float64), t, np.asarray(bl, np.float64), tdt, f"{impl} {name}")
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_rows_that_see_no_key_return_zero(framework):
+    """Segment 1 of the queries has no keys: those rows are zeros, never NaN."""
+    q = np.ones((1, 4, 2, 8))
+    k = np.ones((1, 4, 1, 8))
+    ids = (np.array([[0, 0, 1, 1]]), np.array([[0, 0, 0, 0]]))
+    if framework == "torch":
+        outs = [torch_ops.attention(*(torch.tensor(x) .float() for x in (q, k, k)), impl=i,
+                                    segment_ids=tuple(torch.tensor(x) for x in ids)).numpy()
+                for i in ("reference", "sdpa")]
+    else:
+        outs = [np.asarray(jax_ops.attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, k)), impl=i,
+                                             segment_ids=tuple(jnp.asarray(x) for x in ids)))
+                for i in ("reference", "xla")]
+    for o in outs:
+        assert np.all(np.isfinite(o))
+        np.testing.assert_array_equal(o[0, 2:], 0.0)
+        np.testing.assert_allclose(o[0, :2], 1.0, rtol=1e-6)
