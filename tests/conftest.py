@@ -12,18 +12,7 @@ import os
 import numpy as np
 import pytest
 
-# Floor per dtype, relative to max(1, max|reference|). A change here is a decision:
-# say why in the commit message.
-ATOL_FLOOR = {
-    "float32": 2e-5,
-    "float16": 2e-3,
-    "bfloat16": 1.6e-2,
-}
-ERROR_RATIO = 2.0
-
-
-def dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "").split(".")[-1]
+from kernels.tolerances import ATOL_FLOOR, ERROR_RATIO, dtype_name  # noqa: F401  (one table)
 
 
 def to_numpy64(x) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""Structured hydra configs for the benchmark runner (registered in the ConfigStore so
+a typo in an override fails instead of being ignored)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TimerConfig:
+    warmup: int = 2
+    min_runs: int = 3
+    max_runs: int = 50
+    budget_s: float = 1.0
+    interpret_runs: int = 1  # interpret-mode kernels: timed once, labeled "interpret"
+
+
+@dataclass
+class CeilingConfig:
+    copy_mb: int = 256
+    matmul_n: int = 2048
+
+
+@dataclass
+class AttentionBenchConfig:
+    enabled: bool = True
+    batch: int = 1
+    tokens: int = 0  # > 0: batch = tokens // seq (the FA papers' B*S = 16k convention)
+    seq_lens: list[int] = field(default_factory=lambda: [128, 256])
+    heads: int = 4
+    kv_heads: list[int] = field(default_factory=lambda: [1, 2])
+    head_dim: int = 128
+    causal: list[bool] = field(default_factory=lambda: [True, False])
+    dtype: str = "float32"
+    directions: list[str] = field(default_factory=lambda: ["fwd", "fwd+bwd"])
+    torch_impls: list[str] = field(default_factory=lambda: ["triton", "sdpa", "reference"])
+    jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
+    check_rows: int = 64  # correctness: the last rows of q against the fp32 reference
+
+
+@dataclass
+class BenchConfig:
+    name: str = "cpu"
+    timer: TimerConfig = field(default_factory=TimerConfig)
+    ceilings: CeilingConfig = field(default_factory=CeilingConfig)
+    attention: AttentionBenchConfig = field(default_factory=AttentionBenchConfig)
+    telemetry_interval_s: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    out_dir: str = "benchmarks/results"
+    seed: int = 0
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="bench", name="bench_schema", node=BenchConfig)

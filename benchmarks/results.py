@@ -1,0 +1,90 @@
+"""Results files: provenance, atomic writes, and the summary table.
+
+Every results file records the device, driver, library versions, commit and config of
+the run that made it; numbers are only ever written here by the runner.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+
+
+def git_commit() -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def library_versions() -> dict:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("torch", "triton", "jax", "jaxlib", "numpy", "nvidia-ml-py", "hydra-core"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_json_atomic(path: str, payload: dict) -> str:
+    """Write JSON to ``path`` via a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def results_path(out_dir: str, device_name: str) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return os.path.join(out_dir, f"{slug[:40]}-{stamp}.json")
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def summary_table(records: list[dict]) -> str:
+    """A plain-text table, one line per (suite, case, impl)."""
+    head = ("suite", "case", "impl", "mode", "status", "ms", "TFLOP/s", "%meas", "%sheet",
+            "vs peer", "max err")
+    rows = [head]
+    for r in records:
+        rows.append((
+            r["suite"], r["case"], r["impl"], r.get("mode", "-"), r["status"],
+            _fmt(r.get("median_ms"), ".3f"), _fmt(r.get("tflops"), ".3g"),
+            _fmt(None if r.get("frac_measured_peak") is None else 100 * r["frac_measured_peak"], ".1f"),
+            _fmt(None if r.get("frac_datasheet_peak") is None else 100 * r["frac_datasheet_peak"], ".1f"),
+            _fmt(r.get("speedup_vs_peer"), ".2f"), _fmt(r.get("max_error"), ".1e"),
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    problems = [r for r in records if r["status"] in ("failed", "error", "skipped")]
+    for r in problems:
+        why = r.get("reason") or f"max error {r.get('max_error'):.3e} > tolerance {r.get('tolerance')}"
+        lines.append(f"{r['status']}: {r['case']} {r['impl']}: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""The benchmark runner: ``python -m benchmarks.run [bench=cpu|gpu] [overrides]``.
+
+Detects the hardware, measures its copy and matmul ceilings, runs each suite's
+operator x impl grid (correctness first, then timing), prints a summary table and
+writes one results file with its provenance (device, driver, versions, commit,
+config) atomically under ``out_dir``. One failing impl is reported and the run goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the GPU with torch
+
+import hydra  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks import config as bench_config  # noqa: E402
+from benchmarks.hardware import detect_device, measure_ceilings  # noqa: E402
+from benchmarks.results import (git_commit, library_versions, results_path,  # noqa: E402
+                                summary_table, write_json_atomic)
+from benchmarks.suites.attention import AttentionSuite, Skip, add_peer_ratios  # noqa: E402
+from benchmarks.timing import Timer  # noqa: E402
+
+bench_config.register()
+
+INTERPRET_NOTE = ("Interpret mode: Triton and Pallas kernels ran in their CPU interpreters. "
+                  "Their times are recorded as 'interpret' and say nothing about GPU speed.")
+
+
+def make_timer_factory(device, tcfg):
+    def factory(framework: str, interpret: bool = False) -> Timer:
+        kind = device.kind if framework == "torch" else ("jax-gpu" if device.kind == "cuda" else "cpu")
+        if interpret:
+            return Timer(kind, warmup=0, min_runs=tcfg.interpret_runs, max_runs=tcfg.interpret_runs,
+                         budget_s=0.0, flush_l2_mb=0)
+        return Timer(kind, warmup=tcfg.warmup, min_runs=tcfg.min_runs, max_runs=tcfg.max_runs,
+                     budget_s=tcfg.budget_s)
+
+    return factory
+
+
+def run_suite(suite, ceilings, device) -> list[dict]:
+    records = []
+    entries = list(suite.entries())
+    for case, framework, impl in tqdm(entries, desc=suite.name, unit="case"):
+        base = {"suite": suite.name, "case": case.id, "framework": framework,
+                "impl": impl, "config": case.__dict__}
+        try:
+            rec = suite.run(case, framework, impl)
+        except Skip as e:
+            rec = {"status": "skipped", "reason": str(e)}
+        except Exception as e:  # one failing impl is reported, the run goes on
+            rec = {"status": "error", "reason": f"{type(e).__name__}: {e}"[:2000]}
+        rec = {**base, **rec}
+        if rec.get("tflops") is not None and rec.get("mode") != "interpret":
+            rec["frac_measured_peak"] = rec["tflops"] / ceilings["matmul_tflops"]
+            if device.datasheet_tflops:
+                rec["frac_datasheet_peak"] = rec["tflops"] / device.datasheet_tflops
+        records.append(rec)
+    add_peer_ratios(records)
+    return records
+
+
+@hydra.main(config_path="../conf", config_name="benchmark", version_base=None)
+def main(cfg) -> None:
+    device = detect_device()
+    bcfg = cfg.bench
+    timers = make_timer_factory(device, bcfg.timer)
+    print(f"device: {device.name} ({device.kind}); measuring ceilings...")
+    ceilings = measure_ceilings(device, timers("torch"), copy_mb=bcfg.ceilings.copy_mb,
+                                matmul_n=bcfg.ceilings.matmul_n)
+    print(f"measured: copy {ceilings['copy_gbps']:.1f} GB/s, {ceilings['matmul_dtype']} matmul "
+          f"{ceilings['matmul_tflops']:.2f} TFLOP/s")
+    sampler = contextlib.nullcontext()
+    if device.kind == "cuda":
+        from benchmarks.telemetry import NvmlSampler
+
+        sampler = NvmlSampler(interval_s=bcfg.telemetry_interval_s)
+    records = []
+    with sampler:
+        if bcfg.attention.enabled:
+            records += run_suite(AttentionSuite(bcfg.attention, device, timers, cfg.seed), ceilings, device)
+    interpreted = any(r.get("mode") == "interpret" for r in records)
+    payload = {
+        "schema": "gemini-kernels-bench/1",
+        "device": device.to_dict(),
+        "commit": git_commit(),
+        "versions": library_versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "ceilings": ceilings,
+        "telemetry": sampler.summary() if hasattr(sampler, "summary") else None,
+        "telemetry_samples": getattr(sampler, "samples", None),
+        "notes": [INTERPRET_NOTE] if interpreted else [],
+        "records": records,
+    }
+    path = write_json_atomic(results_path(cfg.out_dir, device.name), payload)
+    print(summary_table(records))
+    if interpreted:
+        print("\n" + INTERPRET_NOTE)
+    bad = [r for r in records if r["status"] in ("failed", "error")]
+    print(f"\n{len(records)} entries: {sum(r['status'] == 'ok' for r in records)} ok, "
+          f"{len(bad)} failed or errored, {sum(r['status'] == 'skipped' for r in records)} skipped")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Attention prefill suite: operator x impl grid, forward and forward+backward.
+
+PyTorch impls (baseline: the best SDPA backend in the same case) and JAX impls
+(baseline: XLA). Each case is checked before it is timed: the last ``check_rows``
+query rows (bottom-right causal alignment makes that a valid sub-problem at any
+length) against the fp32 reference, and for the backward the gradients of those rows
+(dO is zero elsewhere). A case over tolerance is reported failed with its error and
+not timed. FLOPs: 4*B*H*Sq*Skv*D, halved when causal; fwd+bwd counts 3.5x that.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.attention.spec import AttentionProblem, attention_flops
+from kernels.tolerances import BENCH_RTOL
+
+JAX_PEER, TORCH_PEER_PREFIX = "xla", "sdpa"
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    seq: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool
+    dtype: str
+    direction: str
+
+    @property
+    def id(self) -> str:
+        group = "mqa" if self.kv_heads == 1 else ("mha" if self.kv_heads == self.heads else "gqa")
+        return (f"{group}{self.heads}/{self.kv_heads} b{self.batch} s{self.seq} d{self.head_dim} "
+                f"{'causal' if self.causal else 'full'} {self.direction}")
+
+    def problem(self) -> AttentionProblem:
+        return AttentionProblem(self.batch, self.seq, self.seq, self.heads, self.kv_heads,
+                                self.head_dim, self.causal, None, None, self.head_dim**-0.5, False)
+
+    def flops(self) -> float:
+        f = attention_flops(self.problem())
+        return f * 3.5 if self.direction == "fwd+bwd" else f
+
+
+def cases(cfg) -> list[Case]:
+    out = []
+    for seq in cfg.seq_lens:
+        batch = max(1, cfg.tokens // seq) if cfg.tokens else cfg.batch
+        for kvh in cfg.kv_heads:
+            for causal in cfg.causal:
+                for direction in cfg.directions:
+                    out.append(Case(batch, seq, cfg.heads, kvh, cfg.head_dim, causal, cfg.dtype,
+                                    direction))
+    return out
+
+
+class Skip(Exception):
+    """A peer that cannot run here; the reason is reported."""
+
+
+# ---- PyTorch impls -------------------------------------------------------------------
+
+def torch_impl(name: str, device_kind: str):
+    """Return (fn(q, k, v, causal) -> o, mode) for a PyTorch impl name, or raise Skip."""
+    import torch
+
+    from kernels import _platform, torch_ops
+
+    if name == "triton":
+        mode = "interpret" if _platform.triton_interpreting() else "compiled"
+        return (lambda q, k, v, causal: torch_ops.attention(q, k, v, causal=causal, impl="triton")), mode
+    if name == "reference":
+        return (lambda q, k, v, causal: torch_ops.attention(q, k, v, causal=causal, impl="reference")), "eager"
+    if name == "reference-compiled":
+        from kernels.attention.reference import _attention
+
+        compiled = torch.compile(_attention, dynamic=False)
+        return (lambda q, k, v, causal: compiled(
+            q, k, v, causal=causal, window=None, softcap=None, scale=q.shape[-1] ** -0.5,
+            q_segment_ids=None, kv_segment_ids=None)), "torch.compile"
+    if name.startswith("sdpa"):
+        from torch.nn.attention import SDPBackend
+
+        from kernels.attention.sdpa import attention_sdpa
+
+        backend = {"sdpa": None, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+                   "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+                   "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}.get(name, "?")
+        if backend == "?":
+            raise Skip(f"unknown sdpa backend {name!r}")
+        if backend not in (None, SDPBackend.MATH) and device_kind != "cuda":
+            raise Skip(f"{name} needs a CUDA device")
+        return (lambda q, k, v, causal: attention_sdpa(
+            q, k, v, causal=causal, window=None, softcap=None, scale=q.shape[-1] ** -0.5,
+            q_segment_ids=None, kv_segment_ids=None, backend=backend)), "eager"
+    raise Skip(f"unknown torch impl {name!r}")
+
+
+def _rel_err(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
+class AttentionSuite:
+    name = "attention"
+
+    def __init__(self, cfg, device, timer_factory, seed: int = 0):
+        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
+
+    def entries(self):
+        for case in cases(self.cfg):
+            for impl in self.cfg.torch_impls:
+                yield case, "torch", impl
+            for impl in self.cfg.jax_impls:
+                yield case, "jax", impl
+
+    # inputs and references are shared by every impl of a case
+    def _inputs(self, case: Case):
+        import torch
+
+        if getattr(self, "_case", None) == case:
+            return self._data
+        dev = "cuda" if self.device.kind == "cuda" else "cpu"
+        g = torch.Generator(device="cpu").manual_seed(self.seed + zlib.crc32(case.id.encode()))
+        dt = getattr(torch, case.dtype)
+        q = torch.randn(case.batch, case.seq, case.heads, case.head_dim, generator=g).to(dev, dt)
+        k = torch.randn(case.batch, case.seq, case.kv_heads, case.head_dim, generator=g).to(dev, dt)
+        v = torch.randn(case.batch, case.seq, case.kv_heads, case.head_dim, generator=g).to(dev, dt)
+        m = min(self.cfg.check_rows, case.seq)
+        do = torch.zeros_like(q)
+        do[:, -m:] = torch.randn(case.batch, m, case.heads, case.head_dim, generator=g).to(dev, dt)
+        ref = self._reference(q, k, v, do, m, case)
+        self._case, self._data = case, (q, k, v, do, m, ref)
+        return self._data
+
+    @staticmethod
+    def _reference(q, k, v, do, m, case):
+        import torch
+
+        from kernels.attention.reference import _attention
+
+        qs = q[:, -m:].detach().float().requires_grad_()
+        kf, vf = (x.detach().float().requires_grad_() for x in (k, v))
+        o = _attention(qs, kf, vf, causal=case.causal, window=None, softcap=None,
+                       scale=case.head_dim**-0.5, q_segment_ids=None, kv_segment_ids=None)
+        if case.direction == "fwd":
+            return (o.detach().cpu(),)
+        dq, dk, dv = torch.autograd.grad(o, (qs, kf, vf), do[:, -m:].float())
+        return tuple(t.detach().cpu() for t in (o, dq, dk, dv))
+
+    def run(self, case: Case, framework: str, impl: str) -> dict:
+        q, k, v, do, m, ref = self._inputs(case)
+        if framework == "torch":
+            fn, mode = torch_impl(impl, self.device.kind)
+            got, timed = self._torch_calls(fn, case, q, k, v, do, m)
+        else:
+            fn, mode = self._jax_impl(impl, case)
+            got, timed = self._jax_calls(fn, case, q, k, v, do, m)
+        err = max(_rel_err(g, r) for g, r in zip(got, ref))
+        tol = BENCH_RTOL[case.dtype]
+        rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops()}
+        if not np.isfinite(err) or err > tol:
+            return {**rec, "status": "failed"}
+        timer = self.timer_factory(framework, interpret=(mode == "interpret"))
+        t = timer(timed)
+        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
+                "tflops": case.flops() / t.median_s / 1e12}
+
+    @staticmethod
+    def _torch_calls(fn, case, q, k, v, do, m):
+        import torch
+
+        if case.direction == "fwd":
+            with torch.no_grad():
+                o = fn(q, k, v, case.causal)
+            return (o[:, -m:].float().cpu(),), lambda: fn(q, k, v, case.causal)
+        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+        def step():
+            o = fn(qg, kg, vg, case.causal)
+            return (o, *torch.autograd.grad(o, (qg, kg, vg), do))
+
+        o, dq, dk, dv = step()
+        got = (o[:, -m:], dq[:, -m:], dk, dv)
+        return tuple(t.detach().float().cpu() for t in got), step
+
+    def _jax_impl(self, impl, case):
+        from kernels import _platform, jax_ops
+
+        scale = case.head_dim**-0.5
+        if impl in ("pallas", "xla", "reference"):
+            mode = {"pallas": "interpret" if _platform.pallas_interpret_default() else "compiled",
+                    "xla": "xla", "reference": "xla"}[impl]
+            return (lambda q, k, v: jax_ops.attention(q, k, v, causal=case.causal, impl=impl)), mode
+        if impl == "xla-cudnn":
+            if self.device.kind != "cuda":
+                raise Skip("cuDNN attention through jax.nn needs a CUDA device")
+            from kernels.attention.xla import attention_xla
+
+            return (lambda q, k, v: attention_xla(
+                q, k, v, causal=case.causal, window=None, softcap=None, scale=scale,
+                q_segment_ids=None, kv_segment_ids=None, implementation="cudnn")), "cudnn"
+        if impl == "pallas-jax-ops":
+            if self.device.kind != "cuda":
+                raise Skip("jax.experimental.pallas.ops.gpu.attention is timed on GPUs only "
+                           "(interpret mode on CPU would time the interpreter)")
+            import jax.numpy as jnp
+            from jax.experimental.pallas.ops.gpu import attention as jax_pallas
+
+            group = case.heads // case.kv_heads
+
+            def run(q, k, v):  # no GQA in JAX's kernel: K/V are repeated (its limitation)
+                k2, v2 = (jnp.repeat(x, group, axis=2) for x in (k, v))
+                return jax_pallas.mha(q, k2, v2, segment_ids=None, sm_scale=scale, causal=case.causal)
+
+            return run, "compiled (K/V repeated)"
+        raise Skip(f"unknown jax impl {impl!r}")
+
+    @staticmethod
+    def _jax_calls(fn, case, q, k, v, do, m):
+        import jax
+        import jax.numpy as jnp
+
+        to_jax = lambda t: jnp.asarray(t.detach().float().cpu().numpy()).astype(case.dtype)  # noqa: E731
+        qj, kj, vj, doj = map(to_jax, (q, k, v, do))
+        if case.direction == "fwd":
+            f = jax.jit(fn)
+            o = f(qj, kj, vj)
+            return (np.asarray(o[:, -m:], np.float32),), lambda: f(qj, kj, vj)
+
+        @jax.jit
+        def step(q_, k_, v_, do_):
+            o, vjp = jax.vjp(fn, q_, k_, v_)
+            return (o, *vjp(do_))
+
+        o, dq, dk, dv = step(qj, kj, vj, doj)
+        got = (o[:, -m:], dq[:, -m:], dk, dv)
+        return tuple(np.asarray(t, np.float32) for t in got), lambda: step(qj, kj, vj, doj)
+
+
+def add_peer_ratios(records: list[dict]) -> None:
+    """speedup_vs_peer = best peer time / impl time, per case and framework."""
+    best: dict = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        is_peer = (r["framework"] == "torch" and r["impl"].startswith(TORCH_PEER_PREFIX)) or (
+            r["framework"] == "jax" and r["impl"].startswith(JAX_PEER))
+        if is_peer:
+            key = (r["case"], r["framework"])
+            best[key] = min(best.get(key, float("inf")), r["median_ms"])
+    for r in records:
+        peer = best.get((r["case"], r["framework"]))
+        if r["status"] == "ok" and peer is not None:
+            r["speedup_vs_peer"] = peer / r["median_ms"]
+

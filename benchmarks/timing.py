@@ -1,0 +1,98 @@
+"""Timers that hold up: median and spread of many runs, compilation kept out.
+
+- CUDA (torch and JAX-on-GPU through torch's stream sync): CUDA events around each run,
+  warm-up first, the L2 cache flushed before every timed run by overwriting a buffer
+  larger than L2 (so a kernel is not timed on a warm cache it would not have in a model).
+- JAX: ``block_until_ready`` on the result, wall clock (L2 flushed too on a GPU).
+- CPU: wall clock over repeated runs.
+Runs stop at ``max_runs`` or once ``budget_s`` of timed work is spent, whichever first.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Timing:
+    median_s: float
+    p20_s: float
+    p80_s: float
+    min_s: float
+    runs: int
+    method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summarize(samples: list[float], method: str) -> Timing:
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=5) if len(s) >= 2 else [s[0]] * 4
+    return Timing(median_s=statistics.median(s), p20_s=q[0], p80_s=q[3], min_s=s[0], runs=len(s),
+                  method=method)
+
+
+def _block(x):
+    """Wait for a result: JAX arrays (and pytrees of them) or torch tensors."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(x)
+    for leaf in leaves:
+        if hasattr(leaf, "block_until_ready"):
+            leaf.block_until_ready()
+    return x
+
+
+class Timer:
+    """``Timer(kind)(fn)`` runs ``fn`` (no arguments) and returns a :class:`Timing`."""
+
+    def __init__(self, kind: str, *, warmup: int = 3, min_runs: int = 5, max_runs: int = 100,
+                 budget_s: float = 2.0, flush_l2_mb: int = 256):
+        self.kind, self.warmup, self.min_runs = kind, warmup, min_runs
+        self.max_runs, self.budget_s = max_runs, budget_s
+        self._flush = None
+        if kind in ("cuda", "jax-gpu") and flush_l2_mb:
+            import torch
+
+            self._flush = torch.empty(flush_l2_mb * 2**20, dtype=torch.int8, device="cuda")
+
+    def __call__(self, fn) -> Timing:
+        for _ in range(self.warmup):
+            _block(fn())
+        if self.kind == "cuda":
+            return self._cuda(fn)
+        samples: list[float] = []
+        spent = 0.0
+        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
+            if self._flush is not None:  # JAX on a GPU: flush L2 through torch, then wait
+                import torch
+
+                self._flush.zero_()
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _block(fn())
+            dt = time.perf_counter() - t0
+            samples.append(dt)
+            spent += dt
+        method = "wall-clock, block_until_ready" + (", L2 flushed" if self._flush is not None else "")
+        return _summarize(samples, method)
+
+    def _cuda(self, fn) -> Timing:
+        import torch
+
+        samples: list[float] = []
+        spent = 0.0
+        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
+            if self._flush is not None:
+                self._flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _block(fn())
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1e3
+            samples.append(dt)
+            spent += dt
+        return _summarize(samples, "cuda-events, L2 flushed")
