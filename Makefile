@@ -31,10 +31,11 @@ bench-gpu:
 	  --target /tmp/site .whl/*.whl; fi; \
 	PYTHONPATH=/tmp/site:$$PYTHONPATH python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 
-gpu-wheels:
+gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-	  hydra-core==1.3.8 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+	  hydra-core==1.3.8 omegaconf==2.3.0
+	$(PY) -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only on PyPI
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,80 @@
+"""The benchmark runner end to end at a tiny size, and its results file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.results import summary_table, write_json_atomic
+from benchmarks.suites.attention import AttentionSuite, add_peer_ratios
+from benchmarks.timing import Timer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_runner_writes_results_with_provenance(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.run", f"out_dir={tmp_path}",
+           "bench.attention.seq_lens=[33]", "bench.attention.kv_heads=[1]",
+           "bench.attention.causal=[true]", "bench.attention.head_dim=64",
+           "bench.ceilings.copy_mb=8", "bench.ceilings.matmul_n=256"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1, files
+    data = json.loads(files[0].read_text())
+    for key in ("device", "commit", "versions", "config", "ceilings", "records"):
+        assert key in data, key
+    assert data["versions"]["torch"] and data["versions"]["jax"]
+    assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"] > 0
+    recs = {(r["framework"], r["impl"], r["config"]["direction"]): r for r in data["records"]}
+    assert len(recs) == 12  # 2 directions x (3 torch + 3 jax impls)
+    for key, r in recs.items():
+        assert r["status"] == "ok", (key, r.get("reason"), r.get("max_error"))
+        assert r["max_error"] <= r["tolerance"]
+        assert r["median_ms"] > 0
+    assert recs[("torch", "triton", "fwd")]["mode"] == "interpret"
+    assert recs[("jax", "pallas", "fwd")]["mode"] == "interpret"
+    assert "Interpret mode" in proc.stdout
+    assert recs[("torch", "sdpa", "fwd")]["speedup_vs_peer"] == pytest.approx(1.0)
+
+
+def test_wrong_kernel_is_reported_failed_not_timed(monkeypatch):
+    """A kernel whose output is off is marked failed with its error, and never timed."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites import attention as suite_mod
+
+    cfg = OmegaConf.structured(config.AttentionBenchConfig(
+        seq_lens=[16], kv_heads=[1], causal=[True], directions=["fwd"], head_dim=32,
+        torch_impls=["sdpa"], jax_impls=[]))
+    real = suite_mod.torch_impl
+
+    def broken(name, kind):
+        fn, mode = real(name, kind)
+        return (lambda q, k, v, causal: fn(q, k, v, causal) * 1.01), mode
+
+    monkeypatch.setattr(suite_mod, "torch_impl", broken)
+    timed = []
+    suite = AttentionSuite(cfg, Device(kind="cpu", name="cpu"),
+                           lambda *a, **k: timed.append(1) or Timer("cpu"))
+    (case, fw, impl), = suite.entries()
+    rec = suite.run(case, fw, impl)
+    assert rec["status"] == "failed" and rec["max_error"] > rec["tolerance"]
+    assert not timed
+    add_peer_ratios([{**rec, "case": case.id, "framework": fw, "impl": impl, "suite": "attention"}])
+    assert "failed" in summary_table([{**rec, "case": case.id, "framework": fw, "impl": impl,
+                                       "suite": "attention"}])
+
+
+def test_results_write_is_atomic(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(str(path), {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(str(path), {"a": object.__new__(type("X", (), {"__str__": None}))})
+    assert json.loads(path.read_text()) == {"a": 1}  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
