@@ -1,0 +1,327 @@
+"""Triton flash attention for PyTorch: block sizes, launchers and the differentiable op.
+
+    attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
+                     q_segment_ids=None, kv_segment_ids=None, blocks=None)
+
+Layers (device code in ``triton_kernels.py``):
+  ``TritonAttentionBlocks`` / ``default_blocks``  tunables and their per-device defaults;
+  ``_flash_fwd`` / ``_flash_bwd``                 allocate outputs, pick the grid, launch;
+  ``gemini_kernels::flash_attention_fwd|_bwd``    ``torch.library`` custom ops with fake
+                                                  kernels and autograd, so torch.compile traces them.
+Arguments arrive validated from ``kernels.torch_ops.attention``. ``LAUNCHES`` counts kernel
+launches by name (tests assert the Triton path really ran). ``aot_kernels`` gives the exact
+kernels and specializations the launchers use, built with the real JIT even when the
+process interprets, for ahead-of-time compiles without a GPU.
+"""
+import collections
+import dataclasses
+import functools
+import importlib.util
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+from . import triton_kernels
+
+LAUNCHES: collections.Counter = collections.Counter()  # kernel name -> launches in this process
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonAttentionBlocks:
+    """Tile sizes of one pass: block_m folded q rows x block_n keys, plus launch options."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 16 or value & (value - 1):
+                raise ValueError(f"{name}={value!r} must be a power of two >= 16 (tl.dot tile)")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
+        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+
+    def as_list(self) -> list:
+        return [self.block_m, self.block_n, self.num_warps, self.num_stages]
+
+
+def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
+                   capability: Optional[tuple] = None) -> TritonAttentionBlocks:
+    """Default tiles for one pass. ``capability`` None means the CPU interpreter.
+
+    GPU picks are checked by ``tests/test_triton_aot.py`` to compile without register spills
+    (and, on sm_90, to use wgmma); throughput tuning happens on a device.
+    """
+    if capability is None:  # interpreter: fewer, larger numpy steps are faster; keep several blocks
+        return TritonAttentionBlocks(32, 32, 4, 1)
+    wide = dtype in (torch.float16, torch.bfloat16)
+    if backward:
+        if not wide:
+            return TritonAttentionBlocks(32, 32, 4, 1)
+        if head_dim <= 64:
+            return TritonAttentionBlocks(64, 64, 4, 2)
+        if head_dim <= 128:
+            return TritonAttentionBlocks(64, 64, 8, 2)
+        return TritonAttentionBlocks(32, 32, 8, 1)
+    if not wide:  # ieee fp32 dots run on FMA units: small tiles
+        return TritonAttentionBlocks(32, 32, 4, 2)
+    if capability[0] >= 9:
+        if head_dim <= 128:
+            return TritonAttentionBlocks(128, 64 if head_dim > 64 else 128, 8, 3)
+        return TritonAttentionBlocks(128, 64, 8, 2)
+    if head_dim <= 128:
+        return TritonAttentionBlocks(128, 64, 8, 2)
+    return TritonAttentionBlocks(64, 32, 4, 2)
+
+
+def _capability(t: torch.Tensor) -> Optional[tuple]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(t.device)
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _constexprs(head_dim, dtype, group, *, causal, window, softcap, segments, blocks):
+    """Compile-time specialization shared by the launchers and the AOT helper."""
+    return dict(
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
+        BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+        CAUSAL=bool(causal or window is not None), HAS_WINDOW=window is not None,
+        HAS_SOFTCAP=softcap is not None, HAS_SEGMENTS=bool(segments),
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )
+
+
+def _segment_args(q_seg, kv_seg, dummy):
+    """Segment pointers and strides; a dummy pointer with zero strides when absent."""
+    if q_seg is None:
+        return (dummy, dummy), (0, 0, 0, 0)
+    return (q_seg, kv_seg), (*q_seg.stride(), *kv_seg.stride())
+
+
+def _scalars(sq, skv, window, softcap, scale):
+    # A window wider than any query-key distance is plain causal: clamp so it stays int32.
+    w = 0 if window is None else min(int(window), sq + skv)
+    return float(scale), 1.0 if softcap is None else float(softcap), w
+
+
+def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
+    """Forward launch -> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain)."""
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
+    (qs, ks), seg_strides = _segment_args(q_seg, kv_seg, lse)
+    meta = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
+                       segments=q_seg is not None, blocks=blocks)
+    grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
+    triton_kernels._attn_fwd_kernel[grid](
+        q, k, v, o, lse, qs, ks,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *seg_strides,
+        sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale),
+        **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    LAUNCHES["_attn_fwd_kernel"] += 1
+    return o, lse
+
+
+def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
+    """Backward launches (delta, then dk/dv, then dq) -> (dq, dk, dv) in the inputs' dtypes."""
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    delta = torch.empty_like(lse)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    (qs, ks), seg_strides = _segment_args(q_seg, kv_seg, lse)
+    meta = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
+                       segments=q_seg is not None, blocks=blocks)
+    scalars = (sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale))
+    launch = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    rows_grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
+
+    triton_kernels._attn_bwd_preprocess_kernel[rows_grid](
+        o, do, delta, *o.stride(), *do.stride(), sq, kvh,
+        GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
+    )
+    triton_kernels._attn_bwd_dkdv_kernel[(triton.cdiv(skv, blocks.block_n), b * kvh)](
+        q, k, v, do, dk, dv, lse, delta, qs, ks,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        *seg_strides, *scalars, **meta, **launch,
+    )
+    triton_kernels._attn_bwd_dq_kernel[rows_grid](
+        q, k, v, do, dq, lse, delta, qs, ks,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+        *seg_strides, *scalars, **meta, **launch,
+    )
+    LAUNCHES.update(("_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"))
+    return dq, dk, dv
+
+
+# --- differentiation shell: custom ops (traceable by torch.compile) -------------------------
+
+@torch.library.custom_op("gemini_kernels::flash_attention_fwd", mutates_args=())
+def flash_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_segment_ids: Optional[torch.Tensor], kv_segment_ids: Optional[torch.Tensor],
+    causal: bool, window: Optional[int], softcap: Optional[float], scale: float,
+    fwd_blocks: list[int], bwd_blocks: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse); ``*_blocks`` are TritonAttentionBlocks.as_list() (bwd ones kept for autograd)."""
+    return _flash_fwd(q, k, v, q_segment_ids, kv_segment_ids, causal=causal, window=window,
+                      softcap=softcap, scale=scale, blocks=TritonAttentionBlocks(*fwd_blocks))
+
+
+@flash_attention_fwd.register_fake
+def _(q, k, v, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, fwd_blocks, bwd_blocks):
+    b, sq, h, _ = q.shape
+    kvh = k.shape[2]
+    return q.new_empty(q.shape), q.new_empty((b * kvh, sq * (h // kvh)), dtype=torch.float32)
+
+
+@torch.library.custom_op("gemini_kernels::flash_attention_bwd", mutates_args=())
+def flash_attention_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    o: torch.Tensor, lse: torch.Tensor,
+    q_segment_ids: Optional[torch.Tensor], kv_segment_ids: Optional[torch.Tensor],
+    causal: bool, window: Optional[int], softcap: Optional[float], scale: float,
+    bwd_blocks: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) from the forward's output and lse."""
+    return _flash_bwd(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal=causal,
+                      window=window, softcap=softcap, scale=scale,
+                      blocks=TritonAttentionBlocks(*bwd_blocks))
+
+
+@flash_attention_bwd.register_fake
+def _(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, bwd_blocks):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_seg, kv_seg, causal, window, softcap, scale, _, bwd_blocks = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, q_seg, kv_seg)
+    ctx.params = dict(causal=causal, window=window, softcap=softcap, scale=scale, bwd_blocks=bwd_blocks)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, q_seg, kv_seg = ctx.saved_tensors
+    p = ctx.params
+    dq, dk, dv = flash_attention_bwd(do, q, k, v, o, lse, q_seg, kv_seg, p["causal"], p["window"],
+                                     p["softcap"], p["scale"], p["bwd_blocks"])
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+flash_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
+                     q_segment_ids=None, kv_segment_ids=None, blocks=None):
+    """Flash attention (see ``spec.py``); differentiable in q, k, v.
+
+    Expects validated arguments (``kernels.torch_ops.attention`` checks them). ``blocks``: one
+    TritonAttentionBlocks for the forward and backward passes; None picks ``default_blocks``.
+    """
+    d = q.shape[-1]
+    if scale is None:
+        scale = d ** -0.5
+    if blocks is None:
+        cap = _capability(q)
+        fwd = default_blocks(d, q.dtype, capability=cap)
+        bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
+    else:
+        fwd = bwd = blocks
+    o, _ = flash_attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, bool(causal), window,
+                               softcap, float(scale), fwd.as_list(), bwd.as_list())
+    return o
+
+
+# --- ahead-of-time compile support ---------------------------------------------------------
+
+class AotKernel(NamedTuple):
+    """One kernel specialization: arguments for triton.compile(ASTSource(fn, signature, constexprs, attrs))."""
+
+    name: str
+    fn: object  # triton.runtime.jit.JITFunction
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    num_warps: int
+    num_stages: int
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_kernels_module():
+    """``triton_kernels`` built with the real JIT, even when this process interprets."""
+    if not triton_interpreting():
+        return triton_kernels
+    from triton import knobs
+
+    spec = importlib.util.spec_from_file_location(
+        f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
+    module = importlib.util.module_from_spec(spec)
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = False
+        spec.loader.exec_module(module)
+    return module
+
+
+_PTR_ARGS = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "LSE", "DELTA", "QSEG", "KVSEG"}
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _aot_kernel(fn, constexprs, blocks):
+    """Signature of a launch with contiguous inputs: 16-byte aligned pointers, unit d-strides."""
+    signature, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _PTR_ARGS:
+            signature[name] = consts.pop("_ptr_" + name)
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name.startswith("stride_") and name.endswith("d") and "seg" not in name:
+            signature[name], consts[name] = "constexpr", 1  # JIT specializes stride == 1
+        elif name.startswith("stride_"):
+            signature[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("sm_scale", "softcap"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    consts = {k: v for k, v in consts.items() if not k.startswith("_ptr_")}
+    return AotKernel(fn.__name__, fn, signature, consts, attrs, blocks.num_warps, blocks.num_stages)
+
+
+def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, softcap=None,
+                segments=False, group=8, capability=(9, 0)) -> dict:
+    """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
+    ``capability``, specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them."""
+    mod = _jit_kernels_module()
+    ty = "*" + _TRITON_DTYPE[dtype]
+    ptrs = {f"_ptr_{n}": ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    ptrs.update(_ptr_LSE="*fp32", _ptr_DELTA="*fp32",
+                _ptr_QSEG="*i32" if segments else "*fp32", _ptr_KVSEG="*i32" if segments else "*fp32")
+    out = {}
+    for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
+                           ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
+        blocks = default_blocks(head_dim, dtype, backward=backward, capability=tuple(capability))
+        meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
+                           segments=segments, blocks=blocks)
+        fn = getattr(mod, name)
+        if name == "_attn_bwd_preprocess_kernel":
+            meta = {k: meta[k] for k in ("GROUP", "HEAD_DIM", "BLOCK_D", "BLOCK_M")}
+        meta = {k: v for k, v in meta.items() if k in fn.arg_names}
+        out[name] = _aot_kernel(fn, {**meta, **ptrs}, blocks)
+    return out

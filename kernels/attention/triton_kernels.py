@@ -1,0 +1,421 @@
+"""Flash attention device code (Triton): forward, and the FA2 backward, with MQA/GQA folding.
+
+What it computes: o = softmax(mask(softcap(scale * q @ k^T))) @ v for q [B, Sq, H, D] and
+k, v [B, Skv, KVH, D] with H = KVH * G (semantics in ``spec.py``). The G query heads of a
+kv group are folded into the rows of one tile: folded row r of kv head kvh is query
+position r // G of head kvh * G + r % G. One program streams each K/V tile once for all
+G heads, so MQA reads K/V once per group instead of once per head.
+
+Side outputs, in a folded fp32 layout [B * KVH, Sq * G] (row-major, contiguous):
+  LSE    log2-domain logsumexp of the scores, log2(sum_j 2^(s_j * log2 e)); +inf for rows
+         that see no key, so exp2(s - lse) is 0 there and the backward gives zero grads.
+  DELTA  rowsum(dO * O), from the backward preprocess.
+
+Limits: head_dim <= 256 (BLOCK_D = next power of two, masked on d); any Sq, Skv >= 1;
+any strides (base and row offsets in int64); fp32 (ieee dots), fp16, bf16 in, fp32 accumulate.
+Causal / windowed tiles skip fully masked K/V (or Q) blocks from loop bounds; the forward
+also splits its loop so interior blocks run without any mask arithmetic.
+Where it is fast: long sequences with large G (MQA/GQA), head_dim 64-128, fp16/bf16 on
+sm_80+ (wgmma on sm_90). The dk/dv pass has B * KVH * cdiv(Skv, BLOCK_N) programs, so
+MQA at batch 1 under-fills a large GPU in the backward.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (e^{2x} + 1): exact limits +-1 for large |x| (no inf/inf), works compiled and interpreted.
+    return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)
+
+
+@triton.jit
+def _fwd_kv_loop(
+    acc, m_i, l_i,  # running state: [BLOCK_M, BLOCK_D] fp32, [BLOCK_M] fp32 (log2 domain), [BLOCK_M] fp32
+    q,  # [BLOCK_M, BLOCK_D] query tile (input dtype)
+    q_pos,  # [BLOCK_M] absolute key-space position of each folded row
+    q_seg,  # [BLOCK_M] segment id of each folded row (unused without HAS_SEGMENTS)
+    K, V, KVSEG,  # base pointers of k, v and kv segment ids
+    k_base, v_base, kvseg_base,  # int64 offsets of this (batch, kv head)
+    stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs,
+    start, stop,  # key range of this loop, start a multiple of BLOCK_N
+    Skv, sm_scale, softcap, window,
+    offs_n, offs_d, d_ok,
+    MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    for start_n in range(start, stop, BLOCK_N):
+        kv_pos = start_n + offs_n  # [BLOCK_N]
+        kv_ok = kv_pos < Skv
+        kv_row = kv_pos.to(tl.int64)[:, None]
+        k_ptrs = K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd  # [BLOCK_N, BLOCK_D]
+        v_ptrs = V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd
+        if MASK_POS:
+            k = tl.load(k_ptrs, mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        elif EVEN_D:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N] fp32
+        if HAS_SOFTCAP:
+            s = _tanh(s * (sm_scale / softcap)) * (softcap * 1.4426950408889634)
+        else:
+            s = s * (sm_scale * 1.4426950408889634)
+        if MASK_POS:
+            ok = kv_ok[None, :]
+            if CAUSAL:
+                ok = ok & (kv_pos[None, :] <= q_pos[:, None])
+            if HAS_WINDOW:
+                ok = ok & (kv_pos[None, :] > q_pos[:, None] - window)
+            s = tl.where(ok, s, float("-inf"))
+        if HAS_SEGMENTS:
+            if MASK_POS:
+                kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs, mask=kv_ok, other=0)
+            else:
+                kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs)
+            s = tl.where(q_seg[:, None] == kv_seg[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no key yet has m_new = -inf: subtract 0 instead (no -inf - -inf).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASK_POS:
+            v = tl.load(v_ptrs, mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        elif EVEN_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q,  # [B, Sq, H, D] queries, any strides
+    K,  # [B, Skv, KVH, D] keys
+    V,  # [B, Skv, KVH, D] values
+    O,  # [B, Sq, H, D] output, q's dtype
+    LSE,  # [B * KVH, Sq * G] fp32 out: log2-domain logsumexp per folded row
+    QSEG,  # [B, Sq] integer query segment ids (read only with HAS_SEGMENTS)
+    KVSEG,  # [B, Skv] integer key segment ids (read only with HAS_SEGMENTS)
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    Sq, Skv, KVH,  # lengths and kv heads
+    sm_scale, softcap, window,  # score scale; softcap c (HAS_SOFTCAP); window W (HAS_WINDOW)
+    GROUP: tl.constexpr,  # G = H // KVH query heads per kv head
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  # D and next_power_of_2(D)
+    BLOCK_M: tl.constexpr,  # folded rows per program
+    BLOCK_N: tl.constexpr,  # keys per inner step
+    CAUSAL: tl.constexpr,  # causal upper bound (also set when HAS_WINDOW)
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit
+):
+    start_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)  # b * KVH + kv head
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # folded rows [BLOCK_M]
+    row_ok = rows < n_rows
+    q_idx = rows // GROUP
+    head = off_kvh * GROUP + rows % GROUP
+    shift = Skv - Sq  # bottom-right alignment: query i sits at key position i + shift
+    q_pos = q_idx + shift
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+
+    q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head.to(tl.int64) * stride_qh
+    q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    k_base = off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
+    v_base = off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+    kvseg_base = off_b.to(tl.int64) * stride_kvsegb
+    q_seg = q_idx
+    if HAS_SEGMENTS:
+        q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
+
+    # Key range [lo, hi) this tile can see, and inside it the blocks that need no position
+    # mask [mid_lo, mid_hi). All divisions are on non-negative values (C and Python agree).
+    m0 = start_m * BLOCK_M
+    q_lo = m0 // GROUP + shift
+    q_hi = (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
+    lo = 0
+    hi = Skv
+    full_lo = 0
+    full_hi = Skv // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(Skv, q_hi + 1)
+        full_hi = tl.minimum(full_hi, tl.maximum(q_lo + 1, 0) // BLOCK_N * BLOCK_N)
+    if HAS_WINDOW:
+        lo = tl.maximum(q_lo - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = (tl.maximum(q_hi - window + 1, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, m_i, l_i = _fwd_kv_loop(
+        acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
+        stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, lo, mid_lo,
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
+        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_kv_loop(
+        acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
+        stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, mid_lo, mid_hi,
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
+        False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_kv_loop(
+        acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
+        stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, mid_hi, hi,
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
+        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+
+    seen = l_i > 0.0  # rows that saw no key: output 0, lse +inf
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(seen, m_i + tl.math.log2(l_safe), float("inf"))
+    o_rows = off_b.to(tl.int64) * stride_ob + q_idx.to(tl.int64) * stride_os + head.to(tl.int64) * stride_oh
+    tl.store(O + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + pid_bh.to(tl.int64) * n_rows + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    O,  # [B, Sq, H, D] forward output
+    DO,  # [B, Sq, H, D] output gradient
+    DELTA,  # [B * KVH, Sq * G] fp32 out: rowsum(dO * O) per folded row
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    Sq, KVH,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    q_idx = (rows // GROUP).to(tl.int64)
+    head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o_rows = off_b.to(tl.int64) * stride_ob + q_idx * stride_os + head * stride_oh
+    do_rows = off_b.to(tl.int64) * stride_dob + q_idx * stride_dos + head * stride_doh
+    o = tl.load(O + o_rows[:, None] + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * n_rows + rows, delta, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q,  # [B, Sq, H, D] queries
+    K,  # [B, Skv, KVH, D] keys
+    V,  # [B, Skv, KVH, D] values
+    DO,  # [B, Sq, H, D] output gradient
+    DK,  # [B, Skv, KVH, D] out: key gradient, k's dtype
+    DV,  # [B, Skv, KVH, D] out: value gradient
+    LSE,  # [B * KVH, Sq * G] fp32 log2-domain logsumexp from the forward
+    DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
+    QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
+    KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_dkb, stride_dks, stride_dkh, stride_dkd,
+    stride_dvb, stride_dvs, stride_dvh, stride_dvd,
+    stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    Sq, Skv, KVH,
+    sm_scale, softcap, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # folded q rows per inner step
+    BLOCK_N: tl.constexpr,  # keys per program
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # One program: BLOCK_N keys of one (batch, kv head), looping over ALL folded q rows of the
+    # group, so dk/dv sum over the G query heads in registers (no atomics, deterministic).
+    start_n = tl.program_id(0) * BLOCK_N
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    shift = Skv - Sq
+    kv_pos = start_n + tl.arange(0, BLOCK_N)
+    kv_ok = kv_pos < Skv
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = kv_ok[:, None] & d_ok[None, :]
+    kv_row = kv_pos.to(tl.int64)
+    k_rows = off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh + kv_row * stride_ks
+    v_rows = off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh + kv_row * stride_vs
+    k = tl.load(K + k_rows[:, None] + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+    v = tl.load(V + v_rows[:, None] + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    kv_seg = kv_pos
+    if HAS_SEGMENTS:
+        kv_seg = tl.load(KVSEG + off_b.to(tl.int64) * stride_kvsegb + kv_pos * stride_kvsegs, mask=kv_ok, other=0)
+
+    # Folded rows [lo, hi) whose queries can see some key of this block.
+    lo = 0
+    hi = n_rows
+    if CAUSAL:
+        lo = tl.maximum(start_n - shift, 0) * GROUP // BLOCK_M * BLOCK_M
+    if HAS_WINDOW:
+        n_last = tl.minimum(start_n + BLOCK_N, Skv) - 1
+        hi = tl.minimum(n_rows, tl.maximum(n_last + window - shift, 0) * GROUP)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    row_base = pid_bh.to(tl.int64) * n_rows
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        q_idx = rows // GROUP
+        head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
+        do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
+        do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M] = s^T
+        if HAS_SOFTCAP:
+            t = _tanh(st * (sm_scale / softcap))
+            st = t * (softcap * 1.4426950408889634)
+        else:
+            st = st * (sm_scale * 1.4426950408889634)
+        pt = tl.math.exp2(st - lse[None, :])
+        ok = kv_ok[:, None]
+        q_pos = q_idx + shift
+        if CAUSAL:
+            ok = ok & (kv_pos[:, None] <= q_pos[None, :])
+        if HAS_WINDOW:
+            ok = ok & (kv_pos[:, None] > q_pos[None, :] - window)
+        if HAS_SEGMENTS:
+            q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
+            ok = ok & (kv_seg[:, None] == q_seg[None, :])
+        pt = tl.where(ok, pt, 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        dst = pt * (dpt - delta[None, :])
+        if HAS_SOFTCAP:
+            dst = dst * (1.0 - t * t)
+        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    dk = dk * sm_scale
+    dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
+    dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
+    tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q,  # [B, Sq, H, D] queries
+    K,  # [B, Skv, KVH, D] keys
+    V,  # [B, Skv, KVH, D] values
+    DO,  # [B, Sq, H, D] output gradient
+    DQ,  # [B, Sq, H, D] out: query gradient, q's dtype
+    LSE,  # [B * KVH, Sq * G] fp32 log2-domain logsumexp from the forward
+    DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
+    QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
+    KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
+    stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    Sq, Skv, KVH,
+    sm_scale, softcap, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # folded q rows per program
+    BLOCK_N: tl.constexpr,  # keys per inner step
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    shift = Skv - Sq
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    q_idx = rows // GROUP
+    head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+    q_pos = q_idx + shift
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
+    do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
+    q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
+    do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+    row_base = pid_bh.to(tl.int64) * n_rows
+    lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+    q_seg = q_idx
+    if HAS_SEGMENTS:
+        q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
+    k_base = off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
+    v_base = off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+    kvseg_base = off_b.to(tl.int64) * stride_kvsegb
+
+    # Key range [lo, hi) this tile can see (same bounds as the forward).
+    m0 = start_m * BLOCK_M
+    lo = 0
+    hi = Skv
+    if CAUSAL:
+        hi = tl.minimum(Skv, (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(m0 // GROUP + shift - window + 1, 0) // BLOCK_N * BLOCK_N
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        kv_pos = start_n + offs_n
+        kv_ok = kv_pos < Skv
+        kv_row = kv_pos.to(tl.int64)[:, None]
+        kv_mask = kv_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        if HAS_SOFTCAP:
+            t = _tanh(s * (sm_scale / softcap))
+            s = t * (softcap * 1.4426950408889634)
+        else:
+            s = s * (sm_scale * 1.4426950408889634)
+        p = tl.math.exp2(s - lse[:, None])
+        ok = kv_ok[None, :]
+        if CAUSAL:
+            ok = ok & (kv_pos[None, :] <= q_pos[:, None])
+        if HAS_WINDOW:
+            ok = ok & (kv_pos[None, :] > q_pos[:, None] - window)
+        if HAS_SEGMENTS:
+            kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs, mask=kv_ok, other=0)
+            ok = ok & (q_seg[:, None] == kv_seg[None, :])
+        p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    dq = dq * sm_scale
+    dq_rows = off_b.to(tl.int64) * stride_dqb + q_idx.to(tl.int64) * stride_dqs + head * stride_dqh
+    tl.store(DQ + dq_rows[:, None] + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=q_mask)

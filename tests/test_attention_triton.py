@@ -1,0 +1,179 @@
+"""Triton flash attention vs the float64 reference, forward and backward (interpreter on CPU).
+
+Accuracy rule from conftest: error vs float64 <= 2x the error of torch doing the same math in
+the same precision, plus a small floor. bf16 is left out: the interpreter's bf16 tl.dot is wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import torch_ops
+from kernels.attention import triton_attention
+from kernels.attention.reference import _attention
+from kernels.attention.triton_attention import TritonAttentionBlocks, attention_triton
+
+from conftest import assert_close
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool = False
+    window: int | None = None
+    softcap: float | None = None
+    segments: bool = False
+
+    @property
+    def id(self) -> str:
+        kind = "mqa" if self.kv_heads == 1 else "mha" if self.kv_heads == self.heads else "gqa"
+        flags = [n for n, on in (("causal", self.causal), (f"win{self.window}", self.window),
+                                 (f"cap{self.softcap}", self.softcap), ("seg", self.segments)) if on]
+        return "-".join([f"{kind}{self.heads}x{self.kv_heads}", f"{self.q_len}x{self.kv_len}",
+                         f"d{self.head_dim}", *flags])
+
+
+CASES = [
+    Case(1, 1, 1, 2, 1, 64),
+    Case(1, 17, 17, 4, 1, 64),
+    Case(2, 100, 257, 4, 2, 80, causal=True),
+    Case(1, 257, 100, 2, 2, 64, causal=True),  # Sq > Skv: the first 157 queries see no key
+    Case(1, 1, 100, 8, 1, 128, causal=True),  # decode-like
+    Case(1, 100, 100, 4, 2, 64, window=20),
+    Case(1, 100, 257, 4, 1, 128, softcap=5.0, causal=True),
+    Case(2, 100, 100, 4, 2, 64, causal=True, segments=True),
+    Case(1, 17, 100, 4, 4, 80, window=33, softcap=2.0, segments=True),
+    Case(1, 64, 64, 2, 1, 256, causal=True),
+]
+
+
+def _segments(rng, batch, length, n_segments=3):
+    """Sorted random segment ids [batch, length] (packed sequences)."""
+    cuts = np.sort(rng.integers(0, length, size=(batch, n_segments - 1)), axis=1)
+    pos = np.arange(length)[None, :, None]
+    return torch.from_numpy((pos >= cuts[:, None, :]).sum(-1).astype(np.int32))
+
+
+def _inputs(rng, case: Case):
+    shape_q = (case.batch, case.q_len, case.heads, case.head_dim)
+    shape_kv = (case.batch, case.kv_len, case.kv_heads, case.head_dim)
+    q, k, v = (torch.from_numpy(rng.standard_normal(s)) for s in (shape_q, shape_kv, shape_kv))
+    do = torch.from_numpy(rng.standard_normal(shape_q))
+    q_ids = kv_ids = None
+    if case.segments:
+        q_ids, kv_ids = _segments(rng, case.batch, case.q_len), _segments(rng, case.batch, case.kv_len)
+    kwargs = dict(causal=case.causal, window=case.window, softcap=case.softcap,
+                  scale=case.head_dim ** -0.5, q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    return (q, k, v), do, kwargs
+
+
+def _run(fn, tensors, do, dtype, **kwargs):
+    """(out, dq, dk, dv) of fn on leaf copies of tensors cast to dtype."""
+    leaves = [t.to(dtype).detach().requires_grad_() for t in tensors]
+    out = fn(*leaves, **kwargs)
+    out.backward(do.to(dtype))
+    return (out.detach(), *(t.grad for t in leaves))
+
+
+def _check_against_reference(tensors, do, dtype, kwargs, *, blocks=None):
+    ref = _run(_attention, tensors, do, torch.float64, **kwargs)
+    base = _run(_attention, tensors, do, dtype, upcast=False, **kwargs)
+    got = _run(attention_triton, tensors, do, dtype, blocks=blocks, **kwargs)
+    for name, g, r, b in zip(("out", "dq", "dk", "dv"), got, ref, base):
+        assert g.dtype == dtype, f"{name} dtype {g.dtype} != {dtype}"
+        assert_close(g, r, b, dtype, name)
+    return got, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_matches_reference(rng, case, dtype):
+    tensors, do, kwargs = _inputs(rng, case)
+    _check_against_reference(tensors, do, dtype, kwargs)
+
+
+@pytest.mark.parametrize("blocks", [TritonAttentionBlocks(16, 16, 4, 1), TritonAttentionBlocks(64, 16, 4, 1),
+                                    TritonAttentionBlocks(16, 64, 4, 1)], ids=["16x16", "64x16", "16x64"])
+def test_block_shapes(rng, blocks):
+    """Many small tiles: exercises the masked / unmasked loop split and the block skipping."""
+    case = Case(1, 70, 90, 4, 2, 64, window=24, causal=True)
+    tensors, do, kwargs = _inputs(rng, case)
+    _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
+
+
+def test_rows_that_see_no_key_are_zero(rng):
+    """Queries whose segment has no key give zero output and zero, finite grads."""
+    case = Case(1, 40, 40, 4, 2, 64, causal=True)
+    tensors, do, kwargs = _inputs(rng, case)
+    q_ids = torch.zeros(1, 40, dtype=torch.int64)
+    q_ids[:, 10:20] = 7  # no key has segment 7
+    kwargs.update(q_segment_ids=q_ids, kv_segment_ids=torch.zeros(1, 40, dtype=torch.int64))
+    (out, dq, dk, dv), _ = _check_against_reference(tensors, do, torch.float32, kwargs)
+    assert torch.all(out[:, 10:20] == 0)
+    assert torch.all(dq[:, 10:20] == 0)
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+
+
+def test_non_contiguous_inputs(rng):
+    """Arbitrary strides: permuted q with a strided head_dim, kv heads sliced from a wider tensor."""
+    b, sq, skv, h, kvh, d = 2, 33, 47, 4, 2, 64
+    q_base = torch.from_numpy(rng.standard_normal((b, h, sq, 2 * d)))
+    kv_base = torch.from_numpy(rng.standard_normal((2, b, skv, 2 * kvh, d)))
+    do = torch.from_numpy(rng.standard_normal((b, h, sq, d))).transpose(1, 2)
+    kwargs = dict(causal=True, window=None, softcap=None, scale=d ** -0.5,
+                  q_segment_ids=None, kv_segment_ids=None)
+
+    def views(qb, kvb):
+        return qb.transpose(1, 2)[..., ::2], kvb[0, :, :, ::2], kvb[1, :, :, 1::2]
+
+    def run(fn, dtype, **extra):
+        qb, kvb = (t.to(dtype).detach().requires_grad_() for t in (q_base, kv_base))
+        q, k, v = views(qb, kvb)
+        assert not any(t.is_contiguous() for t in (q, k, v))
+        out = fn(q, k, v, **kwargs, **extra)
+        out.backward(do.to(dtype))  # dO non-contiguous too
+        dq, dk, dv = views(qb.grad, kvb.grad)
+        return out.detach(), dq, dk, dv
+
+    ref, base = run(_attention, torch.float64), run(_attention, torch.float32, upcast=False)
+    for name, g, r, bl in zip(("out", "dq", "dk", "dv"), run(attention_triton, torch.float32), ref, base):
+        assert_close(g, r, bl, torch.float32, name)
+
+
+def test_dispatch_runs_triton_kernels(rng):
+    """torch_ops.attention(impl="triton") goes through the custom op and launches the kernels."""
+    tensors, do, _ = _inputs(rng, Case(1, 9, 9, 2, 1, 64))
+    q, k, v = (t.float().requires_grad_() for t in tensors)
+    before = dict(triton_attention.LAUNCHES)
+    out = torch_ops.attention(q, k, v, causal=True, impl="triton")
+    assert out.grad_fn is not None and "flash_attention" in out.grad_fn.name()
+    out.backward(do.float())
+    for name in ("_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel",
+                 "_attn_bwd_dq_kernel"):
+        assert triton_attention.LAUNCHES[name] == before.get(name, 0) + 1, name
+    assert hasattr(torch.ops.gemini_kernels, "flash_attention_fwd")
+
+
+def test_custom_op_registration(rng):
+    """Schema, fake kernel and autograd registration are consistent (what torch.compile relies on)."""
+    tensors, _, _ = _inputs(rng, Case(1, 5, 7, 2, 1, 16))
+    q, k, v = (t.float().requires_grad_() for t in tensors)
+    blocks = TritonAttentionBlocks(16, 16, 4, 1).as_list()
+    args = (q, k, v, None, None, True, None, None, 0.25, blocks, blocks)
+    torch.library.opcheck(torch.ops.gemini_kernels.flash_attention_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0)],
+                         ids=["block_m48", "block_n8", "warps3", "stages0"])
+def test_blocks_validated(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})
