@@ -29,7 +29,11 @@ bench: $(STAMP)
 bench-gpu:
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile \
 	  --target /tmp/site .whl/*.whl; fi; \
-	PYTHONPATH=/tmp/site:$$PYTHONPATH python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
+	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
+	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
+	timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention_gpu.py \
+	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tail -40; \
+	timeout 330 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and JAX share a GPU
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,14 @@ def rounded(x, dtype):
     import torch
 
     return torch.tensor(x).to(dtype).double().numpy()
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (runs in `make bench-gpu` on the device machines)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,71 @@
+"""Compiled kernels on a CUDA GPU (skipped elsewhere): bf16 and fp16, forward and
+backward, against the float64 reference on the CPU. Run by `make bench-gpu`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close, attention_inputs, rounded, torch_attention_vjp
+
+from kernels.attention.reference import _attention as ref_torch
+
+pytestmark = pytest.mark.gpu
+
+CASES = [  # id, (b, sq, skv, h, kvh, d), flags
+    ("mqa-1000-causal-d128", (1, 1000, 1000, 8, 1, 128), dict(causal=True)),
+    ("gqa-333x1025-d64", (2, 333, 1025, 8, 2, 64), dict(causal=True)),
+    ("gqa-700-window-d80", (1, 700, 700, 4, 2, 80), dict(window=129)),
+    ("mqa-513-softcap-d256", (1, 513, 513, 4, 1, 256), dict(causal=True, softcap=30.0)),
+    ("mha-1x777-d128", (1, 1, 777, 4, 4, 128), dict()),
+]
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+def _truth_and_base(q, k, v, do, dtype, flags):
+    fn = lambda a, b, c: ref_torch(a, b, c, scale=q.shape[-1] ** -0.5, q_segment_ids=None,  # noqa: E731
+                                   kv_segment_ids=None, window=flags.get("window"),
+                                   softcap=flags.get("softcap"), causal=flags.get("causal", False))
+    truth = torch_attention_vjp(fn, *(rounded(x, dtype) for x in (q, k, v)), do, torch.float64)
+    same = lambda a, b, c: ref_torch(a.cuda(), b.cuda(), c.cuda(), scale=q.shape[-1] ** -0.5,  # noqa: E731
+                                     q_segment_ids=None, kv_segment_ids=None, upcast=False,
+                                     window=flags.get("window"), softcap=flags.get("softcap"),
+                                     causal=flags.get("causal", False))
+    base = torch_attention_vjp(same, q, k, v, do, dtype)
+    return truth, base
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_triton_on_gpu(case, dtype, rng):
+    from kernels import torch_ops
+
+    _, shape, flags = case
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth, base = _truth_and_base(q, k, v, do, dtype, flags)
+    got = torch_attention_vjp(lambda a, b, c: torch_ops.attention(a.cuda(), b.cuda(), c.cuda(),
+                                                                  impl="triton", **flags),
+                              q, k, v, do, dtype)
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"triton {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_pallas_on_gpu(case, dtype, rng):
+    import jax
+    import jax.numpy as jnp
+
+    from kernels import jax_ops
+
+    if jax.default_backend() != "gpu":
+        pytest.skip(f"JAX sees no GPU (backend {jax.default_backend()})")
+    _, shape, flags = case
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth, base = _truth_and_base(q, k, v, do, dtype, flags)
+    jdt = jnp.dtype(str(dtype).replace("torch.", ""))
+    f = lambda a, b, c: jax_ops.attention(a, b, c, impl="pallas", **flags)  # noqa: E731
+    xs = [jnp.asarray(rounded(x, dtype), jdt) for x in (q, k, v)]
+    o, vjp = jax.vjp(f, *xs)
+    got = [np.asarray(t.astype(jnp.float32)) for t in (o, *vjp(jnp.asarray(do, jdt)))]
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"pallas {name}")
