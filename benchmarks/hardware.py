@@ -8,26 +8,34 @@ reported as a fraction of both the measured and the datasheet peak.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
-import re
 from dataclasses import asdict, dataclass, field
 
-# Dense bf16 peak TFLOP/s and HBM GB/s from the vendors' datasheets (shared/ANCHORS.md).
-DATASHEET = {
-    "H100 SXM": (989.0, 3350.0),
-    "H100 PCIe": (756.0, 2000.0),
-    "H200": (989.0, 4800.0),
-    "A100-SXM4-80GB": (312.0, 2039.0),
-    "A100-SXM4-40GB": (312.0, 1555.0),
-    "A100-PCIE-40GB": (312.0, 1555.0),
-    "TPU v4": (275.0, 1200.0),
-    "TPU v5 lite": (197.0, 819.0),
-    "TPU v5e": (197.0, 819.0),
-    "TPU v5p": (459.0, 2765.0),
-    "TPU v6 lite": (918.0, 1640.0),
-    "TPU v6e": (918.0, 1640.0),
-}
+HARDWARE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "hardware")
+
+
+@functools.lru_cache(maxsize=None)
+def hardware_table() -> dict[str, dict]:
+    """The datasheet table, one entry per ``conf/hardware/*.yaml`` (name -> fields + source)."""
+    from omegaconf import OmegaConf
+
+    table = {}
+    for fname in sorted(os.listdir(HARDWARE_DIR)):
+        if fname.endswith(".yaml"):
+            entry = OmegaConf.to_container(OmegaConf.load(os.path.join(HARDWARE_DIR, fname)))
+            table[fname[:-5]] = entry
+    return table
+
+
+def match_hardware(device_name: str) -> dict | None:
+    """The table entry whose ``match`` substrings all occur in the device name, if any."""
+    low = device_name.lower()
+    for entry in hardware_table().values():
+        if any(all(part in low for part in parts) for parts in entry.get("match") or []):
+            return entry
+    return None
 
 
 @dataclass
@@ -51,12 +59,10 @@ class Device:
 
 
 def _datasheet(name: str):
-    for key, peaks in DATASHEET.items():
-        if all(part.lower() in name.lower() for part in re.split(r"[ ]", key)):
-            return peaks
-    if "H100" in name:  # NVML says "NVIDIA H100 80GB HBM3" for the SXM part
-        return DATASHEET["H100 SXM"] if "PCIe" not in name else DATASHEET["H100 PCIe"]
-    return (None, None)
+    entry = match_hardware(name)
+    if entry is None:
+        return (None, None)
+    return entry.get("bf16_tflops"), entry.get("hbm_gb_per_s")
 
 
 def _cpu_name() -> str:

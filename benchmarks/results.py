@@ -39,13 +39,18 @@ def library_versions() -> dict:
 
 
 def write_json_atomic(path: str, payload: dict) -> str:
-    """Write JSON to ``path`` via a temporary file in the same folder and a rename."""
+    """Write JSON to ``path`` atomically (serialized fully before anything touches disk)."""
+    return write_text_atomic(path, json.dumps(payload, indent=1, default=str))
+
+
+def write_text_atomic(path: str, text: str) -> str:
+    """Write text to ``path`` via a temporary file in the same folder and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=False, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

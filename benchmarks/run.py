@@ -8,6 +8,7 @@ config) atomically under ``out_dir``. One failing impl is reported and the run g
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the GPU with torch
@@ -65,6 +66,7 @@ def run_suite(suite, ceilings, device) -> list[dict]:
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base=None)
 def main(cfg) -> None:
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     device = detect_device()
     bcfg = cfg.bench
     timers = make_timer_factory(device, bcfg.timer)
@@ -85,6 +87,7 @@ def main(cfg) -> None:
     interpreted = any(r.get("mode") == "interpret" for r in records)
     payload = {
         "schema": "gemini-kernels-bench/1",
+        "created_utc": started,
         "device": device.to_dict(),
         "commit": git_commit(),
         "versions": library_versions(),

@@ -39,6 +39,25 @@ def test_runner_writes_results_with_provenance(tmp_path):
     assert recs[("jax", "pallas", "fwd")]["mode"] == "interpret"
     assert "Interpret mode" in proc.stdout
     assert recs[("torch", "sdpa", "fwd")]["speedup_vs_peer"] == pytest.approx(1.0)
+    assert "speedup_vs_peer" not in recs[("torch", "triton", "fwd")]  # interpret: no speed claims
+
+    from benchmarks.report import render
+
+    md = render([str(files[0])], str(tmp_path / "report"))
+    text = open(md).read()
+    assert "| attention | mqa4/1 b1 s33 d64 causal fwd | triton | interpret | ok |" in text
+    assert "(modeled)" in text and "H100 SXM" in text  # chips not measured get modeled bounds
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
+        "cross-hardware.png", "roofline-0.png", "throughput-0.png"]
+
+
+def test_report_refuses_results_without_provenance(tmp_path):
+    from benchmarks.report import load
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "x", "records": []}))
+    with pytest.raises(ValueError, match=r"missing provenance field\(s\) \['created_utc', 'device'"):
+        load(str(bad))
 
 
 def test_wrong_kernel_is_reported_failed_not_timed(monkeypatch):

@@ -45,6 +45,15 @@ class Case:
         f = attention_flops(self.problem())
         return f * 3.5 if self.direction == "fwd+bwd" else f
 
+    def bytes(self) -> float:
+        """Minimum HBM traffic: forward reads q, k, v and writes o; the backward also reads
+        q, k, v, o, dO and writes dq, dk, dv (what a fused kernel cannot avoid)."""
+        el = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
+        qo = self.batch * self.seq * self.heads * self.head_dim
+        kv = self.batch * self.seq * self.kv_heads * self.head_dim
+        fwd = 2 * qo + 2 * kv
+        return el * (fwd + (4 * qo + 4 * kv if self.direction == "fwd+bwd" else 0))
+
 
 def cases(cfg) -> list[Case]:
     out = []
@@ -162,13 +171,14 @@ class AttentionSuite:
             got, timed = self._jax_calls(fn, case, q, k, v, do, m)
         err = max(_rel_err(g, r) for g, r in zip(got, ref))
         tol = BENCH_RTOL[case.dtype]
-        rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops()}
+        rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops(),
+               "bytes": case.bytes()}
         if not np.isfinite(err) or err > tol:
             return {**rec, "status": "failed"}
         timer = self.timer_factory(framework, interpret=(mode == "interpret"))
         t = timer(timed)
         return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
-                "tflops": case.flops() / t.median_s / 1e12}
+                "tflops": case.flops() / t.median_s / 1e12, "gbps": case.bytes() / t.median_s / 1e9}
 
     @staticmethod
     def _torch_calls(fn, case, q, k, v, do, m):
@@ -243,7 +253,8 @@ class AttentionSuite:
 
 
 def add_peer_ratios(records: list[dict]) -> None:
-    """speedup_vs_peer = best peer time / impl time, per case and framework."""
+    """speedup_vs_peer = best peer time / impl time, per case and framework (not for
+    interpret-mode runs, whose times say nothing about the kernel)."""
     best: dict = {}
     for r in records:
         if r["status"] != "ok":
@@ -255,6 +266,6 @@ def add_peer_ratios(records: list[dict]) -> None:
             best[key] = min(best.get(key, float("inf")), r["median_ms"])
     for r in records:
         peer = best.get((r["case"], r["framework"]))
-        if r["status"] == "ok" and peer is not None:
+        if r["status"] == "ok" and peer is not None and r.get("mode") != "interpret":
             r["speedup_vs_peer"] = peer / r["median_ms"]
 

@@ -1,0 +1,221 @@
+"""Render results files (from any machines) into a markdown report and PNG plots.
+
+    python -m benchmarks.report benchmarks/results/*.json --out benchmarks/report
+
+- one measured table per results file, with its provenance;
+- a cross-hardware table: each (case, impl) as a fraction of each chip's measured peak;
+- modeled roofline times for the hardware table's chips that were not measured, from
+  each case's counted FLOPs and bytes, in their own table labeled modeled;
+- PNGs: throughput vs sequence length per impl, a roofline chart per device, and the
+  cross-hardware comparison.
+Files missing a provenance field are refused: results come only from the runner.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+from benchmarks.hardware import hardware_table, match_hardware
+from benchmarks.results import write_text_atomic
+
+REQUIRED = ("schema", "created_utc", "device", "commit", "versions", "config", "ceilings", "records")
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    missing = [k for k in REQUIRED if k not in data or data[k] in (None, "")]
+    if missing:
+        raise ValueError(f"{path}: missing provenance field(s) {missing}; results files come "
+                         "only from `python -m benchmarks.run`")
+    data["_path"] = path
+    return data
+
+
+def _f(x, spec):
+    return "–" if x is None else format(x, spec)
+
+
+def _device_label(d: dict) -> str:
+    return f"{d['device']['name']} ({d['created_utc']})"
+
+
+def measured_table(d: dict) -> str:
+    dev, ver, commit = d["device"], d["versions"], d["commit"]
+    lines = [f"### {_device_label(d)}", "",
+             f"- file: `{os.path.basename(d['_path'])}`; commit `{commit.get('commit')}`"
+             f"{' (dirty)' if commit.get('dirty') else ''}; driver {dev.get('driver') or '–'}, "
+             f"CUDA {dev.get('cuda') or '–'}",
+             f"- python {ver.get('python')}, torch {ver.get('torch')}, triton {ver.get('triton')}, "
+             f"jax {ver.get('jax')}",
+             f"- measured ceilings: copy {d['ceilings']['copy_gbps']:.1f} GB/s, "
+             f"{d['ceilings']['matmul_dtype']} matmul {d['ceilings']['matmul_tflops']:.2f} TFLOP/s",
+             *[f"- note: {n}" for n in d.get("notes", [])], "",
+             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | % meas. peak | % datasheet | vs peer | max err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["records"]:
+        pct = lambda k: None if r.get(k) is None else 100 * r[k]  # noqa: E731
+        lines.append("| " + " | ".join([
+            r["suite"], r["case"], r["impl"], r.get("mode", "–"), r["status"],
+            _f(r.get("median_ms"), ".3f"), _f(r.get("tflops"), ".3g"), _f(r.get("gbps"), ".3g"),
+            _f(pct("frac_measured_peak"), ".1f"), _f(pct("frac_datasheet_peak"), ".1f"),
+            _f(r.get("speedup_vs_peer"), ".2f"), _f(r.get("max_error"), ".1e")]) + " |")
+    return "\n".join(lines)
+
+
+def cross_hardware_table(files: list[dict]) -> str:
+    """Fraction of each device's measured matmul peak, per (case, impl); compiled runs only."""
+    rows = defaultdict(dict)
+    for d in files:
+        for r in d["records"]:
+            if r["status"] == "ok" and r.get("mode") != "interpret" and r.get("frac_measured_peak"):
+                rows[(r["suite"], r["case"], r["impl"])][_device_label(d)] = r["frac_measured_peak"]
+    devices = [_device_label(d) for d in files]
+    lines = ["| suite | case | impl | " + " | ".join(devices) + " |",
+             "|---|---|---|" + "---|" * len(devices)]
+    for (suite, case, impl), by_dev in sorted(rows.items()):
+        lines.append(f"| {suite} | {case} | {impl} | "
+                     + " | ".join(_f(None if by_dev.get(x) is None else 100 * by_dev[x], ".1f")
+                                  for x in devices) + " |")
+    return "\n".join(lines)
+
+
+def modeled_table(files: list[dict]) -> str:
+    """Roofline lower bounds on the table's chips that no file measured (MODELED, not measured)."""
+    present = {(match_hardware(d["device"]["name"]) or {}).get("name") for d in files}
+    chips = [e for e in hardware_table().values()
+             if e.get("bf16_tflops") and e["name"] not in present]
+    cases = {}
+    for d in files:
+        for r in d["records"]:
+            if r.get("flops") and r.get("bytes"):
+                cases[(r["suite"], r["case"])] = (r["flops"], r["bytes"])
+    lines = ["| suite | case | " + " | ".join(f"{c['name']} µs (modeled)" for c in chips) + " |",
+             "|---|---|" + "---|" * len(chips)]
+    for (suite, case), (flops, nbytes) in sorted(cases.items()):
+        cells = [max(flops / (c["bf16_tflops"] * 1e12), nbytes / (c["hbm_gb_per_s"] * 1e9)) * 1e6
+                 for c in chips]
+        lines.append(f"| {suite} | {case} | " + " | ".join(f"{t:.1f}" for t in cells) + " |")
+    return "\n".join(lines)
+
+
+def plots(files: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for i, d in enumerate(files):
+        ok = [r for r in d["records"] if r["status"] == "ok" and r.get("tflops")]
+        # throughput vs sequence length, one line per (framework, impl, variant)
+        series = defaultdict(list)
+        for r in ok:
+            c = r["config"]
+            key = (f"{r['framework']}:{r['impl']}", f"kv{c['kv_heads']} "
+                   f"{'causal' if c['causal'] else 'full'} {c['direction']}")
+            series[key].append((c["seq"], r["tflops"]))
+        variants = sorted({k[1] for k in series})
+        if variants:
+            fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False)
+            for ax, variant in zip(axes[0], variants):
+                for (impl, var), pts in sorted(series.items()):
+                    if var == variant:
+                        pts.sort()
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+                ax.set_xscale("log", base=2)
+                ax.set_title(variant, fontsize=9)
+                ax.set_xlabel("sequence length")
+                ax.set_ylabel("TFLOP/s (measured)")
+            axes[0][0].legend(fontsize=7)
+            fig.suptitle(f"attention throughput — {_device_label(d)}", fontsize=10)
+            written.append(_save(fig, out_dir, f"throughput-{i}.png"))
+        # roofline against the measured ceilings
+        c = d["ceilings"]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ai = [r["flops"] / r["bytes"] for r in ok if r.get("bytes")]
+        if ai:
+            import numpy as np
+
+            xs = np.logspace(np.log10(min(ai) / 4), np.log10(max(ai) * 4), 100)
+            ax.plot(xs, np.minimum(c["matmul_tflops"], xs * c["copy_gbps"] / 1e3), "k-",
+                    label="measured ceilings")
+            by_impl = defaultdict(list)
+            for r in ok:
+                if r.get("bytes"):
+                    by_impl[(f"{r['framework']}:{r['impl']}", r.get("mode") == "interpret")].append(
+                        (r["flops"] / r["bytes"], r["tflops"]))
+            for (impl, interp), pts in sorted(by_impl.items()):
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, label=impl,
+                           marker="x" if interp else "o")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+        ax.set_ylabel("TFLOP/s (measured)")
+        ax.set_title(f"roofline — {_device_label(d)}\n(x: interpret mode)", fontsize=9)
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out_dir, f"roofline-{i}.png"))
+    # cross-hardware: best compiled fraction of peak per impl on each device
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    labels, vals = [], []
+    for d in files:
+        best = defaultdict(float)
+        for r in d["records"]:
+            if r["status"] == "ok" and r.get("mode") != "interpret" and r.get("frac_measured_peak"):
+                best[f"{r['framework']}:{r['impl']}"] = max(best[f"{r['framework']}:{r['impl']}"],
+                                                            r["frac_measured_peak"])
+        for impl, v in sorted(best.items()):
+            labels.append(f"{d['device']['name'][:18]}\n{impl}")
+            vals.append(100 * v)
+    ax.bar(range(len(vals)), vals)
+    ax.set_xticks(range(len(vals)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("best % of measured matmul peak")
+    ax.set_title("cross-hardware (compiled runs only)", fontsize=9)
+    written.append(_save(fig, out_dir, "cross-hardware.png"))
+    return written
+
+
+def _save(fig, out_dir, name):
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(out_dir, name)
+    tmp = path + ".tmp.png"
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def render(paths: list[str], out_dir: str) -> str:
+    files = [load(p) for p in paths]
+    files.sort(key=lambda d: d["created_utc"])
+    os.makedirs(out_dir, exist_ok=True)
+    pngs = plots(files, out_dir)
+    md = ["# Benchmark report", "",
+          "Measured numbers come only from the results files listed; the modeled table is a "
+          "roofline bound from counted FLOPs and bytes and the datasheet, labeled modeled.", "",
+          "## Measured", ""]
+    md += [measured_table(d) + "\n" for d in files]
+    md += ["## Cross-hardware (% of each device's measured matmul peak; compiled runs only)", "",
+           cross_hardware_table(files), "",
+           "## Modeled (roofline lower bound on chips not measured here; not a measurement)", "",
+           modeled_table(files), "", "## Plots", ""]
+    md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs]
+    path = os.path.join(out_dir, "report.md")
+    write_text_atomic(path, "\n".join(md) + "\n")
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", help="results JSON files written by benchmarks.run")
+    ap.add_argument("--out", default="benchmarks/report", help="folder for report.md and PNGs")
+    args = ap.parse_args(argv)
+    print(render(args.files, args.out))
+
+
+if __name__ == "__main__":
+    main()
