@@ -162,6 +162,16 @@ class AttentionSuite:
         return tuple(t.detach().cpu() for t in (o, dq, dk, dv))
 
     def run(self, case: Case, framework: str, impl: str) -> dict:
+        rec, timed = self.check(case, framework, impl)
+        if timed is None:
+            return rec
+        timer = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"))
+        t = timer(timed)
+        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
+                "tflops": case.flops() / t.median_s / 1e12, "gbps": case.bytes() / t.median_s / 1e9}
+
+    def check(self, case: Case, framework: str, impl: str):
+        """Correctness first: (record, timed callable), or (failed record, None) over tolerance."""
         q, k, v, do, m, ref = self._inputs(case)
         if framework == "torch":
             fn, mode = torch_impl(impl, self.device.kind)
@@ -174,11 +184,8 @@ class AttentionSuite:
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops(),
                "bytes": case.bytes()}
         if not np.isfinite(err) or err > tol:
-            return {**rec, "status": "failed"}
-        timer = self.timer_factory(framework, interpret=(mode == "interpret"))
-        t = timer(timed)
-        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
-                "tflops": case.flops() / t.median_s / 1e12, "gbps": case.bytes() / t.median_s / 1e9}
+            return {**rec, "status": "failed"}, None
+        return rec, timed
 
     @staticmethod
     def _torch_calls(fn, case, q, k, v, do, m):
