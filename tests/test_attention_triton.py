@@ -18,6 +18,9 @@ from kernels.attention.triton_attention import TritonAttentionBlocks, attention_
 
 from conftest import assert_close
 
+# Triton 3.6's interpreter converts its 1-element scalar arrays with int() (numpy deprecation).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
 
 @dataclass(frozen=True)
 class Case:
@@ -177,3 +180,13 @@ def test_custom_op_registration(rng):
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})
+
+
+def test_torch_compile_traces_the_custom_op(rng):
+    """fullgraph=True: the custom ops (with fake kernels and autograd) trace without graph breaks."""
+    tensors, do, kwargs = _inputs(rng, Case(1, 9, 12, 4, 2, 16, causal=True))
+    compiled = torch.compile(attention_triton, backend="aot_eager", fullgraph=True)
+    got = _run(compiled, tensors, do, torch.float32, **kwargs)
+    eager = _run(attention_triton, tensors, do, torch.float32, **kwargs)
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, eager):
+        torch.testing.assert_close(g, e, rtol=0, atol=0, msg=name)

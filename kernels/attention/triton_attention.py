@@ -10,13 +10,11 @@ Layers (device code in ``triton_kernels.py``):
                                                   kernels and autograd, so torch.compile traces them.
 Arguments arrive validated from ``kernels.torch_ops.attention``. ``LAUNCHES`` counts kernel
 launches by name (tests assert the Triton path really ran). ``aot_kernels`` gives the exact
-kernels and specializations the launchers use, built with the real JIT even when the
-process interprets, for ahead-of-time compiles without a GPU.
+kernels and specializations the launchers use, for ahead-of-time compiles without a GPU
+(in a process with TRITON_INTERPRET=0; see ``tests/test_triton_aot.py``).
 """
 import collections
 import dataclasses
-import functools
-import importlib.util
 from typing import NamedTuple, Optional
 
 import torch
@@ -60,24 +58,25 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     """
     if capability is None:  # interpreter: fewer, larger numpy steps are faster; keep several blocks
         return TritonAttentionBlocks(32, 32, 4, 1)
-    wide = dtype in (torch.float16, torch.bfloat16)
+    if dtype == torch.float32:  # ieee fp32 dots run on FMA units; larger tiles spill
+        return TritonAttentionBlocks(16, 16, 8, 1) if backward else TritonAttentionBlocks(32, 16, 8, 2)
     if backward:
-        if not wide:
-            return TritonAttentionBlocks(32, 32, 4, 1)
         if head_dim <= 64:
             return TritonAttentionBlocks(64, 64, 4, 2)
         if head_dim <= 128:
             return TritonAttentionBlocks(64, 64, 8, 2)
-        return TritonAttentionBlocks(32, 32, 8, 1)
-    if not wide:  # ieee fp32 dots run on FMA units: small tiles
-        return TritonAttentionBlocks(32, 32, 4, 2)
-    if capability[0] >= 9:
+        return TritonAttentionBlocks(32, 32, 8, 1)  # dk, dv and k, v of 256 columns: small tiles
+    if capability[0] >= 9:  # wgmma: 128 rows = two warpgroups of 64
+        if head_dim <= 64:
+            return TritonAttentionBlocks(128, 128, 8, 3)
         if head_dim <= 128:
-            return TritonAttentionBlocks(128, 64 if head_dim > 64 else 128, 8, 3)
+            return TritonAttentionBlocks(128, 64, 8, 3)
+        return TritonAttentionBlocks(128, 32, 8, 2)
+    if head_dim <= 64:
         return TritonAttentionBlocks(128, 64, 8, 2)
     if head_dim <= 128:
-        return TritonAttentionBlocks(128, 64, 8, 2)
-    return TritonAttentionBlocks(64, 32, 4, 2)
+        return TritonAttentionBlocks(128, 32, 8, 3)
+    return TritonAttentionBlocks(64, 32, 8, 2)
 
 
 def _capability(t: torch.Tensor) -> Optional[tuple]:
@@ -262,22 +261,6 @@ class AotKernel(NamedTuple):
     num_stages: int
 
 
-@functools.lru_cache(maxsize=None)
-def _jit_kernels_module():
-    """``triton_kernels`` built with the real JIT, even when this process interprets."""
-    if not triton_interpreting():
-        return triton_kernels
-    from triton import knobs
-
-    spec = importlib.util.spec_from_file_location(
-        f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
-    module = importlib.util.module_from_spec(spec)
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = False
-        spec.loader.exec_module(module)
-    return module
-
-
 _PTR_ARGS = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "LSE", "DELTA", "QSEG", "KVSEG"}
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -308,7 +291,11 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                 segments=False, group=8, capability=(9, 0)) -> dict:
     """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
     ``capability``, specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them."""
-    mod = _jit_kernels_module()
+    if triton_interpreting():
+        raise RuntimeError(
+            "aot_kernels needs the real JIT: run it in a process started with TRITON_INTERPRET=0 "
+            "(the interpreter replaces triton.language's own jit functions at import)")
+    mod = triton_kernels
     ty = "*" + _TRITON_DTYPE[dtype]
     ptrs = {f"_ptr_{n}": ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
     ptrs.update(_ptr_LSE="*fp32", _ptr_DELTA="*fp32",
