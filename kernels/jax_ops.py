@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from .attention.spec import check_attention_args, check_impl
 
-ATTENTION_IMPLS = ("pallas", "reference", "xla")
+ATTENTION_IMPLS = ("pallas", "reference", "xla", "pallas_mgpu")
 JAX_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
 
 
@@ -31,6 +31,10 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
         from .attention.pallas_attention import attention_pallas
 
         return attention_pallas(q, k, v, **kwargs)
+    if impl == "pallas_mgpu":  # Hopper Mosaic GPU forward; fp16/bf16, no segment_ids
+        from .attention.pallas_mgpu import attention_pallas_mgpu
+
+        return attention_pallas_mgpu(q, k, v, **kwargs)
     if impl == "xla":
         from .attention.xla import attention_xla
 
