@@ -46,3 +46,112 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
     from .attention.reference import _attention
 
     return _attention(q, k, v, **kwargs)
+
+
+# --- encoder kernels: norms, rope, activations (kernels/norms, kernels/rope, kernels/activations) ---
+
+NORM_IMPLS = ("triton", "reference", "compiled")
+ROPE_IMPLS = ("triton", "reference", "compiled")
+ACTIVATION_IMPLS = ("triton", "reference", "compiled")
+
+
+def _compiled(fn):
+    """torch.compile of a reference function (the "compiled" peer), cached per function."""
+    cache = _compiled.__dict__.setdefault("cache", {})
+    if fn not in cache:
+        cache[fn] = torch.compile(fn, dynamic=False)
+    return cache[fn]
+
+
+def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, impl="triton"):
+    """RMSNorm over the last dim, y = x / rms(x) * (weight + offset); gemma=True: (1 + weight).
+
+    With ``residual``: h = x + residual, returns (rms_norm(h), h). See ``kernels/norms/spec.py``.
+    """
+    from .norms.spec import check_norm_args, resolve_offset
+
+    check_impl(impl, NORM_IMPLS)
+    off = resolve_offset(offset, gemma)
+    p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off,
+                        dtypes=TORCH_DTYPES, device_of=_device)
+    return _norm_dispatch(x, weight, None, residual, rms=True, eps=p.eps, offset=off, impl=impl)
+
+
+def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="triton"):
+    """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual)."""
+    from .norms.spec import check_norm_args
+
+    check_impl(impl, NORM_IMPLS)
+    p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0,
+                        dtypes=TORCH_DTYPES, device_of=_device)
+    return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
+
+
+def _norm_dispatch(x, weight, bias, residual, *, rms, eps, offset, impl):
+    if impl == "triton":
+        from .norms.triton_norms import norm_triton
+
+        return norm_triton(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
+    from .norms.reference import _norm
+
+    fn = _compiled(_norm) if impl == "compiled" else _norm
+    return fn(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
+
+
+def rope(x, positions, *, theta=10000.0, impl="triton"):
+    """Rotary embedding, rotate-half pairs (i, i + D/2) as HF Llama/Gemma. See ``kernels/rope/spec.py``."""
+    from .rope.spec import check_rope_args
+
+    check_impl(impl, ROPE_IMPLS)
+    p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=TORCH_DTYPES, device_of=_device)
+    return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
+
+
+def rope_2d(x, positions_hw, *, theta=10000.0, impl="triton"):
+    """2-D rotary embedding for patches: head_dim's first half rotated by row, second by column."""
+    from .rope.spec import check_rope_args
+
+    check_impl(impl, ROPE_IMPLS)
+    p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=TORCH_DTYPES,
+                        device_of=_device)
+    return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
+
+
+def _rope_dispatch(x, positions, *, theta, sections, impl):
+    if impl == "triton":
+        from .rope.triton_rope import rope_triton
+
+        return rope_triton(x, positions, theta=theta, sections=sections)
+    from .rope.reference import _rope
+
+    fn = _compiled(_rope) if impl == "compiled" else _rope
+    return fn(x, positions, theta=theta, sections=sections)
+
+
+def gelu(x, *, approximate="tanh", impl="triton"):
+    """GELU; approximate="tanh" (Gemma's gelu_pytorch_tanh) or "none" (exact erf)."""
+    from .activations.spec import check_gelu_args
+
+    check_impl(impl, ACTIVATION_IMPLS)
+    check_gelu_args(x, None, approximate=approximate, dtypes=TORCH_DTYPES, device_of=_device)
+    return _act_dispatch(x, None, approximate=approximate, impl=impl)
+
+
+def gated_gelu(gate, up, *, approximate="tanh", impl="triton"):
+    """GeGLU: gelu(gate) * up, fused (Gemma's MLP). See ``kernels/activations/spec.py``."""
+    from .activations.spec import check_gelu_args
+
+    check_impl(impl, ACTIVATION_IMPLS)
+    check_gelu_args(gate, up, approximate=approximate, dtypes=TORCH_DTYPES, device_of=_device)
+    return _act_dispatch(gate, up, approximate=approximate, impl=impl)
+
+
+def _act_dispatch(x, up, *, approximate, impl):
+    if impl == "triton":
+        from .activations.triton_activations import gelu_triton
+
+        return gelu_triton(x, up, approximate=approximate)
+    from .activations.reference import _gelu
+
+    fn = _compiled(_gelu) if impl == "compiled" else _gelu
+    return fn(x, up, approximate=approximate)

@@ -1,0 +1,49 @@
+"""Small argument checks shared by the elementwise/row-wise ops (norms, rope, activations).
+
+Each raises TypeError/ValueError naming the argument, what was expected and what came,
+so the PyTorch and JAX front-ends fail the same way before any kernel launches.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def shape_of(name: str, x: Any) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    if shape is None or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}")
+    return tuple(int(s) for s in shape)
+
+
+def check_dtype(name: str, x: Any, dtypes: Sequence[Any]) -> None:
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} dtype must be one of {[str(t) for t in dtypes]}, got {x.dtype}")
+
+
+def check_same_dtype(name: str, x: Any, ref_name: str, ref: Any) -> None:
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name} dtype must equal {ref_name} dtype {ref.dtype}, got {x.dtype}")
+
+
+def check_device(name: str, x: Any, ref_name: str, ref: Any, device_of) -> None:
+    if device_of is not None and device_of(x) != device_of(ref):
+        raise ValueError(f"{name} must be on {ref_name}'s device {device_of(ref)}, got {device_of(x)}")
+
+
+def check_integer(name: str, x: Any) -> None:
+    kind = getattr(x.dtype, "is_floating_point", None)
+    text = str(x.dtype)
+    is_float = kind if isinstance(kind, bool) else ("float" in text)
+    if is_float or "bool" in text or "complex" in text:
+        raise TypeError(f"{name} must be an integer array, got {x.dtype}")
+
+
+def check_float(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value

@@ -1,0 +1,1 @@
+"""GELU and gated GELU (GeGLU): reference, Triton and Pallas."""

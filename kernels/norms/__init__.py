@@ -1,0 +1,1 @@
+"""RMSNorm and LayerNorm (optionally fused with the residual add): reference, Triton and Pallas."""

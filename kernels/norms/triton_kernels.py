@@ -1,0 +1,108 @@
+"""Triton device code for RMSNorm / LayerNorm, fused with the residual add (Liger-Kernel style).
+
+Forward: one program normalizes BLOCK_M rows held whole in a [BLOCK_M, BLOCK_N] tile
+(BLOCK_N = next power of two >= hidden, masked), fp32 statistics, one rounding of y.
+Backward: a persistent grid of P programs; program p walks row blocks p, p + P, ... and
+accumulates its partial dweight (and dbias) sums in fp32 registers, written once to a
+[P, hidden] buffer that the launcher reduces. Row offsets are 64-bit (tensors > 2^31).
+Launchers and the autograd shell live in ``triton_norms.py``.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X,           # [n_rows, n_cols] input, row stride stride_x
+    R,           # [n_rows, n_cols] residual (HAS_RESIDUAL) or a dummy pointer
+    W,           # [n_cols] weight
+    B,           # [n_cols] bias (HAS_BIAS) or a dummy pointer
+    Y,           # [n_rows, n_cols] output, x's dtype
+    H,           # [n_rows, n_cols] h = x + residual, written when HAS_RESIDUAL
+    MEAN,        # [n_rows] fp32 row means (layer norm only)
+    RSTD,        # [n_rows] fp32 1 / sqrt(var + eps)
+    stride_x, stride_r, stride_y, stride_h,
+    n_rows, n_cols,
+    eps, offset,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < n_cols
+    mask = row_ok[:, None] & col_ok[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    x = tl.load(X + r64 * stride_x + cols[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(R + r64 * stride_r + cols[None, :], mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # h rounds like a framework add
+        tl.store(H + r64 * stride_h + cols[None, :], x, mask=mask)
+    h = x.to(tl.float32)
+    if IS_RMS:
+        rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / n_cols + eps)  # (BLOCK_M,)
+        n = h * rstd[:, None]
+    else:
+        mean = tl.sum(h, axis=1) / n_cols
+        d = tl.where(mask, h - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / n_cols + eps)
+        n = d * rstd[:, None]
+        tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + offset
+    y = n * w[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + r64 * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    DY,          # [n_rows, n_cols] gradient of y
+    DH,          # [n_rows, n_cols] gradient of the returned h (HAS_DH) or a dummy pointer
+    H,           # [n_rows, n_cols] the normalized input h (x when there is no residual)
+    W,           # [n_cols] weight
+    MEAN, RSTD,  # [n_rows] fp32 statistics saved by the forward
+    DX,          # [n_rows, n_cols] gradient of h (= dx = dresidual)
+    DW_PART,     # [num_programs, n_cols] fp32 partial dweight sums
+    DB_PART,     # [num_programs, n_cols] fp32 partial dbias sums (HAS_BIAS)
+    stride_dy, stride_dh, stride_h, stride_dx,
+    n_rows, n_cols, offset,
+    IS_RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + offset
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for blk in range(pid, tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        r64 = rows.to(tl.int64)[:, None]
+        dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(H + r64 * stride_h + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        if IS_RMS:
+            n = h * rstd[:, None]
+        else:
+            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+            n = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]  # gradient of the normalized row n
+        c2 = tl.sum(g * n, axis=1) / n_cols
+        if IS_RMS:
+            dh = rstd[:, None] * (g - n * c2[:, None])
+        else:
+            c1 = tl.sum(g, axis=1) / n_cols
+            dh = rstd[:, None] * (g - c1[:, None] - n * c2[:, None])
+        if HAS_DH:
+            dh += tl.load(DH + r64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + r64 * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * n, axis=0)
+        if HAS_BIAS:
+            db += tl.sum(dy, axis=0)
+    tl.store(DW_PART + pid * n_cols + cols, dw, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB_PART + pid * n_cols + cols, db, mask=col_ok)

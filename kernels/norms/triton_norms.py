@@ -1,0 +1,167 @@
+"""Triton RMSNorm / LayerNorm for PyTorch (optionally fused residual add): launchers and autograd.
+
+    norm_triton(x, weight, bias, residual, *, rms, eps, offset, blocks=None) -> y | (y, h)
+
+Limits: hidden <= 16384 (a row lives on chip); any leading dims (flattened to rows; a
+non-unit last-dim stride costs a copy); fp16/bf16/fp32 with fp32 statistics.
+Fast where: memory-bound rows of 1k-8k columns; the forward reads x (+ residual) once and
+writes y (+ h) once, the backward reads dy, h (+ dh) once and writes dx once, with the
+dweight/dbias reduction over a persistent grid (no atomics, deterministic).
+Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts kernel launches.
+"""
+import collections
+import dataclasses
+from typing import Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+from .._triton_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from . import triton_kernels
+
+LAUNCHES: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class NormBlocks:
+    """block_m rows per tile (whole rows); bwd_programs: backward grid size, 0 = per device."""
+
+    block_m: int = 1
+    num_warps: int = 4
+    bwd_programs: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.block_m, int) or not 1 <= self.block_m <= 256 or self.block_m & (self.block_m - 1):
+            raise ValueError(f"block_m={self.block_m!r} must be a power of two in [1, 256]")
+        if self.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16, 32")
+        if not isinstance(self.bwd_programs, int) or self.bwd_programs < 0:
+            raise ValueError(f"bwd_programs={self.bwd_programs!r} must be an int >= 0 (0 = auto)")
+
+
+def default_blocks(hidden: int, *, capability: Optional[tuple] = None) -> NormBlocks:
+    """Per-device defaults. ``capability`` None means the CPU interpreter (large numpy tiles).
+
+    GPU: about 4k-8k fp32 elements per tile, ~16-32 per thread; checked spill-free on sm_90
+    by tests/test_encoder_kernels_aot.py.
+    """
+    block_n = triton.next_power_of_2(hidden)
+    if capability is None:
+        return NormBlocks(block_m=max(1, min(64, 32768 // block_n)), num_warps=4, bwd_programs=4)
+    warps = 4 if block_n <= 1024 else (8 if block_n <= 4096 else 16)
+    return NormBlocks(block_m=max(1, min(16, 4096 // block_n)), num_warps=warps)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _norm_fwd(x2, w, b, r2, *, rms, eps, offset, blocks):
+    """-> y, h (None without residual), mean (None for rms), rstd; all [rows, ...]."""
+    m, n = x2.shape
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    h = torch.empty_like(y) if r2 is not None else None
+    rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
+    mean = None if rms else torch.empty_like(rstd)
+    grid = (triton.cdiv(m, blocks.block_m),)
+    triton_kernels._norm_fwd_kernel[grid](
+        x2, r2 if r2 is not None else x2, w, b if b is not None else w, y,
+        h if h is not None else y, mean if mean is not None else rstd, rstd,
+        x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0),
+        h.stride(0) if h is not None else 0, m, n, eps, offset,
+        IS_RMS=rms, HAS_RESIDUAL=r2 is not None, HAS_BIAS=b is not None,
+        BLOCK_M=blocks.block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=blocks.num_warps,
+    )
+    LAUNCHES["_norm_fwd_kernel"] += 1
+    return y, h, mean, rstd
+
+
+def _programs(m, blocks, device):
+    n_blocks = triton.cdiv(m, blocks.block_m)
+    if blocks.bwd_programs:
+        return min(n_blocks, blocks.bwd_programs)
+    if device.type == "cuda" and not triton_interpreting():
+        return min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+    return min(n_blocks, 4)
+
+
+def _norm_bwd(dy2, dh2, h2, w, mean, rstd, *, rms, offset, has_bias, blocks):
+    """-> dx [rows, n] (h's dtype), dweight, dbias (None for rms) in the weight's dtype."""
+    m, n = h2.shape
+    p = _programs(m, blocks, h2.device)
+    dx = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
+    dw_part = torch.empty((p, n), dtype=torch.float32, device=h2.device)
+    db_part = torch.empty_like(dw_part) if has_bias else dw_part
+    triton_kernels._norm_bwd_kernel[(p,)](
+        dy2, dh2 if dh2 is not None else dy2, h2, w, mean if mean is not None else rstd, rstd,
+        dx, dw_part, db_part,
+        dy2.stride(0), dh2.stride(0) if dh2 is not None else 0, h2.stride(0), dx.stride(0),
+        m, n, offset, IS_RMS=rms, HAS_DH=dh2 is not None, HAS_BIAS=has_bias,
+        BLOCK_M=blocks.block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=blocks.num_warps,
+    )
+    LAUNCHES["_norm_bwd_kernel"] += 1
+    dw = dw_part.sum(0).to(w.dtype)
+    db = db_part.sum(0).to(w.dtype) if has_bias else None
+    return dx, dw, db
+
+
+class _NormFunction(torch.autograd.Function):
+    """Differentiable in x, weight, bias, residual; returns y, or (y, h) with a residual."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, rms, eps, offset, blocks):
+        x2, weight = _rows(x), weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None
+        r2 = _rows(residual) if residual is not None else None
+        y, h, mean, rstd = _norm_fwd(x2, weight, bias, r2, rms=rms, eps=eps, offset=offset,
+                                     blocks=blocks)
+        ctx.save_for_backward(h if h is not None else x2, weight, mean, rstd)
+        ctx.cfg = (rms, offset, bias is not None, residual is not None, blocks, x.shape)
+        ctx.set_materialize_grads(False)
+        if residual is None:
+            return y.view(x.shape)
+        return y.view(x.shape), h.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy, dh=None):
+        h2, weight, mean, rstd = ctx.saved_tensors
+        rms, offset, has_bias, has_res, blocks, shape = ctx.cfg
+        dy2 = _rows(dy) if dy is not None else torch.zeros_like(h2)
+        dh2 = _rows(dh) if dh is not None else None
+        dx, dw, db = _norm_bwd(dy2, dh2, h2, weight, mean, rstd, rms=rms, offset=offset,
+                               has_bias=has_bias, blocks=blocks)
+        dx = dx.view(shape)
+        return dx, dw, db, (dx if has_res else None), None, None, None, None
+
+
+def norm_triton(x, weight, bias, residual, *, rms: bool, eps: float, offset: float,
+                blocks: Optional[NormBlocks] = None):
+    """RMSNorm (rms=True, bias None) or LayerNorm on validated arguments (see ``spec.py``)."""
+    if blocks is None:
+        cap = None if triton_interpreting() or x.device.type != "cuda" else \
+            torch.cuda.get_device_capability(x.device)
+        blocks = default_blocks(x.shape[-1], capability=cap)
+    return _NormFunction.apply(x, weight, bias, residual, bool(rms), float(eps), float(offset), blocks)
+
+
+def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
+                capability=(9, 0)) -> dict:
+    """name -> AotKernel for the forward and backward kernels in their default configuration."""
+    mod = jit_copy(__name__.rsplit(".", 1)[0] + ".triton_kernels")
+    blocks = default_blocks(hidden, capability=tuple(capability))
+    ty = "*" + TRITON_DTYPE[dtype]
+    meta = dict(IS_RMS=rms, HAS_BIAS=not rms, BLOCK_M=blocks.block_m,
+                BLOCK_N=triton.next_power_of_2(hidden))
+    fwd_ptrs = dict(X=ty, R=ty, W=ty, B=ty, Y=ty, H=ty, MEAN="*fp32", RSTD="*fp32")
+    bwd_ptrs = dict(DY=ty, DH=ty, H=ty, W=ty, MEAN="*fp32", RSTD="*fp32", DX=ty,
+                    DW_PART="*fp32", DB_PART="*fp32")
+    return {
+        "_norm_fwd_kernel": aot_kernel(mod._norm_fwd_kernel, pointers=fwd_ptrs,
+                                       constexprs={**meta, "HAS_RESIDUAL": residual},
+                                       floats=("eps", "offset"), num_warps=blocks.num_warps),
+        "_norm_bwd_kernel": aot_kernel(mod._norm_bwd_kernel, pointers=bwd_ptrs,
+                                       constexprs={**meta, "HAS_DH": residual},
+                                       floats=("offset",), num_warps=blocks.num_warps),
+    }

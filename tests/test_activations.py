@@ -1,0 +1,98 @@
+"""gelu / gated_gelu (kernels/activations) vs a float64 reference, forward and backward.
+
+Triton in the interpreter (fp32, fp16, bf16), Pallas in interpret mode (fp32, bf16); bound
+from conftest.assert_close (2x the same-precision framework error + dtype floor).
+Odd sizes: 7 x 301 elements (not a block multiple), values up to |x| ~ 10 (tanh saturation).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from kernels import jax_ops, torch_ops
+from kernels.activations import reference, reference_jax, triton_activations
+from kernels.activations.pallas_activations import PallasActivationBlocks, gelu_pallas
+from kernels.activations.triton_activations import ActivationBlocks
+
+from conftest import assert_close, rounded
+
+SHAPE = (7, 301)
+
+
+def _data(rng, dtype, gated):
+    xs = [rounded(rng.standard_normal(SHAPE) * 3, dtype)] + ([rounded(rng.standard_normal(SHAPE), dtype)] if gated else [])
+    return xs, rng.standard_normal(SHAPE)
+
+
+def _torch_run(fn, xs, dy, dtype):
+    ts = [torch.tensor(x).to(dtype).requires_grad_() for x in xs]
+    y = fn(*ts) if len(ts) == 2 else fn(ts[0], None)
+    y.backward(torch.tensor(dy).to(y.dtype))
+    return [y.detach()] + [t.grad for t in ts]
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["geglu", "gelu"])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_triton_matches_float64(rng, dtype, approximate, gated):
+    xs, dy = _data(rng, dtype, gated)
+    blocks = ActivationBlocks(block=512)  # several programs, a partial last block
+    triton_activations.LAUNCHES.clear()
+    got = _torch_run(lambda x, u: triton_activations.gelu_triton(x, u, approximate=approximate, blocks=blocks),
+                     xs, dy, dtype)
+    assert triton_activations.LAUNCHES == {"_gelu_fwd_kernel": 1, "_gelu_bwd_kernel": 1}
+    ref = _torch_run(lambda x, u: reference._gelu(x, u, approximate=approximate), xs, dy, torch.float64)
+    base = _torch_run(lambda x, u: reference._gelu(x, u, approximate=approximate, upcast=False), xs, dy, dtype)
+    for name, g, r, b in zip(["y", "dgate", "dup"], got, ref, base):
+        assert g.dtype == dtype
+        assert_close(g, r, b, dtype, name)
+
+
+@pytest.mark.parametrize("dtype,approximate", [(jnp.float32, "none"), (jnp.bfloat16, "tanh")], ids=["fp32-erf", "bf16-tanh"])
+def test_pallas_gated_matches_float64(rng, dtype, approximate):
+    tdt = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+    xs, dy = _data(rng, tdt, True)
+    blocks = PallasActivationBlocks(block=512)
+    g, u = (jnp.asarray(x).astype(dtype) for x in xs)
+
+    def run(fn):
+        y, vjp = jax.vjp(fn, g, u)
+        return [y, *vjp(jnp.asarray(dy).astype(dtype))]
+
+    got = run(lambda a, b: gelu_pallas(a, b, approximate=approximate, blocks=blocks))
+    base = run(lambda a, b: reference_jax._gelu(a, b, approximate=approximate, upcast=False))
+    ref = _torch_run(lambda x, u: reference._gelu(x, u, approximate=approximate), xs, dy, torch.float64)
+    for name, a, r, b in zip(["y", "dgate", "dup"], got, ref, base):
+        assert a.dtype == dtype
+        assert_close(np.asarray(a.astype(jnp.float32)), r, np.asarray(b.astype(jnp.float32)), tdt, name)
+
+
+def test_public_api_matches_torch_gelu(rng):
+    x = torch.tensor(rng.standard_normal((3, 5)), dtype=torch.float32)
+    for ap in ("tanh", "none"):
+        want = torch.nn.functional.gelu(x, approximate=ap)
+        assert torch.allclose(torch_ops.gelu(x, approximate=ap), want, atol=1e-6)
+        assert torch.allclose(torch_ops.gated_gelu(x, x, approximate=ap, impl="reference"), want * x, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(jax_ops.gelu(jnp.asarray(x.numpy()), approximate=ap, impl="xla")),
+                                   want.numpy(), atol=1e-6)
+
+
+def test_bad_inputs():
+    x = torch.zeros(4, 8)
+    triton_activations.LAUNCHES.clear()
+    with pytest.raises(ValueError, match=r"up must have gate's shape \(4, 8\), got \(4, 7\)"):
+        torch_ops.gated_gelu(x, x[:, :7])
+    with pytest.raises(TypeError, match=r"up dtype must equal gate dtype torch.float32, got torch.float16"):
+        torch_ops.gated_gelu(x, x.half())
+    with pytest.raises(ValueError, match=r"approximate must be one of \['tanh', 'none'\], got 'erf'"):
+        torch_ops.gelu(x, approximate="erf")
+    with pytest.raises(TypeError, match=r"x dtype must be one of .*got torch.int64"):
+        torch_ops.gelu(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"impl must be one of .*got 'triton'"):
+        jax_ops.gelu(jnp.zeros(3), impl="triton")
+    with pytest.raises(ValueError, match=r"block=100 must be a power of two >= 128"):
+        ActivationBlocks(block=100)
+    assert not triton_activations.LAUNCHES

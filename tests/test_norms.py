@@ -1,0 +1,175 @@
+"""rms_norm / layer_norm (kernels/norms) vs a float64 reference, forward and backward.
+
+Triton runs in the interpreter on CPU (fp32, fp16, bf16: no tl.dot, so bf16 is exact there);
+Pallas in interpret mode (fp32, bf16). Bound (conftest.assert_close): 2x the error of the
+framework doing the same math in the input dtype, plus the dtype floor. Odd shapes: 39 rows
+(not a block multiple), hidden 1152, 2048 and 100 (masked columns).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from kernels import jax_ops, torch_ops
+from kernels.norms import reference, reference_jax, triton_norms
+from kernels.norms.pallas_norms import PallasNormBlocks
+from kernels.norms.triton_norms import NormBlocks
+
+from conftest import assert_close, rounded
+
+
+@dataclass(frozen=True)
+class Case:
+    rms: bool
+    hidden: int
+    residual: bool
+    gemma: bool = False
+    lead: tuple = (3, 13)
+    triton_blocks: NormBlocks | None = None
+
+    @property
+    def id(self):
+        return (f"{'rms' if self.rms else 'layer'}{'-gemma' if self.gemma else ''}"
+                f"{'-res' if self.residual else ''}-{'x'.join(map(str, self.lead))}x{self.hidden}")
+
+
+CASES = [
+    Case(True, 1152, residual=True, gemma=True),
+    Case(True, 100, residual=False, triton_blocks=NormBlocks(block_m=4, bwd_programs=3)),
+    Case(False, 2048, residual=True, lead=(39,)),
+    Case(False, 100, residual=False, lead=(2, 3, 5), triton_blocks=NormBlocks(block_m=8, bwd_programs=2)),
+]
+
+
+def _inputs(rng, c: Case):
+    shape = (*c.lead, c.hidden)
+    arrays = dict(x=rng.standard_normal(shape) * 2 + 0.5, w=rng.standard_normal(c.hidden),
+                  b=rng.standard_normal(c.hidden) if not c.rms else None,
+                  r=rng.standard_normal(shape) if c.residual else None)
+    cots = [rng.standard_normal(shape)] + ([rng.standard_normal(shape)] if c.residual else [])
+    return arrays, cots
+
+
+def _kwargs(c: Case):
+    return dict(rms=c.rms, eps=1e-6 if c.rms else 1e-5, offset=1.0 if c.gemma else 0.0)
+
+
+def _torch_run(fn, arrays, cots, dtype):
+    """outputs and gradients of fn(x, w, b, r) on tensors of ``dtype``."""
+    ts = {k: None if v is None else torch.tensor(v).to(dtype).requires_grad_() for k, v in arrays.items()}
+    out = fn(ts["x"], ts["w"], ts["b"], ts["r"])
+    outs = out if isinstance(out, tuple) else (out,)
+    torch.autograd.backward(outs, [torch.tensor(g).to(o.dtype) for g, o in zip(cots, outs)])
+    grads = [ts[k].grad for k in ("x", "w", "b", "r") if ts[k] is not None]
+    return [o.detach() for o in outs] + grads
+
+
+def _names(c: Case):
+    return ["y"] + (["h"] if c.residual else []) + ["dx", "dweight"] + \
+        ([] if c.rms else ["dbias"]) + (["dresidual"] if c.residual else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_triton_matches_float64(rng, case, dtype):
+    arrays, cots = _inputs(rng, case)
+    kw = _kwargs(case)
+    arrays = {k: None if v is None else rounded(v, dtype) for k, v in arrays.items()}
+    triton_norms.LAUNCHES.clear()
+    got = _torch_run(lambda x, w, b, r: triton_norms.norm_triton(x, w, b, r, **kw, blocks=case.triton_blocks),
+                     arrays, cots, dtype)
+    assert triton_norms.LAUNCHES == {"_norm_fwd_kernel": 1, "_norm_bwd_kernel": 1}
+    ref = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
+    base = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw, upcast=False), arrays, cots, dtype)
+    for name, g, r, bl in zip(_names(case), got, ref, base):
+        assert g.dtype == dtype, (name, g.dtype)
+        assert_close(g, r, bl, dtype, name)
+
+
+def _jax_run(fn, arrays, cots, dtype):
+    keys = [k for k in ("x", "w", "b", "r") if arrays[k] is not None]
+
+    def f(*vals):
+        d = dict(zip(keys, vals))
+        return fn(d["x"], d["w"], d.get("b"), d.get("r"))
+
+    vals = [jnp.asarray(arrays[k]).astype(dtype) for k in keys]
+    out, vjp = jax.vjp(f, *vals)
+    outs = out if isinstance(out, tuple) else (out,)
+    ct = tuple(jnp.asarray(g).astype(dtype) for g in cots)
+    grads = vjp(ct if isinstance(out, tuple) else ct[0])
+    return list(outs) + list(grads)
+
+
+PALLAS_CASES = [(CASES[0], jnp.float32, None), (CASES[3], jnp.bfloat16, PallasNormBlocks(block_m=4, bwd_programs=3))]
+
+
+@pytest.mark.parametrize("case,dtype,blocks", PALLAS_CASES,
+                         ids=[f"{c.id}-{jnp.dtype(d).name}" for c, d, _ in PALLAS_CASES])
+def test_pallas_matches_float64(rng, case, dtype, blocks):
+    from kernels.norms.pallas_norms import norm_pallas
+
+    arrays, cots = _inputs(rng, case)
+    tdt = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+    arrays = {k: None if v is None else rounded(v, tdt) for k, v in arrays.items()}
+    kw = _kwargs(case)
+    got = _jax_run(lambda x, w, b, r: norm_pallas(x, w, b, r, **kw, blocks=blocks), arrays, cots, dtype)
+    ref = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
+    base = _jax_run(lambda x, w, b, r: reference_jax._norm(x, w, b, r, **kw, upcast=False), arrays, cots, dtype)
+    for name, g, r, bl in zip(_names(case), got, ref, base):
+        assert g.dtype == dtype, (name, g.dtype)
+        assert_close(np.asarray(g.astype(jnp.float32)), r, np.asarray(bl.astype(jnp.float32)), tdt, name)
+
+
+def test_public_api_dispatch_and_gemma_offset(rng):
+    x = torch.tensor(rng.standard_normal((5, 64)), dtype=torch.float32)
+    w = torch.tensor(rng.standard_normal(64), dtype=torch.float32)
+    ref = torch_ops.rms_norm(x, w, gemma=True, impl="reference")
+    assert torch.allclose(torch_ops.rms_norm(x, w, offset=1.0, impl="triton"), ref, atol=1e-5)
+    manual = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * (1 + w)
+    assert torch.allclose(ref, manual, atol=1e-5)
+    y, h = jax_ops.layer_norm(jnp.asarray(x.numpy()), jnp.asarray(w.numpy()), jnp.zeros(64),
+                              residual=jnp.ones((5, 64)), impl="xla")
+    np.testing.assert_allclose(np.asarray(h), x.numpy() + 1, rtol=1e-6)
+    assert y.shape == (5, 64)
+
+
+BAD = [
+    (lambda x, w: dict(x=x, weight=w[:-1]), ValueError, r"weight must have shape \(64,\).*got \(63,\)"),
+    (lambda x, w: dict(x=x, weight=w, eps=0.0), ValueError, r"eps must be > 0, got 0.0"),
+    (lambda x, w: dict(x=x, weight=w, gemma=True, offset=0.5), ValueError, r"either gemma=True or offset"),
+    (lambda x, w: dict(x=x, weight=w, residual=x[:1]), ValueError, r"residual must have x's shape"),
+    (lambda x, w: dict(x=x.double(), weight=w), TypeError, r"x dtype must be one of .*got torch.float64"),
+    (lambda x, w: dict(x=x, weight=w, residual=x.half()), TypeError, r"residual dtype must equal x dtype"),
+    (lambda x, w: dict(x=x, weight=w, impl="cuda"), ValueError, r"impl must be one of .*got 'cuda'"),
+    (lambda x, w: dict(x=x[:, :0], weight=w[:0]), ValueError, r"x must have >= 1 dims, all >= 1"),
+    (lambda x, w: dict(x=x.numpy(), weight=w), TypeError, r"x must be an array or tensor|x dtype"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_inputs_raise_before_launch(make, exc, msg):
+    x, w = torch.zeros(4, 64), torch.ones(64)
+    triton_norms.LAUNCHES.clear()
+    with pytest.raises(exc, match=msg):
+        torch_ops.rms_norm(**make(x, w))
+    assert not triton_norms.LAUNCHES
+
+
+def test_bad_inputs_jax_and_layer_norm():
+    x, w = jnp.zeros((4, 64)), jnp.ones(64)
+    with pytest.raises(ValueError, match=r"bias must have shape \(64,\) .*got \(3,\)"):
+        jax_ops.layer_norm(x, w, jnp.ones(3))
+    with pytest.raises(TypeError, match=r"bias must be an array or tensor, got NoneType"):
+        jax_ops.layer_norm(x, w, None)
+    with pytest.raises(ValueError, match=r"hidden size .* must be <= 16384, got 16385"):
+        jax_ops.rms_norm(jnp.zeros((1, 16385)), jnp.ones(16385))
+    with pytest.raises(ValueError, match=r"block_m=3 must be a power of two"):
+        NormBlocks(block_m=3)
+    with pytest.raises(ValueError, match=r"block_m must be a power of two"):
+        PallasNormBlocks(block_m=0)
