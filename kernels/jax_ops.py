@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from .attention.spec import check_attention_args, check_impl
 
-ATTENTION_IMPLS = ("pallas", "reference", "xla", "pallas_mgpu")
+ATTENTION_IMPLS = ("pallas", "reference", "xla", "pallas_mgpu", "pallas_tpu")
 JAX_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
 
 
@@ -35,6 +35,10 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
         from .attention.pallas_mgpu import attention_pallas_mgpu
 
         return attention_pallas_mgpu(q, k, v, **kwargs)
+    if impl == "pallas_tpu":  # TPU Mosaic kernels; TPU interpret mode off-TPU
+        from .attention.pallas_tpu import attention_pallas_tpu
+
+        return attention_pallas_tpu(q, k, v, **kwargs)
     if impl == "xla":
         from .attention.xla import attention_xla
 
@@ -42,101 +46,3 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
     from .attention.reference_jax import _attention
 
     return _attention(q, k, v, **kwargs)
-
-
-# --- encoder kernels: norms, rope, activations (kernels/norms, kernels/rope, kernels/activations) ---
-
-NORM_IMPLS = ("pallas", "reference", "xla")
-ROPE_IMPLS = ("pallas", "reference", "xla")
-ACTIVATION_IMPLS = ("pallas", "reference", "xla")
-
-
-def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, impl="pallas"):
-    """RMSNorm over the last dim, y = x / rms(x) * (weight + offset); gemma=True: (1 + weight).
-
-    With ``residual``: h = x + residual, returns (rms_norm(h), h). See ``kernels/norms/spec.py``.
-    """
-    from .norms.spec import check_norm_args, resolve_offset
-
-    check_impl(impl, NORM_IMPLS)
-    off = resolve_offset(offset, gemma)
-    p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off, dtypes=JAX_DTYPES)
-    return _norm_dispatch(x, weight, None, residual, rms=True, eps=p.eps, offset=off, impl=impl)
-
-
-def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="pallas"):
-    """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual)."""
-    from .norms.spec import check_norm_args
-
-    check_impl(impl, NORM_IMPLS)
-    p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0, dtypes=JAX_DTYPES)
-    return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
-
-
-def _norm_dispatch(x, weight, bias, residual, *, rms, eps, offset, impl):
-    if impl == "pallas":
-        from .norms.pallas_norms import norm_pallas
-
-        return norm_pallas(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
-    from .norms import reference_jax
-
-    fn = reference_jax._norm_jit if impl == "xla" else reference_jax._norm
-    return fn(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
-
-
-def rope(x, positions, *, theta=10000.0, impl="pallas"):
-    """Rotary embedding, rotate-half pairs (i, i + D/2) as HF Llama/Gemma. See ``kernels/rope/spec.py``."""
-    from .rope.spec import check_rope_args
-
-    check_impl(impl, ROPE_IMPLS)
-    p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=JAX_DTYPES)
-    return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
-
-
-def rope_2d(x, positions_hw, *, theta=10000.0, impl="pallas"):
-    """2-D rotary embedding for patches: head_dim's first half rotated by row, second by column."""
-    from .rope.spec import check_rope_args
-
-    check_impl(impl, ROPE_IMPLS)
-    p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=JAX_DTYPES)
-    return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
-
-
-def _rope_dispatch(x, positions, *, theta, sections, impl):
-    if impl == "pallas":
-        from .rope.pallas_rope import rope_pallas
-
-        return rope_pallas(x, positions, theta=theta, sections=sections)
-    from .rope import reference_jax
-
-    fn = reference_jax._rope_jit if impl == "xla" else reference_jax._rope
-    return fn(x, positions, theta=theta, sections=sections)
-
-
-def gelu(x, *, approximate="tanh", impl="pallas"):
-    """GELU; approximate="tanh" (Gemma's gelu_pytorch_tanh) or "none" (exact erf)."""
-    from .activations.spec import check_gelu_args
-
-    check_impl(impl, ACTIVATION_IMPLS)
-    check_gelu_args(x, None, approximate=approximate, dtypes=JAX_DTYPES)
-    return _act_dispatch(x, None, approximate=approximate, impl=impl)
-
-
-def gated_gelu(gate, up, *, approximate="tanh", impl="pallas"):
-    """GeGLU: gelu(gate) * up, fused (Gemma's MLP). See ``kernels/activations/spec.py``."""
-    from .activations.spec import check_gelu_args
-
-    check_impl(impl, ACTIVATION_IMPLS)
-    check_gelu_args(gate, up, approximate=approximate, dtypes=JAX_DTYPES)
-    return _act_dispatch(gate, up, approximate=approximate, impl=impl)
-
-
-def _act_dispatch(x, up, *, approximate, impl):
-    if impl == "pallas":
-        from .activations.pallas_activations import gelu_pallas
-
-        return gelu_pallas(x, up, approximate=approximate)
-    from .activations import reference_jax
-
-    fn = reference_jax._gelu_jit if impl == "xla" else reference_jax._gelu
-    return fn(x, up, approximate=approximate)
