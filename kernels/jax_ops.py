@@ -46,3 +46,189 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
     from .attention.reference_jax import _attention
 
     return _attention(q, k, v, **kwargs)
+
+
+DECODE_IMPLS = ("pallas", "reference", "xla", "pallas_tpu")
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
+                     impl="pallas"):
+    """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
+
+    Reads cache_seqlens on the host to check 0 <= L <= max_len (a device->host copy);
+    under jax.jit that value check is skipped and the kernels clamp L into [0, max_len].
+    impl="xla" is jax.nn.dot_product_attention (key_value_seq_lengths; a mask with a window).
+    """
+    from .decode.spec import check_decode_args
+    from .decode.xla import host_lengths
+
+    check_impl(impl, DECODE_IMPLS)
+    p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
+                          scale=scale, dtypes=JAX_DTYPES, host_lengths=host_lengths)
+    kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
+    if impl == "pallas":
+        from .decode.pallas_decode import decode_pallas
+
+        return decode_pallas(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    if impl == "pallas_tpu":  # TPU Mosaic kernel; TPU interpret mode off-TPU
+        from .decode.pallas_tpu_decode import decode_attention_pallas_tpu
+
+        return decode_attention_pallas_tpu(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    if impl == "xla":
+        from .decode.xla import decode_xla
+
+        return decode_xla(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    from .decode.reference_jax import _decode
+
+    return _decode(q, k_cache, v_cache, cache_seqlens, **kwargs)
+
+
+# --- encoder kernels: norms, rope, activations (kernels/norms, kernels/rope, kernels/activations) ---
+
+NORM_IMPLS = ("pallas", "reference", "xla")
+ROPE_IMPLS = ("pallas", "reference", "xla")
+ACTIVATION_IMPLS = ("pallas", "reference", "xla")
+
+
+def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, impl="pallas"):
+    """RMSNorm over the last dim, y = x / rms(x) * (weight + offset); gemma=True: (1 + weight).
+
+    With ``residual``: h = x + residual, returns (rms_norm(h), h). See ``kernels/norms/spec.py``.
+    """
+    from .norms.spec import check_norm_args, resolve_offset
+
+    check_impl(impl, NORM_IMPLS)
+    off = resolve_offset(offset, gemma)
+    p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off, dtypes=JAX_DTYPES)
+    return _norm_dispatch(x, weight, None, residual, rms=True, eps=p.eps, offset=off, impl=impl)
+
+
+def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="pallas"):
+    """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual)."""
+    from .norms.spec import check_norm_args
+
+    check_impl(impl, NORM_IMPLS)
+    p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0, dtypes=JAX_DTYPES)
+    return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
+
+
+def _norm_dispatch(x, weight, bias, residual, *, rms, eps, offset, impl):
+    if impl == "pallas":
+        from .norms.pallas_norms import norm_pallas
+
+        return norm_pallas(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
+    from .norms import reference_jax
+
+    fn = reference_jax._norm_jit if impl == "xla" else reference_jax._norm
+    return fn(x, weight, bias, residual, rms=rms, eps=eps, offset=offset)
+
+
+def rope(x, positions, *, theta=10000.0, impl="pallas"):
+    """Rotary embedding, rotate-half pairs (i, i + D/2) as HF Llama/Gemma. See ``kernels/rope/spec.py``."""
+    from .rope.spec import check_rope_args
+
+    check_impl(impl, ROPE_IMPLS)
+    p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=JAX_DTYPES)
+    return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
+
+
+def rope_2d(x, positions_hw, *, theta=10000.0, impl="pallas"):
+    """2-D rotary embedding for patches: head_dim's first half rotated by row, second by column."""
+    from .rope.spec import check_rope_args
+
+    check_impl(impl, ROPE_IMPLS)
+    p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=JAX_DTYPES)
+    return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
+
+
+def _rope_dispatch(x, positions, *, theta, sections, impl):
+    if impl == "pallas":
+        from .rope.pallas_rope import rope_pallas
+
+        return rope_pallas(x, positions, theta=theta, sections=sections)
+    from .rope import reference_jax
+
+    fn = reference_jax._rope_jit if impl == "xla" else reference_jax._rope
+    return fn(x, positions, theta=theta, sections=sections)
+
+
+def gelu(x, *, approximate="tanh", impl="pallas"):
+    """GELU; approximate="tanh" (Gemma's gelu_pytorch_tanh) or "none" (exact erf)."""
+    from .activations.spec import check_gelu_args
+
+    check_impl(impl, ACTIVATION_IMPLS)
+    check_gelu_args(x, None, approximate=approximate, dtypes=JAX_DTYPES)
+    return _act_dispatch(x, None, approximate=approximate, impl=impl)
+
+
+def gated_gelu(gate, up, *, approximate="tanh", impl="pallas"):
+    """GeGLU: gelu(gate) * up, fused (Gemma's MLP). See ``kernels/activations/spec.py``."""
+    from .activations.spec import check_gelu_args
+
+    check_impl(impl, ACTIVATION_IMPLS)
+    check_gelu_args(gate, up, approximate=approximate, dtypes=JAX_DTYPES)
+    return _act_dispatch(gate, up, approximate=approximate, impl=impl)
+
+
+def _act_dispatch(x, up, *, approximate, impl):
+    if impl == "pallas":
+        from .activations.pallas_activations import gelu_pallas
+
+        return gelu_pallas(x, up, approximate=approximate)
+    from .activations import reference_jax
+
+    fn = reference_jax._gelu_jit if impl == "xla" else reference_jax._gelu
+    return fn(x, up, approximate=approximate)
+
+
+PATCH_EMBED_IMPLS = ("pallas", "reference", "xla")
+
+
+def patch_embed(images, weight, bias, pos_embed, *, patch, impl="pallas"):
+    """Patch tokens [B, N, D] = unfold(images [B, H, W, C]) @ weight [P*P*C, D] + bias + pos_embed.
+
+    Flattening order (ph, pw, c); see ``kernels/patch_embed/spec.py``. impls: "pallas" (fused
+    kernel), "reference" (reshape + matmul), "xla" (lax.conv_general_dilated peer).
+    """
+    from .patch_embed.spec import check_patch_embed_args
+
+    check_impl(impl, PATCH_EMBED_IMPLS)
+    check_patch_embed_args(images, weight, bias, pos_embed, patch=patch,
+                           dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"))
+    if impl == "pallas":
+        from .patch_embed.pallas_patch_embed import patch_embed_pallas
+
+        return patch_embed_pallas(images, weight, bias, pos_embed, patch=patch)
+    from .patch_embed import reference_jax
+
+    fn = reference_jax.patch_embed_xla if impl == "xla" else reference_jax.patch_embed_reference
+    return fn(images, weight, bias, pos_embed, patch=patch)
+
+
+LOG_MEL_IMPLS = ("pallas", "reference", "xla")
+
+
+def log_mel(waveform, *, sample_rate=16000, n_mels=80, win_ms=25.0, hop_ms=10.0, n_fft=None,
+            impl="pallas"):
+    """Log-mel spectrogram [B, frames, n_mels] float32 of waveform [B, samples]; contract in
+    ``kernels/audio/spec.py``. impls: "pallas" (fused kernel), "reference" (jnp.fft.rfft),
+    "xla" (frames @ DFT tables). Non-finite samples are refused when the values are concrete;
+    under jax.jit they cannot be checked (see spec)."""
+    import jax
+
+    from .audio.spec import check_log_mel_args
+
+    check_impl(impl, LOG_MEL_IMPLS)
+    problem = check_log_mel_args(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
+                                 hop_ms=hop_ms, n_fft=n_fft,
+                                 dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"))
+    if not isinstance(waveform, jax.core.Tracer) and not bool(jnp.isfinite(waveform).all()):
+        raise ValueError("waveform contains NaN or inf samples; log_mel refuses non-finite audio")
+    if impl == "pallas":
+        from .audio.pallas_log_mel import log_mel_pallas
+
+        return log_mel_pallas(waveform, problem)
+    from .audio import reference_jax
+
+    fn = reference_jax.log_mel_xla if impl == "xla" else reference_jax.log_mel_reference
+    return fn(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft)
