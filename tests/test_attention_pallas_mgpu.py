@@ -229,13 +229,16 @@ def test_side_by_side_with_jax_attention_mgpu_gpu(rng, heads, kv_heads, head_dim
     q = q * jnp.asarray(head_dim**-0.5, dtype)  # fold the scale into q for both kernels
     ours = attention_pallas_mgpu(q, k, v, causal=causal, window=None, softcap=None, scale=1.0,
                                  q_segment_ids=None, kv_segment_ids=None, interpret=False)
-    peer = am.attention(q, k, v, am.TuningConfig(block_q=64, block_kv=64,
-                                                 max_concurrent_steps=2, causal=causal))
+    try:
+        peer = am.attention(q, k, v, am.TuningConfig(block_q=64, block_kv=64,
+                                                     max_concurrent_steps=2, causal=causal))
+    except ValueError as e:  # the peer refuses causal on CUDA 12.8.0 - 12.9.0 (ptxas bug)
+        if "ptxas" not in str(e):
+            raise
+        pytest.skip(f"attention_mgpu refuses this case here: {e}")
     truth = _truth(q, k, v, causal=causal, window=None, softcap=None, scale=1.0)
     base = reference_jax._attention(q, k, v, causal=causal, window=None, softcap=None,
                                     scale=1.0, q_segment_ids=None, kv_segment_ids=None,
                                     upcast=False)
     assert_close(ours, truth, base, dtype, "pallas_mgpu")
-    assert_close(peer, truth, base, dtype, "attention_mgpu (peer sanity)")
-    diff = np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(peer, np.float64)))
-    assert diff <= 2 * np.max(np.abs(np.asarray(base, np.float64) - truth.numpy())) + 2e-2
+    assert_close(peer, truth, base, dtype, "attention_mgpu (the peer, same bound)")
