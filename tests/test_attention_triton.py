@@ -47,7 +47,7 @@ class Case:
 CASES = [
     Case(1, 1, 1, 2, 1, 64),
     Case(1, 17, 17, 4, 1, 64),
-    Case(2, 100, 257, 4, 2, 80, causal=True),
+    Case(1, 100, 257, 4, 2, 80, causal=True),
     Case(1, 257, 100, 2, 2, 64, causal=True),  # Sq > Skv: the first 157 queries see no key
     Case(1, 1, 100, 8, 1, 128, causal=True),  # decode-like
     Case(1, 100, 100, 4, 2, 64, window=20),

@@ -261,54 +261,55 @@ class AotKernel(NamedTuple):
     num_stages: int
 
 
-_PTR_ARGS = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "LSE", "DELTA", "QSEG", "KVSEG"}
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def _aot_kernel(fn, constexprs, blocks):
-    """Signature of a launch with contiguous inputs: 16-byte aligned pointers, unit d-strides."""
+def _aot_kernel(fn, constexprs, pointer_types, blocks):
+    """Specialization of a launch with contiguous inputs: 16-byte aligned pointers and strides,
+    unit head_dim strides (the JIT turns a stride of 1 into a constant)."""
     signature, consts, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in _PTR_ARGS:
-            signature[name] = consts.pop("_ptr_" + name)
+        elif name in pointer_types:
+            signature[name] = pointer_types[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.startswith("stride_") and name.endswith("d") and "seg" not in name:
-            signature[name], consts[name] = "constexpr", 1  # JIT specializes stride == 1
+            signature[name], consts[name] = "constexpr", 1
         elif name.startswith("stride_"):
             signature[name] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in ("sm_scale", "softcap"):
             signature[name] = "fp32"
-        else:
+        else:  # lengths, kv heads, window
             signature[name] = "i32"
-    consts = {k: v for k, v in consts.items() if not k.startswith("_ptr_")}
     return AotKernel(fn.__name__, fn, signature, consts, attrs, blocks.num_warps, blocks.num_stages)
 
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, softcap=None,
                 segments=False, group=8, capability=(9, 0)) -> dict:
     """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
-    ``capability``, specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them."""
+    ``capability``, specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids).
+
+    Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
+    k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
+    num_stages=k.num_stages))``.
+    """
     if triton_interpreting():
         raise RuntimeError(
             "aot_kernels needs the real JIT: run it in a process started with TRITON_INTERPRET=0 "
             "(the interpreter replaces triton.language's own jit functions at import)")
-    mod = triton_kernels
     ty = "*" + _TRITON_DTYPE[dtype]
-    ptrs = {f"_ptr_{n}": ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
-    ptrs.update(_ptr_LSE="*fp32", _ptr_DELTA="*fp32",
-                _ptr_QSEG="*i32" if segments else "*fp32", _ptr_KVSEG="*i32" if segments else "*fp32")
+    pointer_types = {n: ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    seg_ty = "*i64" if segments else "*fp32"  # without segments the launcher passes lse as a dummy
+    pointer_types.update(LSE="*fp32", DELTA="*fp32", QSEG=seg_ty, KVSEG=seg_ty)
     out = {}
     for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
         blocks = default_blocks(head_dim, dtype, backward=backward, capability=tuple(capability))
         meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
                            segments=segments, blocks=blocks)
-        fn = getattr(mod, name)
-        if name == "_attn_bwd_preprocess_kernel":
-            meta = {k: meta[k] for k in ("GROUP", "HEAD_DIM", "BLOCK_D", "BLOCK_M")}
+        fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
-        out[name] = _aot_kernel(fn, {**meta, **ptrs}, blocks)
+        out[name] = _aot_kernel(fn, meta, pointer_types, blocks)
     return out
