@@ -31,7 +31,7 @@ bench-gpu:
 	  --target /tmp/site .whl/*.whl; fi; \
 	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
-	timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention_gpu.py \
+	timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
 	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tail -40; \
 	timeout 330 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 

@@ -18,6 +18,7 @@ from kernels.attention.spec import AttentionProblem, attention_flops
 from kernels.tolerances import BENCH_RTOL
 
 JAX_PEER, TORCH_PEER_PREFIX = "xla", "sdpa"
+REFERENCE_MAX_GB = 8  # above this the O(S^2) references are skipped, with the reason
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,13 @@ class AttentionSuite:
 
     def check(self, case: Case, framework: str, impl: str):
         """Correctness first: (record, timed callable), or (failed record, None) over tolerance."""
+        if impl.startswith("reference"):
+            scores_gb = case.batch * case.heads * case.seq**2 * 4 * (3 if case.direction != "fwd" else 1) / 1e9
+            if scores_gb > REFERENCE_MAX_GB:
+                raise Skip(f"the reference materializes B*H*S^2 fp32 scores ({scores_gb:.0f} GB "
+                           f"> {REFERENCE_MAX_GB} GB)")
+        if impl == "pallas_mgpu" and case.direction != "fwd":
+            raise Skip("pallas_mgpu is forward-only")
         q, k, v, do, m, ref = self._inputs(case)
         if framework == "torch":
             fn, mode = torch_impl(impl, self.device.kind)
@@ -209,9 +217,12 @@ class AttentionSuite:
         from kernels import _platform, jax_ops
 
         scale = case.head_dim**-0.5
-        if impl in ("pallas", "xla", "reference"):
+        if impl in jax_ops.ATTENTION_IMPLS:
+            backend = _platform.jax_backend()
             mode = {"pallas": "interpret" if _platform.pallas_interpret_default() else "compiled",
-                    "xla": "xla", "reference": "xla"}[impl]
+                    "pallas_tpu": "compiled" if backend == "tpu" else "interpret",
+                    "pallas_mgpu": "compiled" if backend in ("gpu", "cuda") else "interpret",
+                    }.get(impl, "xla")
             return (lambda q, k, v: jax_ops.attention(q, k, v, causal=case.causal, impl=impl)), mode
         if impl == "xla-cudnn":
             if self.device.kind != "cuda":
