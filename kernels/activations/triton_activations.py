@@ -18,12 +18,12 @@ import triton
 import triton.language as tl
 
 from .._platform import triton_interpreting
-from .._triton_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
 
 LAUNCHES: collections.Counter = collections.Counter()
-SQRT_2_OVER_PI = 0.7978845608028654
-INV_SQRT_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # kernels may read only constexpr globals
+INV_SQRT_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

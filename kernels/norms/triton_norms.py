@@ -17,7 +17,7 @@ import torch
 import triton
 
 from .._platform import triton_interpreting
-from .._triton_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()

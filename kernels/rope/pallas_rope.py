@@ -20,8 +20,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from .._platform import pallas_interpret_default
-from .spec import inv_freq64
-from .triton_rope import INV_TWO_PI, TWO_PI_HI, TWO_PI_LO
+from .spec import INV_TWO_PI, TWO_PI_HI, TWO_PI_LO, inv_freq64
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,12 @@ from typing import Any, Sequence
 
 from .._checks import check_device, check_dtype, check_float, check_integer, shape_of
 
+# Angle range reduction to [-pi, pi] (Cody-Waite): 2 pi = HI + LO, HI with few mantissa bits
+# so k * HI is exact in fp32; keeps fast hardware sin/cos accurate at large positions.
+TWO_PI_HI = 6.28125
+TWO_PI_LO = 0.0019353071795864769
+INV_TWO_PI = 0.15915494309189535
+
 
 @dataclass(frozen=True)
 class RopeProblem:

@@ -19,13 +19,14 @@ import triton
 import triton.language as tl
 
 from .._platform import triton_interpreting
-from .._triton_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from . import spec
 from .spec import inv_freq64
 
 LAUNCHES: collections.Counter = collections.Counter()
-TWO_PI_HI = 6.28125  # 2 pi split for Cody-Waite reduction: HI has few mantissa bits (exact k * HI)
-TWO_PI_LO = 0.0019353071795864769
-INV_TWO_PI = 0.15915494309189535
+TWO_PI_HI = tl.constexpr(spec.TWO_PI_HI)  # kernels may read only constexpr globals
+TWO_PI_LO = tl.constexpr(spec.TWO_PI_LO)
+INV_TWO_PI = tl.constexpr(spec.INV_TWO_PI)
 
 
 @triton.jit
