@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.compile_report
 
 # On a GPU machine: system python (torch 2.11 / triton 3.6 / jax 0.11 there); hydra-core
 # travels as wheels in .whl/ (made here by `make gpu-wheels`). Results go to $$OUT.

@@ -1,0 +1,145 @@
+"""Compile report: every Triton kernel compiled ahead of time for sm_80 and sm_90 on this
+machine (no GPU needed), with what the compiler tells about it.
+
+    python -m benchmarks.compile_report [--out benchmarks/report] [--caps 80 90]
+
+Per kernel and target: registers per thread, spills, shared memory, the occupancy those
+allow (resident warps per SM), and the instruction mix of the SASS (HGMMA / HMMA / FFMA /
+MUFU counts, through the ``nvdisasm`` the Triton wheel carries). Kernels come from each
+op's ``aot_kernels`` helper (the exact specializations its launcher uses). Runs in its own
+process with TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language`` in a way
+that breaks real compiles in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# SM limits per compute capability: registers, max resident warps and threads, shared memory.
+SM_LIMITS = {80: dict(regs=65536, warps=64, smem=164 * 1024, block_smem=163 * 1024),
+             90: dict(regs=65536, warps=64, smem=228 * 1024, block_smem=227 * 1024)}
+SASS_OPS = ("HGMMA", "HMMA", "FFMA", "FMUL", "MUFU", "LDGSTS", "UTMALDG", "LDG", "STG")
+
+
+def kernel_sets(cap: int) -> dict[str, dict]:
+    """op name -> {kernel name: AotKernel} in default configurations for capability ``cap``."""
+    import torch
+
+    from kernels.attention.triton_attention import aot_kernels as attention_aot
+
+    major, minor = cap // 10, cap % 10
+    sets = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        dt = str(dtype).replace("torch.", "")
+        sets[f"attention causal hd128 {dt}"] = attention_aot(128, dtype, causal=True,
+                                                            capability=(major, minor))
+    return sets
+
+
+def occupancy(regs: int, shared: int, num_warps: int, cap: int) -> dict:
+    lim = SM_LIMITS[cap]
+    regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256  # allocation granularity 256
+    by_regs = lim["regs"] // (regs_per_warp * num_warps)
+    by_smem = lim["smem"] // shared if shared else 32
+    by_warps = lim["warps"] // num_warps
+    blocks = max(0, min(by_regs, by_smem, by_warps, 32))
+    limiter = min((by_regs, "registers"), (by_smem, "shared memory"), (by_warps, "warps"))[1]
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * num_warps,
+            "occupancy": blocks * num_warps / lim["warps"], "limited_by": limiter}
+
+
+def compile_one(kernel, cap: int, workdir: str) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia import compiler as nvidia
+
+    src = triton.compiler.ASTSource(kernel.fn, kernel.signature, kernel.constexprs, kernel.attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
+                              options=dict(num_warps=kernel.num_warps, num_stages=kernel.num_stages))
+    base = os.path.join(workdir, f"{kernel.name}-sm{cap}")
+    with open(base + ".ptx", "w") as f:
+        f.write(compiled.asm["ptx"])
+    with open(base + ".cubin", "wb") as f:
+        f.write(compiled.asm["cubin"])
+    ptxas = subprocess.run([nvidia.get_ptxas(cap).path, "-v",
+                            f"--gpu-name={nvidia.sm_arch_from_capability(cap)}", base + ".ptx",
+                            "-o", base + ".o"], capture_output=True, text=True, check=True).stderr
+    regs = int(re.search(r"Used (\d+) registers", ptxas)[1])
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
+    nvdisasm = os.path.join(os.path.dirname(nvidia.__file__), "bin", "nvdisasm")
+    mix = None
+    if os.path.exists(nvdisasm):
+        sass = subprocess.run([nvdisasm, base + ".cubin"], capture_output=True, text=True,
+                              check=True).stdout
+        mix = {op: len(re.findall(rf"\b{op}\b", sass)) for op in SASS_OPS}
+    shared = int(compiled.metadata.shared)
+    return {"registers": regs, "spill_store_bytes": int(spills[1]), "spill_load_bytes": int(spills[2]),
+            "shared_bytes": shared, "num_warps": kernel.num_warps, "num_stages": kernel.num_stages,
+            "wgmma_in_ptx": "wgmma" in compiled.asm["ptx"], "sass_mix": mix,
+            **occupancy(regs, shared, kernel.num_warps, cap)}
+
+
+def build_report(caps=(80, 90)) -> dict:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("run the compile report with TRITON_INTERPRET=0 (python -m "
+                           "benchmarks.compile_report sets it when started as a program)")
+    from benchmarks.results import git_commit, library_versions
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for cap in caps:
+            for op, kernels in kernel_sets(cap).items():
+                for name, kernel in kernels.items():
+                    row = {"op": op, "kernel": name, "target": f"sm_{cap}"}
+                    try:
+                        row.update(compile_one(kernel, cap, work))
+                    except Exception as e:  # reported per kernel; the report goes on
+                        row["error"] = f"{type(e).__name__}: {e}"[:1000]
+                    rows.append(row)
+    return {"commit": git_commit(), "versions": library_versions(), "rows": rows}
+
+
+def to_markdown(report: dict) -> str:
+    lines = ["# Compile report (ahead of time, no GPU; compiler facts, not measurements)", "",
+             f"commit `{report['commit'].get('commit')}`, triton {report['versions'].get('triton')}", "",
+             "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by | HGMMA | HMMA | FFMA | MUFU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | error: {r['error'][:80]} |")
+            continue
+        mix = r["sass_mix"] or {}
+        lines.append(
+            f"| {r['op']} | {r['kernel']} | {r['target']} | {r['registers']} | "
+            f"{r['spill_store_bytes'] + r['spill_load_bytes']} | {r['shared_bytes'] / 1024:.1f} | "
+            f"{r['num_warps']} | {100 * r['occupancy']:.0f}% | {r['limited_by']} | "
+            + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/report")
+    ap.add_argument("--caps", type=int, nargs="+", default=[80, 90])
+    args = ap.parse_args(argv)
+    from benchmarks.results import write_json_atomic, write_text_atomic
+
+    report = build_report(tuple(args.caps))
+    write_json_atomic(os.path.join(args.out, "compile_report.json"), report)
+    md = to_markdown(report)
+    write_text_atomic(os.path.join(args.out, "compile_report.md"), md)
+    print(md)
+    bad = [r for r in report["rows"] if "error" in r or r.get("spill_store_bytes")]
+    if bad:
+        print(f"{len(bad)} kernels failed to compile or spill", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "0"
+    main()
