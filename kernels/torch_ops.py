@@ -155,3 +155,55 @@ def _act_dispatch(x, up, *, approximate, impl):
 
     fn = _compiled(_gelu) if impl == "compiled" else _gelu
     return fn(x, up, approximate=approximate)
+
+
+PATCH_EMBED_IMPLS = ("triton", "reference", "conv")
+
+
+def patch_embed(images, weight, bias, pos_embed, *, patch, impl="triton"):
+    """Patch tokens [B, N, D] = unfold(images [B, H, W, C]) @ weight [P*P*C, D] + bias + pos_embed.
+
+    Flattening order (ph, pw, c); see ``kernels/patch_embed/spec.py``. impls: "triton" (fused
+    gather-matmul kernel), "reference" (unfold + matmul, float64-capable), "conv" (F.conv2d peer).
+    """
+    from .patch_embed.spec import check_patch_embed_args
+
+    check_impl(impl, PATCH_EMBED_IMPLS)
+    check_patch_embed_args(images, weight, bias, pos_embed, patch=patch,
+                           dtypes=TORCH_DTYPES + (torch.float64,) * (impl != "triton"),
+                           device_of=_device)
+    if impl == "triton":
+        from .patch_embed.triton_patch_embed import patch_embed_triton
+
+        return patch_embed_triton(images, weight, bias, pos_embed, patch=patch)
+    from .patch_embed import reference
+
+    fn = reference.patch_embed_conv if impl == "conv" else reference.patch_embed_reference
+    return fn(images, weight, bias, pos_embed, patch=patch)
+
+
+LOG_MEL_IMPLS = ("triton", "reference", "stft")
+
+
+def log_mel(waveform, *, sample_rate=16000, n_mels=80, win_ms=25.0, hop_ms=10.0, n_fft=None,
+            impl="triton"):
+    """Log-mel spectrogram [B, frames, n_mels] (float32; float64 for float64 references) of
+    waveform [B, samples]. Framing, window, HTK mel scale and log floor: ``kernels/audio/spec.py``.
+    impls: "triton" (fused kernel), "reference" (unfold + rfft), "stft" (torch.stft peer).
+    Non-finite samples are refused here (one host sync)."""
+    from .audio.spec import check_log_mel_args
+
+    check_impl(impl, LOG_MEL_IMPLS)
+    problem = check_log_mel_args(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
+                                 hop_ms=hop_ms, n_fft=n_fft,
+                                 dtypes=TORCH_DTYPES + (torch.float64,) * (impl != "triton"))
+    if not bool(torch.isfinite(waveform).all()):
+        raise ValueError("waveform contains NaN or inf samples; log_mel refuses non-finite audio")
+    if impl == "triton":
+        from .audio.triton_log_mel import log_mel_triton
+
+        return log_mel_triton(waveform, problem)
+    from .audio import reference
+
+    fn = reference.log_mel_stft if impl == "stft" else reference.log_mel_reference
+    return fn(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft)

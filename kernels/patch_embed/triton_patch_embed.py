@@ -1,0 +1,255 @@
+"""Triton patch_embed for PyTorch: block sizes, launchers and the differentiable custom op.
+
+    patch_embed_triton(images, weight, bias, pos_embed, *, patch, blocks=None)
+
+Layers (device code in ``triton_kernels.py``):
+  ``PatchEmbedBlocks`` / ``default_blocks``  tunables and per-device defaults;
+  ``_forward`` / ``_backward_params`` / ``_backward_images``  allocate, pick the grid, launch;
+  ``gemini_kernels::patch_embed_fwd`` (+ ``_bwd_params``, ``_bwd_images``)  torch.library
+  custom ops with fake kernels and autograd; dimages is only computed when images need grad.
+Arguments arrive validated from ``kernels.torch_ops.patch_embed``. ``LAUNCHES`` counts
+launches by kernel name; ``aot_kernels`` gives the default specializations built with the
+real JIT (even while this process interprets) for ahead-of-time compiles without a GPU.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+from .._triton_aot import aot_signature, jit_module
+from . import triton_kernels
+
+LAUNCHES: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchEmbedBlocks:
+    """Tiles over rows m (patches), n (dim) and k (pixels per patch) for one pass, plus launch knobs.
+
+    forward: out [block_m, block_n], reduce block_k; dweight: out [block_k, block_n], reduce
+    block_m; dimages: out [block_m, block_k], reduce block_n; dpos: [block_m, block_n] tiles.
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
+        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+
+    def as_list(self) -> list:
+        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages]
+
+
+PASSES = ("fwd", "dweight", "dimages", "dpos")
+
+
+def default_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
+                   capability: Optional[tuple] = None) -> PatchEmbedBlocks:
+    """Default tiles of one pass; ``capability`` None is the CPU interpreter (few, large steps).
+
+    GPU picks are checked by ``tests/test_patch_audio_aot.py`` (no spills; wgmma on sm_90).
+    """
+    if pass_ not in PASSES:
+        raise ValueError(f"pass_ must be one of {PASSES}, got {pass_!r}")
+    if capability is None:
+        return PatchEmbedBlocks(32, 64, 64, 4, 1)
+    if dtype == torch.float32:  # ieee fp32 dots run on FMA units: modest tiles
+        return PatchEmbedBlocks(32, 64, 32, 4, 2)
+    if pass_ == "dpos":
+        return PatchEmbedBlocks(32, 128, 16, 4, 1)
+    if capability[0] >= 9:  # wgmma, two warpgroups; the gathered tile's 64-bit addresses
+        # cost registers, so the largest spill-free tiles are narrower than a plain GEMM's
+        return {"fwd": PatchEmbedBlocks(128, 64, 32, 8, 3),
+                "dweight": PatchEmbedBlocks(64, 64, 128, 8, 2),
+                "dimages": PatchEmbedBlocks(128, 32, 64, 8, 3)}[pass_]
+    return PatchEmbedBlocks(128, 64, 32, 4, 3)
+
+
+def _capability(t: torch.Tensor) -> Optional[tuple]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(t.device)
+
+
+def _dot_precision(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+
+
+def _geometry(images: torch.Tensor, patch: int):
+    b, h, w, c = images.shape
+    n = (h // patch) * (w // patch)
+    return b * n, n, w // patch, c
+
+
+def _forward(images, weight, bias, pos, patch, blocks: PatchEmbedBlocks):
+    m, n, grid_w, c = _geometry(images, patch)
+    dim = weight.shape[1]
+    y = torch.empty((images.shape[0], n, dim), dtype=images.dtype, device=images.device)
+    grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(dim, blocks.block_n))
+    triton_kernels._patch_embed_fwd_kernel[grid](
+        images, weight, bias, pos, y,
+        *images.stride(), *weight.stride(), bias.stride(0), *pos.stride(),
+        m, n, grid_w, dim,
+        PATCH=patch, CHANNELS=c, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+        BLOCK_K=blocks.block_k, DOT_PRECISION=_dot_precision(images.dtype),
+        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    LAUNCHES["_patch_embed_fwd_kernel"] += 1
+    return y
+
+
+def _backward_params(dy, images, patch, blk_w: PatchEmbedBlocks, blk_p: PatchEmbedBlocks):
+    """(dweight [K, D], dbias [D], dpos [N, D]) from dy [B, N, D]."""
+    dy = dy.contiguous()
+    m, n, grid_w, c = _geometry(images, patch)
+    dim, k = dy.shape[2], patch * patch * c
+    dw = torch.empty((k, dim), dtype=images.dtype, device=dy.device)
+    triton_kernels._patch_embed_dweight_kernel[(triton.cdiv(k, blk_w.block_k), triton.cdiv(dim, blk_w.block_n))](
+        images, dy, dw, *images.stride(), m, n, grid_w, dim,
+        PATCH=patch, CHANNELS=c, BLOCK_M=blk_w.block_m, BLOCK_N=blk_w.block_n,
+        BLOCK_K=blk_w.block_k, DOT_PRECISION=_dot_precision(images.dtype),
+        num_warps=blk_w.num_warps, num_stages=blk_w.num_stages,
+    )
+    dpos = torch.empty((n, dim), dtype=images.dtype, device=dy.device)
+    tiles = triton.cdiv(n, blk_p.block_m)
+    part = torch.empty((tiles, dim), dtype=torch.float32, device=dy.device)
+    triton_kernels._patch_embed_dpos_kernel[(tiles, triton.cdiv(dim, blk_p.block_n))](
+        dy, dpos, part, images.shape[0], n, dim, BLOCK_M=blk_p.block_m, BLOCK_N=blk_p.block_n,
+        num_warps=blk_p.num_warps, num_stages=blk_p.num_stages,
+    )
+    LAUNCHES.update(("_patch_embed_dweight_kernel", "_patch_embed_dpos_kernel"))
+    return dw, part.sum(0).to(images.dtype), dpos  # dbias: the few per-tile partial rows summed
+
+
+def _backward_images(dy, images, weight, patch, blocks: PatchEmbedBlocks):
+    dy = dy.contiguous()
+    m, n, grid_w, c = _geometry(images, patch)
+    dim, k = dy.shape[2], patch * patch * c
+    dx = torch.empty(images.shape, dtype=images.dtype, device=dy.device)
+    triton_kernels._patch_embed_dimages_kernel[(triton.cdiv(m, blocks.block_m), triton.cdiv(k, blocks.block_k))](
+        dy, weight, dx, *weight.stride(), *dx.stride(), m, n, grid_w, dim,
+        PATCH=patch, CHANNELS=c, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+        BLOCK_K=blocks.block_k, DOT_PRECISION=_dot_precision(images.dtype),
+        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    LAUNCHES["_patch_embed_dimages_kernel"] += 1
+    return dx
+
+
+# --- differentiation shell: custom ops (traceable by torch.compile) -------------------------
+
+def _blocks(flat: list, i: int) -> PatchEmbedBlocks:
+    """Pass i's blocks from the flat list the custom ops carry (5 ints per pass, PASSES order)."""
+    return PatchEmbedBlocks(*flat[5 * i: 5 * i + 5])
+
+
+@torch.library.custom_op("gemini_kernels::patch_embed_fwd", mutates_args=())
+def patch_embed_fwd(images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    pos_embed: torch.Tensor, patch: int, blocks: list[int]) -> torch.Tensor:
+    """tokens [B, N, D]; ``blocks`` = the concatenated PatchEmbedBlocks.as_list() of PASSES."""
+    return _forward(images, weight, bias, pos_embed, patch, _blocks(blocks, 0))
+
+
+@patch_embed_fwd.register_fake
+def _(images, weight, bias, pos_embed, patch, blocks):
+    return images.new_empty((images.shape[0], pos_embed.shape[0], weight.shape[1]))
+
+
+@torch.library.custom_op("gemini_kernels::patch_embed_bwd_params", mutates_args=())
+def patch_embed_bwd_params(dy: torch.Tensor, images: torch.Tensor, patch: int,
+                           blocks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dweight, dbias, dpos)."""
+    return _backward_params(dy, images, patch, _blocks(blocks, 1), _blocks(blocks, 3))
+
+
+@patch_embed_bwd_params.register_fake
+def _(dy, images, patch, blocks):
+    b, n, d = dy.shape
+    return dy.new_empty((patch * patch * images.shape[3], d)), dy.new_empty((d,)), dy.new_empty((n, d))
+
+
+@torch.library.custom_op("gemini_kernels::patch_embed_bwd_images", mutates_args=())
+def patch_embed_bwd_images(dy: torch.Tensor, images: torch.Tensor, weight: torch.Tensor, patch: int,
+                           blocks: list[int]) -> torch.Tensor:
+    """dimages [B, H, W, C] (images is read for its shape only)."""
+    return _backward_images(dy, images, weight, patch, _blocks(blocks, 2))
+
+
+@patch_embed_bwd_images.register_fake
+def _(dy, images, weight, patch, blocks):
+    return images.new_empty(images.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    images, weight, _, _, patch, blocks = inputs
+    ctx.save_for_backward(images, weight)
+    ctx.patch, ctx.blocks = patch, blocks
+
+
+def _backward(ctx, dy):
+    images, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx = dw = db = dp = None
+    if need[1] or need[2] or need[3]:
+        dw, db, dp = patch_embed_bwd_params(dy.to(images.dtype), images, ctx.patch, ctx.blocks)
+    if need[0]:
+        dx = patch_embed_bwd_images(dy.to(images.dtype), images, weight, ctx.patch, ctx.blocks)
+    return dx, dw, db, dp, None, None
+
+
+patch_embed_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def patch_embed_triton(images, weight, bias, pos_embed, *, patch, blocks=None):
+    """Fused patchify + matmul + bias + position embedding (see ``spec.py``).
+
+    Expects validated arguments (``kernels.torch_ops.patch_embed``). ``blocks``: None for
+    ``default_blocks`` per pass, or one PatchEmbedBlocks used by every pass.
+    """
+    if blocks is None:
+        cap = _capability(images)
+        flat = [v for p in PASSES for v in default_blocks(images.dtype, p, capability=cap).as_list()]
+    else:
+        flat = blocks.as_list() * len(PASSES)
+    return patch_embed_fwd(images, weight, bias, pos_embed, int(patch), flat)
+
+
+# --- ahead-of-time compile support ---------------------------------------------------------
+
+_TY = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
+
+
+def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0)) -> dict:
+    """name -> AotKernel for the four kernels in their default configuration on ``capability``,
+    specialized as the launchers launch them on contiguous inputs."""
+    mod = jit_module(triton_kernels)
+    ty = _TY[dtype]
+    prec = _dot_precision(dtype)
+    out = {}
+    for name, pass_ in (("_patch_embed_fwd_kernel", "fwd"), ("_patch_embed_dweight_kernel", "dweight"),
+                        ("_patch_embed_dimages_kernel", "dimages"), ("_patch_embed_dpos_kernel", "dpos")):
+        blocks = default_blocks(dtype, pass_, capability=tuple(capability))
+        fn = getattr(mod, name)
+        meta = dict(PATCH=patch, CHANNELS=channels, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                    BLOCK_K=blocks.block_k, DOT_PRECISION=prec)
+        meta = {k: v for k, v in meta.items() if k in fn.arg_names}
+        ptrs = {p: ty for p in ("X", "Wt", "BIAS", "POS", "Y", "DY", "DW", "DX", "DPOS")}
+        ptrs["PART"] = "*fp32"
+        out[name] = aot_signature(fn, ptrs, meta, blocks,
+                                  unit_strides=("stride_xc", "stride_wd", "stride_bias", "stride_pd"))
+    return out
