@@ -179,3 +179,51 @@ def test_bad_input_is_refused(framework, what, shape, dtype, kwargs, exc, match)
     with pytest.raises(exc, match=match):
         ops.log_mel(x, **kwargs)
     assert triton_log_mel.LAUNCHES == before
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_pallas_lowers_to_triton_for_cuda(dtype):
+    """The compiled (non-interpret) kernel lowers to Triton for CUDA (export, no GPU needed)."""
+    import re
+
+    import jax
+    from jax import export
+
+    from kernels.audio.pallas_log_mel import default_blocks, log_mel_pallas
+
+    p = geometry(3217, 2, n_mels=128)
+    f = jax.jit(lambda x: log_mel_pallas(x, p, interpret=False, blocks=default_blocks(interpret=False)))
+    call = "__gpu$xla.gpu.triton"
+    exported = export.export(f, platforms=("cuda",),
+                             disabled_checks=[export.DisabledSafetyCheck.custom_call(call)],
+                             )(jnp.zeros((2, 3217), dtype))
+    assert re.findall(r"custom_call @(\S+)\(", exported.mlir_module()).count(call) == 1
+
+
+def test_benchmark_suite_checks_then_times():
+    """The encoder_kernels suite on its tiny CPU defaults (forward only): every impl passes its
+    correctness check before it is timed, and reports its throughput metrics."""
+    from benchmarks.suites.encoder_kernels import EncoderKernelsBenchConfig, EncoderKernelsSuite, add_peer_ratios
+    from benchmarks.timing import Timer
+
+    class Device:
+        kind = "cpu"
+
+    cfg = EncoderKernelsBenchConfig(
+        patch_directions=["fwd"], dims=[32], image_sizes=[16], audio_seconds=[0.05],
+        torch_patch_impls=["triton", "conv"], jax_patch_impls=["pallas", "xla"],
+        torch_mel_impls=["triton", "stft"], jax_mel_impls=["pallas", "xla"])
+    timer = lambda framework, interpret=False: Timer("cpu", warmup=0, min_runs=1, max_runs=1,  # noqa: E731
+                                                     budget_s=0.0, flush_l2_mb=0)
+    suite = EncoderKernelsSuite(cfg, Device(), timer)
+    records = []
+    for case, framework, impl in suite.entries():
+        rec = suite.run(case, framework, impl)
+        records.append({**rec, "case": case.id, "framework": framework, "impl": impl})
+    add_peer_ratios(records)
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records), records
+    for r in records:
+        assert r["max_error"] <= r["tolerance"]
+        keys = ("tflops",) if r["case"].startswith("patch_embed") else ("audio_s_per_s", "gb_s")
+        assert all(r[k] > 0 for k in keys) and r["speedup_vs_peer"] > 0
+    assert {r["mode"] for r in records if r["impl"] in ("triton", "pallas")} == {"interpret"}

@@ -182,3 +182,27 @@ def test_bad_impl_and_block_sizes():
         torch_ops.patch_embed(*_args("torch"), patch=14, impl="pallas")
     with pytest.raises(ValueError, match="block_k=24 must be a power of two"):
         triton_patch_embed.PatchEmbedBlocks(block_k=24)
+
+
+def test_pallas_lowers_to_triton_for_cuda():
+    """The compiled (non-interpret) path lowers forward, dimages and dweight to Triton for CUDA
+    (power-of-two tiles and all), checked without a GPU by exporting for the "cuda" platform."""
+    import re
+
+    from jax import export
+
+    from kernels.patch_embed.pallas_patch_embed import default_blocks, patch_embed_pallas
+
+    c = P14
+    images, weight, bias, pos = [jnp.zeros(a.shape, jnp.bfloat16) for a in c.arrays(np.random.default_rng(0))[:4]]
+
+    def loss(*a):
+        y = patch_embed_pallas(*a, patch=c.patch, interpret=False, blocks=default_blocks(interpret=False))
+        return y.astype(jnp.float32).sum()
+
+    call = "__gpu$xla.gpu.triton"
+    exported = export.export(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))), platforms=("cuda",),
+                             disabled_checks=[export.DisabledSafetyCheck.custom_call(call)],
+                             )(images, weight, bias, pos)
+    targets = re.findall(r"custom_call @(\S+)\(", exported.mlir_module())
+    assert sorted(t for t in targets if "triton" in t) == [call] * 3, targets
