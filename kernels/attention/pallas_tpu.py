@@ -12,7 +12,8 @@ Layout: the wrapper pads lengths to block multiples and head_dim to 128 lanes, a
 K/V out as [B, KVH, Skv_pad, Dp] (one copy of K/V; Q/O/dO are folded). Causal / windowed
 calls skip fully masked tile pairs: visible ranges are host-computed and scalar-prefetched,
 the K/V (or Q) index_map clamps into them so skipped steps issue no DMA, and ``pl.when``
-skips their compute. Segment ids mask but do not skip.
+skips their compute; tile pairs wholly inside the band run without building a mask.
+Segment ids mask but do not skip.
 
 Limits: head_dim <= 256 (padded to 128 / 256 lanes, so 80 costs as much as 128); fp32,
 bf16, fp16 inputs with fp32 accumulation. Tiles per chip: ``TPU_BLOCKS`` /
@@ -177,19 +178,22 @@ class _Operands:
         if q_ids is not None:
             self.q_ids = _pad_to(jnp.repeat(q_ids.astype(jnp.int32), t.group, axis=1), 1, self.rows_p)
             self.kv_ids = _pad_to(kv_ids.astype(jnp.int32), 1, self.kv_p)
-        self.ranges = [jnp.asarray(a) for a in block_ranges(t, self.nq, self.nk)]
+        fwd, dkdv = block_ranges(t, self.nq, self.nk)
+        self.tables = [jnp.asarray(a) for a in fwd]  # per q tile: forward and dQ
+        self.tables_t = [jnp.asarray(a) for a in dkdv]  # per kv tile: dK/dV
 
     def side_inputs(self, *, transposed: bool):
         """(arrays, BlockSpec makers) for positions / segment ids. ``transposed``: dK/dV layout."""
         t, bq, bk = self.t, self.t.block_q, self.t.block_kv
         arrays, specs = [], []
-        # Index maps take (b, h, outer, inner, lo, hi); ``qi``/``kj`` pick the q / kv tile.
+        # Index maps take (b, h, outer, inner, lo, hi, full_lo, full_hi); ``qi``/``kj`` pick
+        # the q / kv tile, clamped into the visible interval along the inner axis.
         if transposed:
-            qi = lambda b, h, j, i, lo, hi: clamp_block(i, lo, hi, j)
-            kj = lambda b, h, j, i, lo, hi: j
+            qi = lambda b, h, j, i, lo, hi, *_: clamp_block(i, lo, hi, j)
+            kj = lambda b, h, j, i, *_: j
         else:
-            qi = lambda b, h, i, j, lo, hi: i
-            kj = lambda b, h, i, j, lo, hi: clamp_block(j, lo, hi, i)
+            qi = lambda b, h, i, j, *_: i
+            kj = lambda b, h, i, j, lo, hi, *_: clamp_block(j, lo, hi, i)
         if t.banded:
             if transposed:
                 arrays.append(self.pos[None, :])
@@ -213,7 +217,7 @@ def _call(kernel, ops: _Operands, grid, in_specs, out_specs, out_shape, scratch,
     return pl.pallas_call(
         functools.partial(kernel, t=ops.t),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2, grid=grid, in_specs=in_specs, out_specs=out_specs,
+            num_scalar_prefetch=4, grid=grid, in_specs=in_specs, out_specs=out_specs,
             scratch_shapes=scratch),
         out_shape=out_shape,
         compiler_params=pltpu.CompilerParams(
@@ -241,7 +245,7 @@ def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
          jax.ShapeDtypeStruct((b, kvh, ops.rows_p, 1), f32)],
         [pltpu.VMEM((bq, 1), f32), pltpu.VMEM((bq, 1), f32), pltpu.VMEM((bq, d_p), f32)],
         cfg, "tpu_mqa_flash_fwd",
-    )(*ops.ranges[:2], ops.qf, ops.k, ops.v, *side)
+    )(*ops.tables, ops.qf, ops.k, ops.v, *side)
     return _unfold(of, q.shape), lse[:, :, : t.rows]
 
 
@@ -273,7 +277,7 @@ def _backward_dkdv(ops: _Operands, dof, lse, delta, cfg: _Config):
         [jax.ShapeDtypeStruct(ops.k.shape, ops.k.dtype), jax.ShapeDtypeStruct(ops.v.shape, ops.v.dtype)],
         [pltpu.VMEM((bk, d_p), jnp.float32), pltpu.VMEM((bk, d_p), jnp.float32)],
         cfg, "tpu_mqa_flash_bwd_dkdv",
-    )(*ops.ranges[2:], ops.qf, ops.k, ops.v, dof, lse_t, delta_t, *side)
+    )(*ops.tables_t, ops.qf, ops.k, ops.v, dof, lse_t, delta_t, *side)
 
 
 def _backward_dq(ops: _Operands, dof, lse, delta, cfg: _Config):
@@ -289,7 +293,7 @@ def _backward_dq(ops: _Operands, dof, lse, delta, cfg: _Config):
         [q_spec, kv_spec, kv_spec, q_spec, col_spec, col_spec, *side_specs], q_spec,
         jax.ShapeDtypeStruct(ops.qf.shape, ops.qf.dtype), [pltpu.VMEM((bq, d_p), jnp.float32)],
         cfg, "tpu_mqa_flash_bwd_dq",
-    )(*ops.ranges[:2], ops.qf, ops.k, ops.v, dof, lse, delta, *side)
+    )(*ops.tables, ops.qf, ops.k, ops.v, dof, lse, delta, *side)
 
 
 def _backward(q, k, v, q_ids, kv_ids, o, lse, do, cfg: _Config):

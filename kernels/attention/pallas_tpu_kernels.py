@@ -7,7 +7,8 @@ dK/dV sum over them inside the kernel. The innermost grid axis ("arbitrary") wal
 reduction; accumulators live in VMEM scratch, initialised on its first step and written
 out on its last. Which blocks are visible is decided on the host (``block_ranges``) and
 scalar-prefetched into SMEM: the index maps clamp into the visible range (so a skipped
-step re-uses the resident block: no DMA) and ``pl.when`` skips its compute.
+step re-uses the resident block: no DMA) and ``pl.when`` skips its compute; tiles wholly
+inside the band also skip building the mask.
 
 Layout rules: lanes (last dim) are multiples of 128, sublanes of 8. Per-row vectors (lse,
 delta, query positions, segment ids) are [rows, 1] columns for the forward / dQ kernels
@@ -60,38 +61,39 @@ class TpuTileStatics:
         return self.banded or self.has_segments or self.kv_padded
 
 
-def block_ranges(t: TpuTileStatics, num_q_blocks: int, num_kv_blocks: int):
-    """Visible block intervals, int32 numpy: (kv_lo, kv_hi) per q tile, (q_lo, q_hi) per kv tile.
+def _intervals(m):
+    """Per row of bool matrix ``m``: [lo, hi) spanning its True entries ((0, 0) if none)."""
+    any_ = m.any(axis=1)
+    lo = np.where(any_, m.argmax(axis=1), 0)
+    hi = np.where(any_, m.shape[1] - m[:, ::-1].argmax(axis=1), 0)
+    return lo.astype(np.int32), hi.astype(np.int32)
 
-    Tile pairs outside the interval see no (query, key) pair through the causal / window
-    band; an empty interval is (0, 0). Segment ids mask but never skip.
+
+def block_ranges(t: TpuTileStatics, num_q_blocks: int, num_kv_blocks: int):
+    """Host-side tile tables, int32 numpy, each an interval per tile (the band is convex).
+
+    Returns (fwd, dkdv): fwd = (kv_lo, kv_hi, kv_full_lo, kv_full_hi) per q tile, dkdv =
+    (q_lo, q_hi, q_full_lo, q_full_hi) per kv tile. [lo, hi) are the tiles with any visible
+    (query, key) pair through the causal / window band; [full_lo, full_hi) those where every
+    pair is visible and no mask is needed (never with segment ids or past kv_len).
+    Segment ids mask but never skip. Empty intervals are (0, 0).
     """
     bq, bk = t.block_q, t.block_kv
-    i = np.arange(num_q_blocks)
-    r0, r1 = i * bq, np.minimum((i + 1) * bq, t.rows) - 1
-    p0, p1 = r0 // t.group + t.offset, r1 // t.group + t.offset  # positions in the tile
-    k0 = np.zeros_like(p0) if t.window is None else np.maximum(p0 - t.window + 1, 0)
-    k1 = np.minimum(p1, t.kv_len - 1) if t.banded else np.full_like(p1, t.kv_len - 1)
-    kv_lo, kv_hi = k0 // bk, k1 // bk + 1
-    empty = k1 < k0
-    kv_lo, kv_hi = np.where(empty, 0, kv_lo), np.where(empty, 0, kv_hi)
-
-    j = np.arange(num_kv_blocks)
-    c0, c1 = j * bk, np.minimum((j + 1) * bk, t.kv_len) - 1
+    i = np.arange(num_q_blocks)[:, None]
+    p0 = i * bq // t.group + t.offset  # smallest / largest query position in q tile i
+    p1 = (np.minimum((i + 1) * bq, t.rows) - 1) // t.group + t.offset
+    j = np.arange(num_kv_blocks)[None, :]
+    c0, c1 = j * bk, np.minimum((j + 1) * bk, t.kv_len) - 1  # first / last real key of tile j
+    some = np.ones((num_q_blocks, num_kv_blocks), bool)
+    full = some & ((j + 1) * bk <= t.kv_len) & (not t.has_segments)
     if t.banded:
-        s0 = np.maximum(c0 - t.offset, 0)  # first query whose position reaches c0
-        s1 = np.full_like(c1, t.q_len - 1)
-        if t.window is not None:
-            s1 = np.minimum(c1 + t.window - 1 - t.offset, t.q_len - 1)
-    else:
-        s0, s1 = np.zeros_like(c0), np.full_like(c1, t.q_len - 1)
-    q_lo, q_hi = s0 * t.group // bq, ((s1 + 1) * t.group - 1) // bq + 1
-    empty = (s1 < s0) | (c1 < c0)
-    q_lo, q_hi = np.where(empty, 0, q_lo), np.where(empty, 0, q_hi)
-    return tuple(x.astype(np.int32) for x in (kv_lo, kv_hi, q_lo, q_hi))
+        some, full = some & (c0 <= p1), full & (c1 <= p0)
+    if t.window is not None:
+        some, full = some & (c1 > p0 - t.window), full & (c0 > p1 - t.window)
+    return _intervals(some) + _intervals(full), _intervals(some.T) + _intervals(full.T)
 
 
-def clamp_block(idx, lo_ref, hi_ref, outer):
+def clamp_block(idx, lo_ref, hi_ref, outer):  # index_map helper (scalar core)
     """Block index ``idx`` clamped into [lo, hi - 1] of tile ``outer``: skipped steps re-use a block."""
     lo, hi = lo_ref[outer], hi_ref[outer]
     return jnp.minimum(jnp.maximum(idx, lo), jnp.maximum(hi - 1, lo))
@@ -132,7 +134,16 @@ def _split(refs, n_in: int, t: TpuTileStatics):
     return ins, pos, qid, kvid, rest
 
 
-def fwd_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
+def _masked_or_not(compute, visible, full, t: TpuTileStatics):
+    """Run ``compute(masked)`` on visible tiles; tiles fully inside the band skip the mask."""
+    if not t.masked:
+        pl.when(visible)(lambda: compute(False))
+        return
+    pl.when(visible & full)(lambda: compute(False))
+    pl.when(visible & jnp.logical_not(full))(lambda: compute(True))
+
+
+def fwd_kernel(kv_lo, kv_hi, kv_flo, kv_fhi, *refs, t: TpuTileStatics):
     # q_ref [bq, Dp]; k_ref, v_ref [bk, Dp]; pos / q ids [bq, 1]; kv ids [1, bk]
     # o_ref [bq, Dp]; lse_ref [bq, 1]; scratch m, l [bq, 1], acc [bq, Dp] (fp32)
     (q_ref, k_ref, v_ref), pos_ref, qid_ref, kvid_ref, rest = _split(refs, 3, t)
@@ -146,8 +157,7 @@ def fwd_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
         l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-    @pl.when((j >= kv_lo[i]) & (j < kv_hi[i]))
-    def _compute():
+    def _compute(masked):
         q = q_ref[...]
         pos = None if pos_ref is None else pos_ref[...]
         q_ids = None if qid_ref is None else qid_ref[...]
@@ -155,7 +165,7 @@ def fwd_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
             sl = pl.ds(c * bc, bc)
             k, v = k_ref[sl, :], v_ref[sl, :]
             s, _ = _softcap(_dot(q, k, tb=True) * t.scale, t)  # [bq, bc]
-            if t.masked:
+            if masked:
                 cols = j * bk + c * bc + lax.broadcasted_iota(jnp.int32, (1, bc), 1)
                 kv_ids = None if kvid_ref is None else kvid_ref[:, sl]
                 s = jnp.where(_visible(pos, cols, q_ids, kv_ids, t), s, -jnp.inf)
@@ -168,6 +178,9 @@ def fwd_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
             acc_ref[...] = alpha * acc_ref[...] + _dot(p.astype(v.dtype), v)
             m_ref[...] = m_new
 
+    _masked_or_not(_compute, (j >= kv_lo[i]) & (j < kv_hi[i]),
+                   (j >= kv_flo[i]) & (j < kv_fhi[i]), t)
+
     @pl.when(j == pl.num_programs(3) - 1)
     def _finish():
         l = l_ref[...]
@@ -177,7 +190,7 @@ def fwd_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
         lse_ref[...] = jnp.where(seen, m_ref[...] + jnp.log(l_safe), jnp.inf)
 
 
-def dkdv_kernel(q_lo, q_hi, *refs, t: TpuTileStatics):
+def dkdv_kernel(q_lo, q_hi, q_flo, q_fhi, *refs, t: TpuTileStatics):
     # Transposed orientation: s^T [bk, bq] = K Q^T.
     # q_ref, do_ref [bq, Dp]; lse_ref, delta_ref [1, bq]; k_ref, v_ref [bk, Dp]
     # pos / q ids [1, bq]; kv ids [bk, 1]; dk_ref, dv_ref [bk, Dp]; scratch dk, dv [bk, Dp] fp32
@@ -192,12 +205,11 @@ def dkdv_kernel(q_lo, q_hi, *refs, t: TpuTileStatics):
         dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
         dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
-    @pl.when((i >= q_lo[j]) & (i < q_hi[j]))
-    def _compute():
+    def _compute(masked):
         q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
         s, th = _softcap(_dot(k, q, tb=True) * t.scale, t)  # [bk, bq]
         p = jnp.exp(s - lse_ref[...])
-        if t.masked:
+        if masked:
             cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
             pos = None if pos_ref is None else pos_ref[...]
             q_ids = None if qid_ref is None else qid_ref[...]
@@ -209,13 +221,15 @@ def dkdv_kernel(q_lo, q_hi, *refs, t: TpuTileStatics):
             ds = ds * (1.0 - th * th)  # d/ds [c tanh(s/c)]
         dk_acc[...] += _dot(ds.astype(q.dtype), q)  # dS^T Q
 
+    _masked_or_not(_compute, (i >= q_lo[j]) & (i < q_hi[j]), (i >= q_flo[j]) & (i < q_fhi[j]), t)
+
     @pl.when(i == pl.num_programs(3) - 1)
     def _finish():
         dk_ref[...] = (dk_acc[...] * t.scale).astype(dk_ref.dtype)
         dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def dq_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
+def dq_kernel(kv_lo, kv_hi, kv_flo, kv_fhi, *refs, t: TpuTileStatics):
     # q_ref, do_ref [bq, Dp]; lse_ref, delta_ref [bq, 1]; k_ref, v_ref [bk, Dp]
     # pos / q ids [bq, 1]; kv ids [1, bk]; dq_ref [bq, Dp]; scratch dq [bq, Dp] fp32
     ins, pos_ref, qid_ref, kvid_ref, rest = _split(refs, 6, t)
@@ -228,12 +242,11 @@ def dq_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
     def _init():
         dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
 
-    @pl.when((j >= kv_lo[i]) & (j < kv_hi[i]))
-    def _compute():
+    def _compute(masked):
         q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
         s, th = _softcap(_dot(q, k, tb=True) * t.scale, t)  # [bq, bk]
         p = jnp.exp(s - lse_ref[...])
-        if t.masked:
+        if masked:
             cols = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
             pos = None if pos_ref is None else pos_ref[...]
             q_ids = None if qid_ref is None else qid_ref[...]
@@ -243,6 +256,8 @@ def dq_kernel(kv_lo, kv_hi, *refs, t: TpuTileStatics):
         if th is not None:
             ds = ds * (1.0 - th * th)
         dq_acc[...] += _dot(ds.astype(k.dtype), k)  # dS K
+
+    _masked_or_not(_compute, (j >= kv_lo[i]) & (j < kv_hi[i]), (j >= kv_flo[i]) & (j < kv_fhi[i]), t)
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _finish():

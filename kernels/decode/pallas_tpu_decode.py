@@ -1,0 +1,186 @@
+"""Decode attention (one new token per row against a KV cache) in Pallas for TPU (Mosaic).
+
+q [B, H, D], k_cache / v_cache [B, max_len, KVH, D], cache_seqlens [B]: row b attends cache
+positions [0, L_b) (the last ``window`` of them if given); L_b == 0 gives zeros. The G = H / KVH
+query heads of a kv group are the rows of one [G_pad, D] tile (G padded to 8 sublanes), so a
+cache block is DMA'd once per group. The cache is read in place: [B, max_len, KVH * D] is a
+free reshape, and a block is (block_kv, D) of one head when D is a multiple of 128 lanes, or
+(block_kv, KVH * D) of all heads otherwise (sliced per head in VMEM); it is never copied or
+padded. cache_seqlens are scalar-prefetched into SMEM: the K/V index_map clamps the block
+index into the row's visible range, so blocks past L_b (or before its window) issue no DMA,
+and ``pl.when`` skips their compute. Lengths are clamped into [0, max_len].
+
+Limits: head_dim <= 256; fp32 / bf16 / fp16 with fp32 accumulation; split-K across the
+cache is not done (one row's blocks run sequentially), so small batch x kv_heads leaves
+TensorCores idle. Fast where: TPU, batch x kv_heads >= cores, long caches with large G.
+Elsewhere it runs in TPU interpret mode (a CPU simulator; tests only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+LANES, SUBLANES = 128, 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuDecodeBlocks:
+    """block_kv: cache positions per DMA'd tile, a multiple of 128 (shrinks to short caches)."""
+
+    block_kv: int = 512
+
+    def __post_init__(self):
+        b = self.block_kv
+        if isinstance(b, bool) or not isinstance(b, int) or b < LANES or b % LANES:
+            raise ValueError(f"block_kv must be a positive multiple of {LANES}, got {b!r}")
+
+
+# Starting points per chip (jax.devices()[0].device_kind); sweep decode_candidate_blocks().
+TPU_DECODE_BLOCKS = {
+    "TPU v4": TpuDecodeBlocks(512),
+    "TPU v5 lite": TpuDecodeBlocks(1024),
+    "TPU v5p": TpuDecodeBlocks(1024),
+    "TPU v6 lite": TpuDecodeBlocks(1024),
+}
+DEFAULT_DECODE_BLOCKS = TpuDecodeBlocks(128)  # unknown chips and CPU interpret mode
+
+
+def decode_chip_blocks(device_kind: str | None = None) -> TpuDecodeBlocks:
+    kind = jax.devices()[0].device_kind if device_kind is None else device_kind
+    return TPU_DECODE_BLOCKS.get(kind, DEFAULT_DECODE_BLOCKS)
+
+
+def decode_candidate_blocks(device_kind: str | None = None) -> list[TpuDecodeBlocks]:
+    base = decode_chip_blocks(device_kind)
+    return [base] + [TpuDecodeBlocks(b) for b in (256, 512, 1024, 2048) if b != base.block_kv]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Statics:
+    max_len: int
+    head_dim: int
+    heads_per_block: int  # 1 when head_dim % 128 == 0, else all kv heads
+    block_kv: int
+    window: int | None
+    softcap: float | None
+    scale: float
+    interpret: object  # False or a pltpu.InterpretParams
+
+
+def _visible_blocks(length, s: _Statics):
+    """[lo, hi) of the cache blocks row length ``length`` attends (scalars)."""
+    hi = lax.div(length + (s.block_kv - 1), s.block_kv)
+    lo = 0 if s.window is None else lax.div(jnp.maximum(length - s.window, 0), s.block_kv)
+    return lo, hi
+
+
+def _kv_block(b, j, lens_ref, s: _Statics):
+    lo, hi = _visible_blocks(lens_ref[b], s)
+    return jnp.minimum(jnp.maximum(j, lo), jnp.maximum(hi - 1, lo))
+
+
+def _decode_kernel(lens_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, acc_ref, *, s: _Statics):
+    # q_ref, o_ref [hb, Gp, D]; k_ref, v_ref [bk, hb * D]; scratch m, l [hb, Gp, 1], acc [hb, Gp, D]
+    b, j = pl.program_id(0), pl.program_id(2)
+    bk, d = s.block_kv, s.head_dim
+    length = lens_ref[b]
+    lo, hi = _visible_blocks(length, s)
+
+    @pl.when(j == 0)
+    def _init():
+        m_ref[...] = jnp.full(m_ref.shape, -jnp.inf, jnp.float32)
+        l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+
+    @pl.when((j >= lo) & (j < hi))
+    def _compute():
+        cols = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+        ok = cols < length
+        if s.window is not None:
+            ok &= cols >= length - s.window
+        # positions >= L (stale cache or the edge block past max_len) may hold anything
+        live = (j * bk + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)) < length
+        for hh in range(s.heads_per_block):  # static: per-head lane slice of the tile
+            q = q_ref[hh]
+            k, v = k_ref[:, hh * d:(hh + 1) * d], v_ref[:, hh * d:(hh + 1) * d]
+            v = jnp.where(live, v, jnp.zeros_like(v))
+            prec = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+            sc = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=prec,
+                                 preferred_element_type=jnp.float32) * s.scale  # [Gp, bk]
+            if s.softcap is not None:
+                sc = s.softcap * jnp.tanh(sc / s.softcap)
+            sc = jnp.where(ok, sc, -jnp.inf)
+            m_prev = m_ref[hh]
+            m_new = jnp.maximum(m_prev, sc.max(axis=-1, keepdims=True))
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            p = jnp.exp(sc - m_safe)
+            alpha = jnp.exp(m_prev - m_safe)
+            l_ref[hh] = alpha * l_ref[hh] + p.sum(axis=-1, keepdims=True)
+            acc_ref[hh] = alpha * acc_ref[hh] + lax.dot_general(
+                p.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=prec,
+                preferred_element_type=jnp.float32)
+            m_ref[hh] = m_new
+
+    @pl.when(j == pl.num_programs(2) - 1)
+    def _finish():
+        l = l_ref[...]
+        o_ref[...] = (acc_ref[...] / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("s",))
+def _decode(q, k_cache, v_cache, cache_seqlens, s: _Statics):
+    b, h, d = q.shape
+    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    g = h // kvh
+    gp = -(-g // SUBLANES) * SUBLANES
+    hb, bk = s.heads_per_block, s.block_kv
+    qf = jnp.pad(q.reshape(b, kvh, g, d), ((0, 0), (0, 0), (0, gp - g), (0, 0)))
+    kf, vf = (x.reshape(b, max_len, kvh * d) for x in (k_cache, v_cache))  # free reshapes
+    lens = jnp.clip(cache_seqlens.astype(jnp.int32), 0, max_len)
+    q_spec = pl.BlockSpec((None, hb, gp, d), lambda bi, hi, j, lens: (bi, hi, 0, 0))
+    kv_spec = pl.BlockSpec((None, bk, hb * d),
+                           lambda bi, hi, j, lens: (bi, _kv_block(bi, j, lens, s), hi))
+    f32 = jnp.float32
+    of = pl.pallas_call(
+        functools.partial(_decode_kernel, s=s),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=1, grid=(b, kvh // hb, pl.cdiv(max_len, bk)),
+            in_specs=[q_spec, kv_spec, kv_spec], out_specs=q_spec,
+            scratch_shapes=[pltpu.VMEM((hb, gp, 1), f32), pltpu.VMEM((hb, gp, 1), f32),
+                            pltpu.VMEM((hb, gp, d), f32)]),
+        out_shape=jax.ShapeDtypeStruct(qf.shape, q.dtype),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=s.interpret,
+        name="tpu_decode_attention",
+    )(lens, qf, kf, vf)
+    return of[:, :, :g].reshape(b, h, d)
+
+
+def decode_attention_pallas_tpu(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale,
+                                blocks: TpuDecodeBlocks | None = None, interpret=None):
+    """Decode attention on validated arguments (``kernels/decode/spec.py`` semantics).
+
+    blocks=None: ``decode_chip_blocks()`` on a TPU, DEFAULT_DECODE_BLOCKS elsewhere.
+    interpret=None: compiled on a TPU, TPU interpret mode elsewhere; True or a
+    ``pltpu.InterpretParams`` forces interpret mode. Not differentiable (inference op).
+    """
+    if interpret is None:
+        interpret = False if jax.default_backend() == "tpu" else pltpu.InterpretParams()
+    elif interpret is True:
+        interpret = pltpu.InterpretParams()
+    if blocks is None:
+        blocks = DEFAULT_DECODE_BLOCKS if interpret else decode_chip_blocks()
+    max_len, d = k_cache.shape[1], k_cache.shape[3]
+    # one tile covers a short cache whole (a full dim is always a legal block); else block_kv
+    bk = max_len if max_len <= blocks.block_kv else blocks.block_kv
+    s = _Statics(max_len=max_len, head_dim=d, heads_per_block=1 if d % LANES == 0 else k_cache.shape[2],
+                 block_kv=bk, window=window, softcap=None if softcap is None else float(softcap),
+                 scale=float(scale), interpret=interpret)
+    return _decode(q, k_cache, v_cache, cache_seqlens, s)
