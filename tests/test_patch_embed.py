@@ -145,10 +145,11 @@ def _args(framework, *, shape=(1, 28, 28, 3), patch=14, dim=16, k=None, bias=Non
           dtype="float32", weight_dtype=None):
     n = (shape[1] // patch) * (shape[2] // patch)
     k = patch * patch * shape[3] if k is None else k
-    mod = torch if framework == "torch" else jnp
-    mk = (lambda s, dt: torch.zeros(s, dtype=getattr(torch, dt))) if framework == "torch" else \
-        (lambda s, dt: jnp.zeros(s, getattr(jnp, dt)))
-    del mod
+    lib = torch if framework == "torch" else jnp
+
+    def mk(s, dt):
+        return lib.zeros(s, dtype=getattr(lib, dt))
+
     return (mk(shape, dtype), mk((k, dim), weight_dtype or dtype), mk(bias or (dim,), weight_dtype or dtype),
             mk(pos or (n, dim), weight_dtype or dtype))
 
@@ -156,7 +157,8 @@ def _args(framework, *, shape=(1, 28, 28, 3), patch=14, dim=16, k=None, bias=Non
 BAD = [
     ("height", dict(shape=(1, 30, 28, 3)), ValueError, r"height=30 and width=28 must be multiples of patch=14"),
     ("width", dict(shape=(1, 32, 40, 3), patch=16), ValueError, r"width=40 .*patch=16"),
-    ("channels", dict(k=14 * 14 * 4), ValueError, r"weight must be \[patch \* patch \* channels, dim\] = \[588, dim\].*channels=3.*\(784, 16\).*4 channels"),
+    ("channels", dict(k=14 * 14 * 4), ValueError,
+     r"weight must be \[patch \* patch \* channels, dim\] = \[588, dim\].*channels=3.*\(784, 16\).*4 channels"),
     ("int-images", dict(dtype="int32", weight_dtype="float32"), TypeError, r"images dtype must be a float type.*int32"),
     ("patch", dict(patch=15, shape=(1, 30, 30, 3)), ValueError, r"patch must be one of \(14, 16\), got 15"),
     ("bias", dict(bias=(15,)), ValueError, r"bias must have shape \(16,\), got \(15,\)"),
