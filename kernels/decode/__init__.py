@@ -1,0 +1,1 @@
+"""Decode attention (one new query token per row against a KV cache): split-KV flash-decoding."""

@@ -1,0 +1,235 @@
+"""Triton split-KV decode attention for PyTorch: block sizes, split count, launcher, custom op.
+
+    decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
+                  blocks=None, num_splits=None)
+
+Layers (device code in ``triton_kernels.py``):
+  ``TritonDecodeBlocks`` / ``default_blocks``  tunables and their per-device defaults;
+  ``num_kv_splits``                            how many programs share one row's cache;
+  ``_decode_fwd``                              allocates partials, launches split + combine;
+  ``gemini_kernels::decode_attention``         ``torch.library`` custom op with a fake kernel
+                                               (forward only: decode needs no backward).
+Arguments arrive validated from ``kernels.torch_ops.decode_attention``. ``LAUNCHES`` counts
+launches by kernel name. ``aot_kernels`` gives the launch specializations built with the
+real JIT (even when this process interprets) for ahead-of-time compiles without a GPU.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import importlib.util
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+from . import triton_kernels
+
+LAUNCHES: collections.Counter = collections.Counter()
+MAX_SPLITS = 256  # bounds the partial buffers [B, H, S, D] and the combine's lse vector
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonDecodeBlocks:
+    """block_n cache positions per inner step, plus launch options."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.block_n, int) or self.block_n < 16 or self.block_n & (self.block_n - 1):
+            raise ValueError(f"block_n={self.block_n!r} must be a power of two >= 16 (tl.dot tile)")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
+        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+
+
+def default_blocks(head_dim: int, dtype: torch.dtype, span: int, *,
+                   capability: Optional[tuple] = None) -> TritonDecodeBlocks:
+    """Default tiles; ``span`` = longest attended range (max_len, or the window if shorter).
+
+    capability None means the interpreter: few, large numpy steps (block_n ~ span / 8).
+    GPU picks are checked by tests/test_decode.py to compile for sm_90 without spills.
+    """
+    if capability is None:
+        return TritonDecodeBlocks(min(256, max(16, triton.next_power_of_2(span // 8))), 4, 1)
+    if dtype == torch.float32 or head_dim > 128:
+        return TritonDecodeBlocks(32, 4, 2)
+    return TritonDecodeBlocks(64, 4, 3)
+
+
+def num_kv_splits(batch: int, kv_heads: int, span: int, block_n: int,
+                  sm_count: Optional[int]) -> int:
+    """Splits per (row, kv head) so that batch * kv_heads * splits programs fill the GPU.
+
+    GPU: aim for two waves (2 * sm_count programs) but give every split >= 2 blocks of
+    ``span`` so the combine and the partial writes stay small next to the K/V read.
+    Interpreter (sm_count None): aim for 4 programs with >= 1 block each (tests see > 1 split).
+    """
+    blocks = triton.cdiv(max(span, 1), block_n)
+    target, min_blocks = (4, 1) if sm_count is None else (2 * sm_count, 2)
+    splits = min(triton.cdiv(target, batch * kv_heads), triton.cdiv(blocks, min_blocks), MAX_SPLITS)
+    return max(1, splits)
+
+
+def _capability(t: torch.Tensor) -> Optional[tuple]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(t.device)
+
+
+def _sm_count(t: torch.Tensor) -> Optional[int]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
+
+
+def _span(max_len: int, window: Optional[int]) -> int:
+    return max_len if window is None else min(max_len, window)
+
+
+def _constexprs(head_dim, dtype, group, *, window, softcap, blocks):
+    """Compile-time specialization of the split kernel (shared with ``aot_kernels``)."""
+    return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=blocks.block_n,
+                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
+
+
+def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, blocks, num_splits):
+    """Split then combine -> (o [B, H, D] in q's dtype, o_part [B, H, S, D], lse_part [B, H, S])."""
+    b, h, d = q.shape
+    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    g = h // kvh
+    lens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    o_part = torch.empty((b, h, num_splits, d), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((b, h, num_splits), dtype=torch.float32, device=q.device)
+    o = torch.empty((b, h, d), dtype=q.dtype, device=q.device)
+    meta = _constexprs(d, q.dtype, g, window=window, softcap=softcap, blocks=blocks)
+    w = 0 if window is None else min(int(window), max_len)  # wider than the cache: no-op, stays int32
+    triton_kernels._decode_split_kernel[(num_splits, b * kvh)](
+        q, k_cache, v_cache, lens, o_part, lse_part,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(),
+        max_len, kvh, num_splits, float(scale), 1.0 if softcap is None else float(softcap), w,
+        **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    triton_kernels._decode_combine_kernel[(b * h,)](
+        o_part, lse_part, o, *o.stride(), h, num_splits,
+        HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_S=triton.next_power_of_2(num_splits), CHUNK=16,
+        num_warps=4,
+    )
+    LAUNCHES.update(("_decode_split_kernel", "_decode_combine_kernel"))
+    return o, o_part, lse_part
+
+
+@torch.library.custom_op("gemini_kernels::decode_attention", mutates_args=())
+def decode_attention_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+    window: Optional[int], softcap: Optional[float], scale: float,
+    block_n: int, num_warps: int, num_stages: int, num_splits: int,
+) -> torch.Tensor:
+    """Decode output [B, H, D]; the launch knobs are TritonDecodeBlocks fields and the split count."""
+    return _decode_fwd(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
+                       scale=scale, blocks=TritonDecodeBlocks(block_n, num_warps, num_stages),
+                       num_splits=num_splits)[0]
+
+
+@decode_attention_op.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, window, softcap, scale, block_n, num_warps, num_stages,
+      num_splits):
+    return q.new_empty(q.shape)
+
+
+def decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
+                  blocks: Optional[TritonDecodeBlocks] = None, num_splits: Optional[int] = None):
+    """Split-KV decode attention on validated arguments (``kernels.torch_ops.decode_attention``).
+
+    blocks=None picks ``default_blocks``; num_splits=None picks ``num_kv_splits``.
+    """
+    b, h, d = q.shape
+    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    span = _span(max_len, window)
+    if blocks is None:
+        blocks = default_blocks(d, q.dtype, span, capability=_capability(q))
+    if num_splits is None:
+        num_splits = num_kv_splits(b, kvh, span, blocks.block_n, _sm_count(q))
+    if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}], got {num_splits!r}")
+    scale = d**-0.5 if scale is None else float(scale)
+    return decode_attention_op(q, k_cache, v_cache, cache_seqlens, window, softcap, scale,
+                               blocks.block_n, blocks.num_warps, blocks.num_stages, num_splits)
+
+
+# --- ahead-of-time compile support ---------------------------------------------------------
+
+class AotKernel(NamedTuple):
+    """One kernel specialization: arguments for triton.compile(ASTSource(fn, signature, constexprs, attrs))."""
+
+    name: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    num_warps: int
+    num_stages: int
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_kernels_module():
+    """``triton_kernels`` built with the real JIT, even when this process interprets."""
+    if not triton_interpreting():
+        return triton_kernels
+    from triton import knobs
+
+    spec = importlib.util.spec_from_file_location(f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
+    module = importlib.util.module_from_spec(spec)
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = False
+        spec.loader.exec_module(module)
+    return module
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _signature(fn, constexprs, pointers, floats):
+    """Launch signature with contiguous inputs: 16-byte aligned pointers, unit d-strides."""
+    signature, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name.startswith("stride_") and name.endswith("d"):
+            signature[name], consts[name] = "constexpr", 1  # the JIT specializes stride == 1
+        elif name.startswith("stride_"):
+            signature[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    return signature, consts, attrs
+
+
+def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None, group=8,
+                max_len=32768, capability=(9, 0)) -> dict:
+    """name -> AotKernel for the split and combine kernels in their default GPU configuration."""
+    mod = _jit_kernels_module()
+    ty = "*" + _TRITON_DTYPE[dtype]
+    blocks = default_blocks(head_dim, dtype, _span(max_len, window), capability=tuple(capability))
+    split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks)
+    ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", O_PART="*fp32", LSE_PART="*fp32")
+    fn = mod._decode_split_kernel
+    out = {"_decode_split_kernel": AotKernel(
+        fn.__name__, fn, *_signature(fn, split_meta, ptrs, ("sm_scale", "softcap")),
+        blocks.num_warps, blocks.num_stages)}
+    combine_meta = dict(HEAD_DIM=head_dim, BLOCK_D=split_meta["BLOCK_D"], BLOCK_S=MAX_SPLITS, CHUNK=16)
+    fn = mod._decode_combine_kernel
+    out["_decode_combine_kernel"] = AotKernel(
+        fn.__name__, fn, *_signature(fn, combine_meta, dict(O_PART="*fp32", LSE_PART="*fp32", O=ty), ()),
+        4, 1)
+    return out

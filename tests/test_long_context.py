@@ -1,0 +1,139 @@
+"""Long-context checks at 32k cache/key positions: prefill attention and decode, Triton and Pallas.
+
+(1) Accuracy against a float64 reference computed in key chunks
+    (``kernels.decode.reference.attention_reference_chunked``; the dense reference would need
+    O(q_len * kv_len) per head), bounded by conftest's same-precision rule.
+(2) Retrieval: one key planted at a chosen position among 32k random keys, aligned with the
+    query so its score beats every other by ~40 (softmax essentially one-hot); the output must
+    be that position's value to within 1e-3.
+Small heads/head_dim keep the interpreters to seconds. Prefill uses the existing Triton kernel
+with interpreter-sized tiles (``attention_triton(..., blocks=...)``: torch_ops.attention's
+32x32 interpreter default would take ~1000 steps per program at 32k).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from kernels import jax_ops, torch_ops
+from kernels.attention.reference import _attention
+from kernels.attention.triton_attention import TritonAttentionBlocks, attention_triton
+from kernels.decode.reference import _decode, attention_reference_chunked
+
+from conftest import assert_close
+
+S = 32768  # keys / cache positions
+D = 32
+Q_LEN = 64
+PLANT = 12345
+BIG_PREFILL_TILES = TritonAttentionBlocks(128, 2048, 4, 1)
+
+
+def _prefill_inputs(rng, *, plant: bool):
+    """q [1, Q_LEN, 2, D], k/v [1, S, 1, D] float64 numpy; optionally a planted key."""
+    q = rng.standard_normal((1, Q_LEN, 2, D))
+    k = rng.standard_normal((1, S, 1, D))
+    v = rng.standard_normal((1, S, 1, D))
+    if plant:
+        u = rng.standard_normal(D)
+        q[:] = u  # every query row, both heads, asks for the same thing
+        k[0, PLANT, 0] = 8.0 * u  # score 8 |u|^2 / sqrt(D) ~ 45 vs ~N(0, 1) elsewhere
+    return q, k, v
+
+
+def _prefill_triton(q, k, v):
+    ts = [torch.from_numpy(x).float() for x in (q, k, v)]
+    return attention_triton(*ts, causal=True, scale=D**-0.5, blocks=BIG_PREFILL_TILES)
+
+
+def _prefill_pallas(q, k, v):
+    return jax_ops.attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), causal=True,
+                             impl="pallas")
+
+
+PREFILL = {"triton": _prefill_triton, "pallas": _prefill_pallas}
+
+
+@pytest.mark.parametrize("impl", sorted(PREFILL))
+def test_prefill_32k_matches_chunked_float64(rng, impl):
+    q, k, v = _prefill_inputs(rng, plant=False)
+    out = PREFILL[impl](q, k, v)
+    t32 = [torch.from_numpy(x).float() for x in (q, k, v)]
+    ref = attention_reference_chunked(*(t.double() for t in t32), causal=True, chunk=8192)
+    base = _attention(*t32, causal=True, window=None, softcap=None, scale=D**-0.5,
+                      q_segment_ids=None, kv_segment_ids=None, upcast=False)
+    assert_close(out, ref, base, torch.float32)
+
+
+@pytest.mark.parametrize("impl", sorted(PREFILL))
+def test_prefill_32k_retrieves_planted_key(rng, impl):
+    q, k, v = _prefill_inputs(rng, plant=True)
+    out = np.asarray(PREFILL[impl](q, k, v), dtype=np.float64)  # [1, Q_LEN, 2, D]
+    err = np.max(np.abs(out - v[0, PLANT, 0]))
+    assert err <= 1e-3, f"retrieval error {err:.2e}: output is not the planted value"
+
+
+def test_chunked_reference_matches_dense(rng):
+    """The chunked float64 reference is the dense one (window + softcap, odd chunk).
+
+    atol 1e-6, not ~1e-12: the dense reference rounds its scores through fp32 (``.float()``
+    before the ``.double()`` in kernels/attention/reference.py), so it is fp32-accurate there."""
+    q, k, v = (torch.from_numpy(rng.standard_normal(s)) for s in
+               ((1, 40, 4, 16), (1, 300, 2, 16), (1, 300, 2, 16)))
+    kw = dict(causal=True, window=70, softcap=3.0, scale=0.3)
+    dense = _attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, **kw)
+    np.testing.assert_allclose(attention_reference_chunked(q, k, v, chunk=37, **kw), dense,
+                               rtol=0, atol=1e-6)
+
+
+# ---- decode against a 32k cache ---------------------------------------------------------
+
+LENS = np.array([S, 20001])  # a full cache and a row that ends off the block grid
+
+
+def _decode_inputs(rng, *, plant: bool):
+    """q [2, 2, D] (MQA: 2 heads, 1 kv head), caches [2, S, 1, D]; optionally planted keys."""
+    q = rng.standard_normal((2, 2, D))
+    k = rng.standard_normal((2, S, 1, D))
+    v = rng.standard_normal((2, S, 1, D))
+    if plant:
+        u = rng.standard_normal((2, D))
+        q[:] = u[:, None]
+        k[0, PLANT, 0] = 8.0 * u[0]
+        k[1, 20000, 0] = 8.0 * u[1]  # the row's newest token
+    return q, k, v
+
+
+def _decode_triton(q, k, v):
+    return torch_ops.decode_attention(*(torch.from_numpy(x).float() for x in (q, k, v)),
+                                      torch.from_numpy(LENS), impl="triton")
+
+
+def _decode_pallas(q, k, v):
+    return jax_ops.decode_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)),
+                                    jnp.asarray(LENS, jnp.int32), impl="pallas")
+
+
+DECODE = {"triton": _decode_triton, "pallas": _decode_pallas}
+
+
+@pytest.mark.parametrize("impl", sorted(DECODE))
+def test_decode_32k_matches_float64(rng, impl):
+    q, k, v = _decode_inputs(rng, plant=False)
+    out = DECODE[impl](q, k, v)
+    t32 = [torch.from_numpy(x).float() for x in (q, k, v)]
+    kw = dict(window=None, softcap=None, scale=D**-0.5)
+    ref = _decode(*(t.double() for t in t32), torch.from_numpy(LENS), **kw)
+    base = _decode(*t32, torch.from_numpy(LENS), upcast=False, **kw)
+    assert_close(out, ref, base, torch.float32)
+
+
+@pytest.mark.parametrize("impl", sorted(DECODE))
+def test_decode_32k_retrieves_planted_key(rng, impl):
+    q, k, v = _decode_inputs(rng, plant=True)
+    out = np.asarray(DECODE[impl](q, k, v), dtype=np.float64)  # [2, 2, D]
+    want = np.stack([v[0, PLANT, 0], v[1, 20000, 0]])[:, None]
+    err = np.max(np.abs(out - want))
+    assert err <= 1e-3, f"retrieval error {err:.2e}: output is not the planted value"
