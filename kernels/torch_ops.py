@@ -48,6 +48,35 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
     return _attention(q, k, v, **kwargs)
 
 
+DECODE_IMPLS = ("triton", "reference", "sdpa")
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
+                     impl="triton"):
+    """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
+
+    Reads cache_seqlens on the host to check 0 <= L <= max_len (one device->host sync).
+    """
+    from .decode.spec import check_decode_args
+
+    check_impl(impl, DECODE_IMPLS)
+    p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
+                          scale=scale, dtypes=TORCH_DTYPES, device_of=_device,
+                          host_lengths=lambda t: t.cpu().numpy())
+    kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
+    if impl == "triton":
+        from .decode.triton_decode import decode_triton
+
+        return decode_triton(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    if impl == "sdpa":
+        from .decode.sdpa import decode_sdpa
+
+        return decode_sdpa(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    from .decode.reference import _decode
+
+    return _decode(q, k_cache, v_cache, cache_seqlens, **kwargs)
+
+
 # --- encoder kernels: norms, rope, activations (kernels/norms, kernels/rope, kernels/activations) ---
 
 NORM_IMPLS = ("triton", "reference", "compiled")
