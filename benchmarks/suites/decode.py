@@ -1,0 +1,146 @@
+"""Decode attention suite: split-KV decode, impl x case grid, latency and achieved GB/s.
+
+Cases: MQA and GQA, batch 1 and 16, cache lengths from the config (CPU default tiny,
+GPU 4k-128k); every row uses the full cache length. PyTorch impls (peer: SDPA) and JAX
+impls (peer: XLA). Each case is checked against the fp32 reference before it is timed; a
+case over tolerance is reported failed and not timed. Throughput: ``gbps`` = bytes of K
+and V the kernel must read (attended positions only) / median time, and, when the runner
+passes its measured ceilings, ``frac_copy_bw`` = gbps / measured copy bandwidth (the
+copy counts read + write, so 1.0 means reading K/V as fast as the copy moves bytes).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmarks.suites.attention import Skip  # the runner reports this one as 'skipped'
+from kernels.tolerances import BENCH_RTOL
+
+
+@dataclass
+class DecodeBenchConfig:
+    enabled: bool = True
+    batches: list[int] = field(default_factory=lambda: [1, 16])
+    cache_lens: list[int] = field(default_factory=lambda: [1024, 4096])  # GPU: 4096 ... 131072
+    heads: int = 8
+    kv_heads: list[int] = field(default_factory=lambda: [1, 2])  # MQA, GQA
+    head_dim: int = 128
+    dtype: str = "float32"  # GPU: bfloat16 / float16
+    torch_impls: list[str] = field(default_factory=lambda: ["triton", "sdpa", "reference"])
+    jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    cache_len: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        group = "mqa" if self.kv_heads == 1 else ("mha" if self.kv_heads == self.heads else "gqa")
+        return f"{group}{self.heads}/{self.kv_heads} b{self.batch} T{self.cache_len} d{self.head_dim}"
+
+    def kv_bytes(self) -> int:
+        itemsize = np.dtype("float16" if self.dtype == "bfloat16" else self.dtype).itemsize
+        return 2 * self.batch * self.cache_len * self.kv_heads * self.head_dim * itemsize
+
+
+def cases(cfg) -> list[Case]:
+    return [Case(b, t, cfg.heads, kvh, cfg.head_dim, cfg.dtype)
+            for t in cfg.cache_lens for b in cfg.batches for kvh in cfg.kv_heads]
+
+
+def _rel_err(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
+class DecodeSuite:
+    name = "decode"
+
+    def __init__(self, cfg, device, timer_factory, seed: int = 0, ceilings: dict | None = None):
+        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
+        self.copy_gbps = (ceilings or {}).get("copy_gbps")
+
+    def entries(self):
+        for case in cases(self.cfg):
+            for impl in self.cfg.torch_impls:
+                yield case, "torch", impl
+            for impl in self.cfg.jax_impls:
+                yield case, "jax", impl
+
+    def _inputs(self, case: Case):
+        import torch
+
+        if getattr(self, "_case", None) == case:
+            return self._data
+        from kernels.decode.reference import _decode
+
+        dev = "cuda" if self.device.kind == "cuda" else "cpu"
+        g = torch.Generator(device="cpu").manual_seed(self.seed + zlib.crc32(case.id.encode()))
+        dt = getattr(torch, case.dtype)
+        q = torch.randn(case.batch, case.heads, case.head_dim, generator=g).to(dev, dt)
+        k = torch.randn(case.batch, case.cache_len, case.kv_heads, case.head_dim, generator=g).to(dev, dt)
+        v = torch.randn(case.batch, case.cache_len, case.kv_heads, case.head_dim, generator=g).to(dev, dt)
+        lens = torch.full((case.batch,), case.cache_len, dtype=torch.int32, device=dev)
+        ref = _decode(q.float(), k.float(), v.float(), lens, window=None, softcap=None,
+                      scale=case.head_dim**-0.5).cpu()
+        self._case, self._data = case, (q, k, v, lens, ref)
+        return self._data
+
+    def _torch_fn(self, impl):
+        from kernels import _platform, torch_ops
+
+        if impl not in ("triton", "sdpa", "reference"):
+            raise Skip(f"unknown torch impl {impl!r}")
+        mode = ("interpret" if _platform.triton_interpreting() else "compiled") if impl == "triton" else "eager"
+        return (lambda q, k, v, L: torch_ops.decode_attention(q, k, v, L, impl=impl)), mode
+
+    def _jax_fn(self, impl):
+        import jax
+
+        from kernels import _platform
+        from kernels.decode.pallas_decode import decode_pallas
+        from kernels.decode.reference_jax import _decode
+        from kernels.decode.xla import decode_xla
+
+        fns = {"pallas": decode_pallas, "xla": decode_xla, "reference": _decode}
+        if impl not in fns:
+            raise Skip(f"unknown jax impl {impl!r}")
+        mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if impl == "pallas" else "xla"
+        # Timed without the public API's host-side length check (a sync per call); the
+        # correctness run below goes through the same kernels.
+        f = jax.jit(lambda q, k, v, L: fns[impl](q, k, v, L, window=None, softcap=None,
+                                                 scale=q.shape[-1] ** -0.5))
+        return f, mode
+
+    def run(self, case: Case, framework: str, impl: str) -> dict:
+        q, k, v, lens, ref = self._inputs(case)
+        if framework == "torch":
+            fn, mode = self._torch_fn(impl)
+            args = (q, k, v, lens)
+            got = fn(*args).float().cpu().numpy()
+        else:
+            import jax.numpy as jnp
+
+            fn, mode = self._jax_fn(impl)
+            to_jax = lambda t: jnp.asarray(t.detach().float().cpu().numpy()).astype(case.dtype)  # noqa: E731
+            args = (to_jax(q), to_jax(k), to_jax(v), jnp.asarray(lens.cpu().numpy()))
+            got = np.asarray(fn(*args), np.float32)
+        err = _rel_err(got, ref.numpy())
+        tol = BENCH_RTOL[case.dtype]
+        rec = {"max_error": err, "tolerance": tol, "mode": mode, "bytes": case.kv_bytes()}
+        if not np.isfinite(err) or err > tol:
+            return {**rec, "status": "failed"}
+        t = self.timer_factory(framework, interpret=(mode == "interpret"))(lambda: fn(*args))
+        gbps = case.kv_bytes() / t.median_s / 1e9
+        rec.update(status="ok", timing=t.to_dict(), median_ms=t.median_s * 1e3, gbps=gbps)
+        if self.copy_gbps and mode != "interpret":
+            rec["frac_copy_bw"] = gbps / self.copy_gbps
+        return rec
