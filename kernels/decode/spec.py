@@ -120,9 +120,3 @@ def check_decode_args(
     return DecodeProblem(batch=b, max_len=max_len, heads=h, kv_heads=kvh, head_dim=d,
                          window=window, softcap=softcap, scale=float(scale))
 
-
-def decode_bytes(problem: DecodeProblem, lengths, itemsize: int) -> int:
-    """Bytes of K and V a kernel must read: sum over rows of the attended positions."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    seen = np.minimum(lengths, problem.window) if problem.window is not None else lengths
-    return int(2 * seen.sum() * problem.kv_heads * problem.head_dim * itemsize)
