@@ -240,7 +240,9 @@ def ring_attention(q, k, v, *, mesh, axis_name, causal=False, softcap=None, scal
 
     q [B, S, H, D], k, v [B, S, KVH, D] and o [B, S, H, D] in natural order, sharded
     contiguously on S over ``axis_name`` (``P(None, axis_name)``). Inside, each shard moves
-    to the zigzag layout and back with two ppermutes. Differentiable in q, k, v.
+    to the zigzag layout and back with two ppermutes. Differentiable in q, k, v; on a mesh
+    with Explicit axes (``jax.make_mesh``'s default) take its vjp under ``jax.jit``, where the
+    cotangent gets the output's sharding.
     """
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name must be one of the mesh axes {tuple(mesh.shape)}, got {axis_name!r}")

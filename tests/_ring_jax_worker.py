@@ -5,7 +5,8 @@
 XLA_FLAGS must ask for 8 host devices before JAX initializes, which a pytest process that
 already imported JAX cannot do, hence this process. For each case it runs
 ``sharding.ring_attention_jax.ring_attention`` (forward and vjp, jitted) on the case's mesh,
-the single-device Pallas kernel, the float64 torch reference and jnp's fp32 math, and prints
+the single-device Pallas kernel, the float64 torch reference (on the rounded inputs) and
+jnp's math in the input dtype, and prints
 one ``RESULT {json}`` line per quantity, then ``CHECK {json}`` lines for validation errors.
 """
 import json
@@ -46,7 +47,7 @@ def _case(case, rng):
     b, s, h, kvh, d = (case[key] for key in ("batch", "seq", "heads", "kv_heads", "head_dim"))
     kw = dict(causal=case["causal"], softcap=case["softcap"], scale=d ** -0.5)
     mesh = jax.make_mesh(tuple(case["mesh"]), tuple(case["axes"]))
-    q, k, v, do = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
+    q, k, v, do = (jnp.asarray(rng.standard_normal(shape), case["dtype"]) for shape in
                    ((b, s, h, d), (b, s, kvh, d), (b, s, kvh, d), (b, s, h, d)))
 
     ring = jax.jit(lambda q, k, v, do: _vjp(

@@ -5,7 +5,7 @@
 Spawns ``world`` gloo ranks on 127.0.0.1. Every rank builds the same random global inputs,
 runs ``sharding.ring_attention_torch.ring_attention`` forward and backward on its zigzag shard
 and all-gathers the results; rank 0 compares them with the single-device Triton kernel, the
-float64 reference and torch's fp32 math, and prints one ``RESULT {json}`` line per quantity
+float64 reference (on the rounded inputs) and torch's math in the input dtype, and prints one ``RESULT {json}`` line per quantity
 (the test asserts on them), then ``CHECK {json}`` lines for the input-validation errors.
 """
 import json
@@ -41,7 +41,7 @@ def _case(case, rng, rank, world):
     causal, softcap = case["causal"], case["softcap"]
     arrays = [rng.standard_normal(shape) for shape in
               ((b, s, h, d), (b, s, kvh, d), (b, s, kvh, d), (b, s, h, d))]
-    q, k, v, do = (torch.tensor(a, dtype=torch.float32) for a in arrays)
+    q, k, v, do = (torch.tensor(a).to(getattr(torch, case["dtype"])) for a in arrays)
 
     launches = ta.LAUNCHES["_attn_fwd_kernel"]
     ring = _vjp(lambda q, k, v: ring_attention(q, k, v, causal=causal, softcap=softcap),
@@ -63,7 +63,7 @@ def _case(case, rng, rank, world):
     kernel = _vjp(lambda q, k, v: ta.attention_triton(q, k, v, causal=causal, softcap=softcap),
                   [q, k, v], do)
     ref64 = _vjp(ref(torch.float64, True), [x.double() for x in (q, k, v)], do.double())
-    base = _vjp(ref(torch.float32, False), [q, k, v], do)
+    base = _vjp(ref(q.dtype, False), [q, k, v], do)  # torch's math in the input dtype
     return [dict(case=case["id"], what=what, err_ring=_max_err(r, f), err_kernel=_max_err(kk, f),
                  err_base=_max_err(bb, f), diff_ring_kernel=_max_err(r, kk),
                  ref_max=float(f.abs().max()), launches=launches)
