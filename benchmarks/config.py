@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from benchmarks.suites.decode import DecodeBenchConfig
+from benchmarks.suites.elementwise import ElementwiseBenchConfig
+from benchmarks.suites.encoder_kernels import EncoderKernelsBenchConfig
+
 
 @dataclass
 class TimerConfig:
@@ -45,6 +49,9 @@ class BenchConfig:
     timer: TimerConfig = field(default_factory=TimerConfig)
     ceilings: CeilingConfig = field(default_factory=CeilingConfig)
     attention: AttentionBenchConfig = field(default_factory=AttentionBenchConfig)
+    decode: DecodeBenchConfig = field(default_factory=DecodeBenchConfig)
+    elementwise: ElementwiseBenchConfig = field(default_factory=ElementwiseBenchConfig)
+    encoder_kernels: EncoderKernelsBenchConfig = field(default_factory=EncoderKernelsBenchConfig)
     telemetry_interval_s: float = 0.5
 
 

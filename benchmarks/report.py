@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 
 from benchmarks.hardware import hardware_table, match_hardware
-from benchmarks.results import write_text_atomic
+from benchmarks.results import pct_of_ceiling, write_text_atomic
 
 REQUIRED = ("schema", "created_utc", "device", "commit", "versions", "config", "ceilings", "records")
 
@@ -53,25 +53,25 @@ def measured_table(d: dict) -> str:
              f"- measured ceilings: copy {d['ceilings']['copy_gbps']:.1f} GB/s, "
              f"{d['ceilings']['matmul_dtype']} matmul {d['ceilings']['matmul_tflops']:.2f} TFLOP/s",
              *[f"- note: {n}" for n in d.get("notes", [])], "",
-             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | % meas. peak | % datasheet | vs peer | max err |",
+             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | % meas. ceiling | % datasheet | vs peer | max err |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["records"]:
-        pct = lambda k: None if r.get(k) is None else 100 * r[k]  # noqa: E731
         lines.append("| " + " | ".join([
             r["suite"], r["case"], r["impl"], r.get("mode", "–"), r["status"],
             _f(r.get("median_ms"), ".3f"), _f(r.get("tflops"), ".3g"), _f(r.get("gbps"), ".3g"),
-            _f(pct("frac_measured_peak"), ".1f"), _f(pct("frac_datasheet_peak"), ".1f"),
+            _f(pct_of_ceiling(r), ".1f"), _f(pct_of_ceiling(r, "datasheet"), ".1f"),
             _f(r.get("speedup_vs_peer"), ".2f"), _f(r.get("max_error"), ".1e")]) + " |")
     return "\n".join(lines)
 
 
 def cross_hardware_table(files: list[dict]) -> str:
-    """Fraction of each device's measured matmul peak, per (case, impl); compiled runs only."""
+    """% of each device's measured ceiling (matmul for FLOP-bound rows, copy for memory-bound
+    ones), per (case, impl); compiled runs only."""
     rows = defaultdict(dict)
     for d in files:
         for r in d["records"]:
-            if r["status"] == "ok" and r.get("mode") != "interpret" and r.get("frac_measured_peak"):
-                rows[(r["suite"], r["case"], r["impl"])][_device_label(d)] = r["frac_measured_peak"]
+            if r["status"] == "ok" and r.get("mode") != "interpret" and pct_of_ceiling(r):
+                rows[(r["suite"], r["case"], r["impl"])][_device_label(d)] = pct_of_ceiling(r) / 100
     devices = [_device_label(d) for d in files]
     lines = ["| suite | case | impl | " + " | ".join(devices) + " |",
              "|---|---|---|" + "---|" * len(devices)]
@@ -199,7 +199,8 @@ def render(paths: list[str], out_dir: str) -> str:
           "roofline bound from counted FLOPs and bytes and the datasheet, labeled modeled.", "",
           "## Measured", ""]
     md += [measured_table(d) + "\n" for d in files]
-    md += ["## Cross-hardware (% of each device's measured matmul peak; compiled runs only)", "",
+    md += ["## Cross-hardware (% of each device's measured ceiling: matmul for attention, "
+           "copy bandwidth for memory-bound kernels; compiled runs only)", "",
            cross_hardware_table(files), "",
            "## Modeled (roofline lower bound on chips not measured here; not a measurement)", "",
            modeled_table(files), "", "## Plots", ""]

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 
 from benchmarks import config as bench_config  # noqa: E402
 from benchmarks.hardware import detect_device  # noqa: E402
-from benchmarks.suites.attention import AttentionSuite, Skip  # noqa: E402
+from benchmarks.suites.attention import AttentionSuite  # noqa: E402
+from benchmarks.suites.common import Skip  # noqa: E402
 from benchmarks.timing import _block  # noqa: E402
 
 PRESET = os.environ.get("BENCH_PRESET", "cpu")

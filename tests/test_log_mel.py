@@ -220,10 +220,12 @@ def test_benchmark_suite_checks_then_times():
     for case, framework, impl in suite.entries():
         rec = suite.run(case, framework, impl)
         records.append({**rec, "case": case.id, "framework": framework, "impl": impl})
-    add_peer_ratios(records)
+    add_peer_ratios(records, EncoderKernelsSuite.peers)
     assert len(records) == 8 and all(r["status"] == "ok" for r in records), records
     for r in records:
         assert r["max_error"] <= r["tolerance"]
-        keys = ("tflops",) if r["case"].startswith("patch_embed") else ("audio_s_per_s", "gb_s")
-        assert all(r[k] > 0 for k in keys) and r["speedup_vs_peer"] > 0
+        keys = ("tflops",) if r["case"].startswith("patch_embed") else ("audio_s_per_s", "gbps")
+        assert all(r[k] > 0 for k in keys)
+        # interpret-mode times say nothing about the kernel: no speedup is claimed for them
+        assert (r["speedup_vs_peer"] > 0) if r["mode"] != "interpret" else "speedup_vs_peer" not in r
     assert {r["mode"] for r in records if r["impl"] in ("triton", "pallas")} == {"interpret"}

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.suites.common import Skip, rel_err
 from kernels.attention.spec import AttentionProblem, attention_flops
 from kernels.tolerances import BENCH_RTOL
 
-JAX_PEER, TORCH_PEER_PREFIX = "xla", "sdpa"
 REFERENCE_MAX_GB = 8  # above this the O(S^2) references are skipped, with the reason
 
 
@@ -68,10 +68,6 @@ def cases(cfg) -> list[Case]:
     return out
 
 
-class Skip(Exception):
-    """A peer that cannot run here; the reason is reported."""
-
-
 # ---- PyTorch impls -------------------------------------------------------------------
 
 def torch_impl(name: str, device_kind: str):
@@ -110,13 +106,9 @@ def torch_impl(name: str, device_kind: str):
     raise Skip(f"unknown torch impl {name!r}")
 
 
-def _rel_err(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-
-
 class AttentionSuite:
     name = "attention"
+    peers = {"torch": ("sdpa",), "jax": ("xla",)}
 
     def __init__(self, cfg, device, timer_factory, seed: int = 0):
         self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
@@ -187,7 +179,7 @@ class AttentionSuite:
         else:
             fn, mode = self._jax_impl(impl, case)
             got, timed = self._jax_calls(fn, case, q, k, v, do, m)
-        err = max(_rel_err(g, r) for g, r in zip(got, ref))
+        err = max(rel_err(g, r) for g, r in zip(got, ref))
         tol = BENCH_RTOL[case.dtype]
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops(),
                "bytes": case.bytes()}
@@ -268,22 +260,3 @@ class AttentionSuite:
         o, dq, dk, dv = step(qj, kj, vj, doj)
         got = (o[:, -m:], dq[:, -m:], dk, dv)
         return tuple(np.asarray(t, np.float32) for t in got), lambda: step(qj, kj, vj, doj)
-
-
-def add_peer_ratios(records: list[dict]) -> None:
-    """speedup_vs_peer = best peer time / impl time, per case and framework (not for
-    interpret-mode runs, whose times say nothing about the kernel)."""
-    best: dict = {}
-    for r in records:
-        if r["status"] != "ok":
-            continue
-        is_peer = (r["framework"] == "torch" and r["impl"].startswith(TORCH_PEER_PREFIX)) or (
-            r["framework"] == "jax" and r["impl"].startswith(JAX_PEER))
-        if is_peer:
-            key = (r["case"], r["framework"])
-            best[key] = min(best.get(key, float("inf")), r["median_ms"])
-    for r in records:
-        peer = best.get((r["case"], r["framework"]))
-        if r["status"] == "ok" and peer is not None and r.get("mode") != "interpret":
-            r["speedup_vs_peer"] = peer / r["median_ms"]
-

@@ -4,9 +4,9 @@ Cases: MQA and GQA, batch 1 and 16, cache lengths from the config (CPU default t
 GPU 4k-128k); every row uses the full cache length. PyTorch impls (peer: SDPA) and JAX
 impls (peer: XLA). Each case is checked against the fp32 reference before it is timed; a
 case over tolerance is reported failed and not timed. Throughput: ``gbps`` = bytes of K
-and V the kernel must read (attended positions only) / median time, and, when the runner
-passes its measured ceilings, ``frac_copy_bw`` = gbps / measured copy bandwidth (the
-copy counts read + write, so 1.0 means reading K/V as fast as the copy moves bytes).
+and V the kernel must read (attended positions only) / median time; the runner adds the
+fraction of the measured copy bandwidth (the copy counts read + write, so 1.0 means
+reading K/V as fast as the copy moves bytes).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.attention import Skip  # the runner reports this one as 'skipped'
+from benchmarks.suites.common import Skip, rel_err
 from kernels.tolerances import BENCH_RTOL
 
 
@@ -56,17 +56,12 @@ def cases(cfg) -> list[Case]:
             for t in cfg.cache_lens for b in cfg.batches for kvh in cfg.kv_heads]
 
 
-def _rel_err(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-
-
 class DecodeSuite:
     name = "decode"
+    peers = {"torch": ("sdpa",), "jax": ("xla",)}
 
-    def __init__(self, cfg, device, timer_factory, seed: int = 0, ceilings: dict | None = None):
+    def __init__(self, cfg, device, timer_factory, seed: int = 0):
         self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
-        self.copy_gbps = (ceilings or {}).get("copy_gbps")
 
     def entries(self):
         for case in cases(self.cfg):
@@ -133,7 +128,7 @@ class DecodeSuite:
             to_jax = lambda t: jnp.asarray(t.detach().float().cpu().numpy()).astype(case.dtype)  # noqa: E731
             args = (to_jax(q), to_jax(k), to_jax(v), jnp.asarray(lens.cpu().numpy()))
             got = np.asarray(fn(*args), np.float32)
-        err = _rel_err(got, ref.numpy())
+        err = rel_err(got, ref.numpy())
         tol = BENCH_RTOL[case.dtype]
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "bytes": case.kv_bytes()}
         if not np.isfinite(err) or err > tol:
@@ -141,6 +136,4 @@ class DecodeSuite:
         t = self.timer_factory(framework, interpret=(mode == "interpret"))(lambda: fn(*args))
         gbps = case.kv_bytes() / t.median_s / 1e9
         rec.update(status="ok", timing=t.to_dict(), median_ms=t.median_s * 1e3, gbps=gbps)
-        if self.copy_gbps and mode != "interpret":
-            rec["frac_copy_bw"] = gbps / self.copy_gbps
         return rec

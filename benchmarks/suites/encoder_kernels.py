@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.attention import Skip
+from benchmarks.suites.common import Skip, add_peer_ratios, rel_err  # noqa: F401  (re-exported)
 from kernels.tolerances import BENCH_RTOL
 
-PEERS = {("patch_embed", "torch"): "conv", ("patch_embed", "jax"): "xla",
-         ("log_mel", "torch"): "stft", ("log_mel", "jax"): "xla"}
+PEERS = {"torch": ("conv", "stft"), "jax": ("xla",)}  # conv: patch_embed, stft: log_mel
 
 
 @dataclass
@@ -97,11 +96,6 @@ def cases(cfg) -> list:
     return out
 
 
-def _rel_err(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-
-
 def _mode(framework: str, impl: str) -> str:
     from kernels import _platform
 
@@ -114,6 +108,7 @@ def _mode(framework: str, impl: str) -> str:
 
 class EncoderKernelsSuite:
     name = "encoder_kernels"
+    peers = PEERS
 
     def __init__(self, cfg, device, timer_factory, seed: int = 0):
         self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
@@ -171,7 +166,7 @@ class EncoderKernelsSuite:
         else:
             got, timed = self._jax_calls(case, impl, data)
         mode = _mode(framework, impl)
-        err = max(_rel_err(a, r) for a, r in zip(got, ref))
+        err = max(rel_err(a, r) for a, r in zip(got, ref))
         tol = BENCH_RTOL[case.dtype]
         rec = {"max_error": err, "tolerance": tol, "mode": mode}
         if case.op == "patch_embed":
@@ -185,7 +180,7 @@ class EncoderKernelsSuite:
         else:
             itemsize = np.dtype(case.dtype if case.dtype != "bfloat16" else "float16").itemsize
             rec["audio_s_per_s"] = case.batch * case.samples / 16000 / t.median_s
-            rec["gb_s"] = case.bytes(itemsize) / t.median_s / 1e9
+            rec["gbps"] = case.bytes(itemsize) / t.median_s / 1e9
         return rec
 
     @staticmethod
@@ -244,16 +239,3 @@ class EncoderKernelsSuite:
 
         got = step(*inputs, dy)
         return tuple(np.asarray(t.astype(jnp.float32)) for t in got), lambda: step(*inputs, dy)
-
-
-def add_peer_ratios(records: list[dict]) -> None:
-    """speedup_vs_peer = peer time / impl time, per case and framework (peers in ``PEERS``)."""
-    best = {}
-    for r in records:
-        op = r["case"].split(" ", 1)[0]
-        if r["status"] == "ok" and r["impl"] == PEERS.get((op, r["framework"])):
-            best[(r["case"], r["framework"])] = r["median_ms"]
-    for r in records:
-        peer = best.get((r["case"], r["framework"]))
-        if r["status"] == "ok" and peer is not None:
-            r["speedup_vs_peer"] = peer / r["median_ms"]

@@ -49,9 +49,8 @@ def _attention(q, k, v, *, causal, window, softcap, scale, q_segment_ids, kv_seg
     g = h // kvh
     cdt = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype
     qg = q.to(cdt).reshape(b, sq, kvh, g, d)
-    s = torch.einsum("bskgd,btkd->bkgst", qg, k.to(cdt)).float() * scale  # (B, KVH, G, Sq, Skv)
-    if q.dtype == torch.float64:
-        s = s.double()
+    sdt = torch.promote_types(cdt, torch.float32)  # fp32 scores, fp64 for a float64 reference
+    s = torch.einsum("bskgd,btkd->bkgst", qg, k.to(cdt)).to(sdt) * scale  # (B, KVH, G, Sq, Skv)
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
     mask = attention_mask(sq, skv, causal=causal, window=window, q_segment_ids=q_segment_ids,

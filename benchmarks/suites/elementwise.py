@@ -1,0 +1,196 @@
+"""Memory-bound encoder kernels: rms_norm, layer_norm, rope, gated_gelu; op x impl grid.
+
+Throughput is GB/s of the HBM traffic a fused kernel cannot avoid (each op's ``*_bytes`` in
+its spec), reported against the measured copy bandwidth. Peers: torch eager and
+torch.compile of the reference on the PyTorch side, XLA (jitted jnp reference) on the JAX
+side. Correctness first: every impl's output (and, for fwd+bwd, input gradients) against
+the fp32 torch reference; over tolerance is reported failed and not timed.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmarks.suites.common import Skip, rel_err
+from kernels.tolerances import BENCH_RTOL
+
+OPS = ("rms_norm", "layer_norm", "rope", "gated_gelu")
+PEERS = {"torch": ("reference", "compiled"), "jax": ("xla",)}
+ROPE_HEAD_DIM = 128
+
+
+@dataclass
+class ElementwiseBenchConfig:
+    enabled: bool = True
+    ops: list[str] = field(default_factory=lambda: list(OPS))
+    shapes: list[list[int]] = field(default_factory=lambda: [[512, 1152], [256, 2048]])  # rows, hidden
+    dtype: str = "float32"
+    directions: list[str] = field(default_factory=lambda: ["fwd", "fwd+bwd"])
+    torch_impls: list[str] = field(default_factory=lambda: ["triton", "reference"])
+    jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla"])
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    rows: int
+    hidden: int
+    dtype: str
+    direction: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.op} {self.rows}x{self.hidden} {self.dtype} {self.direction}"
+
+    def bytes(self) -> int:
+        from kernels.activations.spec import gelu_bytes
+        from kernels.norms.spec import NormProblem, norm_bytes
+        from kernels.rope.spec import RopeProblem, rope_bytes
+
+        el = {"float32": 4, "float16": 2, "bfloat16": 2}[self.dtype]
+        bwd = self.direction == "fwd+bwd"
+        if self.op in ("rms_norm", "layer_norm"):
+            p = NormProblem(self.rows, self.hidden, self.op == "rms_norm", 1e-6, 0.0, False)
+            return norm_bytes(p, el) + (norm_bytes(p, el, backward=True) if bwd else 0)
+        if self.op == "rope":
+            p = RopeProblem(1, self.rows, self.hidden // ROPE_HEAD_DIM, ROPE_HEAD_DIM, 1, 1e4)
+            return rope_bytes(p, el) * (2 if bwd else 1)
+        n = self.rows * self.hidden
+        return gelu_bytes(n, el, gated=True) + (gelu_bytes(n, el, gated=True, backward=True) if bwd else 0)
+
+
+def _inputs(case: Case, rng: np.random.Generator) -> dict:
+    """float64 numpy inputs; 'x'-like tensors are differentiated, the rest are held fixed."""
+    r, h = case.rows, case.hidden
+    if case.op == "rms_norm":
+        return dict(diff=[rng.standard_normal((r, h)), 0.1 * rng.standard_normal(h)], fixed=[])
+    if case.op == "layer_norm":
+        return dict(diff=[rng.standard_normal((r, h)), 1 + 0.1 * rng.standard_normal(h),
+                          0.1 * rng.standard_normal(h)], fixed=[])
+    if case.op == "rope":
+        x = rng.standard_normal((1, r, h // ROPE_HEAD_DIM, ROPE_HEAD_DIM))
+        return dict(diff=[x], fixed=[np.arange(r, dtype=np.int64)[None]])
+    return dict(diff=[rng.standard_normal((r, h)), rng.standard_normal((r, h))], fixed=[])
+
+
+def _call(ops, op: str, impl: str):
+    """The op from ``ops`` (kernels.torch_ops or kernels.jax_ops) as f(*diff, *fixed)."""
+    if op == "rms_norm":
+        return lambda x, w: ops.rms_norm(x, w, gemma=True, impl=impl)
+    if op == "layer_norm":
+        return lambda x, w, b: ops.layer_norm(x, w, b, impl=impl)
+    if op == "rope":
+        return lambda x, pos: ops.rope(x, pos, impl=impl)
+    return lambda g, u: ops.gated_gelu(g, u, impl=impl)
+
+
+class ElementwiseSuite:
+    name = "elementwise"
+    peers = PEERS
+
+    def __init__(self, cfg, device, timer_factory, seed: int = 0):
+        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
+
+    def entries(self):
+        for op in self.cfg.ops:
+            for rows, hidden in self.cfg.shapes:
+                for direction in self.cfg.directions:
+                    case = Case(op, rows, hidden, self.cfg.dtype, direction)
+                    for impl in self.cfg.torch_impls:
+                        yield case, "torch", impl
+                    for impl in self.cfg.jax_impls:
+                        yield case, "jax", impl
+
+    def _data(self, case: Case):
+        if getattr(self, "_case", None) != case:
+            rng = np.random.default_rng(self.seed + zlib.crc32(case.id.encode()))
+            data = _inputs(case, rng)
+            out_shape = data["diff"][0].shape
+            dy = rng.standard_normal(out_shape)
+            self._case, self._payload = case, (data, dy, self._reference(case, data, dy))
+        return self._payload
+
+    @staticmethod
+    def _reference(case, data, dy):
+        import torch
+
+        from kernels import torch_ops
+
+        diff = [torch.tensor(x, dtype=torch.float32).requires_grad_() for x in data["diff"]]
+        fixed = [torch.tensor(x) for x in data["fixed"]]
+        y = _call(torch_ops, case.op, "reference")(*diff, *fixed)
+        if case.direction == "fwd":
+            return [y.detach().numpy()]
+        grads = torch.autograd.grad(y, diff, torch.tensor(dy, dtype=torch.float32))
+        return [y.detach().numpy(), *(g.numpy() for g in grads)]
+
+    def check(self, case: Case, framework: str, impl: str):
+        data, dy, ref = self._data(case)
+        fn, mode, got, timed = (self._torch if framework == "torch" else self._jax)(case, impl, data, dy)
+        err = max(rel_err(g, r) for g, r in zip(got, ref))
+        rec = {"max_error": err, "tolerance": BENCH_RTOL[case.dtype], "mode": mode, "bytes": case.bytes()}
+        if not np.isfinite(err) or err > rec["tolerance"]:
+            return {**rec, "status": "failed"}, None
+        return rec, timed
+
+    def run(self, case: Case, framework: str, impl: str) -> dict:
+        rec, timed = self.check(case, framework, impl)
+        if timed is None:
+            return rec
+        t = self.timer_factory(framework, interpret=rec["mode"] == "interpret")(timed)
+        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
+                "gbps": case.bytes() / t.median_s / 1e9}
+
+    def _torch(self, case, impl, data, dy):
+        import torch
+
+        from kernels import _platform, torch_ops
+
+        if impl not in torch_ops.NORM_IMPLS:
+            raise Skip(f"unknown torch impl {impl!r}")
+        dev = "cuda" if self.device.kind == "cuda" else "cpu"
+        dt = getattr(torch, case.dtype)
+        diff = [torch.tensor(x).to(dev, dt).requires_grad_() for x in data["diff"]]
+        fixed = [torch.tensor(x).to(dev) for x in data["fixed"]]
+        dyt = torch.tensor(dy).to(dev, dt)
+        fn = _call(torch_ops, case.op, impl)
+        mode = {"triton": "interpret" if _platform.triton_interpreting() else "compiled",
+                "compiled": "torch.compile"}.get(impl, "eager")
+        if case.direction == "fwd":
+            with torch.no_grad():
+                step = lambda: fn(*diff, *fixed)  # noqa: E731
+                got = [step()]
+        else:
+            def step():
+                y = fn(*diff, *fixed)
+                return (y, *torch.autograd.grad(y, diff, dyt))
+
+            got = list(step())
+        return fn, mode, [g.detach().float().cpu().numpy() for g in got], step
+
+    def _jax(self, case, impl, data, dy):
+        import jax
+        import jax.numpy as jnp
+
+        from kernels import _platform, jax_ops
+
+        if impl not in jax_ops.NORM_IMPLS:
+            raise Skip(f"unknown jax impl {impl!r}")
+        diff = [jnp.asarray(x, case.dtype) for x in data["diff"]]
+        fixed = [jnp.asarray(x, jnp.int32) for x in data["fixed"]]
+        fn = _call(jax_ops, case.op, impl)
+        mode = "interpret" if impl == "pallas" and _platform.pallas_interpret_default() else (
+            "compiled" if impl == "pallas" else "xla")
+        if case.direction == "fwd":
+            step = jax.jit(lambda *d: fn(*d, *fixed))
+            got = [step(*diff)]
+        else:
+            @jax.jit
+            def step(*d):
+                y, vjp = jax.vjp(lambda *dd: fn(*dd, *fixed), *d)
+                return (y, *vjp(jnp.asarray(dy, y.dtype)))
+
+            got = list(step(*diff))
+        return fn, mode, [np.asarray(g, np.float32) for g in got], lambda: step(*diff)
