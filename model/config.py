@@ -1,0 +1,129 @@
+"""Model configuration and the one table of parameter names, shapes and logical axes.
+
+Both models (``model/torch_model.py``, ``model/jax_model.py``), checkpoints and the
+sharding rules read ``param_specs``: the names are Hugging Face Gemma's, so a Gemma-format
+safetensors file is our checkpoint format; matrices are stored (out_features, in_features)
+as ``torch.nn.Linear`` keeps them (JAX computes ``x @ w.T``). Logical axis names
+("vocab", "embed", "heads", "kv_heads", "mlp") are what ``sharding/`` maps to mesh axes.
+
+Presets (``conf/model/*.yaml`` mirror them): ``tiny`` (tests), ``nano1`` (~1.8B) and
+``nano2`` (~3.25B) — shapes chosen here, the Gemini report gives only the sizes —
+``gemma_2b`` (Gemma 1 2B), and ``pro_*`` shapes for scaling profiles (illustrative).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"
+    vocab_size: int = 512
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 1  # 1 = multi-query attention (Gemini, Gemma 2B)
+    head_dim: int = 32
+    mlp_dim: int = 512
+    max_seq_len: int = 32768
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    attn_softcap: float | None = None  # Gemma 2: 50.0
+    final_softcap: float | None = None  # Gemma 2: 30.0
+    local_window: int | None = None  # sliding window of the local layers
+    local_every: int = 0  # > 0: layers with i % local_every != local_every - 1 are local
+    query_scale: float | None = None  # None: head_dim ** -0.5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "width", "layers", "heads", "kv_heads", "head_dim", "mlp_dim",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads % kv_heads must be 0 (heads {self.heads}, kv_heads {self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.local_every and self.local_window is None:
+            raise ValueError("local_every > 0 needs local_window")
+
+    def is_local(self, layer: int) -> bool:
+        """Whether ``layer`` uses the sliding window (Gemma 2 alternates local and global)."""
+        return bool(self.local_every) and layer % self.local_every != self.local_every - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "tiny": ModelConfig(),
+    # ~1.80B: Gemma-2B-like MQA body with a narrower MLP.
+    "nano1": ModelConfig(name="nano1", vocab_size=256000, width=2048, layers=18, heads=8, kv_heads=1,
+                         head_dim=256, mlp_dim=9984),
+    # ~3.26B: wider and deeper, still MQA.
+    "nano2": ModelConfig(name="nano2", vocab_size=256000, width=2560, layers=28, heads=10, kv_heads=1,
+                         head_dim=256, mlp_dim=10240),
+    "gemma_2b": ModelConfig(name="gemma_2b", vocab_size=256000, width=2048, layers=18, heads=8,
+                            kv_heads=1, head_dim=256, mlp_dim=16384, max_seq_len=8192),
+    # Illustrative larger shapes for scaling profiles (not the report's, which are unpublished).
+    "pro_27b": ModelConfig(name="pro_27b", vocab_size=256000, width=6144, layers=48, heads=48,
+                           kv_heads=1, head_dim=128, mlp_dim=24576),
+    "pro_120b": ModelConfig(name="pro_120b", vocab_size=256000, width=10240, layers=80, heads=80,
+                            kv_heads=1, head_dim=128, mlp_dim=40960),
+}
+NANO_TARGETS = {"nano1": 1.8e9, "nano2": 3.25e9}  # parameter counts from the Gemini 1.0 report
+
+
+def param_specs(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """name -> (shape, logical axes), in Hugging Face Gemma naming. The output head is tied
+    to ``model.embed_tokens.weight`` (no separate parameter)."""
+    w, q, kv, m = cfg.width, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_dim
+    specs = {"model.embed_tokens.weight": ((cfg.vocab_size, w), ("vocab", "embed"))}
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        specs.update({
+            p + "input_layernorm.weight": ((w,), ("embed",)),
+            p + "self_attn.q_proj.weight": ((q, w), ("heads", "embed")),
+            p + "self_attn.k_proj.weight": ((kv, w), ("kv_heads", "embed")),
+            p + "self_attn.v_proj.weight": ((kv, w), ("kv_heads", "embed")),
+            p + "self_attn.o_proj.weight": ((w, q), ("embed", "heads")),
+            p + "post_attention_layernorm.weight": ((w,), ("embed",)),
+            p + "mlp.gate_proj.weight": ((m, w), ("mlp", "embed")),
+            p + "mlp.up_proj.weight": ((m, w), ("mlp", "embed")),
+            p + "mlp.down_proj.weight": ((w, m), ("embed", "mlp")),
+        })
+    specs["model.norm.weight"] = ((w,), ("embed",))
+    return specs
+
+
+def param_count(cfg: ModelConfig) -> int:
+    total = 0
+    for shape, _ in param_specs(cfg).values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+@dataclass
+class KernelConfig:
+    """Which implementation each op uses; ``preset`` fills every op not overridden.
+
+    PyTorch impls: triton | reference | sdpa (attention only); JAX: pallas | reference | xla.
+    """
+
+    preset: str = "reference"
+    attention: str | None = None
+    decode: str | None = None
+    norm: str | None = None
+    rope: str | None = None
+    mlp: str | None = None
+
+    def impl(self, op: str) -> str:
+        chosen = getattr(self, op)
+        if chosen is not None:
+            return chosen
+        if self.preset == "sdpa":  # the SDPA peer exists for attention and decode only
+            return "sdpa" if op in ("attention", "decode") else "reference"
+        return self.preset
