@@ -1,0 +1,73 @@
+"""JAX building blocks of the Gemini reference model; every op goes through ``kernels.jax_ops``.
+
+``linear`` is THE projection entry point (x @ w.T for a torch.nn.Linear-layout weight
+[out, in], the layout of ``model.config.param_specs``): a quantized weight type is dispatched
+here, nowhere else. ``with_logical_constraint`` is the sharding hook: the model names logical
+axes ("batch", "seq", "embed", "heads", "kv_heads", "mlp", "vocab"); it is a no-op unless
+``logical_axis_rules(rules, mesh)`` is active, which maps them to mesh axes.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from kernels import jax_ops
+
+_ACTIVE = {"rules": None, "mesh": None}
+
+
+@contextlib.contextmanager
+def logical_axis_rules(rules: dict, mesh):
+    """Within the block, ``with_logical_constraint`` maps logical axis names to mesh axes
+    (``rules[name]``: a mesh axis name, a tuple of them, or None = replicated)."""
+    saved = dict(_ACTIVE)
+    _ACTIVE.update(rules=dict(rules), mesh=mesh)
+    try:
+        yield
+    finally:
+        _ACTIVE.update(saved)
+
+
+def with_logical_constraint(x: jax.Array, axes: tuple) -> jax.Array:
+    """Annotate x's dims with logical axis names (None: unconstrained); no-op without rules."""
+    rules = _ACTIVE["rules"]
+    if rules is None:
+        return x
+    if len(axes) != x.ndim:
+        raise ValueError(f"axes {axes} must name each of x's {x.ndim} dims (shape {x.shape})")
+    spec = PartitionSpec(*(rules.get(a) if a is not None else None for a in axes))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(_ACTIVE["mesh"], spec))
+
+
+def linear(x: jax.Array, w) -> jax.Array:
+    """x [..., in] @ w.T -> [..., out]; w [out, in]. The one dispatch point for projections."""
+    if isinstance(w, (jax.Array, jax.core.Tracer)):
+        return jnp.einsum("...i,oi->...o", x, w)
+    raise TypeError(f"linear: w must be a jax.Array, got {type(w).__name__}")
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """cap * tanh(x / cap) (Gemma 2's logit soft-capping); identity for cap=None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def embed(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """table[tokens] * sqrt(width), the scale rounded to the table's dtype (as HF Gemma)."""
+    x = jnp.take(table, tokens, axis=0)  # (B, S, W)
+    return x * jnp.asarray(math.sqrt(table.shape[1]), dtype=x.dtype)
+
+
+def rms_norm(x, w, *, eps: float, impl: str, residual=None):
+    """Gemma RMSNorm x / rms(x) * (1 + w), fp32 math; with residual: (norm(x + r), x + r)."""
+    return jax_ops.rms_norm(x, w, eps=eps, gemma=True, residual=residual, impl=impl)
+
+
+def mlp(x, gate_w, up_w, down_w, *, impl: str):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x)); x (B, S, W)."""
+    h = jax_ops.gated_gelu(linear(x, gate_w), linear(x, up_w), approximate="tanh", impl=impl)
+    h = with_logical_constraint(h, ("batch", "seq", "mlp"))  # (B, S, M)
+    return linear(h, down_w)  # (B, S, W)

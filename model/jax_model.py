@@ -1,0 +1,147 @@
+"""The Gemini reference model in JAX: pure functions over a flat dict of arrays.
+
+Same architecture, parameter names (``model.config.param_specs``: Hugging Face Gemma's),
+shapes and layouts ([out, in] matrices) as ``model/torch_model.py``:
+
+    logits = softcap(norm(h_L) @ embed.T)          h_0 = embed[tokens] * sqrt(width)
+    h_{i+1} = a + mlp(norm_2(a)),   a = h_i + attn(norm_1(h_i))
+
+Kernels through ``kernels.jax_ops`` with the impl ``KernelConfig.impl(op)`` picks; projections
+through ``jax_layers.linear``; activations annotated with logical axis names only.
+Under ``jax.jit`` pass ``cfg`` and ``kernels`` by closure (``functools.partial``).
+
+KV cache (``KVCache``, a NamedTuple pytree): per-layer k, v [batch, max_len, kv_heads,
+head_dim] and lengths [batch] int32. ``forward(..., cache=c)`` returns ``(logits, new_cache)``:
+  * prefill (tokens [B, S>1]) on an EMPTY cache writes positions [0, S) and sets lengths to S
+    (rows of different prompt lengths: ``new_cache._replace(lengths=true_lengths)``);
+  * decode (tokens [B, 1]) writes each row at its own ``lengths[b]`` (also its RoPE position
+    unless ``positions`` is given), attends with ``decode_attention``, advances lengths by 1.
+Length checks need concrete values: under jit they are skipped, and a decode past max_len
+drops the write (JAX scatter semantics) — size the cache for the whole generation.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import jax_ops
+from model.config import KernelConfig, ModelConfig, param_specs
+from model.jax_layers import embed, linear, mlp, rms_norm, softcap, with_logical_constraint
+
+
+class KVCache(NamedTuple):
+    k: tuple  # per layer (B, max_len, KVH, D)
+    v: tuple
+    lengths: jax.Array  # (B,) int32
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, batch: int, max_len: int, *, dtype=jnp.float32) -> "KVCache":
+        if max_len < 1 or max_len > cfg.max_seq_len:
+            raise ValueError(f"max_len must be in [1, cfg.max_seq_len={cfg.max_seq_len}], got {max_len}")
+        shape = (batch, max_len, cfg.kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.layers))
+        return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, *, dtype=jnp.float32) -> dict[str, jax.Array]:
+    """Matrices N(0, 0.02^2), norm scales 0 (the Gemma (1 + w) scale starts at 1)."""
+    specs = param_specs(cfg)
+    keys = jax.random.split(key, len(specs))
+    return {name: (jnp.zeros(shape, dtype) if len(shape) == 1
+                   else 0.02 * jax.random.normal(k, shape, dtype))
+            for k, (name, (shape, _)) in zip(keys, specs.items())}
+
+
+def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels):
+    """One attention block on normed x (B, S, W); returns (out (B, S, W), (k_buf, v_buf) | None)."""
+    b, s, _ = x.shape
+    q = linear(x, p[pre + "q_proj.weight"]).reshape(b, s, cfg.heads, cfg.head_dim)  # (B, S, H, D)
+    k = linear(x, p[pre + "k_proj.weight"]).reshape(b, s, cfg.kv_heads, cfg.head_dim)  # (B, S, KVH, D)
+    v = linear(x, p[pre + "v_proj.weight"]).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+    q = with_logical_constraint(q, ("batch", "seq", "heads", None))
+    k = with_logical_constraint(k, ("batch", "seq", "kv_heads", None))
+    q = jax_ops.rope(q, positions, theta=cfg.rope_theta, impl=kernels.impl("rope"))
+    k = jax_ops.rope(k, positions, theta=cfg.rope_theta, impl=kernels.impl("rope"))
+    opts = dict(window=cfg.local_window if cfg.is_local(layer) else None, softcap=cfg.attn_softcap,
+                scale=cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5)
+    new_kv = None
+    if cache is not None and s == 1:  # decode: append at each row's own length
+        rows = jnp.arange(b)
+        kc = cache.k[layer].at[rows, cache.lengths].set(k[:, 0].astype(cache.k[layer].dtype))
+        vc = cache.v[layer].at[rows, cache.lengths].set(v[:, 0].astype(cache.v[layer].dtype))
+        o = jax_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **opts,
+                                     impl=kernels.impl("decode"))[:, None]  # (B, 1, H, D)
+        new_kv = (kc, vc)
+    else:
+        if cache is not None:  # prefill of an empty cache: positions [0, S)
+            new_kv = (cache.k[layer].at[:, :s].set(k.astype(cache.k[layer].dtype)),
+                      cache.v[layer].at[:, :s].set(v.astype(cache.v[layer].dtype)))
+        o = jax_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
+                              impl=kernels.impl("attention"))  # (B, S, H, D)
+    o = linear(o.reshape(b, s, cfg.heads * cfg.head_dim), p[pre + "o_proj.weight"])
+    return o, new_kv
+
+
+def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = None, positions=None,
+            segment_ids=None, embeds=None, embed_mask=None, cache: KVCache | None = None):
+    """tokens [B, S] -> logits [B, S, vocab] fp32; with a cache, (logits, new_cache)."""
+    kernels = kernels if kernels is not None else KernelConfig()
+    norm_impl = kernels.impl("norm")
+    b, s = tokens.shape
+    if cache is not None:
+        _check_cache(cache, cfg, b, s, segment_ids)
+    x = embed(params["model.embed_tokens.weight"], tokens)  # (B, S, W)
+    if embeds is not None or embed_mask is not None:
+        if embeds is None or embed_mask is None or embeds.shape != x.shape or embed_mask.shape != (b, s):
+            raise ValueError(f"embeds [B, S, width] and embed_mask [B, S] come together; expected "
+                             f"{x.shape} and {(b, s)}")
+        x = jnp.where(embed_mask[..., None], embeds.astype(x.dtype), x)
+    x = with_logical_constraint(x, ("batch", "seq", "embed"))
+    if positions is None:
+        start = cache.lengths[:, None] if cache is not None and s == 1 else 0
+        positions = start + jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (b, s))
+    new_k, new_v = [], []
+    for i in range(cfg.layers):
+        pre = f"model.layers.{i}."
+        h = rms_norm(x, params[pre + "input_layernorm.weight"], eps=cfg.norm_eps, impl=norm_impl)
+        a, kv = _attention(params, pre + "self_attn.", h, positions, segment_ids, i, cache,
+                           cfg=cfg, kernels=kernels)
+        h, x = rms_norm(a, params[pre + "post_attention_layernorm.weight"], eps=cfg.norm_eps,
+                        impl=norm_impl, residual=x)  # fused: x += a; h = norm(x)
+        x = x + mlp(h, params[pre + "mlp.gate_proj.weight"], params[pre + "mlp.up_proj.weight"],
+                    params[pre + "mlp.down_proj.weight"], impl=kernels.impl("mlp"))
+        x = with_logical_constraint(x, ("batch", "seq", "embed"))
+        if kv is not None:
+            new_k.append(kv[0])
+            new_v.append(kv[1])
+    x = rms_norm(x, params["model.norm.weight"], eps=cfg.norm_eps, impl=norm_impl)
+    table = params["model.embed_tokens.weight"].astype(jnp.float32)
+    logits = jnp.einsum("bsw,vw->bsv", x.astype(jnp.float32), table)  # (B, S, V) fp32, tied head
+    logits = softcap(with_logical_constraint(logits, ("batch", "seq", "vocab")), cfg.final_softcap)
+    if cache is None:
+        return logits
+    lengths = cache.lengths + 1 if s == 1 else jnp.full_like(cache.lengths, s)
+    return logits, KVCache(tuple(new_k), tuple(new_v), lengths)
+
+
+def _check_cache(cache: KVCache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
+    """Shape checks always; length checks only when the lengths are concrete (not under jit)."""
+    if len(cache.k) != cfg.layers or cache.k[0].shape[0] != b or tuple(cache.k[0].shape[2:]) != (
+            cfg.kv_heads, cfg.head_dim):
+        raise ValueError(f"cache must hold {cfg.layers} layers of [batch={b}, max_len, {cfg.kv_heads}, "
+                         f"{cfg.head_dim}], got {len(cache.k)} of {tuple(cache.k[0].shape)}")
+    if segment_ids is not None:
+        raise ValueError("segment_ids is not supported with a cache (packed rows are for training)")
+    max_len = cache.k[0].shape[1]
+    if s > max_len:
+        raise ValueError(f"cache max_len {max_len} is too short for {s} new tokens")
+    if isinstance(cache.lengths, jax.core.Tracer):
+        return
+    lengths = np.asarray(cache.lengths)
+    if s > 1 and lengths.any():
+        raise ValueError(f"prefill (tokens [B, S={s}]) needs an empty cache, got lengths {lengths.tolist()}")
+    if s == 1 and lengths.max() + 1 > max_len:
+        raise ValueError(f"cache max_len {max_len} is too short for lengths {lengths.tolist()} plus 1 token")

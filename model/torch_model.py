@@ -1,0 +1,178 @@
+"""The Gemini reference model in PyTorch: a Gemma-style decoder (Gemini 1.0 report, section 2).
+
+    logits = softcap(norm(h_L) @ embed.T)          h_0 = embed[tokens] * sqrt(width)
+    h_{i+1} = a + mlp(norm_2(a)),   a = h_i + attn(norm_1(h_i))
+
+RMSNorm with the Gemma (1 + w) scale, multi-query attention (GQA configurable) with
+rotate-half RoPE, GeGLU MLP (tanh GELU), optional attention / final-logit softcaps, optional
+local (sliding-window) / global layer alternation (``cfg.is_local``), tied output head in fp32.
+``state_dict()`` keys are ``model.config.param_specs(cfg)`` names (Hugging Face Gemma's).
+
+Kernels: every op goes through ``kernels.torch_ops`` with the impl ``KernelConfig.impl(op)``
+picks (attention, decode, norm, rope, mlp); projections through ``torch_layers.linear``.
+
+KV cache (``KVCache``): per-layer k, v [batch, max_len, kv_heads, head_dim] and lengths [batch].
+  * prefill: ``forward(tokens [B, S>1], cache=c)`` on an EMPTY cache (all lengths 0) writes
+    positions [0, S), sets lengths to S and returns logits for all S positions. For rows of
+    different prompt lengths (prompts left-aligned, right-padded to S), set ``c.lengths`` to
+    each row's true length afterwards; the padding slots are overwritten by later decodes.
+  * decode: ``forward(tokens [B, 1], cache=c)`` writes each row's token at its own position
+    ``c.lengths[b]`` (RoPE position too, unless ``positions`` is given), attends with
+    ``decode_attention`` and advances lengths by 1. The cache is updated in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kernels import torch_ops
+from model.config import KernelConfig, ModelConfig, param_specs
+from model.torch_layers import MLP, Embedding, Linear, RMSNorm, softcap
+
+
+@dataclass
+class KVCache:
+    """Per-layer K/V buffers [batch, max_len, kv_heads, head_dim] and valid lengths [batch] (int32)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    lengths: torch.Tensor
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, batch: int, max_len: int, *, dtype=torch.float32,
+               device=None) -> "KVCache":
+        if max_len < 1 or max_len > cfg.max_seq_len:
+            raise ValueError(f"max_len must be in [1, cfg.max_seq_len={cfg.max_seq_len}], got {max_len}")
+        shape = (batch, max_len, cfg.kv_heads, cfg.head_dim)
+        buf = lambda: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        return cls([buf() for _ in range(cfg.layers)], [buf() for _ in range(cfg.layers)],
+                   torch.zeros(batch, dtype=torch.int32, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, kernels: KernelConfig):
+        super().__init__()
+        self.cfg, self.layer, self.kernels = cfg, layer, kernels
+        q, kv = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        self.q_proj = Linear(cfg.width, q)
+        self.k_proj = Linear(cfg.width, kv)
+        self.v_proj = Linear(cfg.width, kv)
+        self.o_proj = Linear(q, cfg.width)
+        self.window = cfg.local_window if cfg.is_local(layer) else None
+        self.scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+
+    def forward(self, x, positions, segment_ids, cache: KVCache | None):
+        cfg, kern = self.cfg, self.kernels
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, cfg.heads, cfg.head_dim)  # (B, S, H, D)
+        k = self.k_proj(x).view(b, s, cfg.kv_heads, cfg.head_dim)  # (B, S, KVH, D)
+        v = self.v_proj(x).view(b, s, cfg.kv_heads, cfg.head_dim)
+        q = torch_ops.rope(q, positions, theta=cfg.rope_theta, impl=kern.impl("rope"))
+        k = torch_ops.rope(k, positions, theta=cfg.rope_theta, impl=kern.impl("rope"))
+        opts = dict(window=self.window, softcap=cfg.attn_softcap, scale=self.scale)
+        if cache is not None and s == 1:  # decode: append at each row's own length
+            kc, vc, rows = cache.k[self.layer], cache.v[self.layer], torch.arange(b, device=x.device)
+            kc[rows, cache.lengths.long()] = k[:, 0].to(kc.dtype)
+            vc[rows, cache.lengths.long()] = v[:, 0].to(vc.dtype)
+            o = torch_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **opts,
+                                           impl=kern.impl("decode"))[:, None]  # (B, 1, H, D)
+        else:
+            if cache is not None:  # prefill of an empty cache: positions [0, S)
+                cache.k[self.layer][:, :s] = k.to(cache.k[self.layer].dtype)
+                cache.v[self.layer][:, :s] = v.to(cache.v[self.layer].dtype)
+            o = torch_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
+                                    impl=kern.impl("attention"))  # (B, S, H, D)
+        return self.o_proj(o.reshape(b, s, cfg.heads * cfg.head_dim))  # (B, S, W)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, kernels: KernelConfig):
+        super().__init__()
+        norm = kernels.impl("norm")
+        self.input_layernorm = RMSNorm(cfg.width, cfg.norm_eps, norm)
+        self.self_attn = Attention(cfg, layer, kernels)
+        self.post_attention_layernorm = RMSNorm(cfg.width, cfg.norm_eps, norm)
+        self.mlp = MLP(cfg.width, cfg.mlp_dim, kernels.impl("mlp"))
+
+    def forward(self, h, positions, segment_ids, cache):  # h (B, S, W)
+        a = self.self_attn(self.input_layernorm(h), positions, segment_ids, cache)
+        x, h = self.post_attention_layernorm(a, residual=h)  # fused: h += a; x = norm(h)
+        return h + self.mlp(x)
+
+
+class _Body(nn.Module):
+    """Holds the parameters under Hugging Face's ``model.`` prefix."""
+
+    def __init__(self, cfg: ModelConfig, kernels: KernelConfig):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.width)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, kernels) for i in range(cfg.layers))
+        self.norm = RMSNorm(cfg.width, cfg.norm_eps, kernels.impl("norm"))
+
+
+class GeminiModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.kernels = kernels if kernels is not None else KernelConfig()
+        self.model = _Body(cfg, self.kernels)
+        self.init_weights(0)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Deterministic init (same seed, same weights on any device): matrices N(0, 0.02^2),
+        norm scales 0 (so the Gemma (1 + w) scale starts at 1)."""
+        gen = torch.Generator().manual_seed(seed)
+        params = dict(self.named_parameters())
+        for name, (shape, _) in param_specs(self.cfg).items():
+            p = params[name]
+            if len(shape) == 1:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(shape, generator=gen) * 0.02)
+
+    def forward(self, tokens, *, positions=None, segment_ids=None, embeds=None, embed_mask=None,
+                cache: KVCache | None = None):
+        """tokens [B, S] -> logits [B, S, vocab] fp32. See the module docstring for the cache."""
+        cfg = self.cfg
+        b, s = tokens.shape
+        if cache is not None:
+            _check_cache(cache, cfg, b, s, segment_ids)
+        x = self.model.embed_tokens(tokens)  # (B, S, W)
+        if embeds is not None or embed_mask is not None:
+            if embeds is None or embed_mask is None or embeds.shape != x.shape or embed_mask.shape != (b, s):
+                raise ValueError(f"embeds [B, S, width] and embed_mask [B, S] come together; expected "
+                                 f"{tuple(x.shape)} and {(b, s)}")
+            x = torch.where(embed_mask[..., None], embeds.to(x.dtype), x)
+        if positions is None:
+            start = cache.lengths[:, None].long() if cache is not None and s == 1 else 0
+            positions = start + torch.arange(s, device=tokens.device)[None, :].expand(b, s)
+        for layer in self.model.layers:
+            x = layer(x, positions, segment_ids, cache)
+        x = self.model.norm(x)
+        logits = x.float() @ self.model.embed_tokens.weight.float().T  # (B, S, V) fp32
+        if cache is not None:
+            cache.lengths = cache.lengths + 1 if s == 1 else torch.full_like(cache.lengths, s)
+        return softcap(logits, cfg.final_softcap)
+
+
+def _check_cache(cache: KVCache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
+    """Host-side checks of a cached call (one device->host read of the lengths)."""
+    if len(cache.k) != cfg.layers or cache.k[0].shape[0] != b or cache.k[0].shape[2:] != (
+            cfg.kv_heads, cfg.head_dim):
+        raise ValueError(f"cache must hold {cfg.layers} layers of [batch={b}, max_len, {cfg.kv_heads}, "
+                         f"{cfg.head_dim}], got {len(cache.k)} of {tuple(cache.k[0].shape)}")
+    if segment_ids is not None:
+        raise ValueError("segment_ids is not supported with a cache (packed rows are for training)")
+    lengths = cache.lengths.cpu()
+    if s > 1 and bool(lengths.any()):
+        raise ValueError(f"prefill (tokens [B, S={s}]) needs an empty cache, got lengths {lengths.tolist()}")
+    if s > cache.max_len or int(lengths.max()) + (s == 1) > cache.max_len:
+        raise ValueError(f"cache max_len {cache.max_len} is too short for lengths {lengths.tolist()} "
+                         f"plus {s} new token(s)")
