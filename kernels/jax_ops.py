@@ -232,3 +232,30 @@ def log_mel(waveform, *, sample_rate=16000, n_mels=80, win_ms=25.0, hop_ms=10.0,
 
     fn = reference_jax.log_mel_xla if impl == "xla" else reference_jax.log_mel_reference
     return fn(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft)
+
+
+INT4_IMPLS = ("pallas", "reference")
+INT4_SCALE_DTYPES = JAX_DTYPES
+
+
+def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="pallas"):
+    """x [..., in] @ dequant(W).T -> [..., out], W [out, in] group-wise int4 (Linear layout).
+
+    packed_w uint8 [out, in // 2] (low nibble = even k), scales / zeros [in // group_size, out]
+    (zeros=None: symmetric, zero point 8). Layout and limits: ``kernels/int4/spec.py``.
+    impls: "pallas" (dequantizes in registers inside the matmul; split-K), "reference"
+    (dequantize, then jnp.matmul; float64-capable). Forward only.
+    """
+    from .int4.spec import check_int4_args
+
+    check_impl(impl, INT4_IMPLS)
+    check_int4_args(x, packed_w, scales, zeros, group_size,
+                    dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"),
+                    scale_dtypes=INT4_SCALE_DTYPES, uint8=jnp.dtype(jnp.uint8))
+    if impl == "pallas":
+        from .int4.pallas_int4 import int4_matmul_pallas
+
+        return int4_matmul_pallas(x, packed_w, scales, zeros, group_size)
+    from .int4.reference_jax import int4_matmul_reference
+
+    return int4_matmul_reference(x, packed_w, scales, zeros, group_size)

@@ -1,0 +1,196 @@
+"""Triton int4 dequantizing matmul for PyTorch: block sizes, split-K choice, launcher, custom op.
+
+    int4_matmul_triton(x, packed_w, scales, zeros, group_size, *, blocks=None)
+
+Layers (device code in ``triton_kernels.py``):
+  ``Int4Blocks`` / ``default_blocks``  tunables; decode rows (M <= 16) get a GEMV-style
+                                       config (BLOCK_M 16, split-K to fill the SMs), prefill
+                                       a tensor-core GEMM tile;
+  ``_int4_matmul``                     allocates, picks the grid, launches, sums partials;
+  ``gemini_kernels::int4_matmul``      ``torch.library`` custom op with a fake kernel
+                                       (forward only: frozen, quantized weights).
+Arguments arrive validated from ``kernels.torch_ops.int4_matmul``. ``LAUNCHES`` counts
+launches by kernel name. ``aot_kernels`` builds the default GPU specializations with the real
+JIT (even when this process interprets) for ahead-of-time compiles without a GPU.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import importlib.util
+from typing import Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+from . import triton_kernels
+
+LAUNCHES: collections.Counter = collections.Counter()
+MAX_SPLIT_K = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Int4Blocks:
+    """Output tile [block_m, block_n], reduction step block_k (clamped to group_size), split_k
+    programs along the reduction (0 = choose from the shape and the SM count), launch knobs."""
+
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
+        if not isinstance(self.split_k, int) or not 0 <= self.split_k <= MAX_SPLIT_K:
+            raise ValueError(f"split_k={self.split_k!r} must be an int in [0, {MAX_SPLIT_K}] (0 = auto)")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
+        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+
+    def as_list(self) -> list:
+        return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages]
+
+
+def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> Int4Blocks:
+    """Default config for ``rows`` = M. capability None is the interpreter (few, large steps).
+    GPU picks are compiled for sm_90 without spills by tests/test_int4.py."""
+    if capability is None:
+        return Int4Blocks(max(16, min(64, triton.next_power_of_2(rows))), 64, 128, 1, 4, 1)
+    if dtype == torch.float32:  # ieee fp32 dots on FMA units: modest tiles
+        return Int4Blocks(16 if rows <= 16 else 32, 64, 32, 0, 4, 2)
+    if rows <= 16:  # decode: GEMV-style, bound by the 0.5 B/weight stream; split-K fills the SMs
+        return Int4Blocks(16, 64, 128, 0, 4, 4)
+    if rows <= 64:
+        return Int4Blocks(64, 64, 128, 0, 4, 3)
+    return Int4Blocks(128, 128, 64, 1, 8, 3)
+
+
+def _capability(t: torch.Tensor) -> Optional[tuple]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(t.device)
+
+
+def _sm_count(t: torch.Tensor) -> int:
+    if t.device.type != "cuda":
+        return 4  # interpreter: a few programs along K still exercise the split path
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
+
+
+def split_plan(m: int, n: int, k: int, block_k: int, blocks: Int4Blocks, sms: int) -> tuple[int, int]:
+    """(split_k, k_per_split): split_k 0 aims at ~2 waves of programs, >= 2 K steps each."""
+    k_blocks = k // block_k
+    split = blocks.split_k
+    if split == 0:
+        tiles = triton.cdiv(m, blocks.block_m) * triton.cdiv(n, blocks.block_n)
+        split = max(1, min(triton.cdiv(2 * sms, tiles), k_blocks // 2, MAX_SPLIT_K))
+    split = max(1, min(split, k_blocks))
+    per = triton.cdiv(k_blocks, split)
+    return triton.cdiv(k_blocks, per), per * block_k  # no empty splits
+
+
+def _dot_precision(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+
+
+def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks) -> torch.Tensor:
+    k = x.shape[-1]
+    n = packed_w.shape[0]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    packed_w, scales = packed_w.contiguous(), scales.contiguous()
+    zeros = None if zeros is None else zeros.contiguous()
+    bk = min(blocks.block_k, group_size)
+    split, per = split_plan(m, n, k, bk, blocks, _sm_count(x))
+    out_shape = (*x.shape[:-1], n)
+    if m == 0:
+        return x.new_zeros(out_shape)
+    y = torch.empty((m, n) if split == 1 else (split, m, n),
+                    dtype=x.dtype if split == 1 else torch.float32, device=x.device)
+    grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(n, blocks.block_n), split)
+    triton_kernels._int4_matmul_kernel[grid](
+        x2, packed_w, scales, scales if zeros is None else zeros, y,
+        x2.stride(0), packed_w.stride(0), scales.stride(0),
+        m, n, k, per,
+        GROUP=group_size, HAS_ZEROS=zeros is not None, SPLIT_K=split,
+        BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=bk,
+        DOT_PRECISION=_dot_precision(x.dtype), num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    LAUNCHES["_int4_matmul_kernel"] += 1
+    if split > 1:
+        y = y.sum(0).to(x.dtype)
+    return y.reshape(out_shape)
+
+
+@torch.library.custom_op("gemini_kernels::int4_matmul", mutates_args=())
+def int4_matmul_op(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
+                   zeros: Optional[torch.Tensor], group_size: int, blocks: list[int]) -> torch.Tensor:
+    """y [..., out]; ``blocks`` = Int4Blocks.as_list()."""
+    return _int4_matmul(x, packed_w, scales, zeros, group_size, Int4Blocks(*blocks))
+
+
+@int4_matmul_op.register_fake
+def _(x, packed_w, scales, zeros, group_size, blocks):
+    return x.new_empty((*x.shape[:-1], packed_w.shape[0]))
+
+
+def int4_matmul_triton(x, packed_w, scales, zeros, group_size, *, blocks: Optional[Int4Blocks] = None):
+    """x @ dequant(W).T on validated arguments (``kernels.torch_ops.int4_matmul``); forward only."""
+    if blocks is None:
+        rows = x.numel() // max(1, x.shape[-1])
+        blocks = default_blocks(rows, x.dtype, capability=_capability(x))
+    return int4_matmul_op(x, packed_w, scales, zeros, int(group_size), blocks.as_list())
+
+
+# --- ahead-of-time compile support ---------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _jit_kernels():
+    """triton_kernels re-executed with the real JIT, even when this process interprets."""
+    if not triton_interpreting():
+        return triton_kernels
+    from triton import knobs
+
+    spec = importlib.util.spec_from_file_location(f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = False
+        spec.loader.exec_module(mod)
+    return mod
+
+
+_TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_kernel(dtype=torch.float16, *, rows: int, group_size: int = 128, asymmetric: bool = False,
+               scale_dtype=torch.float16, capability=(9, 0), blocks: Optional[Int4Blocks] = None):
+    """(fn, signature, constexprs, attrs, num_warps, num_stages) of the default launch for
+    ``rows`` on ``capability``, specialized as the JIT would for contiguous 16-byte aligned
+    tensors and strides divisible by 16; feed to triton.compile(ASTSource(...))."""
+    fn = _jit_kernels()._int4_matmul_kernel
+    blocks = blocks or default_blocks(rows, dtype, capability=tuple(capability))
+    split = 1 if rows > 16 and blocks.split_k == 1 else 2
+    consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
+                  BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
+                  DOT_PRECISION=_dot_precision(dtype))
+    ptrs = {"X": f"*{_TY[dtype]}", "QW": "*u8", "S": f"*{_TY[scale_dtype]}", "Z": f"*{_TY[scale_dtype]}",
+            "Y": f"*{_TY[dtype]}" if split == 1 else "*fp32"}
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = ptrs.get(name, "i32")
+            if name != "M":  # pointers 16-byte aligned; strides, N, K, K_PER_SPLIT % 16 == 0
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return fn, signature, consts, attrs, blocks.num_warps, blocks.num_stages

@@ -1,0 +1,64 @@
+"""int4 dequantizing matmul, Triton device code: Y = X @ dequant(QW).T with split-K.
+
+Program (pid_m, pid_n, pid_k) computes the [BLOCK_M, BLOCK_N] tile of output rows/cols over
+its share of the reduction [k_start, k_end) (a multiple of BLOCK_K). Per K step it loads
+the packed bytes [BLOCK_N, BLOCK_K / 2] (uint8, contiguous along K: layout in ``spec.py``),
+splits the nibbles in registers (low = even k, high = odd k; tl.join + reshape interleaves
+them back into k order), dequantizes (q - z) * s with the one scale/zero row of the step's
+group (BLOCK_K divides group_size, so a step never straddles two groups), casts to X's dtype
+and feeds tl.dot with fp32 accumulation. The dequantized weight never exists in memory.
+SPLIT_K == 1 writes Y in X's dtype; SPLIT_K > 1 writes fp32 partials [SPLIT_K, M, N] that
+the launcher sums (the GEMV-style decode config: few rows, many programs along K).
+Limits: K % BLOCK_K == 0 (launcher guarantees it: in % group_size == 0 and
+BLOCK_K | group_size); BLOCK_* powers of two >= 16 (tl.dot). 64-bit row offsets.
+Fast where: decode (M <= 16) is bound by reading QW (0.5 B/weight); prefill runs on tensor
+cores (wgmma on sm_90 for fp16/bf16) with the dequant hidden under the MMA.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _int4_matmul_kernel(
+    X,  # [M, K] activations, row stride stride_xm, unit column stride
+    QW,  # [N, K // 2] uint8 codes, row stride stride_qn: byte j = q[2j] | q[2j + 1] << 4
+    S,  # [K // GROUP, N] scales, row stride stride_sg, unit column stride
+    Z,  # [K // GROUP, N] zero points (same strides as S); unused when HAS_ZEROS is False
+    Y,  # SPLIT_K == 1: [M, N] in X's dtype; else [SPLIT_K, M, N] fp32 partials; contiguous
+    stride_xm, stride_qn, stride_sg,
+    M, N, K, K_PER_SPLIT,  # K_PER_SPLIT: reduction length per split, a multiple of BLOCK_K
+    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_j = tl.arange(0, BLOCK_K // 2)
+    x_rows = X + offs_m.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1] row pointers
+    w_rows = QW + offs_n.to(tl.int64)[:, None] * stride_qn  # [BLOCK_N, 1]
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        x = tl.load(x_rows + (k0 + offs_k)[None, :], mask=m_ok[:, None], other=0.0)
+        p = tl.load(w_rows + (k0 // 2 + offs_j)[None, :], mask=n_ok[:, None], other=0)
+        q = tl.reshape(tl.join(p & 0xF, p >> 4), (BLOCK_N, BLOCK_K))  # [BLOCK_N, BLOCK_K], k order
+        g = (k0 // GROUP) * stride_sg  # scales hold in * out / GROUP < 2^31 elements
+        s = tl.load(S + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        else:
+            z = tl.full((BLOCK_N,), 8.0, tl.float32)
+        w = ((q.to(tl.float32) - z[:, None]) * s[:, None]).to(X.dtype.element_ty)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    out = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K == 1:
+        tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(Y + pid_k.to(tl.int64) * M * N + out, acc, mask=mask)

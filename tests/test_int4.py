@@ -1,0 +1,253 @@
+"""int4 dequantizing matmul: Triton and Pallas kernels vs float64 on odd shapes, the quantizers,
+bad input, and the sm_90 ahead-of-time compile (no spills; wgmma for prefill tiles).
+
+Accuracy: kernel error vs float64 (exact dequantization, x rounded to its dtype) <= 2x the error
+of the reference impl doing the same math in the same precision + floor (tests/conftest.py).
+The AOT compile runs in a fresh process (see tests/test_triton_aot.py's docstring for why).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import torch_ops  # noqa: F401  (sets TRITON_INTERPRET before any kernel import)
+from kernels.int4 import reference as ref_torch
+from kernels.int4.pallas_int4 import PallasInt4Blocks
+from kernels.int4.triton_int4 import LAUNCHES, Int4Blocks, int4_matmul_triton, split_plan
+from tests.conftest import assert_close
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (x shape, out, group_size, asymmetric, dtype, triton blocks or None, pallas blocks or None)
+CASES = {
+    "decode-m1-splitk-out40": ((1, 256), 40, 64, False, "float32", Int4Blocks(16, 32, 64, 2, 4, 1),
+                               PallasInt4Blocks(16, 16, 64, 3, 4, 1)),
+    "decode-3x5-asym-fp16": ((3, 5, 128), 72, 32, True, "float16", None, None),
+    "prefill-70rows-asym-tiles": ((70, 256), 48, 128, True, "float32", Int4Blocks(32, 32, 64, 1, 4, 1),
+                                  PallasInt4Blocks(32, 32, 64, 1, 4, 1)),
+}
+
+
+def _problem(rng, xs, out, g, asym, dtype):
+    w = torch.tensor(rng.standard_normal((out, xs[-1])), dtype=torch.float32)
+    packed, scales, zeros = ref_torch.quantize_int4(w, g, asymmetric=asym)
+    x = torch.tensor(rng.standard_normal(xs)).to(getattr(torch, dtype))
+    truth = ref_torch.int4_matmul_reference(x.double(), packed, scales, zeros, g)
+    return x, packed, scales, zeros, truth
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_triton_matches_float64(rng, case):
+    xs, out, g, asym, dtype, blocks, _ = CASES[case]
+    x, packed, scales, zeros, truth = _problem(rng, xs, out, g, asym, dtype)
+    before = LAUNCHES["_int4_matmul_kernel"]
+    if blocks is None:
+        y = torch_ops.int4_matmul(x, packed, scales, zeros, g, impl="triton")
+    else:
+        y = int4_matmul_triton(x, packed, scales, zeros, g, blocks=blocks)
+    assert LAUNCHES["_int4_matmul_kernel"] == before + 1  # the kernel ran, not a fallback
+    assert y.dtype == x.dtype and y.shape == (*xs[:-1], out)
+    base = torch_ops.int4_matmul(x, packed, scales, zeros, g, impl="reference")
+    assert_close(y, truth, base, x.dtype, what=f"triton {case}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pallas_matches_float64(rng, case):
+    import jax.numpy as jnp
+
+    from kernels import jax_ops
+    from kernels.int4.pallas_int4 import int4_matmul_pallas
+
+    xs, out, g, asym, dtype, _, blocks = CASES[case]
+    x, packed, scales, zeros, truth = _problem(rng, xs, out, g, asym, dtype)
+    xj = jnp.asarray(x.float().numpy()).astype(dtype)
+    pj, sj = jnp.asarray(packed.numpy()), jnp.asarray(scales.float().numpy()).astype(jnp.float16)
+    zj = None if zeros is None else jnp.asarray(zeros.float().numpy()).astype(jnp.float16)
+    if blocks is None:
+        y = jax_ops.int4_matmul(xj, pj, sj, zj, g, impl="pallas")
+    else:
+        y = int4_matmul_pallas(xj, pj, sj, zj, g, blocks=blocks, interpret=True)
+    assert y.dtype == xj.dtype and y.shape == (*xs[:-1], out)
+    base = jax_ops.int4_matmul(xj, pj, sj, zj, g, impl="reference")
+    assert_close(np.asarray(y, np.float64), truth, np.asarray(base, np.float64), x.dtype,
+                 what=f"pallas {case}")
+
+
+@pytest.mark.parametrize("asym", [False, True], ids=["symmetric", "asymmetric"])
+def test_quantizers_round_to_nearest_and_agree(rng, asym):
+    import jax.numpy as jnp
+
+    from kernels.int4 import reference_jax
+
+    g = 32
+    w = torch.tensor(rng.standard_normal((24, 128)) * 0.05, dtype=torch.float32)
+    w[3, :g] = 0.0  # an all-zero group: scale 1, dequantizes to exactly 0
+    packed, scales, zeros = ref_torch.quantize_int4(w, g, asymmetric=asym)
+    assert packed.dtype == torch.uint8 and packed.shape == (24, 64) and scales.shape == (4, 24)
+    codes = ref_torch.unpack_int4(packed)
+    assert torch.equal(ref_torch.pack_int4(codes), packed)
+    assert torch.equal(codes[:, 0::2], packed & 0xF)  # low nibble = even input index
+    dq = ref_torch.dequantize_int4(packed, scales, zeros, g, torch.float64)
+    step = scales.double().t().repeat_interleave(g, 1)  # each value within half a step
+    assert torch.all((dq - w.double()).abs() <= step / 2 + 1e-6)
+    assert torch.all(dq[3, :g] == 0)
+    pj, sj, zj = reference_jax.quantize_int4(jnp.asarray(w.numpy()), g, asymmetric=asym)
+    np.testing.assert_array_equal(np.asarray(pj), packed.numpy())
+    np.testing.assert_array_equal(np.asarray(sj, np.float32), scales.float().numpy())
+    assert (zj is None) == (zeros is None)
+
+
+def _bad_calls(mk, uint8, f16):
+    """(kwargs override, error type, text the message must contain)."""
+    return [
+        (dict(group_size=48), ValueError, "group_size must be a power of two"),
+        (dict(group_size=256), ValueError, "group_size=256 must divide the input dimension in=128"),
+        (dict(group_size="32"), TypeError, "group_size must be an int"),
+        (dict(packed_w=mk((8, 64), f16)), TypeError, "packed_w dtype must be uint8"),
+        (dict(packed_w=mk((8, 32), uint8)), ValueError, "packed_w must have shape [out, in // 2]"),
+        (dict(scales=mk((8, 4), f16)), ValueError, "scales must have shape [in // group_size, out]"),
+        (dict(zeros=mk((4, 8), uint8)), TypeError, "zeros dtype must equal scales dtype"),
+        (dict(x=mk((2, 127), f16)), ValueError, "must be even"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+    ]
+
+
+def test_bad_input_torch():
+    mk = lambda s, dt: torch.zeros(s, dtype=dt)  # noqa: E731
+    good = dict(x=mk((2, 128), torch.float16), packed_w=mk((8, 64), torch.uint8),
+                scales=mk((4, 8), torch.float16), zeros=None, group_size=32, impl="triton")
+    before = LAUNCHES["_int4_matmul_kernel"]
+    for override, err, text in _bad_calls(mk, torch.uint8, torch.float16):
+        kw = {**good, **override}
+        with pytest.raises(err, match=re.escape(text)):
+            torch_ops.int4_matmul(kw.pop("x"), kw.pop("packed_w"), kw.pop("scales"), kw.pop("zeros"),
+                                  kw.pop("group_size"), **kw)
+    assert LAUNCHES["_int4_matmul_kernel"] == before  # refused before any launch
+
+
+def test_bad_input_jax():
+    import jax.numpy as jnp
+
+    from kernels import jax_ops
+
+    mk = lambda s, dt: jnp.zeros(s, dt)  # noqa: E731
+    good = dict(x=mk((2, 128), jnp.float16), packed_w=mk((8, 64), jnp.uint8),
+                scales=mk((4, 8), jnp.float16), zeros=None, group_size=32, impl="pallas")
+    for override, err, text in _bad_calls(mk, jnp.uint8, jnp.float16):
+        kw = {**good, **override}
+        with pytest.raises(err, match=re.escape(text)):
+            jax_ops.int4_matmul(kw.pop("x"), kw.pop("packed_w"), kw.pop("scales"), kw.pop("zeros"),
+                                kw.pop("group_size"), **kw)
+
+
+def test_blocks_and_split_plan_validate():
+    with pytest.raises(ValueError, match="block_n=48"):
+        Int4Blocks(16, 48, 64)
+    with pytest.raises(ValueError, match="split_k"):
+        PallasInt4Blocks(split_k=-1)
+    # decode M=1 on 132 SMs, nano1 down_proj 9984 -> 2048: 32 column tiles x split-K, no empty split
+    split, per = split_plan(1, 2048, 9984, 128, Int4Blocks(16, 64, 128, 0, 4, 4), 132)
+    assert split > 1 and per % 128 == 0 and (split - 1) * per < 9984 <= split * per
+
+
+def test_pallas_lowers_to_triton_for_cuda():
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    from kernels.int4.pallas_int4 import default_blocks, int4_matmul_pallas
+
+    call = "__gpu$xla.gpu.triton"
+    for rows, zeros in ((1, True), (512, False)):  # decode split-K and prefill tiles
+        def f(x, p, s, *z):
+            return int4_matmul_pallas(x, p, s, z[0] if z else None, 128, interpret=False,
+                                      blocks=default_blocks(x.shape[0], interpret=False))
+
+        args = (jnp.ones((rows, 2048), jnp.bfloat16), jnp.ones((256, 1024), jnp.uint8),
+                *[jnp.ones((16, 256), jnp.bfloat16)] * (2 if zeros else 1))
+        exported = export.export(jax.jit(f), platforms=("cuda",),
+                                 disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
+        assert re.findall(r"custom_call @(\S+)\(", exported.mlir_module()).count(call) == 1
+
+
+# --- ahead-of-time compile for sm_90 (fresh process) ----------------------------------------
+
+AOT_JOBS = {  # job -> (x dtype, rows, asymmetric, expect wgmma)
+    "decode-m1-fp16": ("float16", 1, False, False),
+    "decode-m16-bf16-asym": ("bfloat16", 16, True, False),
+    "small-m64-bf16": ("bfloat16", 64, False, True),
+    "prefill-fp16": ("float16", 4096, False, True),
+    "prefill-bf16-asym": ("bfloat16", 4096, True, True),
+    "decode-fp32": ("float32", 1, False, False),
+}
+
+
+def _aot_worker(out_dir: str) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia import compiler as nvidia
+    from triton.runtime.jit import JITFunction
+
+    from kernels.int4.triton_int4 import aot_kernel
+
+    report = {}
+    for job, (dt, rows, asym, _) in AOT_JOBS.items():
+        try:
+            fn, sig, consts, attrs, nw, ns = aot_kernel(getattr(torch, dt), rows=rows, asymmetric=asym)
+            assert isinstance(fn, JITFunction), type(fn)
+            c = triton.compile(triton.compiler.ASTSource(fn, sig, consts, attrs),
+                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
+            ptx = os.path.join(out_dir, job + ".ptx")
+            with open(ptx, "w") as f:
+                f.write(c.asm["ptx"])
+            ptxas = subprocess.run([nvidia.get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o",
+                                    ptx + ".o"], capture_output=True, text=True, check=True).stderr
+            report[job] = dict(ptxas=ptxas, shared=c.metadata.shared, wgmma="wgmma" in c.asm["ptx"])
+        except Exception:  # reported per job by the test that owns it
+            report[job] = dict(error=traceback.format_exc())
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f)
+
+
+@pytest.fixture(scope="module")
+def aot_report(tmp_path_factory):
+    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
+    try:
+        ptxas = nvidia.get_ptxas(90).path
+    except RuntimeError as e:
+        pytest.skip(f"ptxas not available: {e}")
+    if not ptxas or not os.path.exists(ptxas):
+        pytest.skip(f"ptxas not available at {ptxas!r}")
+    out = tmp_path_factory.mktemp("int4_aot")
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"AOT worker failed:\n{res.stderr[-6000:]}"
+    with open(out / "report.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("job", list(AOT_JOBS))
+def test_sm90_compiles_without_spills(aot_report, job):
+    r = aot_report[job]
+    assert "error" not in r, r.get("error")
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r["ptxas"])
+    regs = re.search(r"Used (\d+) registers", r["ptxas"])
+    assert spills and regs, f"unexpected ptxas -v output:\n{r['ptxas']}"
+    assert (int(spills[1]), int(spills[2])) == (0, 0), f"{job}: spills at {regs[1]} registers"
+    assert r["shared"] <= 227 * 1024, f"{job}: needs {r['shared']} B shared memory"
+    if AOT_JOBS[job][3]:
+        assert r["wgmma"], f"{job}: PTX has no wgmma"
+
+
+if __name__ == "__main__":
+    _aot_worker(sys.argv[1])
