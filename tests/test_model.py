@@ -1,0 +1,273 @@
+"""The Gemini reference model: PyTorch and JAX against an independent float64 numpy model.
+
+Rule (kernels/tolerances.py): a model's fp32 error vs float64 <= 2x the error of the PyTorch
+reference-kernel model in fp32 + the fp32 floor. Covers GQA, RoPE, softcaps, local/global
+alternation, query scale, segment ids, embeds; loss + gradients across frameworks (same
+checkpoint); KV-cache prefill + per-row decode; every kernel preset.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from kernels.tolerances import ATOL_FLOOR, ERROR_RATIO
+from model import jax_model
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import KernelConfig, ModelConfig, param_specs
+from model.torch_model import GeminiModel, KVCache
+
+# GQA, softcaps, local (window 3) layers 0 and 2, global layer 1, non-default scale and theta.
+FULL = ModelConfig(name="full", vocab_size=96, width=64, layers=3, heads=4, kv_heads=2, head_dim=16,
+                   mlp_dim=96, max_seq_len=64, rope_theta=500.0, attn_softcap=2.0, final_softcap=5.0,
+                   local_window=3, local_every=2, query_scale=0.3)
+PLAIN = ModelConfig(name="plain", vocab_size=80, width=32, layers=2, heads=2, kv_heads=1, head_dim=16,
+                    mlp_dim=64, max_seq_len=64)
+
+
+def random_params(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """O(1) activations so softcaps and windows matter: matrices std 1/sqrt(in), norms N(0, 0.3)."""
+    r = np.random.default_rng(seed)
+    out = {}
+    for name, (shape, _) in param_specs(cfg).items():
+        std = 0.3 if len(shape) == 1 else (0.5 if "embed" in name else shape[1] ** -0.5)
+        out[name] = (r.standard_normal(shape) * std).astype(np.float32)
+    return out
+
+
+def forward64(params, tokens, cfg: ModelConfig, *, segment_ids=None, embeds=None, embed_mask=None):
+    """The architecture written out once more in float64 numpy (no kernels)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    b, s = tokens.shape
+    h_, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
+    x = p["model.embed_tokens.weight"][tokens] * math.sqrt(cfg.width)
+    if embeds is not None:
+        x = np.where(embed_mask[..., None], np.asarray(embeds, np.float64), x)
+    norm = lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * (1 + w)  # noqa: E731
+    cap = lambda x, c: x if c is None else c * np.tanh(x / c)  # noqa: E731
+    inv = cfg.rope_theta ** (-np.arange(d // 2) / (d // 2))
+    ang = np.arange(s)[None, :, None, None] * inv  # (1, S, 1, D/2)
+
+    def rope(t):
+        t1, t2 = t[..., : d // 2], t[..., d // 2:]
+        return np.concatenate([t1 * np.cos(ang) - t2 * np.sin(ang), t2 * np.cos(ang) + t1 * np.sin(ang)], -1)
+
+    qi, ki = np.arange(s)[:, None], np.arange(s)[None, :]
+    for i in range(cfg.layers):
+        w = lambda n: p[f"model.layers.{i}.{n}.weight"]  # noqa: E731
+        h = norm(x, w("input_layernorm"))
+        q = rope((h @ w("self_attn.q_proj").T).reshape(b, s, h_, d))
+        k = np.repeat(rope((h @ w("self_attn.k_proj").T).reshape(b, s, kvh, d)), h_ // kvh, axis=2)
+        v = np.repeat((h @ w("self_attn.v_proj").T).reshape(b, s, kvh, d), h_ // kvh, axis=2)
+        scale = cfg.query_scale if cfg.query_scale is not None else d ** -0.5
+        sc = cap(np.einsum("bshd,bthd->bhst", q, k) * scale, cfg.attn_softcap)
+        mask = np.broadcast_to(ki <= qi, (b, 1, s, s))
+        if cfg.is_local(i):
+            mask = mask & (ki > qi - cfg.local_window)
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+        sc = np.where(mask, sc, -np.inf)
+        pr = np.exp(sc - sc.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        x = x + np.einsum("bhst,bthd->bshd", pr, v).reshape(b, s, h_ * d) @ w("self_attn.o_proj").T
+        h = norm(x, w("post_attention_layernorm"))
+        g = h @ w("mlp.gate_proj").T
+        gelu = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
+        x = x + (gelu * (h @ w("mlp.up_proj").T)) @ w("mlp.down_proj").T
+    x = norm(x, p["model.norm.weight"])
+    return cap(x @ p["model.embed_tokens.weight"].T, cfg.final_softcap)
+
+
+def torch_model(cfg, params, preset="reference"):
+    m = GeminiModel(cfg, KernelConfig(preset))
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    return m
+
+
+def jax_forward(cfg, params, preset="reference", **kw):
+    return jax_model.forward({k: jnp.asarray(v) for k, v in params.items()}, kw.pop("tokens"), cfg=cfg,
+                             kernels=KernelConfig(preset), **kw)
+
+
+def err(x, ref):
+    return float(np.max(np.abs(np.asarray(x, np.float64) - ref)))
+
+
+def bound(baseline_err, ref):
+    return ERROR_RATIO * baseline_err + ATOL_FLOOR["float32"] * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.fixture(scope="module")
+def full_case():
+    cfg, params = FULL, random_params(FULL, 0)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 11))
+    ref = forward64(params, tokens, cfg)
+    base = err(torch_model(cfg, params)(torch.from_numpy(tokens)).detach(), ref)
+    return cfg, params, tokens, ref, base
+
+
+def test_param_names_and_shapes_match_the_spec_table():
+    specs = param_specs(FULL)
+    sd = GeminiModel(FULL).state_dict()
+    assert list(sd) == list(specs)
+    assert {n: tuple(t.shape) for n, t in sd.items()} == {n: s for n, (s, _) in specs.items()}
+    jp = jax_model.init_params(FULL, jax.random.PRNGKey(0))
+    assert {n: a.shape for n, a in jp.items()} == {n: s for n, (s, _) in specs.items()}
+    a, b = GeminiModel(PLAIN), GeminiModel(PLAIN)
+    a.init_weights(3), b.init_weights(3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_features_change_the_float64_model(full_case):
+    """Softcaps, the window and the query scale each matter at these sizes (the tests can fail)."""
+    cfg, params, tokens, ref, _ = full_case
+    for change in (dict(attn_softcap=None), dict(final_softcap=None), dict(local_every=0),
+                   dict(query_scale=None)):
+        other = forward64(params, tokens, ModelConfig(**{**cfg.to_dict(), **change}))
+        assert err(other, ref) > 1e-2, change
+
+
+def test_torch_and_jax_from_one_checkpoint_match_float64(full_case, tmp_path):
+    cfg, params, tokens, ref, base = full_case
+    save_checkpoint(tmp_path / "m.safetensors", params, cfg)
+    tp, _ = load_checkpoint(tmp_path / "m.safetensors", framework="torch")
+    jp, cfg2 = load_checkpoint(tmp_path / "m.safetensors", framework="jax")
+    assert cfg2 == cfg
+    m = GeminiModel(cfg)
+    m.load_state_dict(tp)
+    out_t = m(torch.from_numpy(tokens)).detach().numpy()
+    out_j = np.asarray(jax_model.forward(jp, jnp.asarray(tokens), cfg=cfg))
+    assert out_t.dtype == out_j.dtype == np.float32 and out_t.shape == (2, 11, cfg.vocab_size)
+    assert err(out_t, ref) <= bound(base, ref)
+    assert err(out_j, ref) <= bound(base, ref)
+
+
+@pytest.mark.parametrize("framework,preset", [("torch", "triton"), ("torch", "sdpa"),
+                                              ("jax", "pallas"), ("jax", "xla"), ("jax", "reference")])
+def test_kernel_choice_changes_nothing(full_case, framework, preset):
+    cfg, params, tokens, ref, base = full_case
+    if preset in ("sdpa", "xla"):  # the peers have no attention softcap (they raise): drop it
+        cfg = ModelConfig(**{**cfg.to_dict(), "attn_softcap": None})
+        ref = forward64(params, tokens, cfg)
+        base = err(torch_model(cfg, params)(torch.from_numpy(tokens)).detach(), ref)
+    if framework == "torch":
+        out = torch_model(cfg, params, preset)(torch.from_numpy(tokens)).detach().numpy()
+    else:
+        out = jax_forward(cfg, params, preset, tokens=jnp.asarray(tokens))
+    assert err(out, ref) <= bound(base, ref), (framework, preset)
+
+
+def test_segment_ids_and_embeds_in_both_frameworks():
+    cfg, params = PLAIN, random_params(PLAIN, 2)
+    r = np.random.default_rng(3)
+    tokens = r.integers(0, cfg.vocab_size, (2, 9))
+    seg = np.array([[0] * 4 + [1] * 5, [0] * 9], np.int32)
+    embeds = r.standard_normal((2, 9, cfg.width)).astype(np.float32)
+    mask = r.random((2, 9)) < 0.4
+    ref = forward64(params, tokens, cfg, segment_ids=seg, embeds=embeds, embed_mask=mask)
+    out_t = torch_model(cfg, params)(torch.from_numpy(tokens), segment_ids=torch.from_numpy(seg),
+                                     embeds=torch.from_numpy(embeds), embed_mask=torch.from_numpy(mask))
+    base = err(out_t.detach(), ref)
+    out_j = jax_forward(cfg, params, tokens=jnp.asarray(tokens), segment_ids=jnp.asarray(seg),
+                        embeds=jnp.asarray(embeds), embed_mask=jnp.asarray(mask))
+    assert err(out_j, ref) <= bound(base, ref)
+    assert base <= bound(0.0, ref) * 10  # the fp32 model itself is close to float64
+    with pytest.raises(ValueError, match="embed_mask"):
+        torch_model(cfg, params)(torch.from_numpy(tokens), embeds=torch.from_numpy(embeds))
+
+
+def test_loss_and_gradients_match_across_frameworks(full_case):
+    cfg, params, tokens, _, _ = full_case
+    targets = np.random.default_rng(4).integers(0, cfg.vocab_size, tokens.shape)
+    m = torch_model(cfg, params)
+    logits = m(torch.from_numpy(tokens))
+    loss_t = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
+                                               torch.from_numpy(targets).reshape(-1))
+    loss_t.backward()
+
+    def loss_fn(p):
+        lg = jax_model.forward(p, jnp.asarray(tokens), cfg=cfg)
+        lp = jax.nn.log_softmax(lg, -1)
+        return -jnp.take_along_axis(lp, jnp.asarray(targets)[..., None], -1).mean()
+
+    loss_j, grads = jax.value_and_grad(loss_fn)({k: jnp.asarray(v) for k, v in params.items()})
+    assert abs(float(loss_j) - float(loss_t)) <= 1e-5 * max(1.0, abs(float(loss_t)))
+    torch_grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    assert set(grads) == set(torch_grads) == set(param_specs(cfg))
+    for name, g in grads.items():
+        gt = torch_grads[name]
+        scale = max(float(np.abs(gt).max()), 1e-3)
+        assert err(g, gt.astype(np.float64)) <= 1e-4 * scale, name  # fp32 accumulation-order noise
+
+
+def _cached_logits_torch(cfg, params, tokens, prompt_lens, preset):
+    """Prefill the right-padded prompts, then decode each row from its own length."""
+    m = torch_model(cfg, params, preset)
+    b, total = tokens.shape
+    cache = KVCache.create(cfg, b, total + 1)
+    t = torch.from_numpy(tokens)
+    out = np.zeros((b, total, cfg.vocab_size), np.float32)
+    pre = m(t[:, : max(prompt_lens)], cache=cache).detach().numpy()
+    cache.lengths = torch.tensor(prompt_lens, dtype=torch.int32)
+    for r, n in enumerate(prompt_lens):
+        out[r, :n] = pre[r, :n]
+    for step in range(total - min(prompt_lens)):
+        pos = [min(n + step, total - 1) for n in prompt_lens]  # finished rows repeat their last token
+        lg = m(t[torch.arange(b), pos][:, None], cache=cache).detach().numpy()
+        for r, n in enumerate(prompt_lens):
+            if n + step < total:
+                out[r, n + step] = lg[r, 0]
+        cache.lengths = torch.tensor([min(n + step + 1, total - 1) for n in prompt_lens], dtype=torch.int32)
+    return out
+
+
+def _cached_logits_jax(cfg, params, tokens, prompt_lens, preset):
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    b, total = tokens.shape
+    fwd = jax.jit(lambda p, t, c: jax_model.forward(p, t, cfg=cfg, kernels=KernelConfig(preset), cache=c))
+    cache = jax_model.KVCache.create(cfg, b, total + 1)
+    t = jnp.asarray(tokens)
+    out = np.zeros((b, total, cfg.vocab_size), np.float32)
+    pre, cache = jax_model.forward(p, t[:, : max(prompt_lens)], cfg=cfg, kernels=KernelConfig(preset),
+                                   cache=cache)
+    cache = cache._replace(lengths=jnp.asarray(prompt_lens, jnp.int32))
+    for r, n in enumerate(prompt_lens):
+        out[r, :n] = np.asarray(pre)[r, :n]
+    for step in range(total - min(prompt_lens)):
+        pos = [min(n + step, total - 1) for n in prompt_lens]
+        lg, cache = fwd(p, t[jnp.arange(b), jnp.asarray(pos)][:, None], cache)
+        for r, n in enumerate(prompt_lens):
+            if n + step < total:
+                out[r, n + step] = np.asarray(lg)[r, 0]
+        cache = cache._replace(lengths=jnp.asarray([min(n + step + 1, total - 1) for n in prompt_lens],
+                                                   jnp.int32))
+    return out
+
+
+@pytest.mark.parametrize("framework,preset", [("torch", "reference"), ("jax", "reference"),
+                                              ("torch", "triton"), ("jax", "pallas")])
+def test_kv_cache_prefill_and_decode_match_the_full_forward(full_case, framework, preset):
+    """Rows of different prompt lengths (3 and 6 of 9 tokens); the window (3) is exceeded."""
+    cfg, params, tokens, ref, base = full_case
+    tokens, ref = tokens[:, :9], forward64(params, tokens[:, :9], cfg)
+    fn = _cached_logits_torch if framework == "torch" else _cached_logits_jax
+    out = fn(cfg, params, tokens, [3, 6], preset)
+    assert err(out, ref) <= bound(base, ref)
+
+
+def test_cache_misuse_is_refused():
+    cfg, params = PLAIN, random_params(PLAIN, 5)
+    m = torch_model(cfg, params)
+    cache = KVCache.create(cfg, 1, 8)
+    m(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="empty cache"):
+        m(torch.zeros(1, 2, dtype=torch.long), cache=cache)
+    jc = jax_model.KVCache.create(cfg, 1, 4)._replace(lengths=jnp.asarray([4], jnp.int32))
+    with pytest.raises(ValueError, match="too short"):
+        jax_forward(cfg, params, tokens=jnp.zeros((1, 1), jnp.int32), cache=jc)
+    with pytest.raises(ValueError, match="max_len"):
+        KVCache.create(cfg, 1, cfg.max_seq_len + 1)
