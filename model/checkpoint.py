@@ -136,7 +136,7 @@ def load_checkpoint(path, cfg: ModelConfig | None = None, *, framework: str = "t
     tensors, meta = read_tensors(path)
     cfg = cfg if cfg is not None else _config_from_meta(meta, path)
     check_params({n: tuple(t.shape) for n, t in tensors.items()}, cfg, where=f"load_checkpoint({path})")
-    return convert(tensors, framework), cfg
+    return convert({n: tensors[n] for n in param_specs(cfg)}, framework), cfg  # param_specs order
 
 
 def load_into_torch(model: torch.nn.Module, path) -> None:
