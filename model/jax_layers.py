@@ -47,6 +47,8 @@ def linear(x: jax.Array, w) -> jax.Array:
     """x [..., in] @ w.T -> [..., out]; w [out, in]. The one dispatch point for projections."""
     if isinstance(w, (jax.Array, jax.core.Tracer)):
         return jnp.einsum("...i,oi->...o", x, w)
+    if hasattr(w, "linear"):  # int4: model.quantize.QuantizedWeightJax
+        return w.linear(x)
     raise TypeError(f"linear: w must be a jax.Array, got {type(w).__name__}")
 
 

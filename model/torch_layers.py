@@ -23,6 +23,8 @@ def linear(x: torch.Tensor, weight) -> torch.Tensor:
     int4 type) is handled here by whoever adds it."""
     if isinstance(weight, torch.Tensor):
         return F.linear(x, weight)
+    if hasattr(weight, "linear"):  # int4: model.quantize.QuantizedWeight
+        return weight.linear(x)
     raise TypeError(f"linear: weight must be a torch.Tensor, got {type(weight).__name__}")
 
 

@@ -4,6 +4,9 @@ same codes, scales and zero points as the PyTorch ``reference.quantize_int4``.
 """
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 SYMMETRIC_ZERO = 8.0
@@ -15,9 +18,14 @@ def quantize_int4(w, group_size: int = 128, *, asymmetric: bool = False, scale_d
 
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [out, in], got shape {w.shape}")
+    g = check_group_size(group_size, w.shape[1])
+    return _quantize(jnp.asarray(w), g, bool(asymmetric), jnp.dtype(scale_dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _quantize(w, g: int, asymmetric: bool, scale_dtype):
     out, k = w.shape
-    g = check_group_size(group_size, k)
-    wg = jnp.asarray(w, jnp.float32).reshape(out, k // g, g)
+    wg = w.astype(jnp.float32).reshape(out, k // g, g)
     if asymmetric:
         lo, hi = jnp.minimum(wg.min(-1), 0.0), jnp.maximum(wg.max(-1), 0.0)
         scale = (hi - lo) / 15.0
