@@ -155,3 +155,186 @@ def test_top_k_1_and_tiny_top_p_are_greedy(framework, rng):
 
                 got = np.asarray(sample_jax(jnp.asarray(logits.numpy()), cfg, jax.random.key(seed)))
             np.testing.assert_array_equal(got, greedy)
+
+
+# --- generation ---
+
+from model.config import KernelConfig, ModelConfig  # noqa: E402
+from model.generate import generate, parse_args  # noqa: E402
+
+CFG = ModelConfig(name="gen_test", vocab_size=300, width=64, layers=2, heads=4, kv_heads=1, head_dim=16,
+                  mlp_dim=128, max_seq_len=48)
+PROMPTS = [[tk.BOS_ID, 10, 20, 30, 40, 50, 60], [tk.BOS_ID], [tk.BOS_ID, 1, 2, 3, 4]]  # lengths 7, 1, 5
+NEW = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny shapes: intra-op threads only contend (seconds per step on a loaded 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    """A small model with weights large enough that attention and the MLP move the argmax
+    (at the usual 0.02 init, greedy just repeats the last token and proves nothing)."""
+    from model.torch_model import GeminiModel
+
+    model = GeminiModel(CFG).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "embed" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 6 / p.shape[1] ** 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def jax_params(torch_model):
+    import jax.numpy as jnp
+
+    return {k: jnp.asarray(v.numpy()) for k, v in torch_model.state_dict().items()}
+
+
+def _gen(framework, torch_model, jax_params, prompts=PROMPTS, **kw):
+    kw.setdefault("max_new_tokens", NEW)
+    if framework == "torch":
+        return generate(torch_model, prompts, **kw)
+    return generate(jax_params, prompts, framework="jax", cfg=CFG, **kw)
+
+
+@pytest.fixture(scope="module")
+def greedy(torch_model, jax_params):
+    """Greedy tokens with the cache, per framework (computed once, reused by several tests)."""
+    return {fw: _gen(fw, torch_model, jax_params).tokens for fw in ("torch", "jax")}
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_greedy_cache_equals_recompute(framework, torch_model, jax_params, greedy):
+    cached = greedy[framework]
+    recomputed = _gen(framework, torch_model, jax_params, use_cache=False).tokens
+    assert cached == recomputed
+    assert [len(t) for t in cached] == [NEW] * len(PROMPTS)
+    assert len({tok for row in cached for tok in row}) > NEW, f"degenerate greedy output {cached}"
+
+
+def test_greedy_same_across_frameworks_and_batching(torch_model, greedy):
+    assert greedy["torch"] == greedy["jax"]
+    for prompt, row in zip(PROMPTS, greedy["torch"]):  # padding in the batch changes nothing
+        assert generate(torch_model, [prompt], max_new_tokens=NEW).tokens == [row]
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_sampling_seeded(framework, torch_model, jax_params, greedy):
+    opts = dict(temperature=1.0, top_k=50, top_p=0.95)
+    a = _gen(framework, torch_model, jax_params, seed=0, **opts).tokens
+    assert _gen(framework, torch_model, jax_params, seed=0, **opts).tokens == a
+    assert _gen(framework, torch_model, jax_params, seed=1, **opts).tokens != a
+    assert a != greedy[framework]
+    for opts in (dict(temperature=1.0, top_k=1), dict(temperature=2.0, top_p=1e-6)):
+        assert _gen(framework, torch_model, jax_params, seed=3, **opts).tokens == greedy[framework]
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_stop_tokens_end_rows_independently(framework, torch_model, jax_params, greedy):
+    full = greedy[framework]
+    stop = full[0][2]  # row 0 stops after 3 tokens; the others where (if) they meet it
+    out = _gen(framework, torch_model, jax_params, stop_tokens=(stop,))
+    for row, got in zip(full, out.tokens):
+        want = row[:row.index(stop) + 1] if stop in row else row
+        assert got == want
+    assert out.finish_reasons[0] == "stop"
+    assert [r == "stop" for r in out.finish_reasons] == [stop in row for row in full]
+    assert any(r == "length" for r in out.finish_reasons), "pick a stop id some row never meets"
+
+
+def test_text_prompts_and_texts(torch_model):
+    out = generate(torch_model, ["hi", "hello there"], max_new_tokens=4)
+    assert all(t < tk.VOCAB_MIN for row in out.tokens for t in row)  # padding ids never drawn
+    assert out.texts == [tk.decode(row) for row in out.tokens]
+    want = generate(torch_model, [tk.encode("hi", bos=True), tk.encode("hello there", bos=True)],
+                    max_new_tokens=4).tokens
+    assert out.tokens == want
+
+
+def test_generate_bad_input(torch_model, jax_params):
+    long = [1] * 45
+    with pytest.raises(ValueError, match=r"prompt 1 has 45 tokens; with max_new_tokens=8 that is 53 > "
+                                         r"the model's context max_seq_len=48"):
+        generate(torch_model, [[1, 2], long], max_new_tokens=8)
+    with pytest.raises(ValueError, match=r"prompt 0: token id 300 at position 1 is out of range \[0, 300\)"):
+        generate(torch_model, [[1, 300]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        generate(torch_model, [[]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1, got 0"):
+        generate(torch_model, PROMPTS, max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_k 400 exceeds the vocabulary size 272"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, temperature=1.0, top_k=400)
+    with pytest.raises(ValueError, match="top_p must be None or a number in"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, temperature=1.0, top_p=2.0)
+    with pytest.raises(ValueError, match="stop_tokens: token id 999"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, stop_tokens=(999,))
+    with pytest.raises(ValueError, match="framework must be one of"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, framework="tf")
+    with pytest.raises(ValueError, match="kernels .* differ from the model's"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, kernels=KernelConfig(preset="triton"))
+    with pytest.raises(ValueError, match="framework='jax' needs cfg=ModelConfig"):
+        generate(jax_params, PROMPTS, max_new_tokens=2, framework="jax")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'top_q'"):
+        generate(torch_model, PROMPTS, max_new_tokens=2, top_q=0.5)
+
+
+def test_cli_bad_input():
+    with pytest.raises(ValueError, match=r"unknown option 'top_q'; known options: \['ckpt', 'prompt'"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "top_q=0.5"])
+    with pytest.raises(ValueError, match="arguments are key=value"):
+        parse_args(["ckpt=x.safetensors", "hello"])
+    with pytest.raises(ValueError, match="bad option value for 'top_k'"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "top_k=abc"])
+    with pytest.raises(ValueError, match="ckpt=PATH"):
+        parse_args(["prompt=hi"])
+    args = parse_args(["ckpt=x.safetensors", "prompt=a b", "prompt=c=d", "top_p=0.9", "max_new_tokens=3"])
+    assert args.prompt == ["a b", "c=d"] and args.top_p == 0.9 and args.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_cli_end_to_end(framework, torch_model, greedy, tmp_path, capsys):
+    """``python -m model.generate`` from a saved checkpoint prints each prompt's completion."""
+    from model.checkpoint import save_checkpoint
+    from model.generate import main
+
+    ckpt = save_checkpoint(tmp_path / "model.safetensors", torch_model, CFG)
+    prompts = ["hi", "hello there"]
+    out = main([f"ckpt={ckpt}", f"prompt={prompts[0]}", f"prompt={prompts[1]}", "max_new_tokens=4",
+                f"framework={framework}", "kernels=reference", "device=cpu"])
+    assert out.tokens == generate(torch_model, prompts, max_new_tokens=4).tokens
+    printed = capsys.readouterr().out
+    for prompt, text in zip(prompts, out.texts):
+        assert prompt + text in printed
+    with pytest.raises(ValueError, match=r"prompt 0 has 3 tokens; with max_new_tokens=46 that is 49 > "
+                                         r"the model's context max_seq_len=48"):
+        main([f"ckpt={ckpt}", "prompt=hi", "max_new_tokens=46", f"framework={framework}"])
+
+
+@pytest.mark.parametrize("framework,kernels", [("torch", KernelConfig(decode="triton")),
+                                               ("jax", KernelConfig(decode="pallas"))],
+                         ids=["torch-triton-decode", "jax-pallas-decode"])
+def test_greedy_with_decode_kernel(framework, kernels, torch_model, jax_params, greedy):
+    """The cached path on the hand-written decode kernel (interpret mode here) gives the
+    reference path's greedy tokens."""
+    if framework == "torch":
+        from model.torch_model import GeminiModel
+
+        model = GeminiModel(CFG, kernels).eval()
+        model.load_state_dict(torch_model.state_dict())
+        out = generate(model, PROMPTS, max_new_tokens=4, kernels=kernels)
+    else:
+        out = generate(jax_params, PROMPTS, max_new_tokens=4, framework="jax", cfg=CFG, kernels=kernels)
+    assert out.tokens == [row[:4] for row in greedy[framework]]

@@ -1,0 +1,390 @@
+"""Autoregressive generation for both model front-ends, and ``python -m model.generate``.
+
+    out = generate(model_or_params, prompts, *, max_new_tokens, temperature=0.0, top_k=None,
+                   top_p=None, seed=0, stop_tokens=None, framework="torch", kernels=None,
+                   cfg=None, tokenizer=None, use_cache=True)
+    out.tokens[i]  new ids of row i (ending with the stop id that ended it, if one did)
+    out.texts[i]   their text through the tokenizer;  out.finish_reasons[i]  "stop" | "length"
+
+Prompts: a str, a list of str (encoded with a leading <bos>), or a list of id lists; rows
+may differ in length. With the cache (default) it is one prefill of the right-padded batch
+(the model's KV-cache forward; each row's cache length is then set to its own prompt
+length) and one ``decode_attention`` step per new token, every row at its own position.
+``use_cache=False`` recomputes the whole sequence each step (the check of the cached path).
+Rows stop independently at a stop id (default: the tokenizer's eos); finished rows feed
+padding until every row has stopped or ``max_new_tokens`` are out.
+
+Sampling (``model/sampling.py``): temperature 0 is greedy; otherwise temperature, top_k,
+top_p, drawn from ``seed`` (a torch.Generator on the model's device / jax.random.fold_in(key,
+step)), so a seed reproduces a run on the same device. Only ids the tokenizer can decode are
+drawn: logits of ids >= tokenizer.vocab_size (padding rows of a larger embedding table, e.g.
+ids 272..511 of the byte vocabulary in the tiny preset) are masked to -inf.
+
+Bad input raises ValueError before anything runs: a prompt whose length plus max_new_tokens
+exceeds the model's context (``cfg.max_seq_len``) names both lengths; unknown sampling
+options name the known ones (the CLI; Python itself rejects unknown keywords).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import astuple, dataclass, field, fields
+from typing import Any, Sequence
+
+from model.config import KernelConfig, ModelConfig
+from model.sampling import SamplingConfig
+from model.tokenizer import ByteTokenizer, check_ids
+
+FRAMEWORKS = ("torch", "jax")
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    tokenizer: Any = field(repr=False)
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.tokenizer.decode(t) for t in self.tokens]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The checked request: prompt id rows and everything static about the loop."""
+
+    rows: tuple[tuple[int, ...], ...]
+    sampling: SamplingConfig
+    max_new_tokens: int
+    stop_tokens: tuple[int, ...]
+    vocab_limit: int  # ids >= this are never drawn
+    pad_id: int
+    seed: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.rows]
+
+
+def _kernel_config(kernels) -> KernelConfig | None:
+    if kernels is None or isinstance(kernels, KernelConfig):
+        return kernels
+    if isinstance(kernels, str):
+        return KernelConfig(preset=kernels)
+    raise TypeError(f"kernels must be a KernelConfig, a preset name or None, got {type(kernels).__name__}")
+
+
+def _plan(prompts, cfg: ModelConfig, tokenizer, *, max_new_tokens, temperature, top_k, top_p, seed,
+          stop_tokens) -> _Plan:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompts must be a str or a non-empty list of str / id lists, got {prompts!r:.80}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"tokenizer vocab_size {tokenizer.vocab_size} exceeds the model's "
+                         f"vocab_size {cfg.vocab_size}")
+    sampling = SamplingConfig(temperature=float(temperature), top_k=top_k, top_p=top_p)
+    sampling.check_vocab(tokenizer.vocab_size)
+    rows = []
+    for i, p in enumerate(prompts):
+        ids = tokenizer.encode(p, bos=True) if isinstance(p, str) else p
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"prompt {i} must be a str or a list of ids, got {type(p).__name__}")
+        if not ids:
+            raise ValueError(f"prompt {i} is empty: generation needs at least one token")
+        try:
+            ids = check_ids(ids, cfg.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"prompt {i}: {e}") from None
+        if len(ids) + max_new_tokens > cfg.max_seq_len:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                             f"that is {len(ids) + max_new_tokens} > the model's context "
+                             f"max_seq_len={cfg.max_seq_len}")
+        rows.append(tuple(ids))
+    if stop_tokens is None:
+        stop_tokens = (tokenizer.eos_id,)
+    if isinstance(stop_tokens, int):
+        stop_tokens = (stop_tokens,)
+    try:
+        stop_tokens = tuple(check_ids(stop_tokens, cfg.vocab_size))
+    except ValueError as e:
+        raise ValueError(f"stop_tokens: {e}") from None
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    return _Plan(tuple(rows), sampling, max_new_tokens, stop_tokens, tokenizer.vocab_size, pad, seed)
+
+
+def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             stop_tokens: Sequence[int] | None = None, framework: str = "torch", kernels=None,
+             cfg: ModelConfig | None = None, tokenizer=None, use_cache: bool = True) -> Generation:
+    """Generate continuations of ``prompts`` (see the module docstring).
+
+    torch: ``model_or_params`` is a ``GeminiModel`` (its cfg and kernels are used; ``kernels``,
+    if given, must equal the model's, which are fixed at construction). jax: a params dict,
+    with ``cfg`` required and ``kernels`` a KernelConfig or preset name (default KernelConfig()).
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
+    kernels = _kernel_config(kernels)
+    tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+    if framework == "torch":
+        from model.torch_model import GeminiModel
+
+        if not isinstance(model_or_params, GeminiModel):
+            raise TypeError(f"framework='torch' needs a GeminiModel, got {type(model_or_params).__name__}")
+        if cfg is not None and cfg != model_or_params.cfg:
+            raise ValueError(f"cfg {cfg.name!r} differs from the model's config {model_or_params.cfg.name!r}")
+        if kernels is not None and kernels != model_or_params.kernels:
+            raise ValueError(f"kernels {kernels} differ from the model's {model_or_params.kernels}; "
+                             "build the model with GeminiModel(cfg, kernels)")
+        cfg = model_or_params.cfg
+    else:
+        if not isinstance(model_or_params, dict):
+            raise TypeError(f"framework='jax' needs a params dict, got {type(model_or_params).__name__}")
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError(f"framework='jax' needs cfg=ModelConfig, got {cfg!r}")
+    plan = _plan(prompts, cfg, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+                 top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens)
+    if framework == "torch":
+        steps = _generate_torch(model_or_params, plan, use_cache=use_cache)
+    else:
+        steps = _generate_jax(model_or_params, cfg, kernels or KernelConfig(), plan, use_cache=use_cache)
+    tokens = _trim(steps, plan)
+    reasons = ["stop" if t and t[-1] in plan.stop_tokens else "length" for t in tokens]
+    return Generation(tokens, reasons, tokenizer)
+
+
+def _trim(steps: list[list[int]], plan: _Plan) -> list[list[int]]:
+    """Per-row token lists from per-step ids [steps][batch], cut after each row's stop id."""
+    out = []
+    for b in range(len(plan.rows)):
+        row = []
+        for step in steps:
+            row.append(step[b])
+            if step[b] in plan.stop_tokens:
+                break
+        out.append(row)
+    return out
+
+
+def _padded(plan: _Plan, width: int):
+    """Prompt rows right-padded with pad_id to ``width`` columns (numpy int32 [B, width])."""
+    import numpy as np
+
+    out = np.full((len(plan.rows), width), plan.pad_id, dtype=np.int32)
+    for b, row in enumerate(plan.rows):
+        out[b, :len(row)] = row
+    return out
+
+
+# --- PyTorch loop ---
+
+def _generate_torch(model, plan: _Plan, *, use_cache: bool) -> list[list[int]]:
+    """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
+    import torch
+
+    from model.sampling import sample_torch
+    from model.torch_model import KVCache
+
+    cfg, b = model.cfg, len(plan.rows)
+    weight = model.model.embed_tokens.weight
+    device = weight.device
+    lengths = torch.tensor(plan.lengths, device=device)
+    rows = torch.arange(b, device=device)
+    stops = torch.tensor(plan.stop_tokens, device=device)
+    gen = torch.Generator(device=device).manual_seed(plan.seed)
+    width = max(plan.lengths) + plan.max_new_tokens
+    seq = torch.from_numpy(_padded(plan, width)).to(device=device, dtype=torch.long)  # (B, width)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    steps = []
+    with torch.no_grad():
+        if use_cache:
+            s = max(plan.lengths)
+            cache = KVCache.create(cfg, b, width - 1, dtype=weight.dtype, device=device)
+            logits = model(seq[:, :s], cache=cache)  # prefill (B, S, V)
+            cache.lengths = lengths.to(torch.int32)  # each row's own prompt length
+            last = logits[rows, lengths - 1]  # (B, V)
+        for t in range(plan.max_new_tokens):
+            if not use_cache:  # whole sequence each step; causal, so the padding after is ignored
+                last = model(seq)[rows, lengths + t - 1]
+            last[:, plan.vocab_limit:] = float("-inf")
+            tok = sample_torch(last, plan.sampling, gen)  # (B,)
+            tok = torch.where(done, plan.pad_id, tok)
+            steps.append(tok)
+            done |= torch.isin(tok, stops)
+            if t == plan.max_new_tokens - 1 or bool(done.all()):
+                break
+            if use_cache:
+                last = model(tok[:, None], cache=cache)[:, 0]  # decode: (B, V)
+            else:
+                seq[rows, lengths + t] = tok
+    return torch.stack(steps).tolist()
+
+
+# --- JAX loop ---
+
+@functools.lru_cache(maxsize=8)
+def _jax_model_fns(cfg: ModelConfig, kernel_fields: tuple, batch: int, cache_len: int, dtype):
+    """Jitted prefill / recompute / decode for one static setting, reused across calls."""
+    import jax
+
+    from model.jax_model import KVCache, forward
+
+    kernels = KernelConfig(*kernel_fields)
+    run = lambda p, tokens, cache=None: forward(p, tokens, cfg=cfg, kernels=kernels, cache=cache)  # noqa: E731
+
+    def prefill(p, tokens, lengths):  # (B, S) -> last logits (B, V), cache at each row's own length
+        rows = jax.numpy.arange(batch)
+        logits, cache = run(p, tokens, KVCache.create(cfg, batch, cache_len, dtype=dtype))
+        return logits[rows, lengths - 1], cache._replace(lengths=lengths)
+
+    def recompute(p, seq, positions):  # whole sequence; causal, so the padding after is ignored
+        return run(p, seq)[jax.numpy.arange(batch), positions]
+
+    def decode(p, cache, tok):  # (B,) -> last logits (B, V), cache one longer per row
+        logits, cache = run(p, tok[:, None], cache)
+        return logits[:, 0], cache
+
+    donate = () if jax.default_backend() == "cpu" else (1,)  # CPU cannot donate buffers
+    return jax.jit(prefill), jax.jit(recompute), jax.jit(decode, donate_argnums=donate)
+
+
+@functools.lru_cache(maxsize=8)
+def _jax_choose(sampling: SamplingConfig, vocab_limit: int, pad_id: int, stop_tokens: tuple):
+    """Jitted draw: (last logits (B, V), done (B,), key) -> (token (B,), done)."""
+    import jax
+    import jax.numpy as jnp
+
+    from model.sampling import sample_jax
+
+    def choose(last, done, key):
+        last = jnp.where(jnp.arange(last.shape[-1]) < vocab_limit, last, -jnp.inf)
+        tok = jnp.where(done, pad_id, sample_jax(last, sampling, key))
+        return tok, done | jnp.isin(tok, jnp.asarray(stop_tokens, jnp.int32))
+
+    return jax.jit(choose)
+
+
+def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, *,
+                  use_cache: bool) -> list[list[int]]:
+    """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    b = len(plan.rows)
+    width = max(plan.lengths) + plan.max_new_tokens
+    prefill, recompute, decode = _jax_model_fns(
+        cfg, astuple(kernels), b, width - 1, jnp.dtype(params["model.embed_tokens.weight"].dtype))
+    choose = _jax_choose(plan.sampling, plan.vocab_limit, plan.pad_id, plan.stop_tokens)
+    lengths = jnp.asarray(plan.lengths, jnp.int32)
+    rows = jnp.arange(b)
+    seq = jnp.asarray(_padded(plan, width))  # (B, width)
+    base_key = jax.random.key(plan.seed)
+    done = jnp.zeros((b,), bool)
+    if use_cache:
+        last, cache = prefill(params, seq[:, :max(plan.lengths)], lengths)
+    steps = []
+    for t in range(plan.max_new_tokens):
+        if not use_cache:
+            last = recompute(params, seq, lengths + t - 1)
+        tok, done = choose(last, done, jax.random.fold_in(base_key, t))
+        steps.append(tok)
+        if t == plan.max_new_tokens - 1 or bool(done.all()):
+            break
+        if use_cache:
+            last, cache = decode(params, cache, tok)
+        else:
+            seq = seq.at[rows, lengths + t].set(tok)
+    return np.stack([np.asarray(s) for s in steps]).tolist()
+
+
+# --- CLI ---
+
+@dataclass
+class GenerateArgs:
+    """``python -m model.generate ckpt=PATH prompt="..." [prompt="..."] key=value ...``"""
+
+    ckpt: str = ""
+    prompt: list = field(default_factory=list)  # repeat prompt=... for a batch
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    framework: str = "torch"
+    kernels: str = "reference"  # KernelConfig preset: torch triton|reference|sdpa, JAX pallas|reference|xla
+    device: str = "auto"  # torch: cpu | cuda | auto (cuda when available)
+
+
+def parse_args(argv: Sequence[str]) -> GenerateArgs:
+    known = [f.name for f in fields(GenerateArgs)]
+    values: dict[str, Any] = {"prompt": []}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+").strip()
+        if not sep:
+            raise ValueError(f"arguments are key=value, got {arg!r}; keys: {known}")
+        if key not in known:
+            raise ValueError(f"unknown option {key!r}; known options: {known}")
+        if key == "prompt":
+            values["prompt"].append(value)
+        else:
+            values[key] = value
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    dotlist = [f"{k}={v}" for k, v in values.items() if k != "prompt"]
+    try:  # typed parse of the scalars (e.g. top_k=abc fails here, naming the key)
+        conf = OmegaConf.merge(OmegaConf.structured(GenerateArgs), OmegaConf.from_dotlist(dotlist))
+    except ValidationError as e:
+        message = str(e).splitlines()[0]
+        raise ValueError(f"bad option value for {e.full_key!r}: {message}") from None
+    args = GenerateArgs(**{k: conf[k] for k in known if k != "prompt"}, prompt=values["prompt"])
+    if not args.ckpt:
+        raise ValueError("ckpt=PATH (a safetensors checkpoint) is required")
+    if not args.prompt:
+        raise ValueError('at least one prompt="..." is required')
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> Generation:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from model.checkpoint import load_checkpoint
+    from model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.ckpt)
+    kernels = KernelConfig(preset=args.kernels)
+    if args.framework == "torch":
+        import torch
+
+        from model.torch_model import GeminiModel
+
+        params, cfg = load_checkpoint(args.ckpt, framework="torch")
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        model = GeminiModel(cfg, kernels)
+        model.load_state_dict(params, strict=True)
+        model_or_params = model.to(device=device, dtype=params["model.embed_tokens.weight"].dtype).eval()
+    else:
+        model_or_params, cfg = load_checkpoint(args.ckpt, framework="jax")
+    out = generate(model_or_params, args.prompt, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   framework=args.framework, kernels=kernels, cfg=cfg, tokenizer=tokenizer)
+    for i, (prompt, text) in enumerate(zip(args.prompt, out.texts)):
+        print(f"=== [{i}] {prompt!r} ({len(out.tokens[i])} new tokens, {out.finish_reasons[i]})")
+        print(prompt + text)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
