@@ -6,7 +6,9 @@ machine (no GPU needed), with what the compiler tells about it.
 Per kernel and target: registers per thread, spills, shared memory, the occupancy those
 allow (resident warps per SM), and the instruction mix of the SASS (HGMMA / HMMA / FFMA /
 MUFU counts, through the ``nvdisasm`` the Triton wheel carries). Kernels come from each
-op's ``aot_kernels`` helper (the exact specializations its launcher uses). Runs in its own
+op's ``aot_kernels`` helper (the exact specializations its launcher uses); ``DEFAULT_JOBS``
+lists the default configuration of every Triton op. ``--jobs`` compiles a given job list
+(the AOT tests use it, in a subprocess). Runs in its own
 process with TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language`` in a way
 that breaks real compiles in the same process.
 """
@@ -26,19 +28,67 @@ SM_LIMITS = {80: dict(regs=65536, warps=64, smem=164 * 1024, block_smem=163 * 10
 SASS_OPS = ("HGMMA", "HMMA", "FFMA", "FMUL", "MUFU", "LDGSTS", "UTMALDG", "LDG", "STG")
 
 
-def kernel_sets(cap: int) -> dict[str, dict]:
-    """op name -> {kernel name: AotKernel} in default configurations for capability ``cap``."""
+# The default configuration of every Triton op, as jobs: label -> (launcher module, args,
+# kwargs) of its ``aot_kernels``; "torch.<dtype>" strings name torch dtypes. Launchers that
+# take ``capability`` get the target's (major, minor).
+DEFAULT_JOBS = {
+    "attention causal hd128 fp16": ("kernels.attention.triton_attention", [128, "torch.float16"],
+                                    {"causal": True}),
+    "attention causal hd128 bf16": ("kernels.attention.triton_attention", [128, "torch.bfloat16"],
+                                    {"causal": True}),
+    "decode hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16"], {}),
+    "rms_norm+residual 2048 bf16": ("kernels.norms.triton_norms", [2048, "torch.bfloat16"],
+                                    {"rms": True, "residual": True}),
+    "layer_norm 1152 bf16": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"],
+                             {"rms": False, "residual": False}),
+    "rope hd128 bf16": ("kernels.rope.triton_rope", [128, "torch.bfloat16"], {"sections": 1}),
+    "gated_gelu bf16": ("kernels.activations.triton_activations", ["torch.bfloat16"],
+                        {"approximate": "tanh", "gated": True}),
+    "patch_embed p14 bf16": ("kernels.patch_embed.triton_patch_embed", ["torch.bfloat16"], {"patch": 14}),
+    "log_mel 80 fp16": ("kernels.audio.triton_log_mel", ["torch.float16"], {"n_mels": 80}),
+}
+
+
+def _resolve(value):
     import torch
 
-    from kernels.attention.triton_attention import aot_kernels as attention_aot
+    if isinstance(value, str) and value.startswith("torch."):
+        return getattr(torch, value[len("torch."):])
+    return value
 
-    major, minor = cap // 10, cap % 10
-    sets = {}
-    for dtype in (torch.float16, torch.bfloat16):
-        dt = str(dtype).replace("torch.", "")
-        sets[f"attention causal hd128 {dt}"] = attention_aot(128, dtype, causal=True,
-                                                            capability=(major, minor))
-    return sets
+
+def job_kernels(module: str, args, kwargs, cap: int, func: str = "aot_kernels") -> dict:
+    """{kernel name: AotKernel} from ``module.func(*args, **kwargs)`` with values resolved."""
+    import importlib
+
+    import inspect
+
+    fn = getattr(importlib.import_module(module), func)
+    kwargs = {k: _resolve(v) for k, v in kwargs.items()}
+    if "capability" in inspect.signature(fn).parameters:  # tune for the target being compiled
+        kwargs.setdefault("capability", (cap // 10, cap % 10))
+    return fn(*(_resolve(a) for a in args), **kwargs)
+
+
+def compile_jobs(jobs: dict, work: str) -> dict:
+    """jobs: id -> {"module", "args", "kwargs", "cap", optional "func", "kernels"} ->
+    id -> {kernel name: compile_one(...) | {"error": ...}}."""
+    out = {}
+    for job_id, job in jobs.items():
+        try:
+            kernels = job_kernels(job["module"], job.get("args", []), job.get("kwargs", {}), job["cap"],
+                                  job.get("func", "aot_kernels"))
+        except Exception as e:  # reported per job
+            out[job_id] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        wanted = job.get("kernels") or list(kernels)
+        out[job_id] = {}
+        for name in wanted:
+            try:
+                out[job_id][name] = compile_one(kernels[name], job["cap"], work)
+            except Exception as e:  # reported per kernel
+                out[job_id][name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    return out
 
 
 def occupancy(regs: int, shared: int, num_warps: int, cap: int) -> dict:
@@ -90,17 +140,18 @@ def build_report(caps=(80, 90)) -> dict:
                            "benchmarks.compile_report sets it when started as a program)")
     from benchmarks.results import git_commit, library_versions
 
-    rows = []
+    jobs = {f"{label}|{cap}": {"module": m, "args": a, "kwargs": k, "cap": cap}
+            for cap in caps for label, (m, a, k) in DEFAULT_JOBS.items()}
     with tempfile.TemporaryDirectory() as work:
-        for cap in caps:
-            for op, kernels in kernel_sets(cap).items():
-                for name, kernel in kernels.items():
-                    row = {"op": op, "kernel": name, "target": f"sm_{cap}"}
-                    try:
-                        row.update(compile_one(kernel, cap, work))
-                    except Exception as e:  # reported per kernel; the report goes on
-                        row["error"] = f"{type(e).__name__}: {e}"[:1000]
-                    rows.append(row)
+        results = compile_jobs(jobs, work)
+    rows = []
+    for job_id, kernels in results.items():
+        label, cap = job_id.rsplit("|", 1)
+        if "error" in kernels:
+            rows.append({"op": label, "kernel": "-", "target": f"sm_{cap}", "error": kernels["error"]})
+            continue
+        for name, res in kernels.items():
+            rows.append({"op": label, "kernel": name, "target": f"sm_{cap}", **res})
     return {"commit": git_commit(), "versions": library_versions(), "rows": rows}
 
 
@@ -126,8 +177,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/report")
     ap.add_argument("--caps", type=int, nargs="+", default=[80, 90])
+    ap.add_argument("--jobs", help="JSON file of compile jobs (tests use this); writes --json-out")
+    ap.add_argument("--json-out", help="with --jobs: where the per-job results go")
     args = ap.parse_args(argv)
     from benchmarks.results import write_json_atomic, write_text_atomic
+
+    if args.jobs:
+        with open(args.jobs) as f:
+            jobs = json.load(f)
+        with tempfile.TemporaryDirectory() as work:
+            write_json_atomic(args.json_out, compile_jobs(jobs, work))
+        return
 
     report = build_report(tuple(args.caps))
     write_json_atomic(os.path.join(args.out, "compile_report.json"), report)

@@ -1,74 +1,45 @@
 """Ahead-of-time compile of the encoder Triton kernels (norms, rope, gelu) for sm_90, no GPU.
 
 Each kernel in its default sm_90 configuration goes through the real Triton compiler and the
-wheel's ptxas; checks: no register spills, shared memory
-within the SM limit. Also checks that the Pallas kernels lower to Triton for CUDA (export).
+wheel's ptxas, in a fresh process (``tests/aot.py``); checks: no register spills, shared
+memory within the SM limit. Also checks that the Pallas kernels lower to Triton for CUDA
+(export).
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import pytest
-import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime.jit import JITFunction
+from aot import assert_compiled_clean, compile_in_subprocess
 
-from kernels import torch_ops  # noqa: F401  (sets TRITON_INTERPRET the way the package runs)
-from kernels.activations import triton_activations
-from kernels.norms import triton_norms
-from kernels.rope import triton_rope
-
-nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
-MAX_SHARED_SM90 = 227 * 1024
-
-
-def _compile(kernel, cap=90):
-    src = triton.compiler.ASTSource(kernel.fn, kernel.signature, kernel.constexprs, kernel.attrs)
-    return triton.compile(src, target=GPUTarget("cuda", cap, 32),
-                          options=dict(num_warps=kernel.num_warps, num_stages=kernel.num_stages))
-
-
-def _ptxas_report(compiled, tmp_path, cap=90):
-    """(spill store bytes, spill load bytes, registers) from `ptxas -v`."""
-    try:
-        ptxas = nvidia.get_ptxas(cap).path
-    except RuntimeError as e:
-        pytest.skip(f"ptxas not available: {e}")
-    if not ptxas or not os.path.exists(ptxas):
-        pytest.skip(f"ptxas not available at {ptxas!r}")
-    ptx = tmp_path / "kernel.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    res = subprocess.run([ptxas, "-v", f"--gpu-name={nvidia.sm_arch_from_capability(cap)}", str(ptx),
-                          "-o", str(tmp_path / "k.o")], capture_output=True, text=True, check=True)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
-    regs = re.search(r"Used (\d+) registers", res.stderr)
-    assert spills and regs, f"unexpected ptxas -v output:\n{res.stderr}"
-    return int(spills[1]), int(spills[2]), int(regs[1])
-
-KERNELS = {
-    "rms-res-1152": lambda: triton_norms.aot_kernels(1152, torch.bfloat16, rms=True, residual=True),
-    "layer-2048": lambda: triton_norms.aot_kernels(2048, torch.float16, rms=False, residual=False),
-    "rms-res-8192": lambda: triton_norms.aot_kernels(8192, torch.bfloat16, rms=True, residual=True),
-    "rope-d128": lambda: triton_rope.aot_kernels(128, torch.bfloat16, sections=1),
-    "rope2d-d72": lambda: triton_rope.aot_kernels(72, torch.float32, sections=2),
-    "geglu-tanh": lambda: triton_activations.aot_kernels(torch.bfloat16, approximate="tanh", gated=True),
-    "gelu-erf": lambda: triton_activations.aot_kernels(torch.float16, approximate="none", gated=False),
+JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
+    "rms-res-1152": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"], dict(rms=True, residual=True)),
+    "layer-2048": ("kernels.norms.triton_norms", [2048, "torch.float16"], dict(rms=False, residual=False)),
+    "rms-res-8192": ("kernels.norms.triton_norms", [8192, "torch.bfloat16"], dict(rms=True, residual=True)),
+    "rope-d128": ("kernels.rope.triton_rope", [128, "torch.bfloat16"], dict(sections=1)),
+    "rope2d-d72": ("kernels.rope.triton_rope", [72, "torch.float32"], dict(sections=2)),
+    "geglu-tanh": ("kernels.activations.triton_activations", ["torch.bfloat16"],
+                   dict(approximate="tanh", gated=True)),
+    "gelu-erf": ("kernels.activations.triton_activations", ["torch.float16"],
+                 dict(approximate="none", gated=False)),
 }
 
 
-@pytest.mark.parametrize("which", list(KERNELS))
-def test_default_configs_compile_for_sm90_without_spills(tmp_path, which):
-    for name, kernel in KERNELS[which]().items():
-        assert isinstance(kernel.fn, JITFunction), type(kernel.fn)
-        compiled = _compile(kernel)
-        stores, loads, regs = _ptxas_report(compiled, tmp_path)
-        assert (stores, loads) == (0, 0), f"{which} {name}: spills {stores}/{loads} B at {regs} registers"
-        assert compiled.metadata.shared <= MAX_SHARED_SM90, f"{which} {name}: {compiled.metadata.shared} B shared"
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    jobs = {k: {"module": m, "args": a, "kwargs": kw, "cap": 90} for k, (m, a, kw) in JOBS.items()}
+    return compile_in_subprocess(jobs, tmp_path_factory.mktemp("aot"))
+
+
+@pytest.mark.parametrize("which", list(JOBS))
+def test_default_configs_compile_for_sm90_without_spills(reports, which):
+    kernels = reports[which]
+    assert "error" not in kernels, kernels.get("error")
+    assert kernels, f"{which}: no kernels"
+    for name, report in kernels.items():
+        assert_compiled_clean(report, f"{which} {name}")
 
 
 def test_pallas_kernels_lower_to_triton_for_cuda():

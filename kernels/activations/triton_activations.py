@@ -11,6 +11,7 @@ Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts launc
 """
 import collections
 import dataclasses
+import sys
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .._platform import triton_interpreting
-from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._aot import aot_kernel, jit_module, triton_dtype
 
 LAUNCHES: collections.Counter = collections.Counter()
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # kernels may read only constexpr globals
@@ -139,9 +140,9 @@ def gelu_triton(x, up=None, *, approximate: str = "tanh", blocks: Optional[Activ
 
 
 def aot_kernels(dtype=torch.bfloat16, *, approximate="tanh", gated=True, capability=(9, 0)) -> dict:
-    mod = jit_copy(__name__)
+    mod = jit_module(sys.modules[__name__])
     blocks = default_blocks(capability=tuple(capability))
-    ty = "*" + TRITON_DTYPE[dtype]
+    ty = "*" + triton_dtype(dtype)
     meta = dict(APPROX_TANH=approximate == "tanh", HAS_UP=gated, BLOCK=blocks.block)
     return {
         "_gelu_fwd_kernel": aot_kernel(mod._gelu_fwd_kernel, pointers=dict(X=ty, UP=ty, Y=ty),

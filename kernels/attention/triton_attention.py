@@ -15,11 +15,12 @@ kernels and specializations the launchers use, for ahead-of-time compiles withou
 """
 import collections
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import triton
 
+from .._aot import aot_kernel, d_strides
 from .._platform import triton_interpreting
 from . import triton_kernels
 
@@ -249,41 +250,15 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
 
 # --- ahead-of-time compile support ---------------------------------------------------------
 
-class AotKernel(NamedTuple):
-    """One kernel specialization: arguments for triton.compile(ASTSource(fn, signature, constexprs, attrs))."""
-
-    name: str
-    fn: object  # triton.runtime.jit.JITFunction
-    signature: dict
-    constexprs: dict
-    attrs: dict
-    num_warps: int
-    num_stages: int
-
-
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def _aot_kernel(fn, constexprs, pointer_types, blocks):
-    """Specialization of a launch with contiguous inputs: 16-byte aligned pointers and strides,
-    unit head_dim strides (the JIT turns a stride of 1 into a constant)."""
-    signature, consts, attrs = {}, dict(constexprs), {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in pointer_types:
-            signature[name] = pointer_types[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name.startswith("stride_") and name.endswith("d") and "seg" not in name:
-            signature[name], consts[name] = "constexpr", 1
-        elif name.startswith("stride_"):
-            signature[name] = "i32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name in ("sm_scale", "softcap"):
-            signature[name] = "fp32"
-        else:  # lengths, kv heads, window
-            signature[name] = "i32"
-    return AotKernel(fn.__name__, fn, signature, consts, attrs, blocks.num_warps, blocks.num_stages)
+    """A launch with contiguous inputs: 16-byte aligned pointers and strides, unit head_dim
+    strides (the JIT turns a stride of 1 into a constant)."""
+    return aot_kernel(fn, pointers=pointer_types, constexprs=constexprs, num_warps=blocks.num_warps,
+                      num_stages=blocks.num_stages, floats=("sm_scale", "softcap"),
+                      unit_strides=d_strides(fn, exclude="seg"))
 
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, softcap=None,

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
-import importlib.util
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import triton
 
 from .._platform import triton_interpreting
+from .._aot import aot_kernel, d_strides, jit_module, triton_dtype
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()
@@ -166,70 +165,21 @@ def decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=No
 
 # --- ahead-of-time compile support ---------------------------------------------------------
 
-class AotKernel(NamedTuple):
-    """One kernel specialization: arguments for triton.compile(ASTSource(fn, signature, constexprs, attrs))."""
-
-    name: str
-    fn: object
-    signature: dict
-    constexprs: dict
-    attrs: dict
-    num_warps: int
-    num_stages: int
-
-
-@functools.lru_cache(maxsize=None)
-def _jit_kernels_module():
-    """``triton_kernels`` built with the real JIT, even when this process interprets."""
-    if not triton_interpreting():
-        return triton_kernels
-    from triton import knobs
-
-    spec = importlib.util.spec_from_file_location(f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
-    module = importlib.util.module_from_spec(spec)
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = False
-        spec.loader.exec_module(module)
-    return module
-
-
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
-def _signature(fn, constexprs, pointers, floats):
-    """Launch signature with contiguous inputs: 16-byte aligned pointers, unit d-strides."""
-    signature, consts, attrs = {}, dict(constexprs), {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = pointers[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name.startswith("stride_") and name.endswith("d"):
-            signature[name], consts[name] = "constexpr", 1  # the JIT specializes stride == 1
-        elif name.startswith("stride_"):
-            signature[name] = "i32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "fp32" if name in floats else "i32"
-    return signature, consts, attrs
-
-
 def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None, group=8,
                 max_len=32768, capability=(9, 0)) -> dict:
     """name -> AotKernel for the split and combine kernels in their default GPU configuration."""
-    mod = _jit_kernels_module()
-    ty = "*" + _TRITON_DTYPE[dtype]
+    mod = jit_module(triton_kernels)
+    ty = "*" + triton_dtype(dtype)
     blocks = default_blocks(head_dim, dtype, _span(max_len, window), capability=tuple(capability))
     split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks)
     ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", O_PART="*fp32", LSE_PART="*fp32")
     fn = mod._decode_split_kernel
-    out = {"_decode_split_kernel": AotKernel(
-        fn.__name__, fn, *_signature(fn, split_meta, ptrs, ("sm_scale", "softcap")),
-        blocks.num_warps, blocks.num_stages)}
+    out = {"_decode_split_kernel": aot_kernel(
+        fn, pointers=ptrs, constexprs=split_meta, num_warps=blocks.num_warps,
+        num_stages=blocks.num_stages, floats=("sm_scale", "softcap"), unit_strides=d_strides(fn))}
     combine_meta = dict(HEAD_DIM=head_dim, BLOCK_D=split_meta["BLOCK_D"], BLOCK_S=MAX_SPLITS, CHUNK=16)
     fn = mod._decode_combine_kernel
-    out["_decode_combine_kernel"] = AotKernel(
-        fn.__name__, fn, *_signature(fn, combine_meta, dict(O_PART="*fp32", LSE_PART="*fp32", O=ty), ()),
-        4, 1)
+    out["_decode_combine_kernel"] = aot_kernel(
+        fn, pointers=dict(O_PART="*fp32", LSE_PART="*fp32", O=ty), constexprs=combine_meta,
+        num_warps=4, num_stages=1, unit_strides=d_strides(fn))
     return out

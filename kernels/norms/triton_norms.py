@@ -17,7 +17,7 @@ import torch
 import triton
 
 from .._platform import triton_interpreting
-from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._aot import aot_kernel, jit_module, triton_dtype
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()
@@ -149,9 +149,9 @@ def norm_triton(x, weight, bias, residual, *, rms: bool, eps: float, offset: flo
 def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
                 capability=(9, 0)) -> dict:
     """name -> AotKernel for the forward and backward kernels in their default configuration."""
-    mod = jit_copy(__name__.rsplit(".", 1)[0] + ".triton_kernels")
+    mod = jit_module(triton_kernels)
     blocks = default_blocks(hidden, capability=tuple(capability))
-    ty = "*" + TRITON_DTYPE[dtype]
+    ty = "*" + triton_dtype(dtype)
     meta = dict(IS_RMS=rms, HAS_BIAS=not rms, BLOCK_M=blocks.block_m,
                 BLOCK_N=triton.next_power_of_2(hidden))
     fwd_ptrs = dict(X=ty, R=ty, W=ty, B=ty, Y=ty, H=ty, MEAN="*fp32", RSTD="*fp32")

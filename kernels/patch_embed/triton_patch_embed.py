@@ -21,7 +21,7 @@ import torch
 import triton
 
 from .._platform import triton_interpreting
-from .._triton_aot import aot_signature, jit_module
+from .._aot import aot_kernel, jit_module
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()
@@ -77,7 +77,8 @@ def default_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
         return {"fwd": PatchEmbedBlocks(128, 64, 32, 8, 3),
                 "dweight": PatchEmbedBlocks(64, 64, 128, 8, 2),
                 "dimages": PatchEmbedBlocks(128, 32, 64, 8, 3)}[pass_]
-    return PatchEmbedBlocks(128, 64, 32, 4, 3)
+    # mma.sync (sm_80): 128-row tiles with 4 warps spilled (benchmarks.compile_report)
+    return PatchEmbedBlocks(64, 64, 32, 4, 3)
 
 
 def _capability(t: torch.Tensor) -> Optional[tuple]:
@@ -250,6 +251,7 @@ def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0))
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         ptrs = {p: ty for p in ("X", "Wt", "BIAS", "POS", "Y", "DY", "DW", "DX", "DPOS")}
         ptrs["PART"] = "*fp32"
-        out[name] = aot_signature(fn, ptrs, meta, blocks,
-                                  unit_strides=("stride_xc", "stride_wd", "stride_bias", "stride_pd"))
+        out[name] = aot_kernel(fn, pointers=ptrs, constexprs=meta, num_warps=blocks.num_warps,
+                               num_stages=blocks.num_stages, divisible_strides=False,
+                               unit_strides=("stride_xc", "stride_wd", "stride_bias", "stride_pd"))
     return out

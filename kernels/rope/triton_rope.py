@@ -12,6 +12,7 @@ Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts launc
 """
 import collections
 import dataclasses
+import sys
 from typing import Optional
 
 import torch
@@ -19,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .._platform import triton_interpreting
-from .._encoder_aot import TRITON_DTYPE, aot_kernel, jit_copy
+from .._aot import aot_kernel, jit_module, triton_dtype
 from . import spec
 from .spec import inv_freq64
 
@@ -124,9 +125,9 @@ def rope_triton(x, positions, *, theta: float, sections: int = 1, blocks: Option
 
 
 def aot_kernels(head_dim=128, dtype=torch.bfloat16, *, sections=1, capability=(9, 0)) -> dict:
-    mod = jit_copy(__name__)
+    mod = jit_module(sys.modules[__name__])
     blocks = default_blocks(head_dim, capability=tuple(capability))
-    ty = "*" + TRITON_DTYPE[dtype]
+    ty = "*" + triton_dtype(dtype)
     half = head_dim // (2 * sections)
     meta = dict(HEAD_DIM=head_dim, SECTIONS=sections, HALF=half,
                 BLOCK_HALF=triton.next_power_of_2(half), BLOCK_R=blocks.block_r)
