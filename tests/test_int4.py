@@ -178,6 +178,20 @@ def test_pallas_lowers_to_triton_for_cuda():
         assert re.findall(r"custom_call @(\S+)\(", exported.mlir_module()).count(call) == 1
 
 
+def test_benchmark_suite_checks_before_timing():
+    from benchmarks.hardware import Device
+    from benchmarks.suites.int4 import Int4BenchConfig, Int4Suite
+
+    cfg = Int4BenchConfig(rows=[3], shapes=[[128, 40]], group_size=64, asymmetric=True,
+                          torch_impls=["triton", "matmul"], jax_impls=["reference"])
+    suite = Int4Suite(cfg, Device(kind="cpu", name="cpu"), timer_factory=None)
+    for case, fw, impl in suite.entries():
+        rec, timed = suite.check(case, fw, impl)
+        assert timed is not None and rec["max_error"] <= rec["tolerance"], (fw, impl, rec)
+        assert rec["bytes"] == (128 * 40 * 4 + 3 * 128 * 4 if impl == "matmul"
+                                else 128 * 40 // 2 + 2 * 2 * 2 * 40 + 3 * 128 * 4)
+
+
 # --- ahead-of-time compile for sm_90 (fresh process) ----------------------------------------
 
 AOT_JOBS = {  # job -> (x dtype, rows, asymmetric, expect wgmma)
