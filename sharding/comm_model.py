@@ -1,0 +1,162 @@
+"""Modeled per-device memory, collectives and FLOPs of one training step under a Plan.
+
+Everything here is a model (labeled so wherever it is printed), calibrated against what
+XLA's SPMD partitioner emits for the same step (tests/test_profile.py compares the
+collectives of the compiled 8-device step with ``collectives`` within 10% per kind).
+Collective bytes use the convention of ``sharding/hlo.py``: the full logical buffer of each
+collective (gathered result, unreduced operand). Wire time: ring algorithms move
+(n-1)/n of that buffer per device for all-gather / reduce-scatter and 2(n-1)/n for
+all-reduce.
+
+Counted per step (L layers, a = one [batch_local, seq_local, width] activation):
+  dp / sp / fsdp axes: one gradient reduction over every parameter (reduce-scatter where
+    fsdp shards it, all-reduce otherwise; the CPU backend forms no reduce-scatter, so
+    ``backend="cpu"`` counts it as an all-reduce; batch and sequence axes are reduced by
+    separate all-reduces, as XLA emits them). With a replicated tied embedding the
+    lookup's and the head's gradients are reduced separately (XLA does not add first).
+  fsdp: an all-gather of every sharded parameter (1-D norm scales again in the backward;
+    every parameter again with remat) and of the token ids for the embedding lookup.
+  tp: per layer 5 all-reduces of a (o_proj, down_proj forward; their input gradients and the
+    norm-input gradient backward; +2 with remat) plus dK, dV when kv heads are replicated;
+    the vocab-parallel lookup and head input-gradient (2a) and 3 cross-entropy statistics.
+  sp: per layer an all-gather of K and V over the sequence axis forward and a reduction of
+    their gradients backward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.config import ModelConfig, param_specs
+from sharding.rules import Plan, param_axes
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One training step: global batch (sequences), sequence length, dtypes, remat."""
+
+    global_batch: int
+    seq_len: int
+    param_bytes: int = 4  # fp32 master parameters (and their gradients)
+    act_bytes: int = 2  # bf16 activations
+    opt_bytes: int = 8  # Adam m and v in fp32
+    remat: bool = False
+
+    def __post_init__(self):
+        for name in ("global_batch", "seq_len", "param_bytes", "act_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def local_tokens(plan: Plan, wl: Workload) -> tuple[int, int]:
+    nb = plan.axis_product(plan.act_rules.get("batch", ()))
+    ns = plan.axis_product(plan.act_rules.get("seq", ()))
+    return wl.global_batch // nb, wl.seq_len // ns
+
+
+def _kv_replicated(plan: Plan, cfg: ModelConfig) -> bool:
+    axes = param_axes(plan, cfg)["model.layers.0.self_attn.k_proj.weight"][0]
+    return plan.mesh["tensor"] > 1 and not axes
+
+
+def collectives(cfg: ModelConfig, plan: Plan, wl: Workload, *, backend: str = "gpu") -> list[dict]:
+    """Modeled collectives of one step: dicts kind, axes, bytes (full buffer), what, overlap."""
+    out = []
+
+    def add(kind, axes, nbytes, what, overlap):
+        axes = tuple(a for a in axes if plan.mesh[a] > 1)
+        if axes and nbytes:
+            out.append(dict(kind=kind, axes=axes, bytes=int(nbytes), what=what, overlap=overlap))
+
+    specs, paxes = param_specs(cfg), param_axes(plan, cfg)
+    b, s = local_tokens(plan, wl)
+    a = b * s * cfg.width * wl.act_bytes
+    L = cfg.layers
+    reduce_axes = tuple(dict.fromkeys(plan.act_rules.get("batch", ()) + plan.act_rules.get("seq", ())))
+    fsdp = plan.mesh["fsdp"] > 1
+
+    # gradient reduction (and FSDP gathers), parameter by parameter
+    rs = ar = ag = 0
+    for name, (shape, _) in specs.items():
+        dims = paxes[name]
+        tp_split = plan.axis_product([x for d in dims for x in d if x == "tensor"])
+        full = _numel(shape) // tp_split * wl.param_bytes  # buffer over the fsdp group
+        fsdp_sharded = any("fsdp" in d for d in dims)
+        if fsdp_sharded:
+            gathers = 2 if (len(shape) == 1 or wl.remat) else 1
+            ag += gathers * full
+            if backend == "cpu":
+                ar += full
+            else:
+                rs += full
+                rest = tuple(x for x in reduce_axes if x != "fsdp")
+                if rest:
+                    add("all-reduce", rest, full // plan.mesh["fsdp"], "gradients (replicas)", True)
+        elif reduce_axes:
+            ar += full
+            if name == "model.embed_tokens.weight":
+                ar += full  # tied: lookup and head gradients reduced separately
+    if fsdp:
+        add("all-gather", ("fsdp",), ag, "FSDP parameter gathers", True)
+        add("all-gather", ("fsdp",), b * plan.mesh["fsdp"] * s * 4, "token ids for the lookup", False)
+        if rs:
+            add("reduce-scatter", ("fsdp",), rs, "FSDP gradient reduce-scatter", True)
+    # XLA reduces over the batch axes and over the sequence axis in separate all-reduces
+    groups = sum(1 for g in ("batch", "seq") if any(plan.mesh[x] > 1 for x in plan.act_rules.get(g, ())))
+    add("all-reduce", reduce_axes, ar * max(groups, 1), "gradient all-reduce", True)
+    add("all-reduce", reduce_axes, 4, "loss", False)
+
+    if plan.mesh["tensor"] > 1:
+        per_layer = (7 if wl.remat else 5) * a
+        if _kv_replicated(plan, cfg):
+            per_layer += 2 * b * s * cfg.kv_heads * cfg.head_dim * wl.act_bytes
+        add("all-reduce", ("tensor",), L * per_layer, "Megatron activation all-reduces", False)
+        add("all-reduce", ("tensor",), 2 * a + 3 * b * s * 4, "vocab-parallel embedding / loss", False)
+    if plan.mesh["seq"] > 1:
+        kv = 2 * b * s * plan.mesh["seq"] * cfg.kv_heads * cfg.head_dim * wl.act_bytes
+        add("all-gather", ("seq",), L * kv * (2 if wl.remat else 1), "K/V gathers (context parallel)", False)
+        add("reduce-scatter" if backend != "cpu" else "all-reduce", ("seq",), L * kv,
+            "dK/dV reduction (context parallel)", False)
+    return out
+
+
+def by_kind(items: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        out[it["kind"]] = out.get(it["kind"], 0) + it["bytes"]
+    return out
+
+
+def memory(cfg: ModelConfig, plan: Plan, wl: Workload) -> dict[str, float]:
+    """Modeled bytes per device: params, grads, optimizer state, activations (saved for backward)."""
+    specs, paxes = param_specs(cfg), param_axes(plan, cfg)
+    n_local = sum(_numel(shape) // plan.axis_product([x for d in paxes[n] for x in d])
+                  for n, (shape, _) in specs.items())
+    b, s = local_tokens(plan, wl)
+    tp = plan.mesh["tensor"]
+    kv_div = 1 if _kv_replicated(plan, cfg) else tp
+    w, hd, kvd, m = cfg.width, cfg.heads * cfg.head_dim // tp, cfg.kv_heads * cfg.head_dim // kv_div, cfg.mlp_dim // tp
+    # saved per token per layer: x, norm out (x2), q, k, v, attention out, gate, up, gelu*up
+    per_layer = (4 * w + 2 * hd + 2 * kvd + 3 * m) * wl.act_bytes
+    logits = cfg.vocab_size // tp * 4 * 2  # fp32 logits and their softmax
+    full = b * s * (cfg.layers * per_layer + logits)
+    remat = b * s * (cfg.layers * w * wl.act_bytes + per_layer + logits)
+    return {"params": n_local * wl.param_bytes, "grads": n_local * wl.param_bytes,
+            "optimizer": n_local * wl.opt_bytes, "activations": full, "activations_remat": remat,
+            "local_params": n_local}
+
+
+def flops(cfg: ModelConfig, plan: Plan, wl: Workload) -> dict[str, float]:
+    """Model FLOPs of the step (6 N T + attention) and hardware FLOPs per device (+ remat)."""
+    n_matmul = sum(_numel(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    tokens = wl.global_batch * wl.seq_len
+    attn = 12 * cfg.layers * cfg.heads * cfg.head_dim * wl.seq_len * tokens / 2  # causal half
+    model = 6 * n_matmul * tokens + attn
+    hardware = model * (4 / 3 if wl.remat else 1.0)
+    return {"model_flops": model, "device_flops": hardware / plan.devices}

@@ -1,0 +1,135 @@
+"""JAX back end: a Plan (sharding/rules.py) on a device mesh, and the sharded train step.
+
+Parameters get ``NamedSharding``s from the plan's parameter rules (so gradients and Adam
+state, created with the same shardings, are sharded the same way: ZeRO-3 under "fsdp");
+the batch gets the activation rules' ("batch", "seq") split. The step is one ``jax.jit``
+with explicit in/out shardings; XLA's SPMD partitioner inserts the collectives (all-gather
+of FSDP shards, reduce-scatter / all-reduce of gradients, Megatron all-reduces). Inside
+the model, activations are pinned by its hook ``model.jax_layers.with_logical_constraint``
+(logical names): ``activate(plan, cfg, mesh)`` maps them with the plan's activation rules.
+
+Limits: Pallas kernels are opaque custom calls to the SPMD partitioner (XLA would gather
+their inputs): run sharded steps with the model's "xla" or "reference" kernels, or use
+``sharding/ring_attention_jax.py`` (explicit shard_map) for context parallelism.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from model.config import ModelConfig, param_specs
+from model.jax_layers import logical_axis_rules
+from sharding.rules import MESH_AXES, Plan, activation_axes, param_axes, validate
+
+def make_mesh(plan: Plan, devices=None) -> jax.sharding.Mesh:
+    """A mesh with axes MESH_AXES sized by the plan (Auto axes: jit in/out shardings rule)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) != plan.devices:
+        raise ValueError(f"mesh product {plan.devices} ({plan.mesh}) differs from the device "
+                         f"count {len(devices)}")
+    return jax.make_mesh(plan.mesh_shape(), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def _spec(dim_axes) -> P:
+    return P(*[None if not a else (a[0] if len(a) == 1 else a) for a in dim_axes])
+
+
+def param_shardings(plan: Plan, cfg: ModelConfig, mesh) -> dict[str, NamedSharding]:
+    return {name: NamedSharding(mesh, _spec(axes)) for name, axes in param_axes(plan, cfg).items()}
+
+
+def batch_sharding(plan: Plan, cfg: ModelConfig, mesh) -> NamedSharding:
+    """tokens / targets [B, S]."""
+    return NamedSharding(mesh, _spec(activation_axes(plan, cfg, ("batch", "seq"))))
+
+
+def logical_rules(plan: Plan, cfg: ModelConfig) -> dict:
+    """Activation rules for ``model.jax_layers.logical_axis_rules``: logical name -> mesh axes.
+
+    Names whose model dimension the mesh does not divide (MQA's one kv head under "tp") map
+    to None (replicated).
+    """
+    out = {}
+    for name in ("batch", "seq", "embed", "heads", "kv_heads", "mlp", "vocab"):
+        (axes,) = activation_axes(plan, cfg, (name,))
+        out[name] = None if not axes else (axes[0] if len(axes) == 1 else axes)
+    return out
+
+
+def activate(plan: Plan, cfg: ModelConfig, mesh):
+    """Context manager: the model's ``with_logical_constraint`` hook maps names with ``plan``."""
+    return logical_axis_rules(logical_rules(plan, cfg), mesh)
+
+
+# --- training step ------------------------------------------------------------------------
+
+def cross_entropy(logits, targets):
+    """Mean next-token cross-entropy in fp32; logits [B, S, V], targets [B, S]."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.mean(lse - picked)
+
+
+def adam_init(params):
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    return {"m": zeros, "v": jax.tree.map(jnp.copy, zeros), "step": jnp.zeros((), jnp.int32)}
+
+
+def adam_update(params, grads, opt, *, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
+    step = opt["step"] + 1
+    m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g.astype(jnp.float32), opt["m"], grads)
+    v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)), opt["v"], grads)
+    c1, c2 = 1 - b1 ** step.astype(jnp.float32), 1 - b2 ** step.astype(jnp.float32)
+    new = jax.tree.map(lambda p, m, v: (p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps)).astype(p.dtype),
+                       params, m, v)
+    return new, {"m": m, "v": v, "step": step}
+
+
+def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None):
+    return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels), targets)
+
+
+def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None, batch: int,
+                    seq_len: int, optimizer: bool = True):
+    """jit(step) with the plan's shardings. Validates the plan first (no compilation on error).
+
+    step(params, opt, tokens, targets) -> (loss, grads, new_params, new_opt) when ``optimizer``
+    else step(params, tokens, targets) -> (loss, grads). Gradients, parameters and Adam
+    moments leave the step sharded like the parameters.
+    """
+    validate(plan, cfg, batch=batch, seq_len=seq_len)
+    ps = param_shardings(plan, cfg, mesh)
+    bs = batch_sharding(plan, cfg, mesh)
+    scalar = NamedSharding(mesh, P())
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, forward=forward, cfg=cfg, kernels=kernels))
+
+    def grads_only(params, tokens, targets):
+        with activate(plan, cfg, mesh):
+            return grad_fn(params, tokens, targets)
+
+    if not optimizer:
+        return jax.jit(grads_only, in_shardings=(ps, bs, bs), out_shardings=(scalar, ps))
+
+    def step(params, opt, tokens, targets):
+        loss, grads = grads_only(params, tokens, targets)
+        new, opt = adam_update(params, grads, opt)
+        return loss, grads, new, opt
+
+    os_ = {"m": ps, "v": ps, "step": scalar}
+    return jax.jit(step, in_shardings=(ps, os_, bs, bs), out_shardings=(scalar, ps, ps, os_),
+                   donate_argnums=())
+
+
+def shard_params(params: dict, plan: Plan, cfg: ModelConfig, mesh) -> dict:
+    """device_put every parameter with its sharding (names must match param_specs)."""
+    specs = param_specs(cfg)
+    if set(params) != set(specs):
+        missing, extra = sorted(set(specs) - set(params)), sorted(set(params) - set(specs))
+        raise ValueError(f"parameter names differ from param_specs: missing {missing[:3]}, extra {extra[:3]}")
+    ps = param_shardings(plan, cfg, mesh)
+    return {k: jax.device_put(v, ps[k]) for k, v in params.items()}

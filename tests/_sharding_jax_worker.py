@@ -1,0 +1,108 @@
+"""Helper process for tests/test_sharding_jax.py and tests/test_profile.py (not collected).
+
+    python tests/_sharding_jax_worker.py '<json: {"seed", "cases": [{"strategy", "mesh"}...]}>'
+
+Runs with 8 simulated CPU devices (XLA_FLAGS set before JAX starts). For each case: one
+sharded train step of a tiny model (model.jax_model, reference kernels, fp32) against the
+unsharded step (loss, gradients, updated parameters), each parameter's / gradient's / Adam
+moment's addressable shard shape against sharding.rules.shard_shape, and the collectives
+of the compiled step (sharding.hlo) beside the modeled ones (sharding.comm_model,
+backend="cpu"). Prints one ``RESULT {json}`` line per case, then ``CHECK {json}`` lines for
+the bad-input errors (raised before compilation).
+"""
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from model.config import KernelConfig, ModelConfig, param_specs  # noqa: E402
+from model.jax_model import forward, init_params  # noqa: E402
+from sharding import comm_model as cm  # noqa: E402
+from sharding import jax_sharding as js  # noqa: E402
+from sharding.hlo import collectives  # noqa: E402
+from sharding.rules import make_plan, param_axes, shard_shape  # noqa: E402
+
+CFG = ModelConfig(vocab_size=256, width=64, layers=2, heads=8, kv_heads=1, head_dim=16, mlp_dim=256)
+KERNELS = KernelConfig("reference")
+B, S = 8, 16
+
+
+def _err(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def run_case(case, params, tokens, targets, ref):
+    plan = make_plan(case["strategy"], case["mesh"], 8)
+    mesh = js.make_mesh(plan)
+    step = js.make_train_step(forward, CFG, plan, mesh, kernels=KERNELS, batch=B, seq_len=S)
+    sp = js.shard_params(params, plan, CFG, mesh)
+    opt = js.adam_init(sp)
+    compiled = step.lower(sp, opt, tokens, targets).compile()
+    loss, grads, new, opt2 = compiled(sp, opt, tokens, targets)
+    axes = param_axes(plan, CFG)
+    shard_ok, worst = True, None
+    for name, (shape, _) in param_specs(CFG).items():
+        want = shard_shape(shape, axes[name], plan)
+        for what, arr in (("param", new[name]), ("grad", grads[name]), ("adam_m", opt2["m"][name])):
+            got = {tuple(s.data.shape) for s in arr.addressable_shards}
+            if got != {want}:
+                shard_ok, worst = False, f"{what} {name}: shards {got}, promised {want}"
+    ref_loss, ref_grads, ref_new = ref
+    grad_scale = max(float(np.max(np.abs(g))) for g in ref_grads.values())
+    measured = {k: v["bytes"] for k, v in collectives(compiled.as_text()).items()}
+    modeled = cm.by_kind(cm.collectives(CFG, plan, cm.Workload(B, S, 4, 4), backend="cpu"))
+    return dict(strategy=case["strategy"], mesh=plan.mesh, loss=float(loss), ref_loss=float(ref_loss),
+                grad_err=max(_err(grads[k], ref_grads[k]) for k in grads), grad_scale=grad_scale,
+                param_err=max(_err(new[k], ref_new[k]) for k in new), shard_ok=shard_ok, shard_issue=worst,
+                measured=measured, modeled=modeled)
+
+
+def checks():
+    """Bad inputs: each must raise ValueError before anything compiles."""
+    big = ModelConfig(vocab_size=256, width=64, layers=1, heads=6, kv_heads=1, head_dim=16, mlp_dim=200)
+    cases = {
+        "mesh_product": lambda: make_plan("fsdp+tp", {"fsdp": 2, "tensor": 2}, 8),
+        "unknown_strategy": lambda: make_plan("zero9", {"data": -1}, 8),
+        "heads": lambda: js.make_train_step(forward, big, make_plan("dp+tp", {"tensor": 4, "data": 2}, 8),
+                                            None, batch=B, seq_len=S),
+        "mlp": lambda: js.make_train_step(forward, ModelConfig(vocab_size=256, width=64, layers=1, heads=8,
+                                                               head_dim=16, mlp_dim=100),
+                                          make_plan("tp", {"tensor": 8}, 8), None, batch=B, seq_len=S),
+        "seq": lambda: js.make_train_step(forward, CFG, make_plan("sp", {"seq": 8}, 8), None, batch=B, seq_len=12),
+        "batch": lambda: js.make_train_step(forward, CFG, make_plan("dp", {"data": 8}, 8), None, batch=6, seq_len=S),
+        "unused_axis": lambda: make_plan("fsdp", {"fsdp": 4, "tensor": 2}, 8),
+        "two_inferred": lambda: make_plan("fsdp+tp", {"fsdp": -1, "tensor": -1}, 8),
+    }
+    for name, fn in cases.items():
+        try:
+            fn()
+            print("CHECK " + json.dumps({"check": name, "error": None}))
+        except ValueError as e:
+            print("CHECK " + json.dumps({"check": name, "error": str(e)}))
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    assert len(jax.devices()) == 8, jax.devices()
+    params = init_params(CFG, jax.random.key(spec["seed"] % 2**31))
+    rng = np.random.default_rng(spec["seed"])
+    tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (B, S)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, CFG.vocab_size, (B, S)), jnp.int32)
+    with jax.default_device(jax.devices()[0]):
+        loss, grads = jax.value_and_grad(js.loss_fn)(params, tokens, targets, forward=forward, cfg=CFG,
+                                                     kernels=KERNELS)
+        new, _ = js.adam_update(params, grads, js.adam_init(params))
+    ref = (loss, grads, new)
+    for case in spec["cases"]:
+        print("RESULT " + json.dumps(run_case(case, params, tokens, targets, ref)), flush=True)
+    checks()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Scaling profiles (sharding/profile.py, sharding/comm_model.py): table, PNG, results file.
+
+The compiler check of the modeled collectives lives in tests/test_sharding_jax.py (it needs
+the 8-device JAX helper process); here: the modeled numbers' internal consistency, the CLI
+outputs and the refusal of bad input.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from model.config import PRESETS, param_count
+from sharding import comm_model as cm
+from sharding.profile import main
+from sharding.rules import make_plan
+
+
+def test_cli_writes_table_png_and_results(tmp_path, capsys):
+    payload = main(["model=nano2", "strategy=[fsdp,dp,tp]", "hardware=h100_sxm", "devices=[8,64,1024]",
+                    f"out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "MODELED" in out
+    assert os.path.getsize(payload["png"]) > 10_000
+    files = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    saved = json.load(open(tmp_path / files[0]))
+    assert saved["modeled"] is True and saved["provenance"]["versions"]["jax"]
+    rows = {(r["strategy"], r["devices"]): r for r in saved["rows"]}
+    # nano2's width 2560 does not split 1024 ways: refused with the axis and the dimension
+    assert rows[("fsdp", 1024)]["status"] == "invalid"
+    assert "mesh.fsdp=1024" in rows[("fsdp", 1024)]["reason"] and "width=2560" in rows[("fsdp", 1024)]["reason"]
+    ok = rows[("fsdp", 64)]
+    assert 0 < ok["mfu"] < 1 and ok["step_s"] >= ok["compute_s"]
+
+
+def test_memory_model_shards_what_the_strategy_promises():
+    cfg = PRESETS["nano2"]
+    wl = cm.Workload(global_batch=64, seq_len=2048)
+    n = param_count(cfg)
+    dp = cm.memory(cfg, make_plan("dp", {"data": -1}, 64), wl)
+    fsdp = cm.memory(cfg, make_plan("fsdp", {"fsdp": -1}, 64), wl)
+    assert dp["local_params"] == n and fsdp["local_params"] == n // 64
+    assert fsdp["optimizer"] == 2 * fsdp["params"] and dp["activations_remat"] < dp["activations"]
+    tp = cm.memory(cfg, make_plan("dp+tp", {"data": -1, "tensor": 2}, 64), wl)
+    # MQA: the one kv head stays whole under tensor parallelism
+    kv = 2 * cfg.layers * cfg.kv_heads * cfg.head_dim * cfg.width
+    assert tp["local_params"] == (n - kv - cfg.width * (2 * cfg.layers + 1)) // 2 + kv + cfg.width * (2 * cfg.layers + 1)
+
+
+def test_remat_adds_gathers_and_compute():
+    cfg = PRESETS["nano1"]
+    plan = make_plan("fsdp", {"fsdp": -1}, 16)
+    a = cm.by_kind(cm.collectives(cfg, plan, cm.Workload(16, 1024)))
+    b = cm.by_kind(cm.collectives(cfg, plan, cm.Workload(16, 1024, remat=True)))
+    assert b["all-gather"] > 1.9 * a["all-gather"] * 0.99 and b["reduce-scatter"] == a["reduce-scatter"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["strategy=zero9"], "unknown strategy 'zero9'"),
+    (["hardware=cpu"], "no datasheet peak"),
+    (["model=huge"], "unknown model 'huge'"),
+    (["devices=[8]", "mesh.tensor=3"], "not divisible by the product 3"),
+    (["bogus=1"], "unknown options"),
+])
+def test_bad_input(tmp_path, argv, fragment):
+    try:
+        payload = main([*argv, f"out_dir={tmp_path}"])
+    except ValueError as e:
+        assert fragment in str(e)
+        return
+    reasons = " ".join(r.get("reason", "") for r in payload["rows"])
+    assert fragment in reasons, reasons
