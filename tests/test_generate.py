@@ -180,11 +180,12 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def torch_model():
     """A small model with weights large enough that attention and the MLP move the argmax
-    (at the usual 0.02 init, greedy just repeats the last token and proves nothing)."""
+    (at the usual 0.02 init, greedy just repeats the last token and proves nothing). Seed 2:
+    the greedy top-1 / top-2 logit gap is >= 0.48 at every step, far above rounding noise."""
     from model.torch_model import GeminiModel
 
     model = GeminiModel(CFG).eval()
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
@@ -338,3 +339,29 @@ def test_greedy_with_decode_kernel(framework, kernels, torch_model, jax_params, 
     else:
         out = generate(jax_params, PROMPTS, max_new_tokens=4, framework="jax", cfg=CFG, kernels=kernels)
     assert out.tokens == [row[:4] for row in greedy[framework]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_greedy_compiled_kernels_on_gpu(framework, torch_model, greedy):
+    """Compiled Triton / Pallas presets on a GPU give the CPU reference's greedy tokens, with
+    the cache and by recomputation (the >= 0.48 logit gap absorbs TF32 rounding)."""
+    if framework == "torch":
+        from model.torch_model import GeminiModel
+
+        kernels = KernelConfig(preset="triton")
+        model = GeminiModel(CFG, kernels).eval()
+        model.load_state_dict(torch_model.state_dict())
+        model = model.cuda()
+        run = lambda **kw: generate(model, PROMPTS, max_new_tokens=NEW, **kw).tokens  # noqa: E731
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        if jax.default_backend() != "gpu":
+            pytest.skip(f"JAX sees no GPU (backend {jax.default_backend()!r})")
+        params = {k: jnp.asarray(v.numpy()) for k, v in torch_model.state_dict().items()}
+        run = lambda **kw: generate(params, PROMPTS, max_new_tokens=NEW, framework="jax",  # noqa: E731
+                                    cfg=CFG, kernels="pallas", **kw).tokens
+    assert run() == greedy[framework]
+    assert run(use_cache=False) == greedy[framework]
