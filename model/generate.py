@@ -2,7 +2,7 @@
 
     out = generate(model_or_params, prompts, *, max_new_tokens, temperature=0.0, top_k=None,
                    top_p=None, seed=0, stop_tokens=None, framework="torch", kernels=None,
-                   cfg=None, tokenizer=None, use_cache=True)
+                   cfg=None, tokenizer=None, use_cache=True, embeds=None, embed_mask=None)
     out.tokens[i]  new ids of row i (ending with the stop id that ended it, if one did)
     out.texts[i]   their text through the tokenizer;  out.finish_reasons[i]  "stop" | "length"
 
@@ -11,6 +11,9 @@ may differ in length. With the cache (default) it is one prefill of the right-pa
 (the model's KV-cache forward; each row's cache length is then set to its own prompt
 length) and one ``decode_attention`` step per new token, every row at its own position.
 ``use_cache=False`` recomputes the whole sequence each step (the check of the cached path).
+Multimodal prompts: ``embeds`` [B, S, width] and ``embed_mask`` [B, S] (S >= the longest
+prompt, rows left-aligned as ``model/multimodal.py`` builds them) replace the token embedding
+of prompt positions where the mask is True (placeholders); generated tokens are text.
 Rows stop independently at a stop id (default: the tokenizer's eos); finished rows feed
 padding until every row has stopped or ``max_new_tokens`` are out.
 
@@ -122,7 +125,8 @@ def _plan(prompts, cfg: ModelConfig, tokenizer, *, max_new_tokens, temperature, 
 def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              stop_tokens: Sequence[int] | None = None, framework: str = "torch", kernels=None,
-             cfg: ModelConfig | None = None, tokenizer=None, use_cache: bool = True) -> Generation:
+             cfg: ModelConfig | None = None, tokenizer=None, use_cache: bool = True,
+             embeds=None, embed_mask=None) -> Generation:
     """Generate continuations of ``prompts`` (see the module docstring).
 
     torch: ``model_or_params`` is a ``GeminiModel`` (its cfg and kernels are used; ``kernels``,
@@ -151,13 +155,51 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
             raise ValueError(f"framework='jax' needs cfg=ModelConfig, got {cfg!r}")
     plan = _plan(prompts, cfg, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens)
+    media = _check_embeds(embeds, embed_mask, plan, cfg)
     if framework == "torch":
-        steps = _generate_torch(model_or_params, plan, use_cache=use_cache)
+        steps = _generate_torch(model_or_params, plan, media, use_cache=use_cache)
     else:
-        steps = _generate_jax(model_or_params, cfg, kernels or KernelConfig(), plan, use_cache=use_cache)
+        steps = _generate_jax(model_or_params, cfg, kernels or KernelConfig(), plan, media,
+                              use_cache=use_cache)
     tokens = _trim(steps, plan)
     reasons = ["stop" if t and t[-1] in plan.stop_tokens else "length" for t in tokens]
     return Generation(tokens, reasons, tokenizer)
+
+
+def _check_embeds(embeds, embed_mask, plan: _Plan, cfg: ModelConfig):
+    """None, or (embeds [B, width, W], mask [B, width]) as numpy, padded to the whole
+    generation (``width`` = longest prompt + max_new_tokens; False beyond the prompts)."""
+    if embeds is None and embed_mask is None:
+        return None
+    import numpy as np
+
+    if embeds is None or embed_mask is None:
+        raise ValueError("embeds and embed_mask come together (got only "
+                         f"{'embeds' if embed_mask is None else 'embed_mask'})")
+    def to_np(x):  # bf16 has no numpy twin in torch: float32 (exact), cast back to the model's later
+        if hasattr(x, "detach"):
+            x = x.detach().cpu()
+            x = x.float() if x.is_floating_point() else x
+        return np.asarray(x)
+
+    e, m = to_np(embeds), to_np(embed_mask)
+    if e.dtype.name == "bfloat16":  # a JAX bf16 array (ml_dtypes)
+        e = e.astype(np.float32)
+    b, s = len(plan.rows), max(plan.lengths)
+    if e.ndim != 3 or e.shape[0] != b or e.shape[1] < s or e.shape[2] != cfg.width:
+        raise ValueError(f"embeds must be [batch={b}, S >= {s} (longest prompt), width={cfg.width}], "
+                         f"got shape {e.shape}")
+    if m.shape != e.shape[:2] or m.dtype != np.bool_:
+        raise ValueError(f"embed_mask must be bool {e.shape[:2]}, got {m.dtype} {m.shape}")
+    for i, n in enumerate(plan.lengths):
+        if m[i, n:].any():
+            raise ValueError(f"embed_mask row {i} is True at position {n + int(np.argmax(m[i, n:]))}, "
+                             f"past its prompt length {n}")
+    width = s + plan.max_new_tokens
+    full_e = np.zeros((b, width, cfg.width), e.dtype)
+    full_m = np.zeros((b, width), bool)
+    full_e[:, :s], full_m[:, :s] = e[:, :s], m[:, :s]
+    return full_e, full_m
 
 
 def _trim(steps: list[list[int]], plan: _Plan) -> list[list[int]]:
@@ -185,7 +227,7 @@ def _padded(plan: _Plan, width: int):
 
 # --- PyTorch loop ---
 
-def _generate_torch(model, plan: _Plan, *, use_cache: bool) -> list[list[int]]:
+def _generate_torch(model, plan: _Plan, media, *, use_cache: bool) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import torch
 
@@ -202,17 +244,21 @@ def _generate_torch(model, plan: _Plan, *, use_cache: bool) -> list[list[int]]:
     width = max(plan.lengths) + plan.max_new_tokens
     seq = torch.from_numpy(_padded(plan, width)).to(device=device, dtype=torch.long)  # (B, width)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    mm = {}  # embeds (B, width, W), embed_mask (B, width)
+    if media is not None:
+        mm = dict(embeds=torch.from_numpy(media[0]).to(device=device, dtype=weight.dtype),
+                  embed_mask=torch.from_numpy(media[1]).to(device))
     steps = []
     with torch.no_grad():
         if use_cache:
             s = max(plan.lengths)
             cache = KVCache.create(cfg, b, width - 1, dtype=weight.dtype, device=device)
-            logits = model(seq[:, :s], cache=cache)  # prefill (B, S, V)
+            logits = model(seq[:, :s], cache=cache, **{k: v[:, :s] for k, v in mm.items()})  # (B, S, V)
             cache.lengths = lengths.to(torch.int32)  # each row's own prompt length
             last = logits[rows, lengths - 1]  # (B, V)
         for t in range(plan.max_new_tokens):
             if not use_cache:  # whole sequence each step; causal, so the padding after is ignored
-                last = model(seq)[rows, lengths + t - 1]
+                last = model(seq, **mm)[rows, lengths + t - 1]
             last[:, plan.vocab_limit:] = float("-inf")
             tok = sample_torch(last, plan.sampling, gen)  # (B,)
             tok = torch.where(done, plan.pad_id, tok)
@@ -237,15 +283,16 @@ def _jax_model_fns(cfg: ModelConfig, kernel_fields: tuple, batch: int, cache_len
     from model.jax_model import KVCache, forward
 
     kernels = KernelConfig(*kernel_fields)
-    run = lambda p, tokens, cache=None: forward(p, tokens, cfg=cfg, kernels=kernels, cache=cache)  # noqa: E731
+    def run(p, tokens, cache=None, **mm):
+        return forward(p, tokens, cfg=cfg, kernels=kernels, cache=cache, **mm)
 
-    def prefill(p, tokens, lengths):  # (B, S) -> last logits (B, V), cache at each row's own length
+    def prefill(p, tokens, lengths, mm):  # (B, S) -> last logits (B, V), cache at each row's length
         rows = jax.numpy.arange(batch)
-        logits, cache = run(p, tokens, KVCache.create(cfg, batch, cache_len, dtype=dtype))
+        logits, cache = run(p, tokens, KVCache.create(cfg, batch, cache_len, dtype=dtype), **mm)
         return logits[rows, lengths - 1], cache._replace(lengths=lengths)
 
-    def recompute(p, seq, positions):  # whole sequence; causal, so the padding after is ignored
-        return run(p, seq)[jax.numpy.arange(batch), positions]
+    def recompute(p, seq, positions, mm):  # whole sequence; causal, so the padding after is ignored
+        return run(p, seq, **mm)[jax.numpy.arange(batch), positions]
 
     def decode(p, cache, tok):  # (B,) -> last logits (B, V), cache one longer per row
         logits, cache = run(p, tok[:, None], cache)
@@ -271,7 +318,7 @@ def _jax_choose(sampling: SamplingConfig, vocab_limit: int, pad_id: int, stop_to
     return jax.jit(choose)
 
 
-def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, *,
+def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, media, *,
                   use_cache: bool) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import jax
@@ -288,12 +335,17 @@ def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, 
     seq = jnp.asarray(_padded(plan, width))  # (B, width)
     base_key = jax.random.key(plan.seed)
     done = jnp.zeros((b,), bool)
+    mm = {}  # embeds (B, width, W), embed_mask (B, width)
+    if media is not None:
+        mm = dict(embeds=jnp.asarray(media[0], params["model.embed_tokens.weight"].dtype),
+                  embed_mask=jnp.asarray(media[1]))
     if use_cache:
-        last, cache = prefill(params, seq[:, :max(plan.lengths)], lengths)
+        s = max(plan.lengths)
+        last, cache = prefill(params, seq[:, :s], lengths, {k: v[:, :s] for k, v in mm.items()})
     steps = []
     for t in range(plan.max_new_tokens):
         if not use_cache:
-            last = recompute(params, seq, lengths + t - 1)
+            last = recompute(params, seq, lengths + t - 1, mm)
         tok, done = choose(last, done, jax.random.fold_in(base_key, t))
         steps.append(tok)
         if t == plan.max_new_tokens - 1 or bool(done.all()):

@@ -365,3 +365,28 @@ def test_greedy_compiled_kernels_on_gpu(framework, torch_model, greedy):
                                     cfg=CFG, kernels="pallas", **kw).tokens
     assert run() == greedy[framework]
     assert run(use_cache=False) == greedy[framework]
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_multimodal_prompt_embeds(framework, torch_model, jax_params, greedy):
+    """embeds at placeholder positions: the token's own embedding gives the text-only greedy
+    tokens; other embeddings change them, with the cache equal to recomputation."""
+    s = max(len(p) for p in PROMPTS)
+    mask = np.zeros((len(PROMPTS), s), bool)
+    mask[0, 2:5] = mask[2, 1] = True  # inside rows 0 and 2 (lengths 7 and 5)
+    table = torch_model.model.embed_tokens.weight.detach()
+    padded = torch.tensor([p + [0] * (s - len(p)) for p in PROMPTS])
+    own = (table[padded] * CFG.width ** 0.5).numpy()  # what the model would embed itself
+    other = np.random.default_rng(0).standard_normal(own.shape).astype(np.float32) * 8
+    assert _gen(framework, torch_model, jax_params, embeds=own, embed_mask=mask).tokens == greedy[framework]
+    cached = _gen(framework, torch_model, jax_params, embeds=other, embed_mask=mask).tokens
+    assert cached == _gen(framework, torch_model, jax_params, embeds=other, embed_mask=mask,
+                          use_cache=False).tokens
+    assert cached[1] == greedy[framework][1]  # the row without placeholders is untouched
+    assert cached[0] != greedy[framework][0] and cached[2] != greedy[framework][2]
+    bad = mask.copy()
+    bad[1, 1] = True
+    with pytest.raises(ValueError, match="embed_mask row 1 is True at position 1, past its prompt length 1"):
+        _gen(framework, torch_model, jax_params, embeds=other, embed_mask=bad)
+    with pytest.raises(ValueError, match=r"embeds must be \[batch=3, S >= 7 \(longest prompt\), width=64\]"):
+        _gen(framework, torch_model, jax_params, embeds=other[:, :5], embed_mask=mask[:, :5])
