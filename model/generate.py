@@ -43,6 +43,8 @@ FRAMEWORKS = ("torch", "jax")
 
 @dataclass
 class Generation:
+    """Per-row new ids (with the stop id that ended the row), "stop" | "length", and text."""
+
     tokens: list[list[int]]
     finish_reasons: list[str]
     tokenizer: Any = field(repr=False)
