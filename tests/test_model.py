@@ -7,6 +7,7 @@ checkpoint); KV-cache prefill + per-row decode; every kernel preset.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -21,8 +22,8 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import KernelConfig, ModelConfig, param_specs
 from model.torch_model import GeminiModel, KVCache
 
-# GQA, softcaps, local (window 3) layers 0 and 2, global layer 1, non-default scale and theta.
-FULL = ModelConfig(name="full", vocab_size=96, width=64, layers=3, heads=4, kv_heads=2, head_dim=16,
+# GQA, softcaps, local (window 3) layer 0, global layer 1, non-default scale and theta.
+FULL = ModelConfig(name="full", vocab_size=96, width=64, layers=2, heads=4, kv_heads=2, head_dim=16,
                    mlp_dim=96, max_seq_len=64, rope_theta=500.0, attn_softcap=2.0, final_softcap=5.0,
                    local_window=3, local_every=2, query_scale=0.3)
 PLAIN = ModelConfig(name="plain", vocab_size=80, width=32, layers=2, heads=2, kv_heads=1, head_dim=16,
@@ -89,8 +90,9 @@ def torch_model(cfg, params, preset="reference"):
 
 
 def jax_forward(cfg, params, preset="reference", **kw):
-    return jax_model.forward({k: jnp.asarray(v) for k, v in params.items()}, kw.pop("tokens"), cfg=cfg,
-                             kernels=KernelConfig(preset), **kw)
+    """Jitted (one compile is cheaper than eager per-op dispatch at these sizes)."""
+    fwd = jax.jit(functools.partial(jax_model.forward, cfg=cfg, kernels=KernelConfig(preset)))
+    return fwd({k: jnp.asarray(v) for k, v in params.items()}, kw.pop("tokens"), **kw)
 
 
 def err(x, ref):
@@ -140,7 +142,7 @@ def test_torch_and_jax_from_one_checkpoint_match_float64(full_case, tmp_path):
     m = GeminiModel(cfg)
     m.load_state_dict(tp)
     out_t = m(torch.from_numpy(tokens)).detach().numpy()
-    out_j = np.asarray(jax_model.forward(jp, jnp.asarray(tokens), cfg=cfg))
+    out_j = np.asarray(jax.jit(functools.partial(jax_model.forward, cfg=cfg))(jp, jnp.asarray(tokens)))
     assert out_t.dtype == out_j.dtype == np.float32 and out_t.shape == (2, 11, cfg.vocab_size)
     assert err(out_t, ref) <= bound(base, ref)
     assert err(out_j, ref) <= bound(base, ref)
@@ -194,7 +196,7 @@ def test_loss_and_gradients_match_across_frameworks(full_case):
         lp = jax.nn.log_softmax(lg, -1)
         return -jnp.take_along_axis(lp, jnp.asarray(targets)[..., None], -1).mean()
 
-    loss_j, grads = jax.value_and_grad(loss_fn)({k: jnp.asarray(v) for k, v in params.items()})
+    loss_j, grads = jax.jit(jax.value_and_grad(loss_fn))({k: jnp.asarray(v) for k, v in params.items()})
     assert abs(float(loss_j) - float(loss_t)) <= 1e-5 * max(1.0, abs(float(loss_t)))
     torch_grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
     assert set(grads) == set(torch_grads) == set(param_specs(cfg))
@@ -232,8 +234,7 @@ def _cached_logits_jax(cfg, params, tokens, prompt_lens, preset):
     cache = jax_model.KVCache.create(cfg, b, total + 1)
     t = jnp.asarray(tokens)
     out = np.zeros((b, total, cfg.vocab_size), np.float32)
-    pre, cache = jax_model.forward(p, t[:, : max(prompt_lens)], cfg=cfg, kernels=KernelConfig(preset),
-                                   cache=cache)
+    pre, cache = fwd(p, t[:, : max(prompt_lens)], cache)
     cache = cache._replace(lengths=jnp.asarray(prompt_lens, jnp.int32))
     for r, n in enumerate(prompt_lens):
         out[r, :n] = np.asarray(pre)[r, :n]
@@ -268,6 +269,7 @@ def test_cache_misuse_is_refused():
         m(torch.zeros(1, 2, dtype=torch.long), cache=cache)
     jc = jax_model.KVCache.create(cfg, 1, 4)._replace(lengths=jnp.asarray([4], jnp.int32))
     with pytest.raises(ValueError, match="too short"):
-        jax_forward(cfg, params, tokens=jnp.zeros((1, 1), jnp.int32), cache=jc)
+        jax_model.forward({k: jnp.asarray(v) for k, v in params.items()}, jnp.zeros((1, 1), jnp.int32),
+                          cfg=cfg, cache=jc)  # eager: the lengths are concrete and checked
     with pytest.raises(ValueError, match="max_len"):
         KVCache.create(cfg, 1, cfg.max_seq_len + 1)
