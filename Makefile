@@ -1,5 +1,5 @@
 # One-command setup: `make test` and `make bench` create .venv if missing, install the
-# pinned set (requirements.txt), then run. `make bench-gpu` is the prepared GPU run for
+# pinned set (requirements.txt, plus requirements-test.txt), then run. `make bench-gpu` is the prepared GPU run for
 # the device machines, which have their own torch/triton/jax and no network.
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,11 +11,11 @@ OUT ?= benchmarks/results
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-test.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -32,9 +32,9 @@ bench-gpu:
 	  --target /tmp/site .whl/*.whl; fi; \
 	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
-	timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
+	timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
 	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tail -40; \
-	timeout 330 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
+	timeout 360 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

@@ -9,6 +9,7 @@ from hydra.core.config_store import ConfigStore
 from benchmarks.suites.decode import DecodeBenchConfig
 from benchmarks.suites.elementwise import ElementwiseBenchConfig
 from benchmarks.suites.encoder_kernels import EncoderKernelsBenchConfig
+from benchmarks.suites.int4 import Int4BenchConfig
 
 
 @dataclass
@@ -18,6 +19,7 @@ class TimerConfig:
     max_runs: int = 50
     budget_s: float = 1.0
     interpret_runs: int = 1  # interpret-mode kernels: timed once, labeled "interpret"
+    cuda_graphs: bool = False  # torch on CUDA: time replays of a captured CUDA graph
 
 
 @dataclass
@@ -38,6 +40,7 @@ class AttentionBenchConfig:
     causal: list[bool] = field(default_factory=lambda: [True, False])
     dtype: str = "float32"
     directions: list[str] = field(default_factory=lambda: ["fwd", "fwd+bwd"])
+    max_bwd_seq: int = 0  # > 0: longer sequences run forward only (e.g. 128k prefill)
     torch_impls: list[str] = field(default_factory=lambda: ["triton", "sdpa", "reference"])
     jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
     check_rows: int = 64  # correctness: the last rows of q against the fp32 reference
@@ -52,7 +55,9 @@ class BenchConfig:
     decode: DecodeBenchConfig = field(default_factory=DecodeBenchConfig)
     elementwise: ElementwiseBenchConfig = field(default_factory=ElementwiseBenchConfig)
     encoder_kernels: EncoderKernelsBenchConfig = field(default_factory=EncoderKernelsBenchConfig)
+    int4: Int4BenchConfig = field(default_factory=Int4BenchConfig)
     telemetry_interval_s: float = 0.5
+    deadline_s: float = 0.0  # > 0: entries not started by then are reported skipped (results still written)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the GPU with torch
 
@@ -26,6 +27,7 @@ from benchmarks.suites.common import Skip, add_peer_ratios  # noqa: E402
 from benchmarks.suites.decode import DecodeSuite  # noqa: E402
 from benchmarks.suites.elementwise import ElementwiseSuite  # noqa: E402
 from benchmarks.suites.encoder_kernels import EncoderKernelsSuite  # noqa: E402
+from benchmarks.suites.int4 import Int4Suite  # noqa: E402
 from benchmarks.timing import Timer  # noqa: E402
 
 bench_config.register()
@@ -45,18 +47,20 @@ def make_timer_factory(device, tcfg):
             return Timer(kind, warmup=0, min_runs=tcfg.interpret_runs, max_runs=tcfg.interpret_runs,
                          budget_s=0.0, flush_l2_mb=0)
         return Timer(kind, warmup=tcfg.warmup, min_runs=tcfg.min_runs, max_runs=tcfg.max_runs,
-                     budget_s=tcfg.budget_s)
+                     budget_s=tcfg.budget_s, cuda_graphs=tcfg.cuda_graphs and framework == "torch")
 
     return factory
 
 
-def run_suite(suite, ceilings, device) -> list[dict]:
+def run_suite(suite, ceilings, device, deadline: float | None = None) -> list[dict]:
     records = []
     entries = list(suite.entries())
     for case, framework, impl in tqdm(entries, desc=suite.name, unit="case"):
         base = {"suite": suite.name, "case": case.id, "framework": framework,
                 "impl": impl, "config": case.__dict__}
         try:
+            if deadline is not None and time.monotonic() > deadline:
+                raise Skip("the run's deadline (bench.deadline_s) passed before this entry started")
             rec = suite.run(case, framework, impl)
         except Skip as e:
             rec = {"status": "skipped", "reason": str(e)}
@@ -80,6 +84,7 @@ def run_suite(suite, ceilings, device) -> list[dict]:
 @hydra.main(config_path="../conf", config_name="benchmark", version_base=None)
 def main(cfg) -> None:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    deadline = time.monotonic() + cfg.bench.deadline_s if cfg.bench.deadline_s > 0 else None
     device = detect_device()
     bcfg = cfg.bench
     timers = make_timer_factory(device, bcfg.timer)
@@ -97,9 +102,9 @@ def main(cfg) -> None:
     with sampler:
         for suite_cls, scfg in ((AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
                                 (ElementwiseSuite, bcfg.elementwise),
-                                (EncoderKernelsSuite, bcfg.encoder_kernels)):
+                                (EncoderKernelsSuite, bcfg.encoder_kernels), (Int4Suite, bcfg.int4)):
             if scfg.enabled:
-                records += run_suite(suite_cls(scfg, device, timers, cfg.seed), ceilings, device)
+                records += run_suite(suite_cls(scfg, device, timers, cfg.seed), ceilings, device, deadline)
     interpreted = any(r.get("mode") == "interpret" for r in records)
     payload = {
         "schema": "gemini-kernels-bench/1",

@@ -63,6 +63,8 @@ def cases(cfg) -> list[Case]:
         for kvh in cfg.kv_heads:
             for causal in cfg.causal:
                 for direction in cfg.directions:
+                    if direction != "fwd" and cfg.max_bwd_seq and seq > cfg.max_bwd_seq:
+                        continue
                     out.append(Case(batch, seq, cfg.heads, kvh, cfg.head_dim, causal, cfg.dtype,
                                     direction))
     return out
