@@ -1,0 +1,179 @@
+"""Training: data, losses, the loop (torch and JAX), resume, accumulation, distillation,
+kernel choices, short-budget retrieval accuracy, config errors. Micro shapes throughout."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from model import losses
+from model.data import RetrievalTask, TextWindows
+from model.tokenizer import EOS_ID, PAD_ID
+from model.train import learning_rate, train
+from model.train_config import register
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+register()
+# A micro model: 2 layers, width 32, MQA with 2 query heads of 16.
+MICRO = ["model.width=32", "model.layers=2", "model.heads=2", "model.head_dim=16", "model.mlp_dim=64",
+         "model.vocab_size=272"]
+SMALL_TASK = ["data.retrieval.pairs=4", "data.retrieval.key_len=1", "data.retrieval.value_len=1",
+              "data.retrieval.seq_len=24"]
+
+
+def cfg(*overrides, tmp=None):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        c = compose(config_name="train/tiny_retrieval",
+                    overrides=[*MICRO, *SMALL_TASK, "log_every=0", "eval.batches=1", "results_dir=null",
+                               "optim.warmup_steps=2", *overrides])
+    return c
+
+
+def quiet(*_):
+    pass
+
+
+# ---------------------------------------------------------------- data
+def test_retrieval_batches_are_deterministic_and_answerable():
+    task = RetrievalTask(pairs=6, key_len=2, value_len=3, seq_len=56, seed=3)
+    a, b = task.batch("train", 5, 8), task.batch("train", 5, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a.inputs, task.batch("eval", 5, 8).inputs)  # held-out stream
+    assert not np.array_equal(a.inputs, task.batch("train", 6, 8).inputs)
+    for row in range(8):  # the masked targets are the value stored under the query key
+        seq = np.concatenate([a.inputs[row], a.targets[row, -1:]])
+        text = bytes(int(t) for t in seq if t < 256).decode()
+        context, query = text.split("?")
+        key, value = query.split(":")
+        pairs = dict(p.split(":") for p in context.strip(";").split(";"))
+        assert len(pairs) == 6 and pairs[key] == value
+        assert bytes(a.targets[row][a.mask[row]].tolist()).decode() == value
+    first_pad = task.example_len - 1
+    assert (a.targets[:, first_pad - 1] == EOS_ID).all() and (a.inputs[:, first_pad + 1:] == PAD_ID).all()
+    with pytest.raises(ValueError, match="seq_len=20 is too short"):
+        RetrievalTask(pairs=6, key_len=2, value_len=3, seq_len=20)
+    with pytest.raises(ValueError, match="split must be"):
+        task.batch("test", 0, 1)
+
+
+def test_text_windows(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(bytes(range(256)) * 8)
+    src = TextWindows(str(path), seq_len=16, stride=8, eval_fraction=0.25, seed=1)
+    b = src.batch("train", 3, 5)
+    assert np.array_equal(b.inputs[:, 1:], b.targets[:, :-1]) and b.mask.all()
+    assert np.array_equal((b.inputs[:, 0:1] + np.arange(16)) % 256, b.inputs)  # contiguous bytes
+    cut = int(2048 * 0.75)
+    e = src.batch("eval", 0, 4)
+    assert np.array_equal(src.batch("train", 3, 5).inputs, b.inputs)
+    starts_train = [int(np.nonzero(np.arange(cut) % 256 == r[0])[0][0]) for r in b.inputs]
+    assert all(s < cut for s in starts_train) and e.inputs.shape == (4, 16)
+    with pytest.raises(FileNotFoundError, match="text data file not found"):
+        TextWindows(str(tmp_path / "missing.txt"))
+
+
+# ---------------------------------------------------------------- losses
+def test_losses_match_float64_and_distill_is_zero_for_equal_logits():
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 5, 11)) * 3, rng.normal(size=(2, 5, 11)) * 3
+    y, m = rng.integers(0, 11, size=(2, 5)), rng.random((2, 5)) < 0.6
+    lsm = lambda x: x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)  # noqa: E731
+    ce64 = -(np.take_along_axis(lsm(s), y[..., None], -1)[..., 0] * m).sum() / m.sum()
+    T = 2.5
+    pt = np.exp(lsm(t / T))
+    kl64 = T * T * ((pt * (lsm(t / T) - lsm(s / T))).sum(-1) * m).sum() / m.sum()
+    ts = [torch.tensor(a) for a in (s, t, y, m)]
+    js = [jnp.asarray(a, dtype=jnp.float32) if a.dtype == np.float64 else jnp.asarray(a) for a in (s, t, y, m)]
+    for ce, kl, (S, Tt, Y, M) in ((losses.torch_masked_cross_entropy, losses.torch_distill_kl, ts),
+                                  (losses.jax_masked_cross_entropy, losses.jax_distill_kl, js)):
+        assert float(ce(S, Y, M)) == pytest.approx(ce64, rel=1e-5)
+        assert float(kl(S, Tt, M, temperature=T)) == pytest.approx(kl64, rel=1e-5)
+        assert abs(float(kl(S, S, M, temperature=T))) < 1e-6
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        losses.torch_distill_kl(ts[0], ts[1], ts[3], temperature=0.0)
+
+
+def test_learning_rate_schedule():
+    kw = dict(lr=1.0, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+    lrs = [learning_rate(s, **kw) for s in range(20)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+# ---------------------------------------------------------------- the loop
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_resume_equals_uninterrupted(tmp_path, framework):
+    base = [f"framework={framework}", "steps=6", "batch_size=4", "eval.batches=0",
+            *(["model.layers=1"] if framework == "jax" else [])]  # fewer XLA compiles
+    whole = train(cfg(*base), log=quiet).losses
+    ck = [*base, f"checkpoint.dir={tmp_path}", "checkpoint.every=3"]
+    first = train(cfg(*ck), stop_at=3, log=quiet)
+    assert first.steps_done == 3 and os.path.isdir(tmp_path / "step_00000003")
+    resumed = train(cfg(*ck), log=quiet)
+    assert resumed.losses[:3] == first.losses
+    if framework == "torch":  # CPU, fixed seed: bit for bit
+        assert resumed.losses == whole
+    else:  # XLA may fuse the restored step differently: fp32 round-off
+        np.testing.assert_allclose(resumed.losses, whole, rtol=1e-6)
+    assert whole[-1] < whole[0]
+
+
+def test_grad_accumulation_equals_big_batch():
+    big = train(cfg("steps=3", "batch_size=8", "eval.batches=0"), log=quiet).losses
+    acc = train(cfg("steps=3", "batch_size=8", "grad_accum=4", "eval.batches=0"), log=quiet).losses
+    np.testing.assert_allclose(acc, big, rtol=1e-5)
+
+
+def test_distillation_from_a_checkpoint(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.torch_model import GeminiModel
+
+    run = cfg("steps=2", "batch_size=4", "distill.weight=1.0", "distill.temperature=2.0",
+              f"distill.teacher={tmp_path / 'teacher.safetensors'}")
+    student_cfg = ModelConfig(**{k: v for k, v in dict(run.model).items()})
+    teacher = GeminiModel(student_cfg)
+    teacher.init_weights(run.seed)  # the student's own initialization
+    save_checkpoint(tmp_path / "teacher.safetensors", teacher, student_cfg)
+    out = train(run, log=quiet)
+    assert out.losses[0] == 0.0  # student == teacher: the KL term is zero
+    assert out.losses[1] > 0.0   # after one step they differ
+    # A larger teacher (the checkpoint of another config) also works.
+    big_cfg = ModelConfig(**{**student_cfg.to_dict(), "layers": 3, "width": 48})
+    save_checkpoint(tmp_path / "big.safetensors", GeminiModel(big_cfg), big_cfg)
+    out = train(cfg("steps=1", "batch_size=4", f"distill.teacher={tmp_path / 'big.safetensors'}"), log=quiet)
+    assert np.isfinite(out.losses[0]) and out.losses[0] > 0
+
+
+@pytest.mark.parametrize("framework,kernel", [("torch", "triton"), ("jax", "pallas")])
+def test_every_kernel_choice_trains_alike(framework, kernel):
+    small = ["steps=3", "batch_size=2", "data.retrieval.pairs=2", "data.retrieval.seq_len=16",
+             f"framework={framework}", "model.layers=1", "eval.batches=0"]
+    ref = train(cfg(*small, "kernels=reference"), log=quiet)
+    fast = train(cfg(*small, f"kernels={kernel}"), log=quiet)
+    np.testing.assert_allclose(fast.losses, ref.losses, rtol=2e-4)
+    assert ref.losses[-1] < ref.losses[0]
+
+
+# ---------------------------------------------------------------- bad input
+def test_unknown_config_keys_fail():
+    with pytest.raises(ConfigCompositionException):
+        cfg("no_such_key=1")
+    with pytest.raises(ConfigCompositionException):
+        cfg("model.no_such_field=1")
+    with pytest.raises(ConfigCompositionException):
+        cfg("steps=many")
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="distill.teacher: no teacher checkpoint"):
+        train(cfg("steps=1", f"distill.teacher={tmp_path / 'nope.safetensors'}"), log=quiet)
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        train(cfg("batch_size=6", "grad_accum=4"), log=quiet)
