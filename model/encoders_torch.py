@@ -80,7 +80,8 @@ def vision_forward(P: dict, images: torch.Tensor, *, cfg: VisionConfig, kernels=
     _check_finite("images", images)
     ks = _impls(kernels)
     dt = P["vision.pos_embed"].dtype
-    x = torch_ops.patch_embed(images.to(dt), P["vision.patch_embed.weight"].t(), P["vision.patch_embed.bias"],
+    w = P["vision.patch_embed.weight"].t().contiguous()  # [K, D]: the kernel's unit-stride layout
+    x = torch_ops.patch_embed(images.to(dt), w, P["vision.patch_embed.bias"],
                               P["vision.pos_embed"], patch=cfg.patch, impl=ks["patch_embed"])  # [B, N, D]
     for i in range(cfg.layers):
         x = transformer_block(x, P, f"vision.layers.{i}.", heads=cfg.heads, eps=cfg.norm_eps, ks=ks)
