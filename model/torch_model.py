@@ -70,9 +70,9 @@ class Attention(nn.Module):
     def forward(self, x, positions, segment_ids, cache: KVCache | None):
         cfg, kern = self.cfg, self.kernels
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, cfg.heads, cfg.head_dim)  # (B, S, H, D)
-        k = self.k_proj(x).view(b, s, cfg.kv_heads, cfg.head_dim)  # (B, S, KVH, D)
-        v = self.v_proj(x).view(b, s, cfg.kv_heads, cfg.head_dim)
+        q = self.q_proj(x).view(b, s, -1, cfg.head_dim)  # (B, S, H, D); -1: local heads under TP
+        k = self.k_proj(x).view(b, s, -1, cfg.head_dim)  # (B, S, KVH, D)
+        v = self.v_proj(x).view(b, s, -1, cfg.head_dim)
         q = torch_ops.rope(q, positions, theta=cfg.rope_theta, impl=kern.impl("rope"))
         k = torch_ops.rope(k, positions, theta=cfg.rope_theta, impl=kern.impl("rope"))
         opts = dict(window=self.window, softcap=cfg.attn_softcap, scale=self.scale)
@@ -88,7 +88,7 @@ class Attention(nn.Module):
                 cache.v[self.layer][:, :s] = v.to(cache.v[self.layer].dtype)
             o = torch_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
                                     impl=kern.impl("attention"))  # (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, cfg.heads * cfg.head_dim))  # (B, S, W)
+        return self.o_proj(o.reshape(b, s, -1))  # (B, S, W)
 
 
 class DecoderLayer(nn.Module):
