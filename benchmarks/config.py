@@ -9,6 +9,7 @@ from hydra.core.config_store import ConfigStore
 from benchmarks.suites.decode import DecodeBenchConfig
 from benchmarks.suites.elementwise import ElementwiseBenchConfig
 from benchmarks.suites.encoder_kernels import EncoderKernelsBenchConfig
+from benchmarks.suites.encoders import EncodersBenchConfig
 from benchmarks.suites.int4 import Int4BenchConfig
 
 
@@ -56,6 +57,7 @@ class BenchConfig:
     elementwise: ElementwiseBenchConfig = field(default_factory=ElementwiseBenchConfig)
     encoder_kernels: EncoderKernelsBenchConfig = field(default_factory=EncoderKernelsBenchConfig)
     int4: Int4BenchConfig = field(default_factory=Int4BenchConfig)
+    encoders: EncodersBenchConfig = field(default_factory=EncodersBenchConfig)
     telemetry_interval_s: float = 0.5
     deadline_s: float = 0.0  # > 0: entries not started by then are reported skipped (results still written)
 

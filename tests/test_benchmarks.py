@@ -13,7 +13,7 @@ from benchmarks.suites.attention import AttentionSuite
 from benchmarks.suites.common import add_peer_ratios
 from benchmarks.timing import Timer
 
-OTHER_SUITES = ("elementwise", "encoder_kernels", "decode", "int4")  # each tested in its own files
+OTHER_SUITES = ("elementwise", "encoder_kernels", "decode", "int4", "encoders")  # each tested in its own files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
