@@ -134,6 +134,9 @@ def load_checkpoint(path, cfg: ModelConfig | None = None, *, framework: str = "t
     if framework not in ("torch", "jax", "numpy"):
         raise ValueError(f"framework must be 'torch', 'jax' or 'numpy', got {framework!r}")
     tensors, meta = read_tensors(path)
+    from model.quantize import check_not_quantized
+
+    check_not_quantized(meta, path)  # an int4 file is refused by name, not by a missing tensor
     cfg = cfg if cfg is not None else _config_from_meta(meta, path)
     check_params({n: tuple(t.shape) for n, t in tensors.items()}, cfg, where=f"load_checkpoint({path})")
     return convert({n: tensors[n] for n in param_specs(cfg)}, framework), cfg  # param_specs order

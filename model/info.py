@@ -20,8 +20,15 @@ from model.config import NANO_TARGETS, ModelConfig, param_specs
 MAX_DEVIATION = 0.02  # the nano presets must be within 2% of the report's sizes
 
 # name -> fn(cfg, groups: dict[group, count]) -> bytes
+def _int4_bytes(cfg: ModelConfig, groups: dict[str, int]) -> float:
+    from model.quantize import quantized_size_bytes  # int4 weights, bf16 scales, int4 embedding
+
+    return float(quantized_size_bytes(cfg, group_size=128))
+
+
 MEMORY_FORMATS: dict[str, Callable[[ModelConfig, dict[str, int]], float]] = {
     "bf16": lambda cfg, groups: 2.0 * sum(groups.values()),
+    "int4-g128": _int4_bytes,
 }
 
 
@@ -71,7 +78,8 @@ def report(cfg: ModelConfig) -> str:
         lines.append(f"  Gemini report size       {NANO_TARGETS[cfg.name] / 1e9:.2f}B: deviation "
                      f"{100 * dev:+.2f}% ({verdict})")
     for fmt, fn in MEMORY_FORMATS.items():
-        lines.append(f"  memory {fmt:<17} {fn(cfg, groups) / 2**30:10.3f} GiB")
+        size = fn(cfg, groups)
+        lines.append(f"  memory {fmt:<17} {size / 1e9:10.3f} GB ({size / 2**30:.3f} GiB)")
     return "\n".join(lines)
 
 

@@ -118,5 +118,7 @@ def test_model_info_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "1,798,383,616" in out.stdout and "deviation -0.09% (OK)" in out.stdout
     assert "memory bf16" in out.stdout
+    int4_gb = float(out.stdout.split("memory int4-g128")[1].split("GB")[0])
+    assert int4_gb <= 1.0, f"nano1 int4 weights {int4_gb} GB > 1.0 GB"  # the quantization issue's bound
     bad = run("model=nano1", "model.widht=3")  # strict: a typo fails
     assert bad.returncode != 0 and "widht" in bad.stderr
