@@ -21,9 +21,15 @@ $(STAMP): requirements.txt requirements-test.txt
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+PROFILE_STRATEGIES := [dp,fsdp,tp,sp,fsdp_tp]
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.compile_report
+	$(PY) -m sharding.profile model=nano2 strategy=$(PROFILE_STRATEGIES) hardware=h100_sxm
+	$(PY) -m sharding.profile model=nano2 strategy=$(PROFILE_STRATEGIES) hardware=tpu_v5p
+	$(PY) -m benchmarks.report --latest benchmarks/results --out benchmarks/report \
+	  --include benchmarks/report/compile_report.md benchmarks/results/sharding/profile-nano2-*.png
 
 # On a GPU machine: system python (torch 2.11 / triton 3.6 / jax 0.11 there); hydra-core
 # travels as wheels in .whl/ (made here by `make gpu-wheels`). Results go to $$OUT.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from collections import defaultdict
 
 from benchmarks.hardware import hardware_table, match_hardware
@@ -189,7 +190,9 @@ def _save(fig, out_dir, name):
     return path
 
 
-def render(paths: list[str], out_dir: str) -> str:
+def render(paths: list[str], out_dir: str, include: list[str] = ()) -> str:
+    """``include``: extra markdown files (inlined) and PNGs (linked, copied beside the report),
+    e.g. the compile report and the sharding profiles that ``make bench`` also writes."""
     files = [load(p) for p in paths]
     files.sort(key=lambda d: d["created_utc"])
     os.makedirs(out_dir, exist_ok=True)
@@ -205,6 +208,15 @@ def render(paths: list[str], out_dir: str) -> str:
            "## Modeled (roofline lower bound on chips not measured here; not a measurement)", "",
            modeled_table(files), "", "## Plots", ""]
     md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs]
+    for extra in include:
+        if extra.endswith(".png"):
+            name = os.path.basename(extra)
+            if os.path.abspath(os.path.dirname(extra)) != os.path.abspath(out_dir):
+                shutil.copyfile(extra, os.path.join(out_dir, name))
+            md += ["", f"![{name}]({name})"]
+        else:
+            with open(extra) as f:  # its headings move two levels down, under this report's
+                md += [""] + [("##" + line) if line.startswith("#") else line for line in f.read().splitlines()]
     path = os.path.join(out_dir, "report.md")
     write_text_atomic(path, "\n".join(md) + "\n")
     return path
@@ -212,10 +224,33 @@ def render(paths: list[str], out_dir: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("files", nargs="+", help="results JSON files written by benchmarks.run")
+    ap.add_argument("files", nargs="*", help="results JSON files written by benchmarks.run")
+    ap.add_argument("--latest", metavar="DIR", help="also the newest benchmark results file in DIR")
     ap.add_argument("--out", default="benchmarks/report", help="folder for report.md and PNGs")
+    ap.add_argument("--include", nargs="*", default=[],
+                    help="markdown files to inline and PNGs to show (compile report, profiles)")
     args = ap.parse_args(argv)
-    print(render(args.files, args.out))
+    files = list(args.files) + ([latest_results(args.latest)] if args.latest else [])
+    if not files:
+        ap.error("no results files: pass FILES or --latest DIR")
+    print(render(files, args.out, args.include))
+
+
+def latest_results(folder: str) -> str:
+    """The newest benchmark results file (schema gemini-kernels-bench) in ``folder``."""
+    best = None
+    for name in os.listdir(folder):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        with open(path) as f:
+            data = json.load(f)
+        if str(data.get("schema", "")).startswith("gemini-kernels-bench") and (
+                best is None or data.get("created_utc", "") > best[0]):
+            best = (data.get("created_utc", ""), path)
+    if best is None:
+        raise FileNotFoundError(f"no benchmark results file in {folder}")
+    return best[1]
 
 
 if __name__ == "__main__":
