@@ -11,6 +11,7 @@ from benchmarks.suites.elementwise import ElementwiseBenchConfig
 from benchmarks.suites.encoder_kernels import EncoderKernelsBenchConfig
 from benchmarks.suites.encoders import EncodersBenchConfig
 from benchmarks.suites.int4 import Int4BenchConfig
+from benchmarks.suites.model import ModelBenchConfig
 
 
 @dataclass
@@ -58,6 +59,7 @@ class BenchConfig:
     encoder_kernels: EncoderKernelsBenchConfig = field(default_factory=EncoderKernelsBenchConfig)
     int4: Int4BenchConfig = field(default_factory=Int4BenchConfig)
     encoders: EncodersBenchConfig = field(default_factory=EncodersBenchConfig)
+    model: ModelBenchConfig = field(default_factory=ModelBenchConfig)
     telemetry_interval_s: float = 0.5
     deadline_s: float = 0.0  # > 0: entries not started by then are reported skipped (results still written)
 

@@ -19,7 +19,7 @@ import shutil
 from collections import defaultdict
 
 from benchmarks.hardware import hardware_table, match_hardware
-from benchmarks.results import pct_of_ceiling, write_text_atomic
+from benchmarks.results import pct_of_ceiling, rate, write_text_atomic
 
 REQUIRED = ("schema", "created_utc", "device", "commit", "versions", "config", "ceilings", "records")
 
@@ -54,13 +54,13 @@ def measured_table(d: dict) -> str:
              f"- measured ceilings: copy {d['ceilings']['copy_gbps']:.1f} GB/s, "
              f"{d['ceilings']['matmul_dtype']} matmul {d['ceilings']['matmul_tflops']:.2f} TFLOP/s",
              *[f"- note: {n}" for n in d.get("notes", [])], "",
-             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | % meas. ceiling | % datasheet | vs peer | max err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | rate | % meas. ceiling | % datasheet | vs peer | max err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["records"]:
         lines.append("| " + " | ".join([
             r["suite"], r["case"], r["impl"], r.get("mode", "–"), r["status"],
             _f(r.get("median_ms"), ".3f"), _f(r.get("tflops"), ".3g"), _f(r.get("gbps"), ".3g"),
-            _f(pct_of_ceiling(r), ".1f"), _f(pct_of_ceiling(r, "datasheet"), ".1f"),
+            rate(r), _f(pct_of_ceiling(r), ".1f"), _f(pct_of_ceiling(r, "datasheet"), ".1f"),
             _f(r.get("speedup_vs_peer"), ".2f"), _f(r.get("max_error"), ".1e")]) + " |")
     return "\n".join(lines)
 

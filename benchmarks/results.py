@@ -72,6 +72,17 @@ def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
+RATE_KEYS = (("tokens_per_s", "tok/s"), ("images_per_s", "img/s"), ("audio_s_per_s", "audio s/s"))
+
+
+def rate(r: dict) -> str:
+    """The row's own throughput unit, where it has one (tokens, images, audio seconds per s)."""
+    for key, unit in RATE_KEYS:
+        if r.get(key) is not None:
+            return f"{r[key]:.3g} {unit}"
+    return "-"
+
+
 def pct_of_ceiling(r: dict, which: str = "measured"):
     """% of the device's ceiling: FLOP/s for compute-bound rows, bandwidth for memory-bound ones."""
     key = f"frac_{which}_peak" if r.get("tflops") is not None else f"frac_{which}_bw"
@@ -80,14 +91,14 @@ def pct_of_ceiling(r: dict, which: str = "measured"):
 
 def summary_table(records: list[dict]) -> str:
     """A plain-text table, one line per (suite, case, impl)."""
-    head = ("suite", "case", "impl", "mode", "status", "ms", "TFLOP/s", "GB/s", "%meas", "%sheet",
-            "vs peer", "max err")
+    head = ("suite", "case", "impl", "mode", "status", "ms", "TFLOP/s", "GB/s", "rate", "%meas",
+            "%sheet", "vs peer", "max err")
     rows = [head]
     for r in records:
         rows.append((
             r["suite"], r["case"], r["impl"], r.get("mode", "-"), r["status"],
             _fmt(r.get("median_ms"), ".3f"), _fmt(r.get("tflops"), ".3g"), _fmt(r.get("gbps"), ".3g"),
-            _fmt(pct_of_ceiling(r), ".1f"), _fmt(pct_of_ceiling(r, "datasheet"), ".1f"),
+            rate(r), _fmt(pct_of_ceiling(r), ".1f"), _fmt(pct_of_ceiling(r, "datasheet"), ".1f"),
             _fmt(r.get("speedup_vs_peer"), ".2f"), _fmt(r.get("max_error"), ".1e"),
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]

@@ -29,6 +29,7 @@ from benchmarks.suites.elementwise import ElementwiseSuite  # noqa: E402
 from benchmarks.suites.encoder_kernels import EncoderKernelsSuite  # noqa: E402
 from benchmarks.suites.encoders import EncodersSuite  # noqa: E402
 from benchmarks.suites.int4 import Int4Suite  # noqa: E402
+from benchmarks.suites.model import ModelSuite  # noqa: E402
 from benchmarks.timing import Timer  # noqa: E402
 
 bench_config.register()
@@ -104,7 +105,7 @@ def main(cfg) -> None:
         for suite_cls, scfg in ((AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
                                 (ElementwiseSuite, bcfg.elementwise),
                                 (EncoderKernelsSuite, bcfg.encoder_kernels), (Int4Suite, bcfg.int4),
-                                (EncodersSuite, bcfg.encoders)):
+                                (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model)):
             if scfg.enabled:
                 records += run_suite(suite_cls(scfg, device, timers, cfg.seed), ceilings, device, deadline)
     interpreted = any(r.get("mode") == "interpret" for r in records)

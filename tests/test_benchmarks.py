@@ -13,7 +13,7 @@ from benchmarks.suites.attention import AttentionSuite
 from benchmarks.suites.common import add_peer_ratios
 from benchmarks.timing import Timer
 
-OTHER_SUITES = ("elementwise", "encoder_kernels", "decode", "int4", "encoders")  # each tested in its own files
+OTHER_SUITES = ("elementwise", "encoder_kernels", "decode", "int4", "encoders", "model")  # each tested in its own files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -101,3 +101,29 @@ def test_results_write_is_atomic(tmp_path):
         write_json_atomic(str(path), {"a": object.__new__(type("X", (), {"__str__": None}))})
     assert json.loads(path.read_text()) == {"a": 1}  # the old file survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_model_suite_checks_then_times_and_counts_flops():
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites.model import ModelSuite, flops_per_token
+    from model.config import PRESETS
+
+    cfg = OmegaConf.structured(config.ModelBenchConfig(
+        seq_len=16, decode_batches=[2], decode_cache_len=64, modes=["forward", "train_step", "decode"],
+        torch_impls=["reference"], jax_impls=["xla"]))
+    suite = ModelSuite(cfg, Device(kind="cpu", name="cpu"),
+                       lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0))
+    recs = [(c, fw, i, suite.run(c, fw, i)) for c, fw, i in suite.entries()]
+    assert len(recs) == 6
+    for case, fw, impl, r in recs:
+        assert r["status"] == "ok", (case.id, fw, impl, r)
+        assert r["tokens_per_s"] > 0 and r["max_error"] <= r["tolerance"]
+        assert ("tflops" in r) == (case.mode != "decode")
+    # torchtitan's convention, written out for nano1 at 8k: 6 N + 12 L H D S per token
+    c = PRESETS["nano1"]
+    n_matmul = c.layers * (2 * c.width * c.heads * c.head_dim + 2 * c.width * c.kv_heads * c.head_dim
+                           + 3 * c.width * c.mlp_dim) + c.vocab_size * c.width
+    assert flops_per_token(c, 8192, train=True) == 6 * n_matmul + 12 * c.layers * c.heads * c.head_dim * 8192
