@@ -90,6 +90,14 @@ def torch_impl(name: str, device_kind: str):
         return (lambda q, k, v, causal: compiled(
             q, k, v, causal=causal, window=None, softcap=None, scale=q.shape[-1] ** -0.5,
             q_segment_ids=None, kv_segment_ids=None)), "torch.compile"
+    if name == "flash-attn":  # FlashAttention 2/3 where the user has it installed
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError as e:
+            raise Skip(f"flash-attn is not installed ({e})") from None
+        if device_kind != "cuda":
+            raise Skip("flash-attn needs a CUDA device")
+        return (lambda q, k, v, causal: flash_attn_func(q, k, v, causal=causal)), "compiled"
     if name.startswith("sdpa"):
         from torch.nn.attention import SDPBackend
 
@@ -208,6 +216,9 @@ class AttentionSuite:
         return tuple(t.detach().float().cpu() for t in got), step
 
     def _jax_impl(self, impl, case):
+        import jax
+        import jax.numpy as jnp
+
         from kernels import _platform, jax_ops
 
         scale = case.head_dim**-0.5
@@ -226,11 +237,44 @@ class AttentionSuite:
             return (lambda q, k, v: attention_xla(
                 q, k, v, causal=case.causal, window=None, softcap=None, scale=scale,
                 q_segment_ids=None, kv_segment_ids=None, implementation="cudnn")), "cudnn"
+        if impl == "pallas-jax-mgpu":  # JAX's own Hopper (Mosaic GPU) attention
+            cap = self.device.extra.get("capability", "")
+            if self.device.kind != "cuda" or not cap.startswith("9"):
+                raise Skip(f"attention_mgpu needs a Hopper GPU (sm_90), got {self.device.name}")
+            from jax.experimental.pallas.ops.gpu import attention_mgpu
+
+            config = attention_mgpu.TuningConfig(block_q=64, block_kv=64, max_concurrent_steps=2,
+                                                 causal=case.causal)
+
+            def run_mgpu(q, k, v):  # it applies no softmax scale: fold it into q
+                return attention_mgpu.attention(q * jnp.asarray(scale, q.dtype), k, v, config)
+
+            return run_mgpu, "compiled"
+        if impl == "splash":  # JAX's TPU splash attention (compiled on TPUs only)
+            if self.device.kind != "tpu":
+                raise Skip("splash attention is timed on TPUs only")
+            from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+            from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+            mask_cls = sm.CausalMask if case.causal else sm.FullMask
+            mask = sm.MultiHeadMask([mask_cls((case.seq, case.seq)) for _ in range(case.heads)])
+            group = case.heads // case.kv_heads
+            kernel = sk.make_splash_mqa_single_device(mask) if group == case.heads else sk.make_splash_mha_single_device(mask)
+
+            def run_splash(q, k, v):  # [B, S, H, D] -> splash's [H, S, D] per batch row
+                qt = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)
+                kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+                if group == case.heads:  # MQA: one kv head
+                    out = jax.vmap(kernel)(qt, kt[:, 0], vt[:, 0])
+                else:
+                    out = jax.vmap(kernel)(qt, jnp.repeat(kt, group, 1), jnp.repeat(vt, group, 1))
+                return jnp.swapaxes(out, 1, 2)
+
+            return run_splash, "compiled"
         if impl == "pallas-jax-ops":
             if self.device.kind != "cuda":
                 raise Skip("jax.experimental.pallas.ops.gpu.attention is timed on GPUs only "
                            "(interpret mode on CPU would time the interpreter)")
-            import jax.numpy as jnp
             from jax.experimental.pallas.ops.gpu import attention as jax_pallas
 
             group = case.heads // case.kv_heads

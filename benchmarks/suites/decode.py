@@ -92,6 +92,15 @@ class DecodeSuite:
     def _torch_fn(self, impl):
         from kernels import _platform, torch_ops
 
+        if impl == "flash-attn":  # FlashAttention's split-KV decode, where the user has it
+            try:
+                from flash_attn import flash_attn_with_kvcache
+            except ImportError as e:
+                raise Skip(f"flash-attn is not installed ({e})") from None
+            if self.device.kind != "cuda":
+                raise Skip("flash-attn needs a CUDA device")
+            return (lambda q, k, v, L: flash_attn_with_kvcache(
+                q[:, None], k, v, cache_seqlens=L, softmax_scale=q.shape[-1] ** -0.5)[:, 0]), "compiled"
         if impl not in ("triton", "sdpa", "reference"):
             raise Skip(f"unknown torch impl {impl!r}")
         mode = ("interpret" if _platform.triton_interpreting() else "compiled") if impl == "triton" else "eager"
@@ -106,6 +115,14 @@ class DecodeSuite:
         from kernels.decode.xla import decode_xla
 
         fns = {"pallas": decode_pallas, "xla": decode_xla, "reference": _decode}
+        if impl == "pallas-jax-ops":  # JAX's own Pallas GPU decode (split-K, GQA)
+            if self.device.kind != "cuda":
+                raise Skip("jax.experimental.pallas.ops.gpu.decode_attention is timed on GPUs only "
+                           "(interpret mode on CPU would time the interpreter)")
+            from jax.experimental.pallas.ops.gpu import decode_attention as jax_decode
+
+            f = jax.jit(lambda q, k, v, L: jax_decode.gqa(q, k, v, kv_seq_len=L, sm_scale=q.shape[-1] ** -0.5))
+            return f, "compiled"
         if impl not in fns:
             raise Skip(f"unknown jax impl {impl!r}")
         mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if impl == "pallas" else "xla"
