@@ -12,10 +12,12 @@ Counted per step (L layers, a = one [batch_local, seq_local, width] activation):
   dp / sp / fsdp axes: one gradient reduction over every parameter (reduce-scatter where
     fsdp shards it, all-reduce otherwise; the CPU backend forms no reduce-scatter, so
     ``backend="cpu"`` counts it as an all-reduce; batch and sequence axes are reduced by
-    separate all-reduces, as XLA emits them). With a replicated tied embedding the
-    lookup's and the head's gradients are reduced separately (XLA does not add first).
-  fsdp: an all-gather of every sharded parameter (1-D norm scales again in the backward;
-    every parameter again with remat) and of the token ids for the embedding lookup.
+    separate all-reduces, as XLA emits them). The tied embedding's lookup and head
+    gradients are reduced separately (XLA does not add them first).
+  fsdp: one all-gather of every sharded parameter per step (again with remat): the step
+    gathers each parameter once, explicitly, to its compute sharding (the parameter's own
+    minus the fsdp axis, ``sharding.jax_sharding.compute_shardings``), and the forward and
+    backward both use that value (the embedding lookup then needs no token-id gather).
   tp: per layer 5 all-reduces of a (o_proj, down_proj forward; their input gradients and the
     norm-input gradient backward; +2 with remat) plus dK, dV when kv heads are replicated;
     the vocab-parallel lookup and head input-gradient (2a) and 3 cross-entropy statistics.
@@ -88,23 +90,21 @@ def collectives(cfg: ModelConfig, plan: Plan, wl: Workload, *, backend: str = "g
         tp_split = plan.axis_product([x for d in dims for x in d if x == "tensor"])
         full = _numel(shape) // tp_split * wl.param_bytes  # buffer over the fsdp group
         fsdp_sharded = any("fsdp" in d for d in dims)
+        # tied: the lookup's and the head's gradients are reduced separately (XLA does not add first)
+        reductions = 2 if name == "model.embed_tokens.weight" else 1
         if fsdp_sharded:
-            gathers = 2 if (len(shape) == 1 or wl.remat) else 1
-            ag += gathers * full
+            ag += (2 if wl.remat else 1) * full
             if backend == "cpu":
-                ar += full
+                ar += reductions * full
             else:
-                rs += full
+                rs += reductions * full
                 rest = tuple(x for x in reduce_axes if x != "fsdp")
                 if rest:
-                    add("all-reduce", rest, full // plan.mesh["fsdp"], "gradients (replicas)", True)
+                    add("all-reduce", rest, reductions * full // plan.mesh["fsdp"], "gradients (replicas)", True)
         elif reduce_axes:
-            ar += full
-            if name == "model.embed_tokens.weight":
-                ar += full  # tied: lookup and head gradients reduced separately
+            ar += reductions * full
     if fsdp:
         add("all-gather", ("fsdp",), ag, "FSDP parameter gathers", True)
-        add("all-gather", ("fsdp",), b * plan.mesh["fsdp"] * s * 4, "token ids for the lookup", False)
         if rs:
             add("reduce-scatter", ("fsdp",), rs, "FSDP gradient reduce-scatter", True)
     # XLA reduces over the batch axes and over the sequence axis in separate all-reduces

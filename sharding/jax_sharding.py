@@ -4,7 +4,15 @@ Parameters get ``NamedSharding``s from the plan's parameter rules (so gradients 
 state, created with the same shardings, are sharded the same way: ZeRO-3 under "fsdp");
 the batch gets the activation rules' ("batch", "seq") split. The step is one ``jax.jit``
 with explicit in/out shardings; XLA's SPMD partitioner inserts the collectives (all-gather
-of FSDP shards, reduce-scatter / all-reduce of gradients, Megatron all-reduces). Inside
+of FSDP shards, reduce-scatter / all-reduce of gradients, Megatron all-reduces).
+
+FSDP gathers are explicit: the loss constrains every parameter to its compute sharding
+(``compute_shardings``: its own minus the fsdp axis) before the forward, so each shard is
+gathered ONCE and the forward and the backward matmuls use that one value (its transpose
+reduces the gradient back to the shard). Left implicit, XLA partitions the forward and the
+backward use of a 2-D (fsdp x tensor) sharded weight separately and emits two gathers
+that CSE does not merge (their replica groups are spelled differently: ``mesh[...]`` vs
+iota), which doubled the fsdp+tp all-gather bytes against the profile. Inside
 the model, activations are pinned by its hook ``model.jax_layers.with_logical_constraint``
 (logical names): ``activate(plan, cfg, mesh)`` maps them with the plan's activation rules.
 
@@ -40,6 +48,12 @@ def _spec(dim_axes) -> P:
 
 def param_shardings(plan: Plan, cfg: ModelConfig, mesh) -> dict[str, NamedSharding]:
     return {name: NamedSharding(mesh, _spec(axes)) for name, axes in param_axes(plan, cfg).items()}
+
+
+def compute_shardings(plan: Plan, cfg: ModelConfig, mesh) -> dict[str, NamedSharding]:
+    """Each parameter's sharding where it is used: its own minus the FSDP axis (gathered)."""
+    return {name: NamedSharding(mesh, _spec(tuple(tuple(a for a in d if a != "fsdp") for d in axes)))
+            for name, axes in param_axes(plan, cfg).items()}
 
 
 def batch_sharding(plan: Plan, cfg: ModelConfig, mesh) -> NamedSharding:
@@ -90,7 +104,9 @@ def adam_update(params, grads, opt, *, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
     return new, {"m": m, "v": v, "step": step}
 
 
-def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None):
+def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None):
+    if gather is not None:
+        params = {k: jax.lax.with_sharding_constraint(v, gather[k]) for k, v in params.items()}
     return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels), targets)
 
 
@@ -106,7 +122,8 @@ def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None
     ps = param_shardings(plan, cfg, mesh)
     bs = batch_sharding(plan, cfg, mesh)
     scalar = NamedSharding(mesh, P())
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, forward=forward, cfg=cfg, kernels=kernels))
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, forward=forward, cfg=cfg, kernels=kernels,
+                                                   gather=compute_shardings(plan, cfg, mesh)))
 
     def grads_only(params, tokens, targets):
         with activate(plan, cfg, mesh):

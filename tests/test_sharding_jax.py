@@ -26,8 +26,8 @@ CASES = [
     ("sp", {"seq": -1}, True),
     ("dp+tp", {"data": 4, "tensor": 2}, True),
     ("dp+sp", {"data": 2, "seq": 4}, True),
-    ("fsdp+tp", {"fsdp": 4, "tensor": 2}, False),
-    ("dp+fsdp+tp", {"data": 2, "fsdp": 2, "tensor": 2}, False),
+    ("fsdp+tp", {"fsdp": 4, "tensor": 2}, True),
+    ("dp+fsdp+tp", {"data": 2, "fsdp": 2, "tensor": 2}, True),
 ]
 CHECKS = {  # check -> fragments its ValueError must contain
     "mesh_product": ("mesh product 4", "device count 8"),
