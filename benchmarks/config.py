@@ -61,7 +61,7 @@ class BenchConfig:
     encoders: EncodersBenchConfig = field(default_factory=EncodersBenchConfig)
     model: ModelBenchConfig = field(default_factory=ModelBenchConfig)
     telemetry_interval_s: float = 0.5
-    deadline_s: float = 0.0  # > 0: entries not started by then are reported skipped (results still written)
+    deadline_s: float = 0.0  # > 0: shared across suites by entry count; entries not started in their share are reported skipped
 
 
 @dataclass

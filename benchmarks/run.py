@@ -62,7 +62,8 @@ def run_suite(suite, ceilings, device, deadline: float | None = None) -> list[di
                 "impl": impl, "config": case.__dict__}
         try:
             if deadline is not None and time.monotonic() > deadline:
-                raise Skip("the run's deadline (bench.deadline_s) passed before this entry started")
+                raise Skip("this suite's share of the run's deadline (bench.deadline_s) passed "
+                           "before this entry started")
             rec = suite.run(case, framework, impl)
         except Skip as e:
             rec = {"status": "skipped", "reason": str(e)}
@@ -102,12 +103,19 @@ def main(cfg) -> None:
         sampler = NvmlSampler(interval_s=bcfg.telemetry_interval_s)
     records = []
     with sampler:
-        for suite_cls, scfg in ((AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
-                                (ElementwiseSuite, bcfg.elementwise),
-                                (EncoderKernelsSuite, bcfg.encoder_kernels), (Int4Suite, bcfg.int4),
-                                (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model)):
-            if scfg.enabled:
-                records += run_suite(suite_cls(scfg, device, timers, cfg.seed), ceilings, device, deadline)
+        suites = [(cls, scfg) for cls, scfg in (
+            (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
+            (ElementwiseSuite, bcfg.elementwise), (EncoderKernelsSuite, bcfg.encoder_kernels),
+            (Int4Suite, bcfg.int4), (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model))
+            if scfg.enabled]
+        built = [suite_cls(scfg, device, timers, cfg.seed) for suite_cls, scfg in suites]
+        sizes = [sum(1 for _ in suite.entries()) for suite in built]
+        for i, suite in enumerate(built):
+            # each suite gets a share of the time left in proportion to its entries, so one
+            # slow suite cannot starve the ones after it
+            share = None if deadline is None else (
+                time.monotonic() + (deadline - time.monotonic()) * sizes[i] / max(1, sum(sizes[i:])))
+            records += run_suite(suite, ceilings, device, share)
     interpreted = any(r.get("mode") == "interpret" for r in records)
     payload = {
         "schema": "gemini-kernels-bench/1",
