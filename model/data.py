@@ -5,10 +5,12 @@ split is the same whatever came before, so a checkpoint's data position is one i
 
 Retrieval example (bytes shown as text; keys are lowercase letters, values digits)::
 
-    <bos> ab:41;qx:07;...;mz:93; ?qx:07 <eos> <pad>...
+    <bos> ab41;qx07;...;mz93;?qx07;mz93; <eos> <pad>...
 
-A context of ``pairs`` distinct key:value pairs, then ``?``, a query key drawn from the
-context, ``:`` and its value. The loss (and the accuracy) covers only the value tokens
+A context of ``pairs`` distinct key-value pairs (key then value, no separator: the value
+follows its key as in an induction-head copy; ``;`` ends a pair), then ``?`` and
+``queries`` distinct keys drawn from the context, each followed by its value and ``;``.
+More queries per example give more supervised positions per step (same task). The loss (and the accuracy) covers only the value tokens
 after the query (mask). ``seq_len`` is the model's input length; examples are right-padded.
 The held-out split draws from its own seed stream (numpy SeedSequence [seed, split, index]).
 
@@ -29,7 +31,7 @@ from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 SPLITS = {"train": 0, "eval": 1}
 KEY_ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8).astype(np.int32)
 VALUE_ALPHABET = np.frombuffer(b"0123456789", dtype=np.uint8).astype(np.int32)
-COLON, SEMI, QUERY = ord(":"), ord(";"), ord("?")
+SEMI, QUERY = ord(";"), ord("?")
 
 
 class Batch(NamedTuple):
@@ -62,9 +64,12 @@ class RetrievalTask:
     key_len: int = 2
     value_len: int = 2
     seq_len: int = 64
+    queries: int = 1
     seed: int = 0
 
     def __post_init__(self):
+        if not 1 <= self.queries <= self.pairs:
+            raise ValueError(f"queries must lie in [1, pairs={self.pairs}], got {self.queries}")
         for name in ("pairs", "key_len", "value_len", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -78,8 +83,8 @@ class RetrievalTask:
 
     @property
     def example_len(self) -> int:
-        """Tokens of one example: bos, pairs * (key : value ;), ? key : value, eos."""
-        return 1 + self.pairs * (self.key_len + self.value_len + 2) + self.key_len + self.value_len + 3
+        """Tokens of one example: bos, pairs * (key value ;), ?, queries * (key value ;), eos."""
+        return 2 + (self.pairs + self.queries) * (self.key_len + self.value_len + 1) + 1
 
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         rng = _rng(self.seed, split, index)
@@ -90,18 +95,20 @@ class RetrievalTask:
         digits = (codes[..., None] // len(KEY_ALPHABET) ** np.arange(k - 1, -1, -1)) % len(KEY_ALPHABET)
         keys = KEY_ALPHABET[digits]  # (B, n, k)
         values = VALUE_ALPHABET[rng.integers(0, len(VALUE_ALPHABET), size=(b, n, v))]  # (B, n, v)
-        query = rng.integers(0, n, size=b)  # (B,)
-        rows = np.arange(b)
-        col = lambda c: np.full((b, n, 1), c, dtype=np.int32)  # noqa: E731
-        context = np.concatenate([keys, col(COLON), values, col(SEMI)], axis=2).reshape(b, -1)
-        tail = np.concatenate([np.full((b, 1), QUERY), keys[rows, query], np.full((b, 1), COLON),
-                               values[rows, query], np.full((b, 1), EOS_ID)], axis=1)
+        query = np.stack([rng.choice(n, size=self.queries, replace=False) for _ in range(b)])  # (B, Q)
+        rows = np.arange(b)[:, None]
+        semi = lambda m: np.full((b, m, 1), SEMI, dtype=np.int32)  # noqa: E731
+        context = np.concatenate([keys, values, semi(n)], axis=2).reshape(b, -1)
+        asked = np.concatenate([keys[rows, query], values[rows, query], semi(self.queries)], axis=2)
+        ex = np.concatenate([np.full((b, 1), BOS_ID), context, np.full((b, 1), QUERY),
+                             asked.reshape(b, -1), np.full((b, 1), EOS_ID)], axis=1)
         seq = np.full((b, self.seq_len + 1), PAD_ID, dtype=np.int32)
-        ex = np.concatenate([np.full((b, 1), BOS_ID), context, tail], axis=1)
         seq[:, :ex.shape[1]] = ex
         mask = np.zeros((b, self.seq_len), dtype=bool)
-        first = ex.shape[1] - 1 - v - 1  # input position whose target is the first value token
-        mask[:, first:first + v] = True
+        start = 1 + context.shape[1] + 1  # first token of the first query
+        for q in range(self.queries):  # input positions whose targets are value tokens
+            first = start + q * (k + v + 1) + k - 1
+            mask[:, first:first + v] = True
         return Batch(seq[:, :-1].copy(), seq[:, 1:].copy(), mask)
 
 

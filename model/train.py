@@ -132,22 +132,30 @@ def load_train_checkpoint(path: str, trainer) -> dict:
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(trainer, source, batches: int, batch_size: int) -> dict:
-    """Held-out loss, token accuracy and exact-match accuracy (all target tokens of an
-    example right; for retrieval: the whole value). Teacher-forced argmax at the masked
-    positions equals greedy decoding when every earlier target is right, so exact match
-    here is greedy-decoding retrieval accuracy."""
-    nll, count, tok_ok, ex_ok, ex_n = 0.0, 0, 0, 0, 0
+    """Held-out loss, token accuracy and answer accuracy: an answer is a run of consecutive
+    target positions (for retrieval: one queried value) and counts only if every token of it
+    is right; ``row_accuracy`` asks the same of all answers of a row. Teacher-forced argmax
+    equals greedy decoding when every earlier target is right, so answer accuracy here is
+    greedy-decoding retrieval accuracy."""
+    nll, count, tok_ok, ans_ok, ans_n, row_ok, rows = 0.0, 0, 0, 0, 0, 0, 0
     for i in range(batches):
         b = source.batch("eval", i, batch_size)
         loss_sum, pred = trainer.eval_batch(b)
-        right = (pred == b.targets) | ~b.mask
+        wrong = (pred != b.targets) & b.mask
+        starts = b.mask & ~np.pad(b.mask, ((0, 0), (1, 0)))[:, :-1]
+        run_id = np.cumsum(starts, axis=1)
+        for r in range(b.mask.shape[0]):
+            n_runs = int(starts[r].sum())
+            bad = len(np.unique(run_id[r][wrong[r]]))
+            ans_ok, ans_n = ans_ok + n_runs - bad, ans_n + n_runs
         nll += loss_sum
         count += int(b.mask.sum())
-        tok_ok += int(((pred == b.targets) & b.mask).sum())
-        ex_ok += int(right.all(axis=1).sum())
-        ex_n += b.mask.shape[0]
+        tok_ok += int(b.mask.sum() - wrong.sum())
+        row_ok += int((~wrong).all(axis=1).sum())
+        rows += b.mask.shape[0]
     return {"eval_loss": nll / max(count, 1), "token_accuracy": tok_ok / max(count, 1),
-            "accuracy": ex_ok / max(ex_n, 1), "examples": ex_n}
+            "accuracy": ans_ok / max(ans_n, 1), "answers": ans_n,
+            "row_accuracy": row_ok / max(rows, 1), "rows": rows}
 
 
 # ---------------------------------------------------------------- the loop

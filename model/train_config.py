@@ -51,6 +51,7 @@ class RetrievalDataConfig:
     key_len: int = 2
     value_len: int = 2
     seq_len: int = 64
+    queries: int = 1   # keys asked per example (each one's value is a target)
 
 
 @dataclass
