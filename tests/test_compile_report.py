@@ -1,15 +1,19 @@
 """The compile report's default configurations: every Triton op compiles for sm_80 without
 register spills (sm_90, with HGMMA checks, is covered op by op in the other AOT tests),
-and the report renders."""
+autotuning candidates compile through ``aot_kernels(blocks=...)``, and the report renders.
+(The Pallas section is tested in tests/test_pallas_report.py.)"""
 from __future__ import annotations
 
 import pytest
 from aot import assert_compiled_clean, compile_in_subprocess
 
-from benchmarks.compile_report import DEFAULT_JOBS, to_markdown
+from benchmarks.compile_report import (CANDIDATE_JOBS, DEFAULT_JOBS, _resolve, blocks_json,
+                                       candidate_jobs, to_markdown)
 
 JOBS = {f"{label}|80": {"module": m, "args": a, "kwargs": k, "cap": 80}
         for label, (m, a, k) in DEFAULT_JOBS.items()}
+CANDIDATE = "decode split hd128 bf16|90|1"  # one cheap non-default candidate, compiled for sm_90
+JOBS[CANDIDATE] = candidate_jobs((90,))[CANDIDATE]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,7 @@ def reports(tmp_path_factory):
     return compile_in_subprocess(JOBS, tmp_path_factory.mktemp("aot80"))
 
 
-@pytest.mark.parametrize("job", list(JOBS))
+@pytest.mark.parametrize("job", [j for j in JOBS if j != CANDIDATE])
 def test_default_configuration_compiles_for_sm80_without_spills(reports, job):
     kernels = reports[job]
     assert "error" not in kernels, kernels.get("error")
@@ -32,3 +36,31 @@ def test_report_markdown_lists_every_kernel(reports):
     md = to_markdown({"commit": {"commit": "x"}, "versions": {"triton": "3.6.0"}, "rows": rows})
     assert md.count("\n| ") == len(rows) + 1  # header + one row per kernel
     assert "| attention causal hd128 bf16 | _attn_fwd_kernel | sm_80 |" in md
+
+
+def test_candidates_start_with_the_default_and_round_trip_through_json():
+    import importlib
+
+    jobs = candidate_jobs((90,))
+    for label, (module, c_args, c_kwargs, _, _, kernels) in CANDIDATE_JOBS.items():
+        mod = importlib.import_module(module)
+        args = [_resolve(a) for a in c_args]
+        cands = mod.candidate_blocks(*args, **c_kwargs, capability=(9, 0))
+        assert 2 <= len(cands) <= 5 and len(set(cands)) == len(cands), (label, cands)
+        assert cands[0] == mod.default_blocks(*args, **c_kwargs, capability=(9, 0)), label
+        for i, b in enumerate(cands):
+            job = jobs[f"{label}|90|{i}"]
+            assert _resolve(job["kwargs"]["blocks"]) == b == _resolve(blocks_json(b))
+            assert job["kernels"] == kernels
+
+
+def test_candidate_compiles_with_its_blocks(reports):
+    [(name, r)] = reports[CANDIDATE].items()
+    assert name == "_decode_split_kernel" and "error" not in r, r
+    blocks = _resolve(JOBS[CANDIDATE]["kwargs"]["blocks"])
+    assert (r["num_warps"], r["num_stages"]) == (blocks.num_warps, blocks.num_stages)
+    row = {"op": "decode split hd128 bf16", "target": "sm_90", "candidate": 1, "default": False,
+           "blocks": repr(blocks), "kernel": name, **r}
+    md = to_markdown({"commit": {"commit": "x"}, "versions": {"triton": "3.6.0"}, "rows": [],
+                      "candidates": [row]})
+    assert f"| decode split hd128 bf16 | 1 | `{blocks!r}` | _decode_split_kernel | sm_90 |" in md

@@ -80,6 +80,23 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     return TritonAttentionBlocks(64, 32, 8, 2)
 
 
+def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
+                     capability: tuple = (9, 0)) -> list[TritonAttentionBlocks]:
+    """Autotuning candidates for one pass on a GPU: ``default_blocks`` first, then a few
+    neighbours (tile shape, warps, pipeline depth). Some may spill; the compile report
+    (``benchmarks.compile_report``) shows which, a device benchmark picks among the rest."""
+    base = default_blocks(head_dim, dtype, backward=backward, capability=tuple(capability))
+    if dtype == torch.float32:
+        more = [TritonAttentionBlocks(16, 16, 4, 1), TritonAttentionBlocks(32, 32, 8, 1)]
+    elif backward:
+        more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
+                TritonAttentionBlocks(128, 64, 8, 2)]
+    else:
+        more = [TritonAttentionBlocks(128, 128, 8, 2), TritonAttentionBlocks(128, 64, 8, 2),
+                TritonAttentionBlocks(64, 64, 4, 3), TritonAttentionBlocks(128, 32, 4, 3)]
+    return [base] + [b for b in more if b != base]
+
+
 def _capability(t: torch.Tensor) -> Optional[tuple]:
     if triton_interpreting() or t.device.type != "cuda":
         return None
@@ -262,9 +279,11 @@ def _aot_kernel(fn, constexprs, pointer_types, blocks):
 
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, softcap=None,
-                segments=False, group=8, capability=(9, 0)) -> dict:
+                segments=False, group=8, capability=(9, 0),
+                blocks: Optional[TritonAttentionBlocks] = None) -> dict:
     """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
-    ``capability``, specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids).
+    ``capability`` (or ``blocks`` for every pass, as ``attention_triton(blocks=...)`` uses it),
+    specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids).
 
     Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
     k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
@@ -281,10 +300,11 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     out = {}
     for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
-        blocks = default_blocks(head_dim, dtype, backward=backward, capability=tuple(capability))
+        pass_blocks = blocks or default_blocks(head_dim, dtype, backward=backward,
+                                               capability=tuple(capability))
         meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
-                           segments=segments, blocks=blocks)
+                           segments=segments, blocks=pass_blocks)
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
-        out[name] = _aot_kernel(fn, meta, pointer_types, blocks)
+        out[name] = _aot_kernel(fn, meta, pointer_types, pass_blocks)
     return out

@@ -61,6 +61,15 @@ def default_blocks(head_dim: int, dtype: torch.dtype, span: int, *,
     return TritonDecodeBlocks(64, 4, 3)
 
 
+def candidate_blocks(head_dim: int, dtype: torch.dtype, span: int, *,
+                     capability: tuple = (9, 0)) -> list[TritonDecodeBlocks]:
+    """Autotuning candidates of the split kernel on a GPU: ``default_blocks`` first, then a
+    few block_n / warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
+    base = default_blocks(head_dim, dtype, span, capability=tuple(capability))
+    more = [TritonDecodeBlocks(32, 4, 3), TritonDecodeBlocks(128, 4, 2), TritonDecodeBlocks(64, 8, 3)]
+    return [base] + [b for b in more if b != base]
+
+
 def num_kv_splits(batch: int, kv_heads: int, span: int, block_n: int,
                   sm_count: Optional[int]) -> int:
     """Splits per (row, kv head) so that batch * kv_heads * splits programs fill the GPU.
@@ -166,11 +175,12 @@ def decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=No
 # --- ahead-of-time compile support ---------------------------------------------------------
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None, group=8,
-                max_len=32768, capability=(9, 0)) -> dict:
-    """name -> AotKernel for the split and combine kernels in their default GPU configuration."""
+                max_len=32768, capability=(9, 0), blocks: Optional[TritonDecodeBlocks] = None) -> dict:
+    """name -> AotKernel for the split and combine kernels in their default GPU configuration
+    (``blocks`` overrides the split kernel's, as ``decode_triton(blocks=...)`` does)."""
     mod = jit_module(triton_kernels)
     ty = "*" + triton_dtype(dtype)
-    blocks = default_blocks(head_dim, dtype, _span(max_len, window), capability=tuple(capability))
+    blocks = blocks or default_blocks(head_dim, dtype, _span(max_len, window), capability=tuple(capability))
     split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks)
     ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", O_PART="*fp32", LSE_PART="*fp32")
     fn = mod._decode_split_kernel

@@ -11,19 +11,19 @@ Layers (device code in ``triton_kernels.py``):
                                        (forward only: frozen, quantized weights).
 Arguments arrive validated from ``kernels.torch_ops.int4_matmul``. ``LAUNCHES`` counts
 launches by kernel name. ``aot_kernels`` builds the default GPU specializations with the real
-JIT (even when this process interprets) for ahead-of-time compiles without a GPU.
+JIT (even when this process interprets) for ahead-of-time compiles without a GPU;
+``candidate_blocks`` lists autotuning candidates.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
-import importlib.util
 from typing import Optional
 
 import torch
 import triton
 
+from .._aot import aot_kernel as _aot_kernel, jit_module, triton_dtype
 from .._platform import triton_interpreting
 from . import triton_kernels
 
@@ -71,6 +71,19 @@ def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple]
     if rows <= 64:
         return Int4Blocks(64, 64, 128, 0, 4, 3)
     return Int4Blocks(128, 128, 64, 1, 8, 3)
+
+
+def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0)) -> list[Int4Blocks]:
+    """Autotuning candidates for ``rows`` = M on a GPU: ``default_blocks`` first, then a few
+    tile / warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
+    base = default_blocks(rows, dtype, capability=tuple(capability))
+    if rows <= 16:
+        more = [Int4Blocks(16, 128, 128, 0, 4, 4), Int4Blocks(16, 32, 128, 0, 4, 4),
+                Int4Blocks(16, 64, 64, 0, 4, 3)]
+    else:
+        more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
+                Int4Blocks(128, 256, 64, 1, 8, 3)]
+    return [base] + [b for b in more if b != base]
 
 
 def _capability(t: torch.Tensor) -> Optional[tuple]:
@@ -154,43 +167,32 @@ def int4_matmul_triton(x, packed_w, scales, zeros, group_size, *, blocks: Option
 
 # --- ahead-of-time compile support ---------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _jit_kernels():
-    """triton_kernels re-executed with the real JIT, even when this process interprets."""
-    if not triton_interpreting():
-        return triton_kernels
-    from triton import knobs
-
-    spec = importlib.util.spec_from_file_location(f"{triton_kernels.__name__}_jit", triton_kernels.__file__)
-    mod = importlib.util.module_from_spec(spec)
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = False
-        spec.loader.exec_module(mod)
-    return mod
-
-
-_TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, asymmetric: bool = False,
+                scale_dtype=torch.float16, capability=(9, 0), blocks: Optional[Int4Blocks] = None) -> dict:
+    """name -> AotKernel of the launch for ``rows`` on ``capability`` (``blocks`` overrides
+    ``default_blocks``), specialized as the JIT would for contiguous 16-byte aligned tensors,
+    strides, N, K and K_PER_SPLIT divisible by 16 (M is not)."""
+    fn = jit_module(triton_kernels)._int4_matmul_kernel
+    blocks = blocks or default_blocks(rows, dtype, capability=tuple(capability))
+    split = 1 if rows > 16 and blocks.split_k == 1 else 2  # SPLIT_K only matters as 1 or > 1
+    consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
+                  BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
+                  DOT_PRECISION=_dot_precision(dtype))
+    sty = "*" + triton_dtype(scale_dtype)
+    ptrs = {"X": "*" + triton_dtype(dtype), "QW": "*u8", "S": sty, "Z": sty,
+            "Y": "*" + triton_dtype(dtype) if split == 1 else "*fp32"}
+    k = _aot_kernel(fn, pointers=ptrs, constexprs=consts, num_warps=blocks.num_warps,
+                    num_stages=blocks.num_stages)
+    attrs = dict(k.attrs)
+    for name in ("N", "K", "K_PER_SPLIT"):
+        attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    return {"_int4_matmul_kernel": k._replace(attrs=attrs)}
 
 
 def aot_kernel(dtype=torch.float16, *, rows: int, group_size: int = 128, asymmetric: bool = False,
                scale_dtype=torch.float16, capability=(9, 0), blocks: Optional[Int4Blocks] = None):
-    """(fn, signature, constexprs, attrs, num_warps, num_stages) of the default launch for
-    ``rows`` on ``capability``, specialized as the JIT would for contiguous 16-byte aligned
-    tensors and strides divisible by 16; feed to triton.compile(ASTSource(...))."""
-    fn = _jit_kernels()._int4_matmul_kernel
-    blocks = blocks or default_blocks(rows, dtype, capability=tuple(capability))
-    split = 1 if rows > 16 and blocks.split_k == 1 else 2
-    consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
-                  BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
-                  DOT_PRECISION=_dot_precision(dtype))
-    ptrs = {"X": f"*{_TY[dtype]}", "QW": "*u8", "S": f"*{_TY[scale_dtype]}", "Z": f"*{_TY[scale_dtype]}",
-            "Y": f"*{_TY[dtype]}" if split == 1 else "*fp32"}
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in consts:
-            signature[name] = "constexpr"
-        else:
-            signature[name] = ptrs.get(name, "i32")
-            if name != "M":  # pointers 16-byte aligned; strides, N, K, K_PER_SPLIT % 16 == 0
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return fn, signature, consts, attrs, blocks.num_warps, blocks.num_stages
+    """``aot_kernels(...)``'s one kernel as the tuple (fn, signature, constexprs, attrs,
+    num_warps, num_stages); feed to triton.compile(ASTSource(...))."""
+    k = aot_kernels(dtype, rows=rows, group_size=group_size, asymmetric=asymmetric,
+                    scale_dtype=scale_dtype, capability=capability, blocks=blocks)["_int4_matmul_kernel"]
+    return k.fn, k.signature, k.constexprs, k.attrs, k.num_warps, k.num_stages

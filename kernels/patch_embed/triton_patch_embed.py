@@ -81,6 +81,16 @@ def default_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
     return PatchEmbedBlocks(64, 64, 32, 4, 3)
 
 
+def candidate_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
+                     capability: tuple = (9, 0)) -> list[PatchEmbedBlocks]:
+    """Autotuning candidates of one pass on a GPU: ``default_blocks`` first, then a few tile /
+    warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
+    base = default_blocks(dtype, pass_, capability=tuple(capability))
+    more = [PatchEmbedBlocks(64, 64, 32, 4, 3), PatchEmbedBlocks(128, 128, 32, 8, 3),
+            PatchEmbedBlocks(64, 128, 64, 4, 2)]
+    return [base] + [b for b in more if b != base]
+
+
 def _capability(t: torch.Tensor) -> Optional[tuple]:
     if triton_interpreting() or t.device.type != "cuda":
         return None
@@ -235,23 +245,25 @@ def patch_embed_triton(images, weight, bias, pos_embed, *, patch, blocks=None):
 _TY = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
 
-def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0)) -> dict:
-    """name -> AotKernel for the four kernels in their default configuration on ``capability``,
-    specialized as the launchers launch them on contiguous inputs."""
+def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0),
+                blocks: Optional[PatchEmbedBlocks] = None) -> dict:
+    """name -> AotKernel for the four kernels in their default configuration on ``capability``
+    (or ``blocks`` for every pass, as ``patch_embed_triton(blocks=...)`` uses it), specialized
+    as the launchers launch them on contiguous inputs."""
     mod = jit_module(triton_kernels)
     ty = _TY[dtype]
     prec = _dot_precision(dtype)
     out = {}
     for name, pass_ in (("_patch_embed_fwd_kernel", "fwd"), ("_patch_embed_dweight_kernel", "dweight"),
                         ("_patch_embed_dimages_kernel", "dimages"), ("_patch_embed_dpos_kernel", "dpos")):
-        blocks = default_blocks(dtype, pass_, capability=tuple(capability))
+        pb = blocks or default_blocks(dtype, pass_, capability=tuple(capability))
         fn = getattr(mod, name)
-        meta = dict(PATCH=patch, CHANNELS=channels, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                    BLOCK_K=blocks.block_k, DOT_PRECISION=prec)
+        meta = dict(PATCH=patch, CHANNELS=channels, BLOCK_M=pb.block_m, BLOCK_N=pb.block_n,
+                    BLOCK_K=pb.block_k, DOT_PRECISION=prec)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         ptrs = {p: ty for p in ("X", "Wt", "BIAS", "POS", "Y", "DY", "DW", "DX", "DPOS")}
         ptrs["PART"] = "*fp32"
-        out[name] = aot_kernel(fn, pointers=ptrs, constexprs=meta, num_warps=blocks.num_warps,
-                               num_stages=blocks.num_stages, divisible_strides=False,
+        out[name] = aot_kernel(fn, pointers=ptrs, constexprs=meta, num_warps=pb.num_warps,
+                               num_stages=pb.num_stages, divisible_strides=False,
                                unit_strides=("stride_xc", "stride_wd", "stride_bias", "stride_pd"))
     return out
