@@ -80,11 +80,19 @@ def _fwd_kernel(x_ref, w_ref, b_ref, pos_ref, o_ref, *, patch):
                   + pos_ref[...].astype(jnp.float32)).astype(o_ref.dtype)
 
 
-def _dimages_kernel(dy_ref, w_ref, dx_ref, *, patch):
-    # dy_ref [gw_p, D_p]; w_ref [P, PC_p, D_p]; dx_ref [P, gw_p, PC_p]
-    dy = dy_ref[...]
+def _dimages_kernel(dy_ref, w_ref, dx_ref, *, patch, bd):
+    # dy_ref [gw_p, D_p]; w_ref [P, PC_p, D_p]; dx_ref [P, gw_p, PC_p]. D_p is a multiple of bd
+    # but not always a power of two (1152): reduce over power-of-two chunks of bd.
+    def row(ph):
+        def chunk(j, acc):
+            d = pl.ds(pl.multiple_of(j * bd, bd), bd)
+            return acc + _dot(dy_ref[:, d], w_ref[ph, :, d], ((1,), (1,)))
+
+        acc = lax.fori_loop(0, dy_ref.shape[-1] // bd, chunk, jnp.zeros(dx_ref.shape[1:], jnp.float32))
+        dx_ref[ph] = acc.astype(dx_ref.dtype)
+
     for ph in range(patch):  # static: P stores of independent rows
-        dx_ref[ph] = _dot(dy, w_ref[ph], ((1,), (1,))).astype(dx_ref.dtype)
+        row(ph)
 
 
 def _dweight_kernel(x_ref, dy_ref, dw_ref, *, patch, grid_h):
@@ -144,7 +152,7 @@ def _backward(images, weight, dy, cfg: _Config):
     dy = dy.astype(images.dtype)
     dyp = _pad(dy.reshape(b, gh, gw, dim), (b, gh, gw_p, d_p))
     dxp = pl.pallas_call(
-        functools.partial(_dimages_kernel, patch=p),
+        functools.partial(_dimages_kernel, patch=p, bd=bd),
         grid=(b, gh),
         in_specs=[pl.BlockSpec((None, None, gw_p, d_p), lambda n, i: (n, i, 0, 0)),
                   pl.BlockSpec((p, pc_p, d_p), lambda n, i: (0, 0, 0))],
