@@ -9,8 +9,9 @@ Retrieval example (bytes shown as text; keys are lowercase letters, values digit
 
 A context of ``pairs`` distinct key-value pairs (key then value, no separator: the value
 follows its key as in an induction-head copy; ``;`` ends a pair), then ``?`` and
-``queries`` distinct keys drawn from the context, each followed by its value and ``;``.
-More queries per example give more supervised positions per step (same task). The loss (and the accuracy) covers only the value tokens
+``queries`` keys drawn (with replacement, so no answer follows by elimination) from the
+context, each followed by its value and ``;``. More queries per example give more
+supervised positions per step (same task). The loss (and the accuracy) covers only the value tokens
 after the query (mask). ``seq_len`` is the model's input length; examples are right-padded.
 The held-out split draws from its own seed stream (numpy SeedSequence [seed, split, index]).
 
@@ -68,8 +69,8 @@ class RetrievalTask:
     seed: int = 0
 
     def __post_init__(self):
-        if not 1 <= self.queries <= self.pairs:
-            raise ValueError(f"queries must lie in [1, pairs={self.pairs}], got {self.queries}")
+        if self.queries < 1:
+            raise ValueError(f"queries must be >= 1, got {self.queries}")
         for name in ("pairs", "key_len", "value_len", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -95,7 +96,7 @@ class RetrievalTask:
         digits = (codes[..., None] // len(KEY_ALPHABET) ** np.arange(k - 1, -1, -1)) % len(KEY_ALPHABET)
         keys = KEY_ALPHABET[digits]  # (B, n, k)
         values = VALUE_ALPHABET[rng.integers(0, len(VALUE_ALPHABET), size=(b, n, v))]  # (B, n, v)
-        query = np.stack([rng.choice(n, size=self.queries, replace=False) for _ in range(b)])  # (B, Q)
+        query = rng.integers(0, n, size=(b, self.queries))  # (B, Q), with replacement
         rows = np.arange(b)[:, None]
         semi = lambda m: np.full((b, m, 1), SEMI, dtype=np.int32)  # noqa: E731
         context = np.concatenate([keys, values, semi(n)], axis=2).reshape(b, -1)

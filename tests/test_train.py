@@ -182,16 +182,16 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
 
 
 def test_retrieval_accuracy_short_budget(tmp_path):
-    """A small retrieval task (4 pairs of 1-letter keys / 1-digit values, 4 queries) on a
-    width-64 model: held-out answer accuracy >= 0.45 after 1000 steps (chance: 0.1, one digit
-    of ten; the in-context value set alone gives 0.25 per first query). This budget does not
-    yet reach the 0.9 the issue asks for (see the training report)."""
-    out = train(cfg("steps=1000", "batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=100",
+    """A small retrieval task (4 pairs of 1-letter keys / 1-digit values, 4 queries drawn with
+    replacement) on a width-64 model for 500 steps: held-out answer accuracy >= 0.3, three
+    times chance (0.1: one digit of ten), which needs the context's values. Key matching
+    (>= 0.9) takes a longer budget than this test has; see the report in the commit log."""
+    out = train(cfg("steps=500", "batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=100",
                     "model.width=64", "model.heads=4", "model.mlp_dim=128", "eval.batches=4",
                     f"results_dir={tmp_path}", "run_name=t"), log=quiet)
-    assert out.final_eval["accuracy"] >= 0.45, out.final_eval
-    assert np.mean(out.losses[-50:]) < 0.5 * np.mean(out.losses[:50])
+    assert out.final_eval["accuracy"] >= 0.3, out.final_eval
+    assert np.mean(out.losses[-50:]) < 0.4 * np.mean(out.losses[:50])
     with open(out.results_path) as f:
         rec = json.load(f)
     assert rec["held_out"]["accuracy"] == out.final_eval["accuracy"]
-    assert len(rec["loss_curve"]) == 1000 and rec["commit"]["commit"] and rec["versions"]["torch"]
+    assert len(rec["loss_curve"]) == 500 and rec["commit"]["commit"] and rec["versions"]["torch"]
