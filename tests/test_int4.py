@@ -7,24 +7,18 @@ The AOT compile runs in a fresh process (see tests/test_triton_aot.py's docstrin
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import traceback
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close
 
 from kernels import torch_ops  # noqa: F401  (sets TRITON_INTERPRET before any kernel import)
 from kernels.int4 import reference as ref_torch
 from kernels.int4.pallas_int4 import PallasInt4Blocks
 from kernels.int4.triton_int4 import LAUNCHES, Int4Blocks, int4_matmul_triton, split_plan
-from tests.conftest import assert_close
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (x shape, out, group_size, asymmetric, dtype, triton blocks or None, pallas blocks or None)
 CASES = {
@@ -192,7 +186,7 @@ def test_benchmark_suite_checks_before_timing():
                                 else 128 * 40 // 2 + 2 * 2 * 2 * 40 + 3 * 128 * 4)
 
 
-# --- ahead-of-time compile for sm_90 (fresh process) ----------------------------------------
+# --- ahead-of-time compile for sm_90 (fresh process: tests/aot.py) ---------------------------
 
 AOT_JOBS = {  # job -> (x dtype, rows, asymmetric, expect wgmma)
     "decode-m1-fp16": ("float16", 1, False, False),
@@ -204,64 +198,20 @@ AOT_JOBS = {  # job -> (x dtype, rows, asymmetric, expect wgmma)
 }
 
 
-def _aot_worker(out_dir: str) -> None:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia import compiler as nvidia
-    from triton.runtime.jit import JITFunction
-
-    from kernels.int4.triton_int4 import aot_kernel
-
-    report = {}
-    for job, (dt, rows, asym, _) in AOT_JOBS.items():
-        try:
-            fn, sig, consts, attrs, nw, ns = aot_kernel(getattr(torch, dt), rows=rows, asymmetric=asym)
-            assert isinstance(fn, JITFunction), type(fn)
-            c = triton.compile(triton.compiler.ASTSource(fn, sig, consts, attrs),
-                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
-            ptx = os.path.join(out_dir, job + ".ptx")
-            with open(ptx, "w") as f:
-                f.write(c.asm["ptx"])
-            ptxas = subprocess.run([nvidia.get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o",
-                                    ptx + ".o"], capture_output=True, text=True, check=True).stderr
-            report[job] = dict(ptxas=ptxas, shared=c.metadata.shared, wgmma="wgmma" in c.asm["ptx"])
-        except Exception:  # reported per job by the test that owns it
-            report[job] = dict(error=traceback.format_exc())
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f)
-
-
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
-    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
-    try:
-        ptxas = nvidia.get_ptxas(90).path
-    except RuntimeError as e:
-        pytest.skip(f"ptxas not available: {e}")
-    if not ptxas or not os.path.exists(ptxas):
-        pytest.skip(f"ptxas not available at {ptxas!r}")
-    out = tmp_path_factory.mktemp("int4_aot")
-    env = {**os.environ, "TRITON_INTERPRET": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"AOT worker failed:\n{res.stderr[-6000:]}"
-    with open(out / "report.json") as f:
-        return json.load(f)
+    from aot import compile_in_subprocess
+
+    jobs = {job: {"module": "kernels.int4.triton_int4", "args": [f"torch.{dt}"],
+                  "kwargs": {"rows": rows, "asymmetric": asym}, "cap": 90}
+            for job, (dt, rows, asym, _) in AOT_JOBS.items()}
+    return compile_in_subprocess(jobs, tmp_path_factory.mktemp("int4_aot"))
 
 
 @pytest.mark.parametrize("job", list(AOT_JOBS))
 def test_sm90_compiles_without_spills(aot_report, job):
-    r = aot_report[job]
-    assert "error" not in r, r.get("error")
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r["ptxas"])
-    regs = re.search(r"Used (\d+) registers", r["ptxas"])
-    assert spills and regs, f"unexpected ptxas -v output:\n{r['ptxas']}"
-    assert (int(spills[1]), int(spills[2])) == (0, 0), f"{job}: spills at {regs[1]} registers"
-    assert r["shared"] <= 227 * 1024, f"{job}: needs {r['shared']} B shared memory"
-    if AOT_JOBS[job][3]:
-        assert r["wgmma"], f"{job}: PTX has no wgmma"
+    from aot import assert_compiled_clean
 
-
-if __name__ == "__main__":
-    _aot_worker(sys.argv[1])
+    report = aot_report[job]
+    assert "error" not in report, report.get("error")
+    assert_compiled_clean(report["_int4_matmul_kernel"], job, wgmma=AOT_JOBS[job][3])
