@@ -43,6 +43,28 @@ def with_logical_constraint(x: jax.Array, axes: tuple) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(_ACTIVE["mesh"], spec))
 
 
+def attention(q, k, v, *, impl: str, **opts):
+    """The model's attention dispatch: ``jax_ops.attention(q, k, v, impl=impl, **opts)``.
+
+    impl "ring": context parallelism over the active rules' "seq" mesh axis with
+    ``sharding.ring_attention_jax`` (ppermute ring over the Pallas kernel); the sequence, and
+    the positions given to rope, must then be in zigzag order (``zigzag_indices``)."""
+    if impl != "ring":
+        return jax_ops.attention(q, k, v, impl=impl, **opts)
+    rules = _ACTIVE["rules"]
+    if rules is None or not isinstance(rules.get("seq"), str):
+        raise ValueError('attention impl "ring" needs active sharding rules that split "seq" over one '
+                         f"mesh axis (sharding.jax_sharding.activate), got rules {rules}")
+    from sharding.ring_attention_jax import ring_attention_zigzag  # only the "ring" impl needs it
+
+    def spec(axes):
+        return PartitionSpec(*(rules.get(a) if a is not None else None for a in axes))
+
+    return ring_attention_zigzag(q, k, v, mesh=_ACTIVE["mesh"], axis_name=rules["seq"],
+                                 q_spec=spec(("batch", "seq", "heads", None)),
+                                 kv_spec=spec(("batch", "seq", "kv_heads", None)), **opts)
+
+
 def linear(x: jax.Array, w) -> jax.Array:
     """x [..., in] @ w.T -> [..., out]; w [out, in]. The one dispatch point for projections."""
     if isinstance(w, (jax.Array, jax.core.Tracer)):

@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels import jax_ops
 from model.config import KernelConfig, ModelConfig, param_specs
-from model.jax_layers import embed, linear, mlp, rms_norm, softcap, with_logical_constraint
+from model.jax_layers import attention, embed, linear, mlp, rms_norm, softcap, with_logical_constraint
 
 
 class KVCache(NamedTuple):
@@ -79,8 +79,8 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
         if cache is not None:  # prefill of an empty cache: positions [0, S)
             new_kv = (cache.k[layer].at[:, :s].set(k.astype(cache.k[layer].dtype)),
                       cache.v[layer].at[:, :s].set(v.astype(cache.v[layer].dtype)))
-        o = jax_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
-                              impl=kernels.impl("attention"))  # (B, S, H, D)
+        o = attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
+                      impl=kernels.impl("attention"))  # (B, S, H, D); "ring": context parallel
     o = linear(o.reshape(b, s, cfg.heads * cfg.head_dim), p[pre + "o_proj.weight"])
     return o, new_kv
 

@@ -21,8 +21,12 @@ Counted per step (L layers, a = one [batch_local, seq_local, width] activation):
   tp: per layer 5 all-reduces of a (o_proj, down_proj forward; their input gradients and the
     norm-input gradient backward; +2 with remat) plus dK, dV when kv heads are replicated;
     the vocab-parallel lookup and head input-gradient (2a) and 3 cross-entropy statistics.
-  sp: per layer an all-gather of K and V over the sequence axis forward and a reduction of
-    their gradients backward.
+  sp: ring attention (``Workload.context_parallel="ring"``, sharding/ring_attention_jax.py):
+    per layer collective-permute hops of the local K/V block, n forward (the last unused but
+    issued) and n - 1 backward (its first hop is the forward's, merged by XLA's CSE), plus n
+    hops of the fp32 dK/dV accumulators backward (n = seq axis size). The hlo counter counts
+    ring-loop bodies once per trip. With XLA's own partitioning ("all-gather"): per
+    layer an all-gather of K and V forward and a reduction of their gradients backward.
 """
 from __future__ import annotations
 
@@ -42,8 +46,11 @@ class Workload:
     act_bytes: int = 2  # bf16 activations
     opt_bytes: int = 8  # Adam m and v in fp32
     remat: bool = False
+    context_parallel: str = "ring"  # seq axis: "ring" (ring_attention_jax) or "all-gather" (XLA's)
 
     def __post_init__(self):
+        if self.context_parallel not in ("ring", "all-gather"):
+            raise ValueError(f"context_parallel must be 'ring' or 'all-gather', got {self.context_parallel!r}")
         for name in ("global_batch", "seq_len", "param_bytes", "act_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -118,7 +125,15 @@ def collectives(cfg: ModelConfig, plan: Plan, wl: Workload, *, backend: str = "g
             per_layer += 2 * b * s * cfg.kv_heads * cfg.head_dim * wl.act_bytes
         add("all-reduce", ("tensor",), L * per_layer, "Megatron activation all-reduces", False)
         add("all-reduce", ("tensor",), 2 * a + 3 * b * s * 4, "vocab-parallel embedding / loss", False)
-    if plan.mesh["seq"] > 1:
+    if plan.mesh["seq"] > 1 and wl.context_parallel == "ring":
+        # K/V block: n hops forward (the n-th issued, unused) and n backward, of which the first
+        # is the forward's first (same value, same pairs: XLA CSEs it); the fp32 dK/dV
+        # accumulators travel with the block backward, n hops to get home
+        n, kv_bytes = plan.mesh["seq"], 2 * b * s * cfg.kv_heads * cfg.head_dim
+        kv_hops = (2 * n - 1) + (n if wl.remat else 0)
+        hops = kv_bytes * (kv_hops * wl.act_bytes + n * 4)
+        add("collective-permute", ("seq",), L * hops, "ring K/V (+ dK/dV) hops (context parallel)", False)
+    elif plan.mesh["seq"] > 1:
         kv = 2 * b * s * plan.mesh["seq"] * cfg.kv_heads * cfg.head_dim * wl.act_bytes
         add("all-gather", ("seq",), L * kv * (2 if wl.remat else 1), "K/V gathers (context parallel)", False)
         add("reduce-scatter" if backend != "cpu" else "all-reduce", ("seq",), L * kv,

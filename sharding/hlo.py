@@ -4,8 +4,10 @@ Each collective instruction is counted once under its kind (all-gather, all-redu
 reduce-scatter, all-to-all, collective-permute; async ``-start`` forms count, ``-done``
 does not) with the bytes of its full logical buffer: the gathered result of an all-gather,
 the unreduced operand of a reduce-scatter (result x group size), the result of the others
-(a tuple-shaped, combined collective sums its elements). Instructions inside loop bodies
-are counted once per appearance in the text, not per trip.
+(a tuple-shaped, combined collective sums its elements). Instructions inside a while loop's
+body count once per trip (``known_trip_count`` in its backend_config; nested loops
+multiply; a loop without one counts once); collectives over singleton replica groups
+(e.g. a psum over a mesh axis of size 1) move nothing and are not counted.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[[^\]]*\]\s*\{([^}]*)\}")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
+_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
+_WHILE = re.compile(r"\bwhile\(.*?body=%?([\w.\-]+)")
+_TRIPS = re.compile(r'known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
+_CALLS = re.compile(r"(?:calls|to_apply|condition|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 
 
 def _array_bytes(text: str) -> list[int]:
@@ -50,25 +57,82 @@ def _group_size(line: str, mesh_sizes: dict | None) -> int | None:
     return None
 
 
-def collectives(hlo_text: str) -> dict[str, dict]:
-    """kind -> {"count": instructions, "bytes": full-buffer bytes} (kinds absent: not listed)."""
-    out: dict[str, dict] = {}
+def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+    """name -> instruction lines of each computation, and the ENTRY computation's name."""
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
     for line in hlo_text.splitlines():
-        m = _INSTR.search(line)
-        if not m:
-            continue
-        kind = m.group("kind")
-        sizes = _array_bytes(m.group("shape"))
-        if m.group("start"):
-            # async start: the result tuple holds (operands..., results...) -> the results half
-            sizes = sizes[len(sizes) // 2:] if len(sizes) > 1 else sizes
-        nbytes = sum(sizes)
-        if kind == "reduce-scatter":
-            n = _group_size(line, None)
-            if n is None:
-                raise ValueError(f"cannot read the replica group size of: {line.strip()[:200]}")
-            nbytes *= n
-        row = out.setdefault(kind, {"count": 0, "bytes": 0})
-        row["count"] += 1
-        row["bytes"] += nbytes
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            m = _COMP.match(line)
+            if m:
+                current = m.group(1)
+                comps[current] = []
+                entry = current if line.startswith("ENTRY") else entry
+                continue
+        if current is not None:
+            comps[current].append(line)
+    return comps, entry
+
+
+def _multipliers(comps: dict[str, list[str]], entry: str | None) -> dict[str, int]:
+    """How many times each computation runs per call of ENTRY (while bodies: x trip count)."""
+    if entry is None:
+        return {name: 1 for name in comps}
+    edges: dict[str, list[tuple[str, int]]] = {}
+    for name, lines in comps.items():
+        for line in lines:
+            w = _WHILE.search(line)
+            trips = _TRIPS.search(line)
+            if w:
+                edges.setdefault(name, []).append((w.group(1), int(trips.group(1)) if trips else 1))
+            for callee in _CALLS.findall(line):
+                edges.setdefault(name, []).append((callee, 1))
+            for group in _BRANCHES.findall(line):
+                for callee in re.findall(r"%?([\w.\-]+)", group):
+                    edges.setdefault(name, []).append((callee, 1))
+    mult: dict[str, int] = {}
+
+    def visit(name, factor):
+        mult[name] = mult.get(name, 0) + factor
+        for callee, n in edges.get(name, ()):
+            if callee in comps:
+                visit(callee, factor * n)
+
+    visit(entry, 1)
+    return mult
+
+
+def collectives(hlo_text: str) -> dict[str, dict]:
+    """kind -> {"count": executions, "bytes": full-buffer bytes} (kinds absent: not listed)."""
+    out: dict[str, dict] = {}
+    comps, entry = _split_computations(hlo_text)
+    if not comps:  # a bare list of instructions: each once
+        comps, entry = {"": hlo_text.splitlines()}, None
+    mult = _multipliers(comps, entry)
+    for name, lines in comps.items():
+        for line in lines:
+            _count(line, mult.get(name, 0), out)
     return out
+
+
+def _count(line: str, times: int, out: dict) -> None:
+    """Add one collective instruction line, executed ``times`` times per step, to ``out``."""
+    m = _INSTR.search(line)
+    if not m or not times:
+        return
+    kind = m.group("kind")
+    group = _group_size(line, None)
+    if group == 1:  # singleton replica groups: nothing moves
+        return
+    sizes = _array_bytes(m.group("shape"))
+    if m.group("start"):
+        # async start: the result tuple holds (operands..., results...) -> the results half
+        sizes = sizes[len(sizes) // 2:] if len(sizes) > 1 else sizes
+    nbytes = sum(sizes)
+    if kind == "reduce-scatter":
+        if group is None:
+            raise ValueError(f"cannot read the replica group size of: {line.strip()[:200]}")
+        nbytes *= group
+    row = out.setdefault(kind, {"count": 0, "bytes": 0})
+    row["count"] += times
+    row["bytes"] += times * nbytes

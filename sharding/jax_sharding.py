@@ -16,9 +16,14 @@ iota), which doubled the fsdp+tp all-gather bytes against the profile. Inside
 the model, activations are pinned by its hook ``model.jax_layers.with_logical_constraint``
 (logical names): ``activate(plan, cfg, mesh)`` maps them with the plan's activation rules.
 
-Limits: Pallas kernels are opaque custom calls to the SPMD partitioner (XLA would gather
-their inputs): run sharded steps with the model's "xla" or "reference" kernels, or use
-``sharding/ring_attention_jax.py`` (explicit shard_map) for context parallelism.
+Context parallelism ("sp"): with the model's attention impl "ring"
+(``KernelConfig(..., attention="ring")``) attention runs ``sharding/ring_attention_jax.py``
+inside a shard_map over the seq axis (K/V blocks passed with collective-permutes, Pallas
+kernel per block) on a zigzag-ordered sequence (``zigzag_order``); with "xla" / "reference"
+XLA all-gathers K and V over the seq axis instead.
+
+Limits: other Pallas kernels are opaque custom calls to the SPMD partitioner (XLA would
+gather their inputs): run the other ops with the model's "xla" or "reference" kernels.
 """
 from __future__ import annotations
 
@@ -26,10 +31,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from model.config import ModelConfig, param_specs
 from model.jax_layers import logical_axis_rules
+from sharding.ring_attention_jax import zigzag_indices
 from sharding.rules import MESH_AXES, Plan, activation_axes, param_axes, validate
 
 def make_mesh(plan: Plan, devices=None) -> jax.sharding.Mesh:
@@ -104,26 +111,52 @@ def adam_update(params, grads, opt, *, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
     return new, {"m": m, "v": v, "step": step}
 
 
-def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None):
+def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None, positions=None):
     if gather is not None:
         params = {k: jax.lax.with_sharding_constraint(v, gather[k]) for k, v in params.items()}
-    return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels), targets)
+    return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels, positions=positions), targets)
+
+
+def uses_ring(plan: Plan, kernels) -> bool:
+    """Whether the step runs context-parallel ring attention (kernels attention impl "ring")."""
+    return kernels is not None and kernels.impl("attention") == "ring"
+
+
+def zigzag_order(plan: Plan, seq_len: int) -> np.ndarray:
+    """The sequence order a ring-attention step expects its tokens and targets in.
+
+    ``tokens[:, zigzag_order(plan, S)]``: natural positions in zigzag order over the plan's
+    seq axis (device i's contiguous slice holds chunks i and 2n-1-i of 2n), so causal work is
+    balanced. The mean loss does not depend on the order; the step gives rope these positions.
+    """
+    return zigzag_indices(seq_len, plan.axis_product(plan.act_rules.get("seq", ())))
 
 
 def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None, batch: int,
                     seq_len: int, optimizer: bool = True):
     """jit(step) with the plan's shardings. Validates the plan first (no compilation on error).
 
+    With ``kernels.attention == "ring"`` (context parallelism over the plan's seq axis) the
+    step takes tokens and targets in ``zigzag_order(plan, seq_len)`` and gives rope the
+    matching positions.
+
     step(params, opt, tokens, targets) -> (loss, grads, new_params, new_opt) when ``optimizer``
     else step(params, tokens, targets) -> (loss, grads). Gradients, parameters and Adam
     moments leave the step sharded like the parameters.
     """
     validate(plan, cfg, batch=batch, seq_len=seq_len)
+    positions = None
+    if uses_ring(plan, kernels):
+        if not plan.act_rules.get("seq"):
+            raise ValueError(f'attention impl "ring" needs a strategy with a sequence axis larger than 1 '
+                             f"(e.g. 'sp' with mesh.seq > 1), got {plan.strategy!r} on {plan.mesh}")
+        positions = np.broadcast_to(zigzag_order(plan, seq_len)[None], (batch, seq_len)).astype(np.int32)
     ps = param_shardings(plan, cfg, mesh)
     bs = batch_sharding(plan, cfg, mesh)
     scalar = NamedSharding(mesh, P())
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, forward=forward, cfg=cfg, kernels=kernels,
-                                                   gather=compute_shardings(plan, cfg, mesh)))
+                                                   gather=compute_shardings(plan, cfg, mesh),
+                                                   positions=positions))
 
     def grads_only(params, tokens, targets):
         with activate(plan, cfg, mesh):

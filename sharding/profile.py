@@ -16,7 +16,8 @@ runs at half the NVLink total (one direction), otherwise at the per-GPU network 
 entries use half the ICI total for every axis. Ring collectives; gradient and FSDP traffic
 overlaps compute, tensor / sequence-parallel traffic does not.
 
-measure=true also times the real sharded JAX step (the model's reference kernels) on the
+measure=true also times the real sharded JAX step (the model's reference kernels; ring
+attention where the strategy splits the sequence) on the
 present devices: on CPU these are simulated host devices (``XLA_FLAGS=
 --xla_force_host_platform_device_count=N`` set before JAX starts) and labeled so.
 """
@@ -161,8 +162,9 @@ def measure_step(cfg: ModelConfig, conf: dict, opts, batch_per_device: int, seq_
     batch = max(batch_per_device * len(devs) // plan.mesh["tensor"],
                 plan.axis_product(plan.act_rules.get("batch", ())))
     mesh = js.make_mesh(plan, devs)
-    step = js.make_train_step(forward, cfg, plan, mesh, kernels=KernelConfig("reference"),
-                              batch=batch, seq_len=seq_len)
+    # a seq axis runs context parallelism through the ring (as the profile models it)
+    kernels = KernelConfig("reference", attention="ring" if plan.mesh["seq"] > 1 else None)
+    step = js.make_train_step(forward, cfg, plan, mesh, kernels=kernels, batch=batch, seq_len=seq_len)
     params = js.shard_params(init_params(cfg, jax.random.key(0)), plan, cfg, mesh)
     opt = js.adam_init(params)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len)), jnp.int32)

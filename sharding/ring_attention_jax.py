@@ -17,8 +17,11 @@ block; a visiting block from device j < i is fully visible to all local queries 
 first chunk is needed, from j > i only the second local chunk sees it (both fully visible,
 causal=False); fully masked chunk pairs are never computed. Non-causal steps are full blocks.
 ``ring_attention`` takes and returns natural order (it permutes around the shard_map);
-a model that keeps activations in zigzag order calls ``ring_attention_local`` inside its own
-shard_map and gives rope the positions ``zigzag_indices`` returns.
+a model that keeps activations in zigzag order (the whole step permuted once, so only
+attention sees the sequence split) calls ``ring_attention_zigzag`` (``ring_attention_local``
+in a shard_map over its own activation specs) and gives rope the positions
+``zigzag_indices`` returns: the model's ``model.jax_layers.attention`` does so for the
+attention impl "ring", and ``sharding.jax_sharding.make_train_step`` feeds the positions.
 
 Limits: q_len == kv_len divisible by 2n; MHA/GQA/MQA (k/v heads divide q heads), softcap;
 window and segment_ids are refused (they need per-chunk position/segment offsets the kernel
@@ -232,6 +235,28 @@ def _from_zigzag(y, axis, n):
                                      for s in range(n)])
     odd = lax.ppermute(odd, axis, [(s, (s if s % 2 else 2 * n - 1 - s) // 2) for s in range(n)])
     return jnp.concatenate([even, odd], 1)
+
+
+def ring_attention_zigzag(q, k, v, *, mesh, axis_name: str, q_spec, kv_spec, causal=True, softcap=None,
+                          scale=None, window=None, segment_ids=None, blocks=None, interpret=None):
+    """attention(q, k, v) on a sequence in ZIGZAG order, sharded contiguously on ``axis_name``.
+
+    q [B, S, H, D], k, v [B, S, KVH, D] with shardings ``q_spec`` / ``kv_spec``
+    (PartitionSpecs whose dim 1 is ``axis_name``; batch / head dims may be split too); each
+    device's contiguous slice of the zigzag order is then exactly its zigzag shard, so no
+    permutation happens here. Returns o [B, S, H, D] in zigzag order, sharded like q.
+    """
+    for name, spec in (("q_spec", q_spec), ("kv_spec", kv_spec)):
+        if len(spec) != 4 or spec[1] != axis_name:
+            raise ValueError(f"{name} must be a 4-dim PartitionSpec split on dim 1 by {axis_name!r}, got {spec}")
+    n = int(mesh.shape[axis_name])
+    problem = check_ring_args(q, k, v, n=n, causal=causal, window=window, softcap=softcap,
+                              scale=scale, segment_ids=segment_ids)
+    attend = functools.partial(ring_attention_local, axis_name=axis_name, n=n, causal=causal,
+                               scale=problem.scale, softcap=problem.softcap, blocks=blocks,
+                               interpret=interpret)
+    return jax.shard_map(attend, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                         check_vma=False)(q, k, v)  # pallas_call carries no varying-axis types
 
 
 def ring_attention(q, k, v, *, mesh, axis_name, causal=False, softcap=None, scale=None,

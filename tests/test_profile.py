@@ -71,3 +71,42 @@ def test_bad_input(tmp_path, argv, fragment):
         return
     reasons = " ".join(r.get("reason", "") for r in payload["rows"])
     assert fragment in reasons, reasons
+
+
+HLO_LOOP = """HloModule m
+
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %x = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %cp = f32[4,8]{1,0} collective-permute(%x), channel_id=1, source_target_pairs={{0,1},{1,0}}
+  %one = f32[2]{0} all-reduce(%y), channel_id=2, replica_groups={{0},{1}}, to_apply=%add
+}
+
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %w = (s32[], f32[4,8]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"7"}}
+  %ag = f32[8,8]{1,0} all-gather(%a), channel_id=3, replica_groups={{0,1}}, dimensions={0}
+}
+"""
+
+
+def test_hlo_counter_counts_loop_trips_and_skips_singleton_groups():
+    from sharding.hlo import collectives
+
+    got = collectives(HLO_LOOP)
+    assert got["collective-permute"] == {"count": 7, "bytes": 7 * 4 * 8 * 4}  # body x trips
+    assert got["all-gather"] == {"count": 1, "bytes": 8 * 8 * 4}
+    assert "all-reduce" not in got  # groups of one device move nothing
+
+
+def test_ring_context_parallel_model_uses_permutes_not_gathers():
+    cfg = PRESETS["nano1"]
+    plan = make_plan("dp+sp", {"data": -1, "seq": 4}, 16)
+    ring = cm.by_kind(cm.collectives(cfg, plan, cm.Workload(16, 8192)))
+    gather = cm.by_kind(cm.collectives(cfg, plan, cm.Workload(16, 8192, context_parallel="all-gather")))
+    assert ring["collective-permute"] > 0 and "all-gather" not in ring
+    assert gather["all-gather"] > 0 and "collective-permute" not in gather
+    with pytest.raises(ValueError, match="context_parallel"):
+        cm.Workload(16, 8192, context_parallel="ulysses")
