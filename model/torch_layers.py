@@ -55,6 +55,8 @@ class RMSNorm(nn.Module):
         self.eps, self.impl = eps, impl
 
     def forward(self, x, residual=None):
+        if residual is not None and x.dtype != residual.dtype:  # autocast: a bf16 branch output
+            x = x.to(residual.dtype)  # joins the residual stream in the stream's precision
         return torch_ops.rms_norm(x, self.weight, eps=self.eps, gemma=True, residual=residual,
                                   impl=self.impl)
 

@@ -273,3 +273,18 @@ def test_cache_misuse_is_refused():
                           cfg=cfg, cache=jc)  # eager: the lengths are concrete and checked
     with pytest.raises(ValueError, match="max_len"):
         KVCache.create(cfg, 1, cfg.max_seq_len + 1)
+
+
+def test_torch_forward_under_bf16_autocast():
+    """Mixed precision: bf16 branch outputs join the fp32 residual stream (fused residual norm)."""
+    from model.config import PRESETS
+    from model.torch_model import GeminiModel
+
+    model = GeminiModel(PRESETS["tiny"])
+    model.init_weights(0)
+    tokens = torch.randint(0, PRESETS["tiny"].vocab_size, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(tokens)
+    ref = model(tokens)
+    assert torch.isfinite(logits).all()
+    assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()
