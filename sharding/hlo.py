@@ -124,10 +124,15 @@ def _count(line: str, times: int, out: dict) -> None:
     group = _group_size(line, None)
     if group == 1:  # singleton replica groups: nothing moves
         return
-    sizes = _array_bytes(m.group("shape"))
+    shape = m.group("shape")
     if m.group("start"):
-        # async start: the result tuple holds (operands..., results...) -> the results half
+        # async start: the result tuple holds (operands..., results..., [u32[] contexts of a
+        # collective-permute-start]) -> the results half of the arrays
+        shape = re.sub(r"\b[us]32\[\](\{[^}]*\})?", "", shape)
+        sizes = _array_bytes(shape)
         sizes = sizes[len(sizes) // 2:] if len(sizes) > 1 else sizes
+    else:
+        sizes = _array_bytes(shape)
     nbytes = sum(sizes)
     if kind == "reduce-scatter":
         if group is None:

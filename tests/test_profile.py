@@ -110,3 +110,15 @@ def test_ring_context_parallel_model_uses_permutes_not_gathers():
     assert gather["all-gather"] > 0 and "collective-permute" not in gather
     with pytest.raises(ValueError, match="context_parallel"):
         cm.Workload(16, 8192, context_parallel="ulysses")
+
+
+def test_hlo_counter_async_start_forms():
+    from sharding.hlo import collectives
+
+    text = """  %s = (f32[4,8]{1,0}, f32[4,8]{1,0}, u32[], u32[]) collective-permute-start(%x), source_target_pairs={{0,1},{1,0}}
+  %d = f32[4,8]{1,0} collective-permute-done(%s)
+  %g = (f32[2,8]{1,0}, f32[4,8]{1,0}) all-gather-start(%y), replica_groups={{0,1}}, dimensions={0}
+"""
+    got = collectives(text)
+    assert got["collective-permute"] == {"count": 1, "bytes": 4 * 8 * 4}
+    assert got["all-gather"] == {"count": 1, "bytes": 4 * 8 * 4}

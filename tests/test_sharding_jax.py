@@ -8,8 +8,7 @@ parameter / gradient / Adam moment shard must have the shape the strategy promis
 collectives XLA put into the compiled step (counted by kind and bytes) must match the
 profile's model (sharding/comm_model.py) within 10% per kind. Sequence parallelism runs the
 model's attention impl "ring" (sharding/ring_attention_jax.py in a shard_map, zigzag order):
-its K/V travel by collective-permute, no all-gather (XLA's own K/V all-gather path is
-checked once too). Bad meshes are refused with errors naming the axis and the dimension,
+its K/V travel by collective-permute, no all-gather. Bad meshes are refused with errors naming the axis and the dimension,
 before compilation.
 """
 from __future__ import annotations
@@ -22,8 +21,8 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (id, strategy, mesh, model attention impl: "ring" = context parallel ring, None = reference
-# with XLA's K/V all-gather over the seq axis); every case's compiled collectives are checked
+# (id, strategy, mesh, model attention impl: "ring" = context parallel ring, None = reference);
+# every case's compiled collectives are checked
 CASES = [
     ("dp", "dp", {"data": -1}, None),
     ("fsdp", "fsdp", {"fsdp": -1}, None),
@@ -31,7 +30,6 @@ CASES = [
     ("sp", "sp", {"seq": -1}, "ring"),
     ("dp+tp", "dp+tp", {"data": 4, "tensor": 2}, None),
     ("dp+sp", "dp+sp", {"data": 2, "seq": 4}, "ring"),
-    ("dp+sp/xla-gather", "dp+sp", {"data": 2, "seq": 4}, None),
     ("fsdp+tp", "fsdp+tp", {"fsdp": 4, "tensor": 2}, None),
     ("dp+fsdp+tp", "dp+fsdp+tp", {"data": 2, "fsdp": 2, "tensor": 2}, None),
 ]
