@@ -4,7 +4,9 @@ Parameters get ``NamedSharding``s from the plan's parameter rules (so gradients 
 state, created with the same shardings, are sharded the same way: ZeRO-3 under "fsdp");
 the batch gets the activation rules' ("batch", "seq") split. The step is one ``jax.jit``
 with explicit in/out shardings; XLA's SPMD partitioner inserts the collectives (all-gather
-of FSDP shards, reduce-scatter / all-reduce of gradients, Megatron all-reduces).
+of FSDP shards, reduce-scatter / all-reduce of gradients, Megatron all-reduces). Inside
+the model, activations are pinned by its hook ``model.jax_layers.with_logical_constraint``
+(logical names): ``activate(plan, cfg, mesh)`` maps them with the plan's activation rules.
 
 FSDP gathers are explicit: the loss constrains every parameter to its compute sharding
 (``compute_shardings``: its own minus the fsdp axis) before the forward, so each shard is
@@ -12,9 +14,9 @@ gathered ONCE and the forward and the backward matmuls use that one value (its t
 reduces the gradient back to the shard). Left implicit, XLA partitions the forward and the
 backward use of a 2-D (fsdp x tensor) sharded weight separately and emits two gathers
 that CSE does not merge (their replica groups are spelled differently: ``mesh[...]`` vs
-iota), which doubled the fsdp+tp all-gather bytes against the profile. Inside
-the model, activations are pinned by its hook ``model.jax_layers.with_logical_constraint``
-(logical names): ``activate(plan, cfg, mesh)`` maps them with the plan's activation rules.
+iota), which doubled the fsdp+tp all-gather bytes against the profile. Cost: a gathered
+weight may stay live from its forward use to its backward use (XLA's scheduler decides;
+this step has no remat, the profile's remat=true assumes a second gather per parameter).
 
 Context parallelism ("sp"): with the model's attention impl "ring"
 (``KernelConfig(..., attention="ring")``) attention runs ``sharding/ring_attention_jax.py``
@@ -117,7 +119,7 @@ def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None,
     return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels, positions=positions), targets)
 
 
-def uses_ring(plan: Plan, kernels) -> bool:
+def uses_ring(kernels) -> bool:
     """Whether the step runs context-parallel ring attention (kernels attention impl "ring")."""
     return kernels is not None and kernels.impl("attention") == "ring"
 
@@ -146,7 +148,7 @@ def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None
     """
     validate(plan, cfg, batch=batch, seq_len=seq_len)
     positions = None
-    if uses_ring(plan, kernels):
+    if uses_ring(kernels):
         if not plan.act_rules.get("seq"):
             raise ValueError(f'attention impl "ring" needs a strategy with a sequence axis larger than 1 '
                              f"(e.g. 'sp' with mesh.seq > 1), got {plan.strategy!r} on {plan.mesh}")

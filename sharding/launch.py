@@ -77,7 +77,7 @@ def run_jax(opts, cfg, conf) -> dict:
     opt = jax.device_put(js.adam_init(params), {"m": ps, "v": ps, "step": NamedSharding(mesh, P())})
     rng = np.random.default_rng(opts.seed)
     tokens, targets = (rng.integers(0, cfg.vocab_size, (batch, s)).astype(np.int32) for _ in range(2))
-    if js.uses_ring(plan, kernels):
+    if js.uses_ring(kernels):
         order = js.zigzag_order(plan, s)
         tokens, targets = tokens[:, order], targets[:, order]
     bs = js.batch_sharding(plan, cfg, mesh)

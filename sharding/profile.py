@@ -68,7 +68,9 @@ def axis_bandwidth(hw: dict, plan, axes) -> tuple[float, str]:
 
 def _wire_time(item, plan, hw) -> float:
     n = plan.axis_product(item["axes"])
-    factor = 2 * (n - 1) / n if item["kind"] == "all-reduce" else (n - 1) / n
+    # ring all-reduce 2(n-1)/n, all-gather / reduce-scatter (n-1)/n of the full buffer; a
+    # collective-permute hop sends the whole (local) buffer once
+    factor = {"all-reduce": 2 * (n - 1) / n, "collective-permute": 1.0}.get(item["kind"], (n - 1) / n)
     bw, _ = axis_bandwidth(hw, plan, item["axes"])
     return item["bytes"] * factor / bw
 
@@ -100,7 +102,7 @@ def profile_row(cfg: ModelConfig, name: str, conf: dict, devices: int, hw: dict,
 
 def table(rows) -> str:
     head = ("strategy", "devices", "mesh d/f/s/t", "params", "grads", "adam", "act", "act+remat",
-            "AG GB", "RS GB", "AR GB", "compute ms", "step ms", "MFU")
+            "AG GB", "RS GB", "AR GB", "CP GB", "compute ms", "step ms", "MFU")
     out = [head]
     for r in rows:
         if r["status"] != "ok":
@@ -109,7 +111,7 @@ def table(rows) -> str:
         m, c = r["memory_gb"], r["comm_bytes"]
         out.append((r["strategy"], str(r["devices"]), "/".join(str(r["mesh"][a]) for a in MESH_AXES),
                     *(f"{m[k]:.2f}" for k in ("params", "grads", "optimizer", "activations", "activations_remat")),
-                    *(f"{c.get(k, 0) / 1e9:.2f}" for k in ("all-gather", "reduce-scatter", "all-reduce")),
+                    *(f"{c.get(k, 0) / 1e9:.2f}" for k in ("all-gather", "reduce-scatter", "all-reduce", "collective-permute")),
                     f"{r['compute_s'] * 1e3:.1f}", f"{r['step_s'] * 1e3:.1f}", f"{100 * r['mfu']:.1f}%"))
     widths = [max(len(row[i]) for row in out if len(row) > i and len(row) == len(head)) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) if len(row) == len(head) else "  ".join(row)
