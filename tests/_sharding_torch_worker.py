@@ -25,9 +25,10 @@ COLWISE = ("q_proj", "gate_proj", "up_proj")  # split on dim 0 under TP
 ROWWISE = ("o_proj", "down_proj")  # split on dim 1 under TP
 
 
-def _promised_local_shape(name, shape, fsdp, tp):
+def _promised_local_shape(name, shape, fsdp, tp, kv_heads):
     shape = list(shape)
-    if tp > 1 and any(f".{k}." in name for k in COLWISE):
+    colwise = COLWISE + (("k_proj", "v_proj") if kv_heads % tp == 0 else ())  # MQA: kv head whole
+    if tp > 1 and any(f".{k}." in name for k in colwise):
         shape[0] //= tp
     if tp > 1 and any(f".{k}." in name for k in ROWWISE):
         shape[1] //= tp
@@ -73,7 +74,7 @@ def _run_case(what, spec, rank, world, ctx):
     shard_ok, issue, grads = True, None, {}
     for name, p in model.named_parameters():
         local = p.to_local() if isinstance(p, DTensor) else p
-        want = _promised_local_shape(name, specs[name][0], fsdp, tp)
+        want = _promised_local_shape(name, specs[name][0], fsdp, tp, cfg.kv_heads)
         if tuple(local.shape) != want:
             shard_ok, issue = False, f"rank {rank} {name}: local {tuple(local.shape)}, promised {want}"
         grads[name] = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
