@@ -129,3 +129,28 @@ def test_nano1_quantized_size_under_1gb():
     tensors = mq.quantize_state_dict({k: v.half() for k, v in state.items()}, group_size=64, asymmetric=True)
     assert sum(t.numel() * t.element_size() for t in tensors.values()) == \
         mq.quantized_size_bytes(CFG, 64, asymmetric=True)
+
+
+def test_quant_eval_reports_accuracy_and_kl(tmp_path):
+    """model.quant_eval: float vs int4 held-out retrieval accuracy and logits KL on one checkpoint."""
+    import json
+
+    from model.checkpoint import save_checkpoint
+    from model.config import PRESETS
+    from model.quant_eval import run
+    from model.torch_model import GeminiModel
+
+    model = GeminiModel(PRESETS["tiny"])
+    model.init_weights(3)
+    ckpt = tmp_path / "model.safetensors"
+    save_checkpoint(str(ckpt), model, PRESETS["tiny"])
+    results = tmp_path / "train.json"
+    results.write_text(json.dumps({"config": {
+        "seed": 0, "batch_size": 4,
+        "data": {"kind": "retrieval", "retrieval": {"pairs": 4, "key_len": 1, "value_len": 1,
+                                                    "queries": 2, "seq_len": 24}}}}))
+    res = run(str(results), str(ckpt), group_size=32, batches=2)
+    assert res["float"]["answers"] == res["int4"]["answers"] == 2 * 4 * 2
+    assert abs(res["accuracy_drop_points"]) <= 100 / 16  # at most one answer of 16 flips
+    assert 0 <= res["logits_kl_nats"] < 1e-3
+    assert res["quantized_weight_bytes"] > 0 and res["quantization"]["group_size"] == 32
