@@ -110,7 +110,8 @@ def param_count(cfg: ModelConfig) -> int:
 class KernelConfig:
     """Which implementation each op uses; ``preset`` fills every op not overridden.
 
-    PyTorch impls: triton | reference | sdpa (attention only); JAX: pallas | reference | xla.
+    PyTorch impls: triton | reference | sdpa (attention only); JAX: pallas | reference | xla,
+    and attention="ring" for context-parallel sharded steps (``sharding/``).
     """
 
     preset: str = "reference"
