@@ -146,6 +146,9 @@ def run_torch(opts, cfg, conf) -> dict:
         return dict(process=rank, processes=world, devices=world, mesh=plan.mesh, global_batch=batch,
                     losses=losses, step_s=times)
     finally:
+        # every rank done before teardown: with gloo, a rank that exits while a peer's
+        # collective is still in flight aborts ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
