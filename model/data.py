@@ -5,12 +5,18 @@ split is the same whatever came before, so a checkpoint's data position is one i
 
 Retrieval example (bytes shown as text; keys are lowercase letters, values digits)::
 
-    <bos> ab41;qx07;...;mz93;?qx07;mz93; <eos> <pad>...
+    <bos> 41ab07qx...93mz?qx07mz93 <eos> <pad>...
 
-A context of ``pairs`` distinct key-value pairs (key then value, no separator: the value
-follows its key as in an induction-head copy; ``;`` ends a pair), then ``?`` and
-``queries`` keys drawn (with replacement, so no answer follows by elimination) from the
-context, each followed by its value and ``;``. More queries per example give more
+A context of ``pairs`` distinct key-value pairs, each written VALUE FIRST, then its key,
+with no separator (keys and values use disjoint alphabets, so the layout is unambiguous),
+then ``?`` and ``queries`` keys drawn (with replacement, so no answer follows by
+elimination) from the context, each followed by its value. Keys and values are fresh random
+draws per example, so an answer is recoverable only from that example's context. Value
+first (measured, 4 pairs, tiny model with mlp 128, batch 16, lr 1e-3): held-out accuracy
+0.998 after ~8.9k steps, the transition at ~3k; key first sat at 0.36 after 9.1k steps. With
+the value before its key, the query matches the context key by token identity and reads the
+value a previous-token head stored there; key first needs the match on a derived feature.
+More queries per example give more
 supervised positions per step (same task). The loss (and the accuracy) covers only the value tokens
 after the query (mask). ``seq_len`` is the model's input length; examples are right-padded.
 The held-out split draws from its own seed stream (numpy SeedSequence [seed, split, index]).
@@ -32,7 +38,7 @@ from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 SPLITS = {"train": 0, "eval": 1}
 KEY_ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8).astype(np.int32)
 VALUE_ALPHABET = np.frombuffer(b"0123456789", dtype=np.uint8).astype(np.int32)
-SEMI, QUERY = ord(";"), ord("?")
+QUERY = ord("?")
 
 
 class Batch(NamedTuple):
@@ -84,8 +90,8 @@ class RetrievalTask:
 
     @property
     def example_len(self) -> int:
-        """Tokens of one example: bos, pairs * (key value ;), ?, queries * (key value ;), eos."""
-        return 2 + (self.pairs + self.queries) * (self.key_len + self.value_len + 1) + 1
+        """Tokens of one example: bos, pairs * (value key), ?, queries * (key value), eos."""
+        return 2 + (self.pairs + self.queries) * (self.key_len + self.value_len) + 1
 
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         rng = _rng(self.seed, split, index)
@@ -98,9 +104,8 @@ class RetrievalTask:
         values = VALUE_ALPHABET[rng.integers(0, len(VALUE_ALPHABET), size=(b, n, v))]  # (B, n, v)
         query = rng.integers(0, n, size=(b, self.queries))  # (B, Q), with replacement
         rows = np.arange(b)[:, None]
-        semi = lambda m: np.full((b, m, 1), SEMI, dtype=np.int32)  # noqa: E731
-        context = np.concatenate([keys, values, semi(n)], axis=2).reshape(b, -1)
-        asked = np.concatenate([keys[rows, query], values[rows, query], semi(self.queries)], axis=2)
+        context = np.concatenate([values, keys], axis=2).reshape(b, -1)  # value first
+        asked = np.concatenate([keys[rows, query], values[rows, query]], axis=2)
         ex = np.concatenate([np.full((b, 1), BOS_ID), context, np.full((b, 1), QUERY),
                              asked.reshape(b, -1), np.full((b, 1), EOS_ID)], axis=1)
         seq = np.full((b, self.seq_len + 1), PAD_ID, dtype=np.int32)
@@ -108,7 +113,7 @@ class RetrievalTask:
         mask = np.zeros((b, self.seq_len), dtype=bool)
         start = 1 + context.shape[1] + 1  # first token of the first query
         for q in range(self.queries):  # input positions whose targets are value tokens
-            first = start + q * (k + v + 1) + k - 1
+            first = start + q * (k + v) + k - 1
             mask[:, first:first + v] = True
         return Batch(seq[:, :-1].copy(), seq[:, 1:].copy(), mask)
 
