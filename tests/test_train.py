@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -23,14 +24,15 @@ register()
 MICRO = ["model.width=32", "model.layers=2", "model.heads=2", "model.head_dim=16", "model.mlp_dim=64",
          "model.vocab_size=272"]
 SMALL_TASK = ["data.retrieval.pairs=4", "data.retrieval.key_len=1", "data.retrieval.value_len=1",
-              "data.retrieval.seq_len=28", "data.retrieval.queries=4"]
+              "data.retrieval.seq_len=18", "data.retrieval.queries=4"]
 
 
 def cfg(*overrides, tmp=None):
     with initialize_config_dir(config_dir=CONF, version_base=None):
         c = compose(config_name="train/tiny_retrieval",
                     overrides=[*MICRO, *SMALL_TASK, "log_every=0", "eval.batches=1", "results_dir=null",
-                               "optim.warmup_steps=2", *overrides])
+                               "optim.warmup_steps=2", "optim.lr=3e-3", "optim.beta2=0.95",
+                               "optim.weight_decay=0.1", *overrides])
     return c
 
 
@@ -49,10 +51,10 @@ def test_retrieval_batches_are_deterministic_and_answerable():
         seq = np.concatenate([a.inputs[row], a.targets[row, -1:]])
         text = bytes(int(t) for t in seq if t < 256).decode()
         context, query = text.split("?")
-        first = query.split(";")[0]
-        key, value = first[:2], first[2:]
-        pairs = {p[:2]: p[2:] for p in context.strip(";").split(";")}
-        assert len(pairs) == 6 and pairs[key] == value
+        pairs = {k: v for v, k in re.findall(r"([0-9]{3})([a-z]{2})", context)}  # value first
+        assert len(pairs) == 6 and len(context) == 6 * 5
+        key, value = query[:2], query[2:5]
+        assert pairs[key] == value
         assert bytes(a.targets[row][a.mask[row]].tolist()).decode() == value
     first_pad = task.example_len - 1
     assert (a.targets[:, first_pad - 1] == EOS_ID).all() and (a.inputs[:, first_pad + 1:] == PAD_ID).all()
@@ -182,16 +184,17 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
 
 
 def test_retrieval_accuracy_short_budget(tmp_path):
-    """A small retrieval task (4 pairs of 1-letter keys / 1-digit values, 4 queries drawn with
-    replacement) on a width-64 model for 500 steps: held-out answer accuracy >= 0.3, three
-    times chance (0.1: one digit of ten), which needs the context's values. Key matching
-    (>= 0.9) takes a longer budget than this test has; see the report in the commit log."""
-    out = train(cfg("steps=500", "batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=100",
-                    "model.width=64", "model.heads=4", "model.mlp_dim=128", "eval.batches=4",
-                    f"results_dir={tmp_path}", "run_name=t"), log=quiet)
-    assert out.final_eval["accuracy"] >= 0.3, out.final_eval
-    assert np.mean(out.losses[-50:]) < 0.4 * np.mean(out.losses[:50])
+    """The default recipe (conf/train/tiny_retrieval.yaml: 4 value-first pairs, 4 queries, tiny
+    model with mlp 128, batch 16, lr 1e-3, 5000 steps, ~60 s on one core): held-out answer
+    accuracy >= 0.9 (chance 0.1; answering from the context's values without matching the key
+    gives ~0.3); the documented run reached 0.98 (benchmarks/results/train-tiny-retrieval-*)."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        run = compose(config_name="train/tiny_retrieval",
+                      overrides=["log_every=0", "eval.every=0", "eval.batches=4",
+                                 f"results_dir={tmp_path}", "run_name=t"])
+    out = train(run, log=quiet)
+    assert out.final_eval["accuracy"] >= 0.9, out.final_eval
     with open(out.results_path) as f:
         rec = json.load(f)
     assert rec["held_out"]["accuracy"] == out.final_eval["accuracy"]
-    assert len(rec["loss_curve"]) == 500 and rec["commit"]["commit"] and rec["versions"]["torch"]
+    assert len(rec["loss_curve"]) == 5000 and rec["commit"]["commit"] and rec["versions"]["torch"]
