@@ -114,6 +114,8 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
         # throughput vs sequence length, one line per (framework, impl, variant)
         series = defaultdict(list)
         for r in ok:
+            if r["suite"] != "attention":  # sequence-length sweeps are the attention suite's
+                continue
             c = r["config"]
             key = (f"{r['framework']}:{r['impl']}", f"kv{c['kv_heads']} "
                    f"{'causal' if c['causal'] else 'full'} {c['direction']}")

@@ -127,3 +127,29 @@ def test_model_suite_checks_then_times_and_counts_flops():
     n_matmul = c.layers * (2 * c.width * c.heads * c.head_dim + 2 * c.width * c.kv_heads * c.head_dim
                            + 3 * c.width * c.mlp_dim) + c.vocab_size * c.width
     assert flops_per_token(c, 8192, train=True) == 6 * n_matmul + 12 * c.layers * c.heads * c.head_dim * 8192
+
+
+def test_report_renders_rows_of_every_suite(tmp_path):
+    """The report's plots take each suite's rows as they come (only attention sweeps lengths)."""
+    from benchmarks.report import render
+
+    def row(suite, case, config, **kw):
+        return {"suite": suite, "case": case, "framework": "torch", "impl": "reference", "status": "ok",
+                "mode": "eager", "median_ms": 1.0, "config": config, **kw}
+
+    payload = {
+        "schema": "gemini-kernels-bench/1", "created_utc": "2026-01-01T00:00:00+00:00",
+        "device": {"name": "test cpu", "kind": "cpu"}, "commit": {"commit": "abc", "dirty": False},
+        "versions": {"torch": "x"}, "config": {}, "ceilings": {"copy_gbps": 10.0, "matmul_tflops": 1.0,
+                                                             "matmul_dtype": "float32"},
+        "records": [
+            row("attention", "mqa s64", {"seq": 64, "kv_heads": 1, "causal": True, "direction": "fwd"},
+                tflops=0.1, flops=1e9, bytes=1e6, frac_measured_peak=0.1),
+            row("elementwise", "rms_norm 256x2048", {"op": "rms_norm"}, gbps=5.0, bytes=1e6,
+                frac_measured_bw=0.5),
+            row("model", "tiny forward", {"mode": "forward"}, tflops=0.01, flops=1e8, tokens_per_s=1e4),
+        ]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(payload))
+    text = open(render([str(path)], str(tmp_path / "out"))).read()
+    assert "| elementwise | rms_norm 256x2048 | reference |" in text and "1e+04 tok/s" in text
