@@ -60,6 +60,7 @@ def run_case(case, params, tokens, targets, ref):
             got = {tuple(s.data.shape) for s in arr.addressable_shards}
             if got != {want}:
                 shard_ok, worst = False, f"{what} {name}: shards {got}, promised {want}"
+    ckpt_ok = _checkpoint_round_trip(new, plan, mesh)
     ref_loss, ref_grads = ref
     # the sharded Adam step against the unsharded Adam step on the SAME gradients: a first Adam
     # step is lr * g / (|g| + eps), which turns a 1e-8 gradient difference at g ~ 0 into up
@@ -74,7 +75,24 @@ def run_case(case, params, tokens, targets, ref):
     return dict(strategy=case.get("id", case["strategy"]), mesh=plan.mesh, loss=float(loss), ref_loss=float(ref_loss),
                 grad_err=max(_err(grads[k], ref_grads[k]) for k in grads), grad_scale=grad_scale,
                 param_err=max(_err(new[k], own_new[k]) for k in new), shard_ok=shard_ok, shard_issue=worst,
-                measured=measured, modeled=modeled)
+                measured=measured, modeled=modeled, checkpoint_round_trip=ckpt_ok)
+
+
+def _checkpoint_round_trip(sharded: dict, plan, mesh) -> bool:
+    """Sharded params -> safetensors -> unsharded host arrays -> resharded: identical values."""
+    import tempfile
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        save_checkpoint(path, {k: np.asarray(v) for k, v in sharded.items()}, CFG)  # gathers each shard
+        loaded, _ = load_checkpoint(path, CFG, framework="numpy")
+    same = all(np.array_equal(loaded[k], np.asarray(sharded[k])) for k in sharded)
+    back = js.shard_params({k: jnp.asarray(v) for k, v in loaded.items()}, plan, CFG, mesh)
+    same &= all(np.array_equal(np.asarray(back[k]), np.asarray(sharded[k])) and
+                back[k].sharding.is_equivalent_to(sharded[k].sharding, sharded[k].ndim) for k in sharded)
+    return bool(same)
 
 
 def checks():

@@ -74,6 +74,12 @@ def test_step_matches_unsharded(rows, strategy):
 
 
 @pytest.mark.parametrize("strategy", IDS)
+def test_checkpoint_from_sharded_run_round_trips(rows, strategy):
+    """Saved from the sharded step's parameters, loaded unsharded and sharded again: identical."""
+    assert rows["RESULT"][strategy]["checkpoint_round_trip"]
+
+
+@pytest.mark.parametrize("strategy", IDS)
 def test_shards_have_promised_shape(rows, strategy):
     r = rows["RESULT"][strategy]
     assert r["shard_ok"], r["shard_issue"]
