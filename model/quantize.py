@@ -231,6 +231,42 @@ def load_quantized(path, *, impl: str = "triton", dtype=torch.float32) -> tuple[
 
 # --- size and quality ----------------------------------------------------------------------
 
+def load_quantized_torch(path, kernels=None, *, impl: str = "triton", dtype=torch.float32):
+    """A ``GeminiModel`` from a quantized checkpoint: projections run ``int4_matmul``."""
+    from model.checkpoint import read_config
+    from model.torch_model import GeminiModel
+
+    cfg = read_config(path)
+    tensors, _ = load_quantized(path, impl=impl, dtype=dtype)
+    model = GeminiModel(cfg, kernels)
+    for name, module in list(model.named_modules()):
+        key = f"{name}.weight"
+        if isinstance(tensors.get(key), QuantizedWeight):
+            del module._parameters["weight"]
+            module.weight = tensors.pop(key)
+    missing = set(dict(model.named_parameters())) - set(tensors)
+    if missing:
+        raise ValueError(f"{path}: no tensor for {sorted(missing)[0]} (of {len(missing)} missing)")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(tensors[name].to(p.dtype))
+    return model
+
+
+def load_quantized_jax(path, *, impl: str = "pallas"):
+    """(params, cfg) for ``model.jax_model``: projections as QuantizedWeightJax (int4_matmul)."""
+    import jax.numpy as jnp
+
+    from model.checkpoint import read_config
+
+    tensors, q = load_quantized(path, impl="reference")
+    qt = __getattr__("QuantizedWeightJax")
+    j = lambda t: None if t is None else jnp.asarray(t.numpy())  # noqa: E731
+    params = {n: qt(j(t.qweight), j(t.scales), j(t.zeros), q["group_size"], impl)
+              if isinstance(t, QuantizedWeight) else j(t) for n, t in tensors.items()}
+    return params, read_config(path)
+
+
 def quantized_size_bytes(cfg: ModelConfig, group_size: int = 128, *, asymmetric: bool = False,
                          embed: str = "int4", scale_bytes: int = 2, float_bytes: int = 2) -> int:
     """Bytes of the quantized weights from ``param_specs`` (embed: "int4", "int8" or "float")."""
