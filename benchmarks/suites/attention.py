@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.suites.common import Skip, rel_err
+from benchmarks.suites.common import GridSuite, Skip, rel_err
 from kernels.attention.spec import AttentionProblem, attention_flops
 from kernels.tolerances import BENCH_RTOL
 
@@ -116,19 +116,12 @@ def torch_impl(name: str, device_kind: str):
     raise Skip(f"unknown torch impl {name!r}")
 
 
-class AttentionSuite:
+class AttentionSuite(GridSuite):
     name = "attention"
     peers = {"torch": ("sdpa",), "jax": ("xla",)}
 
-    def __init__(self, cfg, device, timer_factory, seed: int = 0):
-        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
-
-    def entries(self):
-        for case in cases(self.cfg):
-            for impl in self.cfg.torch_impls:
-                yield case, "torch", impl
-            for impl in self.cfg.jax_impls:
-                yield case, "jax", impl
+    def case_list(self) -> list:
+        return cases(self.cfg)
 
     # inputs and references are shared by every impl of a case
     def _inputs(self, case: Case):

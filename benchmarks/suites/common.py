@@ -26,3 +26,25 @@ def add_peer_ratios(records: list[dict], peers: dict) -> None:
         peer = best.get((r["case"], r["framework"]))
         if r["status"] == "ok" and peer is not None and r.get("mode") != "interpret":
             r["speedup_vs_peer"] = peer / r["median_ms"]
+
+
+class GridSuite:
+    """Base of the operator x impl suites: every case of ``case_list()`` with each of
+    ``cfg.torch_impls`` and ``cfg.jax_impls``. Subclasses set ``name`` and ``peers`` and
+    implement ``case_list``, ``check`` and ``run``."""
+
+    name = ""
+    peers: dict = {}
+
+    def __init__(self, cfg, device, timer_factory, seed: int = 0):
+        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
+
+    def case_list(self) -> list:
+        raise NotImplementedError
+
+    def entries(self):
+        for case in self.case_list():
+            for impl in self.cfg.torch_impls:
+                yield case, "torch", impl
+            for impl in self.cfg.jax_impls:
+                yield case, "jax", impl

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.common import Skip, rel_err
+from benchmarks.suites.common import GridSuite, Skip, rel_err
 from kernels.tolerances import BENCH_RTOL
 
 
@@ -56,19 +56,12 @@ def cases(cfg) -> list[Case]:
             for t in cfg.cache_lens for b in cfg.batches for kvh in cfg.kv_heads]
 
 
-class DecodeSuite:
+class DecodeSuite(GridSuite):
     name = "decode"
     peers = {"torch": ("sdpa",), "jax": ("xla",)}
 
-    def __init__(self, cfg, device, timer_factory, seed: int = 0):
-        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
-
-    def entries(self):
-        for case in cases(self.cfg):
-            for impl in self.cfg.torch_impls:
-                yield case, "torch", impl
-            for impl in self.cfg.jax_impls:
-                yield case, "jax", impl
+    def case_list(self) -> list:
+        return cases(self.cfg)
 
     def _inputs(self, case: Case):
         import torch

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.common import Skip, rel_err
+from benchmarks.suites.common import GridSuite, Skip, rel_err
 from kernels.int4.spec import int4_bytes
 from kernels.tolerances import BENCH_RTOL
 
@@ -68,19 +68,12 @@ def cases(cfg) -> list[Case]:
             for k, n in cfg.shapes for m in cfg.rows]
 
 
-class Int4Suite:
+class Int4Suite(GridSuite):
     name = "int4"
     peers = {"torch": ("matmul",), "jax": ("matmul",)}
 
-    def __init__(self, cfg, device, timer_factory, seed: int = 0):
-        self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
-
-    def entries(self):
-        for case in cases(self.cfg):
-            for impl in self.cfg.torch_impls:
-                yield case, "torch", impl
-            for impl in self.cfg.jax_impls:
-                yield case, "jax", impl
+    def case_list(self) -> list:
+        return cases(self.cfg)
 
     def _inputs(self, case: Case):
         import torch
