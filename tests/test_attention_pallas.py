@@ -6,17 +6,16 @@ whose error sets the bound through ``assert_close``. Runs in Pallas interpret mo
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from attention_cases import AttentionCase, jax_vjp, make_inputs, torch_truth
 
 from kernels import jax_ops
-from kernels.attention import reference, reference_jax
+from kernels.attention import reference_jax
 from kernels.attention.pallas_attention import (
     PallasAttentionBlocks, attention_pallas, default_blocks)
 
@@ -26,40 +25,7 @@ F32, F16, BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.b
 SMALL = PallasAttentionBlocks(block_q=16, block_k=16)  # many tiles: exercises block skipping
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    heads: int
-    kv_heads: int
-    q_len: int
-    kv_len: int
-    head_dim: int
-    dtype: jnp.dtype
-    causal: bool = False
-    window: int | None = None
-    softcap: float | None = None
-    segments: bool = False
-    batch: int = 1
-    blocks: PallasAttentionBlocks | None = None
-
-    @property
-    def id(self) -> str:
-        kind = "mqa" if self.kv_heads == 1 else "mha" if self.kv_heads == self.heads else "gqa"
-        parts = [f"{kind}{self.heads}x{self.kv_heads}", f"s{self.q_len}x{self.kv_len}",
-                 f"d{self.head_dim}", self.dtype.name]
-        if self.causal:
-            parts.append("causal")
-        if self.window is not None:
-            parts.append(f"win{self.window}")
-        if self.softcap is not None:
-            parts.append(f"cap{self.softcap:g}")
-        if self.segments:
-            parts.append("seg")
-        if self.batch > 1:
-            parts.append(f"b{self.batch}")
-        if self.blocks is not None:
-            parts.append(f"blk{self.blocks.block_q}x{self.blocks.block_k}")
-        return "-".join(parts)
-
+Case = AttentionCase
 
 CASES = [
     Case(4, 1, 1, 1, 64, F32),
@@ -83,45 +49,23 @@ CASES = [
 ]
 
 
-def _segment_ids(rng, batch, q_len, kv_len, n_segments=3):
-    """Sorted (packed) ids; q ids are those of the last q_len keys (bottom-right aligned)."""
-    kv = np.sort(rng.integers(0, n_segments, (batch, kv_len)), axis=1)
-    q = kv[:, kv_len - q_len:] if q_len <= kv_len else np.concatenate(
-        [np.full((batch, q_len - kv_len), n_segments), kv], axis=1)
-    return q.astype(np.int32), kv.astype(np.int32)
 
 
-def _make(rng, c: Case):
-    shapes = [(c.batch, c.q_len, c.heads, c.head_dim), (c.batch, c.kv_len, c.kv_heads, c.head_dim),
-              (c.batch, c.kv_len, c.kv_heads, c.head_dim), (c.batch, c.q_len, c.heads, c.head_dim)]
-    q, k, v, do = (jnp.asarray(rng.standard_normal(s), c.dtype) for s in shapes)
-    ids = _segment_ids(rng, c.batch, c.q_len, c.kv_len) if c.segments else (None, None)
-    return q, k, v, do, ids
 
 
-def _torch_truth(q, k, v, do, ids, **flags):
-    """Float64 torch output and (dq, dk, dv) by autograd."""
-    t = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (q, k, v)]
-    q_ids, kv_ids = (None, None) if ids[0] is None else (torch.tensor(i) for i in ids)
-    o = reference._attention(*t, q_segment_ids=q_ids, kv_segment_ids=kv_ids, **flags)
-    o.backward(torch.tensor(np.asarray(do, np.float64)))
-    return o.detach(), *(x.grad for x in t)
 
 
-def _jax_vjp(fn, q, k, v, do):
-    o, vjp = jax.vjp(fn, q, k, v)
-    return o, *vjp(do)
 
 
 def _check(rng, c: Case):
-    q, k, v, do, ids = _make(rng, c)
+    q, k, v, do, ids = make_inputs(rng, c)
     flags = dict(causal=c.causal, window=c.window, softcap=c.softcap, scale=c.head_dim**-0.5)
     q_ids, kv_ids = (None, None) if ids[0] is None else (jnp.asarray(i) for i in ids)
-    kernel = _jax_vjp(lambda q, k, v: attention_pallas(
+    kernel = jax_vjp(lambda q, k, v: attention_pallas(
         q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, blocks=c.blocks, **flags), q, k, v, do)
-    baseline = _jax_vjp(lambda q, k, v: reference_jax._attention(
+    baseline = jax_vjp(lambda q, k, v: reference_jax._attention(
         q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, upcast=False, **flags), q, k, v, do)
-    truth = _torch_truth(q, k, v, do, ids, **flags)
+    truth = torch_truth(q, k, v, do, ids, **flags)
     assert kernel[0].dtype == q.dtype and kernel[0].shape == q.shape
     for what, out, ref64, base in zip(("out", "dq", "dk", "dv"), kernel, truth, baseline):
         assert_close(out, ref64, base, c.dtype, what)
@@ -136,19 +80,19 @@ def test_matches_reference(rng, case):
 def test_rows_without_keys_are_zero(rng):
     """Rows that see no key (foreign segment, or before the first key when causal) give 0."""
     c = Case(4, 2, 40, 24, 64, F32, causal=True, segments=True)
-    q, k, v, do, _ = _make(rng, c)
+    q, k, v, do, _ = make_inputs(rng, c)
     kv_ids = np.zeros((1, 24), np.int32)
     q_ids = np.zeros((1, 40), np.int32)
     q_ids[0, 30:] = 7  # a segment with no keys at all
     flags = dict(causal=True, window=None, softcap=None, scale=0.125)
     fn = lambda q, k, v: attention_pallas(q, k, v, q_segment_ids=jnp.asarray(q_ids),
                                           kv_segment_ids=jnp.asarray(kv_ids), **flags)
-    o, dq, dk, dv = _jax_vjp(fn, q, k, v, do)
+    o, dq, dk, dv = jax_vjp(fn, q, k, v, do)
     # query s sits at s - 16: rows 0..15 precede every key; rows 30.. are segment 7
     empty = np.r_[0:16, 30:40]
     assert np.all(np.asarray(o)[:, empty] == 0) and np.all(np.asarray(dq)[:, empty] == 0)
     assert np.any(np.asarray(o)[:, 16:30] != 0)
-    truth = _torch_truth(q, k, v, do, (q_ids, kv_ids), **flags)
+    truth = torch_truth(q, k, v, do, (q_ids, kv_ids), **flags)
     for what, out, ref64 in zip(("out", "dq", "dk", "dv"), (o, dq, dk, dv), truth):
         assert_close(out, ref64, ref64, F32, what)
 
@@ -169,7 +113,7 @@ def test_public_api_jit_grad_runs_pallas_kernels(rng):
     """jax_ops.attention(impl="pallas") under jit + grad launches the three kernels on
     un-repeated K/V (kv_heads, not heads, in every K/V operand)."""
     c = Case(8, 2, 33, 50, 64, F32, causal=True, window=20)
-    q, k, v, _, _ = _make(rng, c)
+    q, k, v, _, _ = make_inputs(rng, c)
 
     def loss(q, k, v):
         o = jax_ops.attention(q, k, v, causal=True, window=20, impl="pallas")
@@ -208,7 +152,7 @@ def test_lowers_to_triton_for_cuda():
     from jax import export
 
     c = Case(4, 1, 100, 257, 80, BF16, window=33, softcap=5.0, segments=True)
-    q, k, v, _, ids = _make(np.random.default_rng(0), c)
+    q, k, v, _, ids = make_inputs(np.random.default_rng(0), c)
 
     def loss(q, k, v, q_ids, kv_ids):
         o = attention_pallas(q, k, v, causal=False, window=33, softcap=5.0, scale=0.1,

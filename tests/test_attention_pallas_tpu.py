@@ -10,17 +10,16 @@ Shapes are tiny because interpret mode is slow (compiles dominate: ~1 s per kern
 """
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from attention_cases import AttentionCase, jax_vjp, make_inputs, torch_truth
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels import jax_ops
-from kernels.attention import pallas_tpu, reference, reference_jax
+from kernels.attention import pallas_tpu, reference_jax
 from kernels.attention.pallas_tpu import (
     DEFAULT_BLOCKS, TPU_BLOCKS, TpuAttentionBlocks, attention_pallas_tpu, candidate_blocks,
     chip_blocks)
@@ -33,36 +32,7 @@ from conftest import ATOL_FLOOR, ERROR_RATIO, assert_close, max_err
 F32, BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    heads: int
-    kv_heads: int
-    q_len: int
-    kv_len: int
-    head_dim: int
-    dtype: jnp.dtype
-    causal: bool = False
-    window: int | None = None
-    softcap: float | None = None
-    segments: bool = False
-    batch: int = 1
-
-    @property
-    def id(self) -> str:
-        kind = "mqa" if self.kv_heads == 1 else "mha" if self.kv_heads == self.heads else "gqa"
-        parts = [f"{kind}{self.heads}x{self.kv_heads}", f"s{self.q_len}x{self.kv_len}",
-                 f"d{self.head_dim}", self.dtype.name]
-        parts += ["causal"] if self.causal else []
-        parts += [f"win{self.window}"] if self.window is not None else []
-        parts += [f"cap{self.softcap:g}"] if self.softcap is not None else []
-        parts += ["seg"] if self.segments else []
-        return "-".join(parts + ([f"b{self.batch}"] if self.batch > 1 else []))
-
-    @property
-    def flags(self):
-        return dict(causal=self.causal, window=self.window, softcap=self.softcap,
-                    scale=self.head_dim**-0.5)
-
+Case = AttentionCase
 
 CASES = [
     Case(4, 1, 1, 1, 64, F32),
@@ -75,50 +45,29 @@ CASES = [
 MANY_TILES = Case(2, 1, 257, 257, 64, F32, causal=True, window=40, segments=True)
 
 
-def _segment_ids(rng, batch, q_len, kv_len, n_segments=3):
-    """Sorted (packed) ids; q ids are those of the last q_len keys (bottom-right aligned)."""
-    kv = np.sort(rng.integers(0, n_segments, (batch, kv_len)), axis=1)
-    q = kv[:, kv_len - q_len:]
-    return jnp.asarray(q, jnp.int32), jnp.asarray(kv, jnp.int32)
 
 
-def _make(rng, c: Case):
-    shapes = [(c.batch, c.q_len, c.heads, c.head_dim), (c.batch, c.kv_len, c.kv_heads, c.head_dim),
-              (c.batch, c.kv_len, c.kv_heads, c.head_dim), (c.batch, c.q_len, c.heads, c.head_dim)]
-    q, k, v, do = (jnp.asarray(rng.standard_normal(s), c.dtype) for s in shapes)
-    ids = _segment_ids(rng, c.batch, c.q_len, c.kv_len) if c.segments else (None, None)
-    return q, k, v, do, ids
 
 
-def _torch_truth(q, k, v, do, ids, **flags):
-    """Float64 torch output and (dq, dk, dv) by autograd."""
-    t = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (q, k, v)]
-    q_ids, kv_ids = (None, None) if ids[0] is None else (torch.tensor(np.asarray(i)) for i in ids)
-    o = reference._attention(*t, q_segment_ids=q_ids, kv_segment_ids=kv_ids, **flags)
-    o.backward(torch.tensor(np.asarray(do, np.float64)))
-    return o.detach(), *(x.grad for x in t)
 
 
-def _jax_vjp(fn, q, k, v, do):
-    o, vjp = jax.vjp(fn, q, k, v)
-    return o, *vjp(do)
 
 
 def _baseline(q, k, v, do, ids, **flags):
-    return _jax_vjp(lambda q, k, v: reference_jax._attention(
+    return jax_vjp(lambda q, k, v: reference_jax._attention(
         q, k, v, q_segment_ids=ids[0], kv_segment_ids=ids[1], upcast=False, **flags), q, k, v, do)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_matches_reference(rng, case):
     """jax_ops.attention(impl="pallas_tpu"), forward and backward, against float64."""
-    q, k, v, do, ids = _make(rng, case)
+    q, k, v, do, ids = make_inputs(rng, case)
     f = case.flags
     seg = None if ids[0] is None else ids
-    kernel = _jax_vjp(lambda q, k, v: jax_ops.attention(
+    kernel = jax_vjp(lambda q, k, v: jax_ops.attention(
         q, k, v, causal=f["causal"], window=f["window"], softcap=f["softcap"], scale=f["scale"],
         segment_ids=seg, impl="pallas_tpu"), q, k, v, do)
-    truth = _torch_truth(q, k, v, do, ids, **f)
+    truth = torch_truth(q, k, v, do, ids, **f)
     assert kernel[0].dtype == q.dtype and kernel[0].shape == q.shape
     for what, out, ref64, base in zip(("out", "dq", "dk", "dv"), kernel, truth,
                                       _baseline(q, k, v, do, ids, **f)):
@@ -137,7 +86,7 @@ def test_many_tiles_with_race_detector(rng):
     """Three kernels on 2 simulated TensorCores, race detector on, one kernel at a time
     (the detector's state is per kernel); then the gradients against float64."""
     c = MANY_TILES
-    q, k, v, do, ids = _make(rng, c)
+    q, k, v, do, ids = make_inputs(rng, c)
     interp = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
     cfg = pallas_tpu._Config(causal=c.causal, window=c.window, softcap=c.softcap,
                              scale=c.flags["scale"], blocks=DEFAULT_BLOCKS, interpret=interp)
@@ -153,7 +102,7 @@ def test_many_tiles_with_race_detector(rng):
     assert not _races_found(), "dQ kernel"
     unkv = lambda x: x[:, :, :c.kv_len, :c.head_dim].transpose(0, 2, 1, 3)
     kernel = (o, pallas_tpu._unfold(dqf, q.shape), unkv(dkp), unkv(dvp))
-    truth = _torch_truth(q, k, v, do, ids, **c.flags)
+    truth = torch_truth(q, k, v, do, ids, **c.flags)
     for what, out, ref64, base in zip(("out", "dq", "dk", "dv"), kernel, truth,
                                       _baseline(q, k, v, do, ids, **c.flags)):
         assert_close(out, ref64, base, c.dtype, what)
@@ -166,7 +115,7 @@ def test_side_by_side_with_splash_attention(rng):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     c = Case(2, 1, 256, 256, 128, F32, causal=True, softcap=10.0)
-    q, k, v, do, ids = _make(rng, c)
+    q, k, v, do, ids = make_inputs(rng, c)
     scale = c.flags["scale"]
     mask = sm.MultiHeadMask([sm.CausalMask((c.q_len, c.kv_len))] * c.heads)
     splash = sk.make_splash_mqa_single_device(mask, block_sizes=sk.BlockSizes.get_default(),
@@ -179,9 +128,9 @@ def test_side_by_side_with_splash_attention(rng):
     ours_fn = lambda q, k, v: attention_pallas_tpu(
         q, k, v, q_segment_ids=None, kv_segment_ids=None, **c.flags)
     with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
-        ours = _jax_vjp(ours_fn, q, k, v, do)
-        theirs = _jax_vjp(splash_fn, q, k, v, do)
-    truth = _torch_truth(q, k, v, do, ids, **c.flags)
+        ours = jax_vjp(ours_fn, q, k, v, do)
+        theirs = jax_vjp(splash_fn, q, k, v, do)
+    truth = torch_truth(q, k, v, do, ids, **c.flags)
     base = _baseline(q, k, v, do, ids, **c.flags)
     for what, a, b, ref64, bl in zip(("out", "dq", "dk", "dv"), ours, theirs, truth, base):
         assert_close(a, ref64, bl, c.dtype, what)
