@@ -79,3 +79,16 @@ def triton_dtype(dtype) -> str:
     """Triton's name for a torch / numpy / string dtype: "fp16", "bf16" or "fp32"."""
     name = str(dtype).replace("torch.", "")
     return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[name]
+
+
+def check_triton_blocks(blocks, tiles: tuple[str, ...]) -> None:
+    """Validate a Triton block-size dataclass: ``tiles`` are powers of two >= 16 (tl.dot),
+    num_warps in {1, 2, 4, 8, 16}, num_stages in [1, 8]."""
+    for name in tiles:
+        v = getattr(blocks, name)
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
+    if blocks.num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={blocks.num_warps!r} must be one of 1, 2, 4, 8, 16")
+    if not isinstance(blocks.num_stages, int) or not 1 <= blocks.num_stages <= 8:
+        raise ValueError(f"num_stages={blocks.num_stages!r} must be an int in [1, 8]")

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import triton
 
-from .._aot import aot_kernel, d_strides
+from .._aot import aot_kernel, check_triton_blocks, d_strides
 from .._platform import triton_interpreting
 from . import triton_kernels
 
@@ -37,14 +37,7 @@ class TritonAttentionBlocks:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_m", "block_n"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 16 or value & (value - 1):
-                raise ValueError(f"{name}={value!r} must be a power of two >= 16 (tl.dot tile)")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+        check_triton_blocks(self, ("block_m", "block_n"))
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages]

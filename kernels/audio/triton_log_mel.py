@@ -17,7 +17,7 @@ import torch
 import triton
 
 from .._platform import triton_interpreting
-from .._aot import aot_kernel, jit_module
+from .._aot import aot_kernel, check_triton_blocks, jit_module
 from . import triton_kernels
 from .spec import LogMelProblem, geometry, mel_filterbank, packed_dft_tables
 
@@ -35,14 +35,7 @@ class LogMelBlocks:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_t", "block_k", "block_f"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+        check_triton_blocks(self, ("block_t", "block_k", "block_f"))
 
 
 def default_blocks(dtype: torch.dtype, *, capability: Optional[tuple] = None) -> LogMelBlocks:

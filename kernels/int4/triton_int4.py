@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import triton
 
-from .._aot import aot_kernel as _aot_kernel, jit_module, triton_dtype
+from .._aot import aot_kernel as _aot_kernel, check_triton_blocks, jit_module, triton_dtype
 from .._platform import triton_interpreting
 from . import triton_kernels
 
@@ -44,16 +44,9 @@ class Int4Blocks:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "block_k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
+        check_triton_blocks(self, ("block_m", "block_n", "block_k"))
         if not isinstance(self.split_k, int) or not 0 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k={self.split_k!r} must be an int in [0, {MAX_SPLIT_K}] (0 = auto)")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages]

@@ -21,7 +21,7 @@ import torch
 import triton
 
 from .._platform import triton_interpreting
-from .._aot import aot_kernel, jit_module
+from .._aot import aot_kernel, check_triton_blocks, jit_module
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()
@@ -42,14 +42,7 @@ class PatchEmbedBlocks:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "block_k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v!r} must be a power of two >= 16 (tl.dot tile)")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages={self.num_stages!r} must be an int in [1, 8]")
+        check_triton_blocks(self, ("block_m", "block_n", "block_k"))
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages]
