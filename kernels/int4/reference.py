@@ -1,5 +1,7 @@
 """PyTorch reference for int4 weight-only quantization: quantize (round-to-nearest), pack,
 unpack, dequantize and the plain matmul ``int4_matmul_reference`` (layout in ``spec.py``).
+``group_params`` / ``quantize_codes`` are the per-group scale / zero and code formulas, shared
+with GPTQ (``model/gptq.py``), which applies them to error-compensated weights.
 
 The reference materializes the dequantized weight (that is its job: the float64-capable
 ground truth and the "reference" impl); the Triton kernel never does.
@@ -27,6 +29,27 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
+def group_params(wg: torch.Tensor, *, asymmetric: bool, scale_dtype: torch.dtype = torch.float16):
+    """Round-to-nearest (scale, zero) of groups wg [..., g] (float32) -> scale [...] float32
+    holding ``scale_dtype`` values, zero [...] integer-valued float32 or None (symmetric)."""
+    if asymmetric:
+        lo = wg.amin(-1).clamp(max=0.0)  # the range always holds 0, so z is a valid code
+        hi = wg.amax(-1).clamp(min=0.0)
+        scale = (hi - lo) / 15.0
+    else:
+        scale = wg.abs().amax(-1) / 7.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype).float()
+    zero = torch.clamp(torch.round(-lo / scale), 0, 15) if asymmetric else None
+    return scale, zero
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
+    """Nearest codes in [0, 15] (float) of w for broadcastable scale / zero (None: symmetric)."""
+    if zero is None:
+        return torch.clamp(torch.round(w / scale), -8, 7) + SYMMETRIC_ZERO
+    return torch.clamp(torch.round(w / scale) + zero, 0, 15)
+
+
 def quantize_int4(w: torch.Tensor, group_size: int = 128, *, asymmetric: bool = False,
                   scale_dtype: torch.dtype = torch.float16):
     """Round-to-nearest group-wise int4 of a Linear weight w [out, in].
@@ -42,18 +65,8 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128, *, asymmetric: bool = 
     out, k = w.shape
     g = check_group_size(group_size, k)
     wg = w.detach().to(torch.float32).reshape(out, k // g, g)  # [out, groups, g]
-    if asymmetric:
-        lo = wg.amin(-1).clamp(max=0.0)  # the range always holds 0, so z is a valid code
-        hi = wg.amax(-1).clamp(min=0.0)
-        scale = ((hi - lo) / 15.0)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype).float()
-        zero = torch.clamp(torch.round(-lo / scale), 0, 15)
-        q = torch.clamp(torch.round(wg / scale[..., None]) + zero[..., None], 0, 15)
-    else:
-        scale = wg.abs().amax(-1) / 7.0
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype).float()
-        zero = None
-        q = torch.clamp(torch.round(wg / scale[..., None]), -8, 7) + SYMMETRIC_ZERO
+    scale, zero = group_params(wg, asymmetric=asymmetric, scale_dtype=scale_dtype)
+    q = quantize_codes(wg, scale[..., None], None if zero is None else zero[..., None])
     packed = pack_int4(q.reshape(out, k))
     scales = scale.t().contiguous().to(scale_dtype)
     zeros = None if zero is None else zero.t().contiguous().to(scale_dtype)
