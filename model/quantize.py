@@ -1,6 +1,7 @@
 """int4 weight-only quantization of a Gemini checkpoint, and the quantized weight types.
 
     python -m model.quantize CKPT OUT [--group-size 128] [--asymmetric] [--int8-embed]
+                             [--method rtn|gptq] [--calib-batches 8] [--calib-config JSON]
 
 Reads a float safetensors checkpoint (names from ``model.config.param_specs``) and writes a
 quantized one, atomically (temp file in the same folder, fsync, os.replace). Per matrix
@@ -11,7 +12,12 @@ quantized one, atomically (temp file in the same folder, fsync, os.replace). Per
 with --int8-embed the embedding is instead ``.qweight`` int8 [vocab, width] + ``.scales``
 fp16 [vocab] (per row, symmetric). Norm weights are copied unchanged. Layout and the
 dequantization formula: ``kernels/int4/spec.py``. Metadata: "config" (copied from the input)
-and "quantization" (JSON: format, group_size, scheme, embed, quantized names count).
+and "quantization" (JSON: format, group_size, scheme, embed, quantized names count; for
+--method gptq also "method" and "calibration"; no "method" means round-to-nearest).
+--method gptq (``model/gptq.py``) calibrates the projections on --calib-batches batches of the
+training data's train split, read from --calib-config (a ``python -m model.train`` results
+file or state.json; default: state.json beside CKPT); the embedding stays round-to-nearest
+(it is also a lookup table, which GPTQ's input-Hessian objective does not cover). Same layout.
 A float loader must call ``check_not_quantized(metadata, path)`` first: it refuses a
 quantized file by name instead of failing later on a missing tensor.
 
@@ -173,10 +179,20 @@ def check_not_quantized(metadata: Optional[dict], path="checkpoint") -> None:
                          f"tensors, not float weights; load it with model.quantize.load_quantized")
 
 
+METHODS = ("rtn", "gptq")
+
+
 def quantize_checkpoint(src, dst, *, group_size: int = 128, asymmetric: bool = False,
-                        int8_embed: bool = False) -> Path:
+                        int8_embed: bool = False, method: str = "rtn", calib_batches: int = 8,
+                        calib_config=None) -> Path:
     from safetensors import safe_open
 
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "gptq":
+        from model.gptq import check_calib_batches
+
+        check_calib_batches(calib_batches)
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
     check_not_quantized(meta, src)
@@ -188,10 +204,22 @@ def quantize_checkpoint(src, dst, *, group_size: int = 128, asymmetric: bool = F
                 raise ValueError(f"{src}: parameter {name!r} {tuple(t.shape)} does not match the config's "
                                  f"param_specs ({specs.get(name, (None,))[0]})")
     tensors = quantize_state_dict(state, group_size=group_size, asymmetric=asymmetric, int8_embed=int8_embed)
-    meta[QUANT_KEY] = json.dumps(dict(
-        format=FORMAT, group_size=group_size, scheme="asymmetric" if asymmetric else "symmetric",
-        embed="int8" if int8_embed else "int4", layout="qweight uint8 [out, in/2] low nibble = even k; "
-        "scales/zeros [in/group, out]", quantized=sum(map(is_quantized_name, state))))
+    q = dict(format=FORMAT, group_size=group_size, scheme="asymmetric" if asymmetric else "symmetric",
+             embed="int8" if int8_embed else "int4", layout="qweight uint8 [out, in/2] low nibble = even k; "
+             "scales/zeros [in/group, out]", quantized=sum(map(is_quantized_name, state)))
+    if method == "gptq":
+        if "config" not in meta:
+            raise ValueError(f"{src}: --method gptq runs the model, so the checkpoint needs its "
+                             f"config in the metadata (key 'config')")
+        from model.gptq import gptq_checkpoint_tensors
+
+        calib_config = calib_config or Path(src).parent / "state.json"
+        gptq, q["calibration"] = gptq_checkpoint_tensors(
+            state, weights_from_tensors(tensors, q, impl="reference"), ModelConfig(**json.loads(meta["config"])),
+            calib_config, calib_batches, group_size=group_size, asymmetric=asymmetric)
+        tensors.update(gptq)
+        q["method"] = "gptq"
+    meta[QUANT_KEY] = json.dumps(q)
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(dir=dst.parent or ".", prefix=dst.name + ".", suffix=".tmp")
     os.close(fd)
@@ -217,7 +245,12 @@ def load_quantized(path, *, impl: str = "triton", dtype=torch.float32) -> tuple[
     if QUANT_KEY not in meta:
         raise ValueError(f"{path} is not a quantized checkpoint (no {QUANT_KEY!r} metadata)")
     q = json.loads(meta[QUANT_KEY])
-    tensors, out = load_file(str(path)), {}
+    return weights_from_tensors(load_file(str(path)), q, impl=impl, dtype=dtype), q
+
+
+def weights_from_tensors(tensors: dict, q: dict, *, impl: str = "triton", dtype=torch.float32) -> dict:
+    """name -> QuantizedWeight | float tensor of a quantized checkpoint's tensors (``load_quantized``)."""
+    out = {}
     for name in sorted({n.rsplit(".", 1)[0] for n in tensors if n.endswith(".qweight")}):
         qw, s, z = (tensors.get(name + sfx) for sfx in SUFFIXES)
         if qw.dtype == torch.int8:
@@ -226,7 +259,7 @@ def load_quantized(path, *, impl: str = "triton", dtype=torch.float32) -> tuple[
             w = QuantizedWeight(qw, s, z, q["group_size"], impl)
             out[name] = w.dequantize(dtype) if name == EMBED else w
     out.update({n: t.to(dtype) for n, t in tensors.items() if not n.endswith(SUFFIXES)})
-    return out, q
+    return out
 
 
 # --- size and quality ----------------------------------------------------------------------
@@ -303,9 +336,16 @@ def main(argv=None) -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asymmetric", action="store_true", help="per-group zero points")
     ap.add_argument("--int8-embed", action="store_true", help="embedding int8 per row (else int4)")
+    ap.add_argument("--method", default="rtn", choices=METHODS, help="round-to-nearest or GPTQ calibration")
+    ap.add_argument("--calib-batches", type=int, default=8, help="gptq: training-data batches (>= 1)")
+    ap.add_argument("--calib-config", default=None,
+                    help="gptq: JSON with the training config (default: state.json beside CKPT)")
     a = ap.parse_args(argv)
+    if a.calib_batches < 1:
+        ap.error(f"--calib-batches must be >= 1, got {a.calib_batches}")
     dst = quantize_checkpoint(a.ckpt, a.out, group_size=a.group_size, asymmetric=a.asymmetric,
-                              int8_embed=a.int8_embed)
+                              int8_embed=a.int8_embed, method=a.method, calib_batches=a.calib_batches,
+                              calib_config=a.calib_config)
     print(f"wrote {dst} ({os.path.getsize(dst) / 1e6:.1f} MB; input {os.path.getsize(a.ckpt) / 1e6:.1f} MB)")
 
 
