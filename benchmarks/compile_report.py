@@ -44,6 +44,8 @@ DEFAULT_JOBS = {
     "attention causal hd128 bf16": ("kernels.attention.triton_attention", [128, "torch.bfloat16"],
                                     {"causal": True}),
     "decode hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16"], {}),
+    "decode paged64 hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16"],
+                                  {"page_size": 64}),
     "rms_norm+residual 2048 bf16": ("kernels.norms.triton_norms", [2048, "torch.bfloat16"],
                                     {"rms": True, "residual": True}),
     "layer_norm 1152 bf16": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"],

@@ -51,12 +51,16 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
 DECODE_IMPLS = ("pallas", "reference", "xla", "pallas_tpu")
 
 
-def decode_attention(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                     impl="pallas"):
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
+                     softcap=None, scale=None, impl="pallas"):
     """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
 
-    Reads cache_seqlens on the host to check 0 <= L <= max_len (a device->host copy);
-    under jax.jit that value check is skipped and the kernels clamp L into [0, max_len].
+    Reads cache_seqlens (and block_table) on the host to check them (a device->host copy);
+    under jax.jit that value check is skipped and the kernels clamp L into [0, max_len] and
+    page indices into the pool. block_table (int32/int64 [batch, pages_per_row]) makes
+    k_cache/v_cache page pools [num_pages, page_size, kv_heads, head_dim]: "pallas" reads
+    pages in the kernel (page_size a power of two >= 16); "xla" and "reference" gather them
+    into a contiguous cache first; "pallas_tpu" refuses them.
     impl="xla" is jax.nn.dot_product_attention (key_value_seq_lengths; a mask with a window).
     """
     from .decode.spec import check_decode_args
@@ -64,16 +68,24 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap
 
     check_impl(impl, DECODE_IMPLS)
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
-                          scale=scale, dtypes=JAX_DTYPES, host_lengths=host_lengths)
+                          scale=scale, dtypes=JAX_DTYPES, host_lengths=host_lengths,
+                          block_table=block_table)
     kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
     if impl == "pallas":
         from .decode.pallas_decode import decode_pallas
 
-        return decode_pallas(q, k_cache, v_cache, cache_seqlens, **kwargs)
+        return decode_pallas(q, k_cache, v_cache, cache_seqlens, block_table=block_table, **kwargs)
     if impl == "pallas_tpu":  # TPU Mosaic kernel; TPU interpret mode off-TPU
+        if block_table is not None:
+            raise ValueError("impl='pallas_tpu' does not support a paged cache (block_table); "
+                             "use impl='pallas', 'xla' or 'reference'")
         from .decode.pallas_tpu_decode import decode_attention_pallas_tpu
 
         return decode_attention_pallas_tpu(q, k_cache, v_cache, cache_seqlens, **kwargs)
+    if block_table is not None:  # the peer and the reference: gather the pages (not a kernel)
+        from .decode.reference_jax import gather_pages
+
+        k_cache, v_cache = gather_pages(k_cache, block_table), gather_pages(v_cache, block_table)
     if impl == "xla":
         from .decode.xla import decode_xla
 

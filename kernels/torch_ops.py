@@ -51,23 +51,30 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
 DECODE_IMPLS = ("triton", "reference", "sdpa")
 
 
-def decode_attention(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                     impl="triton"):
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
+                     softcap=None, scale=None, impl="triton"):
     """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
 
-    Reads cache_seqlens on the host to check 0 <= L <= max_len (one device->host sync).
+    block_table (int32/int64 [batch, pages_per_row]) makes k_cache/v_cache page pools
+    [num_pages, page_size, kv_heads, head_dim]: "triton" reads pages in the kernel (page_size
+    a power of two >= 16); "sdpa" and "reference" gather them into a contiguous cache first.
+    Reads cache_seqlens (and block_table) on the host to check them (one device->host sync).
     """
     from .decode.spec import check_decode_args
 
     check_impl(impl, DECODE_IMPLS)
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=TORCH_DTYPES, device_of=_device,
-                          host_lengths=lambda t: t.cpu().numpy())
+                          host_lengths=lambda t: t.cpu().numpy(), block_table=block_table)
     kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
     if impl == "triton":
         from .decode.triton_decode import decode_triton
 
-        return decode_triton(q, k_cache, v_cache, cache_seqlens, **kwargs)
+        return decode_triton(q, k_cache, v_cache, cache_seqlens, block_table=block_table, **kwargs)
+    if block_table is not None:  # peers and the reference: gather the pages (not a kernel)
+        from .decode.reference import gather_pages
+
+        k_cache, v_cache = gather_pages(k_cache, block_table), gather_pages(v_cache, block_table)
     if impl == "sdpa":
         from .decode.sdpa import decode_sdpa
 

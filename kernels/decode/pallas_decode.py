@@ -8,10 +8,15 @@ the rows of one [BLOCK_H, D] tile (G padded to >= 16), so K/V are read once per 
 both products are matrix products. Blocks past L and before the window are not visited
 (dynamic fori_loop bounds). It writes normalized partials and base-2 logsumexps; the
 combine pass, grid (B, KVH), merges the S shares (zeros for L == 0).
+Paged cache (block_table [B, P]; K/V page pools [num_pages, page_size, KVH, D]): the program
+sees the whole pool of its kv head in place and the block-table row; block_k =
+min(block_k, page_size) divides the page, so each K/V tile is a slice of one page whose index
+is one scalar load from the table (clamped into the pool). Nothing is gathered or copied
+(except the head_dim padding below, as for the contiguous cache).
 
 Limits: head_dim <= 256. The cache is read in place when max_len is a multiple of 16 and
 head_dim a power of two >= 16; otherwise the launcher pads a copy (allocate caches that
-way to avoid it). S (``num_splits``) is a power of two. fp16/bf16/fp32, fp32 accumulation.
+way to avoid it). Paged: page_size a power of two >= 16. S (``num_splits``) is a power of two. fp16/bf16/fp32, fp32 accumulation.
 Fast where: long caches at small batch on GPU (splits fill the SMs), large G (MQA/GQA).
 Without a GPU it runs in Pallas interpret mode (slow; tests).
 """
@@ -28,6 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from .._platform import pallas_interpret_default
+from .spec import check_kernel_page_size
 
 LOG2E = math.log2(math.e)
 LANES = 16  # cache_seqlens is broadcast to [B, LANES] so each program loads a legal tile
@@ -80,6 +86,8 @@ class _Statics:
     scale: float
     blocks: PallasDecodeBlocks
     interpret: bool
+    page_size: int | None = None  # paged cache (block_k divides it)
+    num_pages: int | None = None
 
 
 def _dot(a, b, *, tb=False):
@@ -88,9 +96,11 @@ def _dot(a, b, *, tb=False):
     return lax.dot_general(a, b, dims, precision=prec, preferred_element_type=jnp.float32)
 
 
-def _split_kernel(lens_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, st: _Statics):
-    # lens_ref [LANES] (this row's L, broadcast); q_ref [BH, Dp]; k_ref, v_ref [T_p, Dp]
+def _split_kernel(lens_ref, q_ref, k_ref, v_ref, *refs, st: _Statics):
+    # lens_ref [LANES] (this row's L, broadcast); q_ref [BH, Dp]; k_ref, v_ref [T_p, Dp], or
+    # paged [num_pages, page_size, Dp] with refs[0] the block-table row [P];
     # o_ref [BH, Dp] fp32 normalized partial; lse_ref [BH] fp32, base 2
+    *bt_ref, o_ref, lse_ref = refs
     s_idx = pl.program_id(2)
     bk = st.block_k
     length = jnp.clip(jnp.max(lens_ref[...]), 0, st.max_len)
@@ -103,10 +113,17 @@ def _split_kernel(lens_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, st: _Statics
     q = q_ref[...]
     qk_scale = st.scale if st.softcap is None else st.scale / st.softcap
 
+    def load_kv(j):  # the K/V tile of positions [j * bk, (j + 1) * bk)
+        if st.page_size is None:
+            sl = pl.ds(j * bk, bk)
+            return k_ref[sl, :], v_ref[sl, :]
+        page = jnp.clip(bt_ref[0][lax.div(j * bk, st.page_size)], 0, st.num_pages - 1)
+        sl = pl.ds(lax.rem(j * bk, st.page_size), bk)
+        return k_ref[page, sl, :], v_ref[page, sl, :]
+
     def body(j, carry):
         acc, m, l = carry
-        sl = pl.ds(j * bk, bk)
-        k, v = k_ref[sl, :], v_ref[sl, :]
+        k, v = load_kv(j)
         cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
         s = _dot(q, k, tb=True) * qk_scale  # [BH, bk]
         if st.softcap is not None:
@@ -158,30 +175,42 @@ def _params(st: _Statics):
     return plgpu.CompilerParams(num_warps=st.blocks.num_warps, num_stages=st.blocks.num_stages)
 
 
-@functools.partial(jax.jit, static_argnums=(4,))
-def _decode(q, k_cache, v_cache, cache_seqlens, st: _Statics):
+def _kv_specs(k_cache, v_cache, block_table, st: _Statics, dp: int):
+    """(K, V[, table]) operands and their BlockSpecs over the (b, kvh, s) grid: the row's
+    cache of one kv head (contiguous), or that head's whole page pool plus the table row."""
+    if block_table is None:
+        t_p = pl.cdiv(st.max_len, st.block_k) * st.block_k
+        spec = pl.BlockSpec((None, t_p, None, dp), lambda i, j, s: (i, 0, j, 0))
+        ops = [_pad_to(_pad_to(x, 1, t_p), 3, dp) for x in (k_cache, v_cache)]  # copies only to pad
+        return ops, [spec, spec]
+    n_pages, page = k_cache.shape[:2]
+    spec = pl.BlockSpec((n_pages, page, None, dp), lambda i, j, s: (0, 0, j, 0))
+    table = pl.BlockSpec((None, block_table.shape[1]), lambda i, j, s: (i, 0))
+    ops = [_pad_to(x, 3, dp) for x in (k_cache, v_cache)] + [block_table.astype(jnp.int32)]
+    return ops, [spec, spec, table]
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _decode(q, k_cache, v_cache, cache_seqlens, block_table, st: _Statics):
     b, h, d = q.shape
     kvh = k_cache.shape[2]
     bh = max(16, pl.next_power_of_2(st.group))
     dp = max(16, pl.next_power_of_2(d))
-    t_p = pl.cdiv(st.max_len, st.block_k) * st.block_k
     qf = _pad_to(_pad_to(q.reshape(b, kvh, st.group, d), 2, bh), 3, dp)  # [B, KVH, BH, Dp]
-    kp = _pad_to(_pad_to(k_cache, 1, t_p), 3, dp)  # copies only when padding is needed
-    vp = _pad_to(_pad_to(v_cache, 1, t_p), 3, dp)
+    kv_ops, kv_specs = _kv_specs(k_cache, v_cache, block_table, st, dp)
     lens = jnp.broadcast_to(cache_seqlens.astype(jnp.int32)[:, None], (b, LANES))
     n_s = st.num_splits
-    kv_spec = pl.BlockSpec((None, t_p, None, dp), lambda i, j, s: (i, 0, j, 0))
     o_part, lse = pl.pallas_call(
         functools.partial(_split_kernel, st=st),
         grid=(b, kvh, n_s),
         in_specs=[pl.BlockSpec((None, LANES), lambda i, j, s: (i, 0)),
-                  pl.BlockSpec((None, None, bh, dp), lambda i, j, s: (i, j, 0, 0)), kv_spec, kv_spec],
+                  pl.BlockSpec((None, None, bh, dp), lambda i, j, s: (i, j, 0, 0)), *kv_specs],
         out_specs=[pl.BlockSpec((None, None, None, bh, dp), lambda i, j, s: (i, j, s, 0, 0)),
                    pl.BlockSpec((None, None, None, bh), lambda i, j, s: (i, j, s, 0))],
         out_shape=[jax.ShapeDtypeStruct((b, kvh, n_s, bh, dp), jnp.float32),
                    jax.ShapeDtypeStruct((b, kvh, n_s, bh), jnp.float32)],
         compiler_params=_params(st), interpret=st.interpret, name="decode_split",
-    )(lens, qf, kp, vp)
+    )(lens, qf, *kv_ops)
     of = pl.pallas_call(
         functools.partial(_combine_kernel, chunk=min(n_s, 4)),
         grid=(b, kvh),
@@ -200,23 +229,29 @@ def _sm_count() -> int | None:
     return getattr(dev, "core_count", None) or 132
 
 
-def decode_pallas(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale,
+def decode_pallas(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, block_table=None,
                   blocks: PallasDecodeBlocks | None = None, num_splits: int | None = None,
                   interpret: bool | None = None, return_partials: bool = False):
     """Split-KV decode on validated arguments (see ``kernels.jax_ops.decode_attention``).
 
     blocks=None picks ``default_blocks``; num_splits=None picks ``num_kv_splits`` (a power
-    of two); interpret=None interprets unless JAX's default backend is a GPU.
+    of two); interpret=None interprets unless JAX's default backend is a GPU. block_table:
+    the caches are page pools; block_k becomes min(block_k, page_size) (page_size a power of
+    two >= 16, else ValueError).
     return_partials=True also returns (o_part [B, KVH, S, BH, Dp], lse [B, KVH, S, BH]).
     """
     if interpret is None:
         interpret = pallas_interpret_default()
     b, h, d = q.shape
-    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    kvh = k_cache.shape[2]
+    page_size = None if block_table is None else k_cache.shape[1]
+    if page_size is not None:
+        check_kernel_page_size(page_size, "pallas")
+    max_len = k_cache.shape[1] if page_size is None else block_table.shape[1] * page_size
     span = max_len if window is None else min(max_len, window)
     if blocks is None:
         blocks = default_blocks(d, span, interpret=interpret)
-    bk = blocks.block_k
+    bk = blocks.block_k if page_size is None else min(blocks.block_k, page_size)
     while bk > 16 and max_len % bk:  # a block that divides max_len: no padded cache copy
         bk //= 2
     if num_splits is None:
@@ -227,6 +262,7 @@ def decode_pallas(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale,
                   window=None if window is None else min(int(window), max_len),
                   softcap=None if softcap is None else float(softcap),
                   scale=d**-0.5 if scale is None else float(scale), blocks=blocks,
-                  interpret=bool(interpret))
-    o, o_part, lse = _decode(q, k_cache, v_cache, cache_seqlens, st)
+                  interpret=bool(interpret), page_size=page_size,
+                  num_pages=None if page_size is None else k_cache.shape[0])
+    o, o_part, lse = _decode(q, k_cache, v_cache, cache_seqlens, block_table, st)
     return (o, o_part, lse) if return_partials else o

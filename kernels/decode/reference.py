@@ -3,7 +3,8 @@
 Same semantics as ``kernels.torch_ops.decode_attention`` (see ``spec.py``). fp32 math by
 default; ``upcast=False`` computes in the input dtype (the same-precision baseline of the
 tests). GQA by reshaping q into [batch, kv_heads, group, head_dim]; K/V are never repeated.
-Memory O(batch * heads * max_len).
+Memory O(batch * heads * max_len). A paged cache (``block_table``) is gathered into a
+contiguous one (``gather_pages``) first: a reference, not a kernel.
 
 Also ``attention_reference_chunked``: prefill attention (``torch_ops.attention`` semantics
 without segment ids) in float64 with keys streamed in chunks, O(q_len * chunk) memory per
@@ -24,15 +25,26 @@ def decode_mask(cache_seqlens, max_len, window=None):
     return mask
 
 
-def decode_reference(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                     upcast=True):
+def gather_pages(pool, block_table):
+    """Page pool [num_pages, page_size, KVH, D] + block_table [B, P] -> contiguous cache
+    [B, P * page_size, KVH, D]. Entries past a row's used pages may be anything (-1): they
+    are clamped into the pool and land beyond the row's length, where the mask hides them."""
+    idx = block_table.long().clamp(0, pool.shape[0] - 1)
+    return pool[idx].flatten(1, 2)  # (B, P, page_size, KVH, D) -> (B, T, KVH, D)
+
+
+def decode_reference(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
+                     softcap=None, scale=None, upcast=True):
     """Reference decode attention; validates like the public API (float64 accepted)."""
     from .spec import check_decode_args
 
     p = check_decode_args(
         q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap, scale=scale,
         dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
-        device_of=lambda t: t.device, host_lengths=lambda t: t.cpu().numpy())
+        device_of=lambda t: t.device, host_lengths=lambda t: t.cpu().numpy(),
+        block_table=block_table)
+    if block_table is not None:
+        k_cache, v_cache = gather_pages(k_cache, block_table), gather_pages(v_cache, block_table)
     return _decode(q, k_cache, v_cache, cache_seqlens, window=p.window, softcap=p.softcap,
                    scale=p.scale, upcast=upcast)
 

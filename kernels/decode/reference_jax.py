@@ -2,6 +2,7 @@
 
 Same semantics as ``kernels.jax_ops.decode_attention`` (see ``spec.py``); fp32 math by
 default, ``upcast=False`` computes in the input dtype. GQA by reshaping q, never repeating K/V.
+A paged cache (``block_table``) is gathered into a contiguous one (``gather_pages``) first.
 """
 from __future__ import annotations
 
@@ -38,8 +39,15 @@ def _decode(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, upcas
     return o.reshape(b, h, d).astype(q.dtype)
 
 
-def decode_reference(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                     upcast=True):
+def gather_pages(pool, block_table):
+    """Page pool [num_pages, page_size, KVH, D] + block_table [B, P] -> contiguous cache
+    [B, P * page_size, KVH, D]; unused entries (past a row's pages) are clamped, then masked."""
+    g = pool[jnp.clip(block_table.astype(jnp.int32), 0, pool.shape[0] - 1)]  # (B, P, page_size, KVH, D)
+    return g.reshape(g.shape[0], -1, *g.shape[3:])
+
+
+def decode_reference(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
+                     softcap=None, scale=None, upcast=True):
     """Reference decode attention; validates like the public API (float64 accepted)."""
     from .spec import check_decode_args
     from .xla import host_lengths
@@ -47,6 +55,8 @@ def decode_reference(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap
     p = check_decode_args(
         q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap, scale=scale,
         dtypes=tuple(jnp.dtype(t) for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)),
-        host_lengths=host_lengths)
+        host_lengths=host_lengths, block_table=block_table)
+    if block_table is not None:
+        k_cache, v_cache = gather_pages(k_cache, block_table), gather_pages(v_cache, block_table)
     return _decode(q, k_cache, v_cache, cache_seqlens, window=p.window, softcap=p.softcap,
                    scale=p.scale, upcast=upcast)

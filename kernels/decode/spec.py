@@ -8,10 +8,21 @@ Semantics (both frameworks):
   == 0 (kv_heads == 1 is MQA). softcap=c: s -> c * tanh(s / c) before the softmax.
   A row with L == 0 returns zeros. Output [batch, heads, head_dim] in q's dtype.
 
+Paged cache (``block_table`` int32/int64 [batch, pages_per_row], FlashAttention's
+``flash_attn_with_kvcache(block_table=...)`` convention): k_cache, v_cache are page pools
+[num_pages, page_size, kv_heads, head_dim]; logical position t of row b lives in page
+block_table[b, t // page_size] at slot t % page_size, so max_len = pages_per_row * page_size.
+Only the pages a row uses (the first cdiv(L, page_size)) must index the pool; the entries
+after them are never read and may hold anything (-1 padding). Pages may be shared by rows.
+The Triton and Pallas kernels also need page_size a power of two >= 16
+(``check_kernel_page_size``); the references and peers take any page size.
+
 Length values: 0 <= L <= max_len is checked on the host, which costs one device->host
 copy (a sync) of cache_seqlens per call. Under ``jax.jit`` the lengths are tracers and
 cannot be read: the value check is then skipped and the kernels clamp L into
-[0, max_len] (never reading outside the cache); every other check still runs.
+[0, max_len] (never reading outside the cache); every other check still runs. The block
+table's page indices are checked the same way (host copy; skipped under jit, where the
+kernels clamp page indices into [0, num_pages)).
 """
 from __future__ import annotations
 
@@ -35,6 +46,8 @@ class DecodeProblem:
     window: Optional[int]
     softcap: Optional[float]
     scale: float
+    page_size: Optional[int] = None  # paged cache: k_cache dim 1 (max_len = pages_per_row * page_size)
+    num_pages: Optional[int] = None  # paged cache: k_cache dim 0, the pool size
 
     @property
     def group(self) -> int:
@@ -48,33 +61,66 @@ def _is_float_dtype(dtype) -> bool:
     return "float" in str(dtype) or "complex" in str(dtype)
 
 
+def _check_block_table(block_table: Any, batch: int) -> int:
+    """Shape and dtype of a block table; returns pages_per_row."""
+    ts = _shape("block_table", block_table)
+    if len(ts) != 2 or ts[0] != batch or ts[1] < 1:
+        raise ValueError(f"block_table must have shape ({batch}, pages_per_row >= 1) "
+                         f"[batch, pages_per_row], got {ts}")
+    if str(block_table.dtype).replace("torch.", "") not in ("int32", "int64"):
+        raise TypeError(f"block_table dtype must be int32 (or int64, converted), got {block_table.dtype}")
+    return ts[1]
+
+
+def _check_pages(table: np.ndarray, lengths: np.ndarray, page_size: int, num_pages: int) -> None:
+    """Every page a row uses (the first cdiv(L, page_size) entries) indexes the pool."""
+    used = np.arange(table.shape[1])[None, :] < -(-lengths[:, None] // page_size)
+    bad = np.argwhere(used & ((table < 0) | (table >= num_pages)))
+    if bad.size:
+        r, c = bad[0]
+        raise ValueError(
+            f"block_table[{r}, {c}] must be a page index in [0, {num_pages}) (k_cache dim 0, the "
+            f"pool), got {table[r, c]} (row {r} uses its first {-(-lengths[r] // page_size)} pages "
+            f"for cache_seqlens {lengths[r]}; {len(bad)} bad entries in all)")
+
+
 def check_decode_args(
     q: Any, k_cache: Any, v_cache: Any, cache_seqlens: Any, *,
     window: Any, softcap: Any, scale: Any, dtypes: Sequence[Any],
     device_of: Optional[Callable] = None,
     host_lengths: Optional[Callable] = None,
+    block_table: Any = None,
 ) -> DecodeProblem:
     """Validate a decode call before anything launches; return its DecodeProblem.
 
     ``dtypes`` lists the accepted floating dtypes. ``device_of`` maps a tensor to a comparable
-    device (PyTorch; None skips the check). ``host_lengths`` maps cache_seqlens to a numpy
-    array (the device->host sync), or returns None when the values are not readable (traced).
+    device (PyTorch; None skips the check). ``host_lengths`` maps an integer array
+    (cache_seqlens, block_table) to numpy (the device->host sync), or returns None when the
+    values are not readable (traced). ``block_table`` not None: the caches are page pools.
     """
     qs, ks, vs = _shape("q", q), _shape("k_cache", k_cache), _shape("v_cache", v_cache)
     if len(qs) != 3:
         raise ValueError(f"q must be 3-D [batch, heads, head_dim], got shape {qs}")
+    paged = block_table is not None
+    layout = ("[num_pages, page_size, kv_heads, head_dim] (a page pool: block_table is given)"
+              if paged else "[batch, max_len, kv_heads, head_dim]")
     for name, s in (("k_cache", ks), ("v_cache", vs)):
         if len(s) != 4:
-            raise ValueError(f"{name} must be 4-D [batch, max_len, kv_heads, head_dim], got shape {s}")
+            raise ValueError(f"{name} must be 4-D {layout}, got shape {s}")
     if ks != vs:
         raise ValueError(f"k_cache and v_cache must have the same shape, got {ks} and {vs}")
     b, h, d = qs
-    kb, max_len, kvh, kd = ks
-    if kb != b:
-        raise ValueError(f"k_cache batch must equal q batch {b}, got {kb}")
+    if paged:
+        pages_per_row = _check_block_table(block_table, b)
+        num_pages, page_size, kvh, kd = ks
+        max_len = pages_per_row * page_size
+    else:
+        kb, max_len, kvh, kd = ks
+        if kb != b:
+            raise ValueError(f"k_cache batch must equal q batch {b}, got {kb}")
     if kd != d:
         raise ValueError(f"k_cache head_dim must equal q head_dim {d}, got {kd}")
-    if min(b, h, d, max_len, kvh) < 1:
+    if min(b, h, d, *ks) < 1:
         raise ValueError(f"every dimension must be >= 1, got q {qs} and k_cache {ks}")
     if h % kvh != 0:
         raise ValueError(f"heads % kv_heads must be 0 (q heads {h}, cache kv_heads {kvh})")
@@ -92,7 +138,8 @@ def check_decode_args(
         raise TypeError(f"cache_seqlens must be an integer array, got {cache_seqlens.dtype}")
     if device_of is not None:
         dev = device_of(q)
-        for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
+        others = (("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens))
+        for name, x in others + ((("block_table", block_table),) if paged else ()):
             if device_of(x) != dev:
                 raise ValueError(f"{name} must be on q's device {dev}, got {device_of(x)}")
     if window is not None:
@@ -115,8 +162,22 @@ def check_decode_args(
         if lengths.size and lengths.min() < 0:
             raise ValueError(f"cache_seqlens must be >= 0, got {lengths.tolist()}")
         if lengths.size and lengths.max() > max_len:
-            raise ValueError(
-                f"cache_seqlens must be <= max_len {max_len} (the cache's dim 1), got {lengths.tolist()}")
+            what = (f"pages_per_row * page_size = {pages_per_row} * {page_size} (block_table dim 1 "
+                    f"x k_cache dim 1)" if paged else "the cache's dim 1")
+            raise ValueError(f"cache_seqlens must be <= max_len {max_len} ({what}), got {lengths.tolist()}")
+        table = host_lengths(block_table) if paged else None
+        if table is not None:
+            _check_pages(np.asarray(table), lengths.astype(np.int64), page_size, num_pages)
     return DecodeProblem(batch=b, max_len=max_len, heads=h, kv_heads=kvh, head_dim=d,
-                         window=window, softcap=softcap, scale=float(scale))
+                         window=window, softcap=softcap, scale=float(scale),
+                         page_size=page_size if paged else None,
+                         num_pages=num_pages if paged else None)
+
+
+def check_kernel_page_size(page_size: int, impl: str) -> None:
+    """The Triton and Pallas kernels read a K/V tile from one page: tile = min(block, page_size)
+    must be a power of two >= 16 (a tl.dot / matrix-product operand) dividing page_size."""
+    if page_size < 16 or page_size & (page_size - 1):
+        raise ValueError(f"impl={impl!r} needs page_size (k_cache dim 1 of a paged cache) a power of "
+                         f"two >= 16, got {page_size}; impl='reference' takes any page size")
 

@@ -1,7 +1,11 @@
 """Triton split-KV decode attention for PyTorch: block sizes, split count, launcher, custom op.
 
-    decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                  blocks=None, num_splits=None)
+    decode_triton(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
+                  softcap=None, scale=None, blocks=None, num_splits=None)
+
+Paged cache (block_table [B, pages_per_row]; k_cache/v_cache page pools): the kernel reads
+each K/V tile from one page, so block_n becomes min(block_n, page_size) and page_size must
+be a power of two >= 16. The pool is never gathered into a contiguous copy.
 
 Layers (device code in ``triton_kernels.py``):
   ``TritonDecodeBlocks`` / ``default_blocks``  tunables and their per-device defaults;
@@ -25,6 +29,7 @@ import triton
 from .._platform import triton_interpreting
 from .._aot import aot_kernel, d_strides, jit_module, triton_dtype
 from . import triton_kernels
+from .spec import check_kernel_page_size
 
 LAUNCHES: collections.Counter = collections.Counter()
 MAX_SPLITS = 256  # bounds the partial buffers [B, H, S, D] and the combine's lse vector
@@ -100,29 +105,48 @@ def _span(max_len: int, window: Optional[int]) -> int:
     return max_len if window is None else min(max_len, window)
 
 
-def _constexprs(head_dim, dtype, group, *, window, softcap, blocks):
+def _paged_blocks(blocks: TritonDecodeBlocks, page_size: Optional[int]) -> TritonDecodeBlocks:
+    """A paged cache reads tiles inside one page: block_n <= page_size (both powers of two)."""
+    if page_size is None or blocks.block_n <= page_size:
+        return blocks
+    return dataclasses.replace(blocks, block_n=page_size)
+
+
+def _constexprs(head_dim, dtype, group, *, window, softcap, blocks, page_size=None):
     """Compile-time specialization of the split kernel (shared with ``aot_kernels``)."""
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
                 BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=blocks.block_n,
                 HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+                PAGED=page_size is not None, PAGE_SIZE=page_size or 1,
                 DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
 
 
-def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, blocks, num_splits):
-    """Split then combine -> (o [B, H, D] in q's dtype, o_part [B, H, S, D], lse_part [B, H, S])."""
+def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, blocks, num_splits,
+                block_table=None):
+    """Split then combine -> (o [B, H, D] in q's dtype, o_part [B, H, S, D], lse_part [B, H, S]).
+    With ``block_table`` the caches are page pools and blocks.block_n must divide page_size."""
     b, h, d = q.shape
-    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    kvh = k_cache.shape[2]
     g = h // kvh
     lens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    page_size = None
+    if block_table is None:
+        max_len, table = k_cache.shape[1], lens  # table: an unused int32 pointer
+    else:
+        page_size = k_cache.shape[1]
+        table = block_table.to(device=q.device, dtype=torch.int32).contiguous()
+        max_len = table.shape[1] * page_size
+        assert page_size % blocks.block_n == 0, (page_size, blocks.block_n)
     o_part = torch.empty((b, h, num_splits, d), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((b, h, num_splits), dtype=torch.float32, device=q.device)
     o = torch.empty((b, h, d), dtype=q.dtype, device=q.device)
-    meta = _constexprs(d, q.dtype, g, window=window, softcap=softcap, blocks=blocks)
+    meta = _constexprs(d, q.dtype, g, window=window, softcap=softcap, blocks=blocks, page_size=page_size)
     w = 0 if window is None else min(int(window), max_len)  # wider than the cache: no-op, stays int32
     triton_kernels._decode_split_kernel[(num_splits, b * kvh)](
-        q, k_cache, v_cache, lens, o_part, lse_part,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(),
-        max_len, kvh, num_splits, float(scale), 1.0 if softcap is None else float(softcap), w,
+        q, k_cache, v_cache, lens, table, o_part, lse_part,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), table.stride(0),
+        max_len, kvh, num_splits, k_cache.shape[0],
+        float(scale), 1.0 if softcap is None else float(softcap), w,
         **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     triton_kernels._decode_combine_kernel[(b * h,)](
@@ -137,52 +161,65 @@ def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, b
 @torch.library.custom_op("gemini_kernels::decode_attention", mutates_args=())
 def decode_attention_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-    window: Optional[int], softcap: Optional[float], scale: float,
+    block_table: Optional[torch.Tensor], window: Optional[int], softcap: Optional[float], scale: float,
     block_n: int, num_warps: int, num_stages: int, num_splits: int,
 ) -> torch.Tensor:
     """Decode output [B, H, D]; the launch knobs are TritonDecodeBlocks fields and the split count."""
     return _decode_fwd(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                        scale=scale, blocks=TritonDecodeBlocks(block_n, num_warps, num_stages),
-                       num_splits=num_splits)[0]
+                       num_splits=num_splits, block_table=block_table)[0]
 
 
 @decode_attention_op.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, window, softcap, scale, block_n, num_warps, num_stages,
-      num_splits):
+def _(q, k_cache, v_cache, cache_seqlens, block_table, window, softcap, scale, block_n, num_warps,
+      num_stages, num_splits):
     return q.new_empty(q.shape)
 
 
-def decode_triton(q, k_cache, v_cache, cache_seqlens, *, window=None, softcap=None, scale=None,
-                  blocks: Optional[TritonDecodeBlocks] = None, num_splits: Optional[int] = None):
+def decode_triton(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None, softcap=None,
+                  scale=None, blocks: Optional[TritonDecodeBlocks] = None,
+                  num_splits: Optional[int] = None):
     """Split-KV decode attention on validated arguments (``kernels.torch_ops.decode_attention``).
 
-    blocks=None picks ``default_blocks``; num_splits=None picks ``num_kv_splits``.
+    blocks=None picks ``default_blocks``; num_splits=None picks ``num_kv_splits``. A paged
+    cache caps block_n at page_size (a power of two >= 16, else ValueError).
     """
     b, h, d = q.shape
-    max_len, kvh = k_cache.shape[1], k_cache.shape[2]
+    kvh = k_cache.shape[2]
+    page_size = None if block_table is None else k_cache.shape[1]
+    if page_size is not None:
+        check_kernel_page_size(page_size, "triton")
+    max_len = k_cache.shape[1] if page_size is None else block_table.shape[1] * page_size
     span = _span(max_len, window)
     if blocks is None:
         blocks = default_blocks(d, q.dtype, span, capability=_capability(q))
+    blocks = _paged_blocks(blocks, page_size)
     if num_splits is None:
         num_splits = num_kv_splits(b, kvh, span, blocks.block_n, _sm_count(q))
     if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}], got {num_splits!r}")
     scale = d**-0.5 if scale is None else float(scale)
-    return decode_attention_op(q, k_cache, v_cache, cache_seqlens, window, softcap, scale,
+    return decode_attention_op(q, k_cache, v_cache, cache_seqlens, block_table, window, softcap, scale,
                                blocks.block_n, blocks.num_warps, blocks.num_stages, num_splits)
 
 
 # --- ahead-of-time compile support ---------------------------------------------------------
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None, group=8,
-                max_len=32768, capability=(9, 0), blocks: Optional[TritonDecodeBlocks] = None) -> dict:
+                max_len=32768, capability=(9, 0), blocks: Optional[TritonDecodeBlocks] = None,
+                page_size: Optional[int] = None) -> dict:
     """name -> AotKernel for the split and combine kernels in their default GPU configuration
-    (``blocks`` overrides the split kernel's, as ``decode_triton(blocks=...)`` does)."""
+    (``blocks`` overrides the split kernel's, as ``decode_triton(blocks=...)`` does;
+    ``page_size`` compiles the paged-cache variant)."""
     mod = jit_module(triton_kernels)
     ty = "*" + triton_dtype(dtype)
     blocks = blocks or default_blocks(head_dim, dtype, _span(max_len, window), capability=tuple(capability))
-    split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks)
-    ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", O_PART="*fp32", LSE_PART="*fp32")
+    if page_size is not None:
+        check_kernel_page_size(page_size, "triton")
+        blocks = _paged_blocks(blocks, page_size)
+    split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks,
+                             page_size=page_size)
+    ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", BT="*i32", O_PART="*fp32", LSE_PART="*fp32")
     fn = mod._decode_split_kernel
     out = {"_decode_split_kernel": aot_kernel(
         fn, pointers=ptrs, constexprs=split_meta, num_warps=blocks.num_warps,

@@ -10,11 +10,17 @@ at once: the G heads are the rows of a [BLOCK_H, D] tile (BLOCK_H = G padded to 
 each K/V tile is read once per group and both products run on tensor cores (tl.dot).
 Blocks past L and before the window are never loaded. Each program writes its normalized
 partial output and its log2-domain logsumexp (-inf when its share is empty).
+Paged cache (PAGED): K/V are page pools [num_pages, PAGE_SIZE, KVH, D] and BT the block table
+[B, pages_per_row]; BLOCK_N divides PAGE_SIZE, so each K/V tile lies in one page: one scalar
+table load per tile gives the page, then the tile is read as in the contiguous case (page
+index clamped into [0, num_pages), offsets in int64). Only pages holding attended positions
+are read.
 Combine pass, grid (B * H,): o = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max lse;
 all-empty rows (L == 0) give zeros.
 
 Limits: head_dim <= 256 (BLOCK_D = next power of two, masked); any strides; cache offsets
-in int64 (caches beyond 2^31 elements); L is clamped to [0, max_len]. fp32 (ieee dots),
+in int64 (caches beyond 2^31 elements); L is clamped to [0, max_len]; paged: PAGE_SIZE a
+power of two >= 16 (BLOCK_N = min(block_n, PAGE_SIZE)). fp32 (ieee dots),
 fp16, bf16 in; fp32 accumulation and partials.
 Where it is fast: long caches at small batch (the splits fill the GPU), and GQA/MQA with
 large G (K/V read once per group). Memory-bound: the goal is K/V bytes at copy bandwidth.
@@ -37,18 +43,22 @@ def _decode_split_kernel(
     K,  # [B, T, KVH, D] key cache
     V,  # [B, T, KVH, D] value cache
     LENS,  # [B] int32 cache lengths L
+    BT,  # [B, pages_per_row] int32 block table (PAGED; unused otherwise), unit column stride
     O_PART,  # [B, H, S, D] fp32 out: normalized partial outputs (contiguous)
     LSE_PART,  # [B, H, S] fp32 out: log2-domain logsumexp of each share (contiguous)
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
-    stride_vb, stride_vs, stride_vh, stride_vd,
-    max_len, KVH, num_splits,  # cache capacity T, kv heads, S
+    stride_vb, stride_vs, stride_vh, stride_vd,  # stride_kb / stride_vb: per page when PAGED
+    stride_tb,  # block table row stride (PAGED)
+    max_len, KVH, num_splits,  # cache capacity T (pages_per_row * PAGE_SIZE when PAGED), kv heads, S
+    num_pages,  # page pool size (PAGED)
     sm_scale, softcap, window,  # score scale; softcap c (HAS_SOFTCAP); window W (HAS_WINDOW)
     GROUP: tl.constexpr,  # G = H // KVH
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,  # D and next_power_of_2(D)
     BLOCK_H: tl.constexpr,  # G padded to a power of two >= 16 (tl.dot rows)
     BLOCK_N: tl.constexpr,  # cache positions per inner step
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,  # paged cache; PAGE_SIZE % BLOCK_N == 0
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit
 ):
     split = tl.program_id(0)
@@ -75,8 +85,11 @@ def _decode_split_kernel(
     q_ptrs = (Q + off_b.to(tl.int64) * stride_qb + head.to(tl.int64)[:, None] * stride_qh
               + offs_d[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_H, BLOCK_D]
-    k_base = K + off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
-    v_base = V + off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+    k_base = K + off_kvh.to(tl.int64) * stride_kh
+    v_base = V + off_kvh.to(tl.int64) * stride_vh
+    if not PAGED:
+        k_base += off_b.to(tl.int64) * stride_kb
+        v_base += off_b.to(tl.int64) * stride_vb
     if HAS_SOFTCAP:
         qk_scale = sm_scale / softcap
     else:
@@ -88,9 +101,17 @@ def _decode_split_kernel(
     for start_n in range(blk_start * BLOCK_N, blk_stop * BLOCK_N, BLOCK_N):
         kv_pos = start_n + offs_n  # [BLOCK_N]
         kv_ok = (kv_pos < length) & (kv_pos >= lo)
-        kv_row = kv_pos.to(tl.int64)[:, None]
         ld_mask = kv_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=ld_mask, other=0.0)
+        if PAGED:  # the tile is slots [start_n % PAGE_SIZE, + BLOCK_N) of one page
+            page = tl.load(BT + off_b.to(tl.int64) * stride_tb + start_n // PAGE_SIZE)
+            page = tl.minimum(tl.maximum(page, 0), num_pages - 1).to(tl.int64)
+            slot = (start_n % PAGE_SIZE + offs_n).to(tl.int64)[:, None]
+            k_row = page * stride_kb + slot * stride_ks  # [BLOCK_N, 1]
+            v_row = page * stride_vb + slot * stride_vs
+        else:
+            k_row = kv_pos.to(tl.int64)[:, None] * stride_ks
+            v_row = kv_pos.to(tl.int64)[:, None] * stride_vs
+        k = tl.load(k_base + k_row + offs_d[None, :] * stride_kd, mask=ld_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
         if HAS_SOFTCAP:
             s = _tanh(s) * (softcap * 1.4426950408889634)
@@ -100,7 +121,7 @@ def _decode_split_kernel(
         alpha = tl.math.exp2(m_i - m_safe)
         p = tl.math.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=ld_mask, other=0.0)
+        v = tl.load(v_base + v_row + offs_d[None, :] * stride_vd, mask=ld_mask, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
 
