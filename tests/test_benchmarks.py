@@ -129,6 +129,30 @@ def test_model_suite_checks_then_times_and_counts_flops():
     assert flops_per_token(c, 8192, train=True) == 6 * n_matmul + 12 * c.layers * c.heads * c.head_dim * 8192
 
 
+def test_decode_suite_paged_rows_check_then_time():
+    """triton_paged / pallas_paged rows read the same cache through a shuffled block table:
+    checked against the contiguous reference, then timed, with the contiguous rows' bytes."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites.decode import DecodeSuite
+
+    cfg = OmegaConf.structured(config.DecodeBenchConfig(
+        batches=[2], cache_lens=[128], heads=4, kv_heads=[2], head_dim=32, page_size=32,
+        torch_impls=["triton", "triton_paged"], jax_impls=["pallas_paged"]))
+    suite = DecodeSuite(cfg, Device(kind="cpu", name="cpu"),
+                        lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0))
+    recs = {impl: suite.run(c, fw, impl) for c, fw, impl in suite.entries()}
+    assert sorted(recs) == ["pallas_paged", "triton", "triton_paged"]
+    for impl, r in recs.items():
+        assert r["status"] == "ok" and r["max_error"] <= r["tolerance"], (impl, r)
+        assert r["mode"] == "interpret" and r["bytes"] == recs["triton"]["bytes"]
+    k, _, table = suite._paged(next(iter(suite.entries()))[0])
+    assert k.shape == (8, 32, 2, 32) and sorted(table.flatten().tolist()) == list(range(8))
+    assert table.flatten().tolist() != list(range(8))  # shuffled: pages out of order
+
+
 def test_report_renders_rows_of_every_suite(tmp_path):
     """The report's plots take each suite's rows as they come (only attention sweeps lengths)."""
     from benchmarks.report import render

@@ -7,6 +7,9 @@ case over tolerance is reported failed and not timed. Throughput: ``gbps`` = byt
 and V the kernel must read (attended positions only) / median time; the runner adds the
 fraction of the measured copy bandwidth (the copy counts read + write, so 1.0 means
 reading K/V as fast as the copy moves bytes).
+Paged rows (impls ``triton_paged`` / ``pallas_paged``): the same case's cache scattered into
+a shuffled pool of ``page_size`` pages read through a block table, so their GB/s compare
+directly with the contiguous ``triton`` / ``pallas`` rows (same bytes, same lengths).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class DecodeBenchConfig:
     dtype: str = "float32"  # GPU: bfloat16 / float16
     torch_impls: list[str] = field(default_factory=lambda: ["triton", "sdpa", "reference"])
     jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
+    page_size: int = 64  # the *_paged impls: cache_lens must be multiples of it
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,27 @@ class DecodeSuite(GridSuite):
         self._case, self._data = case, (q, k, v, lens, ref)
         return self._data
 
+    def _paged(self, case: Case):
+        """The case's K/V scattered into shuffled page pools, and the int32 block table."""
+        import torch
+
+        if getattr(self, "_paged_case", None) == case:
+            return self._paged_data
+        _, k, v, _, _ = self._inputs(case)
+        ps = self.cfg.page_size
+        if case.cache_len % ps:
+            raise Skip(f"cache_len {case.cache_len} is not a multiple of page_size {ps}")
+        b, ppr = case.batch, case.cache_len // ps
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        table = torch.randperm(b * ppr, generator=g).reshape(b, ppr).to(k.device)
+        pools = []
+        for x in (k, v):
+            pool = torch.empty((b * ppr, ps, *x.shape[2:]), dtype=x.dtype, device=x.device)
+            pool[table] = x.reshape(b, ppr, ps, *x.shape[2:])
+            pools.append(pool)
+        self._paged_case, self._paged_data = case, (*pools, table.to(torch.int32))
+        return self._paged_data
+
     def _torch_fn(self, impl):
         from kernels import _platform, torch_ops
 
@@ -94,10 +119,13 @@ class DecodeSuite(GridSuite):
                 raise Skip("flash-attn needs a CUDA device")
             return (lambda q, k, v, L: flash_attn_with_kvcache(
                 q[:, None], k, v, cache_seqlens=L, softmax_scale=q.shape[-1] ** -0.5)[:, 0]), "compiled"
-        if impl not in ("triton", "sdpa", "reference"):
+        if impl not in ("triton", "sdpa", "reference", "triton_paged"):
             raise Skip(f"unknown torch impl {impl!r}")
-        mode = ("interpret" if _platform.triton_interpreting() else "compiled") if impl == "triton" else "eager"
-        return (lambda q, k, v, L: torch_ops.decode_attention(q, k, v, L, impl=impl)), mode
+        kernel = impl.startswith("triton")
+        mode = ("interpret" if _platform.triton_interpreting() else "compiled") if kernel else "eager"
+        impl = impl.removesuffix("_paged")  # the *_paged rows pass a block table: args[4]
+        return (lambda q, k, v, L, *bt: torch_ops.decode_attention(
+            q, k, v, L, block_table=bt[0] if bt else None, impl=impl)), mode
 
     def _jax_fn(self, impl):
         import jax
@@ -107,7 +135,7 @@ class DecodeSuite(GridSuite):
         from kernels.decode.reference_jax import _decode
         from kernels.decode.xla import decode_xla
 
-        fns = {"pallas": decode_pallas, "xla": decode_xla, "reference": _decode}
+        fns = {"pallas": decode_pallas, "pallas_paged": decode_pallas, "xla": decode_xla, "reference": _decode}
         if impl == "pallas-jax-ops":  # JAX's own Pallas GPU decode (split-K, GQA)
             if self.device.kind != "cuda":
                 raise Skip("jax.experimental.pallas.ops.gpu.decode_attention is timed on GPUs only "
@@ -118,25 +146,34 @@ class DecodeSuite(GridSuite):
             return f, "compiled"
         if impl not in fns:
             raise Skip(f"unknown jax impl {impl!r}")
-        mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if impl == "pallas" else "xla"
+        kernel = impl.startswith("pallas")
+        mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if kernel else "xla"
         # Timed without the public API's host-side length check (a sync per call); the
         # correctness run below goes through the same kernels.
-        f = jax.jit(lambda q, k, v, L: fns[impl](q, k, v, L, window=None, softcap=None,
-                                                 scale=q.shape[-1] ** -0.5))
-        return f, mode
+
+        def f(q, k, v, L, *bt):  # *_paged rows: bt = (block_table,)
+            kw = dict(block_table=bt[0]) if bt else {}
+            return fns[impl](q, k, v, L, window=None, softcap=None, scale=q.shape[-1] ** -0.5, **kw)
+
+        return jax.jit(f), mode
 
     def run(self, case: Case, framework: str, impl: str) -> dict:
         q, k, v, lens, ref = self._inputs(case)
+        table = ()
+        if impl.endswith("_paged"):
+            k, v, table = self._paged(case)
+            table = (table,)
         if framework == "torch":
             fn, mode = self._torch_fn(impl)
-            args = (q, k, v, lens)
+            args = (q, k, v, lens, *table)
             got = fn(*args).float().cpu().numpy()
         else:
             import jax.numpy as jnp
 
             fn, mode = self._jax_fn(impl)
             to_jax = lambda t: jnp.asarray(t.detach().float().cpu().numpy()).astype(case.dtype)  # noqa: E731
-            args = (to_jax(q), to_jax(k), to_jax(v), jnp.asarray(lens.cpu().numpy()))
+            ints = lambda t: jnp.asarray(t.cpu().numpy())  # noqa: E731
+            args = (to_jax(q), to_jax(k), to_jax(v), ints(lens), *map(ints, table))
             got = np.asarray(fn(*args), np.float32)
         err = rel_err(got, ref.numpy())
         tol = BENCH_RTOL[case.dtype]
