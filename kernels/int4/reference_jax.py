@@ -22,18 +22,25 @@ def quantize_int4(w, group_size: int = 128, *, asymmetric: bool = False, scale_d
     return _quantize(jnp.asarray(w), g, bool(asymmetric), jnp.dtype(scale_dtype))
 
 
+def _div_exact(x, c: float):
+    """x / c correctly rounded, as torch divides: XLA rewrites division by a constant into a
+    multiply by its (inexact) reciprocal, whose 1-ulp differences flip fp16 scales; a divisor
+    hidden behind an optimization barrier stays a true division."""
+    return x / jax.lax.optimization_barrier(jnp.full(x.shape, c, x.dtype))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _quantize(w, g: int, asymmetric: bool, scale_dtype):
     out, k = w.shape
     wg = w.astype(jnp.float32).reshape(out, k // g, g)
     if asymmetric:
         lo, hi = jnp.minimum(wg.min(-1), 0.0), jnp.maximum(wg.max(-1), 0.0)
-        scale = (hi - lo) / 15.0
+        scale = _div_exact(hi - lo, 15.0)
         scale = jnp.where(scale > 0, scale, 1.0).astype(scale_dtype).astype(jnp.float32)
         zero = jnp.clip(jnp.round(-lo / scale), 0, 15)
         q = jnp.clip(jnp.round(wg / scale[..., None]) + zero[..., None], 0, 15)
     else:
-        scale = jnp.abs(wg).max(-1) / 7.0
+        scale = _div_exact(jnp.abs(wg).max(-1), 7.0)
         scale = jnp.where(scale > 0, scale, 1.0).astype(scale_dtype).astype(jnp.float32)
         zero = None
         q = jnp.clip(jnp.round(wg / scale[..., None]), -8, 7) + SYMMETRIC_ZERO
