@@ -31,7 +31,7 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
         from .attention.pallas_attention import attention_pallas
 
         return attention_pallas(q, k, v, **kwargs)
-    if impl == "pallas_mgpu":  # Hopper Mosaic GPU forward; fp16/bf16, no segment_ids
+    if impl == "pallas_mgpu":  # Hopper Mosaic GPU fwd+bwd; fp16/bf16, no segment_ids
         from .attention.pallas_mgpu import attention_pallas_mgpu
 
         return attention_pallas_mgpu(q, k, v, **kwargs)

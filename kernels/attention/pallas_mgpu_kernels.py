@@ -1,4 +1,4 @@
-"""Pallas Mosaic GPU (Hopper) device code for MQA/GQA flash attention, forward only.
+"""Pallas Mosaic GPU (Hopper) device code for MQA/GQA flash attention, forward.
 
 One CTA = one warpgroup = one (folded q tile, kv head, batch). The G query heads of a kv
 group are rows of one matrix (row r = s * G + g), so each K/V tile is TMA-loaded once
@@ -13,7 +13,9 @@ K^T and V tiles stream through a ``num_stages``-deep ring of smem slots filled b
 j + num_stages is issued as soon as step j has consumed its slot. Causal / windowed
 tiles visit only the K/V blocks they can see, and only blocks crossing a mask edge
 (or the padded kv tail) pay for the mask. head_dim 256 runs as two 128-wide chunks so
-the fp32 accumulator and the P V product fit in registers.
+the fp32 accumulator and the P V product fit in registers. The kernel also writes the
+base-2 log-sum-exp of each row (+inf for rows that see no key) for the backward
+(``pallas_mgpu_bwd_kernels.py``).
 
 Why K arrives transposed and P goes through smem: Pallas's GPU interpret mode (the only
 way to execute this on CPU) implements wgmma for smem operands without transposes only,
@@ -72,17 +74,19 @@ def smem_transforms():
     return (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
 
-def _wgmma_layout(x, t: MgpuTileStatics, *, reduced: bool = False):
-    """Pin x to the wgmma register layout (rows reduced away if ``reduced``).
+def wgmma_layout(x, t: MgpuTileStatics, *, reduced: int | None = None):
+    """Pin x to the wgmma register layout; a vector is a tile with axis ``reduced`` summed away
+    (1: one value per row, broadcast along columns; 0: one value per column).
 
     A register-layout annotation only, with no effect on values: skipped in interpret mode.
     """
     if not t.layout_hints:
         return x
-    return plgpu.layout_cast(x, plgpu.Layout.WGMMA.reduce(1) if reduced else plgpu.Layout.WGMMA)
+    return plgpu.layout_cast(
+        x, plgpu.Layout.WGMMA if reduced is None else plgpu.Layout.WGMMA.reduce(reduced))
 
 
-def _block_ranges(i, t: MgpuTileStatics):
+def block_ranges(i, t: MgpuTileStatics):
     """K/V block bounds for folded q tile i: [lo, a) masked, [a, b) unmasked, [b, hi) masked.
 
     Blocks outside [lo, hi) are fully masked and skipped; unmasked blocks lie entirely
@@ -107,13 +111,20 @@ def _block_ranges(i, t: MgpuTileStatics):
     return lo, a, jnp.maximum(a, b), hi
 
 
-def _mask(i, j, t: MgpuTileStatics):
-    """[block_q, block_kv] bool in the wgmma layout: folded row may see key column."""
-    shape = (t.block_q, t.block_kv)
-    rows = i * t.block_q + _wgmma_layout(lax.broadcasted_iota(jnp.int32, shape, 0), t)
-    cols = j * t.block_kv + _wgmma_layout(lax.broadcasted_iota(jnp.int32, shape, 1), t)
+def mask(i, j, t: MgpuTileStatics, *, transposed: bool = False):
+    """Bool tile in the wgmma layout: folded row (of q tile i) may see key (of K/V block j).
+
+    [block_q, block_kv], or [block_kv, block_q] if ``transposed`` (the dK/dV kernel's S^T),
+    which also masks the padded rows past q_len * group.
+    """
+    shape = (t.block_kv, t.block_q) if transposed else (t.block_q, t.block_kv)
+    iota = lambda axis: wgmma_layout(lax.broadcasted_iota(jnp.int32, shape, axis), t)
+    rows = i * t.block_q + iota(1 if transposed else 0)
+    cols = j * t.block_kv + iota(0 if transposed else 1)
     pos = (rows if t.group == 1 else lax.div(rows, t.group)) + t.offset
     ok = cols < t.kv_len
+    if transposed:
+        ok &= rows < t.rows
     if t.banded:
         ok &= cols <= pos
     if t.window is not None:
@@ -121,19 +132,20 @@ def _mask(i, j, t: MgpuTileStatics):
     return ok
 
 
-def fwd_kernel(q_ref, kt_ref, v_ref, o_ref, q_smem, k_smem, v_smem, p_smem,
+def fwd_kernel(q_ref, kt_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem, p_smem, lse_smem,
                q_bars, k_bars, v_bars, *, t: MgpuTileStatics):
     # GMEM: q_ref, o_ref [B, KVH, rows_p, Dp] (folded); kt_ref [B, KVH, Dp, Skv_p];
-    #       v_ref [B, Skv_p, KVH, Dp].
+    #       v_ref [B, Skv_p, KVH, Dp]; lse_ref [B, KVH, rows_p] fp32 (base 2).
     # SMEM: q_smem [nc, bq, dc] (reused for O); k_smem [nc, stages, dc, bk];
-    #       v_smem [nc, stages, bk, dc]; p_smem [bq, bk]. Barriers: one per chunk (x slot).
+    #       v_smem [nc, stages, bk, dc]; p_smem [bq, bk]; lse_smem [bq] fp32.
+    # Barriers: one per chunk (x slot).
     i, h, b = lax.axis_index("q_tile"), lax.axis_index("kv_head"), lax.axis_index("batch")
     bq, bk, dc, nc, st = t.block_q, t.block_kv, t.d_chunk, t.num_chunks, t.num_stages
     dtype = q_smem.dtype
     rows = pl.ds(i * bq, bq)
     for c in range(nc):
         plgpu.copy_gmem_to_smem(q_ref.at[b, h, rows, pl.ds(c * dc, dc)], q_smem.at[c], q_bars[c])
-    lo, a, mid_end, hi = _block_ranges(i, t)
+    lo, a, mid_end, hi = block_ranges(i, t)
 
     def fetch(j):  # TMA K^T and V block j into slot (j - lo) % stages
         slot, cols = lax.rem(j - lo, st), pl.ds(j * bk, bk)
@@ -164,7 +176,7 @@ def fwd_kernel(q_ref, kt_ref, v_ref, o_ref, q_smem, k_smem, v_smem, p_smem,
         else:
             s = jnp.tanh(s * (t.scale / t.softcap)) * (t.softcap * LOG2E)
         if masked:
-            s = jnp.where(_mask(i, j, t), s, -jnp.inf)
+            s = jnp.where(mask(i, j, t), s, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with no key yet
         p = jnp.exp2(s - lax.broadcast_in_dim(m_safe, s.shape, [0]))
@@ -185,20 +197,23 @@ def fwd_kernel(q_ref, kt_ref, v_ref, o_ref, q_smem, k_smem, v_smem, p_smem,
         pl.when(j + st < hi)(lambda: fetch(j + st))  # slot consumed: refill it
         return tuple(new_acc), m_new, l
 
-    acc = tuple(_wgmma_layout(jnp.zeros((bq, dc), jnp.float32), t) for _ in range(nc))
-    m = _wgmma_layout(jnp.full((bq,), -jnp.inf, jnp.float32), t, reduced=True)
-    l = _wgmma_layout(jnp.zeros((bq,), jnp.float32), t, reduced=True)
+    acc = tuple(wgmma_layout(jnp.zeros((bq, dc), jnp.float32), t) for _ in range(nc))
+    m = wgmma_layout(jnp.full((bq,), -jnp.inf, jnp.float32), t, reduced=1)
+    l = wgmma_layout(jnp.zeros((bq,), jnp.float32), t, reduced=1)
     carry = (acc, m, l)
     if t.window is not None:  # blocks crossing the window's lower edge
         carry = lax.fori_loop(lo, a, lambda j, c: step(j, c, True), carry)
     carry = lax.fori_loop(a, mid_end, lambda j, c: step(j, c, False), carry)
     carry = lax.fori_loop(mid_end, hi, lambda j, c: step(j, c, True), carry)
-    acc, _, l = carry
+    acc, m, l = carry
 
     inv = 1.0 / jnp.where(l > 0, l, 1.0)  # rows that saw no key: acc == 0 -> output 0
     for c in range(nc):
         q_smem.at[c][...] = (acc[c] * lax.broadcast_in_dim(inv, acc[c].shape, [0])).astype(dtype)
+    # lse = m + log2(l); +inf for rows that saw no key, so the backward's exp2(s - lse) is 0
+    lse_smem[...] = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)) * LOG2E, jnp.inf)
     plgpu.commit_smem()
     for c in range(nc):
         plgpu.copy_smem_to_gmem(q_smem.at[c], o_ref.at[b, h, rows, pl.ds(c * dc, dc)])
+    plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, h, rows])
     plgpu.wait_smem_to_gmem(0)
