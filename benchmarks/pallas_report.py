@@ -56,16 +56,17 @@ def _attention_triton():
 
 
 def _attention_mgpu():
+    import jax
     import jax.numpy as jnp
 
     from kernels.attention.pallas_mgpu import attention_pallas_mgpu, default_blocks
 
     blocks = default_blocks(128)
-    fn = lambda q, k, v: attention_pallas_mgpu(q, k, v, causal=True, window=None, softcap=None,
-                                               scale=0.088, q_segment_ids=None, kv_segment_ids=None,
-                                               blocks=blocks, interpret=False)
+    fn = _loss(lambda q, k, v: attention_pallas_mgpu(q, k, v, causal=True, window=None, softcap=None,
+                                                     scale=0.088, q_segment_ids=None, kv_segment_ids=None,
+                                                     blocks=blocks, interpret=False))
     q, kv = _sds((1, 512, 8, 128), jnp.bfloat16), _sds((1, 512, 2, 128), jnp.bfloat16)
-    return fn, (q, kv, kv), "cuda", blocks
+    return jax.grad(fn, argnums=(0, 1, 2)), (q, kv, kv), "cuda", blocks
 
 
 def _attention_tpu():
@@ -188,7 +189,7 @@ def _int4(rows):
 
 PALLAS_JOBS = {
     "attention fwd+bwd hd128 bf16 (Pallas Triton)": _attention_triton,
-    "attention fwd hd128 bf16 (Mosaic GPU)": _attention_mgpu,
+    "attention fwd+bwd hd128 bf16 (Mosaic GPU)": _attention_mgpu,
     "attention fwd+bwd hd128 bf16 (Mosaic TPU, v5p blocks)": _attention_tpu,
     "decode hd128 bf16 (Pallas Triton)": _decode_triton,
     "decode hd128 bf16 (Mosaic TPU, v5p blocks)": _decode_tpu,
