@@ -173,8 +173,6 @@ class AttentionSuite(GridSuite):
             if scores_gb > REFERENCE_MAX_GB:
                 raise Skip(f"the reference materializes B*H*S^2 fp32 scores ({scores_gb:.0f} GB "
                            f"> {REFERENCE_MAX_GB} GB)")
-        if impl == "pallas_mgpu" and case.direction != "fwd":
-            raise Skip("pallas_mgpu is forward-only")
         q, k, v, do, m, ref = self._inputs(case)
         if framework == "torch":
             fn, mode = torch_impl(impl, self.device.kind)
