@@ -4,6 +4,7 @@ kernels lower to.
 
     python -m benchmarks.compile_report [--out benchmarks/report] [--caps 80 90]
                                         [--candidate-caps 90] [--no-pallas]
+    python -m benchmarks.compile_report --sweep [--caps 80 90] [--json-out FILE]
 
 Per kernel and target: registers per thread, spills, shared memory, the occupancy those
 allow (resident warps per SM), and the instruction mix of the SASS (HGMMA / HMMA / FFMA /
@@ -14,10 +15,13 @@ autotuning candidate (the op's ``candidate_blocks``, default first) of the ops w
 matter most, for ``--candidate-caps``; a spilling candidate is reported, not an error.
 The Pallas section (``benchmarks.pallas_report``) lowers every Pallas kernel family with
 ``jax.export`` for "cuda" / "tpu": grid, block shapes, launch knobs, IR kind and size, TPU
-VMEM. ``--jobs`` compiles a given job list (the AOT tests use it, in a subprocess). Runs in
-its own process with TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language``
-in a way that breaks real compiles in the same process. Exit status 1 when a default
-configuration fails to compile or spills.
+VMEM. ``--jobs`` compiles a given job list (the AOT tests use it, in a subprocess).
+``--sweep`` is the spill audit: ``sweep_configs`` (every op's default over fp32/fp16/bf16
+and the head dims / widths the models run, ~4 min on 2 cores) on ``--caps``, printed, exit
+status 1 on a spill not in ``SWEEP_KNOWN_SPILLS``. Runs in its own process with
+TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language`` in a way that breaks
+real compiles in the same process. Exit status 1 when a default configuration fails to
+compile or spills.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ DEFAULT_JOBS = {
     "attention causal hd128 bf16": ("kernels.attention.triton_attention", [128, "torch.bfloat16"],
                                     {"causal": True}),
     "decode hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16"], {}),
+    "decode hd128 fp32": ("kernels.decode.triton_decode", [128, "torch.float32"], {}),
     "decode paged64 hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16"],
                                   {"page_size": 64}),
     "rms_norm+residual 2048 bf16": ("kernels.norms.triton_norms", [2048, "torch.bfloat16"],
@@ -58,6 +63,65 @@ DEFAULT_JOBS = {
     "int4 matmul m16 bf16": ("kernels.int4.triton_int4", ["torch.bfloat16"], {"rows": 16}),
     "int4 matmul m4096 bf16": ("kernels.int4.triton_int4", ["torch.bfloat16"], {"rows": 4096}),
 }
+
+# The spill audit (``--sweep``): every op's default configuration over the dtypes and sizes
+# the models run. Head dims of the presets and encoders (80 and 96 masked), norm widths of
+# the conformer, SigLIP, nano1/2 and pro decoders (norms tile next_pow2(width)), int4 row
+# buckets of ``default_blocks`` (decode, small batch, prefill) at group 128 symmetric and
+# group 32 asymmetric. Same form as DEFAULT_JOBS; the AOT tests assert their op's entries.
+SWEEP_DTYPES = {"fp32": "torch.float32", "fp16": "torch.float16", "bf16": "torch.bfloat16"}
+SWEEP_HEAD_DIMS = (64, 80, 96, 128, 256)
+SWEEP_NORM_WIDTHS = (1024, 1152, 2048, 2560, 6144, 10240)
+
+
+# Spills no launch knob removes (a kernel change would): (label prefix, kernel) -> why. The
+# sweep lists them apart and does not fail on them.
+SWEEP_KNOWN_SPILLS = {
+    (f"{op} 10240", "_norm_bwd_kernel"): "block_n 16384: w, dweight, dbias rows stay in registers "
+    "across the row loop; 32 warps (64 registers each) spill least" for op in ("rms_norm+residual", "layer_norm")}
+
+
+def known_spill(label: str, kernel: str):
+    """SWEEP_KNOWN_SPILLS' reason for a sweep row, or None."""
+    return next((why for (prefix, k), why in SWEEP_KNOWN_SPILLS.items()
+                 if k == kernel and label.startswith(prefix + " ")), None)
+
+
+def sweep_configs() -> dict:
+    """label -> (launcher module, aot_kernels args, kwargs) of the spill audit."""
+    attn, dec = "kernels.attention.triton_attention", "kernels.decode.triton_decode"
+    out = {}
+    for dt, t in SWEEP_DTYPES.items():
+        for d in SWEEP_HEAD_DIMS:
+            out[f"attention causal hd{d} {dt}"] = (attn, [d, t], {"causal": True})
+            out[f"decode hd{d} {dt}"] = (dec, [d, t], {})
+            out[f"decode paged64 hd{d} {dt}"] = (dec, [d, t], {"page_size": 64})
+            out[f"rope hd{d} {dt}"] = ("kernels.rope.triton_rope", [d, t], {"sections": 1})
+        out[f"rope_2d hd72 {dt}"] = ("kernels.rope.triton_rope", [72, t], {"sections": 2})
+        for w in SWEEP_NORM_WIDTHS:
+            out[f"rms_norm+residual {w} {dt}"] = ("kernels.norms.triton_norms", [w, t],
+                                                  {"rms": True, "residual": True})
+            out[f"layer_norm {w} {dt}"] = ("kernels.norms.triton_norms", [w, t],
+                                           {"rms": False, "residual": False})
+        for approx, gated in (("tanh", True), ("none", False)):
+            out[f"{'gated_' if gated else ''}gelu {approx} {dt}"] = (
+                "kernels.activations.triton_activations", [t], {"approximate": approx, "gated": gated})
+        for p in (14, 16):
+            out[f"patch_embed p{p} {dt}"] = ("kernels.patch_embed.triton_patch_embed", [t], {"patch": p})
+        for mels in (80, 128):
+            out[f"log_mel {mels} {dt}"] = ("kernels.audio.triton_log_mel", [t], {"n_mels": mels})
+        for rows in (16, 64, 4096):
+            out[f"int4 matmul m{rows} g128 {dt}"] = ("kernels.int4.triton_int4", [t], {"rows": rows})
+            out[f"int4 matmul m{rows} g32 asym {dt}"] = ("kernels.int4.triton_int4", [t],
+                                                         {"rows": rows, "group_size": 32, "asymmetric": True})
+    return out
+
+
+def sweep_jobs(caps=(80, 90), module: str | None = None) -> dict:
+    """Compile jobs "label|cap" of ``sweep_configs`` (only ``module``'s when given)."""
+    return {f"{label}|{cap}": {"module": m, "args": a, "kwargs": k, "cap": cap}
+            for cap in caps for label, (m, a, k) in sweep_configs().items() if module in (None, m)}
+
 
 # Autotuning candidates of the ops where tiles matter most: label -> (launcher module,
 # candidate_blocks args, its kwargs, aot_kernels args, its kwargs, kernels compiled). Each
@@ -279,6 +343,34 @@ def to_markdown(report: dict) -> str:
     return text
 
 
+def _print_sweep(results: dict) -> int:
+    """Print the sweep's rows (spills marked) and a summary; 1 when a config fails or spills
+    (other than SWEEP_KNOWN_SPILLS)."""
+    def key(job_id):
+        label, cap = job_id.rsplit("|", 1)
+        return {"op": label, "target": f"sm_{cap}"}
+
+    rows = _rows(results, key)
+    print("| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
+          "| HGMMA | HMMA | FFMA | MUFU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
+        print(f"| {r['op']} | {r['kernel']} | {r['target']} | {cells} |")
+    known = [r for r in rows if "error" not in r and _spills(r) and known_spill(r["op"], r["kernel"])]
+    bad = [r for r in rows if r not in known and ("error" in r or _spills(r))]
+    print(f"{len(rows)} kernels compiled, {len(bad)} failed or spilled, {len(known)} known spills",
+          file=sys.stderr)
+    for r in known:
+        print(f"  known: {r['op']} {r['kernel']} {r['target']}: {_spills(r)} B "
+              f"({known_spill(r['op'], r['kernel'])})", file=sys.stderr)
+    for r in bad:
+        print(f"  {r['op']} {r['kernel']} {r['target']}: "
+              + (r["error"][:200] if "error" in r else
+                 f"{_spills(r)} B spilled at {r['registers']} registers, {r['num_warps']} warps"),
+              file=sys.stderr)
+    return 1 if bad else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/report")
@@ -287,15 +379,24 @@ def main(argv=None):
                     help="targets for the autotuning candidates (none: skip them)")
     ap.add_argument("--no-pallas", action="store_true", help="skip the Pallas lowering section")
     ap.add_argument("--jobs", help="JSON file of compile jobs (tests use this); writes --json-out")
-    ap.add_argument("--json-out", help="with --jobs: where the per-job results go")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the spill audit: sweep_configs on --caps, printed; exit 1 on an unknown spill")
+    ap.add_argument("--json-out", help="with --jobs or --sweep: where the per-job results go")
     args = ap.parse_args(argv)
     from benchmarks.results import write_json_atomic, write_text_atomic
 
-    if args.jobs:
-        with open(args.jobs) as f:
-            jobs = json.load(f)
+    if args.jobs or args.sweep:
+        if args.jobs:
+            with open(args.jobs) as f:
+                jobs = json.load(f)
+        else:
+            jobs = sweep_jobs(tuple(args.caps))
         with tempfile.TemporaryDirectory() as work:
-            write_json_atomic(args.json_out, compile_jobs(jobs, work))
+            results = compile_jobs(jobs, work)
+        if args.json_out:
+            write_json_atomic(args.json_out, results)
+        if args.sweep:
+            sys.exit(_print_sweep(results))
         return
 
     report = build_report(tuple(args.caps), tuple(args.candidate_caps), pallas=not args.no_pallas)

@@ -2,7 +2,8 @@
 
 ``compile_in_subprocess(jobs)`` runs ``python -m benchmarks.compile_report --jobs`` with
 TRITON_INTERPRET=0 and returns {job id: {kernel name: report}} (registers, spills, shared
-memory, wgmma in PTX, SASS instruction mix). A fresh process because Triton 3.6's
+memory, wgmma in PTX, SASS instruction mix); ``sweep_jobs`` picks entries of the compile
+report's spill audit (``--sweep``) as jobs. A fresh process because Triton 3.6's
 interpreter and its real compiler corrupt each other's state inside one process: tests
 that interpret kernels and tests that compile them must not share one.
 """
@@ -36,6 +37,24 @@ def compile_in_subprocess(jobs: dict, tmp_path) -> dict:
                          text=True, timeout=900)
     assert res.returncode == 0, f"AOT worker failed:\n{res.stderr[-6000:]}"
     return json.loads(out_file.read_text())
+
+
+def sweep_jobs(picks) -> dict:
+    """Compile jobs for entries of the spill audit (``benchmarks.compile_report.sweep_configs``,
+    the default configuration of an op at one dtype and size): ``picks`` = [(label, cap,
+    kernel names or None for all)] -> {"label|sm<cap>": job} for ``compile_in_subprocess``
+    (a job without "kernels" compiles all of them)."""
+    from benchmarks.compile_report import sweep_configs
+
+    configs = sweep_configs()
+    jobs = {}
+    for label, cap, kernels in picks:
+        module, args, kwargs = configs[label]
+        job_id = f"{label}|sm{cap}"
+        assert job_id not in jobs, f"{job_id} picked twice"
+        jobs[job_id] = {"module": module, "args": args, "kwargs": kwargs, "cap": cap,
+                        **({"kernels": list(kernels)} if kernels else {})}
+    return jobs
 
 
 def assert_compiled_clean(report: dict, what: str, *, cap: int = 90, wgmma: bool = False):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from aot import assert_compiled_clean, compile_in_subprocess
 
-from benchmarks.compile_report import (CANDIDATE_JOBS, DEFAULT_JOBS, _resolve, blocks_json,
-                                       candidate_jobs, to_markdown)
+from benchmarks.compile_report import (CANDIDATE_JOBS, DEFAULT_JOBS, SWEEP_DTYPES, _resolve, blocks_json,
+                                       candidate_jobs, known_spill, sweep_configs, sweep_jobs, to_markdown)
 
 JOBS = {f"{label}|80": {"module": m, "args": a, "kwargs": k, "cap": 80}
         for label, (m, a, k) in DEFAULT_JOBS.items()}
@@ -64,3 +64,16 @@ def test_candidate_compiles_with_its_blocks(reports):
     md = to_markdown({"commit": {"commit": "x"}, "versions": {"triton": "3.6.0"}, "rows": [],
                       "candidates": [row]})
     assert f"| decode split hd128 bf16 | 1 | `{blocks!r}` | _decode_split_kernel | sm_90 |" in md
+
+
+def test_sweep_covers_every_op_at_every_dtype():
+    """The spill audit (--sweep; its entries are compiled by each op's AOT test) has every op of
+    DEFAULT_JOBS at fp32, fp16 and bf16, and only the documented known spills are exempt."""
+    configs = sweep_configs()
+    ops = {m for m, _, _ in DEFAULT_JOBS.values()}
+    for dt in SWEEP_DTYPES.values():
+        assert {m for m, a, _ in configs.values() if dt in a} == ops, dt
+    assert len(sweep_jobs((80, 90))) == 2 * len(configs)
+    assert known_spill("layer_norm 10240 fp32", "_norm_bwd_kernel")
+    assert not known_spill("layer_norm 10240 fp32", "_norm_fwd_kernel")
+    assert not known_spill("layer_norm 1024 fp32", "_norm_bwd_kernel")
