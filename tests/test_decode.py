@@ -5,7 +5,7 @@ per-row lengths including 0, 1 and max_len, lengths off the block grid, MQA/GQA/
 softcap and head dims 64/80/128. Accuracy rule from conftest: error vs float64 on the rounded
 inputs <= 2x the error of the framework doing the same math in the same precision + a floor.
 Triton runs in fp32/fp16 (the interpreter's bf16 tl.dot is wrong), Pallas in fp32/fp16/bf16.
-Also: the split/combine path with > 1 split, bad input, and an sm_90 AOT compile.
+Also: the split/combine path with > 1 split, bad input, and AOT compiles for sm_90 and sm_80.
 """
 from __future__ import annotations
 
@@ -297,22 +297,35 @@ def test_reference_validates_like_the_api():
         decode_reference(*args.values())
 
 
-# ---- ahead-of-time compile for sm_90 (no GPU needed; a fresh process: tests/aot.py) ----------
+# ---- ahead-of-time compile for sm_90 and sm_80 (no GPU; a fresh process: tests/aot.py) -------
 
 AOT = {"d128-fp16-g8": (128, "float16", None, None, 8), "d128-bf16-mqa": (128, "bfloat16", None, None, 1),
        "d80-bf16-win-cap-g4": (80, "bfloat16", 4096, 30.0, 4), "d256-fp16-g8": (256, "float16", None, None, 8),
        "d64-fp32-mqa": (64, "float32", None, None, 1)}
 
 
-def test_triton_decode_compiles_for_sm90_without_spills(tmp_path):
+# Spill audit entries (benchmarks.compile_report --sweep): the fp32 split kernel spilled
+# 528 B on sm_90 at head_dim 128 with 4 warps (the 64-only test above missed it).
+AOT_SWEEP = [(f"decode hd{d} fp32", cap, ["_decode_split_kernel"]) for d in (80, 128, 256) for cap in (80, 90)]
+AOT_SWEEP += [("decode hd96 bf16", 80, None), ("decode hd256 bf16", 80, ["_decode_split_kernel"])]
+
+
+def test_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     """Split and combine kernels, default sm_90 configs: compile, no register spills, and the
-    16-bit split kernel on tensor cores (mma.sync: 16-row tiles are too small for wgmma)."""
-    from aot import assert_compiled_clean, compile_in_subprocess
+    16-bit split kernel on tensor cores (mma.sync: 16-row tiles are too small for wgmma);
+    then spill audit entries (fp32 on sm_80/90, 16-bit on sm_80) in the same compile process."""
+    from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
 
     jobs = {cid: {"module": "kernels.decode.triton_decode", "args": [d, f"torch.{dt}"],
                   "kwargs": {"window": w, "softcap": c, "group": g}, "cap": 90}
             for cid, (d, dt, w, c, g) in AOT.items()}
-    report = compile_in_subprocess(jobs, tmp_path)
+    sweep = sweep_jobs(AOT_SWEEP)
+    report = compile_in_subprocess({**jobs, **sweep}, tmp_path)
+    for job in sweep:
+        kernels = report.pop(job)
+        assert "error" not in kernels, (job, kernels.get("error"))
+        for name, r in kernels.items():
+            assert_compiled_clean(r, f"{job} {name}", cap=sweep[job]["cap"])
     for cid, kernels in report.items():
         assert "error" not in kernels, (cid, kernels.get("error"))
         assert set(kernels) == {"_decode_split_kernel", "_decode_combine_kernel"}, (cid, sorted(kernels))

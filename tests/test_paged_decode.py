@@ -267,7 +267,7 @@ def test_pallas_tpu_refuses_block_table():
         jax_ops.decode_attention(*arrays, **args, impl="pallas_tpu")
 
 
-# ---- ahead-of-time compile for sm_90 (no GPU needed; a fresh process: tests/aot.py) ----------
+# ---- ahead-of-time compile for sm_90 and sm_80 (no GPU; a fresh process: tests/aot.py) -------
 
 AOT = {"d128-bf16-g8-page64": (128, "bfloat16", None, None, 8, 64),
        "d128-fp16-mqa-page16": (128, "float16", None, None, 1, 16),
@@ -275,15 +275,27 @@ AOT = {"d128-bf16-g8-page64": (128, "bfloat16", None, None, 8, 64),
        "d64-fp32-mqa-page32": (64, "float32", None, None, 1, 32)}
 
 
-def test_paged_triton_decode_compiles_for_sm90_without_spills(tmp_path):
-    """The paged split kernel in its default sm_90 configuration: compiles, no spills, tensor cores."""
-    from aot import assert_compiled_clean, compile_in_subprocess
+# Spill audit entries (benchmarks.compile_report --sweep, page_size 64): fp32 spilled on
+# sm_90 from head_dim 80 with 4 warps, as the contiguous kernel did.
+AOT_SWEEP = [(f"decode paged64 hd{d} {dt}", cap, ["_decode_split_kernel"])
+             for d, dt, cap in ((128, "fp32", 90), (256, "fp32", 90), (96, "fp32", 80), (256, "bf16", 80))]
+
+
+def test_paged_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path):
+    """The paged split kernel in its default sm_90 configuration: compiles, no spills, tensor
+    cores; then spill audit entries (fp32, sm_80) in the same compile process."""
+    from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
 
     jobs = {cid: {"module": "kernels.decode.triton_decode", "args": [d, f"torch.{dt}"],
                   "kwargs": {"window": w, "softcap": c, "group": g, "page_size": p},
                   "cap": 90, "kernels": ["_decode_split_kernel"]}
             for cid, (d, dt, w, c, g, p) in AOT.items()}
-    report = compile_in_subprocess(jobs, tmp_path)
+    sweep = sweep_jobs(AOT_SWEEP)
+    report = compile_in_subprocess({**jobs, **sweep}, tmp_path)
+    for job in sweep:
+        kernels = report.pop(job)
+        assert "error" not in kernels, (job, kernels.get("error"))
+        assert_compiled_clean(kernels["_decode_split_kernel"], f"{job} paged split", cap=sweep[job]["cap"])
     for cid, kernels in report.items():
         assert "error" not in kernels, (cid, kernels.get("error"))
         r = kernels["_decode_split_kernel"]
