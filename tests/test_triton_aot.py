@@ -2,7 +2,9 @@
 
 Compiles the default sm_90 (and sm_80 forward) configurations through the real Triton
 compiler and the ptxas shipped in the wheel, then checks what only shows compiled: no
-register spills, shared memory within the SM limit, and wgmma (HGMMA in SASS) on sm_90.
+register spills, shared memory within the SM limit, and wgmma (HGMMA in SASS) on sm_90;
+then entries of the compile report's spill audit (fp32/fp16/bf16, head dims 64-256, sm_80
+and sm_90) in the same compile process.
 
 The compiles run in a fresh Python process with TRITON_INTERPRET=0 (``tests/aot.py``): with
 the variable set when triton is imported, triton.language's own jit functions (``tl.zeros``,
@@ -12,7 +14,7 @@ real compiler corrupt each other's state within one process.
 from __future__ import annotations
 
 import pytest
-from aot import assert_compiled_clean, compile_in_subprocess
+from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
 
 MMA_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")
 
@@ -27,6 +29,18 @@ for _name in MMA_KERNELS:  # window + softcap + segments at odd head_dim 80 (mas
     JOBS[f"sm90-{_name[6:-7]}-bf16-all-features-d80"] = (
         90, 80, "bf16", _name, dict(window=128, softcap=30.0, segments=True))
 
+# Spill audit entries (benchmarks.compile_report --sweep has the full dtype x head_dim x
+# target grid, ~2 min for attention): fp32 forward on both targets (sm_80 spilled at head
+# dims 80-128 with 32x16 tiles), fp32 backward, and the 16-bit passes at the smallest and
+# largest head dims. (label, cap, kernels)
+FP32_WITH_BWD = {(128, 90), (256, 90), (96, 80)}
+SWEEP = [(f"attention causal hd{d} fp32", cap, MMA_KERNELS if (d, cap) in FP32_WITH_BWD else ["_attn_fwd_kernel"])
+         for d in (64, 80, 96, 128, 256) for cap in (80, 90) if (d, cap) not in {(64, 90), (96, 90)}]
+SWEEP += [(f"attention causal hd{d} {dt}", 90, MMA_KERNELS) for d, dt in ((64, "fp16"), (256, "bf16"))]
+SWEEP += [("attention causal hd256 bf16", 80, ["_attn_fwd_kernel"]),
+          ("attention causal hd64 fp16", 80, ["_attn_fwd_kernel"])]
+SWEEP_JOBS = sweep_jobs(SWEEP)
+
 
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
@@ -34,7 +48,7 @@ def aot_report(tmp_path_factory):
                   "args": [head_dim, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
                   "kwargs": {"causal": True, **features}, "cap": cap, "kernels": [name]}
             for job, (cap, head_dim, dt, name, features) in JOBS.items()}
-    return compile_in_subprocess(jobs, tmp_path_factory.mktemp("aot"))
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS}, tmp_path_factory.mktemp("aot"))
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -43,3 +57,14 @@ def test_compiles_without_spills(aot_report, job):
     kernels = aot_report[job]
     assert "error" not in kernels, kernels.get("error")
     assert_compiled_clean(kernels[name], job, cap=cap, wgmma=cap == 90 and name in MMA_KERNELS)
+
+
+@pytest.mark.parametrize("job", list(SWEEP_JOBS))
+def test_default_configs_across_dtypes_and_head_dims_without_spills(aot_report, job):
+    cap = SWEEP_JOBS[job]["cap"]
+    kernels = aot_report[job]
+    assert "error" not in kernels, kernels.get("error")
+    for name in SWEEP_JOBS[job]["kernels"]:
+        # head_dim 256's backward runs 32-row tiles (larger ones spill): mma.sync, not wgmma
+        wgmma = cap == 90 and "fp32" not in job and (name == "_attn_fwd_kernel" or "hd256" not in job)
+        assert_compiled_clean(kernels[name], f"{job} {name}", cap=cap, wgmma=wgmma)

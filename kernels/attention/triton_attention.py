@@ -48,12 +48,17 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     """Default tiles for one pass. ``capability`` None means the CPU interpreter.
 
     GPU picks are checked by ``tests/test_triton_aot.py`` to compile without register spills
-    (and, on sm_90, to use wgmma); throughput tuning happens on a device.
+    on sm_80 and sm_90 at fp32/fp16/bf16 and head dims 64-256 (and, 16-bit on sm_90, to use
+    wgmma); throughput tuning happens on a device.
     """
     if capability is None:  # interpreter: fewer, larger numpy steps are faster; keep several blocks
         return TritonAttentionBlocks(32, 32, 4, 1)
-    if dtype == torch.float32:  # ieee fp32 dots run on FMA units; larger tiles spill
-        return TritonAttentionBlocks(16, 16, 8, 1) if backward else TritonAttentionBlocks(32, 16, 8, 2)
+    if dtype == torch.float32:  # ieee fp32 dots run on FMA units; larger tiles spill on sm_90
+        if backward:
+            return TritonAttentionBlocks(16, 16, 8, 1)
+        if capability[0] >= 9:
+            return TritonAttentionBlocks(32, 16, 8, 2)
+        return TritonAttentionBlocks(32, 32, 8, 2)  # sm_80: 32x16 spilled at head_dim 80-128
     if backward:
         if head_dim <= 64:
             return TritonAttentionBlocks(64, 64, 4, 2)
