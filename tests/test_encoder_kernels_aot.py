@@ -1,7 +1,8 @@
-"""Ahead-of-time compile of the encoder Triton kernels (norms, rope, gelu) for sm_90, no GPU.
+"""Ahead-of-time compile of the encoder Triton kernels (norms, rope, gelu) for sm_90 and sm_80, no GPU.
 
-Each kernel in its default sm_90 configuration goes through the real Triton compiler and the
-wheel's ptxas, in a fresh process (``tests/aot.py``); checks: no register spills, shared
+Each kernel in its default sm_90 configuration, then entries of the compile report's spill
+audit (other dtypes, widths, head dims, sm_80), goes through the real Triton compiler and the
+wheel's ptxas, in one fresh process (``tests/aot.py``); checks: no register spills, shared
 memory within the SM limit. Also checks that the Pallas kernels lower to Triton for CUDA
 (export).
 """
@@ -12,7 +13,7 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
-from aot import assert_compiled_clean, compile_in_subprocess
+from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
 
 JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
     "rms-res-1152": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"], dict(rms=True, residual=True)),
@@ -26,11 +27,20 @@ JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
                  dict(approximate="none", gated=False)),
 }
 
+# Spill audit entries (benchmarks.compile_report --sweep), all kernels of each: fp32 norms at
+# 4096 columns spilled on sm_80 with 8 warps, rope at masked head dims (72, 80, 96) spilled
+# with 4 warps. Widths past 8192 are a known backward spill (compile_report.SWEEP_KNOWN_SPILLS).
+SWEEP_JOBS = sweep_jobs([(label, cap, None) for label, cap in (
+    ("rms_norm+residual 2560 fp32", 80), ("rms_norm+residual 2560 fp32", 90), ("layer_norm 6144 bf16", 80),
+    ("layer_norm 6144 bf16", 90), ("rms_norm+residual 1024 fp16", 80), ("rope hd80 fp16", 90),
+    ("rope hd96 bf16", 90), ("rope hd80 fp32", 80), ("rope_2d hd72 bf16", 80), ("rope hd256 fp32", 80),
+    ("gelu none fp32", 80), ("gated_gelu tanh bf16", 80))])
+
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     jobs = {k: {"module": m, "args": a, "kwargs": kw, "cap": 90} for k, (m, a, kw) in JOBS.items()}
-    return compile_in_subprocess(jobs, tmp_path_factory.mktemp("aot"))
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS}, tmp_path_factory.mktemp("aot"))
 
 
 @pytest.mark.parametrize("which", list(JOBS))
@@ -40,6 +50,15 @@ def test_default_configs_compile_for_sm90_without_spills(reports, which):
     assert kernels, f"{which}: no kernels"
     for name, report in kernels.items():
         assert_compiled_clean(report, f"{which} {name}")
+
+
+@pytest.mark.parametrize("job", list(SWEEP_JOBS))
+def test_default_configs_across_dtypes_and_widths_without_spills(reports, job):
+    kernels = reports[job]
+    assert "error" not in kernels, kernels.get("error")
+    assert len(kernels) == 2, f"{job}: {sorted(kernels)}"  # forward and backward
+    for name, report in kernels.items():
+        assert_compiled_clean(report, f"{job} {name}", cap=SWEEP_JOBS[job]["cap"])
 
 
 def test_pallas_kernels_lower_to_triton_for_cuda():

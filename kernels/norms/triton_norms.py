@@ -40,16 +40,23 @@ class NormBlocks:
             raise ValueError(f"bwd_programs={self.bwd_programs!r} must be an int >= 0 (0 = auto)")
 
 
-def default_blocks(hidden: int, *, capability: Optional[tuple] = None) -> NormBlocks:
+def default_blocks(hidden: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> NormBlocks:
     """Per-device defaults. ``capability`` None means the CPU interpreter (large numpy tiles).
 
-    GPU: about 4k-8k fp32 elements per tile, ~16-32 per thread; checked spill-free on sm_90
-    by tests/test_encoder_kernels_aot.py.
+    GPU: about 4k-8k fp32 elements per tile, ~16-32 per thread; checked spill-free on sm_80
+    and sm_90 at fp32/fp16/bf16 by tests/test_encoder_kernels_aot.py up to hidden 8192. Past
+    8192 (block_n 16384) the backward's three loop-carried row vectors (w, dweight, dbias)
+    exceed the registers of any warp count and spill; 32 warps spill least.
     """
     block_n = triton.next_power_of_2(hidden)
     if capability is None:
         return NormBlocks(block_m=max(1, min(64, 32768 // block_n)), num_warps=4, bwd_programs=4)
-    warps = 4 if block_n <= 1024 else (8 if block_n <= 4096 else 16)
+    if block_n <= 1024:
+        warps = 4
+    elif block_n <= 4096:  # fp32 with 8 warps spilled at 4096 columns on sm_80
+        warps = 16 if block_n == 4096 and dtype == torch.float32 else 8
+    else:
+        warps = 16 if block_n <= 8192 else 32
     return NormBlocks(block_m=max(1, min(16, 4096 // block_n)), num_warps=warps)
 
 
@@ -142,7 +149,7 @@ def norm_triton(x, weight, bias, residual, *, rms: bool, eps: float, offset: flo
     if blocks is None:
         cap = None if triton_interpreting() or x.device.type != "cuda" else \
             torch.cuda.get_device_capability(x.device)
-        blocks = default_blocks(x.shape[-1], capability=cap)
+        blocks = default_blocks(x.shape[-1], x.dtype, capability=cap)
     return _NormFunction.apply(x, weight, bias, residual, bool(rms), float(eps), float(offset), blocks)
 
 
@@ -150,7 +157,7 @@ def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
                 capability=(9, 0)) -> dict:
     """name -> AotKernel for the forward and backward kernels in their default configuration."""
     mod = jit_module(triton_kernels)
-    blocks = default_blocks(hidden, capability=tuple(capability))
+    blocks = default_blocks(hidden, dtype, capability=tuple(capability))
     ty = "*" + triton_dtype(dtype)
     meta = dict(IS_RMS=rms, HAS_BIAS=not rms, BLOCK_M=blocks.block_m,
                 BLOCK_N=triton.next_power_of_2(hidden))

@@ -77,11 +77,12 @@ class RopeBlocks:
 
 
 def default_blocks(head_dim: int, *, capability: Optional[tuple] = None) -> RopeBlocks:
-    """Interpreter: ~16k-element tiles. GPU: ~2k pairs per program, 4 warps."""
+    """Interpreter: ~16k-element tiles. GPU: ~2k pairs per program, 4 warps; 8 when the
+    half is masked (head_dim 72, 80, 96: 4 warps spilled around sin/cos's slow path)."""
     half = triton.next_power_of_2(max(1, head_dim // 2))
     if capability is None:
         return RopeBlocks(max(1, min(1024, 16384 // half)), 4)
-    return RopeBlocks(max(1, min(64, 2048 // half)), 4)
+    return RopeBlocks(max(1, min(64, 2048 // half)), 4 if half == head_dim // 2 else 8)
 
 
 def _launch(x, pos, *, theta, sections, inverse, blocks):
