@@ -201,14 +201,22 @@ AOT_JOBS = {  # job -> (x dtype, rows, asymmetric, expect wgmma)
 }
 
 
+# Spill audit entries (benchmarks.compile_report --sweep; nano1's layers differ only in the
+# runtime N, K): fp32 prefill, group-32 asymmetric prefill on wgmma, and sm_80.
+AOT_SWEEP = [("int4 matmul m4096 g128 fp32", 90), ("int4 matmul m4096 g32 asym bf16", 90),
+             ("int4 matmul m16 g128 fp16", 80), ("int4 matmul m64 g32 asym bf16", 80),
+             ("int4 matmul m4096 g128 bf16", 80), ("int4 matmul m4096 g32 asym fp32", 80)]
+
+
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
-    from aot import compile_in_subprocess
+    from aot import compile_in_subprocess, sweep_jobs
 
     jobs = {job: {"module": "kernels.int4.triton_int4", "args": [f"torch.{dt}"],
                   "kwargs": {"rows": rows, "asymmetric": asym}, "cap": 90}
             for job, (dt, rows, asym, _) in AOT_JOBS.items()}
-    return compile_in_subprocess(jobs, tmp_path_factory.mktemp("int4_aot"))
+    sweep = sweep_jobs([(label, cap, None) for label, cap in AOT_SWEEP])
+    return compile_in_subprocess({**jobs, **sweep}, tmp_path_factory.mktemp("int4_aot"))
 
 
 @pytest.mark.parametrize("job", list(AOT_JOBS))
@@ -218,3 +226,13 @@ def test_sm90_compiles_without_spills(aot_report, job):
     report = aot_report[job]
     assert "error" not in report, report.get("error")
     assert_compiled_clean(report["_int4_matmul_kernel"], job, wgmma=AOT_JOBS[job][3])
+
+
+@pytest.mark.parametrize("label,cap", AOT_SWEEP)
+def test_default_configs_across_dtypes_and_targets_without_spills(aot_report, label, cap):
+    from aot import assert_compiled_clean
+
+    report = aot_report[f"{label}|sm{cap}"]
+    assert "error" not in report, report.get("error")
+    wgmma = cap == 90 and "m4096" in label and "fp32" not in label  # prefill keeps wgmma
+    assert_compiled_clean(report["_int4_matmul_kernel"], f"{label} sm{cap}", cap=cap, wgmma=wgmma)
