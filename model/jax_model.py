@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import jax_ops
-from model.config import KernelConfig, ModelConfig, param_specs
+from model.config import KernelConfig, ModelConfig, init_std, param_specs
 from model.jax_layers import attention, embed, linear, mlp, rms_norm, softcap, with_logical_constraint
 
 
@@ -47,11 +47,11 @@ class KVCache(NamedTuple):
 
 
 def init_params(cfg: ModelConfig, key: jax.Array, *, dtype=jnp.float32) -> dict[str, jax.Array]:
-    """Matrices N(0, 0.02^2), norm scales 0 (the Gemma (1 + w) scale starts at 1)."""
+    """Matrices N(0, init_std(shape)^2) (LeCun: 1 / fan_in), norm scales 0 (the Gemma (1 + w) scale starts at 1)."""
     specs = param_specs(cfg)
     keys = jax.random.split(key, len(specs))
     return {name: (jnp.zeros(shape, dtype) if len(shape) == 1
-                   else 0.02 * jax.random.normal(k, shape, dtype))
+                   else init_std(shape) * jax.random.normal(k, shape, dtype))
             for k, (name, (shape, _)) in zip(keys, specs.items())}
 
 

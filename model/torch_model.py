@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from kernels import torch_ops
-from model.config import KernelConfig, ModelConfig, param_specs
+from model.config import KernelConfig, ModelConfig, init_std, param_specs
 from model.torch_layers import MLP, Embedding, Linear, RMSNorm, softcap
 
 
@@ -126,8 +126,8 @@ class GeminiModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """Deterministic init (same seed, same weights on any device): matrices N(0, 0.02^2),
-        norm scales 0 (so the Gemma (1 + w) scale starts at 1)."""
+        """Deterministic init (same seed, same weights on any device): matrices
+        N(0, init_std(shape)^2) (LeCun: 1 / fan_in), norm scales 0 (so the Gemma (1 + w) scale starts at 1)."""
         gen = torch.Generator().manual_seed(seed)
         params = dict(self.named_parameters())
         for name, (shape, _) in param_specs(self.cfg).items():
@@ -135,7 +135,7 @@ class GeminiModel(nn.Module):
             if len(shape) == 1:
                 p.zero_()
             else:
-                p.copy_(torch.randn(shape, generator=gen) * 0.02)
+                p.copy_(torch.randn(shape, generator=gen) * init_std(shape))
 
     def forward(self, tokens, *, positions=None, segment_ids=None, embeds=None, embed_mask=None,
                 cache: KVCache | None = None):
