@@ -5,19 +5,21 @@ split is the same whatever came before, so a checkpoint's data position is one i
 
 Retrieval example (bytes shown as text; keys are lowercase letters, values digits)::
 
-    <bos> 41ab07qx...93mz?qx07mz93 <eos> <pad>...
+    <bos> a4b0q7...m3?q7a4q7m3 <eos> <pad>...
 
-A context of ``pairs`` distinct key-value pairs, each written VALUE FIRST, then its key,
-with no separator (keys and values use disjoint alphabets, so the layout is unambiguous),
-then ``?`` and ``queries`` keys drawn (with replacement, so no answer follows by
-elimination) from the context, each followed by its value. Keys and values are fresh random
-draws per example, so an answer is recoverable only from that example's context. Value
-first (measured, 4 pairs, tiny model with mlp 128, batch 16, lr 1e-3): held-out accuracy
-0.998 after ~8.9k steps, the transition at ~3k; key first sat at 0.36 after 9.1k steps. With
-the value before its key, the query matches the context key by token identity and reads the
-value a previous-token head stored there; key first needs the match on a derived feature.
-More queries per example give more
-supervised positions per step (same task). The loss (and the accuracy) covers only the value tokens
+A context of ``pairs`` distinct key-value pairs, each written KEY FIRST (``order``;
+"value_first" writes v k), with no separator (keys and values use disjoint alphabets, so
+the layout is unambiguous), then ``?`` and ``queries`` keys drawn (with replacement, so no
+answer follows by elimination) from the context, each followed by its value. Keys and
+values are fresh random draws per example, so an answer is recoverable only from that
+example's context: by an induction circuit (a previous-token head marks each value with its
+key; a second-layer head matches the query key against those marks and copies the value).
+``min_pairs`` mixes context lengths on the training split: each row holds a uniform draw of
+2..``pairs`` pairs (right-padded); the held-out split always holds ``pairs``, the training
+length. Measured on the tiny model (batch 16, lr 1e-3): with 8 or 16 pairs in every row the
+circuit had not formed after 1.4-2.8k steps (held-out accuracy 0.2-0.3); with rows of
+2..N pairs (N = 16, 20, 24) it formed at 1-3k steps and reached 100% at N pairs. More queries per example give more supervised
+positions per step (same task). The loss (and the accuracy) covers only the value tokens
 after the query (mask). ``seq_len`` is the model's input length; examples are right-padded.
 The held-out split draws from its own seed stream (numpy SeedSequence [seed, split, index]).
 
@@ -39,6 +41,7 @@ SPLITS = {"train": 0, "eval": 1}
 KEY_ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8).astype(np.int32)
 VALUE_ALPHABET = np.frombuffer(b"0123456789", dtype=np.uint8).astype(np.int32)
 QUERY = ord("?")
+ORDERS = ("key_first", "value_first")
 
 
 class Batch(NamedTuple):
@@ -72,6 +75,8 @@ class RetrievalTask:
     value_len: int = 2
     seq_len: int = 64
     queries: int = 1
+    min_pairs: int | None = None  # training rows draw their pair count from [min_pairs, pairs]
+    order: str = "key_first"  # "key_first" (k v, as the queries) or "value_first" (v k)
     seed: int = 0
 
     def __post_init__(self):
@@ -80,6 +85,10 @@ class RetrievalTask:
         for name in ("pairs", "key_len", "value_len", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.min_pairs is not None and not 1 <= self.min_pairs <= self.pairs:
+            raise ValueError(f"min_pairs must lie in [1, pairs={self.pairs}], got {self.min_pairs}")
         if self.pairs > len(KEY_ALPHABET) ** self.key_len:
             raise ValueError(f"pairs={self.pairs} exceeds the {len(KEY_ALPHABET) ** self.key_len} "
                              f"distinct keys of key_len={self.key_len}")
@@ -96,25 +105,30 @@ class RetrievalTask:
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         rng = _rng(self.seed, split, index)
         b, k, v, n = batch_size, self.key_len, self.value_len, self.pairs
+        # Pairs per row: ``pairs`` on the held-out split; on the training split a draw from
+        # [min_pairs, pairs] per row when min_pairs is set (a mixture of context lengths)
+        lo = n if (split == "eval" or self.min_pairs is None) else self.min_pairs
+        counts = rng.integers(lo, n + 1, size=b)
         # Distinct keys per example: sample key codes without replacement.
         space = len(KEY_ALPHABET) ** k
         codes = np.stack([rng.choice(space, size=n, replace=False) for _ in range(b)])  # (B, n)
         digits = (codes[..., None] // len(KEY_ALPHABET) ** np.arange(k - 1, -1, -1)) % len(KEY_ALPHABET)
         keys = KEY_ALPHABET[digits]  # (B, n, k)
         values = VALUE_ALPHABET[rng.integers(0, len(VALUE_ALPHABET), size=(b, n, v))]  # (B, n, v)
-        query = rng.integers(0, n, size=(b, self.queries))  # (B, Q), with replacement
+        query = (rng.random((b, self.queries)) * counts[:, None]).astype(np.int64)  # (B, Q), with replacement
         rows = np.arange(b)[:, None]
-        context = np.concatenate([values, keys], axis=2).reshape(b, -1)  # value first
-        asked = np.concatenate([keys[rows, query], values[rows, query]], axis=2)
-        ex = np.concatenate([np.full((b, 1), BOS_ID), context, np.full((b, 1), QUERY),
-                             asked.reshape(b, -1), np.full((b, 1), EOS_ID)], axis=1)
+        pair = [keys, values] if self.order == "key_first" else [values, keys]
+        context = np.concatenate(pair, axis=2).reshape(b, -1)
+        asked = np.concatenate([keys[rows, query], values[rows, query]], axis=2).reshape(b, -1)
         seq = np.full((b, self.seq_len + 1), PAD_ID, dtype=np.int32)
-        seq[:, :ex.shape[1]] = ex
         mask = np.zeros((b, self.seq_len), dtype=bool)
-        start = 1 + context.shape[1] + 1  # first token of the first query
-        for q in range(self.queries):  # input positions whose targets are value tokens
-            first = start + q * (k + v) + k - 1
-            mask[:, first:first + v] = True
+        for r, c in enumerate(counts):
+            ex = np.concatenate([[BOS_ID], context[r, :c * (k + v)], [QUERY], asked[r], [EOS_ID]])
+            seq[r, :ex.size] = ex
+            start = 1 + c * (k + v) + 1  # first token of the first query
+            for q in range(self.queries):  # input positions whose targets are value tokens
+                first = start + q * (k + v) + k - 1
+                mask[r, first:first + v] = True
         return Batch(seq[:, :-1].copy(), seq[:, 1:].copy(), mask)
 
 

@@ -52,6 +52,8 @@ class RetrievalDataConfig:
     value_len: int = 2
     seq_len: int = 64
     queries: int = 1   # keys asked per example (each one's value is a target)
+    order: str = "key_first"  # key_first | value_first: how a context pair is written
+    min_pairs: Optional[int] = None  # training rows draw [min_pairs, pairs] pairs; held-out rows use pairs
 
 
 @dataclass
