@@ -16,7 +16,10 @@ from model import quantize as mq
 from model.config import PRESETS, KernelConfig, param_specs
 
 CFG = PRESETS["tiny"]
-KL_BOUND = 1e-3  # nats per position; RTN int4 g128 of the tiny model measures ~2e-5
+# nats per position, for the randomly initialized tiny model (LeCun init, logits of std ~1):
+# int4 g128 perturbs each weight by ~11 % rms of its scale, measured KL 1.0e-2 (JAX asym) to
+# 1.6e-2 (torch sym); a wrong scale, code or zero point gives KL of order 1 or more.
+KL_BOUND = 5e-2
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,9 @@ def test_torch_quantized_model_kl(float_model):
         ref = float_model(tokens)
         qm = mq.quantize_torch_model(copy.deepcopy(float_model), 128, impl="reference")
         kl = mq.logits_kl(ref, qm(tokens))
-    print(f"tiny int4 g128 symmetric: logits KL to float = {kl:.3e} nats/position")
-    assert 0 < kl < KL_BOUND
+        kl32 = mq.logits_kl(ref, mq.quantize_torch_model(copy.deepcopy(float_model), 32, impl="reference")(tokens))
+    print(f"tiny int4 symmetric: logits KL to float = {kl:.3e} (g128), {kl32:.3e} (g32) nats/position")
+    assert 0 < kl32 < kl < KL_BOUND  # finer groups, smaller error
     assert "model.layers.0.self_attn.q_proj.weight.qweight" in qm.state_dict()
 
 
@@ -152,7 +156,7 @@ def test_quant_eval_reports_accuracy_and_kl(tmp_path):
     res = run(str(results), str(ckpt), group_size=32, batches=2)
     assert res["float"]["answers"] == res["int4"]["answers"] == 2 * 4 * 2
     assert abs(res["accuracy_drop_points"]) <= 100 / 16  # at most one answer of 16 flips
-    assert 0 <= res["logits_kl_nats"] < 1e-3
+    assert 0 <= res["logits_kl_nats"] < KL_BOUND
     assert res["quantized_weight_bytes"] > 0 and res["quantization"]["group_size"] == 32
 
 
