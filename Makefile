@@ -39,7 +39,7 @@ bench-gpu:
 	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
 	timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
-	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tail -40; \
+	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
 	timeout 360 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 
 gpu-wheels: $(STAMP)
