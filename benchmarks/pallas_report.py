@@ -337,7 +337,8 @@ def _custom_calls(module_text: str) -> list[tuple[str, bytes, dict]]:
                 calls.append(op)
             return ir.WalkResult.ADVANCE
 
-        ir.Module.parse(module_text).operation.walk(find)
+        module = ir.Module.parse(module_text)  # kept alive: the op handles point into it
+        module.operation.walk(find)
         for call in calls:
             target = ir.StringAttr(call.attributes["call_target_name"]).value
             if target not in IR_KIND:
