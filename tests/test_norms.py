@@ -3,7 +3,8 @@
 Triton runs in the interpreter on CPU (fp32, fp16, bf16: no tl.dot, so bf16 is exact there);
 Pallas in interpret mode (fp32, bf16). Bound (conftest.assert_close): 2x the error of the
 framework doing the same math in the input dtype, plus the dtype floor. Odd shapes: 39 rows
-(not a block multiple), hidden 1152, 2048 and 100 (masked columns).
+(not a block multiple), hidden 1152, 2048 and 100 (masked columns); past 8192 columns the
+column-blocked Triton backward (8200: a partial last column chunk; 10240: a row-group loop).
 """
 from __future__ import annotations
 
@@ -74,16 +75,37 @@ def _names(c: Case):
         ([] if c.rms else ["dbias"]) + (["dresidual"] if c.residual else [])
 
 
+# hidden > WHOLE_ROW_BWD_MAX: the column-blocked backward (two kernels)
+WIDE_CASES = [
+    Case(True, 8200, residual=True, gemma=True, lead=(3,)),
+    Case(False, 10240, residual=True, lead=(5,),
+         triton_blocks=NormBlocks(bwd_programs=2, bwd_block_m=2, bwd_block_n=2048)),
+    Case(False, 9001, residual=False, lead=(2, 3)),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_triton_matches_float64(rng, case, dtype):
+    _check_triton(rng, case, dtype, {"_norm_fwd_kernel": 1, "_norm_bwd_kernel": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: c.id)
+def test_triton_wide_rows_match_float64(rng, case, dtype):
+    assert case.hidden > triton_norms.WHOLE_ROW_BWD_MAX
+    _check_triton(rng, case, dtype, {"_norm_fwd_kernel": 1, "_norm_bwd_row_sums_kernel": 1,
+                                     "_norm_bwd_col_block_kernel": 1})
+
+
+def _check_triton(rng, case, dtype, launches):
     arrays, cots = _inputs(rng, case)
     kw = _kwargs(case)
     arrays = {k: None if v is None else rounded(v, dtype) for k, v in arrays.items()}
     triton_norms.LAUNCHES.clear()
     got = _torch_run(lambda x, w, b, r: triton_norms.norm_triton(x, w, b, r, **kw, blocks=case.triton_blocks),
                      arrays, cots, dtype)
-    assert triton_norms.LAUNCHES == {"_norm_fwd_kernel": 1, "_norm_bwd_kernel": 1}
+    assert triton_norms.LAUNCHES == launches
     ref = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
     base = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw, upcast=False), arrays, cots, dtype)
     for name, g, r, bl in zip(_names(case), got, ref, base):
@@ -171,5 +193,7 @@ def test_bad_inputs_jax_and_layer_norm():
         jax_ops.rms_norm(jnp.zeros((1, 16385)), jnp.ones(16385))
     with pytest.raises(ValueError, match=r"block_m=3 must be a power of two"):
         NormBlocks(block_m=3)
+    with pytest.raises(ValueError, match=r"bwd_block_n=16384 must be a power of two in \[1, 8192\]"):
+        NormBlocks(bwd_block_n=16384)
     with pytest.raises(ValueError, match=r"block_m must be a power of two"):
         PallasNormBlocks(block_m=0)

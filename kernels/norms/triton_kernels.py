@@ -5,6 +5,12 @@ Forward: one program normalizes BLOCK_M rows held whole in a [BLOCK_M, BLOCK_N] 
 Backward: a persistent grid of P programs; program p walks row blocks p, p + P, ... and
 accumulates its partial dweight (and dbias) sums in fp32 registers, written once to a
 [P, hidden] buffer that the launcher reduces. Row offsets are 64-bit (tensors > 2^31).
+Wide rows (hidden > 8192; a whole row of w, dweight and dbias no longer fits in registers):
+a column-blocked backward in two kernels. ``_norm_bwd_row_sums_kernel`` walks each row in
+column chunks for the two row means the gradient needs, c1 = mean(g) and c2 = mean(g * n)
+(g = dy * w); ``_norm_bwd_col_block_kernel`` runs on a (row groups, column blocks) grid and
+writes dx plus dweight/dbias partials for its column block only, so per-program state is
+one column block wide at any hidden size. It reads dy and h twice (1.5-2x the traffic).
 Launchers and the autograd shell live in ``triton_norms.py``.
 """
 import triton
@@ -97,6 +103,99 @@ def _norm_bwd_kernel(
         else:
             c1 = tl.sum(g, axis=1) / n_cols
             dh = rstd[:, None] * (g - c1[:, None] - n * c2[:, None])
+        if HAS_DH:
+            dh += tl.load(DH + r64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + r64 * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * n, axis=0)
+        if HAS_BIAS:
+            db += tl.sum(dy, axis=0)
+    tl.store(DW_PART + pid * n_cols + cols, dw, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB_PART + pid * n_cols + cols, db, mask=col_ok)
+
+
+@triton.jit
+def _norm_bwd_row_sums_kernel(
+    DY,          # [n_rows, n_cols] gradient of y
+    H,           # [n_rows, n_cols] the normalized input h
+    W,           # [n_cols] weight
+    MEAN, RSTD,  # [n_rows] fp32 statistics saved by the forward
+    C1,          # [n_rows] fp32 out: mean(g) over the row (layer norm only)
+    C2,          # [n_rows] fp32 out: mean(g * n) over the row
+    stride_dy, stride_h,
+    n_rows, n_cols, offset,
+    IS_RMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    r64 = rows.to(tl.int64)[:, None]
+    rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+    if IS_RMS:
+        mean = rstd  # unused
+    else:
+        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+    s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK_N):  # column chunks: (BLOCK_M, BLOCK_N) tiles
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        mask = row_ok[:, None] & col_ok[None, :]
+        dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(H + r64 * stride_h + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + offset
+        if IS_RMS:
+            n = h * rstd[:, None]
+        else:
+            n = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]
+        s2 += tl.sum(g * n, axis=1)
+        if not IS_RMS:
+            s1 += tl.sum(g, axis=1)
+    tl.store(C2 + rows, s2 / n_cols, mask=row_ok)
+    if not IS_RMS:
+        tl.store(C1 + rows, s1 / n_cols, mask=row_ok)
+
+
+@triton.jit
+def _norm_bwd_col_block_kernel(
+    DY,          # [n_rows, n_cols] gradient of y
+    DH,          # [n_rows, n_cols] gradient of the returned h (HAS_DH) or a dummy pointer
+    H,           # [n_rows, n_cols] the normalized input h
+    W,           # [n_cols] weight
+    MEAN, RSTD,  # [n_rows] fp32 statistics saved by the forward
+    C1, C2,      # [n_rows] fp32 row means from _norm_bwd_row_sums_kernel (C1: layer norm)
+    DX,          # [n_rows, n_cols] gradient of h (= dx = dresidual)
+    DW_PART,     # [row_groups, n_cols] fp32 partial dweight sums
+    DB_PART,     # [row_groups, n_cols] fp32 partial dbias sums (HAS_BIAS)
+    stride_dy, stride_dh, stride_h, stride_dx,
+    n_rows, n_cols, offset,
+    IS_RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # grid (row groups, column blocks): row group p walks row blocks p, p + P, ...
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + offset
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for blk in range(pid, tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        r64 = rows.to(tl.int64)[:, None]
+        dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(H + r64 * stride_h + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        c2 = tl.load(C2 + rows, mask=row_ok, other=0.0)
+        if IS_RMS:
+            n = h * rstd[:, None]
+            dh = rstd[:, None] * (dy * w[None, :] - n * c2[:, None])
+        else:
+            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+            c1 = tl.load(C1 + rows, mask=row_ok, other=0.0)
+            n = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+            dh = rstd[:, None] * (dy * w[None, :] - c1[:, None] - n * c2[:, None])
         if HAS_DH:
             dh += tl.load(DH + r64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + r64 * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)

@@ -6,7 +6,9 @@ Limits: hidden <= 16384 (a row lives on chip); any leading dims (flattened to ro
 non-unit last-dim stride costs a copy); fp16/bf16/fp32 with fp32 statistics.
 Fast where: memory-bound rows of 1k-8k columns; the forward reads x (+ residual) once and
 writes y (+ h) once, the backward reads dy, h (+ dh) once and writes dx once, with the
-dweight/dbias reduction over a persistent grid (no atomics, deterministic).
+dweight/dbias reduction over a persistent grid (no atomics, deterministic). Past
+WHOLE_ROW_BWD_MAX columns the backward is column-blocked (two kernels, dy and h read twice)
+so that no row-wide vector stays in registers.
 Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts kernel launches.
 """
 import collections
@@ -21,21 +23,35 @@ from .._aot import aot_kernel, jit_module, triton_dtype
 from . import triton_kernels
 
 LAUNCHES: collections.Counter = collections.Counter()
+WHOLE_ROW_BWD_MAX = 8192  # columns; wider rows take the column-blocked backward
+
+
+def _check_pow2(name, v, hi):
+    if not isinstance(v, int) or not 1 <= v <= hi or v & (v - 1):
+        raise ValueError(f"{name}={v!r} must be a power of two in [1, {hi}]")
 
 
 @dataclasses.dataclass(frozen=True)
 class NormBlocks:
-    """block_m rows per tile (whole rows); bwd_programs: backward grid size, 0 = per device."""
+    """block_m rows per tile (whole rows) of the forward and the whole-row backward;
+    bwd_programs: backward programs along the rows (partial dweight rows), 0 = per device.
+    bwd_block_m x bwd_block_n tiles and bwd_warps: the column-blocked backward (hidden >
+    WHOLE_ROW_BWD_MAX) only."""
 
     block_m: int = 1
     num_warps: int = 4
     bwd_programs: int = 0
+    bwd_block_m: int = 4
+    bwd_block_n: int = 1024
+    bwd_warps: int = 8
 
     def __post_init__(self):
-        if not isinstance(self.block_m, int) or not 1 <= self.block_m <= 256 or self.block_m & (self.block_m - 1):
-            raise ValueError(f"block_m={self.block_m!r} must be a power of two in [1, 256]")
-        if self.num_warps not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16, 32")
+        _check_pow2("block_m", self.block_m, 256)
+        _check_pow2("bwd_block_m", self.bwd_block_m, 256)
+        _check_pow2("bwd_block_n", self.bwd_block_n, WHOLE_ROW_BWD_MAX)
+        for name in ("num_warps", "bwd_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16, 32):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be one of 1, 2, 4, 8, 16, 32")
         if not isinstance(self.bwd_programs, int) or self.bwd_programs < 0:
             raise ValueError(f"bwd_programs={self.bwd_programs!r} must be an int >= 0 (0 = auto)")
 
@@ -44,13 +60,14 @@ def default_blocks(hidden: int, dtype: torch.dtype, *, capability: Optional[tupl
     """Per-device defaults. ``capability`` None means the CPU interpreter (large numpy tiles).
 
     GPU: about 4k-8k fp32 elements per tile, ~16-32 per thread; checked spill-free on sm_80
-    and sm_90 at fp32/fp16/bf16 by tests/test_encoder_kernels_aot.py up to hidden 8192. Past
-    8192 (block_n 16384) the backward's three loop-carried row vectors (w, dweight, dbias)
-    exceed the registers of any warp count and spill; 32 warps spill least.
+    and sm_90 at fp32/fp16/bf16 by tests/test_encoder_kernels_aot.py. Past 8192 columns the
+    whole-row backward's three loop-carried row vectors (w, dweight, dbias) spilled at any
+    warp count, so the backward is column-blocked there: [4, 1024] tiles, 8 warps.
     """
     block_n = triton.next_power_of_2(hidden)
     if capability is None:
-        return NormBlocks(block_m=max(1, min(64, 32768 // block_n)), num_warps=4, bwd_programs=4)
+        return NormBlocks(block_m=max(1, min(64, 32768 // block_n)), num_warps=4, bwd_programs=4,
+                          bwd_block_m=8, bwd_block_n=4096)
     if block_n <= 1024:
         warps = 4
     elif block_n <= 4096:  # fp32 with 8 warps spilled at 4096 columns on sm_80
@@ -85,19 +102,23 @@ def _norm_fwd(x2, w, b, r2, *, rms, eps, offset, blocks):
     return y, h, mean, rstd
 
 
-def _programs(m, blocks, device):
-    n_blocks = triton.cdiv(m, blocks.block_m)
+def _programs(n_blocks, blocks, device, col_blocks=1):
+    """Backward programs along the rows: bwd_programs, else about 4 per SM in all."""
     if blocks.bwd_programs:
         return min(n_blocks, blocks.bwd_programs)
     if device.type == "cuda" and not triton_interpreting():
-        return min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return min(n_blocks, max(1, 4 * sms // col_blocks))
     return min(n_blocks, 4)
 
 
 def _norm_bwd(dy2, dh2, h2, w, mean, rstd, *, rms, offset, has_bias, blocks):
     """-> dx [rows, n] (h's dtype), dweight, dbias (None for rms) in the weight's dtype."""
     m, n = h2.shape
-    p = _programs(m, blocks, h2.device)
+    if n > WHOLE_ROW_BWD_MAX:
+        return _norm_bwd_col_blocked(dy2, dh2, h2, w, mean, rstd, rms=rms, offset=offset,
+                                     has_bias=has_bias, blocks=blocks)
+    p = _programs(triton.cdiv(m, blocks.block_m), blocks, h2.device)
     dx = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
     dw_part = torch.empty((p, n), dtype=torch.float32, device=h2.device)
     db_part = torch.empty_like(dw_part) if has_bias else dw_part
@@ -109,6 +130,35 @@ def _norm_bwd(dy2, dh2, h2, w, mean, rstd, *, rms, offset, has_bias, blocks):
         BLOCK_M=blocks.block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=blocks.num_warps,
     )
     LAUNCHES["_norm_bwd_kernel"] += 1
+    dw = dw_part.sum(0).to(w.dtype)
+    db = db_part.sum(0).to(w.dtype) if has_bias else None
+    return dx, dw, db
+
+
+def _norm_bwd_col_blocked(dy2, dh2, h2, w, mean, rstd, *, rms, offset, has_bias, blocks):
+    """``_norm_bwd`` for wide rows: row means c1, c2, then a (row groups, column blocks) grid."""
+    m, n = h2.shape
+    bm, bn = blocks.bwd_block_m, blocks.bwd_block_n
+    c2 = torch.empty(m, dtype=torch.float32, device=h2.device)
+    c1 = c2 if rms else torch.empty_like(c2)
+    mean = mean if mean is not None else rstd
+    triton_kernels._norm_bwd_row_sums_kernel[(triton.cdiv(m, bm),)](
+        dy2, h2, w, mean, rstd, c1, c2, dy2.stride(0), h2.stride(0), m, n, offset,
+        IS_RMS=rms, BLOCK_M=bm, BLOCK_N=bn, num_warps=blocks.bwd_warps,
+    )
+    LAUNCHES["_norm_bwd_row_sums_kernel"] += 1
+    col_blocks = triton.cdiv(n, bn)
+    p = _programs(triton.cdiv(m, bm), blocks, h2.device, col_blocks)
+    dx = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
+    dw_part = torch.empty((p, n), dtype=torch.float32, device=h2.device)
+    db_part = torch.empty_like(dw_part) if has_bias else dw_part
+    triton_kernels._norm_bwd_col_block_kernel[(p, col_blocks)](
+        dy2, dh2 if dh2 is not None else dy2, h2, w, mean, rstd, c1, c2, dx, dw_part, db_part,
+        dy2.stride(0), dh2.stride(0) if dh2 is not None else 0, h2.stride(0), dx.stride(0),
+        m, n, offset, IS_RMS=rms, HAS_DH=dh2 is not None, HAS_BIAS=has_bias,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=blocks.bwd_warps,
+    )
+    LAUNCHES["_norm_bwd_col_block_kernel"] += 1
     dw = dw_part.sum(0).to(w.dtype)
     db = db_part.sum(0).to(w.dtype) if has_bias else None
     return dx, dw, db
@@ -155,20 +205,27 @@ def norm_triton(x, weight, bias, residual, *, rms: bool, eps: float, offset: flo
 
 def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
                 capability=(9, 0)) -> dict:
-    """name -> AotKernel for the forward and backward kernels in their default configuration."""
+    """name -> AotKernel for the forward and backward kernels in their default configuration
+    (past WHOLE_ROW_BWD_MAX columns the backward is the two column-blocked kernels)."""
     mod = jit_module(triton_kernels)
     blocks = default_blocks(hidden, dtype, capability=tuple(capability))
-    ty = "*" + triton_dtype(dtype)
+    ty, f32 = "*" + triton_dtype(dtype), "*fp32"
     meta = dict(IS_RMS=rms, HAS_BIAS=not rms, BLOCK_M=blocks.block_m,
                 BLOCK_N=triton.next_power_of_2(hidden))
-    fwd_ptrs = dict(X=ty, R=ty, W=ty, B=ty, Y=ty, H=ty, MEAN="*fp32", RSTD="*fp32")
-    bwd_ptrs = dict(DY=ty, DH=ty, H=ty, W=ty, MEAN="*fp32", RSTD="*fp32", DX=ty,
-                    DW_PART="*fp32", DB_PART="*fp32")
-    return {
-        "_norm_fwd_kernel": aot_kernel(mod._norm_fwd_kernel, pointers=fwd_ptrs,
-                                       constexprs={**meta, "HAS_RESIDUAL": residual},
-                                       floats=("eps", "offset"), num_warps=blocks.num_warps),
-        "_norm_bwd_kernel": aot_kernel(mod._norm_bwd_kernel, pointers=bwd_ptrs,
-                                       constexprs={**meta, "HAS_DH": residual},
-                                       floats=("offset",), num_warps=blocks.num_warps),
-    }
+    fwd_ptrs = dict(X=ty, R=ty, W=ty, B=ty, Y=ty, H=ty, MEAN=f32, RSTD=f32)
+    bwd_ptrs = dict(DY=ty, DH=ty, H=ty, W=ty, MEAN=f32, RSTD=f32, C1=f32, C2=f32, DX=ty,
+                    DW_PART=f32, DB_PART=f32)
+    out = {"_norm_fwd_kernel": aot_kernel(mod._norm_fwd_kernel, pointers=fwd_ptrs,
+                                          constexprs={**meta, "HAS_RESIDUAL": residual},
+                                          floats=("eps", "offset"), num_warps=blocks.num_warps)}
+    if hidden <= WHOLE_ROW_BWD_MAX:
+        out["_norm_bwd_kernel"] = aot_kernel(mod._norm_bwd_kernel, pointers=bwd_ptrs,
+                                             constexprs={**meta, "HAS_DH": residual},
+                                             floats=("offset",), num_warps=blocks.num_warps)
+        return out
+    wide = dict(IS_RMS=rms, BLOCK_M=blocks.bwd_block_m, BLOCK_N=blocks.bwd_block_n)
+    for fn, extra in ((mod._norm_bwd_row_sums_kernel, {}),
+                      (mod._norm_bwd_col_block_kernel, dict(HAS_DH=residual, HAS_BIAS=not rms))):
+        out[fn.__name__] = aot_kernel(fn, pointers=bwd_ptrs, constexprs={**wide, **extra},
+                                      floats=("offset",), num_warps=blocks.bwd_warps)
+    return out
