@@ -59,8 +59,9 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     under jax.jit that value check is skipped and the kernels clamp L into [0, max_len] and
     page indices into the pool. block_table (int32/int64 [batch, pages_per_row]) makes
     k_cache/v_cache page pools [num_pages, page_size, kv_heads, head_dim]: "pallas" reads
-    pages in the kernel (page_size a power of two >= 16); "xla" and "reference" gather them
-    into a contiguous cache first; "pallas_tpu" refuses them.
+    pages in the kernel (page_size a power of two >= 16); "pallas_tpu" DMAs them through the
+    scalar-prefetched table (page_size a multiple of 8 for fp32, 16 for bf16/fp16); "xla" and
+    "reference" gather them into a contiguous cache first.
     impl="xla" is jax.nn.dot_product_attention (key_value_seq_lengths; a mask with a window).
     """
     from .decode.spec import check_decode_args
@@ -75,10 +76,12 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
         from .decode.pallas_decode import decode_pallas
 
         return decode_pallas(q, k_cache, v_cache, cache_seqlens, block_table=block_table, **kwargs)
+    if impl == "pallas_tpu" and block_table is not None:  # pages DMA'd through the table
+        from .decode.pallas_tpu_paged_decode import paged_decode_attention_pallas_tpu
+
+        return paged_decode_attention_pallas_tpu(q, k_cache, v_cache, cache_seqlens, block_table,
+                                                 **kwargs)
     if impl == "pallas_tpu":  # TPU Mosaic kernel; TPU interpret mode off-TPU
-        if block_table is not None:
-            raise ValueError("impl='pallas_tpu' does not support a paged cache (block_table); "
-                             "use impl='pallas', 'xla' or 'reference'")
         from .decode.pallas_tpu_decode import decode_attention_pallas_tpu
 
         return decode_attention_pallas_tpu(q, k_cache, v_cache, cache_seqlens, **kwargs)

@@ -5,7 +5,9 @@ shuffled page pool (every page used by one row only, some pool pages unused and 
 1e3 so a wrong read shows); table entries past a row's used pages are -1 (never read). The
 truth is the float64 reference on the logical cache; the accuracy rule is conftest's. Also:
 the paged kernels equal the contiguous kernels bit for bit on the same logical cache and
-tiles, jit with traced lengths and table, bad input, and an sm_90 AOT compile.
+tiles, jit with traced lengths and table, bad input, and an sm_90 AOT compile. pallas_tpu runs
+in TPU interpret mode (race detector on in one test), beside jax's TPU paged_attention, and
+lowers for TPU with jax.export.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ import pytest
 import torch
 
 from kernels import jax_ops, torch_ops
-from kernels.decode import pallas_decode, triton_decode
+from jax.experimental.pallas import tpu as pltpu
+
+from kernels.decode import pallas_decode, pallas_tpu_paged_decode, triton_decode
+from kernels.decode.pallas_tpu_decode import TpuDecodeBlocks, decode_attention_pallas_tpu
 from kernels.decode.reference import _decode, decode_reference
 from kernels.decode.reference_jax import _decode as _decode_jax
 
@@ -260,11 +265,131 @@ def test_reference_takes_any_page_size_and_int64_tables(rng):
     torch.testing.assert_close(out64.double(), ref, rtol=0, atol=1e-5)
 
 
-def test_pallas_tpu_refuses_block_table():
+@pytest.mark.parametrize("dtype,page", [("float32", 12), ("bfloat16", 24), ("float16", 8)])
+def test_pallas_tpu_refuses_page_size_off_the_sublane_tile(dtype, page):
     args = {k: jnp.asarray(v.numpy()) for k, v in _good().items()}
-    with pytest.raises(ValueError, match=r"impl='pallas_tpu' does not support a paged cache"):
+    args["q"] = args["q"].astype(dtype)
+    args["k_cache"] = args["v_cache"] = jnp.zeros((8, page, 2, 16), dtype)
+    args["cache_seqlens"] = jnp.asarray([3, 3 * page])
+    sub = 8 if dtype == "float32" else 16
+    with pytest.raises(ValueError, match=rf"impl='pallas_tpu' needs page_size \(k_cache dim 1 of a "
+                       rf"paged cache\) a multiple of {sub} for {dtype} .*got {page}"):
         arrays = [args.pop(n) for n in ARRAYS]
         jax_ops.decode_attention(*arrays, **args, impl="pallas_tpu")
+
+
+# ---- pallas_tpu: pages DMA'd through the scalar-prefetched table (TPU interpret mode) ------
+
+
+@pytest.mark.parametrize("case,dtype", PALLAS, ids=[f"{c.id}-{d.name}" for c, d in PALLAS])
+def test_pallas_tpu_paged_matches_reference(rng, case, dtype):
+    """Default pages_per_block (5, 3 and 4 pages per step here): several page slots per step."""
+    _jax_run(rng, case, dtype, "pallas_tpu")
+
+
+def test_pallas_tpu_paged_equals_contiguous(rng):
+    """Pages of 128 = the contiguous kernel's tile: the same online-softmax steps in the same
+    order, so the same bits (the page arithmetic changes which DMA, not the math)."""
+    c = Case(8, 2, 64, 384, (384, 200, 0, 129), window=150, page_size=128)
+    q, k, v, lens, kp, vp, table = _inputs(rng, c)
+    j = lambda x: jnp.asarray(x, J32)  # noqa: E731
+    kw = dict(window=c.window, softcap=None, scale=0.125)
+    paged = pallas_tpu_paged_decode.paged_decode_attention_pallas_tpu(
+        j(q), j(kp), j(vp), jnp.asarray(lens), jnp.asarray(table),
+        blocks=pallas_tpu_paged_decode.TpuPagedBlocks(2), **kw)
+    flat = decode_attention_pallas_tpu(j(q), j(k), j(v), jnp.asarray(lens),
+                                       blocks=TpuDecodeBlocks(128), **kw)
+    np.testing.assert_array_equal(np.asarray(paged), np.asarray(flat))
+
+
+def test_pallas_tpu_paged_under_jit(rng):
+    """Traced lengths and table through the public op: host checks skipped, -1 entries clamped."""
+    fn = jax.jit(lambda q, k, v, L, bt: jax_ops.decode_attention(q, k, v, L, block_table=bt,
+                                                                 impl="pallas_tpu"))
+    _jax_run(rng, Case(4, 1, 64, 64, (0, 64, 9), page_size=8), J32, "pallas_tpu", fn=fn)
+
+
+def test_pallas_tpu_paged_race_detector(rng):
+    """Two simulated TensorCores split the parallel (row, kv head) axes, race detector on."""
+    from test_attention_pallas_tpu import _races_found
+
+    c = Case(4, 2, 128, 64, (64, 30, 0, 17), window=40, page_size=16)
+    interp = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    fn = jax.jit(lambda q, k, v, L, bt: pallas_tpu_paged_decode.paged_decode_attention_pallas_tpu(
+        q, k, v, L, bt, window=c.window, softcap=None, scale=c.head_dim**-0.5,
+        blocks=pallas_tpu_paged_decode.TpuPagedBlocks(3), interpret=interp))
+    _jax_run(rng, c, J32, "pallas_tpu", fn=fn)
+    assert not _races_found()
+
+
+@pytest.mark.parametrize("n,window", [(1, None), (3, None), (2, 20), (4, 45)])
+def test_pallas_tpu_index_map_fetches_each_visible_page_once(n, window):
+    """Walk the grid's page axis for each row length: every page slot's block index changes
+    only onto a visible page of the row, each visible page appears once in all, and a slot
+    with no visible page keeps one index (one DMA for the whole row)."""
+    page, per_row = 8, 7
+    s = dataclasses.replace(_paged_statics(page, per_row, n), window=window)
+    lens = np.arange(page * per_row + 1, dtype=np.int32)
+    table = np.arange(len(lens) * per_row, dtype=np.int32)  # page (b, p) -> b * per_row + p
+    for b, L in enumerate(lens):
+        lo, hi = (0 if window is None else max(L - window, 0) // page), -(-L // page)
+        fetched = []
+        for i in range(n):
+            seq = [int(pallas_tpu_paged_decode._page(b, j, i, lens, table, s)) - b * per_row
+                   for j in range(-(-per_row // n))]
+            dmas = [p for k, p in enumerate(seq) if k == 0 or p != seq[k - 1]]
+            visible = [p for p in range(i, per_row, n) if lo <= p < hi]
+            assert dmas == (visible or dmas[:1]), (L, i, seq)
+            fetched += visible
+        assert sorted(fetched) == list(range(lo, hi)), L
+
+
+def _paged_statics(page, per_row, n):
+    return pallas_tpu_paged_decode._Statics(
+        max_len=page * per_row, head_dim=128, heads_per_block=1, block_kv=page, window=None,
+        softcap=None, scale=1.0, interpret=False, pages_per_block=n, pages_per_row=per_row,
+        num_pages=1 << 20)
+
+
+def test_pallas_tpu_side_by_side_with_jax_paged_attention(rng):
+    """jax's TPU paged_attention (pools [kv_heads, pages, page_size, D], no scale, no window or
+    softcap; it casts K/V to bf16 in VMEM, hence bf16 inputs) and ours, MQA and GQA, in the same
+    TPU interpret mode: both against float64, and against each other within the bound."""
+    paged_attention = pytest.importorskip(
+        "jax.experimental.pallas.ops.tpu.paged_attention",
+        reason="this jax has no pallas.ops.tpu.paged_attention").paged_attention
+
+    from conftest import ATOL_FLOOR, ERROR_RATIO, max_err
+
+    for c in (Case(8, 1, 128, 64, (0, 1, 64, 37)), Case(8, 2, 128, 64, (17, 48, 64, 5))):
+        q, k, v, lens, kp, vp, table = _inputs(rng, c)
+        ref, js, kw = _truth(q, k, v, lens, c, lambda x: jnp.asarray(x, JB16))
+        base = _decode_jax(*js, jnp.asarray(lens), upcast=False, **kw)
+        j = lambda x: jnp.asarray(x, JB16)  # noqa: E731
+        ours = jax_ops.decode_attention(j(q), j(kp), j(vp), jnp.asarray(lens),
+                                        block_table=jnp.asarray(table), impl="pallas_tpu")
+        with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
+            theirs = paged_attention(j(q * kw["scale"]), j(kp).transpose(2, 0, 1, 3),
+                                     j(vp).transpose(2, 0, 1, 3), jnp.asarray(lens, jnp.int32),
+                                     jnp.asarray(np.maximum(table, 0)), pages_per_compute_block=4)
+        for name, out in (("ours", ours), ("jax paged_attention", theirs)):
+            assert_close(out, ref, base, "bfloat16", f"{c.id} {name}")
+        bound = ERROR_RATIO * max_err(base, ref) + ATOL_FLOOR["bfloat16"]
+        assert max_err(ours, theirs) <= bound, c.id
+
+
+def test_pallas_tpu_paged_lowers_for_tpu_without_running():
+    """jax.export to Mosaic for TPU: fp32 pages of 8 with all kv heads per block (D 64), bf16
+    pages of 16 with one head per block (D 128), 4 page slots per step, window and softcap."""
+    sds = jax.ShapeDtypeStruct
+    for dtype, page, d, n in ((J32, 8, 64, 1), (JB16, 16, 128, 4)):
+        fn = jax.jit(lambda q, k, v, L, bt: pallas_tpu_paged_decode.paged_decode_attention_pallas_tpu(
+            q, k, v, L, bt, window=100, softcap=30.0, scale=0.1,
+            blocks=pallas_tpu_paged_decode.TpuPagedBlocks(n), interpret=False))
+        pool = sds((37, page, 2, d), dtype)
+        text = jax.export.export(fn, platforms=["tpu"])(
+            sds((2, 8, d), dtype), pool, pool, sds((2,), jnp.int32), sds((2, 12), jnp.int32)).mlir_module()
+        assert text.count("tpu_custom_call") == 1, (dtype, page)
 
 
 # ---- ahead-of-time compile for sm_90 and sm_80 (no GPU; a fresh process: tests/aot.py) -------
