@@ -107,6 +107,20 @@ def _decode_tpu():
     return fn, (_sds((2, 8, 128), jnp.bfloat16), cache, cache, _sds((2,), jnp.int32)), "tpu", blocks
 
 
+def _decode_tpu_paged():
+    import jax.numpy as jnp
+
+    from kernels.decode.pallas_tpu_paged_decode import (default_paged_blocks,
+                                                        paged_decode_attention_pallas_tpu)
+
+    blocks = default_paged_blocks(64, 64)  # rows of 4096 positions in pages of 64
+    fn = lambda q, k, v, n, bt: paged_decode_attention_pallas_tpu(
+        q, k, v, n, bt, window=None, softcap=None, scale=0.088, blocks=blocks, interpret=False)
+    pool = _sds((2 * 64 + 8, 64, 2, 128), jnp.bfloat16)
+    args = (_sds((2, 8, 128), jnp.bfloat16), pool, pool, _sds((2,), jnp.int32), _sds((2, 64), jnp.int32))
+    return fn, args, "tpu", blocks
+
+
 def _rms_norm():
     import jax
     import jax.numpy as jnp
@@ -193,6 +207,7 @@ PALLAS_JOBS = {
     "attention fwd+bwd hd128 bf16 (Mosaic TPU, v5p blocks)": _attention_tpu,
     "decode hd128 bf16 (Pallas Triton)": _decode_triton,
     "decode hd128 bf16 (Mosaic TPU, v5p blocks)": _decode_tpu,
+    "decode paged64 hd128 bf16 (Mosaic TPU)": _decode_tpu_paged,
     "rms_norm+residual fwd+bwd 2048 bf16": _rms_norm,
     "rope fwd+bwd hd128 bf16": _rope,
     "gated_gelu fwd+bwd bf16": _gated_gelu,

@@ -12,6 +12,7 @@ from benchmarks import pallas_report as pr
 def rows():
     jobs = {k: pr.PALLAS_JOBS[k] for k in ("attention fwd+bwd hd128 bf16 (Pallas Triton)",
                                              "decode hd128 bf16 (Mosaic TPU, v5p blocks)",
+                                             "decode paged64 hd128 bf16 (Mosaic TPU)",
                                              "int4 matmul m512 bf16")}
     return {(r["family"].split()[0], r["kernel"]): r for r in pr.build_pallas_rows(jobs)}
 
@@ -48,6 +49,16 @@ def test_tpu_decode_lowers_to_mosaic_with_computed_vmem(rows):
     # all double-buffered; scratch m, l [1, 8, 1] f32 (lanes pad to 128), acc [1, 8, 128] f32
     want = 2 * (2 * 16 * 128 * 2 + 2 * 1024 * 128 * 2) + 3 * 8 * 128 * 4
     assert (r["vmem_bytes"], r["vmem_source"]) == (want, "computed")
+
+
+def test_tpu_paged_decode_lowers_one_operand_per_page_slot(rows):
+    r = rows[("decode", "tpu_paged_decode_attention")]
+    assert r["lowered"], r.get("error")
+    assert r["custom_call"] == "tpu_custom_call" and r["scalar_prefetch"] == 2  # lengths, table
+    assert r["grid"] == [2, 2, 64 // 4]  # (batch, kv heads, pages per row / pages per step)
+    pages = [b["block"] for b in r["blocks"][1:-1]]
+    assert pages == [[None, 64, 128]] * 8  # 4 K then 4 V page slots, one kv head each
+    assert r["ir_matmul_ops"] == {"tpu.matmul": 8}  # QK^T and PV per slot
 
 
 def test_int4_and_markdown(rows):
