@@ -79,9 +79,9 @@ def init_std(shape: tuple[int, ...]) -> float:
     last axis (Hugging Face layouts: Linear [out, in]; embedding [vocab, width], whose rows are
     scaled by sqrt(width) on lookup, so embedded tokens start with unit variance). This is
     JAX/Flax's default ``lecun_normal``. A fixed 0.02 (GPT-2's choice for width 768+) is ~4x
-    too small at the tiny width 128: measured on the retrieval task, induction heads then
-    form only after a long plateau (4 key-first pairs: still at chance after 9k steps with
-    0.02, >99% after 1k steps with this init)."""
+    too small at the tiny width 128: measured on the retrieval task (4 key-first pairs, batch 16),
+    a 2-layer model with 0.02 init sat at ~0.35 answer accuracy (answering from the context's
+    values, not the key) after 2.5k steps; with this init it reached 0.98-1.0 within 1k steps."""
     return float(shape[-1]) ** -0.5
 
 
