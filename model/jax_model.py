@@ -16,6 +16,9 @@ head_dim] and lengths [batch] int32. ``forward(..., cache=c)`` returns ``(logits
     (rows of different prompt lengths: ``new_cache._replace(lengths=true_lengths)``);
   * decode (tokens [B, 1]) writes each row at its own ``lengths[b]`` (also its RoPE position
     unless ``positions`` is given), attends with ``decode_attention``, advances lengths by 1.
+The model writes through the cache's ``prefill`` / ``append`` (and ``batch``, ``max_len``,
+``capacity``); ``model/paged_cache_jax.PagedKVCache`` is the paged one (page pools and a block
+table, ``decode_attention(..., block_table=...)``).
 Length checks need concrete values: under jit they are skipped, and a decode past max_len
 drops the write (JAX scatter semantics) — size the cache for the whole generation.
 """
@@ -45,6 +48,20 @@ class KVCache(NamedTuple):
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.layers))
         return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32))
 
+    batch = property(lambda self: self.k[0].shape[0])
+    max_len = property(lambda self: self.k[0].shape[1])
+    capacity = max_len  # positions each row can hold: all of max_len
+
+    def prefill(self, layer: int, k, v):  # k, v (B, S, KVH, D) at positions [0, S) -> new buffers
+        s = k.shape[1]
+        return (self.k[layer].at[:, :s].set(k.astype(self.k[layer].dtype)),
+                self.v[layer].at[:, :s].set(v.astype(self.v[layer].dtype)))
+
+    def append(self, layer: int, k, v):  # k, v (B, KVH, D) at each row's own length
+        rows = jnp.arange(k.shape[0])
+        return (self.k[layer].at[rows, self.lengths].set(k.astype(self.k[layer].dtype)),
+                self.v[layer].at[rows, self.lengths].set(v.astype(self.v[layer].dtype)), {})
+
 
 def init_params(cfg: ModelConfig, key: jax.Array, *, dtype=jnp.float32) -> dict[str, jax.Array]:
     """Matrices N(0, init_std(shape)^2) (LeCun: 1 / fan_in), norm scales 0 (the Gemma (1 + w) scale starts at 1)."""
@@ -69,16 +86,13 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
                 scale=cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5)
     new_kv = None
     if cache is not None and s == 1:  # decode: append at each row's own length
-        rows = jnp.arange(b)
-        kc = cache.k[layer].at[rows, cache.lengths].set(k[:, 0].astype(cache.k[layer].dtype))
-        vc = cache.v[layer].at[rows, cache.lengths].set(v[:, 0].astype(cache.v[layer].dtype))
-        o = jax_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **opts,
+        kc, vc, paged = cache.append(layer, k[:, 0], v[:, 0])
+        o = jax_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **paged, **opts,
                                      impl=kernels.impl("decode"))[:, None]  # (B, 1, H, D)
         new_kv = (kc, vc)
     else:
         if cache is not None:  # prefill of an empty cache: positions [0, S)
-            new_kv = (cache.k[layer].at[:, :s].set(k.astype(cache.k[layer].dtype)),
-                      cache.v[layer].at[:, :s].set(v.astype(cache.v[layer].dtype)))
+            new_kv = cache.prefill(layer, k, v)
         o = attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
                       impl=kernels.impl("attention"))  # (B, S, H, D); "ring": context parallel
     o = linear(o.reshape(b, s, cfg.heads * cfg.head_dim), p[pre + "o_proj.weight"])
@@ -86,7 +100,7 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
 
 
 def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = None, positions=None,
-            segment_ids=None, embeds=None, embed_mask=None, cache: KVCache | None = None):
+            segment_ids=None, embeds=None, embed_mask=None, cache=None):
     """tokens [B, S] -> logits [B, S, vocab] fp32; with a cache, (logits, new_cache)."""
     kernels = kernels if kernels is not None else KernelConfig()
     norm_impl = kernels.impl("norm")
@@ -124,18 +138,18 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
     if cache is None:
         return logits
     lengths = cache.lengths + 1 if s == 1 else jnp.full_like(cache.lengths, s)
-    return logits, KVCache(tuple(new_k), tuple(new_v), lengths)
+    return logits, cache._replace(k=tuple(new_k), v=tuple(new_v), lengths=lengths)
 
 
-def _check_cache(cache: KVCache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
+def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
     """Shape checks always; length checks only when the lengths are concrete (not under jit)."""
-    if len(cache.k) != cfg.layers or cache.k[0].shape[0] != b or tuple(cache.k[0].shape[2:]) != (
-            cfg.kv_heads, cfg.head_dim):
-        raise ValueError(f"cache must hold {cfg.layers} layers of [batch={b}, max_len, {cfg.kv_heads}, "
-                         f"{cfg.head_dim}], got {len(cache.k)} of {tuple(cache.k[0].shape)}")
+    kv = (cfg.kv_heads, cfg.head_dim)
+    if len(cache.k) != cfg.layers or cache.batch != b or tuple(cache.k[0].shape[2:]) != kv:
+        raise ValueError(f"cache must hold {cfg.layers} layers of batch {b} x [..., {kv[0]}, {kv[1]}], "
+                         f"got {len(cache.k)} of {tuple(cache.k[0].shape)} (batch {cache.batch})")
     if segment_ids is not None:
         raise ValueError("segment_ids is not supported with a cache (packed rows are for training)")
-    max_len = cache.k[0].shape[1]
+    max_len = cache.max_len
     if s > max_len:
         raise ValueError(f"cache max_len {max_len} is too short for {s} new tokens")
     if isinstance(cache.lengths, jax.core.Tracer):
@@ -143,5 +157,6 @@ def _check_cache(cache: KVCache, cfg: ModelConfig, b: int, s: int, segment_ids) 
     lengths = np.asarray(cache.lengths)
     if s > 1 and lengths.any():
         raise ValueError(f"prefill (tokens [B, S={s}]) needs an empty cache, got lengths {lengths.tolist()}")
-    if s == 1 and lengths.max() + 1 > max_len:
-        raise ValueError(f"cache max_len {max_len} is too short for lengths {lengths.tolist()} plus 1 token")
+    if s == 1 and (lengths + 1 > cache.capacity).any():
+        raise ValueError(f"cache max_len {max_len} (room per row {cache.capacity}) is too short for "
+                         f"lengths {lengths.tolist()} plus 1 token")

@@ -19,6 +19,9 @@ KV cache (``KVCache``): per-layer k, v [batch, max_len, kv_heads, head_dim] and 
   * decode: ``forward(tokens [B, 1], cache=c)`` writes each row's token at its own position
     ``c.lengths[b]`` (RoPE position too, unless ``positions`` is given), attends with
     ``decode_attention`` and advances lengths by 1. The cache is updated in place.
+The model writes through the cache's ``prefill`` / ``append`` (and ``batch``, ``max_len``,
+``capacity``); ``model/paged_cache_torch.PagedKVCache`` is the paged one (page pools and a
+block table, ``decode_attention(..., block_table=...)``).
 """
 from __future__ import annotations
 
@@ -54,6 +57,19 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[1]
 
+    batch = property(lambda self: self.k[0].shape[0])
+    capacity = max_len  # positions each row can hold: all of max_len
+
+    def prefill(self, layer: int, k, v) -> None:  # k, v (B, S, KVH, D) at positions [0, S)
+        self.k[layer][:, :k.shape[1]] = k.to(self.k[layer].dtype)
+        self.v[layer][:, :v.shape[1]] = v.to(self.v[layer].dtype)
+
+    def append(self, layer: int, k, v):  # k, v (B, KVH, D) at each row's own length
+        rows, pos = torch.arange(k.shape[0], device=k.device), self.lengths.long()
+        self.k[layer][rows, pos] = k.to(self.k[layer].dtype)
+        self.v[layer][rows, pos] = v.to(self.v[layer].dtype)
+        return self.k[layer], self.v[layer], {}  # what decode_attention reads
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, kernels: KernelConfig):
@@ -67,7 +83,7 @@ class Attention(nn.Module):
         self.window = cfg.local_window if cfg.is_local(layer) else None
         self.scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
 
-    def forward(self, x, positions, segment_ids, cache: KVCache | None):
+    def forward(self, x, positions, segment_ids, cache):  # cache: KVCache | PagedKVCache | None
         cfg, kern = self.cfg, self.kernels
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, -1, cfg.head_dim)  # (B, S, H, D); -1: local heads under TP
@@ -77,15 +93,12 @@ class Attention(nn.Module):
         k = torch_ops.rope(k, positions, theta=cfg.rope_theta, impl=kern.impl("rope"))
         opts = dict(window=self.window, softcap=cfg.attn_softcap, scale=self.scale)
         if cache is not None and s == 1:  # decode: append at each row's own length
-            kc, vc, rows = cache.k[self.layer], cache.v[self.layer], torch.arange(b, device=x.device)
-            kc[rows, cache.lengths.long()] = k[:, 0].to(kc.dtype)
-            vc[rows, cache.lengths.long()] = v[:, 0].to(vc.dtype)
-            o = torch_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **opts,
+            kc, vc, paged = cache.append(self.layer, k[:, 0], v[:, 0])
+            o = torch_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **paged, **opts,
                                            impl=kern.impl("decode"))[:, None]  # (B, 1, H, D)
         else:
             if cache is not None:  # prefill of an empty cache: positions [0, S)
-                cache.k[self.layer][:, :s] = k.to(cache.k[self.layer].dtype)
-                cache.v[self.layer][:, :s] = v.to(cache.v[self.layer].dtype)
+                cache.prefill(self.layer, k, v)
             o = torch_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
                                     impl=kern.impl("attention"))  # (B, S, H, D)
         return self.o_proj(o.reshape(b, s, -1))  # (B, S, W)
@@ -138,7 +151,7 @@ class GeminiModel(nn.Module):
                 p.copy_(torch.randn(shape, generator=gen) * init_std(shape))
 
     def forward(self, tokens, *, positions=None, segment_ids=None, embeds=None, embed_mask=None,
-                cache: KVCache | None = None):
+                cache=None):
         """tokens [B, S] -> logits [B, S, vocab] fp32. See the module docstring for the cache."""
         cfg = self.cfg
         b, s = tokens.shape
@@ -162,17 +175,17 @@ class GeminiModel(nn.Module):
         return softcap(logits, cfg.final_softcap)
 
 
-def _check_cache(cache: KVCache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
+def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:
     """Host-side checks of a cached call (one device->host read of the lengths)."""
-    if len(cache.k) != cfg.layers or cache.k[0].shape[0] != b or cache.k[0].shape[2:] != (
-            cfg.kv_heads, cfg.head_dim):
-        raise ValueError(f"cache must hold {cfg.layers} layers of [batch={b}, max_len, {cfg.kv_heads}, "
-                         f"{cfg.head_dim}], got {len(cache.k)} of {tuple(cache.k[0].shape)}")
+    kv = (cfg.kv_heads, cfg.head_dim)
+    if len(cache.k) != cfg.layers or cache.batch != b or cache.k[0].shape[2:] != kv:
+        raise ValueError(f"cache must hold {cfg.layers} layers of batch {b} x [..., {kv[0]}, {kv[1]}], "
+                         f"got {len(cache.k)} of {tuple(cache.k[0].shape)} (batch {cache.batch})")
     if segment_ids is not None:
         raise ValueError("segment_ids is not supported with a cache (packed rows are for training)")
     lengths = cache.lengths.cpu()
     if s > 1 and bool(lengths.any()):
         raise ValueError(f"prefill (tokens [B, S={s}]) needs an empty cache, got lengths {lengths.tolist()}")
-    if s > cache.max_len or int(lengths.max()) + (s == 1) > cache.max_len:
-        raise ValueError(f"cache max_len {cache.max_len} is too short for lengths {lengths.tolist()} "
-                         f"plus {s} new token(s)")
+    if s > cache.max_len or bool((lengths.numpy() + (s == 1) > cache.capacity).any()):
+        raise ValueError(f"cache max_len {cache.max_len} (room per row {cache.capacity}) is too short "
+                         f"for lengths {lengths.tolist()} plus {s} new token(s)")
