@@ -2,7 +2,7 @@
 
     out = generate(model_or_params, prompts, *, max_new_tokens, temperature=0.0, top_k=None,
                    top_p=None, seed=0, stop_tokens=None, framework="torch", kernels=None,
-                   cfg=None, tokenizer=None, use_cache=True, embeds=None, embed_mask=None)
+                   cfg=None, tokenizer=None, use_cache=True, cache=None, embeds=None, embed_mask=None)
     out.tokens[i]  new ids of row i (ending with the stop id that ended it, if one did)
     out.texts[i]   their text through the tokenizer;  out.finish_reasons[i]  "stop" | "length"
 
@@ -11,6 +11,12 @@ may differ in length. With the cache (default) it is one prefill of the right-pa
 (the model's KV-cache forward; each row's cache length is then set to its own prompt
 length) and one ``decode_attention`` step per new token, every row at its own position.
 ``use_cache=False`` recomputes the whole sequence each step (the check of the cached path).
+``cache=CacheConfig(paged=True, page_size=P, num_pages=N)`` (CLI ``cache.paged=true
+cache.page_size=P``; ``model/paged_cache.py``) makes it a paged cache: a page pool per layer
+and a block table per row, pages handed out from a free list as rows grow (before prefill for
+each prompt, then whenever a decode step crosses a page boundary); decode steps call
+``decode_attention(..., block_table=...)``. The pool defaults to what the request needs; a
+smaller ``num_pages``, or a page_size the decode kernel refuses, is a ValueError up front.
 Multimodal prompts: ``embeds`` [B, S, width] and ``embed_mask`` [B, S] (S >= the longest
 prompt, rows left-aligned as ``model/multimodal.py`` builds them) replace the token embedding
 of prompt positions where the mask is True (placeholders); generated tokens are text.
@@ -35,6 +41,7 @@ from dataclasses import astuple, dataclass, field, fields
 from typing import Any, Sequence
 
 from model.config import KernelConfig, ModelConfig
+from model.paged_cache import CacheConfig, PagePlan, check_page_size, plan_pages
 from model.sampling import SamplingConfig
 from model.tokenizer import ByteTokenizer, check_ids
 
@@ -128,7 +135,7 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              stop_tokens: Sequence[int] | None = None, framework: str = "torch", kernels=None,
              cfg: ModelConfig | None = None, tokenizer=None, use_cache: bool = True,
-             embeds=None, embed_mask=None) -> Generation:
+             cache: CacheConfig | None = None, embeds=None, embed_mask=None) -> Generation:
     """Generate continuations of ``prompts`` (see the module docstring).
 
     torch: ``model_or_params`` is a ``GeminiModel`` (its cfg and kernels are used; ``kernels``,
@@ -159,13 +166,30 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
                  top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens)
     media = _check_embeds(embeds, embed_mask, plan, cfg)
     if framework == "torch":
-        steps = _generate_torch(model_or_params, plan, media, use_cache=use_cache)
+        kernels, dtype = model_or_params.kernels, model_or_params.model.embed_tokens.weight.dtype
     else:
-        steps = _generate_jax(model_or_params, cfg, kernels or KernelConfig(), plan, media,
-                              use_cache=use_cache)
+        kernels, dtype = kernels or KernelConfig(), model_or_params["model.embed_tokens.weight"].dtype
+    paging = _paging(cache, use_cache, plan, kernels.impl("decode"), dtype)
+    if framework == "torch":
+        steps = _generate_torch(model_or_params, plan, media, use_cache=use_cache, paging=paging)
+    else:
+        steps = _generate_jax(model_or_params, cfg, kernels, plan, media, use_cache=use_cache,
+                              paging=paging)
     tokens = _trim(steps, plan)
     reasons = ["stop" if t and t[-1] in plan.stop_tokens else "length" for t in tokens]
     return Generation(tokens, reasons, tokenizer)
+
+
+def _paging(cache, use_cache: bool, plan: _Plan, decode_impl: str, dtype) -> PagePlan | None:
+    """None (contiguous cache) or the checked page plan of ``cache.paged=true``."""
+    if cache is None or isinstance(cache, CacheConfig) and not cache.paged:
+        return None
+    if not isinstance(cache, CacheConfig):
+        raise TypeError(f"cache must be a CacheConfig or None, got {type(cache).__name__}")
+    if not use_cache:
+        raise ValueError("cache.paged=true needs use_cache=True (use_cache=False keeps no cache)")
+    check_page_size(cache.page_size, decode_impl, dtype)
+    return plan_pages(cache, plan.lengths, plan.max_new_tokens)
 
 
 def _check_embeds(embeds, embed_mask, plan: _Plan, cfg: ModelConfig):
@@ -229,10 +253,12 @@ def _padded(plan: _Plan, width: int):
 
 # --- PyTorch loop ---
 
-def _generate_torch(model, plan: _Plan, media, *, use_cache: bool) -> list[list[int]]:
+def _generate_torch(model, plan: _Plan, media, *, use_cache: bool,
+                    paging: PagePlan | None) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import torch
 
+    from model.paged_cache_torch import PagedKVCache
     from model.sampling import sample_torch
     from model.torch_model import KVCache
 
@@ -254,7 +280,11 @@ def _generate_torch(model, plan: _Plan, media, *, use_cache: bool) -> list[list[
     with torch.no_grad():
         if use_cache:
             s = max(plan.lengths)
-            cache = KVCache.create(cfg, b, width - 1, dtype=weight.dtype, device=device)
+            if paging is None:
+                cache = KVCache.create(cfg, b, width - 1, dtype=weight.dtype, device=device)
+            else:  # pages for each prompt before the prefill writes them
+                cache = PagedKVCache.create(cfg, b, paging, dtype=weight.dtype, device=device)
+                cache.reserve(plan.lengths)
             logits = model(seq[:, :s], cache=cache, **{k: v[:, :s] for k, v in mm.items()})  # (B, S, V)
             cache.lengths = lengths.to(torch.int32)  # each row's own prompt length
             last = logits[rows, lengths - 1]  # (B, V)
@@ -269,6 +299,8 @@ def _generate_torch(model, plan: _Plan, media, *, use_cache: bool) -> list[list[
             if t == plan.max_new_tokens - 1 or bool(done.all()):
                 break
             if use_cache:
+                if paging is not None:  # a page for position lengths + t where it starts one
+                    cache.reserve([n + t + 1 for n in plan.lengths])
                 last = model(tok[:, None], cache=cache)[:, 0]  # decode: (B, V)
             else:
                 seq[rows, lengths + t] = tok
@@ -278,19 +310,23 @@ def _generate_torch(model, plan: _Plan, media, *, use_cache: bool) -> list[list[
 # --- JAX loop ---
 
 @functools.lru_cache(maxsize=8)
-def _jax_model_fns(cfg: ModelConfig, kernel_fields: tuple, batch: int, cache_len: int, dtype):
+def _jax_model_fns(cfg: ModelConfig, kernel_fields: tuple, batch: int, cache_len: int, dtype,
+                   paging: PagePlan | None):
     """Jitted prefill / recompute / decode for one static setting, reused across calls."""
     import jax
 
     from model.jax_model import KVCache, forward
+    from model.paged_cache_jax import PagedKVCache
 
     kernels = KernelConfig(*kernel_fields)
     def run(p, tokens, cache=None, **mm):
         return forward(p, tokens, cfg=cfg, kernels=kernels, cache=cache, **mm)
 
-    def prefill(p, tokens, lengths, mm):  # (B, S) -> last logits (B, V), cache at each row's length
+    def prefill(p, tokens, lengths, mm, table):  # (B, S) -> last logits (B, V), cache at each row's length
         rows = jax.numpy.arange(batch)
-        logits, cache = run(p, tokens, KVCache.create(cfg, batch, cache_len, dtype=dtype), **mm)
+        cache = (KVCache.create(cfg, batch, cache_len, dtype=dtype) if paging is None else
+                 PagedKVCache.create(cfg, table, paging, dtype=dtype))
+        logits, cache = run(p, tokens, cache, **mm)
         return logits[rows, lengths - 1], cache._replace(lengths=lengths)
 
     def recompute(p, seq, positions, mm):  # whole sequence; causal, so the padding after is ignored
@@ -321,16 +357,18 @@ def _jax_choose(sampling: SamplingConfig, vocab_limit: int, pad_id: int, stop_to
 
 
 def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, media, *,
-                  use_cache: bool) -> list[list[int]]:
+                  use_cache: bool, paging: PagePlan | None) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from model.paged_cache import PageTable
+
     b = len(plan.rows)
     width = max(plan.lengths) + plan.max_new_tokens
     prefill, recompute, decode = _jax_model_fns(
-        cfg, astuple(kernels), b, width - 1, jnp.dtype(params["model.embed_tokens.weight"].dtype))
+        cfg, astuple(kernels), b, width - 1, jnp.dtype(params["model.embed_tokens.weight"].dtype), paging)
     choose = _jax_choose(plan.sampling, plan.vocab_limit, plan.pad_id, plan.stop_tokens)
     lengths = jnp.asarray(plan.lengths, jnp.int32)
     rows = jnp.arange(b)
@@ -341,9 +379,14 @@ def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, 
     if media is not None:
         mm = dict(embeds=jnp.asarray(media[0], params["model.embed_tokens.weight"].dtype),
                   embed_mask=jnp.asarray(media[1]))
+    pages = PageTable(b, paging) if paging is not None else None  # the host side of a paged cache
     if use_cache:
         s = max(plan.lengths)
-        last, cache = prefill(params, seq[:, :s], lengths, {k: v[:, :s] for k, v in mm.items()})
+        table = None
+        if pages is not None:  # pages for each prompt before the prefill writes them
+            pages.reserve(plan.lengths)
+            table = jnp.asarray(pages.table)
+        last, cache = prefill(params, seq[:, :s], lengths, {k: v[:, :s] for k, v in mm.items()}, table)
     steps = []
     for t in range(plan.max_new_tokens):
         if not use_cache:
@@ -353,6 +396,8 @@ def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, 
         if t == plan.max_new_tokens - 1 or bool(done.all()):
             break
         if use_cache:
+            if pages is not None and pages.reserve([n + t + 1 for n in plan.lengths]):
+                cache = cache._replace(block_table=jnp.asarray(pages.table))  # a row crossed a page
             last, cache = decode(params, cache, tok)
         else:
             seq = seq.at[rows, lengths + t].set(tok)
@@ -375,6 +420,7 @@ class GenerateArgs:
     framework: str = "torch"
     kernels: str = "reference"  # KernelConfig preset: torch triton|reference|sdpa, JAX pallas|reference|xla
     device: str = "auto"  # torch: cpu | cuda | auto (cuda when available)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # cache.paged=true cache.page_size=64
 
 
 def parse_args(argv: Sequence[str]) -> GenerateArgs:
@@ -385,14 +431,14 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
         key = key.lstrip("+").strip()
         if not sep:
             raise ValueError(f"arguments are key=value, got {arg!r}; keys: {known}")
-        if key not in known:
+        if key.split(".")[0] not in known:
             raise ValueError(f"unknown option {key!r}; known options: {known}")
         if key == "prompt":
             values["prompt"].append(value)
         else:
             values[key] = value
     from omegaconf import OmegaConf
-    from omegaconf.errors import ValidationError
+    from omegaconf.errors import ConfigKeyError, ValidationError
 
     dotlist = [f"{k}={v}" for k, v in values.items() if k != "prompt"]
     try:  # typed parse of the scalars (e.g. top_k=abc fails here, naming the key)
@@ -400,7 +446,11 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
     except ValidationError as e:
         message = str(e).splitlines()[0]
         raise ValueError(f"bad option value for {e.full_key!r}: {message}") from None
-    args = GenerateArgs(**{k: conf[k] for k in known if k != "prompt"}, prompt=values["prompt"])
+    except ConfigKeyError as e:  # cache.<unknown>
+        raise ValueError(f"unknown option {e.full_key!r}; cache options: "
+                         f"{[f.name for f in fields(CacheConfig)]}") from None
+    scalars = {k: conf[k] for k in known if k not in ("prompt", "cache")}
+    args = GenerateArgs(**scalars, cache=OmegaConf.to_object(conf.cache), prompt=values["prompt"])
     if not args.ckpt:
         raise ValueError("ckpt=PATH (a safetensors checkpoint) is required")
     if not args.prompt:
@@ -429,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> Generation:
         model_or_params, cfg = load_checkpoint(args.ckpt, framework="jax")
     out = generate(model_or_params, args.prompt, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   framework=args.framework, kernels=kernels, cfg=cfg, tokenizer=tokenizer)
+                   framework=args.framework, kernels=kernels, cfg=cfg, tokenizer=tokenizer, cache=args.cache)
     for i, (prompt, text) in enumerate(zip(args.prompt, out.texts)):
         print(f"=== [{i}] {prompt!r} ({len(out.tokens[i])} new tokens, {out.finish_reasons[i]})")
         print(prompt + text)
