@@ -32,6 +32,8 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 # SM limits per compute capability: registers, max resident warps and threads, shared memory.
 SM_LIMITS = {80: dict(regs=65536, warps=64, smem=164 * 1024, block_smem=163 * 1024),
@@ -195,23 +197,39 @@ def job_kernels(module: str, args, kwargs, cap: int, func: str = "aot_kernels") 
 
 def compile_jobs(jobs: dict, work: str) -> dict:
     """jobs: id -> {"module", "args", "kwargs", "cap", optional "func", "kernels"} ->
-    id -> {kernel name: compile_one(...) | {"error": ...}}."""
-    out = {}
-    for job_id, job in jobs.items():
-        try:
-            kernels = job_kernels(job["module"], job.get("args", []), job.get("kwargs", {}), job["cap"],
-                                  job.get("func", "aot_kernels"))
-        except Exception as e:  # reported per job
-            out[job_id] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        wanted = job.get("kernels") or list(kernels)
-        out[job_id] = {}
-        for name in wanted:
+    id -> {kernel name: compile_one(...) | {"error": ...}}.
+
+    Triton compiles in this thread, one kernel after another; each kernel's ptxas and
+    nvdisasm runs (external processes, most of the time once Triton's cache is warm) go to
+    a pool of ``os.cpu_count()`` threads as soon as it is compiled."""
+    out, pending = {}, []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for job_id, job in jobs.items():
             try:
-                out[job_id][name] = compile_one(kernels[name], job["cap"], work)
-            except Exception as e:  # reported per kernel
-                out[job_id][name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                kernels = job_kernels(job["module"], job.get("args", []), job.get("kwargs", {}),
+                                      job["cap"], job.get("func", "aot_kernels"))
+            except Exception as e:  # reported per job
+                out[job_id] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            out[job_id] = {}
+            for name in job.get("kernels") or list(kernels):
+                try:
+                    compiled = _compile(kernels[name], job["cap"], os.path.join(work, job_id_dir(job_id)))
+                except Exception as e:  # reported per kernel
+                    out[job_id][name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                    continue
+                pending.append((job_id, name, pool.submit(_inspect, *compiled)))
+    for job_id, name, future in pending:
+        try:
+            out[job_id][name] = future.result()
+        except Exception as e:  # reported per kernel
+            out[job_id][name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     return out
+
+
+def job_id_dir(job_id: str) -> str:
+    """A directory name for one job's files (kernels of different jobs share names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
 
 
 def occupancy(regs: int, shared: int, num_warps: int, cap: int) -> dict:
@@ -227,18 +245,36 @@ def occupancy(regs: int, shared: int, num_warps: int, cap: int) -> dict:
 
 
 def compile_one(kernel, cap: int, workdir: str) -> dict:
+    """Compile ``kernel`` for sm_<cap>; registers, spills, shared memory, occupancy, SASS mix."""
+    return _inspect(*_compile(kernel, cap, workdir))
+
+
+def _compile(kernel, cap: int, workdir: str):
+    """Triton's compile (PTX and cubin written under ``workdir``) -> the arguments of ``_inspect``."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia import compiler as nvidia
 
     src = triton.compiler.ASTSource(kernel.fn, kernel.signature, kernel.constexprs, kernel.attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
                               options=dict(num_warps=kernel.num_warps, num_stages=kernel.num_stages))
+    os.makedirs(workdir, exist_ok=True)
     base = os.path.join(workdir, f"{kernel.name}-sm{cap}")
     with open(base + ".ptx", "w") as f:
         f.write(compiled.asm["ptx"])
     with open(base + ".cubin", "wb") as f:
         f.write(compiled.asm["cubin"])
+    return (base, cap, int(compiled.metadata.shared), kernel.num_warps, kernel.num_stages,
+            "wgmma" in compiled.asm["ptx"])
+
+
+_SASS_OP = re.compile(r"\b(" + "|".join(SASS_OPS) + r")\b")  # whole-word opcodes, one pass
+
+
+def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, wgmma: bool) -> dict:
+    """ptxas -v on ``base``.ptx (registers, spills) and nvdisasm on ``base``.cubin (SASS mix);
+    subprocesses only, so threads can run several kernels' at once."""
+    from triton.backends.nvidia import compiler as nvidia
+
     ptxas = subprocess.run([nvidia.get_ptxas(cap).path, "-v",
                             f"--gpu-name={nvidia.sm_arch_from_capability(cap)}", base + ".ptx",
                             "-o", base + ".o"], capture_output=True, text=True, check=True).stderr
@@ -247,14 +283,14 @@ def compile_one(kernel, cap: int, workdir: str) -> dict:
     nvdisasm = os.path.join(os.path.dirname(nvidia.__file__), "bin", "nvdisasm")
     mix = None
     if os.path.exists(nvdisasm):
-        sass = subprocess.run([nvdisasm, base + ".cubin"], capture_output=True, text=True,
-                              check=True).stdout
-        mix = {op: len(re.findall(rf"\b{op}\b", sass)) for op in SASS_OPS}
-    shared = int(compiled.metadata.shared)
+        # -c: code sections only; -ndf: no branch-target annotation (labels, not opcodes)
+        sass = subprocess.run([nvdisasm, "-c", "-ndf", base + ".cubin"], capture_output=True,
+                              text=True, check=True).stdout
+        counts = Counter(_SASS_OP.findall(sass))
+        mix = {op: counts[op] for op in SASS_OPS}
     return {"registers": regs, "spill_store_bytes": int(spills[1]), "spill_load_bytes": int(spills[2]),
-            "shared_bytes": shared, "num_warps": kernel.num_warps, "num_stages": kernel.num_stages,
-            "wgmma_in_ptx": "wgmma" in compiled.asm["ptx"], "sass_mix": mix,
-            **occupancy(regs, shared, kernel.num_warps, cap)}
+            "shared_bytes": shared, "num_warps": num_warps, "num_stages": num_stages,
+            "wgmma_in_ptx": wgmma, "sass_mix": mix, **occupancy(regs, shared, num_warps, cap)}
 
 
 def _rows(results: dict, key) -> list[dict]:
