@@ -22,15 +22,15 @@ from conftest import assert_close, rounded
 SHAPE = (7, 301)
 
 
-def _data(rng, dtype, gated):
-    xs = [rounded(rng.standard_normal(SHAPE) * 3, dtype)] + ([rounded(rng.standard_normal(SHAPE), dtype)] if gated else [])
-    return xs, rng.standard_normal(SHAPE)
+def _data(rng, dtype, gated, shape=SHAPE):
+    xs = [rounded(rng.standard_normal(shape) * 3, dtype)] + ([rounded(rng.standard_normal(shape), dtype)] if gated else [])
+    return xs, rng.standard_normal(shape)
 
 
-def _torch_run(fn, xs, dy, dtype):
-    ts = [torch.tensor(x).to(dtype).requires_grad_() for x in xs]
+def _torch_run(fn, xs, dy, dtype, device="cpu"):
+    ts = [torch.tensor(x).to(device, dtype).requires_grad_() for x in xs]
     y = fn(*ts) if len(ts) == 2 else fn(ts[0], None)
-    y.backward(torch.tensor(dy).to(y.dtype))
+    y.backward(torch.tensor(dy).to(device, y.dtype))
     return [y.detach()] + [t.grad for t in ts]
 
 

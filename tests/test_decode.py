@@ -61,17 +61,17 @@ def _inputs(rng, c: Case):
     return q, k, v, np.asarray(c.lengths, dtype=np.int64)
 
 
-def _torch_check(out, q, k, v, lens, c: Case, dtype):
-    """out vs the float64 reference on dtype-rounded inputs; baseline: torch in dtype."""
+def _torch_check(out, q, k, v, lens, c: Case, dtype, device="cpu"):
+    """out vs the float64 reference (CPU) on dtype-rounded inputs; baseline: torch in dtype on device."""
     ts = [torch.tensor(x).to(dtype) for x in (q, k, v)]
     L = torch.tensor(lens)
     kw = dict(window=c.window, softcap=c.softcap, scale=c.head_dim**-0.5)
     ref = _decode(*(t.double() for t in ts), L, **kw)
-    base = _decode(*ts, L, upcast=False, **kw)
+    base = _decode(*(t.to(device) for t in ts), L.to(device), upcast=False, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
     assert_close(out, ref, base, dtype)
     zero_rows = torch.tensor(lens) == 0
-    assert torch.all(out[zero_rows] == 0)
+    assert torch.all(out.cpu()[zero_rows] == 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -38,6 +38,16 @@ def _problem(rng, xs, out, g, asym, dtype):
     return x, packed, scales, zeros, truth
 
 
+def _to_jax(x, packed, scales, zeros):
+    """The torch problem as JAX arrays: x in its dtype, scales / zeros in float16."""
+    import jax.numpy as jnp
+
+    xj = jnp.asarray(x.float().numpy()).astype(str(x.dtype).replace("torch.", ""))
+    pj, sj = jnp.asarray(packed.numpy()), jnp.asarray(scales.float().numpy()).astype(jnp.float16)
+    zj = None if zeros is None else jnp.asarray(zeros.float().numpy()).astype(jnp.float16)
+    return xj, pj, sj, zj
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_triton_matches_float64(rng, case):
     xs, out, g, asym, dtype, blocks, _ = CASES[case]
@@ -55,16 +65,12 @@ def test_triton_matches_float64(rng, case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_pallas_matches_float64(rng, case):
-    import jax.numpy as jnp
-
     from kernels import jax_ops
     from kernels.int4.pallas_int4 import int4_matmul_pallas
 
     xs, out, g, asym, dtype, _, blocks = CASES[case]
     x, packed, scales, zeros, truth = _problem(rng, xs, out, g, asym, dtype)
-    xj = jnp.asarray(x.float().numpy()).astype(dtype)
-    pj, sj = jnp.asarray(packed.numpy()), jnp.asarray(scales.float().numpy()).astype(jnp.float16)
-    zj = None if zeros is None else jnp.asarray(zeros.float().numpy()).astype(jnp.float16)
+    xj, pj, sj, zj = _to_jax(x, packed, scales, zeros)
     if blocks is None:
         y = jax_ops.int4_matmul(xj, pj, sj, zj, g, impl="pallas")
     else:

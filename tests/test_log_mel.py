@@ -93,13 +93,14 @@ def test_geometry_defaults():
 
 # ---- kernels against float64 ------------------------------------------------------------------
 
-def _same_precision_baseline(x: np.ndarray, dtype_t, n_mels):
+def _same_precision_baseline(x: np.ndarray, dtype_t, n_mels, device="cpu"):
     """frames @ windowed DFT tables in ``dtype_t`` (fp32 out), then power, mel, log in fp32."""
     p = geometry(x.shape[1], x.shape[0], n_mels=n_mels)
-    frames = torch.tensor(x).to(dtype_t).unfold(-1, p.win, p.hop)
-    cos, sin = (torch.tensor(t).to(dtype_t) for t in dft_tables(p.win, p.n_fft))
+    frames = torch.tensor(x).to(device, dtype_t).unfold(-1, p.win, p.hop)
+    cos, sin = (torch.tensor(t).to(device, dtype_t) for t in dft_tables(p.win, p.n_fft))
     re, im = (torch.matmul(frames, t).float() for t in (cos, sin))
-    mel = (re * re + im * im) @ torch.tensor(mel_filterbank(p.n_freqs, n_mels, 16000), dtype=torch.float32)
+    mel = (re * re + im * im) @ torch.tensor(mel_filterbank(p.n_freqs, n_mels, 16000), dtype=torch.float32,
+                                             device=device)
     return torch.log(torch.clamp_min(mel, LOG_FLOOR))
 
 

@@ -60,12 +60,12 @@ def _kwargs(c: Case):
     return dict(rms=c.rms, eps=1e-6 if c.rms else 1e-5, offset=1.0 if c.gemma else 0.0)
 
 
-def _torch_run(fn, arrays, cots, dtype):
-    """outputs and gradients of fn(x, w, b, r) on tensors of ``dtype``."""
-    ts = {k: None if v is None else torch.tensor(v).to(dtype).requires_grad_() for k, v in arrays.items()}
+def _torch_run(fn, arrays, cots, dtype, device="cpu"):
+    """outputs and gradients of fn(x, w, b, r) on tensors of ``dtype`` on ``device``."""
+    ts = {k: None if v is None else torch.tensor(v).to(device, dtype).requires_grad_() for k, v in arrays.items()}
     out = fn(ts["x"], ts["w"], ts["b"], ts["r"])
     outs = out if isinstance(out, tuple) else (out,)
-    torch.autograd.backward(outs, [torch.tensor(g).to(o.dtype) for g, o in zip(cots, outs)])
+    torch.autograd.backward(outs, [torch.tensor(g).to(device, o.dtype) for g, o in zip(cots, outs)])
     grads = [ts[k].grad for k in ("x", "w", "b", "r") if ts[k] is not None]
     return [o.detach() for o in outs] + grads
 
@@ -106,9 +106,20 @@ def _check_triton(rng, case, dtype, launches):
     got = _torch_run(lambda x, w, b, r: triton_norms.norm_triton(x, w, b, r, **kw, blocks=case.triton_blocks),
                      arrays, cots, dtype)
     assert triton_norms.LAUNCHES == launches
-    ref = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
-    base = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw, upcast=False), arrays, cots, dtype)
-    for name, g, r, bl in zip(_names(case), got, ref, base):
+    _assert_torch_matches(got, arrays, cots, case, dtype)
+
+
+def _truth(arrays, cots, case):
+    kw = _kwargs(case)
+    return _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
+
+
+def _assert_torch_matches(got, arrays, cots, case, dtype, device="cpu"):
+    """got (outputs, then grads) vs float64 on the CPU; baseline: torch in dtype on ``device``."""
+    kw = _kwargs(case)
+    base = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw, upcast=False), arrays, cots,
+                      dtype, device)
+    for name, g, r, bl in zip(_names(case), got, _truth(arrays, cots, case), base):
         assert g.dtype == dtype, (name, g.dtype)
         assert_close(g, r, bl, dtype, name)
 
@@ -141,11 +152,17 @@ def test_pallas_matches_float64(rng, case, dtype, blocks):
     arrays = {k: None if v is None else rounded(v, tdt) for k, v in arrays.items()}
     kw = _kwargs(case)
     got = _jax_run(lambda x, w, b, r: norm_pallas(x, w, b, r, **kw, blocks=blocks), arrays, cots, dtype)
-    ref = _torch_run(lambda x, w, b, r: reference._norm(x, w, b, r, **kw), arrays, cots, torch.float64)
+    _assert_jax_matches(got, arrays, cots, case, dtype)
+
+
+def _assert_jax_matches(got, arrays, cots, case, dtype):
+    """got (outputs, then grads) vs float64 on the CPU; baseline: jnp in dtype (default device)."""
+    kw = _kwargs(case)
     base = _jax_run(lambda x, w, b, r: reference_jax._norm(x, w, b, r, **kw, upcast=False), arrays, cots, dtype)
-    for name, g, r, bl in zip(_names(case), got, ref, base):
+    for name, g, r, bl in zip(_names(case), got, _truth(arrays, cots, case), base):
         assert g.dtype == dtype, (name, g.dtype)
-        assert_close(np.asarray(g.astype(jnp.float32)), r, np.asarray(bl.astype(jnp.float32)), tdt, name)
+        assert_close(np.asarray(g.astype(jnp.float32)), r, np.asarray(bl.astype(jnp.float32)),
+                     jnp.dtype(dtype).name, name)
 
 
 def test_public_api_dispatch_and_gemma_offset(rng):

@@ -81,16 +81,19 @@ def _truth(q, k, v, lens, c: Case, cast):
     return ref, ts, kw
 
 
-def _torch_run(rng, c: Case, dtype, impl, **kw):
+def _torch_run(rng, c: Case, dtype, impl, device="cpu", **kw):
+    """impl on ``device`` vs the float64 reference (CPU); baseline: torch in dtype on device."""
     q, k, v, lens, kp, vp, table = _inputs(rng, c)
     t = lambda x: torch.tensor(x).to(dtype)  # noqa: E731
-    out = torch_ops.decode_attention(t(q), t(kp), t(vp), torch.tensor(lens),
-                                     block_table=torch.tensor(table), window=c.window,
+    out = torch_ops.decode_attention(t(q).to(device), t(kp).to(device), t(vp).to(device),
+                                     torch.tensor(lens, device=device),
+                                     block_table=torch.tensor(table, device=device), window=c.window,
                                      softcap=c.softcap, impl=impl, **kw)
     ref, ts, kwargs = _truth(q, k, v, lens, c, t)
     assert out.dtype == dtype and out.shape == ref.shape
-    assert_close(out, ref, _decode(*ts, torch.tensor(lens), upcast=False, **kwargs), dtype)
-    assert torch.all(out[torch.tensor(lens) == 0] == 0)
+    base = _decode(*(x.to(device) for x in ts), torch.tensor(lens, device=device), upcast=False, **kwargs)
+    assert_close(out, ref, base, dtype)
+    assert torch.all(out.cpu()[torch.tensor(lens) == 0] == 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -50,9 +50,9 @@ P14 = Case(2, 28, 42, 3, 14, 64)
 P16 = Case(1, 32, 48, 3, 16, 96)
 
 
-def _torch_vjp(fn, arrays, dtype, *, channels_first_storage=False):
-    """(tokens, dimages, dweight, dbias, dpos) of fn on the arrays cast to dtype."""
-    *inputs, dy = [torch.tensor(a).to(dtype) for a in arrays]
+def _torch_vjp(fn, arrays, dtype, *, channels_first_storage=False, device="cpu"):
+    """(tokens, dimages, dweight, dbias, dpos) of fn on the arrays cast to dtype on ``device``."""
+    *inputs, dy = [torch.tensor(a).to(device, dtype) for a in arrays]
     if channels_first_storage:  # a [B, H, W, C] view of NCHW storage: non-unit channel stride
         inputs[0] = inputs[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
     leaves = [t.detach().requires_grad_() for t in inputs]

@@ -26,10 +26,10 @@ def _data(rng, dtype, sections, head_dim, shape=(2, 9, 3)):
     return x, pos, rng.standard_normal(x.shape)
 
 
-def _torch_run(fn, x, pos, dy, dtype):
-    t = torch.tensor(x).to(dtype).requires_grad_()
-    y = fn(t, torch.tensor(pos))
-    y.backward(torch.tensor(dy).to(y.dtype))
+def _torch_run(fn, x, pos, dy, dtype, device="cpu"):
+    t = torch.tensor(x).to(device, dtype).requires_grad_()
+    y = fn(t, torch.tensor(pos, device=device))
+    y.backward(torch.tensor(dy).to(device, y.dtype))
     return y.detach(), t.grad
 
 
