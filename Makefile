@@ -38,7 +38,7 @@ bench-gpu:
 	  --target /tmp/site .whl/*.whl; fi; \
 	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
-	timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
+	timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
 	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
 	timeout 360 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
 
