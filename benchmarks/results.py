@@ -44,20 +44,26 @@ def write_json_atomic(path: str, payload: dict) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> str:
-    """Write text to ``path`` via a temporary file in the same folder and a rename."""
+    """Write text to ``path`` atomically (see ``write_bytes_atomic``)."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path, data: bytes) -> str:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, and a rename:
+    a failure at any point leaves the old file (or none) and no temporary behind."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
-    return path
+    return str(path)
 
 
 def results_path(out_dir: str, device_name: str) -> str:

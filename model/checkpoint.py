@@ -13,8 +13,6 @@ assigned; a mismatch names the first offending parameter (in ``param_specs`` ord
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from benchmarks.results import write_bytes_atomic
 from model.config import ModelConfig, param_specs
 
 CONFIG_KEY = "config"
@@ -63,16 +62,7 @@ def save_checkpoint(path, params, cfg: ModelConfig) -> Path:
     tensors = {name: _to_torch(name, params[name]) for name in param_specs(cfg)}
     blob = st_save(tensors, metadata={CONFIG_KEY: json.dumps(cfg.to_dict()), "format": "pt"})
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, blob)
     return path
 
 

@@ -31,13 +31,14 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
+from benchmarks.results import write_bytes_atomic
 from kernels.int4.reference import dequantize_int4, quantize_int4
 from model.config import ModelConfig, param_specs
 
@@ -221,16 +222,7 @@ def quantize_checkpoint(src, dst, *, group_size: int = 128, asymmetric: bool = F
         q["method"] = "gptq"
     meta[QUANT_KEY] = json.dumps(q)
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent or ".", prefix=dst.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_bytes_atomic(dst, st_save(tensors, metadata=meta))
     return dst
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from model import checkpoint
 from model.checkpoint import load_checkpoint, load_into_torch, read_config, save_checkpoint
 from model.config import PRESETS, ModelConfig, param_specs
 from model.info import deviation, param_groups, report
@@ -57,7 +56,7 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)  # the atomic writer (benchmarks.results) fsyncs
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, _model(2), CFG)
     assert path.read_bytes() == before
