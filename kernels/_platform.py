@@ -1,7 +1,8 @@
 """Where kernels run: picks interpret mode automatically when no GPU is present.
 
-Triton reads TRITON_INTERPRET when a kernel is decorated, so this module must be
-imported before any `@triton.jit` in the package (``kernels/__init__`` does it).
+Triton reads TRITON_INTERPRET when a kernel is decorated, so every module of the package
+that defines `@triton.jit` kernels calls ``configure_triton_interpret()`` before it imports
+triton: importing any launcher directly (not only through ``kernels.torch_ops``) works.
 The user can still force either mode by setting TRITON_INTERPRET themselves.
 """
 from __future__ import annotations

@@ -14,9 +14,13 @@ import dataclasses
 import sys
 from typing import Optional
 
-import torch
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from .._platform import triton_interpreting
 from .._aot import aot_kernel, jit_module, triton_dtype

@@ -14,8 +14,12 @@ tensor cores; fp32 input runs its dots on FMA units. Frames are re-read once per
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from .spec import LOG_FLOOR
 

@@ -23,13 +23,17 @@ import collections
 import dataclasses
 from typing import Optional
 
-import torch
-import triton
+from .._platform import configure_triton_interpret
 
-from .._platform import triton_interpreting
-from .._aot import aot_kernel, d_strides, jit_module, triton_dtype
-from . import triton_kernels
-from .spec import check_kernel_page_size
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from .._platform import triton_interpreting  # noqa: E402
+from .._aot import aot_kernel, d_strides, jit_module, triton_dtype  # noqa: E402
+from . import triton_kernels  # noqa: E402
+from .spec import check_kernel_page_size  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()
 MAX_SPLITS = 256  # bounds the partial buffers [B, H, S, D] and the combine's lse vector

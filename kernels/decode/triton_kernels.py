@@ -27,8 +27,12 @@ large G (K/V read once per group). Memory-bound: the goal is K/V bytes at copy b
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit

@@ -20,12 +20,16 @@ import collections
 import dataclasses
 from typing import Optional
 
-import torch
-import triton
+from .._platform import configure_triton_interpret
 
-from .._aot import aot_kernel as _aot_kernel, check_triton_blocks, jit_module, triton_dtype
-from .._platform import triton_interpreting
-from . import triton_kernels
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from .._aot import aot_kernel as _aot_kernel, check_triton_blocks, jit_module, triton_dtype  # noqa: E402
+from .._platform import triton_interpreting  # noqa: E402
+from . import triton_kernels  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()
 MAX_SPLIT_K = 64

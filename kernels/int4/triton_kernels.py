@@ -16,8 +16,12 @@ cores (wgmma on sm_90 for fp16/bf16) with the dequant hidden under the MMA.
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit

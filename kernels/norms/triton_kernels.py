@@ -13,8 +13,12 @@ writes dx plus dweight/dbias partials for its column block only, so per-program 
 one column block wide at any hidden size. It reads dy and h twice (1.5-2x the traffic).
 Launchers and the autograd shell live in ``triton_norms.py``.
 """
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit

@@ -15,12 +15,16 @@ import collections
 import dataclasses
 from typing import Optional
 
-import torch
-import triton
+from .._platform import configure_triton_interpret
 
-from .._platform import triton_interpreting
-from .._aot import aot_kernel, jit_module, triton_dtype
-from . import triton_kernels
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from .._platform import triton_interpreting  # noqa: E402
+from .._aot import aot_kernel, jit_module, triton_dtype  # noqa: E402
+from . import triton_kernels  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()
 WHOLE_ROW_BWD_MAX = 8192  # columns; wider rows take the column-blocked backward

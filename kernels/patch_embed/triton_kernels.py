@@ -15,8 +15,12 @@ dim >= 256 (the forward is a [B*N, P*P*C] x [P*P*C, D] GEMM with gather-loaded A
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit
