@@ -47,7 +47,8 @@ def jit_module(module: ModuleType) -> ModuleType:
 
 def aot_kernel(fn, *, pointers: dict, constexprs: dict, num_warps: int, num_stages: int = 1,
                floats=(), unit_strides=(), divisible_strides: bool = True) -> AotKernel:
-    """The launch signature of ``fn``: ``pointers`` (name -> "*fp16", ...) 16-byte aligned;
+    """The launch signature of ``fn``: ``pointers`` (name -> "*fp16", ..., or a tensor
+    descriptor's "tensordesc<...>") 16-byte aligned;
     names in ``floats`` fp32; ``unit_strides`` specialized to 1 as the JIT does; other
     ``stride_*`` ints divisible by 16 when ``divisible_strides``; everything else i32."""
     signature, consts, attrs = {}, dict(constexprs), {}
@@ -56,7 +57,8 @@ def aot_kernel(fn, *, pointers: dict, constexprs: dict, num_warps: int, num_stag
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            if not pointers[name].startswith("tensordesc"):  # descriptors carry their own alignment
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in unit_strides:
             signature[name], consts[name] = "constexpr", 1
         elif name in floats:

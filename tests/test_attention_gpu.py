@@ -49,6 +49,38 @@ def test_triton_on_gpu(case, dtype, rng):
         assert_close(g, t, b, dtype, f"triton {name}")
 
 
+# autotune compiles all five forward candidates per problem class: one case only
+TMA_CASES = [(c, "tma") for c in CASES] + [(CASES[0], "autotune")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case,blocks", TMA_CASES, ids=[f"{c[0]}-{b}" for c, b in TMA_CASES])
+def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
+    """The sm_90 TMA forward (copy-engine tiles) and the autotuned pick, with the default backward."""
+    import dataclasses
+
+    from kernels.attention import triton_attention as ta
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor-descriptor (TMA) tiles need sm_90 or later")
+    _, shape, flags = case
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth, base = _truth_and_base(q, k, v, do, dtype, flags)
+    d = shape[-1]
+    if blocks == "tma":
+        cap = torch.cuda.get_device_capability()
+        blocks = (dataclasses.replace(ta.default_blocks(d, dtype, capability=cap), tma=True),
+                  ta.default_blocks(d, dtype, backward=True, capability=cap))
+    launched = ta.LAUNCHES["_attn_fwd_tma_kernel"]
+    got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.cuda(), b.cuda(), c.cuda(),
+                                                                  blocks=blocks, **flags),
+                              q, k, v, do, dtype)
+    if blocks != "autotune":
+        assert ta.LAUNCHES["_attn_fwd_tma_kernel"] > launched
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"triton {blocks} {name}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_pallas_on_gpu(case, dtype, rng):

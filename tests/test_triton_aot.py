@@ -41,6 +41,15 @@ SWEEP += [("attention causal hd256 bf16", 80, ["_attn_fwd_kernel"]),
           ("attention causal hd64 fp16", 80, ["_attn_fwd_kernel"])]
 SWEEP_JOBS = sweep_jobs(SWEEP)
 
+# The TMA forward (sm_90): tiles through tensor descriptors, so 128x128 fits without spills
+# (the pointer kernel spills there). (head_dim, dtype, block_m, block_n, warps, stages, features)
+TMA_JOBS = {
+    "sm90-fwd-tma-bf16-128x64": (128, "bf16", 128, 64, 8, 3, {}),
+    "sm90-fwd-tma-bf16-128x128": (128, "bf16", 128, 128, 8, 2, {}),
+    "sm90-fwd-tma-fp16-d80-all-features": (80, "fp16", 128, 64, 8, 3,
+                                           dict(window=128, softcap=30.0, segments=True)),
+}
+
 
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
@@ -48,7 +57,15 @@ def aot_report(tmp_path_factory):
                   "args": [head_dim, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
                   "kwargs": {"causal": True, **features}, "cap": cap, "kernels": [name]}
             for job, (cap, head_dim, dt, name, features) in JOBS.items()}
-    return compile_in_subprocess({**jobs, **SWEEP_JOBS}, tmp_path_factory.mktemp("aot"))
+    blocks = "kernels.attention.triton_attention:TritonAttentionBlocks"
+    tma_jobs = {job: {"module": "kernels.attention.triton_attention",
+                      "args": [head_dim, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
+                      "kwargs": {"causal": True, **features, "blocks": {
+                          "__dataclass__": blocks, "block_m": bm, "block_n": bn, "num_warps": w,
+                          "num_stages": st, "tma": True}},
+                      "cap": 90, "kernels": ["_attn_fwd_kernel"]}
+                for job, (head_dim, dt, bm, bn, w, st, features) in TMA_JOBS.items()}
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs}, tmp_path_factory.mktemp("aot"))
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -68,3 +85,13 @@ def test_default_configs_across_dtypes_and_head_dims_without_spills(aot_report, 
         # head_dim 256's backward runs 32-row tiles (larger ones spill): mma.sync, not wgmma
         wgmma = cap == 90 and "fp32" not in job and (name == "_attn_fwd_kernel" or "hd256" not in job)
         assert_compiled_clean(kernels[name], f"{job} {name}", cap=cap, wgmma=wgmma)
+
+
+@pytest.mark.parametrize("job", list(TMA_JOBS))
+def test_tma_forward_compiles_to_tensor_copies_and_wgmma(aot_report, job):
+    report = aot_report[job]["_attn_fwd_kernel"]
+    assert_compiled_clean(report, job, cap=90, wgmma=True)
+    if report["sass_mix"] is not None:
+        assert report["sass_mix"]["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"
+        if not TMA_JOBS[job][-1].get("segments"):  # segment ids stay pointer loads
+            assert report["sass_mix"]["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left in SASS"

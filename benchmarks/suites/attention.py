@@ -81,6 +81,25 @@ def torch_impl(name: str, device_kind: str):
     if name == "triton":
         mode = "interpret" if _platform.triton_interpreting() else "compiled"
         return (lambda q, k, v, causal: torch_ops.attention(q, k, v, causal=causal, impl="triton")), mode
+    if name in ("triton-tma", "triton-autotune"):  # the same op with other forward blocks
+        import dataclasses
+
+        from kernels.attention import triton_attention as ta
+
+        mode = "interpret" if _platform.triton_interpreting() else "compiled"
+
+        def blocks_for(q):
+            if name == "triton-autotune":
+                return "autotune"
+            cap = ta._capability(q)
+            if cap is not None and cap[0] < 9:
+                raise Skip(f"triton-tma needs sm_90 or later, got sm_{cap[0]}{cap[1]}")
+            fwd = ta.default_blocks(q.shape[-1], q.dtype, capability=cap)
+            return dataclasses.replace(fwd, tma=True), ta.default_blocks(
+                q.shape[-1], q.dtype, backward=True, capability=cap)
+
+        return (lambda q, k, v, causal: ta.attention_triton(q, k, v, causal=causal,
+                                                            blocks=blocks_for(q))), mode
     if name == "reference":
         return (lambda q, k, v, causal: torch_ops.attention(q, k, v, causal=causal, impl="reference")), "eager"
     if name == "reference-compiled":
@@ -184,6 +203,10 @@ class AttentionSuite(GridSuite):
         tol = BENCH_RTOL[case.dtype]
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops(),
                "bytes": case.bytes()}
+        if impl == "triton-autotune":  # which forward blocks won, and every candidate's time
+            from kernels.attention.triton_autotune import tuning_record
+
+            rec["autotune"] = tuning_record(q, k, causal=case.causal)
         if not np.isfinite(err) or err > tol:
             return {**rec, "status": "failed"}, None
         return rec, timed

@@ -17,30 +17,65 @@ import collections
 import dataclasses
 from typing import Optional
 
-import torch
-import triton
+from .._platform import configure_triton_interpret
 
-from .._aot import aot_kernel, check_triton_blocks, d_strides
-from .._platform import triton_interpreting
-from . import triton_kernels
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from .._aot import aot_kernel, check_triton_blocks, d_strides  # noqa: E402
+from .._platform import triton_interpreting  # noqa: E402
+from . import triton_kernels  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()  # kernel name -> launches in this process
 
 
 @dataclasses.dataclass(frozen=True)
 class TritonAttentionBlocks:
-    """Tile sizes of one pass: block_m folded q rows x block_n keys, plus launch options."""
+    """Tile sizes of one pass: block_m folded q rows x block_n keys, plus launch options.
+
+    ``tma`` (forward only; sm_90+): q, k, v and o tiles move through 4-D tensor descriptors
+    (the tensor memory accelerator) instead of pointer tensors, which frees the registers
+    pointer arithmetic and masks take; it needs the shapes ``tma_problem`` accepts. (Triton
+    3.6's automatic warp specialization changes nothing on sm_90, so it is not offered.)
+    """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
+        if not isinstance(self.tma, bool):
+            raise ValueError(f"tma={self.tma!r} must be a bool")
 
     def as_list(self) -> list:
-        return [self.block_m, self.block_n, self.num_warps, self.num_stages]
+        return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma)]
+
+    @classmethod
+    def from_list(cls, values: list) -> "TritonAttentionBlocks":
+        m, n, w, st, tma = values
+        return cls(m, n, w, st, bool(tma))
+
+
+def tma_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: TritonAttentionBlocks):
+    """Why the TMA forward cannot run this problem with ``blocks``, or None when it can.
+
+    Descriptors need unit head_dim strides, 16-byte aligned bases and other strides, and a
+    q tile of whole positions: the group size G = H // KVH a power of two dividing block_m.
+    """
+    g = q.shape[2] // k.shape[2]
+    if g & (g - 1) or blocks.block_m % g:
+        return f"the group size {g} must be a power of two dividing block_m={blocks.block_m}"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            return f"{name} must have a unit head_dim stride, got strides {tuple(t.stride())}"
+        if t.data_ptr() % 16 or any(s * t.element_size() % 16 for s in t.stride()[:-1]):
+            return f"{name}'s base and strides must be 16-byte aligned, got strides {tuple(t.stride())}"
+    return None
 
 
 def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
@@ -90,8 +125,15 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
         more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
                 TritonAttentionBlocks(128, 64, 8, 2)]
     else:
-        more = [TritonAttentionBlocks(128, 128, 8, 2), TritonAttentionBlocks(128, 64, 8, 2),
-                TritonAttentionBlocks(64, 64, 4, 3), TritonAttentionBlocks(128, 32, 4, 3)]
+        more = [TritonAttentionBlocks(64, 64, 4, 3)]
+        if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
+            more = [dataclasses.replace(base, tma=True), *more]
+            if head_dim <= 128:
+                more[1:1] = [TritonAttentionBlocks(128, 128, 8, 2, tma=True),
+                             TritonAttentionBlocks(128, 64, 8, 4, tma=True)]
+        else:
+            more += [TritonAttentionBlocks(128, 64, 8, 2), TritonAttentionBlocks(128, 128, 8, 2),
+                     TritonAttentionBlocks(128, 32, 4, 3)]
     return [base] + [b for b in more if b != base]
 
 
@@ -139,15 +181,35 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
     (qs, ks), seg_strides = _segment_args(q_seg, kv_seg, lse)
     meta = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
                        segments=q_seg is not None, blocks=blocks)
+    descs = (None, None, None, None)
+    if blocks.tma:
+        why = tma_problem(q, k, v, blocks)
+        if why is not None:
+            raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
+        descs = _descriptors(q, k, v, o, blocks)
+        meta.update(TMA=True)
     grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
     triton_kernels._attn_fwd_kernel[grid](
-        q, k, v, o, lse, qs, ks,
+        q, k, v, o, lse, qs, ks, *descs,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *seg_strides,
         sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale),
         **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
-    LAUNCHES["_attn_fwd_kernel"] += 1
+    LAUNCHES["_attn_fwd_tma_kernel" if blocks.tma else "_attn_fwd_kernel"] += 1
     return o, lse
+
+
+def _descriptors(q, k, v, o, blocks):
+    """4-D descriptors: q/o tiles [1, block_m / G, G, BLOCK_D] (the folded rows), k/v tiles
+    [1, block_n, 1, BLOCK_D]. Out-of-range rows and columns read as 0 and are not written."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    g = q.shape[2] // k.shape[2]
+    bd = _block_d(q.shape[-1])
+    qo_box = [1, blocks.block_m // g, g, bd]
+    kv_box = [1, blocks.block_n, 1, bd]
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), box)
+                 for t, box in ((q, qo_box), (k, kv_box), (v, kv_box), (o, qo_box)))
 
 
 def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
@@ -195,7 +257,7 @@ def flash_attention_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(o, lse); ``*_blocks`` are TritonAttentionBlocks.as_list() (bwd ones kept for autograd)."""
     return _flash_fwd(q, k, v, q_segment_ids, kv_segment_ids, causal=causal, window=window,
-                      softcap=softcap, scale=scale, blocks=TritonAttentionBlocks(*fwd_blocks))
+                      softcap=softcap, scale=scale, blocks=TritonAttentionBlocks.from_list(fwd_blocks))
 
 
 @flash_attention_fwd.register_fake
@@ -216,7 +278,7 @@ def flash_attention_bwd(
     """(dq, dk, dv) from the forward's output and lse."""
     return _flash_bwd(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal=causal,
                       window=window, softcap=softcap, scale=scale,
-                      blocks=TritonAttentionBlocks(*bwd_blocks))
+                      blocks=TritonAttentionBlocks.from_list(bwd_blocks))
 
 
 @flash_attention_bwd.register_fake
@@ -247,17 +309,30 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
     """Flash attention (see ``spec.py``); differentiable in q, k, v.
 
     Expects validated arguments (``kernels.torch_ops.attention`` checks them). ``blocks``: one
-    TritonAttentionBlocks for the forward and backward passes; None picks ``default_blocks``.
+    TritonAttentionBlocks for the forward and backward passes, a (forward, backward) pair,
+    None for ``default_blocks``, or "autotune": the forward's fastest ``candidate_blocks`` on
+    these shapes, timed once per problem class (``triton_autotune.py``), default backward.
     """
     d = q.shape[-1]
     if scale is None:
         scale = d ** -0.5
-    if blocks is None:
-        cap = _capability(q)
+    cap = _capability(q)
+    if blocks is None or blocks == "autotune":
         fwd = default_blocks(d, q.dtype, capability=cap)
         bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
-    else:
+        if blocks == "autotune":
+            from .triton_autotune import autotuned_forward_blocks
+
+            fwd = autotuned_forward_blocks(q, k, v, q_segment_ids, kv_segment_ids, causal=bool(causal),
+                                           window=window, softcap=softcap, scale=float(scale))
+    elif isinstance(blocks, TritonAttentionBlocks):
         fwd = bwd = blocks
+    elif (isinstance(blocks, tuple) and len(blocks) == 2
+          and all(isinstance(b, TritonAttentionBlocks) for b in blocks)):
+        fwd, bwd = blocks
+    else:
+        raise TypeError(f"blocks: expected None, 'autotune', a TritonAttentionBlocks or a (forward, "
+                        f"backward) pair of them, got {blocks!r}")
     o, _ = flash_attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, bool(causal), window,
                                softcap, float(scale), fwd.as_list(), bwd.as_list())
     return o
@@ -304,5 +379,24 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                            segments=segments, blocks=pass_blocks)
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
-        out[name] = _aot_kernel(fn, meta, pointer_types, pass_blocks)
+        types = pointer_types
+        if not backward:  # the descriptors: None without tma, else their launch types
+            meta["TMA"] = pass_blocks.tma
+            descs = _aot_descriptor_types(head_dim, dtype, group, pass_blocks)
+            meta.update({n: None for n in descs if not pass_blocks.tma})
+            types = {**pointer_types, **(descs if pass_blocks.tma else {})}
+        out[name] = _aot_kernel(fn, meta, types, pass_blocks)
     return out
+
+
+def _aot_descriptor_types(head_dim, dtype, group, blocks) -> dict:
+    """name -> Triton's signature type of the forward's four descriptors (as ``_descriptors``)."""
+    from triton.runtime.jit import mangle_type
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bd = _block_d(head_dim)
+    t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
+    boxes = dict(Q_DESC=[1, blocks.block_m // group, group, bd], K_DESC=[1, blocks.block_n, 1, bd],
+                 V_DESC=[1, blocks.block_n, 1, bd], O_DESC=[1, blocks.block_m // group, group, bd])
+    return {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box))
+            for n, box in boxes.items()}

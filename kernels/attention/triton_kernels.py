@@ -21,8 +21,12 @@ MQA at batch 1 under-fills a large GPU in the backward.
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .._platform import configure_triton_interpret
+
+configure_triton_interpret()  # before any @triton.jit: the interpreter when there is no GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit
@@ -43,10 +47,11 @@ def _fwd_kv_loop(
     start, stop,  # key range of this loop, start a multiple of BLOCK_N
     Skv, sm_scale, softcap, window,
     offs_n, offs_d, d_ok,
+    K_DESC, V_DESC, off_b, off_kvh,  # TMA: 4-D descriptors over k, v [B, Skv, KVH, D] (else None)
     MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr = False, BLOCK_D: tl.constexpr = 16,
 ):
     for start_n in range(start, stop, BLOCK_N):
         kv_pos = start_n + offs_n  # [BLOCK_N]
@@ -54,7 +59,9 @@ def _fwd_kv_loop(
         kv_row = kv_pos.to(tl.int64)[:, None]
         k_ptrs = K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd  # [BLOCK_N, BLOCK_D]
         v_ptrs = V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd
-        if MASK_POS:
+        if TMA:  # the copy engine zero-fills rows past Skv and columns past HEAD_DIM
+            k = K_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+        elif MASK_POS:
             k = tl.load(k_ptrs, mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
         elif EVEN_D:
             k = tl.load(k_ptrs)
@@ -85,7 +92,9 @@ def _fwd_kv_loop(
         p = tl.math.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if MASK_POS:
+        if TMA:
+            v = V_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+        elif MASK_POS:
             v = tl.load(v_ptrs, mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
         elif EVEN_D:
             v = tl.load(v_ptrs)
@@ -105,6 +114,7 @@ def _attn_fwd_kernel(
     LSE,  # [B * KVH, Sq * G] fp32 out: log2-domain logsumexp per folded row
     QSEG,  # [B, Sq] integer query segment ids (read only with HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (read only with HAS_SEGMENTS)
+    Q_DESC, K_DESC, V_DESC, O_DESC,  # TMA only: 4-D descriptors over q, k, v, o (else None)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -119,8 +129,11 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr,  # causal upper bound (also set when HAS_WINDOW)
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit
+    TMA: tl.constexpr = False,  # sm_90+: q/k/v/o tiles through the tensor memory accelerator
 ):
     start_m = tl.program_id(0)
+    if CAUSAL:  # the longest rows (most keys) first, so the last wave is made of short ones
+        start_m = tl.num_programs(0) - 1 - start_m
     pid_bh = tl.program_id(1)  # b * KVH + kv head
     off_b = pid_bh // KVH
     off_kvh = pid_bh % KVH
@@ -136,9 +149,12 @@ def _attn_fwd_kernel(
     d_ok = offs_d < HEAD_DIM
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
 
-    q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head.to(tl.int64) * stride_qh
-    q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    if TMA:  # folded rows [m0, m0 + BLOCK_M) = positions m0 / G + [0, BLOCK_M / G) x the G heads
+        q = Q_DESC.load([off_b, start_m * (BLOCK_M // GROUP), off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
+    else:
+        q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head.to(tl.int64) * stride_qh
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
     k_base = off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
     v_base = off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
     kvseg_base = off_b.to(tl.int64) * stride_kvsegb
@@ -170,26 +186,33 @@ def _attn_fwd_kernel(
     acc, m_i, l_i = _fwd_kv_loop(
         acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
         stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, lo, mid_lo,
-        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
-        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok, K_DESC, V_DESC, off_b, off_kvh,
+        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION,
+        TMA, BLOCK_D)
     acc, m_i, l_i = _fwd_kv_loop(
         acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
         stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, mid_lo, mid_hi,
-        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
-        False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok, K_DESC, V_DESC, off_b, off_kvh,
+        False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION,
+        TMA, BLOCK_D)
     acc, m_i, l_i = _fwd_kv_loop(
         acc, m_i, l_i, q, q_pos, q_seg, K, V, KVSEG, k_base, v_base, kvseg_base,
         stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, mid_hi, hi,
-        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok,
-        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION)
+        Skv, sm_scale, softcap, window, offs_n, offs_d, d_ok, K_DESC, V_DESC, off_b, off_kvh,
+        True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, EVEN_D, BLOCK_N, DOT_PRECISION,
+        TMA, BLOCK_D)
 
     seen = l_i > 0.0  # rows that saw no key: output 0, lse +inf
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(seen, m_i + tl.math.log2(l_safe), float("inf"))
-    o_rows = off_b.to(tl.int64) * stride_ob + q_idx.to(tl.int64) * stride_os + head.to(tl.int64) * stride_oh
-    tl.store(O + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
+    if TMA:  # the copy engine drops rows past Sq and columns past HEAD_DIM
+        O_DESC.store([off_b, start_m * (BLOCK_M // GROUP), off_kvh * GROUP, 0],
+                     out.to(O_DESC.dtype).reshape(1, BLOCK_M // GROUP, GROUP, BLOCK_D))
+    else:
+        o_rows = off_b.to(tl.int64) * stride_ob + q_idx.to(tl.int64) * stride_os + head.to(tl.int64) * stride_oh
+        tl.store(O + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * n_rows + rows, lse, mask=row_ok)
 
 

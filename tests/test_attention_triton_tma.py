@@ -1,0 +1,76 @@
+"""The TMA forward (``TritonAttentionBlocks(tma=True)``) and ``blocks="autotune"``, on CPU.
+
+The interpreter runs tensor-descriptor loads and stores with the copy engine's semantics
+(zero fill past the edges, clipped stores), so the folded-row tiles [1, block_m / G, G, D],
+the edge blocks and head_dim 80 (a 128-wide box) are checked here against float64, forward
+and the backward that reads the TMA forward's log-sum-exp. The hardware path (sm_90) is
+checked compiled in ``test_triton_aot.py`` and on a GPU by ``test_attention_gpu.py``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.attention import triton_attention, triton_autotune
+from kernels.attention.triton_attention import TritonAttentionBlocks, attention_triton
+from test_attention_triton import CASES, Case, _check_against_reference, _inputs, _run
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+TMA = TritonAttentionBlocks(32, 32, 4, 1, tma=True)
+POINTER = TritonAttentionBlocks(32, 32, 4, 1)
+# MQA/GQA/MHA, length 1, Sq > Skv, odd lengths, head_dim 80 and 256, window, softcap, segments
+TMA_CASES = [CASES[i] for i in (0, 2, 3, 6, 7, 8, 9)] + [Case(2, 33, 70, 8, 1, 64, causal=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", TMA_CASES, ids=[c.id for c in TMA_CASES])
+def test_tma_forward_matches_reference_and_pointer_kernel(rng, case, dtype):
+    tensors, do, kwargs = _inputs(rng, case)
+    before = triton_attention.LAUNCHES["_attn_fwd_tma_kernel"]
+    got, _ = _check_against_reference(tensors, do, dtype, kwargs, blocks=(TMA, POINTER))
+    assert triton_attention.LAUNCHES["_attn_fwd_tma_kernel"] == before + 1
+    pointer = _run(attention_triton, tensors, do, dtype, blocks=POINTER, **kwargs)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, pointer):  # same tiles, same math
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_tma_refuses_what_a_descriptor_cannot_address(rng):
+    tensors, _, kwargs = _inputs(rng, Case(1, 9, 9, 3, 1, 64))  # G = 3: not a power of two
+    with pytest.raises(ValueError, match=r"blocks: tma=True .* group size 3"):
+        attention_triton(*(t.float() for t in tensors), blocks=TMA, **kwargs)
+    tensors, _, kwargs = _inputs(rng, Case(1, 9, 9, 2, 1, 64))
+    q, k, v = (t.float() for t in tensors)
+    wide = torch.zeros(*q.shape[:-1], 65)
+    wide[..., :64] = q
+    with pytest.raises(ValueError, match=r"q's base and strides must be 16-byte aligned"):
+        attention_triton(wide[..., :64], k, v, blocks=TMA, **kwargs)
+    with pytest.raises(ValueError, match="unit head_dim stride"):
+        attention_triton(q, k.transpose(1, 3).contiguous().transpose(1, 3), v, blocks=TMA, **kwargs)
+
+
+def test_blocks_argument_checked(rng):
+    tensors, _, kwargs = _inputs(rng, Case(1, 5, 5, 2, 1, 16))
+    with pytest.raises(TypeError, match="blocks: expected None, 'autotune'"):
+        attention_triton(*(t.float() for t in tensors), blocks="fastest", **kwargs)
+    with pytest.raises(ValueError, match="tma=1 must be a bool"):
+        TritonAttentionBlocks(32, 32, 4, 1, tma=1)
+
+
+def test_autotune_times_candidates_once_per_problem_class(rng):
+    case = Case(1, 40, 40, 4, 1, 64, causal=True)
+    tensors, do, kwargs = _inputs(rng, case)
+    triton_autotune.TUNING.clear()
+    got, _ = _check_against_reference(tensors, do, torch.float32, kwargs, blocks="autotune")
+    (entry,) = triton_autotune.TUNING.values()
+    assert [b.tma for b, _, _ in entry["times_ms"]] == [False, True]
+    assert all(ms is not None and ms > 0 for _, ms, _ in entry["times_ms"])
+    record = triton_autotune.tuning_record(tensors[0].float(), tensors[1].float(), causal=True)
+    assert record["pick"] in [c["blocks"] for c in record["candidates"]]
+    before = dict(triton_attention.LAUNCHES)
+    q, k, v = (t.float() for t in tensors)
+    again = attention_triton(q, k, v, blocks="autotune", **kwargs)  # same class: no timing
+    launched = sum(triton_attention.LAUNCHES[n] - before.get(n, 0)
+                   for n in ("_attn_fwd_kernel", "_attn_fwd_tma_kernel"))
+    assert launched == 1 and len(triton_autotune.TUNING) == 1
+    torch.testing.assert_close(again, got[0], rtol=0, atol=0)
