@@ -53,7 +53,9 @@ def measured_table(d: dict) -> str:
              f"jax {ver.get('jax')}",
              f"- measured ceilings: copy {d['ceilings']['copy_gbps']:.1f} GB/s, "
              f"{d['ceilings']['matmul_dtype']} matmul {d['ceilings']['matmul_tflops']:.2f} TFLOP/s",
-             *[f"- note: {n}" for n in d.get("notes", [])], "",
+             *[f"- note: {n}" for n in d.get("notes", [])],
+             *(["- note: **incomplete run**: the runner stopped after the suites below (the file "
+                "is rewritten after each suite)"] if d.get("complete") is False else []), "",
              "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | rate | % meas. ceiling | % datasheet | vs peer | max err |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["records"]:

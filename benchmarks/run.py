@@ -102,6 +102,26 @@ def main(cfg) -> None:
 
         sampler = NvmlSampler(interval_s=bcfg.telemetry_interval_s)
     records = []
+    path = results_path(cfg.out_dir, device.name)
+
+    def payload(complete: bool) -> dict:
+        interpreted = any(r.get("mode") == "interpret" for r in records)
+        return {
+            "schema": "gemini-kernels-bench/1",
+            "created_utc": started,
+            "complete": complete,  # False: the run stopped (or is still going) after the last suite here
+            "device": device.to_dict(),
+            "commit": git_commit(),
+            "versions": library_versions(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "ceilings": ceilings,
+            "telemetry": sampler.summary() if hasattr(sampler, "summary") else None,
+            "telemetry_samples": getattr(sampler, "samples", None),
+            "notes": (([INTERPRET_NOTE] if interpreted else [])
+                      + ([CPU_CACHE_NOTE] if device.kind == "cpu" else [])),
+            "records": records,
+        }
+
     with sampler:
         suites = [(cls, scfg) for cls, scfg in (
             (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
@@ -116,21 +136,10 @@ def main(cfg) -> None:
             share = None if deadline is None else (
                 time.monotonic() + (deadline - time.monotonic()) * sizes[i] / max(1, sum(sizes[i:])))
             records += run_suite(suite, ceilings, device, share)
+            if i + 1 < len(built):  # a run killed later (a device call's time limit) keeps these
+                write_json_atomic(path, payload(complete=False))
+    write_json_atomic(path, payload(complete=True))
     interpreted = any(r.get("mode") == "interpret" for r in records)
-    payload = {
-        "schema": "gemini-kernels-bench/1",
-        "created_utc": started,
-        "device": device.to_dict(),
-        "commit": git_commit(),
-        "versions": library_versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "ceilings": ceilings,
-        "telemetry": sampler.summary() if hasattr(sampler, "summary") else None,
-        "telemetry_samples": getattr(sampler, "samples", None),
-        "notes": ([INTERPRET_NOTE] if interpreted else []) + ([CPU_CACHE_NOTE] if device.kind == "cpu" else []),
-        "records": records,
-    }
-    path = write_json_atomic(results_path(cfg.out_dir, device.name), payload)
     print(summary_table(records))
     if interpreted:
         print("\n" + INTERPRET_NOTE)
