@@ -31,6 +31,7 @@ def test_runner_writes_results_with_provenance(tmp_path):
     for key in ("device", "commit", "versions", "config", "ceilings", "records"):
         assert key in data, key
     assert data["versions"]["torch"] and data["versions"]["jax"]
+    assert data["complete"] is True  # rewritten after each suite; True once the last one ended
     assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"] > 0
     recs = {(r["framework"], r["impl"], r["config"]["direction"]): r for r in data["records"]}
     assert len(recs) == 12  # 2 directions x (3 torch + 3 jax impls)
@@ -52,6 +53,13 @@ def test_runner_writes_results_with_provenance(tmp_path):
     assert "(modeled)" in text and "H100 SXM" in text  # chips not measured get modeled bounds
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
         "cross-hardware.png", "roofline-0.png", "throughput-0.png"]
+    assert "incomplete run" not in text
+
+    from benchmarks.report import load, measured_table
+
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps({**data, "complete": False}))
+    assert "**incomplete run**" in measured_table(load(str(cut)))
 
 
 def test_report_refuses_results_without_provenance(tmp_path):
