@@ -68,10 +68,13 @@ def _fwd_kv_loop(
         else:
             k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N] fp32
+        # log2-domain scores are s * qk_scale; without softcap the scale is folded into the
+        # row max and the exponent (one FFMA per score instead of a multiply and a subtract)
         if HAS_SOFTCAP:
             s = _tanh(s * (sm_scale / softcap)) * (softcap * 1.4426950408889634)
+            qk_scale = 1.0
         else:
-            s = s * (sm_scale * 1.4426950408889634)
+            qk_scale = sm_scale * 1.4426950408889634
         if MASK_POS:
             ok = kv_ok[None, :]
             if CAUSAL:
@@ -85,11 +88,11 @@ def _fwd_kv_loop(
             else:
                 kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs)
             s = tl.where(q_seg[:, None] == kv_seg[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # qk_scale > 0: max commutes with it
         # A row that has seen no key yet has m_new = -inf: subtract 0 instead (no -inf - -inf).
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
+        p = tl.math.exp2(s * qk_scale - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if TMA:
