@@ -56,7 +56,7 @@ TMA_CASES = [(c, "tma") for c in CASES] + [(CASES[0], "autotune")]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case,blocks", TMA_CASES, ids=[f"{c[0]}-{b}" for c, b in TMA_CASES])
 def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
-    """The sm_90 TMA forward (copy-engine tiles) and the autotuned pick, with the default backward."""
+    """TMA tiles (copy engine) in the forward and backward passes; the autotuned forward pick."""
     import dataclasses
 
     from kernels.attention import triton_attention as ta
@@ -69,14 +69,15 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
     d = shape[-1]
     if blocks == "tma":
         cap = torch.cuda.get_device_capability()
-        blocks = (dataclasses.replace(ta.default_blocks(d, dtype, capability=cap), tma=True),
-                  ta.default_blocks(d, dtype, backward=True, capability=cap))
-    launched = ta.LAUNCHES["_attn_fwd_tma_kernel"]
+        blocks = tuple(dataclasses.replace(ta.default_blocks(d, dtype, backward=bwd, capability=cap),
+                                           tma=True) for bwd in (False, True))
+    launched = ta.LAUNCHES["_attn_fwd_tma_kernel"], ta.LAUNCHES["_attn_bwd_dq_tma_kernel"]
     got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.cuda(), b.cuda(), c.cuda(),
                                                                   blocks=blocks, **flags),
                               q, k, v, do, dtype)
     if blocks != "autotune":
-        assert ta.LAUNCHES["_attn_fwd_tma_kernel"] > launched
+        assert ta.LAUNCHES["_attn_fwd_tma_kernel"] > launched[0]
+        assert ta.LAUNCHES["_attn_bwd_dq_tma_kernel"] > launched[1]
     for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
         assert_close(g, t, b, dtype, f"triton {blocks} {name}")
 

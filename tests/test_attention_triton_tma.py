@@ -2,8 +2,8 @@
 
 The interpreter runs tensor-descriptor loads and stores with the copy engine's semantics
 (zero fill past the edges, clipped stores), so the folded-row tiles [1, block_m / G, G, D],
-the edge blocks and head_dim 80 (a 128-wide box) are checked here against float64, forward
-and the backward that reads the TMA forward's log-sum-exp. The hardware path (sm_90) is
+the edge blocks and head_dim 80 (a 128-wide box) are checked here against float64, in the
+forward and in both backward passes (TMA q/dO tiles in dk/dv, k/v tiles in dq). The hardware path (sm_90) is
 checked compiled in ``test_triton_aot.py`` and on a GPU by ``test_attention_gpu.py``.
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ TMA_CASES = [CASES[i] for i in (0, 2, 3, 6, 7, 8, 9)] + [Case(2, 33, 70, 8, 1, 6
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", TMA_CASES, ids=[c.id for c in TMA_CASES])
-def test_tma_forward_matches_reference_and_pointer_kernel(rng, case, dtype):
+def test_tma_passes_match_reference_and_pointer_kernels(rng, case, dtype):
     tensors, do, kwargs = _inputs(rng, case)
-    before = triton_attention.LAUNCHES["_attn_fwd_tma_kernel"]
-    got, _ = _check_against_reference(tensors, do, dtype, kwargs, blocks=(TMA, POINTER))
-    assert triton_attention.LAUNCHES["_attn_fwd_tma_kernel"] == before + 1
+    names = ("_attn_fwd_tma_kernel", "_attn_bwd_dkdv_tma_kernel", "_attn_bwd_dq_tma_kernel")
+    before = [triton_attention.LAUNCHES[n] for n in names]
+    got, _ = _check_against_reference(tensors, do, dtype, kwargs, blocks=TMA)
+    assert [triton_attention.LAUNCHES[n] for n in names] == [b + 1 for b in before]
     pointer = _run(attention_triton, tensors, do, dtype, blocks=POINTER, **kwargs)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, pointer):  # same tiles, same math
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
@@ -43,10 +44,22 @@ def test_tma_refuses_what_a_descriptor_cannot_address(rng):
     q, k, v = (t.float() for t in tensors)
     wide = torch.zeros(*q.shape[:-1], 65)
     wide[..., :64] = q
-    with pytest.raises(ValueError, match=r"q's base and strides must be 16-byte aligned"):
+    with pytest.raises(ValueError, match=r"q's base and strides must be positive and 16-byte aligned"):
         attention_triton(wide[..., :64], k, v, blocks=TMA, **kwargs)
     with pytest.raises(ValueError, match="unit head_dim stride"):
         attention_triton(q, k.transpose(1, 3).contiguous().transpose(1, 3), v, blocks=TMA, **kwargs)
+
+
+def test_tma_backward_takes_a_strided_output_gradient(rng):
+    """out.sum() gives an expanded dO (stride 0): the launcher copies it for the descriptors."""
+    tensors, _, kwargs = _inputs(rng, Case(1, 20, 30, 4, 2, 64, causal=True))
+    grads = []
+    for blocks in (TMA, POINTER):
+        leaves = [t.float().requires_grad_() for t in tensors]
+        attention_triton(*leaves, blocks=blocks, **kwargs).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, a, b in zip(("dq", "dk", "dv"), *grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def test_blocks_argument_checked(rng):

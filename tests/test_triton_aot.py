@@ -41,13 +41,16 @@ SWEEP += [("attention causal hd256 bf16", 80, ["_attn_fwd_kernel"]),
           ("attention causal hd64 fp16", 80, ["_attn_fwd_kernel"])]
 SWEEP_JOBS = sweep_jobs(SWEEP)
 
-# The TMA forward (sm_90): tiles through tensor descriptors, so 128x128 fits without spills
-# (the pointer kernel spills there). (head_dim, dtype, block_m, block_n, warps, stages, features)
+# TMA tiles (sm_90) through tensor descriptors: the forward fits 128x128 without spills (the
+# pointer kernel spills there); the backward passes at their default 64x64 tiles.
+# job -> (kernels, head_dim, dtype, block_m, block_n, warps, stages, features)
+FWD, BWD = ["_attn_fwd_kernel"], ["_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]
 TMA_JOBS = {
-    "sm90-fwd-tma-bf16-128x64": (128, "bf16", 128, 64, 8, 3, {}),
-    "sm90-fwd-tma-bf16-128x128": (128, "bf16", 128, 128, 8, 2, {}),
-    "sm90-fwd-tma-fp16-d80-all-features": (80, "fp16", 128, 64, 8, 3,
+    "sm90-fwd-tma-bf16-128x64": (FWD, 128, "bf16", 128, 64, 8, 3, {}),
+    "sm90-fwd-tma-bf16-128x128": (FWD, 128, "bf16", 128, 128, 8, 2, {}),
+    "sm90-fwd-tma-fp16-d80-all-features": (FWD, 80, "fp16", 128, 64, 8, 3,
                                            dict(window=128, softcap=30.0, segments=True)),
+    "sm90-bwd-tma-bf16-64x64": (BWD, 128, "bf16", 64, 64, 8, 2, {}),
 }
 
 
@@ -63,8 +66,8 @@ def aot_report(tmp_path_factory):
                       "kwargs": {"causal": True, **features, "blocks": {
                           "__dataclass__": blocks, "block_m": bm, "block_n": bn, "num_warps": w,
                           "num_stages": st, "tma": True}},
-                      "cap": 90, "kernels": ["_attn_fwd_kernel"]}
-                for job, (head_dim, dt, bm, bn, w, st, features) in TMA_JOBS.items()}
+                      "cap": 90, "kernels": kernels}
+                for job, (kernels, head_dim, dt, bm, bn, w, st, features) in TMA_JOBS.items()}
     return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs}, tmp_path_factory.mktemp("aot"))
 
 
@@ -88,10 +91,12 @@ def test_default_configs_across_dtypes_and_head_dims_without_spills(aot_report, 
 
 
 @pytest.mark.parametrize("job", list(TMA_JOBS))
-def test_tma_forward_compiles_to_tensor_copies_and_wgmma(aot_report, job):
-    report = aot_report[job]["_attn_fwd_kernel"]
-    assert_compiled_clean(report, job, cap=90, wgmma=True)
-    if report["sass_mix"] is not None:
-        assert report["sass_mix"]["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"
-        if not TMA_JOBS[job][-1].get("segments"):  # segment ids stay pointer loads
-            assert report["sass_mix"]["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left in SASS"
+def test_tma_passes_compile_to_tensor_copies_and_wgmma(aot_report, job):
+    for name in TMA_JOBS[job][0]:
+        report = aot_report[job][name]
+        assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
+        if report["sass_mix"] is not None:
+            assert report["sass_mix"]["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"
+            # segment ids, and the backward's lse/delta rows, stay pointer loads
+            if name == "_attn_fwd_kernel" and not TMA_JOBS[job][-1].get("segments"):
+                assert report["sass_mix"]["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left"

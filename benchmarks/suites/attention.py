@@ -94,9 +94,9 @@ def torch_impl(name: str, device_kind: str):
             cap = ta._capability(q)
             if cap is not None and cap[0] < 9:
                 raise Skip(f"triton-tma needs sm_90 or later, got sm_{cap[0]}{cap[1]}")
-            fwd = ta.default_blocks(q.shape[-1], q.dtype, capability=cap)
-            return dataclasses.replace(fwd, tma=True), ta.default_blocks(
-                q.shape[-1], q.dtype, backward=True, capability=cap)
+            return tuple(dataclasses.replace(ta.default_blocks(q.shape[-1], q.dtype, backward=bwd,
+                                                               capability=cap), tma=True)
+                         for bwd in (False, True))
 
         return (lambda q, k, v, causal: ta.attention_triton(q, k, v, causal=causal,
                                                             blocks=blocks_for(q))), mode

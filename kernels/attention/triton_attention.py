@@ -35,9 +35,10 @@ LAUNCHES: collections.Counter = collections.Counter()  # kernel name -> launches
 class TritonAttentionBlocks:
     """Tile sizes of one pass: block_m folded q rows x block_n keys, plus launch options.
 
-    ``tma`` (forward only; sm_90+): q, k, v and o tiles move through 4-D tensor descriptors
-    (the tensor memory accelerator) instead of pointer tensors, which frees the registers
-    pointer arithmetic and masks take; it needs the shapes ``tma_problem`` accepts. (Triton
+    ``tma`` (sm_90+): the tiles streamed in the inner loops (k/v in the forward and dq
+    passes, q/dO in the dk/dv pass; plus q and o in the forward) move through 4-D tensor
+    descriptors (the tensor memory accelerator) instead of pointer tensors, which frees the
+    registers pointer arithmetic and masks take; it needs the shapes ``tma_problem`` accepts. (Triton
     3.6's automatic warp specialization changes nothing on sm_90, so it is not offered.)
     """
 
@@ -73,9 +74,17 @@ def tma_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: Trito
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             return f"{name} must have a unit head_dim stride, got strides {tuple(t.stride())}"
-        if t.data_ptr() % 16 or any(s * t.element_size() % 16 for s in t.stride()[:-1]):
-            return f"{name}'s base and strides must be 16-byte aligned, got strides {tuple(t.stride())}"
+        strides = _tma_strides(t)[:-1]
+        if t.data_ptr() % 16 or any(s <= 0 or s * t.element_size() % 16 for s in strides):
+            return (f"{name}'s base and strides must be positive and 16-byte aligned, got strides "
+                    f"{tuple(t.stride())}")
     return None
+
+
+def _tma_strides(t: torch.Tensor) -> list:
+    """t's strides for a descriptor: a size-1 dim is never stepped, so any aligned stride does
+    (torch gives such dims arbitrary strides, 0 after an expand)."""
+    return [s if n > 1 else 16 // t.element_size() for n, s in zip(t.shape, t.stride())]
 
 
 def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
@@ -124,6 +133,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
     elif backward:
         more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
                 TritonAttentionBlocks(128, 64, 8, 2)]
+        if capability[0] >= 9:  # larger TMA tiles spill in the dk/dv pass: only the default's
+            more = [dataclasses.replace(base, tma=True), *more[:2]]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -208,7 +219,7 @@ def _descriptors(q, k, v, o, blocks):
     bd = _block_d(q.shape[-1])
     qo_box = [1, blocks.block_m // g, g, bd]
     kv_box = [1, blocks.block_n, 1, bd]
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), box)
+    return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box)
                  for t, box in ((q, qo_box), (k, kv_box), (v, kv_box), (o, qo_box)))
 
 
@@ -227,22 +238,33 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     scalars = (sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale))
     launch = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     rows_grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
+    qdo_descs = kv_descs = (None, None)
+    if blocks.tma:
+        why = tma_problem(q, k, v, blocks)
+        if why is not None:
+            raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
+        if tma_problem(do, k, v, blocks) is not None:  # autograd's dO may be strided: copy it
+            do = do.contiguous()
+        q_d, k_d, v_d, do_d = _descriptors(q, k, v, do, blocks)
+        qdo_descs, kv_descs = (q_d, do_d), (k_d, v_d)
+        meta = {**meta, "TMA": True}
 
     triton_kernels._attn_bwd_preprocess_kernel[rows_grid](
         o, do, delta, *o.stride(), *do.stride(), sq, kvh,
         GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
     )
     triton_kernels._attn_bwd_dkdv_kernel[(triton.cdiv(skv, blocks.block_n), b * kvh)](
-        q, k, v, do, dk, dv, lse, delta, qs, ks,
+        q, k, v, do, dk, dv, lse, delta, qs, ks, *qdo_descs,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
         *seg_strides, *scalars, **meta, **launch,
     )
     triton_kernels._attn_bwd_dq_kernel[rows_grid](
-        q, k, v, do, dq, lse, delta, qs, ks,
+        q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
         *seg_strides, *scalars, **meta, **launch,
     )
-    LAUNCHES.update(("_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"))
+    tma = "_tma" if blocks.tma else ""
+    LAUNCHES.update(("_attn_bwd_preprocess_kernel", f"_attn_bwd_dkdv{tma}_kernel", f"_attn_bwd_dq{tma}_kernel"))
     return dq, dk, dv
 
 
@@ -380,9 +402,10 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         types = pointer_types
-        if not backward:  # the descriptors: None without tma, else their launch types
+        if "TMA" in fn.arg_names:  # the descriptors: None without tma, else their launch types
             meta["TMA"] = pass_blocks.tma
-            descs = _aot_descriptor_types(head_dim, dtype, group, pass_blocks)
+            descs = {n: t for n, t in _aot_descriptor_types(head_dim, dtype, group, pass_blocks).items()
+                     if n in fn.arg_names}
             meta.update({n: None for n in descs if not pass_blocks.tma})
             types = {**pointer_types, **(descs if pass_blocks.tma else {})}
         out[name] = _aot_kernel(fn, meta, types, pass_blocks)
@@ -396,7 +419,8 @@ def _aot_descriptor_types(head_dim, dtype, group, blocks) -> dict:
 
     bd = _block_d(head_dim)
     t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
-    boxes = dict(Q_DESC=[1, blocks.block_m // group, group, bd], K_DESC=[1, blocks.block_n, 1, bd],
-                 V_DESC=[1, blocks.block_n, 1, bd], O_DESC=[1, blocks.block_m // group, group, bd])
+    qo_box = [1, blocks.block_m // group, group, bd]
+    boxes = dict(Q_DESC=qo_box, K_DESC=[1, blocks.block_n, 1, bd], V_DESC=[1, blocks.block_n, 1, bd],
+                 O_DESC=qo_box, DO_DESC=qo_box)
     return {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box))
             for n, box in boxes.items()}

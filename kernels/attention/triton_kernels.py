@@ -259,6 +259,7 @@ def _attn_bwd_dkdv_kernel(
     DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    Q_DESC, DO_DESC,  # TMA only: 4-D descriptors over q and dO (else None)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -273,6 +274,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,  # keys per program
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TMA: tl.constexpr = False,  # sm_90+: q and dO tiles through the tensor memory accelerator
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over ALL folded q rows of the
     # group, so dk/dv sum over the G query heads in registers (no atomics, deterministic).
@@ -313,20 +315,23 @@ def _attn_bwd_dkdv_kernel(
         row_ok = rows < n_rows
         q_idx = rows // GROUP
         head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
-        q_mask = row_ok[:, None] & d_ok[None, :]
-        q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
-        do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
-        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
-        do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        if TMA:  # start_m is a multiple of BLOCK_M, so of G: whole positions
+            q = Q_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
+            do = DO_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
+        else:
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
+            do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
+            q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
+            do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M] = s^T
         if HAS_SOFTCAP:
             t = _tanh(st * (sm_scale / softcap))
-            st = t * (softcap * 1.4426950408889634)
-        else:
-            st = st * (sm_scale * 1.4426950408889634)
-        pt = tl.math.exp2(st - lse[None, :])
+            pt = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[None, :])
+        else:  # the scale folded into the exponent: one FFMA per score
+            pt = tl.math.exp2(st * (sm_scale * 1.4426950408889634) - lse[None, :])
         ok = kv_ok[:, None]
         q_pos = q_idx + shift
         if CAUSAL:
@@ -361,6 +366,7 @@ def _attn_bwd_dq_kernel(
     DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    K_DESC, V_DESC,  # TMA only: 4-D descriptors over k and v (else None)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -374,6 +380,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,  # keys per inner step
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TMA: tl.constexpr = False,  # sm_90+: k and v tiles through the tensor memory accelerator
 ):
     start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -417,17 +424,20 @@ def _attn_bwd_dq_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         kv_pos = start_n + offs_n
         kv_ok = kv_pos < Skv
-        kv_row = kv_pos.to(tl.int64)[:, None]
-        kv_mask = kv_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-        v = tl.load(V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        if TMA:  # the copy engine zero-fills rows past Skv and columns past HEAD_DIM
+            k = K_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = V_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+        else:
+            kv_row = kv_pos.to(tl.int64)[:, None]
+            kv_mask = kv_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         if HAS_SOFTCAP:
             t = _tanh(s * (sm_scale / softcap))
-            s = t * (softcap * 1.4426950408889634)
-        else:
-            s = s * (sm_scale * 1.4426950408889634)
-        p = tl.math.exp2(s - lse[:, None])
+            p = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[:, None])
+        else:  # the scale folded into the exponent: one FFMA per score
+            p = tl.math.exp2(s * (sm_scale * 1.4426950408889634) - lse[:, None])
         ok = kv_ok[None, :]
         if CAUSAL:
             ok = ok & (kv_pos[None, :] <= q_pos[:, None])
