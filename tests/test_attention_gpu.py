@@ -57,8 +57,6 @@ TMA_CASES = [(c, "tma") for c in CASES] + [(CASES[0], "autotune")]
 @pytest.mark.parametrize("case,blocks", TMA_CASES, ids=[f"{c[0]}-{b}" for c, b in TMA_CASES])
 def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
     """TMA tiles (copy engine) in the forward and backward passes; the autotuned forward pick."""
-    import dataclasses
-
     from kernels.attention import triton_attention as ta
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -69,8 +67,8 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
     d = shape[-1]
     if blocks == "tma":
         cap = torch.cuda.get_device_capability()
-        blocks = tuple(dataclasses.replace(ta.default_blocks(d, dtype, backward=bwd, capability=cap),
-                                           tma=True) for bwd in (False, True))
+        blocks = tuple(ta.tma_blocks(ta.default_blocks(d, dtype, backward=bwd, capability=cap),
+                                     backward=bwd) for bwd in (False, True))
     launched = ta.LAUNCHES["_attn_fwd_tma_kernel"], ta.LAUNCHES["_attn_bwd_dq_tma_kernel"]
     got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.cuda(), b.cuda(), c.cuda(),
                                                                   blocks=blocks, **flags),

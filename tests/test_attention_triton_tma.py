@@ -62,6 +62,16 @@ def test_tma_backward_takes_a_strided_output_gradient(rng):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_tma_backward_refuses_the_pipeline_depth_ptxas_crashes_on(rng):
+    tensors, do, kwargs = _inputs(rng, Case(1, 9, 9, 2, 1, 64))
+    leaves = [t.float().requires_grad_() for t in tensors]
+    out = attention_triton(*leaves, blocks=TritonAttentionBlocks(32, 32, 4, 2, tma=True), **kwargs)
+    with pytest.raises(ValueError, match="blocks: the TMA backward cannot use num_stages=2"):
+        out.backward(do.float())
+    assert triton_attention.tma_blocks(TritonAttentionBlocks(64, 64, 8, 2), backward=True) == \
+        TritonAttentionBlocks(64, 64, 8, 3, tma=True)
+
+
 def test_blocks_argument_checked(rng):
     tensors, _, kwargs = _inputs(rng, Case(1, 5, 5, 2, 1, 16))
     with pytest.raises(TypeError, match="blocks: expected None, 'autotune'"):

@@ -50,7 +50,11 @@ TMA_JOBS = {
     "sm90-fwd-tma-bf16-128x128": (FWD, 128, "bf16", 128, 128, 8, 2, {}),
     "sm90-fwd-tma-fp16-d80-all-features": (FWD, 80, "fp16", 128, 64, 8, 3,
                                            dict(window=128, softcap=30.0, segments=True)),
-    "sm90-bwd-tma-bf16-64x64": (BWD, 128, "bf16", 64, 64, 8, 2, {}),
+    "sm90-bwd-tma-bf16-64x64": (BWD, 128, "bf16", 64, 64, 8, 3, {}),  # tma_blocks: 2 -> 3 stages
+    # with softcap the TMA dK/dV pass spills 4-8 B at 255 registers (its tanh tile stays live;
+    # the pointer pass sits at 254-255 without spilling): window + segments only here
+    "sm90-bwd-tma-fp16-d80-window-segments": (BWD, 80, "fp16", 64, 64, 8, 3,
+                                              dict(window=128, segments=True)),
 }
 
 

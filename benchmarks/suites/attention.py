@@ -81,9 +81,7 @@ def torch_impl(name: str, device_kind: str):
     if name == "triton":
         mode = "interpret" if _platform.triton_interpreting() else "compiled"
         return (lambda q, k, v, causal: torch_ops.attention(q, k, v, causal=causal, impl="triton")), mode
-    if name in ("triton-tma", "triton-autotune"):  # the same op with other forward blocks
-        import dataclasses
-
+    if name in ("triton-tma", "triton-autotune"):  # the same op with other blocks
         from kernels.attention import triton_attention as ta
 
         mode = "interpret" if _platform.triton_interpreting() else "compiled"
@@ -94,8 +92,8 @@ def torch_impl(name: str, device_kind: str):
             cap = ta._capability(q)
             if cap is not None and cap[0] < 9:
                 raise Skip(f"triton-tma needs sm_90 or later, got sm_{cap[0]}{cap[1]}")
-            return tuple(dataclasses.replace(ta.default_blocks(q.shape[-1], q.dtype, backward=bwd,
-                                                               capability=cap), tma=True)
+            return tuple(ta.tma_blocks(ta.default_blocks(q.shape[-1], q.dtype, backward=bwd,
+                                                         capability=cap), backward=bwd)
                          for bwd in (False, True))
 
         return (lambda q, k, v, causal: ta.attention_triton(q, k, v, causal=causal,

@@ -104,8 +104,8 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
             return TritonAttentionBlocks(32, 16, 8, 2)
         return TritonAttentionBlocks(32, 32, 8, 2)  # sm_80: 32x16 spilled at head_dim 80-128
     if backward:
-        if head_dim <= 64:
-            return TritonAttentionBlocks(64, 64, 4, 2)
+        if head_dim <= 64:  # sm_80: 64 keys x 64 rows spilled 12 B in the dk/dv pass
+            return TritonAttentionBlocks(64, 64, 4, 2) if capability[0] >= 9 else TritonAttentionBlocks(64, 32, 4, 2)
         if head_dim <= 128:
             return TritonAttentionBlocks(64, 64, 8, 2)
         return TritonAttentionBlocks(32, 32, 8, 1)  # dk, dv and k, v of 256 columns: small tiles
@@ -122,6 +122,13 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     return TritonAttentionBlocks(64, 32, 8, 2)
 
 
+def tma_blocks(blocks: TritonAttentionBlocks, *, backward: bool = False) -> TritonAttentionBlocks:
+    """``blocks`` with TMA tiles. The backward takes a 3-stage pipeline where ``blocks`` has
+    2: Triton 3.6's ptxas crashes (SIGSEGV) compiling the TMA dQ pass with 2 stages."""
+    stages = 3 if backward and blocks.num_stages == 2 else blocks.num_stages
+    return dataclasses.replace(blocks, tma=True, num_stages=stages)
+
+
 def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
                      capability: tuple = (9, 0)) -> list[TritonAttentionBlocks]:
     """Autotuning candidates for one pass on a GPU: ``default_blocks`` first, then a few
@@ -134,7 +141,7 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
         more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
                 TritonAttentionBlocks(128, 64, 8, 2)]
         if capability[0] >= 9:  # larger TMA tiles spill in the dk/dv pass: only the default's
-            more = [dataclasses.replace(base, tma=True), *more[:2]]
+            more = [tma_blocks(base, backward=True), *more[:2]]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -240,6 +247,9 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     rows_grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
     qdo_descs = kv_descs = (None, None)
     if blocks.tma:
+        if blocks.num_stages == 2:
+            raise ValueError(f"blocks: the TMA backward cannot use num_stages=2 (Triton 3.6's ptxas "
+                             f"crashes on its dQ pass); use 1 or 3 (tma_blocks does), got {blocks}")
         why = tma_problem(q, k, v, blocks)
         if why is not None:
             raise ValueError(f"blocks: tma=True cannot run this problem: {why}")

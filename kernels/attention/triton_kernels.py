@@ -36,6 +36,17 @@ def _tanh(x):
 
 
 @triton.jit
+def _visible(q_pos, kv_pos, kv_ok, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Which (query, key) pairs the position masks keep; arguments broadcast to the score tile."""
+    ok = kv_ok
+    if CAUSAL:
+        ok = ok & (kv_pos <= q_pos)
+    if HAS_WINDOW:
+        ok = ok & (kv_pos > q_pos - window)
+    return ok
+
+
+@triton.jit
 def _fwd_kv_loop(
     acc, m_i, l_i,  # running state: [BLOCK_M, BLOCK_D] fp32, [BLOCK_M] fp32 (log2 domain), [BLOCK_M] fp32
     q,  # [BLOCK_M, BLOCK_D] query tile (input dtype)
@@ -76,11 +87,7 @@ def _fwd_kv_loop(
         else:
             qk_scale = sm_scale * 1.4426950408889634
         if MASK_POS:
-            ok = kv_ok[None, :]
-            if CAUSAL:
-                ok = ok & (kv_pos[None, :] <= q_pos[:, None])
-            if HAS_WINDOW:
-                ok = ok & (kv_pos[None, :] > q_pos[:, None] - window)
+            ok = _visible(q_pos[:, None], kv_pos[None, :], kv_ok[None, :], window, CAUSAL, HAS_WINDOW)
             s = tl.where(ok, s, float("-inf"))
         if HAS_SEGMENTS:
             if MASK_POS:
@@ -248,6 +255,59 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _bwd_dkdv_loop(
+    dk, dv,  # [BLOCK_N, BLOCK_D] fp32 accumulators of this key block
+    k, v,  # [BLOCK_N, BLOCK_D] this program's keys and values
+    kv_pos, kv_ok, kv_seg,  # [BLOCK_N] key positions, in-range flags, segment ids
+    Q, DO, LSE, DELTA, QSEG, Q_DESC, DO_DESC, row_base,
+    off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
+    stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
+    window, offs_d, d_ok,
+    start, stop,  # folded rows of this loop, start a multiple of BLOCK_M
+    MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+):
+    for start_m in range(start, stop, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        q_idx = rows // GROUP
+        head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+        if TMA:  # start_m is a multiple of BLOCK_M, so of G: whole positions
+            q = Q_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
+            do = DO_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
+        else:
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
+            do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
+            q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
+            do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M] = s^T
+        if HAS_SOFTCAP:
+            t = _tanh(st * (sm_scale / softcap))
+            pt = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[None, :])
+        else:  # the scale folded into the exponent: one FFMA per score
+            pt = tl.math.exp2(st * (sm_scale * 1.4426950408889634) - lse[None, :])
+        if MASK_POS:  # transposed tile: keys are rows
+            q_pos = q_idx + shift
+            ok = _visible(q_pos[None, :], kv_pos[:, None], kv_ok[:, None], window, CAUSAL, HAS_WINDOW)
+            pt = tl.where(ok, pt, 0.0)
+        if HAS_SEGMENTS:
+            q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
+            pt = tl.where(kv_seg[:, None] == q_seg[None, :], pt, 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        dst = pt * (dpt - delta[None, :])
+        if HAS_SOFTCAP:
+            dst = dst * (1.0 - t * t)
+        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q,  # [B, Sq, H, D] queries
     K,  # [B, Skv, KVH, D] keys
@@ -307,52 +367,84 @@ def _attn_bwd_dkdv_kernel(
         n_last = tl.minimum(start_n + BLOCK_N, Skv) - 1
         hi = tl.minimum(n_rows, tl.maximum(n_last + window - shift, 0) * GROUP)
 
+    # Inside [lo, hi), the row blocks [mid_lo, mid_hi) need no position mask: every query is
+    # at or after the block's last key (causal) and within the window of its first one. The
+    # Skv-edge block masks everything (its padded keys load as zeros, which would score 0).
+    mid_lo = lo
+    mid_hi = hi
+    if CAUSAL:
+        mid_lo = tl.maximum(start_n + BLOCK_N - 1 - shift, 0) * GROUP
+        mid_lo = tl.minimum(tl.maximum((mid_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, lo), hi)
+    if HAS_WINDOW:
+        mid_hi = tl.maximum(start_n + window - shift, 0) * GROUP // BLOCK_M * BLOCK_M
+        mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+    if start_n + BLOCK_N > Skv:
+        mid_lo = hi
+        mid_hi = hi
+
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     row_base = pid_bh.to(tl.int64) * n_rows
-    for start_m in range(lo, hi, BLOCK_M):
-        rows = start_m + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        q_idx = rows // GROUP
-        head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
-        if TMA:  # start_m is a multiple of BLOCK_M, so of G: whole positions
-            q = Q_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
-            do = DO_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
-        else:
-            q_mask = row_ok[:, None] & d_ok[None, :]
-            q_rows = off_b.to(tl.int64) * stride_qb + q_idx.to(tl.int64) * stride_qs + head * stride_qh
-            do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
-            q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
-            do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
-        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
-        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M] = s^T
-        if HAS_SOFTCAP:
-            t = _tanh(st * (sm_scale / softcap))
-            pt = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[None, :])
-        else:  # the scale folded into the exponent: one FFMA per score
-            pt = tl.math.exp2(st * (sm_scale * 1.4426950408889634) - lse[None, :])
-        ok = kv_ok[:, None]
-        q_pos = q_idx + shift
-        if CAUSAL:
-            ok = ok & (kv_pos[:, None] <= q_pos[None, :])
-        if HAS_WINDOW:
-            ok = ok & (kv_pos[:, None] > q_pos[None, :] - window)
-        if HAS_SEGMENTS:
-            q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
-            ok = ok & (kv_seg[:, None] == q_seg[None, :])
-        pt = tl.where(ok, pt, 0.0)
-        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-        dst = pt * (dpt - delta[None, :])
-        if HAS_SOFTCAP:
-            dst = dst * (1.0 - t * t)
-        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    args = (k, v, kv_pos, kv_ok, kv_seg, Q, DO, LSE, DELTA, QSEG, Q_DESC, DO_DESC, row_base,
+            off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
+            stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
+            window, offs_d, d_ok)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
     dk = dk * sm_scale
     dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
     dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
     tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_loop(
+    dq,  # [BLOCK_M, BLOCK_D] fp32 accumulator of this row block
+    q, do, lse, delta,  # this program's folded rows: [BLOCK_M, BLOCK_D] tiles, [BLOCK_M] rows
+    q_pos, q_seg,  # [BLOCK_M] key-space positions and segment ids of the rows
+    K, V, KVSEG, K_DESC, V_DESC, k_base, v_base, kvseg_base,
+    off_b, off_kvh, stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, Skv,
+    sm_scale, softcap, window, offs_n, offs_d, d_ok,
+    start, stop,  # key range of this loop, start a multiple of BLOCK_N
+    MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    for start_n in range(start, stop, BLOCK_N):
+        kv_pos = start_n + offs_n
+        kv_ok = kv_pos < Skv
+        if TMA:  # the copy engine zero-fills rows past Skv and columns past HEAD_DIM
+            k = K_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = V_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
+        else:
+            kv_row = kv_pos.to(tl.int64)[:, None]
+            kv_mask = kv_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        if HAS_SOFTCAP:
+            t = _tanh(s * (sm_scale / softcap))
+            p = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[:, None])
+        else:  # the scale folded into the exponent: one FFMA per score
+            p = tl.math.exp2(s * (sm_scale * 1.4426950408889634) - lse[:, None])
+        if MASK_POS:
+            ok = _visible(q_pos[:, None], kv_pos[None, :], kv_ok[None, :], window, CAUSAL, HAS_WINDOW)
+            p = tl.where(ok, p, 0.0)
+        if HAS_SEGMENTS:
+            kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs, mask=kv_ok, other=0)
+            p = tl.where(q_seg[:, None] == kv_seg[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
 
 
 @triton.jit
@@ -420,38 +512,28 @@ def _attn_bwd_dq_kernel(
     if HAS_WINDOW:
         lo = tl.maximum(m0 // GROUP + shift - window + 1, 0) // BLOCK_N * BLOCK_N
 
+    # Inside [lo, hi), the key blocks [mid_lo, mid_hi) need no position mask (as in the forward).
+    q_lo = m0 // GROUP + shift
+    q_hi = (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
+    full_lo = 0
+    full_hi = Skv // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        full_hi = tl.minimum(full_hi, tl.maximum(q_lo + 1, 0) // BLOCK_N * BLOCK_N)
+    if HAS_WINDOW:
+        full_lo = (tl.maximum(q_hi - window + 1, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        kv_pos = start_n + offs_n
-        kv_ok = kv_pos < Skv
-        if TMA:  # the copy engine zero-fills rows past Skv and columns past HEAD_DIM
-            k = K_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
-            v = V_DESC.load([off_b, start_n, off_kvh, 0]).reshape(BLOCK_N, BLOCK_D)
-        else:
-            kv_row = kv_pos.to(tl.int64)[:, None]
-            kv_mask = kv_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + k_base + kv_row * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-            v = tl.load(V + v_base + kv_row * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        if HAS_SOFTCAP:
-            t = _tanh(s * (sm_scale / softcap))
-            p = tl.math.exp2(t * (softcap * 1.4426950408889634) - lse[:, None])
-        else:  # the scale folded into the exponent: one FFMA per score
-            p = tl.math.exp2(s * (sm_scale * 1.4426950408889634) - lse[:, None])
-        ok = kv_ok[None, :]
-        if CAUSAL:
-            ok = ok & (kv_pos[None, :] <= q_pos[:, None])
-        if HAS_WINDOW:
-            ok = ok & (kv_pos[None, :] > q_pos[:, None] - window)
-        if HAS_SEGMENTS:
-            kv_seg = tl.load(KVSEG + kvseg_base + kv_pos * stride_kvsegs, mask=kv_ok, other=0)
-            ok = ok & (q_seg[:, None] == kv_seg[None, :])
-        p = tl.where(ok, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        ds = p * (dp - delta[:, None])
-        if HAS_SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    args = (q, do, lse, delta, q_pos, q_seg, K, V, KVSEG, K_DESC, V_DESC, k_base, v_base, kvseg_base,
+            off_b, off_kvh, stride_ks, stride_kd, stride_vs, stride_vd, stride_kvsegs, Skv,
+            sm_scale, softcap, window, offs_n, offs_d, d_ok)
+    dq = _bwd_dq_loop(dq, *args, lo, mid_lo, True, BLOCK_N, BLOCK_D, CAUSAL, HAS_WINDOW,
+                      HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+    dq = _bwd_dq_loop(dq, *args, mid_lo, mid_hi, False, BLOCK_N, BLOCK_D, CAUSAL, HAS_WINDOW,
+                      HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+    dq = _bwd_dq_loop(dq, *args, mid_hi, hi, True, BLOCK_N, BLOCK_D, CAUSAL, HAS_WINDOW,
+                      HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
     dq = dq * sm_scale
     dq_rows = off_b.to(tl.int64) * stride_dqb + q_idx.to(tl.int64) * stride_dqs + head * stride_dqh
     tl.store(DQ + dq_rows[:, None] + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=q_mask)
