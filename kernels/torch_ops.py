@@ -52,20 +52,23 @@ DECODE_IMPLS = ("triton", "reference", "sdpa")
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
-                     softcap=None, scale=None, impl="triton"):
+                     softcap=None, scale=None, impl="triton", check_lengths=True):
     """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
 
     block_table (int32/int64 [batch, pages_per_row]) makes k_cache/v_cache page pools
     [num_pages, page_size, kv_heads, head_dim]: "triton" reads pages in the kernel (page_size
     a power of two >= 16); "sdpa" and "reference" gather them into a contiguous cache first.
-    Reads cache_seqlens (and block_table) on the host to check them (one device->host sync).
+    Reads cache_seqlens (and block_table) on the host to check them (one device->host sync);
+    ``check_lengths=False`` skips that read (shapes, dtypes and devices are still checked) for
+    callers that already checked the values, e.g. a model's later layers in one decode step.
     """
     from .decode.spec import check_decode_args
 
     check_impl(impl, DECODE_IMPLS)
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=TORCH_DTYPES, device_of=_device,
-                          host_lengths=lambda t: t.cpu().numpy(), block_table=block_table)
+                          host_lengths=(lambda t: t.cpu().numpy()) if check_lengths else None,
+                          block_table=block_table)
     kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
     if impl == "triton":
         from .decode.triton_decode import decode_triton

@@ -94,8 +94,10 @@ class Attention(nn.Module):
         opts = dict(window=self.window, softcap=cfg.attn_softcap, scale=self.scale)
         if cache is not None and s == 1:  # decode: append at each row's own length
             kc, vc, paged = cache.append(self.layer, k[:, 0], v[:, 0])
+            # the lengths (and block table) are read back and checked once per step, at layer 0
             o = torch_ops.decode_attention(q[:, 0], kc, vc, cache.lengths + 1, **paged, **opts,
-                                           impl=kern.impl("decode"))[:, None]  # (B, 1, H, D)
+                                           impl=kern.impl("decode"), check_lengths=self.layer == 0
+                                           )[:, None]  # (B, 1, H, D)
         else:
             if cache is not None:  # prefill of an empty cache: positions [0, S)
                 cache.prefill(self.layer, k, v)

@@ -333,3 +333,22 @@ def test_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path):
             assert_compiled_clean(r, f"{cid} {name}")
         if "fp32" not in cid:
             assert kernels["_decode_split_kernel"]["sass_mix"]["HMMA"] > 0, f"{cid}: no tensor cores"
+
+
+def test_check_lengths_false_skips_only_the_host_read(monkeypatch):
+    """check_lengths=False (a model's later layers in one step): no device-to-host copy of the
+    lengths, the same result, and shapes, dtypes and devices still checked."""
+    args = _good_torch()
+    args["q"] = torch.randn(2, 4, 16)
+    args["k_cache"], args["v_cache"] = torch.randn(2, 32, 2, 16), torch.randn(2, 32, 2, 16)
+    checked = torch_ops.decode_attention(**args, impl="reference")
+
+    def no_host_copy(self, *a, **k):
+        raise AssertionError("cache_seqlens was read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", no_host_copy)
+    unchecked = torch_ops.decode_attention(**args, impl="reference", check_lengths=False)
+    torch.testing.assert_close(unchecked, checked, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"cache_seqlens must have shape \(2,\)"):
+        torch_ops.decode_attention(**{**args, "cache_seqlens": torch.tensor([1, 2, 3])},
+                                   impl="reference", check_lengths=False)
