@@ -112,6 +112,27 @@ def test_block_shapes(rng, blocks):
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
 
 
+@pytest.mark.parametrize("splits", [1, 3], ids=["splits1", "splits3"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[7], Case(2, 70, 90, 8, 1, 64, window=24, causal=True)],
+                         ids=lambda c: c.id)
+def test_dkdv_splits(rng, case, splits):
+    """The dk/dv pass over interleaved row blocks (fp32 partials summed after), pinned to one
+    program per key block and to three (the CPU default is two): same float64 agreement."""
+    tensors, do, kwargs = _inputs(rng, case)
+    _check_against_reference(tensors, do, torch.float32, kwargs,
+                             blocks=TritonAttentionBlocks(16, 16, 4, 1, dkdv_splits=splits))
+
+
+def test_dkdv_splits_follow_the_device():
+    from kernels.attention.triton_attention import dkdv_splits
+
+    assert dkdv_splits(256, 2048, 132) == 2  # MQA b2 at 8k, 64-key blocks: two waves
+    assert dkdv_splits(4096, 2048, 132) == 1  # enough programs already
+    assert dkdv_splits(1, 40, 132) == 10  # each split keeps >= 4 row blocks
+    assert dkdv_splits(1, 10**6, 132) == 16  # capped
+    assert dkdv_splits(8, 1, None) == 1 and dkdv_splits(8, 5, None) == 2  # interpreter
+
+
 def test_rows_that_see_no_key_are_zero(rng):
     """Queries whose segment has no key give zero output and zero, finite grads."""
     case = Case(1, 40, 40, 4, 2, 64, causal=True)
@@ -175,8 +196,9 @@ def test_custom_op_registration(rng):
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-@pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0)],
-                         ids=["block_m48", "block_n8", "warps3", "stages0"])
+@pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0),
+                                 dict(dkdv_splits=17)],
+                         ids=["block_m48", "block_n8", "warps3", "stages0", "splits17"])
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})

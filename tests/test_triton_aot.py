@@ -51,6 +51,7 @@ TMA_JOBS = {
     "sm90-fwd-tma-fp16-d80-all-features": (FWD, 80, "fp16", 128, 64, 8, 3,
                                            dict(window=128, softcap=30.0, segments=True)),
     "sm90-bwd-tma-bf16-64x64": (BWD, 128, "bf16", 64, 64, 8, 3, {}),  # tma_blocks: 2 -> 3 stages
+    "sm90-bwd-tma-bf16-64x64-unsplit": (BWD, 128, "bf16", 64, 64, 8, 3, dict(dkdv_splits=1)),
     # with softcap the TMA dK/dV pass spills 4-8 B at 255 registers (its tanh tile stays live;
     # the pointer pass sits at 254-255 without spilling): window + segments only here
     "sm90-bwd-tma-fp16-d80-window-segments": (BWD, 80, "fp16", 64, 64, 8, 3,
@@ -67,9 +68,10 @@ def aot_report(tmp_path_factory):
     blocks = "kernels.attention.triton_attention:TritonAttentionBlocks"
     tma_jobs = {job: {"module": "kernels.attention.triton_attention",
                       "args": [head_dim, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
-                      "kwargs": {"causal": True, **features, "blocks": {
-                          "__dataclass__": blocks, "block_m": bm, "block_n": bn, "num_warps": w,
-                          "num_stages": st, "tma": True}},
+                      "kwargs": {"causal": True, **{k: v for k, v in features.items() if k != "dkdv_splits"},
+                                 "blocks": {"__dataclass__": blocks, "block_m": bm, "block_n": bn,
+                                            "num_warps": w, "num_stages": st, "tma": True,
+                                            "dkdv_splits": features.get("dkdv_splits", 0)}},
                       "cap": 90, "kernels": kernels}
                 for job, (kernels, head_dim, dt, bm, bn, w, st, features) in TMA_JOBS.items()}
     return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs}, tmp_path_factory.mktemp("aot"))

@@ -47,19 +47,40 @@ class TritonAttentionBlocks:
     num_warps: int = 4
     num_stages: int = 2
     tma: bool = False
+    dkdv_splits: int = 0  # backward: programs per key block over interleaved row blocks; 0 = auto
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
         if not isinstance(self.tma, bool):
             raise ValueError(f"tma={self.tma!r} must be a bool")
+        if not isinstance(self.dkdv_splits, int) or not 0 <= self.dkdv_splits <= MAX_DKDV_SPLITS:
+            raise ValueError(f"dkdv_splits={self.dkdv_splits!r} must be an int in [0, {MAX_DKDV_SPLITS}]")
 
     def as_list(self) -> list:
-        return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma)]
+        return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
+                self.dkdv_splits]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma = values
-        return cls(m, n, w, st, bool(tma))
+        m, n, w, st, tma, splits = values
+        return cls(m, n, w, st, bool(tma), splits)
+
+
+MAX_DKDV_SPLITS = 16
+
+
+def dkdv_splits(programs: int, row_blocks: int, sm_count: Optional[int]) -> int:
+    """Programs per key block for the dk/dv pass, from the programs it has without splitting
+    (B * KVH * key blocks) and the folded row blocks each one loops over.
+
+    GPU: aim for two waves (2 * sm_count programs), each split keeping >= 4 row blocks, so MQA
+    and small batches fill the device and the causal tail is spread. Interpreter (sm_count
+    None): 2 where there are >= 2 row blocks, so the CPU tests run the split path.
+    """
+    if sm_count is None:
+        return 2 if row_blocks >= 2 else 1
+    want = triton.cdiv(2 * sm_count, max(programs, 1))
+    return max(1, min(want, row_blocks // 4, MAX_DKDV_SPLITS))
 
 
 def tma_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: TritonAttentionBlocks):
@@ -98,8 +119,8 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     if capability is None:  # interpreter: fewer, larger numpy steps are faster; keep several blocks
         return TritonAttentionBlocks(32, 32, 4, 1)
     if dtype == torch.float32:  # ieee fp32 dots run on FMA units; larger tiles spill on sm_90
-        if backward:
-            return TritonAttentionBlocks(16, 16, 8, 1)
+        if backward:  # 1 stage spilled the split dk/dv pass (ptxas capped it at 80 registers)
+            return TritonAttentionBlocks(16, 16, 8, 2)
         if capability[0] >= 9:
             return TritonAttentionBlocks(32, 16, 8, 2)
         return TritonAttentionBlocks(32, 32, 8, 2)  # sm_80: 32x16 spilled at head_dim 80-128
@@ -136,7 +157,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
     (``benchmarks.compile_report``) shows which, a device benchmark picks among the rest."""
     base = default_blocks(head_dim, dtype, backward=backward, capability=tuple(capability))
     if dtype == torch.float32:
-        more = [TritonAttentionBlocks(16, 16, 4, 1), TritonAttentionBlocks(32, 32, 8, 1)]
+        more = [TritonAttentionBlocks(16, 16, 4, 1), TritonAttentionBlocks(16, 16, 8, 2),
+                TritonAttentionBlocks(32, 32, 8, 1)]
     elif backward:
         more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
                 TritonAttentionBlocks(128, 64, 8, 2)]
@@ -159,6 +181,12 @@ def _capability(t: torch.Tensor) -> Optional[tuple]:
     if triton_interpreting() or t.device.type != "cuda":
         return None
     return torch.cuda.get_device_capability(t.device)
+
+
+def _sm_count(t: torch.Tensor) -> Optional[int]:
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
 
 
 def _block_d(head_dim: int) -> int:
@@ -263,11 +291,20 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         o, do, delta, *o.stride(), *do.stride(), sq, kvh,
         GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
     )
-    triton_kernels._attn_bwd_dkdv_kernel[(triton.cdiv(skv, blocks.block_n), b * kvh)](
-        q, k, v, do, dk, dv, lse, delta, qs, ks, *qdo_descs,
+    key_blocks = triton.cdiv(skv, blocks.block_n)
+    splits = blocks.dkdv_splits or dkdv_splits(b * kvh * key_blocks, rows_grid[0], _sm_count(q))
+    dk_out, dv_out = dk, dv
+    if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
+        dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
+        dv_out = torch.empty_like(dk_out)
+    triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
+        q, k, v, do, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        *seg_strides, *scalars, **meta, **launch,
+        *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1,
     )
+    if splits > 1:
+        torch.sum(dk_out, 0, out=dk) if dk.dtype == torch.float32 else dk.copy_(dk_out.sum(0))
+        torch.sum(dv_out, 0, out=dv) if dv.dtype == torch.float32 else dv.copy_(dv_out.sum(0))
     triton_kernels._attn_bwd_dq_kernel[rows_grid](
         q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
@@ -412,12 +449,16 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         types = pointer_types
+        if "SPLITS" in fn.arg_names:  # fp32 partials unless splits are pinned to 1
+            meta["SPLITS"] = pass_blocks.dkdv_splits != 1
+            if meta["SPLITS"]:
+                types = {**types, "DK": "*fp32", "DV": "*fp32"}
         if "TMA" in fn.arg_names:  # the descriptors: None without tma, else their launch types
             meta["TMA"] = pass_blocks.tma
             descs = {n: t for n, t in _aot_descriptor_types(head_dim, dtype, group, pass_blocks).items()
                      if n in fn.arg_names}
             meta.update({n: None for n in descs if not pass_blocks.tma})
-            types = {**pointer_types, **(descs if pass_blocks.tma else {})}
+            types = {**types, **(descs if pass_blocks.tma else {})}
         out[name] = _aot_kernel(fn, meta, types, pass_blocks)
     return out
 

@@ -16,8 +16,9 @@ any strides (base and row offsets in int64); fp32 (ieee dots), fp16, bf16 in, fp
 Causal / windowed tiles skip fully masked K/V (or Q) blocks from loop bounds; the forward
 also splits its loop so interior blocks run without any mask arithmetic.
 Where it is fast: long sequences with large G (MQA/GQA), head_dim 64-128, fp16/bf16 on
-sm_80+ (wgmma on sm_90). The dk/dv pass has B * KVH * cdiv(Skv, BLOCK_N) programs, so
-MQA at batch 1 under-fills a large GPU in the backward.
+sm_80+ (wgmma on sm_90). The dk/dv pass has B * KVH * cdiv(Skv, BLOCK_N) programs per
+split; MQA and small batches split each key block's rows over several programs (interleaved
+row blocks, fp32 partials summed by the launcher) so the backward still fills the GPU.
 """
 from __future__ import annotations
 
@@ -263,13 +264,15 @@ def _bwd_dkdv_loop(
     off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
     stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
     window, offs_d, d_ok,
-    start, stop,  # folded rows of this loop, start a multiple of BLOCK_M
+    start, stop,  # folded rows of this loop, start a multiple of BLOCK_M (or >= stop)
+    split, num_splits,  # this program takes the row blocks b with b % num_splits == split
     MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    for start_m in range(start, stop, BLOCK_M):
+    first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
+    for start_m in range(first, stop, BLOCK_M * num_splits):
         rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
         q_idx = rows // GROUP
@@ -313,13 +316,14 @@ def _attn_bwd_dkdv_kernel(
     K,  # [B, Skv, KVH, D] keys
     V,  # [B, Skv, KVH, D] values
     DO,  # [B, Sq, H, D] output gradient
-    DK,  # [B, Skv, KVH, D] out: key gradient, k's dtype
-    DV,  # [B, Skv, KVH, D] out: value gradient
+    DK,  # [B, Skv, KVH, D] out: key gradient, k's dtype (SPLITS: [num_splits, B, Skv, KVH, D] fp32)
+    DV,  # [B, Skv, KVH, D] out: value gradient (SPLITS: fp32 partial sums, like DK)
     LSE,  # [B * KVH, Sq * G] fp32 log2-domain logsumexp from the forward
     DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
     Q_DESC, DO_DESC,  # TMA only: 4-D descriptors over q and dO (else None)
+    num_splits,  # programs per key block along grid axis 2, each over every num_splits-th row block
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -335,11 +339,14 @@ def _attn_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False,  # sm_90+: q and dO tiles through the tensor memory accelerator
+    SPLITS: tl.constexpr = False,  # num_splits > 1: write fp32 partial sums, summed by the launcher
 ):
-    # One program: BLOCK_N keys of one (batch, kv head), looping over ALL folded q rows of the
-    # group, so dk/dv sum over the G query heads in registers (no atomics, deterministic).
+    # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
+    # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
+    # (no atomics, deterministic). Splits give MQA at small batch enough programs.
     start_n = tl.program_id(0) * BLOCK_N
     pid_bh = tl.program_id(1)
+    split = tl.program_id(2)
     off_b = pid_bh // KVH
     off_kvh = pid_bh % KVH
     n_rows = Sq * GROUP
@@ -389,17 +396,23 @@ def _attn_bwd_dkdv_kernel(
             off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
             window, offs_d, d_ok)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, split, num_splits, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
     dk = dk * sm_scale
-    dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
-    dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
-    tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
+        part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
+        offs = part[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(DK + offs, dk, mask=kv_mask)
+        tl.store(DV + offs, dv, mask=kv_mask)
+    else:
+        dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
+        dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
+        tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
