@@ -488,6 +488,8 @@ def _attn_bwd_dq_kernel(
     TMA: tl.constexpr = False,  # sm_90+: k and v tiles through the tensor memory accelerator
 ):
     start_m = tl.program_id(0)
+    if CAUSAL:  # the longest rows (most keys) first, as in the forward
+        start_m = tl.num_programs(0) - 1 - start_m
     pid_bh = tl.program_id(1)
     off_b = pid_bh // KVH
     off_kvh = pid_bh % KVH
