@@ -142,6 +142,7 @@ def _rank_main(rank, world, port, spec):
     ctx = (cfg, kern, tokens, targets, ref, ref_loss, loss_of)
     for what in spec["cases"]:
         _run_case(what, spec, rank, world, ctx)
+    dist.barrier()  # no rank tears gloo down while a peer is still in a collective (a rare SIGABRT)
     dist.destroy_process_group()
 
 
