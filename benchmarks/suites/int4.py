@@ -32,6 +32,9 @@ class Int4BenchConfig:
     dtype: str = "float32"  # GPU: bfloat16 / float16
     torch_impls: list[str] = field(default_factory=lambda: ["triton", "matmul", "reference"])
     jax_impls: list[str] = field(default_factory=lambda: ["pallas", "matmul", "reference"])
+    # torch rows as CUDA-graph replays (GPU preset): a decode-shape matmul runs for a few us,
+    # less than launching the split-K kernel and its partial-sum reduction from Python
+    cuda_graphs: bool = False
 
 
 NANO1_SHAPES = [[2048, 2048], [2048, 9984], [9984, 2048]]  # for GPU presets (conf/bench)
@@ -146,6 +149,7 @@ class Int4Suite(GridSuite):
         rec, timed = self.check(case, framework, impl)
         if timed is None:
             return rec
-        t = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"))(timed)
+        graphs = True if self.cfg.cuda_graphs else None  # None: the run's timer setting
+        t = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"), cuda_graphs=graphs)(timed)
         return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
                 "tflops": case.flops() / t.median_s / 1e12, "gbps": rec["bytes"] / t.median_s / 1e9}
