@@ -164,6 +164,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 TritonAttentionBlocks(128, 64, 8, 2)]
         if capability[0] >= 9:  # larger TMA tiles spill in the dk/dv pass: only the default's
             more = [tma_blocks(base, backward=True), *more[:2]]
+            if head_dim > 128:  # 64-row dQ tiles reach wgmma without spills (the default's 32 do not)
+                more[1:1] = [TritonAttentionBlocks(64, 32, 8, 3, tma=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -171,6 +173,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
             if head_dim <= 128:
                 more[1:1] = [TritonAttentionBlocks(128, 128, 8, 2, tma=True),
                              TritonAttentionBlocks(128, 64, 8, 4, tma=True)]
+            else:  # head_dim 256: 64-key tiles fit only with TMA (the pointer kernel spills 60 B)
+                more[1:1] = [TritonAttentionBlocks(128, 64, 8, 2, tma=True)]
         else:
             more += [TritonAttentionBlocks(128, 64, 8, 2), TritonAttentionBlocks(128, 128, 8, 2),
                      TritonAttentionBlocks(128, 32, 4, 3)]
