@@ -93,14 +93,56 @@ def _q_block_range(j, t: TileStatics, num_q_blocks: int):
     return lo, hi
 
 
-def _mask(rows, cols, q_ids, kv_ids, t: TileStatics):
-    """[block_q, block_k] bool: folded row r may see key column c."""
-    pos = lax.div(rows, t.group) + t.offset
-    ok = (rows < t.rows)[:, None] & (cols < t.kv_len)[None, :]
-    if t.banded:
-        ok &= cols[None, :] <= pos[:, None]
+def _kv_unmasked_range(i, lo, hi, t: TileStatics):
+    """[mid_lo, mid_hi) inside [lo, hi): the K/V blocks that every real row of q tile i sees
+    whole (no causal / window / kv-length edge), so they need no position mask."""
+    full_hi = t.kv_len // t.block_k  # blocks with no padded key
+    if not t.banded:
+        return lo, min(full_hi, hi)
+    r_first = i * t.block_q
+    r_last = jnp.minimum(r_first + t.block_q, t.rows) - 1
+    pos_first = lax.div(r_first, t.group) + t.offset
+    pos_last = lax.div(r_last, t.group) + t.offset
+    full_hi = jnp.minimum(full_hi, lax.div(jnp.maximum(pos_first + 1, 0), t.block_k))
+    full_lo = 0
     if t.window is not None:
-        ok &= cols[None, :] > pos[:, None] - t.window
+        full_lo = _cdiv(jnp.maximum(pos_last - t.window + 1, 0), t.block_k)
+    mid_lo = jnp.clip(full_lo, lo, hi)
+    return mid_lo, jnp.clip(full_hi, mid_lo, hi)
+
+
+def _q_unmasked_range(j, lo, hi, t: TileStatics):
+    """[mid_lo, mid_hi) inside [lo, hi): the q tiles whose real rows all see K/V block j whole."""
+    c_first = j * t.block_k
+    # the block holding padded keys masks every tile (0/1 arithmetic: Pallas-Triton lowers
+    # no scalar select of a comparison)
+    edge = (c_first + t.block_k > t.kv_len).astype(jnp.int32)
+    mid_lo, mid_hi = lo, hi
+    if t.banded:  # rows at or after the block's last key
+        s_first = jnp.maximum(c_first + t.block_k - 1 - t.offset, 0)
+        mid_lo = jnp.clip(_cdiv(s_first * t.group, t.block_q), lo, hi)
+    if t.window is not None:  # rows whose window still reaches the block's first key
+        s_end = jnp.maximum(c_first + t.window - t.offset, 0)
+        mid_hi = jnp.clip(lax.div(s_end * t.group, t.block_q), mid_lo, hi)
+    return mid_lo + edge * (hi - mid_lo), mid_hi + edge * (hi - mid_hi)
+
+
+def _ranges(lo, hi, mid):
+    """The loop as (start, stop, masked) pieces: masked, unmasked, masked."""
+    return ((lo, mid[0], True), (mid[0], mid[1], False), (mid[1], hi, True))
+
+
+def _mask(rows, cols, q_ids, kv_ids, t: TileStatics, positions=True):
+    """[block_q, block_k] bool: folded row r may see key column c (positions=False: the
+    segment ids only, for tiles the position masks keep whole)."""
+    ok = jnp.ones((rows.shape[0], cols.shape[0]), jnp.bool_)
+    if positions:
+        pos = lax.div(rows, t.group) + t.offset
+        ok = (rows < t.rows)[:, None] & (cols < t.kv_len)[None, :]
+        if t.banded:
+            ok &= cols[None, :] <= pos[:, None]
+        if t.window is not None:
+            ok &= cols[None, :] > pos[:, None] - t.window
     if q_ids is not None:
         ok &= q_ids[:, None] == kv_ids[None, :]
     return ok
@@ -132,14 +174,16 @@ def _fwd_kernel(*refs, t: TileStatics):
     rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
     q_ids = None if qid_ref is None else qid_ref[...]
 
-    def body(j, carry):
+    def body(j, carry, masked):
         acc, m, l = carry
         sl = pl.ds(j * bk, bk)
         k, v = k_ref[sl, :], v_ref[sl, :]
         cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
         kv_ids = None if kvid_ref is None else kvid_ref[sl]
         s, _ = _scores(q, k, t)
-        s = jnp.where(_mask(rows, cols, q_ids, kv_ids, t), s * LOG2E, -jnp.inf)
+        s = s * LOG2E
+        if masked or kv_ids is not None:
+            s = jnp.where(_mask(rows, cols, q_ids, kv_ids, t, positions=masked), s, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=-1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with no key yet
         p = jnp.exp2(s - m_safe[:, None])
@@ -148,19 +192,26 @@ def _fwd_kernel(*refs, t: TileStatics):
         acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
         return acc, m_new, l
 
-    lo, hi = _kv_block_range(i, t, k_ref.shape[0] // bk)
-    init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
-            jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
-    acc, m, l = lax.fori_loop(lo, hi, body, init)
+    nk = k_ref.shape[0] // bk
+    lo, hi = _kv_block_range(i, t, nk)
+    carry = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
+             jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
+    for start, stop, masked in _ranges(lo, hi, _kv_unmasked_range(i, lo, hi, t)):
+        carry = lax.fori_loop(start, stop, lambda j, c, masked=masked: body(j, c, masked), carry)
+    acc, m, l = carry
     seen = l > 0
     o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(seen, m + jnp.log2(jnp.where(seen, l, 1.0)), jnp.inf)
 
 
-def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t: TileStatics):
-    """Recompute p [bq, bk] from lse; dS = p * (dO V^T - delta), through the softcap."""
+def _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t: TileStatics,
+                       masked=True):
+    """Recompute p [bq, bk] from lse; dS = p * (dO V^T - delta), through the softcap.
+    masked=False: a tile the position masks keep whole (segments are still applied)."""
     s, th = _scores(q, k, t)
-    p = jnp.where(_mask(rows, cols, q_ids, kv_ids, t), jnp.exp2(s * LOG2E - lse[:, None]), 0.0)
+    p = jnp.exp2(s * LOG2E - lse[:, None])
+    if masked or kv_ids is not None:
+        p = jnp.where(_mask(rows, cols, q_ids, kv_ids, t, positions=masked), p, 0.0)
     ds = p * (_dot(do, v, tb=True) - delta[:, None])
     if th is not None:
         ds = ds * (1.0 - th * th)  # d/ds [c tanh(s/c)]
@@ -179,21 +230,24 @@ def _bwd_dkdv_kernel(*refs, t: TileStatics):
     cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
     kv_ids = None if kvid_ref is None else kvid_ref[ksl]
 
-    def body(i, carry):
+    def body(i, carry, masked):
         dk, dv = carry
         sl = pl.ds(i * bq, bq)
         q, do = q_ref[sl, :], do_ref[sl, :]
         rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
         q_ids = None if qid_ref is None else qid_ref[sl]
         p, ds = _probs_and_dscores(q, k, v, do, lse_ref[sl], delta_ref[sl], rows, cols,
-                                   q_ids, kv_ids, t)
+                                   q_ids, kv_ids, t, masked)
         dv = dv + _dot(p.astype(do.dtype), do, ta=True)  # P^T dO
         dk = dk + _dot(ds.astype(q.dtype), q, ta=True)  # dS^T Q
         return dk, dv
 
     lo, hi = _q_block_range(j, t, q_ref.shape[0] // bq)
     zeros = jnp.zeros((bk, k.shape[-1]), jnp.float32)
-    dk, dv = lax.fori_loop(lo, hi, body, (zeros, zeros))
+    carry = (zeros, zeros)
+    for start, stop, masked in _ranges(lo, hi, _q_unmasked_range(j, lo, hi, t)):
+        carry = lax.fori_loop(start, stop, lambda i, c, masked=masked: body(i, c, masked), carry)
+    dk, dv = carry
     dk_ref[...] = (dk * t.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -208,14 +262,17 @@ def _bwd_dq_kernel(*refs, t: TileStatics):
     rows = i * bq + lax.broadcasted_iota(jnp.int32, (bq,), 0)
     q_ids = None if qid_ref is None else qid_ref[...]
 
-    def body(j, dq):
+    def body(j, dq, masked):
         sl = pl.ds(j * bk, bk)
         k, v = k_ref[sl, :], v_ref[sl, :]
         cols = j * bk + lax.broadcasted_iota(jnp.int32, (bk,), 0)
         kv_ids = None if kvid_ref is None else kvid_ref[sl]
-        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t)
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, rows, cols, q_ids, kv_ids, t, masked)
         return dq + _dot(ds.astype(k.dtype), k)  # dS K
 
-    lo, hi = _kv_block_range(i, t, k_ref.shape[0] // bk)
-    dq = lax.fori_loop(lo, hi, body, jnp.zeros((bq, q.shape[-1]), jnp.float32))
+    nk = k_ref.shape[0] // bk
+    lo, hi = _kv_block_range(i, t, nk)
+    dq = jnp.zeros((bq, q.shape[-1]), jnp.float32)
+    for start, stop, masked in _ranges(lo, hi, _kv_unmasked_range(i, lo, hi, t)):
+        dq = lax.fori_loop(start, stop, lambda j, c, masked=masked: body(j, c, masked), dq)
     dq_ref[...] = (dq * t.scale).astype(dq_ref.dtype)
