@@ -29,6 +29,15 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def compiled_sm_count(t) -> int | None:
+    """SMs of the CUDA device holding torch tensor ``t``; None when kernels are interpreted."""
+    if triton_interpreting() or t.device.type != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
+
+
 def jax_backend() -> str:
     import jax
 

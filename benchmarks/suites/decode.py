@@ -7,16 +7,17 @@ case over tolerance is reported failed and not timed. Throughput: ``gbps`` = byt
 and V the kernel must read (attended positions only) / median time; the runner adds the
 fraction of the measured copy bandwidth (the copy counts read + write, so 1.0 means
 reading K/V as fast as the copy moves bytes).
-Timing: the torch rows are checked through ``kernels.torch_ops.decode_attention`` and timed
-on the launcher behind it, without its host-side length check (one device-to-host sync a
-call), as the JAX rows are; ``triton-graph`` replays the call captured as a CUDA graph (no
-launch overhead, as serving engines run decode steps).
+Timing: the torch rows run ``kernels.torch_ops.decode_attention``, checked once and timed
+with ``check_lengths=False`` (no host read of the lengths: one device-to-host sync a call),
+as the JAX rows are timed without theirs; ``triton-graph`` replays the call captured as a
+CUDA graph (no launch overhead, as serving engines run decode steps).
 Paged rows (impls ``triton_paged`` / ``pallas_paged``): the same case's cache scattered into
 a shuffled pool of ``page_size`` pages read through a block table, so their GB/s compare
 directly with the contiguous ``triton`` / ``pallas`` rows (same bytes, same lengths).
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 
@@ -130,26 +131,8 @@ class DecodeSuite(GridSuite):
         kernel = impl.startswith("triton")
         mode = ("interpret" if _platform.triton_interpreting() else "compiled") if kernel else "eager"
         impl = impl.removesuffix("_paged").removesuffix("-graph")  # *_paged rows: args[4] = table
-        return (lambda q, k, v, L, *bt: torch_ops.decode_attention(
-            q, k, v, L, block_table=bt[0] if bt else None, impl=impl)), mode
-
-    @staticmethod
-    def _torch_timed(impl):
-        """The timed call: the impl without the public API's host-side length check (a
-        device-to-host sync per call that no serving loop pays); the JAX rows do the same."""
-        from kernels.decode.reference import _decode, gather_pages
-        from kernels.decode.sdpa import decode_sdpa
-        from kernels.decode.triton_decode import decode_triton
-
-        def run(q, k, v, L, *bt):
-            kw = dict(window=None, softcap=None, scale=q.shape[-1] ** -0.5)
-            if impl.startswith("triton"):
-                return decode_triton(q, k, v, L, block_table=bt[0] if bt else None, **kw)
-            if bt:
-                k, v = gather_pages(k, bt[0]), gather_pages(v, bt[0])
-            return (decode_sdpa if impl == "sdpa" else _decode)(q, k, v, L, **kw)
-
-        return run
+        return (lambda q, k, v, L, *bt, check=True: torch_ops.decode_attention(
+            q, k, v, L, block_table=bt[0] if bt else None, impl=impl, check_lengths=check)), mode
 
     def _jax_fn(self, impl):
         import jax
@@ -191,9 +174,9 @@ class DecodeSuite(GridSuite):
         if framework == "torch":
             fn, mode = self._torch_fn(impl)
             args = (q, k, v, lens, *table)
-            got = fn(*args).float().cpu().numpy()  # checked through the public API
+            got = fn(*args).float().cpu().numpy()  # the lengths checked once, here
             if impl != "flash-attn":
-                fn = self._torch_timed(impl)
+                fn = functools.partial(fn, check=False)
             if impl == "triton-graph":  # replayed as serving engines run decode steps
                 timer_kw = dict(cuda_graphs=True)
         else:

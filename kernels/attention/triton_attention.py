@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from .._aot import aot_kernel, check_triton_blocks, d_strides  # noqa: E402
-from .._platform import triton_interpreting  # noqa: E402
+from .._platform import compiled_sm_count, triton_interpreting  # noqa: E402
 from . import triton_kernels  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()  # kernel name -> launches in this process
@@ -169,7 +169,7 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
-            more = [dataclasses.replace(base, tma=True), *more]
+            more = [tma_blocks(base), *more]
             if head_dim <= 128:
                 more[1:1] = [TritonAttentionBlocks(128, 128, 8, 2, tma=True),
                              TritonAttentionBlocks(128, 64, 8, 4, tma=True)]
@@ -185,12 +185,6 @@ def _capability(t: torch.Tensor) -> Optional[tuple]:
     if triton_interpreting() or t.device.type != "cuda":
         return None
     return torch.cuda.get_device_capability(t.device)
-
-
-def _sm_count(t: torch.Tensor) -> Optional[int]:
-    if triton_interpreting() or t.device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(t.device).multi_processor_count
 
 
 def _block_d(head_dim: int) -> int:
@@ -233,9 +227,7 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
                        segments=q_seg is not None, blocks=blocks)
     descs = (None, None, None, None)
     if blocks.tma:
-        why = tma_problem(q, k, v, blocks)
-        if why is not None:
-            raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
+        _check_tma(q, k, v, blocks)
         descs = _descriptors(q, k, v, o, blocks)
         meta.update(TMA=True)
     grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
@@ -254,12 +246,21 @@ def _descriptors(q, k, v, o, blocks):
     [1, block_n, 1, BLOCK_D]. Out-of-range rows and columns read as 0 and are not written."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    g = q.shape[2] // k.shape[2]
-    bd = _block_d(q.shape[-1])
-    qo_box = [1, blocks.block_m // g, g, bd]
-    kv_box = [1, blocks.block_n, 1, bd]
+    qo_box, kv_box = _boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
     return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box)
                  for t, box in ((q, qo_box), (k, kv_box), (v, kv_box), (o, qo_box)))
+
+
+def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list]:
+    """Descriptor tiles: q/o/dO [1, block_m / G, G, BLOCK_D], k/v [1, block_n, 1, BLOCK_D]."""
+    bd = _block_d(head_dim)
+    return [1, blocks.block_m // group, group, bd], [1, blocks.block_n, 1, bd]
+
+
+def _check_tma(q, k, v, blocks) -> None:
+    why = tma_problem(q, k, v, blocks)
+    if why is not None:
+        raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
 
 
 def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
@@ -282,9 +283,7 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         if blocks.num_stages == 2:
             raise ValueError(f"blocks: the TMA backward cannot use num_stages=2 (Triton 3.6's ptxas "
                              f"crashes on its dQ pass); use 1 or 3 (tma_blocks does), got {blocks}")
-        why = tma_problem(q, k, v, blocks)
-        if why is not None:
-            raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
+        _check_tma(q, k, v, blocks)
         if tma_problem(do, k, v, blocks) is not None:  # autograd's dO may be strided: copy it
             do = do.contiguous()
         q_d, k_d, v_d, do_d = _descriptors(q, k, v, do, blocks)
@@ -296,7 +295,7 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
     )
     key_blocks = triton.cdiv(skv, blocks.block_n)
-    splits = blocks.dkdv_splits or dkdv_splits(b * kvh * key_blocks, rows_grid[0], _sm_count(q))
+    splits = blocks.dkdv_splits or dkdv_splits(b * kvh * key_blocks, rows_grid[0], compiled_sm_count(q))
     dk_out, dv_out = dk, dv
     if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
@@ -307,8 +306,8 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1,
     )
     if splits > 1:
-        torch.sum(dk_out, 0, out=dk) if dk.dtype == torch.float32 else dk.copy_(dk_out.sum(0))
-        torch.sum(dv_out, 0, out=dv) if dv.dtype == torch.float32 else dv.copy_(dv_out.sum(0))
+        dk.copy_(dk_out.sum(0))
+        dv.copy_(dv_out.sum(0))
     triton_kernels._attn_bwd_dq_kernel[rows_grid](
         q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
@@ -389,8 +388,8 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
     d = q.shape[-1]
     if scale is None:
         scale = d ** -0.5
-    cap = _capability(q)
     if blocks is None or blocks == "autotune":
+        cap = _capability(q)
         fwd = default_blocks(d, q.dtype, capability=cap)
         bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
         if blocks == "autotune":
@@ -472,10 +471,8 @@ def _aot_descriptor_types(head_dim, dtype, group, blocks) -> dict:
     from triton.runtime.jit import mangle_type
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    bd = _block_d(head_dim)
     t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
-    qo_box = [1, blocks.block_m // group, group, bd]
-    boxes = dict(Q_DESC=qo_box, K_DESC=[1, blocks.block_n, 1, bd], V_DESC=[1, blocks.block_n, 1, bd],
-                 O_DESC=qo_box, DO_DESC=qo_box)
+    qo_box, kv_box = _boxes(head_dim, group, blocks)
+    boxes = dict(Q_DESC=qo_box, K_DESC=kv_box, V_DESC=kv_box, O_DESC=qo_box, DO_DESC=qo_box)
     return {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box))
             for n, box in boxes.items()}

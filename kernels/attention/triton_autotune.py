@@ -12,9 +12,10 @@ the path is exercised. The backward keeps its default blocks.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from .._platform import configure_triton_interpret
+from .._platform import configure_triton_interpret, triton_interpreting
 
 configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
 
@@ -35,7 +36,7 @@ def problem_class(q, k, causal, window, softcap, segments) -> tuple:
 
 
 def _time_ms(fn) -> float:
-    if torch.cuda.is_available() and not ta.triton_interpreting():
+    if torch.cuda.is_available() and not triton_interpreting():
         return float(triton.testing.do_bench(fn, warmup=5, rep=25))
     t0 = time.perf_counter()
     fn()
@@ -50,7 +51,7 @@ def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap,
     cap = ta._capability(q)
     if cap is None:  # the interpreter: its own default plus the TMA form of it
         base = ta.default_blocks(q.shape[-1], q.dtype, capability=None)
-        candidates = [base, ta.dataclasses.replace(base, tma=True)]
+        candidates = [base, ta.tma_blocks(base)]
     else:
         candidates = ta.candidate_blocks(q.shape[-1], q.dtype, capability=cap)
     times = []
@@ -83,6 +84,6 @@ def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False) ->
     entry = TUNING.get(problem_class(q, k, causal, window, softcap, segments))
     if entry is None:
         return None
-    return {"pick": ta.dataclasses.asdict(entry["blocks"]),
-            "candidates": [{"blocks": ta.dataclasses.asdict(b), "ms": ms, "skipped": why}
+    return {"pick": dataclasses.asdict(entry["blocks"]),
+            "candidates": [{"blocks": dataclasses.asdict(b), "ms": ms, "skipped": why}
                            for b, ms, why in entry["times_ms"]]}

@@ -30,7 +30,7 @@ configure_triton_interpret()  # before triton is imported: the interpreter when 
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from .._platform import triton_interpreting  # noqa: E402
+from .._platform import compiled_sm_count, triton_interpreting  # noqa: E402
 from .._aot import aot_kernel, d_strides, jit_module, triton_dtype  # noqa: E402
 from . import triton_kernels  # noqa: E402
 from .spec import check_kernel_page_size  # noqa: E402
@@ -100,12 +100,6 @@ def _capability(t: torch.Tensor) -> Optional[tuple]:
     if triton_interpreting() or t.device.type != "cuda":
         return None
     return torch.cuda.get_device_capability(t.device)
-
-
-def _sm_count(t: torch.Tensor) -> Optional[int]:
-    if triton_interpreting() or t.device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(t.device).multi_processor_count
 
 
 def _span(max_len: int, window: Optional[int]) -> int:
@@ -202,7 +196,7 @@ def decode_triton(q, k_cache, v_cache, cache_seqlens, *, block_table=None, windo
         blocks = default_blocks(d, q.dtype, span, capability=_capability(q))
     blocks = _paged_blocks(blocks, page_size)
     if num_splits is None:
-        num_splits = num_kv_splits(b, kvh, span, blocks.block_n, _sm_count(q))
+        num_splits = num_kv_splits(b, kvh, span, blocks.block_n, compiled_sm_count(q))
     if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}], got {num_splits!r}")
     scale = d**-0.5 if scale is None else float(scale)
