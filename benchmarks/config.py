@@ -3,6 +3,7 @@ a typo in an override fails instead of being ignored)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -62,6 +63,7 @@ class BenchConfig:
     model: ModelBenchConfig = field(default_factory=ModelBenchConfig)
     telemetry_interval_s: float = 0.5
     deadline_s: float = 0.0  # > 0: shared across suites by entry count; entries not started in their share are reported skipped
+    first: dict[str, Any] = field(default_factory=dict)  # {suite: {field: [values]}}: run first (schedule.py)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks import config as bench_config  # noqa: E402
+from benchmarks import schedule  # noqa: E402
 from benchmarks.hardware import detect_device, measure_ceilings  # noqa: E402
 from benchmarks.results import (git_commit, library_versions, results_path,  # noqa: E402
                                 summary_table, write_json_atomic)
@@ -56,14 +57,18 @@ def make_timer_factory(device, tcfg):
     return factory
 
 
-def run_suite(suite, ceilings, device, deadline: float | None = None) -> list[dict]:
+def run_suite(suite, ceilings, device, deadline: float | None = None, entries=None,
+              desc: str | None = None) -> list[dict]:
+    """Check and time ``entries`` (default: all of the suite's), stopping to start new ones
+    at ``deadline``. Peer ratios are added by the caller, over all of a suite's records."""
     records = []
-    entries = list(suite.entries())
-    for case, framework, impl in tqdm(entries, desc=suite.name, unit="case"):
+    entries = list(suite.entries()) if entries is None else entries
+    for case, framework, impl in tqdm(entries, desc=desc or suite.name, unit="case"):
         base = {"suite": suite.name, "case": case.id, "framework": framework,
                 "impl": impl, "config": case.__dict__}
+        started = time.monotonic()
         try:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and started > deadline:
                 raise Skip("this suite's share of the run's deadline (bench.deadline_s) passed "
                            "before this entry started")
             rec = suite.run(case, framework, impl)
@@ -71,7 +76,7 @@ def run_suite(suite, ceilings, device, deadline: float | None = None) -> list[di
             rec = {"status": "skipped", "reason": str(e)}
         except Exception as e:  # one failing impl is reported, the run goes on
             rec = {"status": "error", "reason": f"{type(e).__name__}: {e}"[:2000]}
-        rec = {**base, **rec}
+        rec = {**base, **rec, "wall_s": time.monotonic() - started}  # setup, compile, check, timing
         if rec.get("mode") != "interpret" and rec.get("status") == "ok":
             if rec.get("tflops") is not None:
                 rec["frac_measured_peak"] = rec["tflops"] / ceilings["matmul_tflops"]
@@ -82,8 +87,38 @@ def run_suite(suite, ceilings, device, deadline: float | None = None) -> list[di
                 if device.datasheet_gbps:
                     rec["frac_datasheet_bw"] = rec["gbps"] / device.datasheet_gbps
         records.append(rec)
-    add_peer_ratios(records, suite.peers)
     return records
+
+
+def run_all(built: list, ceilings, device, deadline: float | None, first: dict, on_phase=None) -> list[dict]:
+    """Every suite's ``bench.first`` entries, then the rest (see ``benchmarks.schedule``);
+    records come back in each suite's own entry order, with peer ratios."""
+    entries = [list(s.entries()) for s in built]
+    schedule.check_filters(first, {s.name: e for s, e in zip(built, entries)})
+    split = [schedule.phases(e, first.get(s.name)) for s, e in zip(built, entries)]
+    done: list[dict] = [{} for _ in built]  # per suite: entry index -> record
+
+    def merged() -> list[dict]:
+        out = []
+        for suite, recs in zip(built, done):
+            ordered = [recs[i] for i in sorted(recs)]
+            add_peer_ratios(ordered, suite.peers)
+            out += ordered
+        return out
+
+    for phase in (0, 1):
+        todo = [sp[phase] for sp in split]
+        sizes = [len(t) for t in todo]
+        for i, suite in enumerate(built):
+            if not todo[i]:
+                continue
+            end = schedule.share_end(time.monotonic(), deadline, sizes, i)
+            desc = f"{suite.name} (first)" if phase == 0 else suite.name
+            recs = run_suite(suite, ceilings, device, end, [entries[i][j] for j in todo[i]], desc)
+            done[i].update(zip(todo[i], recs))
+            if on_phase is not None:
+                on_phase(merged())
+    return merged()
 
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base=None)
@@ -93,6 +128,14 @@ def main(cfg) -> None:
     device = detect_device()
     bcfg = cfg.bench
     timers = make_timer_factory(device, bcfg.timer)
+    suites = [(cls, scfg) for cls, scfg in (
+        (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
+        (ElementwiseSuite, bcfg.elementwise), (EncoderKernelsSuite, bcfg.encoder_kernels),
+        (Int4Suite, bcfg.int4), (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model))
+        if scfg.enabled]
+    built = [suite_cls(scfg, device, timers, cfg.seed) for suite_cls, scfg in suites]
+    first = OmegaConf.to_container(bcfg.first, resolve=True)
+    schedule.check_filters(first, {s.name: list(s.entries()) for s in built})  # before anything runs
     print(f"device: {device.name} ({device.kind}); measuring ceilings...")
     ceilings = measure_ceilings(device, timers("torch"), copy_mb=bcfg.ceilings.copy_mb,
                                 matmul_n=bcfg.ceilings.matmul_n)
@@ -125,21 +168,11 @@ def main(cfg) -> None:
         }
 
     with sampler:
-        suites = [(cls, scfg) for cls, scfg in (
-            (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
-            (ElementwiseSuite, bcfg.elementwise), (EncoderKernelsSuite, bcfg.encoder_kernels),
-            (Int4Suite, bcfg.int4), (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model))
-            if scfg.enabled]
-        built = [suite_cls(scfg, device, timers, cfg.seed) for suite_cls, scfg in suites]
-        sizes = [sum(1 for _ in suite.entries()) for suite in built]
-        for i, suite in enumerate(built):
-            # each suite gets a share of the time left in proportion to its entries, so one
-            # slow suite cannot starve the ones after it
-            share = None if deadline is None else (
-                time.monotonic() + (deadline - time.monotonic()) * sizes[i] / max(1, sum(sizes[i:])))
-            records += run_suite(suite, ceilings, device, share)
-            if i + 1 < len(built):  # a run killed later (a device call's time limit) keeps these
-                write_json_atomic(path, payload(complete=False))
+        def partial(recs):  # a run killed later (a device call's time limit) keeps these
+            records[:] = recs
+            write_json_atomic(path, payload(complete=False))
+
+        records[:] = run_all(built, ceilings, device, deadline, first, partial)
     write_json_atomic(path, payload(complete=True))
     interpreted = any(r.get("mode") == "interpret" for r in records)
     print(summary_table(records))

@@ -132,8 +132,8 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
             new_k.append(kv[0])
             new_v.append(kv[1])
     x = rms_norm(x, params["model.norm.weight"], eps=cfg.norm_eps, impl=norm_impl)
-    table = params["model.embed_tokens.weight"].astype(jnp.float32)
-    logits = jnp.einsum("bsw,vw->bsv", x.astype(jnp.float32), table)  # (B, S, V) fp32, tied head
+    table = params["model.embed_tokens.weight"]  # the tied head in the weights' dtype, fp32 logits
+    logits = jnp.einsum("bsw,vw->bsv", x.astype(table.dtype), table, preferred_element_type=jnp.float32)
     logits = softcap(with_logical_constraint(logits, ("batch", "seq", "vocab")), cfg.final_softcap)
     if cache is None:
         return logits

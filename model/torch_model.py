@@ -5,7 +5,8 @@
 
 RMSNorm with the Gemma (1 + w) scale, multi-query attention (GQA configurable) with
 rotate-half RoPE, GeGLU MLP (tanh GELU), optional attention / final-logit softcaps, optional
-local (sliding-window) / global layer alternation (``cfg.is_local``), tied output head in fp32.
+local (sliding-window) / global layer alternation (``cfg.is_local``), tied output head in the
+weights' dtype with fp32 logits.
 ``state_dict()`` keys are ``model.config.param_specs(cfg)`` names (Hugging Face Gemma's).
 
 Kernels: every op goes through ``kernels.torch_ops`` with the impl ``KernelConfig.impl(op)``
@@ -32,7 +33,7 @@ from torch import nn
 
 from kernels import torch_ops
 from model.config import KernelConfig, ModelConfig, init_std, param_specs
-from model.torch_layers import MLP, Embedding, Linear, RMSNorm, softcap
+from model.torch_layers import MLP, Embedding, Linear, RMSNorm, linear, softcap
 
 
 @dataclass
@@ -132,12 +133,15 @@ class _Body(nn.Module):
 
 
 class GeminiModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None):
+    def __init__(self, cfg: ModelConfig, kernels: KernelConfig | None = None, *, seed: int | None = 0):
+        """seed=None leaves the parameters uninitialized (torch.empty), for callers that load a
+        state right after: initializing nano1 on a CPU takes seconds."""
         super().__init__()
         self.cfg = cfg
         self.kernels = kernels if kernels is not None else KernelConfig()
         self.model = _Body(cfg, self.kernels)
-        self.init_weights(0)
+        if seed is not None:
+            self.init_weights(seed)
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
@@ -171,7 +175,8 @@ class GeminiModel(nn.Module):
         for layer in self.model.layers:
             x = layer(x, positions, segment_ids, cache)
         x = self.model.norm(x)
-        logits = x.float() @ self.model.embed_tokens.weight.float().T  # (B, S, V) fp32
+        w = self.model.embed_tokens.weight  # the tied head in the weights' dtype (bf16 tensor cores,
+        logits = linear(x.to(w.dtype), w).float()  # as HF Gemma and torchtitan), fp32 logits (B, S, V)
         if cache is not None:
             cache.lengths = cache.lengths + 1 if s == 1 else torch.full_like(cache.lengths, s)
         return softcap(logits, cfg.final_softcap)

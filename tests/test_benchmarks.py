@@ -22,6 +22,7 @@ def test_runner_writes_results_with_provenance(tmp_path):
            "bench.attention.seq_lens=[33]", "bench.attention.kv_heads=[1]",
            "bench.attention.causal=[true]", "bench.attention.head_dim=64",
            "bench.ceilings.copy_mb=8", "bench.ceilings.matmul_n=256",
+           "+bench.first.attention={impl:[sdpa],direction:[fwd+bwd]}",  # run first, reported in place
            *(f"bench.{suite}.enabled=false" for suite in OTHER_SUITES)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,6 +36,9 @@ def test_runner_writes_results_with_provenance(tmp_path):
     assert data["ceilings"]["copy_gbps"] > 0 and data["ceilings"]["matmul_tflops"] > 0
     recs = {(r["framework"], r["impl"], r["config"]["direction"]): r for r in data["records"]}
     assert len(recs) == 12  # 2 directions x (3 torch + 3 jax impls)
+    assert [(r["framework"], r["config"]["direction"]) for r in data["records"]][:2] == [
+        ("torch", "fwd"), ("torch", "fwd")]  # the suite's own order, whatever ran first
+    assert all(r["wall_s"] > 0 for r in data["records"])
     for key, r in recs.items():
         assert r["status"] == "ok", (key, r.get("reason"), r.get("max_error"))
         assert r["max_error"] <= r["tolerance"]
@@ -102,6 +106,43 @@ def test_wrong_kernel_is_reported_failed_not_timed(monkeypatch):
                                        "suite": "attention"}])
 
 
+def test_first_entries_run_before_the_rest():
+    import dataclasses
+
+    from benchmarks import run
+    from benchmarks.hardware import Device
+
+    @dataclasses.dataclass(frozen=True)
+    class Case:
+        n: int
+        id = property(lambda self: f"n{self.n}")
+
+    class Fake:
+        name, peers, calls = "fake", {"torch": ("peer",)}, []
+
+        def entries(self):
+            for n in range(3):
+                for impl in ("mine", "peer"):
+                    yield Case(n), "torch", impl
+
+        def run(self, case, framework, impl):
+            self.calls.append((case.n, impl))
+            return {"status": "ok", "median_ms": 1.0 if impl == "peer" else 0.5, "mode": "eager"}
+
+    suite, device = Fake(), Device(kind="cpu", name="cpu")
+    recs = run.run_all([suite], {}, device, None, {"fake": {"n": [2], "impl": ["mine", "peer"]}})
+    assert suite.calls == [(2, "mine"), (2, "peer"), (0, "mine"), (0, "peer"), (1, "mine"), (1, "peer")]
+    assert [(r["case"], r["impl"]) for r in recs] == [(f"n{n}", i) for n in range(3) for i in ("mine", "peer")]
+    assert all(r["speedup_vs_peer"] == 2.0 for r in recs if r["impl"] == "mine")
+    suite.calls.clear()
+    recs = run.run_all([suite], {}, device, 0.0, {"fake": {"n": [1]}})  # deadline passed: all skipped
+    assert suite.calls == [] and {r["status"] for r in recs} == {"skipped"}
+    with pytest.raises(ValueError, match=r"bench.first.fake: unknown key 'm'"):
+        run.run_all([suite], {}, device, None, {"fake": {"m": [1]}})
+    with pytest.raises(ValueError, match="unknown suite 'fak'"):
+        run.run_all([suite], {}, device, None, {"fak": {"n": [1]}})
+
+
 def test_results_write_is_atomic(tmp_path):
     path = tmp_path / "r.json"
     write_json_atomic(str(path), {"a": 1})
@@ -126,10 +167,18 @@ def test_model_suite_checks_then_times_and_counts_flops():
                        lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0))
     recs = [(c, fw, i, suite.run(c, fw, i)) for c, fw, i in suite.entries()]
     assert len(recs) == 6
+    assert [fw for _, fw, _, _ in recs] == ["torch"] * 3 + ["jax"] * 3  # torch rows before any JAX row
     for case, fw, impl, r in recs:
         assert r["status"] == "ok", (case.id, fw, impl, r)
         assert r["tokens_per_s"] > 0 and r["max_error"] <= r["tolerance"]
         assert ("tflops" in r) == (case.mode != "decode")
+    # bf16: the references run on weights rounded to bf16, so only activation rounding remains
+    # (sdpa, not triton: the Triton interpreter's bf16 dots are wrong)
+    cfg16 = OmegaConf.merge(cfg, {"dtype": "bfloat16", "torch_impls": ["sdpa"], "jax_impls": ["xla"]})
+    suite16 = ModelSuite(cfg16, Device(kind="cpu", name="cpu"), suite.timer_factory)
+    for c, fw, i in suite16.entries():
+        r = suite16.check(c, fw, i)[0]
+        assert 0 < r["max_error"] <= r["tolerance"] / 4, (c.id, fw, i, r)
     # torchtitan's convention, written out for nano1 at 8k: 6 N + 12 L H D S per token
     c = PRESETS["nano1"]
     n_matmul = c.layers * (2 * c.width * c.heads * c.head_dim + 2 * c.width * c.kv_heads * c.head_dim

@@ -11,11 +11,20 @@ MFU (stated, torchtitan's convention, causal attention NOT halved):
 N = non-embedding parameters + the tied head's matmul (vocab·width), L layers, H heads,
 D head_dim, S sequence length. MFU = FLOP/s ÷ the device's measured matmul ceiling (and
 ÷ the datasheet peak). Decode reports tokens/s and the bytes of weights + KV read per step.
-Correctness first: logits (forward, decode) or loss (train step) against the
-reference-kernel model in fp32 with the same parameters.
+Correctness first: the logits of the last ``check_rows`` positions (forward; in a causal model
+they depend on every position), the logits (decode) or the loss (train step) against the
+reference-kernel model in fp32 with the same, dtype-rounded, weights.
+
+Sized for nano1 at 8k on one GPU: the weights are drawn once per suite; the fp32 reference
+runs on the bench device; torch models are built empty (no init) and loaded; the torch rows of
+every case run before any JAX row, with torch's cached memory returned after each row (JAX's
+allocator never shrinks, so the order matters on an 80 GB card); the decode cache is one random
+K and one random V block copied into every layer; the JAX decode step donates its cache, as
+``model.generate`` does, so no row times a copy of the cache.
 """
 from __future__ import annotations
 
+import gc
 import zlib
 from dataclasses import dataclass, field
 
@@ -40,6 +49,7 @@ class ModelBenchConfig:
     dtype: str = "float32"
     torch_impls: list[str] = field(default_factory=lambda: ["reference", "triton"])
     jax_impls: list[str] = field(default_factory=lambda: ["xla", "pallas"])
+    check_rows: int = 128  # forward: the logits of the last rows are checked
 
 
 @dataclass(frozen=True)
@@ -71,46 +81,77 @@ class ModelSuite:
 
     def __init__(self, cfg, device, timer_factory, seed: int = 0):
         self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
+        self._weights, self._refs, self._jax_params = {}, {}, {}
 
-    def entries(self):
+    def cases(self) -> list[Case]:
         c = self.cfg
-        for mode in c.modes:
-            batches = c.decode_batches if mode == "decode" else [c.batch]
-            for b in batches:
-                case = Case(c.model, mode, b, c.decode_cache_len if mode == "decode" else c.seq_len, c.dtype)
-                for impl in c.torch_impls:
-                    yield case, "torch", impl
-                for impl in c.jax_impls:
-                    yield case, "jax", impl
+        return [Case(c.model, mode, b, c.decode_cache_len if mode == "decode" else c.seq_len, c.dtype)
+                for mode in c.modes for b in (c.decode_batches if mode == "decode" else [c.batch])]
+
+    def entries(self):  # every torch row before any JAX row (see the module docstring)
+        for framework, impls in (("torch", self.cfg.torch_impls), ("jax", self.cfg.jax_impls)):
+            for case in self.cases():
+                for impl in impls:
+                    yield case, framework, impl
 
     def _model_cfg(self):
         from model.config import PRESETS
 
         return PRESETS[self.cfg.model]
 
-    def _data(self, case: Case):
-        if getattr(self, "_case", None) != case:
+    def _dev(self) -> str:
+        return "cuda" if self.device.kind == "cuda" else "cpu"
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.device.kind == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # --- data, shared by every impl of a case ---------------------------------------------
+    def _weights_for(self, dtype: str) -> dict:
+        """The model's weights (init seed ``self.seed``) as fp32 numpy, rounded through ``dtype``."""
+        if dtype not in self._weights:
             import torch
 
             from model.torch_model import GeminiModel
 
-            mcfg = self._model_cfg()
-            rng = np.random.default_rng(self.seed + zlib.crc32(case.id.encode()))
-            tokens = rng.integers(0, mcfg.vocab_size, size=(case.batch, 1 if case.mode == "decode" else case.seq))
-            ref_model = GeminiModel(mcfg)
-            ref_model.init_weights(self.seed)
-            params = {k: v.detach().numpy().copy() for k, v in ref_model.state_dict().items()}
-            kv = None
-            if case.mode == "decode":  # a cache filled to length seq - 1 with random K/V
-                shape = (mcfg.layers, case.batch, case.seq, mcfg.kv_heads, mcfg.head_dim)
-                kv = (rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32))
-            ref = self._torch_run(ref_model, torch, tokens, case, kv, check_only=True)
-            self._case, self._payload = case, (mcfg, tokens, params, kv, ref)
-        return self._payload
+            model = GeminiModel(self._model_cfg(), seed=self.seed)
+            self._weights[dtype] = {k: v.detach().to(getattr(torch, dtype)).float().numpy()
+                                    for k, v in model.state_dict().items()}
+        return self._weights[dtype]
+
+    def _data(self, case: Case):
+        """(tokens, kv) for the case; kv: one random K and V block [B, seq, KVH, D] (decode)."""
+        import torch
+
+        mcfg = self._model_cfg()
+        rng = np.random.default_rng(self.seed + zlib.crc32(case.id.encode()))
+        tokens = rng.integers(0, mcfg.vocab_size, size=(case.batch, 1 if case.mode == "decode" else case.seq))
+        kv = None
+        if case.mode == "decode":  # a cache filled to length seq - 1 (every layer the same blocks)
+            shape = (case.batch, case.seq, mcfg.kv_heads, mcfg.head_dim)
+            dt = getattr(torch, case.dtype)
+            kv = tuple(torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dt).float().numpy()
+                       for _ in range(2))
+        return tokens, kv
+
+    def _reference(self, case: Case):
+        """The fp32 reference-kernel model's output on the case, run on the bench device."""
+        if case not in self._refs:
+            import torch
+
+            tokens, kv = self._data(case)
+            model = self._torch_model("reference", case.dtype, torch.float32)
+            self._refs[case] = self._torch_run(model, tokens, case, self._cache(model, case, kv))
+            del model
+            self._free()
+        return self._refs[case]
 
     def check(self, case: Case, framework: str, impl: str):
-        mcfg, tokens, params, kv, ref = self._data(case)
-        got, timed, mode = (self._torch if framework == "torch" else self._jax)(case, impl, mcfg, tokens, params, kv)
+        ref = self._reference(case)
+        got, timed, mode = (self._torch if framework == "torch" else self._jax)(case, impl)
         err = rel_err(got, ref)
         rec = {"max_error": err, "tolerance": BENCH_RTOL[case.dtype], "mode": mode}
         if not np.isfinite(err) or err > rec["tolerance"]:
@@ -118,10 +159,14 @@ class ModelSuite:
         return rec, timed
 
     def run(self, case: Case, framework: str, impl: str) -> dict:
-        rec, timed = self.check(case, framework, impl)
-        if timed is None:
-            return rec
-        t = self.timer_factory(framework, interpret=rec["mode"] == "interpret")(timed)
+        try:
+            rec, timed = self.check(case, framework, impl)
+            if timed is None:
+                return rec
+            t = self.timer_factory(framework, interpret=rec["mode"] == "interpret")(timed)
+        finally:
+            timed = None
+            self._free()
         tokens = case.batch * (1 if case.mode == "decode" else case.seq)
         out = {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
                "tokens_per_s": tokens / t.median_s}
@@ -131,51 +176,70 @@ class ModelSuite:
         return out
 
     # --- PyTorch ------------------------------------------------------------------------
-    def _torch(self, case, impl, mcfg, tokens, params, kv):
+    def _torch_model(self, preset: str, weights_dtype: str, dtype):
+        """A model built empty on the meta device, then given the weights on the bench device."""
         import torch
 
-        from kernels import _platform
         from model.config import KernelConfig
         from model.torch_model import GeminiModel
 
+        with torch.device("meta"):
+            model = GeminiModel(self._model_cfg(), KernelConfig(preset=preset), seed=None)
+        model = model.to(dtype).to_empty(device=self._dev())
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in self._weights_for(weights_dtype).items()})
+        return model
+
+    def _torch(self, case, impl):
+        import torch
+
+        from kernels import _platform
+
         if impl not in TORCH_PRESETS:
             raise Skip(f"unknown torch impl {impl!r}")
-        dev = "cuda" if self.device.kind == "cuda" else "cpu"
-        model = GeminiModel(mcfg, KernelConfig(preset=TORCH_PRESETS[impl]))
-        model.load_state_dict({k: torch.tensor(v) for k, v in params.items()})
-        model = model.to(dev, getattr(torch, case.dtype))
+        model = self._torch_model(TORCH_PRESETS[impl], case.dtype, getattr(torch, case.dtype))
         run_model = torch.compile(model) if impl == "compiled" else model
         mode = {"triton": "interpret" if _platform.triton_interpreting() else "compiled",
                 "compiled": "torch.compile"}.get(impl, "eager")
-        got = self._torch_run(run_model, torch, tokens, case, kv, device=dev)
-        timed = self._torch_step(run_model, torch, tokens, case, kv, dev)
-        return got, timed, mode
+        tokens, kv = self._data(case)
+        cache = self._cache(model, case, kv)
+        got = self._torch_run(run_model, tokens, case, cache)
+        return got, self._torch_step(run_model, tokens, case, cache), mode
 
-    @staticmethod
-    def _torch_run(model, torch, tokens, case, kv, device="cpu", check_only=False):
-        t = torch.tensor(tokens, device=device)
-        dtype = next(model.parameters()).dtype
-        if case.mode == "forward":
-            with torch.no_grad():
-                return model(t).float().cpu().numpy()
-        if case.mode == "train_step":
-            logits = model(t)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), t[:, 1:].flatten())
-            return np.array([loss.item()])
+    def _cache(self, model, case, kv):
+        """Decode: a KVCache whose every layer holds the case's K and V blocks; else None."""
+        import torch
+
         from model.torch_model import KVCache
 
-        cfg = model.cfg if hasattr(model, "cfg") else model._orig_mod.cfg
-        cache = KVCache.create(cfg, case.batch, case.seq, dtype=dtype, device=device)
-        for i in range(cfg.layers):
-            cache.k[i].copy_(torch.tensor(kv[0][i]).to(device, dtype))
-            cache.v[i].copy_(torch.tensor(kv[1][i]).to(device, dtype))
-        cache.lengths.fill_(case.seq - 1)
+        if kv is None:
+            return None
+        dtype = next(model.parameters()).dtype
+        cache = KVCache.create(model.cfg, case.batch, case.seq, dtype=dtype, device=self._dev())
+        blocks = [torch.from_numpy(x).to(self._dev(), dtype) for x in kv]
+        for i in range(model.cfg.layers):
+            cache.k[i].copy_(blocks[0])
+            cache.v[i].copy_(blocks[1])
+        return cache
+
+    def _torch_run(self, model, tokens, case, cache):
+        """The checked output as numpy: last rows' logits, the loss, or the decode logits."""
+        import torch
+
+        t = torch.tensor(tokens, device=self._dev())
         with torch.no_grad():
+            if case.mode == "forward":
+                return model(t)[:, -self.cfg.check_rows:].float().cpu().numpy()
+            if case.mode == "train_step":
+                logits = model(t)
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), t[:, 1:].flatten())
+                return np.array([loss.item()])
+            cache.lengths.fill_(case.seq - 1)
             return model(t, cache=cache).float().cpu().numpy()
 
-    @staticmethod
-    def _torch_step(model, torch, tokens, case, kv, dev):
-        t = torch.tensor(tokens, device=dev)
+    def _torch_step(self, model, tokens, case, cache):
+        import torch
+
+        t = torch.tensor(tokens, device=self._dev())
         if case.mode == "forward":
             def step():
                 with torch.no_grad():
@@ -193,11 +257,6 @@ class ModelSuite:
                 opt.step()
                 return loss
             return step
-        from model.torch_model import KVCache
-
-        cfg = model.cfg if hasattr(model, "cfg") else model._orig_mod.cfg
-        dtype = next(model.parameters()).dtype
-        cache = KVCache.create(cfg, case.batch, case.seq, dtype=dtype, device=dev)
 
         def step():  # one decode step at length seq - 1 (the cache is reset each time)
             cache.lengths.fill_(case.seq - 1)
@@ -206,7 +265,16 @@ class ModelSuite:
         return step
 
     # --- JAX ----------------------------------------------------------------------------
-    def _jax(self, case, impl, mcfg, tokens, params, kv):
+    def _jax_weights(self, dtype: str) -> dict:
+        """The weights on the JAX device in ``dtype``, once (fp32 moved, then cast there)."""
+        if dtype not in self._jax_params:
+            import jax
+
+            self._jax_params[dtype] = {k: jax.device_put(v).astype(dtype)
+                                       for k, v in self._weights_for(dtype).items()}
+        return self._jax_params[dtype]
+
+    def _jax(self, case, impl):
         import functools
 
         import jax
@@ -218,14 +286,16 @@ class ModelSuite:
 
         if impl not in JAX_PRESETS:
             raise Skip(f"unknown jax impl {impl!r}")
+        mcfg = self._model_cfg()
         kernels = KernelConfig(preset=JAX_PRESETS[impl])
-        p = {k: jnp.asarray(v, case.dtype) for k, v in params.items()}
+        p = self._jax_weights(case.dtype)
+        tokens, kv = self._data(case)
         t = jnp.asarray(tokens, jnp.int32)
         fwd = functools.partial(jax_model.forward, cfg=mcfg, kernels=kernels)
         mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if impl == "pallas" else "xla"
         if case.mode == "forward":
             f = jax.jit(fwd)
-            return np.asarray(f(p, t), np.float32), (lambda: f(p, t)), mode
+            return np.asarray(f(p, t)[:, -self.cfg.check_rows:], np.float32), (lambda: f(p, t)), mode
         if case.mode == "train_step":
             def loss_fn(params_):
                 logits = fwd(params_, t).astype(jnp.float32)
@@ -239,10 +309,18 @@ class ModelSuite:
 
             loss, _ = step(p)
             return np.array([float(loss)]), (lambda: step(p)), mode
-        cache = jax_model.KVCache.create(mcfg, case.batch, case.seq, dtype=jnp.dtype(case.dtype))
-        cache = cache._replace(k=tuple(jnp.asarray(x, case.dtype) for x in kv[0]),
-                               v=tuple(jnp.asarray(x, case.dtype) for x in kv[1]),
-                               lengths=jnp.full((case.batch,), case.seq - 1, jnp.int32))
-        f = jax.jit(lambda p_, t_, c_: fwd(p_, t_, cache=c_))
-        logits, _ = f(p, t, cache)
-        return np.asarray(logits, np.float32), (lambda: f(p, t, cache)), mode
+        # decode: K/V donated (in place, as model.generate runs it), the lengths reset every step
+        donate = () if jax.default_backend() == "cpu" else (2, 3)  # CPU cannot donate buffers
+        f = jax.jit(lambda p_, t_, k_, v_, n_: fwd(p_, t_, cache=jax_model.KVCache(k_, v_, n_)),
+                    donate_argnums=donate)
+        blocks = [jax.device_put(x).astype(case.dtype) for x in kv]
+        state = [tuple(jnp.copy(blocks[0]) for _ in range(mcfg.layers)),
+                 tuple(jnp.copy(blocks[1]) for _ in range(mcfg.layers))]
+        del blocks
+
+        def step():
+            logits, cache = f(p, t, *state, jnp.full((case.batch,), case.seq - 1, jnp.int32))
+            state[:] = [cache.k, cache.v]
+            return logits
+
+        return np.asarray(step(), np.float32), step, mode
