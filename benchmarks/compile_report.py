@@ -65,6 +65,7 @@ DEFAULT_JOBS = {
     "log_mel 80 fp16": ("kernels.audio.triton_log_mel", ["torch.float16"], {"n_mels": 80}),
     "int4 matmul m16 bf16": ("kernels.int4.triton_int4", ["torch.bfloat16"], {"rows": 16}),
     "int4 matmul m4096 bf16": ("kernels.int4.triton_int4", ["torch.bfloat16"], {"rows": 4096}),
+    "linear_cross_entropy bf16": ("kernels.cross_entropy.triton_cross_entropy", ["torch.bfloat16"], {}),
 }
 
 # The spill audit (``--sweep``): every op's default configuration over the dtypes and sizes
@@ -116,6 +117,9 @@ def sweep_configs() -> dict:
             out[f"int4 matmul m{rows} g128 {dt}"] = ("kernels.int4.triton_int4", [t], {"rows": rows})
             out[f"int4 matmul m{rows} g32 asym {dt}"] = ("kernels.int4.triton_int4", [t],
                                                          {"rows": rows, "group_size": 32, "asymmetric": True})
+        for cap in (False, True):
+            out[f"linear_cross_entropy{' softcap' if cap else ''} {dt}"] = (
+                "kernels.cross_entropy.triton_cross_entropy", [t], {"softcap": cap})
     return out
 
 

@@ -273,3 +273,33 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="triton"):
     from .int4.reference import int4_matmul_reference
 
     return int4_matmul_reference(x, packed_w, scales, zeros, group_size)
+
+
+LOSS_IMPLS = ("triton", "reference")
+
+
+def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normalizer=None, impl="triton"):
+    """Cross-entropy of softcap(x @ weight.T) against targets, without full logits ("triton":
+    chunked, Liger-Kernel's fused linear cross-entropy); "reference" builds the [N, V] logits
+    (the matmul in x's dtype, as the model's head; softmax in fp32). See
+    ``kernels/cross_entropy/spec.py``. The masked-in targets are range-checked on the host."""
+    from .cross_entropy.spec import check_linear_cross_entropy_args
+
+    check_impl(impl, LOSS_IMPLS)
+    _, width, vocab = check_linear_cross_entropy_args(
+        x, weight, targets, mask, softcap=softcap, normalizer=normalizer, dtypes=TORCH_DTYPES,
+        device_of=_device)
+    t = targets.reshape(-1)
+    m = torch.ones_like(t, dtype=torch.bool) if mask is None else mask.reshape(-1)
+    bad = ((t < 0) | (t >= vocab)) & m
+    if bool(bad.any()):
+        raise ValueError(f"targets must lie in [0, vocab={vocab}) where mask is set, got {int(t[bad][0])}")
+    if impl == "reference":
+        from .cross_entropy.reference import _linear_cross_entropy
+
+        return _linear_cross_entropy(x, weight, targets, mask, softcap=softcap, normalizer=normalizer,
+                                     upcast=False)
+    from .cross_entropy.triton_cross_entropy import linear_cross_entropy_triton
+
+    denom = m.sum().clamp_min(1) if normalizer is None else normalizer
+    return linear_cross_entropy_triton(x.reshape(-1, width), weight, t, m.float() / denom, softcap=softcap)

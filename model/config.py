@@ -131,6 +131,7 @@ class KernelConfig:
     norm: str | None = None
     rope: str | None = None
     mlp: str | None = None
+    loss: str | None = None  # torch's GeminiModel.loss: triton (fused linear cross-entropy) | reference
 
     def impl(self, op: str) -> str:
         chosen = getattr(self, op)

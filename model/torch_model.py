@@ -157,8 +157,11 @@ class GeminiModel(nn.Module):
                 p.copy_(torch.randn(shape, generator=gen) * init_std(shape))
 
     def forward(self, tokens, *, positions=None, segment_ids=None, embeds=None, embed_mask=None,
-                cache=None):
-        """tokens [B, S] -> logits [B, S, vocab] fp32. See the module docstring for the cache."""
+                cache=None, hidden=False):
+        """tokens [B, S] -> logits [B, S, vocab] fp32 (hidden=True: the final normed hidden state
+        [B, S, W], no head, no cache). See the module docstring for the cache."""
+        if hidden and cache is not None:
+            raise ValueError("hidden=True is for training (loss); it takes no cache")
         cfg = self.cfg
         b, s = tokens.shape
         if cache is not None:
@@ -175,11 +178,22 @@ class GeminiModel(nn.Module):
         for layer in self.model.layers:
             x = layer(x, positions, segment_ids, cache)
         x = self.model.norm(x)
+        if hidden:
+            return x
         w = self.model.embed_tokens.weight  # the tied head in the weights' dtype (bf16 tensor cores,
         logits = linear(x.to(w.dtype), w).float()  # as HF Gemma and torchtitan), fp32 logits (B, S, V)
         if cache is not None:
             cache.lengths = cache.lengths + 1 if s == 1 else torch.full_like(cache.lengths, s)
         return softcap(logits, cfg.final_softcap)
+
+    def loss(self, tokens, targets, mask=None, *, normalizer=None, **kw):
+        """Masked cross-entropy of the next-token logits (``model.losses``' semantics) through
+        the ``loss`` kernel: with "triton" the [B, S, vocab] logits never exist in full."""
+        h = self(tokens, hidden=True, **kw)
+        w = self.model.embed_tokens.weight
+        mask = None if mask is None else mask.bool()
+        return torch_ops.linear_cross_entropy(h.to(w.dtype), w, targets, mask=mask, normalizer=normalizer,
+                                              softcap=self.cfg.final_softcap, impl=self.kernels.impl("loss"))
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

@@ -93,10 +93,13 @@ class TorchTrainer:
         total = torch.zeros((), device=self.device)
         for b in micro:
             inputs, targets, mask = self._tensors(b)
-            with self._autocast():
-                logits = self.model(inputs)
-            loss = losses.torch_masked_cross_entropy(logits, targets, mask, normalizer=normalizer)
-            if self.teacher is not None:
+            if self.teacher is None:  # the loss kernel: "triton" never builds the full logits
+                with self._autocast():
+                    loss = self.model.loss(inputs, targets, mask, normalizer=normalizer)
+            else:  # distillation compares full logits
+                with self._autocast():
+                    logits = self.model(inputs)
+                loss = losses.torch_masked_cross_entropy(logits, targets, mask, normalizer=normalizer)
                 with torch.no_grad(), self._autocast():
                     t_logits = self.teacher(inputs)
                 kl = losses.torch_distill_kl(logits, t_logits, mask, normalizer=normalizer,

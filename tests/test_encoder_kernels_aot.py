@@ -26,6 +26,7 @@ JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
                    dict(approximate="tanh", gated=True)),
     "gelu-erf": ("kernels.activations.triton_activations", ["torch.float16"],
                  dict(approximate="none", gated=False)),
+    "linear-ce-softcap": ("kernels.cross_entropy.triton_cross_entropy", ["torch.bfloat16"], dict(softcap=True)),
 }
 
 # Spill audit entries (benchmarks.compile_report --sweep), all kernels of each: fp32 norms at

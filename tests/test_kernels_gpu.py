@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 import test_activations
+import test_cross_entropy
 import test_decode
 import test_int4
 import test_log_mel
@@ -374,3 +375,34 @@ def test_pallas_log_mel(rng, case, dtype):
     ref = log_mel_reference(torch.tensor(x), n_mels=n_mels)
     base = mel_ref_jax.log_mel_xla(xj, n_mels=n_mels)
     assert_close(np.asarray(out), ref, np.asarray(base), dtype, "log_mel")
+
+
+# ---- linear_cross_entropy: chunked logits, the row kernel, in-place gradients -----------
+
+CE = [((sized(300, 21), sized(50257, 301), sized(128, 5), None), BF16),
+      ((sized(300, 21), sized(50257, 301), sized(128, 5), 30.0), FP16)]  # (rows, vocab, chunk, softcap)
+ce_id = lambda c: f"n{c[0]}-v{c[1]}-chunk{c[2]}{'-softcap' if c[3] else ''}"  # noqa: E731
+
+
+@pytest.mark.parametrize("case,dtype", params(CE, ce_id, triton=True))
+def test_triton_linear_cross_entropy(rng, case, dtype):
+    from kernels.cross_entropy import reference as ce_ref
+    from kernels.cross_entropy import triton_cross_entropy
+    from kernels.cross_entropy.triton_cross_entropy import CrossEntropyBlocks
+
+    rows, vocab, chunk, cap = case
+    width = sized(256, test_cross_entropy.WIDTH)
+    x, w, t, m = test_cross_entropy._data(rng, (rows,), vocab, width)
+    blocks = CrossEntropyBlocks(chunk_rows=chunk) if DEVICE == "cuda" else CrossEntropyBlocks(64, 4, chunk)
+    td, md = t.to(DEVICE), m.to(DEVICE)
+    op = lambda a, b: triton_cross_entropy.linear_cross_entropy_triton(  # noqa: E731
+        a, b, torch.where(md, td, 0), md.float() / md.sum(), softcap=cap, blocks=blocks)
+    with launched(triton_cross_entropy, "_ce_kernel"):
+        got = test_cross_entropy._run(op, x, w, dtype, DEVICE)
+    ref = test_cross_entropy._run(lambda a, b: ce_ref._linear_cross_entropy(a, b, t, m, softcap=cap), x, w,
+                                  torch.float64)
+    base = test_cross_entropy._run(lambda a, b: ce_ref._linear_cross_entropy(a, b, td, md, softcap=cap,
+                                                                             upcast=False), x, w, dtype, DEVICE)
+    assert_close(got[0], ref[0], base[0], dtype, "loss")
+    compare(["dx", "dweight"], got[1:], ref[1:], base[1:], dtype)
+

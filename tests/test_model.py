@@ -288,3 +288,28 @@ def test_torch_forward_under_bf16_autocast():
     ref = model(tokens)
     assert torch.isfinite(logits).all()
     assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize("loss_impl", ["triton", "reference"])
+def test_torch_loss_kernel_equals_the_logits_loss(loss_impl):
+    """GeminiModel.loss (the fused linear cross-entropy for triton) == model.losses on the
+    full logits, value and gradients (softcapped logits, masked rows holding -100)."""
+    import dataclasses
+
+    from model import losses
+    from model.config import PRESETS
+    from model.torch_model import GeminiModel
+
+    cfg = dataclasses.replace(PRESETS["tiny"], final_softcap=30.0)
+    model = GeminiModel(cfg, KernelConfig(preset="reference", loss=loss_impl))
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 11), generator=g)
+    targets = torch.randint(0, cfg.vocab_size, (2, 11), generator=g)
+    mask = torch.rand(2, 11, generator=g) > 0.25
+    got = model.loss(tokens, torch.where(mask, targets, -100), mask, normalizer=9.0)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    want = losses.torch_masked_cross_entropy(model(tokens), targets, mask, normalizer=9.0)
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -13,7 +13,9 @@ D head_dim, S sequence length. MFU = FLOP/s ÷ the device's measured matmul ceil
 ÷ the datasheet peak). Decode reports tokens/s and the bytes of weights + KV read per step.
 Correctness first: the logits of the last ``check_rows`` positions (forward; in a causal model
 they depend on every position), the logits (decode) or the loss (train step) against the
-reference-kernel model in fp32 with the same, dtype-rounded, weights.
+reference-kernel model in fp32 with the same, dtype-rounded, weights. The train step is the
+model's ``loss`` (next-token cross-entropy through its ``loss`` kernel: the fused linear
+cross-entropy for triton, full logits for the reference/sdpa/compiled peers), backward, AdamW.
 
 Sized for nano1 at 8k on one GPU: the weights are drawn once per suite; the fp32 reference
 runs on the bench device; torch models are built empty (no init) and loaded; the torch rows of
@@ -144,7 +146,8 @@ class ModelSuite:
 
             tokens, kv = self._data(case)
             model = self._torch_model("reference", case.dtype, torch.float32)
-            self._refs[case] = self._torch_run(model, tokens, case, self._cache(model, case, kv))
+            run = model.loss if case.mode == "train_step" else model
+            self._refs[case] = self._torch_run(run, tokens, case, self._cache(model, case, kv))
             del model
             self._free()
         return self._refs[case]
@@ -198,12 +201,14 @@ class ModelSuite:
             raise Skip(f"unknown torch impl {impl!r}")
         model = self._torch_model(TORCH_PRESETS[impl], case.dtype, getattr(torch, case.dtype))
         run_model = torch.compile(model) if impl == "compiled" else model
+        if case.mode == "train_step":  # the model's loss (its ``loss`` kernel), compiled with it
+            run_model = torch.compile(model.loss) if impl == "compiled" else model.loss
         mode = {"triton": "interpret" if _platform.triton_interpreting() else "compiled",
                 "compiled": "torch.compile"}.get(impl, "eager")
         tokens, kv = self._data(case)
         cache = self._cache(model, case, kv)
         got = self._torch_run(run_model, tokens, case, cache)
-        return got, self._torch_step(run_model, tokens, case, cache), mode
+        return got, self._torch_step(run_model, model.parameters(), tokens, case, cache), mode
 
     def _cache(self, model, case, kv):
         """Decode: a KVCache whose every layer holds the case's K and V blocks; else None."""
@@ -221,8 +226,18 @@ class ModelSuite:
             cache.v[i].copy_(blocks[1])
         return cache
 
+    @staticmethod
+    def _next_tokens(t):
+        """Next-token targets of tokens t [B, S] and their mask (the last position has none)."""
+        import torch
+
+        mask = torch.ones_like(t, dtype=torch.bool)
+        mask[:, -1] = False
+        return torch.roll(t, -1, 1), mask
+
     def _torch_run(self, model, tokens, case, cache):
-        """The checked output as numpy: last rows' logits, the loss, or the decode logits."""
+        """The checked output as numpy: last rows' logits, the loss, or the decode logits.
+        ``model``: the module, or its ``loss`` method for the train step."""
         import torch
 
         t = torch.tensor(tokens, device=self._dev())
@@ -230,13 +245,11 @@ class ModelSuite:
             if case.mode == "forward":
                 return model(t)[:, -self.cfg.check_rows:].float().cpu().numpy()
             if case.mode == "train_step":
-                logits = model(t)
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), t[:, 1:].flatten())
-                return np.array([loss.item()])
+                return np.array([model(t, *self._next_tokens(t)).item()])
             cache.lengths.fill_(case.seq - 1)
             return model(t, cache=cache).float().cpu().numpy()
 
-    def _torch_step(self, model, tokens, case, cache):
+    def _torch_step(self, model, params, tokens, case, cache):
         import torch
 
         t = torch.tensor(tokens, device=self._dev())
@@ -245,14 +258,13 @@ class ModelSuite:
                 with torch.no_grad():
                     return model(t)
             return step
-        if case.mode == "train_step":
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if case.mode == "train_step":  # model: the loss method
+            opt = torch.optim.AdamW(params, lr=1e-4)
+            targets, mask = self._next_tokens(t)
 
             def step():
                 opt.zero_grad(set_to_none=True)
-                logits = model(t)
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1),
-                                                         t[:, 1:].flatten())
+                loss = model(t, targets, mask)
                 loss.backward()
                 opt.step()
                 return loss

@@ -1,0 +1,1 @@
+"""Linear cross-entropy (the tied head and its loss, fused): reference and Triton."""
