@@ -90,7 +90,7 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
     return records
 
 
-def run_all(built: list, ceilings, device, deadline: float | None, first: dict, on_phase=None) -> list[dict]:
+def run_all(built: list, ceilings, device, deadline: float | None, first: dict, on_progress=None) -> list[dict]:
     """Every suite's ``bench.first`` entries, then the rest (see ``benchmarks.schedule``);
     records come back in each suite's own entry order, with peer ratios."""
     entries = [list(s.entries()) for s in built]
@@ -116,8 +116,8 @@ def run_all(built: list, ceilings, device, deadline: float | None, first: dict, 
             desc = f"{suite.name} (first)" if phase == 0 else suite.name
             recs = run_suite(suite, ceilings, device, end, [entries[i][j] for j in todo[i]], desc)
             done[i].update(zip(todo[i], recs))
-            if on_phase is not None:
-                on_phase(merged())
+            if on_progress is not None:  # after each suite of each phase
+                on_progress(merged())
     return merged()
 
 

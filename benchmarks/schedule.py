@@ -10,7 +10,7 @@ over the entry's case fields plus ``framework`` and ``impl``::
 
 An entry is first when every key of its suite's filter lists its value. The runner runs
 every suite's first entries (in suite order), then the rest; within a phase each suite gets
-the time left in proportion to its entries (``shares``). A key no case of the suite has is
+the time left in proportion to its entries (``share_end``). A key no case of the suite has is
 refused before anything runs.
 """
 from __future__ import annotations
