@@ -121,6 +121,19 @@ def run_all(built: list, ceilings, device, deadline: float | None, first: dict, 
     return merged()
 
 
+def build_suites(bcfg, device, timers, seed: int) -> tuple[list, dict]:
+    """The enabled suites of ``bcfg`` (bench config) and its checked ``first`` filters."""
+    suites = [(cls, scfg) for cls, scfg in (
+        (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
+        (ElementwiseSuite, bcfg.elementwise), (EncoderKernelsSuite, bcfg.encoder_kernels),
+        (Int4Suite, bcfg.int4), (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model))
+        if scfg.enabled]
+    built = [suite_cls(scfg, device, timers, seed) for suite_cls, scfg in suites]
+    first = OmegaConf.to_container(bcfg.first, resolve=True)
+    schedule.check_filters(first, {s.name: list(s.entries()) for s in built})
+    return built, first
+
+
 @hydra.main(config_path="../conf", config_name="benchmark", version_base=None)
 def main(cfg) -> None:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -128,14 +141,7 @@ def main(cfg) -> None:
     device = detect_device()
     bcfg = cfg.bench
     timers = make_timer_factory(device, bcfg.timer)
-    suites = [(cls, scfg) for cls, scfg in (
-        (AttentionSuite, bcfg.attention), (DecodeSuite, bcfg.decode),
-        (ElementwiseSuite, bcfg.elementwise), (EncoderKernelsSuite, bcfg.encoder_kernels),
-        (Int4Suite, bcfg.int4), (EncodersSuite, bcfg.encoders), (ModelSuite, bcfg.model))
-        if scfg.enabled]
-    built = [suite_cls(scfg, device, timers, cfg.seed) for suite_cls, scfg in suites]
-    first = OmegaConf.to_container(bcfg.first, resolve=True)
-    schedule.check_filters(first, {s.name: list(s.entries()) for s in built})  # before anything runs
+    built, first = build_suites(bcfg, device, timers, cfg.seed)  # filters checked before anything runs
     print(f"device: {device.name} ({device.kind}); measuring ceilings...")
     ceilings = measure_ceilings(device, timers("torch"), copy_mb=bcfg.ceilings.copy_mb,
                                 matmul_n=bcfg.ceilings.matmul_n)

@@ -11,7 +11,7 @@ over the entry's case fields plus ``framework`` and ``impl``::
 An entry is first when every key of its suite's filter lists its value. The runner runs
 every suite's first entries (in suite order), then the rest; within a phase each suite gets
 the time left in proportion to its entries (``share_end``). A key no case of the suite has is
-refused before anything runs.
+refused before anything runs, and so is a value no entry has.
 """
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def check_filters(first: dict, suites: dict) -> None:
                                  f"{sorted(known)}")
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
                 raise ValueError(f"bench.first.{name}.{key}: a list of values expected, got {values!r}")
+            seen = {_fields(*e)[key] for e in entries}
+            missing = [v for v in values if v not in seen]
+            if missing:  # a value no entry has selects nothing: a renamed impl, a dropped length
+                raise ValueError(f"bench.first.{name}.{key}: no entry has {missing}; its entries have "
+                                 f"{sorted(seen, key=str)}")
 
 
 def is_first(entry, filt: dict | None) -> bool:

@@ -86,10 +86,14 @@ class Timer:
 
         method = "cuda-events, L2 flushed"
         if self.cuda_graphs:  # launch overhead out of the measurement: replay one captured call
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            fn, method = graph.replay, "cuda-graph replay, cuda-events, L2 flushed"
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    fn()
+                fn, method = graph.replay, "cuda-graph replay, cuda-events, L2 flushed"
+            except Exception as e:  # noqa: BLE001 - said in the record: eager timing, and why
+                torch.cuda.synchronize()
+                method += f" (not a graph: capture failed: {type(e).__name__}: {str(e)[:200]})"
         samples: list[float] = []
         spent = 0.0
         while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):

@@ -71,7 +71,7 @@ def torch_attention_vjp(fn, q, k, v, do, dtype, **kwargs):
 
     ts = [torch.tensor(x).to(dtype).requires_grad_() for x in (q, k, v)]
     o = fn(*ts, **kwargs)
-    o.backward(torch.tensor(do).to(o.dtype))
+    o.backward(torch.tensor(do).to(o.device, o.dtype))  # o may be on the GPU
     return (o.detach(), *(t.grad for t in ts))
 
 

@@ -1,6 +1,15 @@
 """Compiled kernels on a CUDA GPU (skipped elsewhere): bf16 and fp16, forward and
-backward, against the float64 reference on the CPU. Run by `make bench-gpu`."""
+backward, against the float64 reference on the CPU. Run by `make bench-gpu`.
+
+CPU self-check, for editing this file without a GPU (as tests/test_kernels_gpu.py):
+    KERNELS_GPU_TESTS_ON_CPU=1 python -m pytest tests/test_attention_gpu.py -q -m gpu
+runs the same code on the CPU at small sizes, Triton in the interpreter with bf16 run as fp16,
+Pallas in interpret mode; the TMA tests need sm_90 and skip. It checks the test code (devices,
+dtypes, plumbing), not the compiled kernels.
+"""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -11,14 +20,24 @@ from kernels.attention.reference import _attention as ref_torch
 
 pytestmark = pytest.mark.gpu
 
+GPU_TESTS_ON_CPU = os.environ.get("KERNELS_GPU_TESTS_ON_CPU") == "1"  # read by conftest
+DEVICE = "cpu" if GPU_TESTS_ON_CPU else "cuda"
+
+
+def _sized(n: int) -> int:
+    """A length on the GPU; about a tenth of it in the CPU self-check (interpreters are slow)."""
+    return max(1, n // 10) if GPU_TESTS_ON_CPU and n > 1 else n
+
+
 CASES = [  # id, (b, sq, skv, h, kvh, d), flags
-    ("mqa-1000-causal-d128", (1, 1000, 1000, 8, 1, 128), dict(causal=True)),
-    ("gqa-333x1025-d64", (2, 333, 1025, 8, 2, 64), dict(causal=True)),
-    ("gqa-700-window-d80", (1, 700, 700, 4, 2, 80), dict(window=129)),
-    ("mqa-513-softcap-d256", (1, 513, 513, 4, 1, 256), dict(causal=True, softcap=30.0)),
-    ("mha-1x777-d128", (1, 1, 777, 4, 4, 128), dict()),
+    ("mqa-1000-causal-d128", (1, _sized(1000), _sized(1000), 8, 1, 128), dict(causal=True)),
+    ("gqa-333x1025-d64", (2, _sized(333), _sized(1025), 8, 2, 64), dict(causal=True)),
+    ("gqa-700-window-d80", (1, _sized(700), _sized(700), 4, 2, 80), dict(window=_sized(129))),
+    ("mqa-513-softcap-d256", (1, _sized(513), _sized(513), 4, 1, 256), dict(causal=True, softcap=30.0)),
+    ("mha-1x777-d128", (1, 1, _sized(777), 4, 4, 128), dict()),
 ]
-DTYPES = [torch.bfloat16, torch.float16]
+# the Triton interpreter's bf16 tl.dot is wrong: the CPU self-check runs Triton in fp16 only
+DTYPES = [torch.float16] if GPU_TESTS_ON_CPU else [torch.bfloat16, torch.float16]
 
 
 def _truth_and_base(q, k, v, do, dtype, flags):
@@ -26,7 +45,7 @@ def _truth_and_base(q, k, v, do, dtype, flags):
                                    kv_segment_ids=None, window=flags.get("window"),
                                    softcap=flags.get("softcap"), causal=flags.get("causal", False))
     truth = torch_attention_vjp(fn, *(rounded(x, dtype) for x in (q, k, v)), do, torch.float64)
-    same = lambda a, b, c: ref_torch(a.cuda(), b.cuda(), c.cuda(), scale=q.shape[-1] ** -0.5,  # noqa: E731
+    same = lambda a, b, c: ref_torch(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE), scale=q.shape[-1] ** -0.5,  # noqa: E731
                                      q_segment_ids=None, kv_segment_ids=None, upcast=False,
                                      window=flags.get("window"), softcap=flags.get("softcap"),
                                      causal=flags.get("causal", False))
@@ -42,7 +61,7 @@ def test_triton_on_gpu(case, dtype, rng):
     _, shape, flags = case
     q, k, v, do = attention_inputs(rng, *shape)
     truth, base = _truth_and_base(q, k, v, do, dtype, flags)
-    got = torch_attention_vjp(lambda a, b, c: torch_ops.attention(a.cuda(), b.cuda(), c.cuda(),
+    got = torch_attention_vjp(lambda a, b, c: torch_ops.attention(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE),
                                                                   impl="triton", **flags),
                               q, k, v, do, dtype)
     for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
@@ -59,7 +78,7 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
     """TMA tiles (copy engine) in the forward and backward passes; the autotuned forward pick."""
     from kernels.attention import triton_attention as ta
 
-    if torch.cuda.get_device_capability()[0] < 9:
+    if GPU_TESTS_ON_CPU or torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("tensor-descriptor (TMA) tiles need sm_90 or later")
     _, shape, flags = case
     q, k, v, do = attention_inputs(rng, *shape)
@@ -70,7 +89,7 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
         blocks = tuple(ta.tma_blocks(ta.default_blocks(d, dtype, backward=bwd, capability=cap),
                                      backward=bwd) for bwd in (False, True))
     launched = ta.LAUNCHES["_attn_fwd_tma_kernel"], ta.LAUNCHES["_attn_bwd_dq_tma_kernel"]
-    got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.cuda(), b.cuda(), c.cuda(),
+    got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE),
                                                                   blocks=blocks, **flags),
                               q, k, v, do, dtype)
     if blocks != "autotune":
@@ -80,7 +99,7 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
         assert_close(g, t, b, dtype, f"triton {blocks} {name}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_pallas_on_gpu(case, dtype, rng):
     import jax
@@ -88,7 +107,7 @@ def test_pallas_on_gpu(case, dtype, rng):
 
     from kernels import jax_ops
 
-    if jax.default_backend() != "gpu":
+    if not GPU_TESTS_ON_CPU and jax.default_backend() != "gpu":
         pytest.skip(f"JAX sees no GPU (backend {jax.default_backend()})")
     _, shape, flags = case
     q, k, v, do = attention_inputs(rng, *shape)

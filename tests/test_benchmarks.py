@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pathlib
+
 import pytest
 
 from benchmarks.results import summary_table, write_json_atomic
 from benchmarks.suites.attention import AttentionSuite
 from benchmarks.suites.common import add_peer_ratios
 from benchmarks.timing import Timer
+
 
 OTHER_SUITES = ("elementwise", "encoder_kernels", "decode", "int4", "encoders", "model")  # each tested in its own files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +142,8 @@ def test_first_entries_run_before_the_rest():
     assert suite.calls == [] and {r["status"] for r in recs} == {"skipped"}
     with pytest.raises(ValueError, match=r"bench.first.fake: unknown key 'm'"):
         run.run_all([suite], {}, device, None, {"fake": {"m": [1]}})
+    with pytest.raises(ValueError, match=r"bench.first.fake.impl: no entry has \['gone'\]"):
+        run.run_all([suite], {}, device, None, {"fake": {"impl": ["mine", "gone"]}})
     with pytest.raises(ValueError, match="unknown suite 'fak'"):
         run.run_all([suite], {}, device, None, {"fak": {"n": [1]}})
 
@@ -234,3 +239,20 @@ def test_report_renders_rows_of_every_suite(tmp_path):
     path.write_text(json.dumps(payload))
     text = open(render([str(path)], str(tmp_path / "out"))).read()
     assert "| elementwise | rms_norm 256x2048 | reference |" in text and "1e+04 tok/s" in text
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (pathlib.Path(ROOT) / "conf" / "bench").glob("*.yaml")
+                                          if p.stem != "bench_schema"),
+                         ids=lambda p: f"bench={p}")  # an id "gpu" would read as the gpu mark
+def test_every_bench_preset_composes_and_its_first_rows_exist(preset):
+    """A preset's fields match the suites' schemas and each bench.first value names a real
+    entry (a GPU run's goal rows must not silently select nothing)."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks import run
+    from benchmarks.hardware import Device
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        cfg = compose(config_name="benchmark", overrides=[f"bench={preset}"])
+    built, _ = run.build_suites(cfg.bench, Device(kind="cpu", name="cpu"), None, 0)
+    assert built

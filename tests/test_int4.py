@@ -61,6 +61,12 @@ def test_triton_matches_float64(rng, case):
     assert y.dtype == x.dtype and y.shape == (*xs[:-1], out)
     base = torch_ops.int4_matmul(x, packed, scales, zeros, g, impl="reference")
     assert_close(y, truth, base, x.dtype, what=f"triton {case}")
+    if blocks is not None and blocks.split_k > 1:  # in-kernel split-K sum: counters left at zero
+        from kernels.int4.triton_int4 import _LOCKS
+
+        assert all(int(buf.abs().sum()) == 0 for buf in _LOCKS.values())
+        again = int4_matmul_triton(x, packed, scales, zeros, g, blocks=blocks)
+        assert torch.equal(again, y)  # the next launch reduces the same way
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -39,6 +39,9 @@ class DecodeBenchConfig:
     torch_impls: list[str] = field(default_factory=lambda: ["triton", "sdpa", "reference"])
     jax_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
     page_size: int = 64  # the *_paged impls: cache_lens must be multiples of it
+    # every torch row as a CUDA-graph replay (GPU preset), as serving engines run decode steps;
+    # False: only the triton-graph row is
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class DecodeSuite(GridSuite):
             got = fn(*args).float().cpu().numpy()  # the lengths checked once, here
             if impl != "flash-attn":
                 fn = functools.partial(fn, check=False)
-            if impl == "triton-graph":  # replayed as serving engines run decode steps
+            if impl == "triton-graph" or self.cfg.cuda_graphs:  # replayed as serving engines run decode
                 timer_kw = dict(cuda_graphs=True)
         else:
             import jax.numpy as jnp

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.suites.common import Skip, add_peer_ratios, rel_err  # noqa: F401  (re-exported)
 from kernels.tolerances import BENCH_RTOL
 
-PEERS = {"torch": ("conv", "stft"), "jax": ("xla",)}  # conv: patch_embed, stft: log_mel
+PEERS = {"torch": ("cublas", "conv", "stft"), "jax": ("xla",)}  # cublas, conv: patch_embed; stft: log_mel
 
 
 @dataclass
@@ -41,6 +41,9 @@ class EncoderKernelsBenchConfig:
     n_mels: list[int] = field(default_factory=lambda: [80])
     torch_mel_impls: list[str] = field(default_factory=lambda: ["triton", "stft", "reference"])
     jax_mel_impls: list[str] = field(default_factory=lambda: ["pallas", "xla", "reference"])
+    # torch rows as CUDA-graph replays (GPU preset): launch overhead out of kernels that run
+    # for tens of microseconds
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ class EncoderKernelsSuite:
             rec["flops"] = case.flops()
         if not np.isfinite(err) or err > tol:
             return {**rec, "status": "failed"}
-        t = self.timer_factory(framework, interpret=(mode == "interpret"))(timed)
+        graphs = True if self.cfg.cuda_graphs else None  # None: the run's timer setting
+        t = self.timer_factory(framework, interpret=(mode == "interpret"), cuda_graphs=graphs)(timed)
         rec.update(status="ok", timing=t.to_dict(), median_ms=t.median_s * 1e3)
         if case.op == "patch_embed":
             rec["tflops"] = case.flops() / t.median_s / 1e12
@@ -194,9 +198,19 @@ class EncoderKernelsSuite:
                 raise Skip(f"unknown torch log_mel impl {impl!r}")
             fn = lambda: torch_ops.log_mel(data[0], n_mels=case.n_mels, impl=impl)  # noqa: E731
             return (fn().float().cpu(),), fn
+        *inputs, dy = data
+        if impl == "cublas":  # the yardstick: the same matmul shape, patches pre-unfolded
+            if case.direction != "fwd":
+                raise Skip("cublas times the forward GEMM shape only")
+            from kernels.patch_embed.reference import unfold_patches
+
+            images, weight, bias, pos = inputs
+            a = unfold_patches(images, case.patch).contiguous()  # outside the timed call
+            fn = lambda: torch.matmul(a, weight)  # noqa: E731
+            with torch.no_grad():  # checked with bias and position added outside the timing
+                return ((fn() + bias + pos).float().cpu(),), fn
         if impl not in torch_ops.PATCH_EMBED_IMPLS:
             raise Skip(f"unknown torch patch_embed impl {impl!r}")
-        *inputs, dy = data
         if case.direction == "fwd":
             fn = lambda: torch_ops.patch_embed(*inputs, patch=case.patch, impl=impl)  # noqa: E731
             with torch.no_grad():

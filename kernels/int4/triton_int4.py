@@ -6,7 +6,8 @@ Layers (device code in ``triton_kernels.py``):
   ``Int4Blocks`` / ``default_blocks``  tunables; decode rows (M <= 16) get a GEMV-style
                                        config (BLOCK_M 16, split-K to fill the SMs), prefill
                                        a tensor-core GEMM tile;
-  ``_int4_matmul``                     allocates, picks the grid, launches, sums partials;
+  ``_int4_matmul``                     allocates, picks the grid, launches (split-K partials
+                                       are summed inside the launch: one kernel);
   ``gemini_kernels::int4_matmul``      ``torch.library`` custom op with a fake kernel
                                        (forward only: frozen, quantized weights).
 Arguments arrive validated from ``kernels.torch_ops.int4_matmul``. ``LAUNCHES`` counts
@@ -125,11 +126,12 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
     out_shape = (*x.shape[:-1], n)
     if m == 0:
         return x.new_zeros(out_shape)
-    y = torch.empty((m, n) if split == 1 else (split, m, n),
-                    dtype=x.dtype if split == 1 else torch.float32, device=x.device)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(n, blocks.block_n), split)
+    partials = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    locks = _locks(x.device, grid[0] * grid[1]) if split > 1 else y
     triton_kernels._int4_matmul_kernel[grid](
-        x2, packed_w, scales, scales if zeros is None else zeros, y,
+        x2, packed_w, scales, scales if zeros is None else zeros, y, partials, locks,
         x2.stride(0), packed_w.stride(0), scales.stride(0),
         m, n, k, per,
         GROUP=group_size, HAS_ZEROS=zeros is not None, SPLIT_K=split,
@@ -137,9 +139,23 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
         DOT_PRECISION=_dot_precision(x.dtype), num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_int4_matmul_kernel"] += 1
-    if split > 1:
-        y = y.sum(0).to(x.dtype)
     return y.reshape(out_shape)
+
+
+_LOCKS: dict = {}
+
+
+def _locks(device: torch.device, tiles: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters for the split-K reduction, one buffer per (device,
+    stream): each launch leaves its counters at 0, so the buffer is zeroed once. Launches on
+    one stream run in order; another stream gets its own buffer."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _LOCKS.get(key)
+    if buf is None or buf.numel() < tiles:
+        buf = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+        _LOCKS[key] = buf
+    return buf
 
 
 @torch.library.custom_op("gemini_kernels::int4_matmul", mutates_args=())
@@ -177,7 +193,8 @@ def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, a
                   DOT_PRECISION=_dot_precision(dtype))
     sty = "*" + triton_dtype(scale_dtype)
     ptrs = {"X": "*" + triton_dtype(dtype), "QW": "*u8", "S": sty, "Z": sty,
-            "Y": "*" + triton_dtype(dtype) if split == 1 else "*fp32"}
+            "Y": "*" + triton_dtype(dtype), "P": "*" + triton_dtype(dtype) if split == 1 else "*fp32",
+            "LOCKS": "*" + triton_dtype(dtype) if split == 1 else "*i32"}
     k = _aot_kernel(fn, pointers=ptrs, constexprs=consts, num_warps=blocks.num_warps,
                     num_stages=blocks.num_stages)
     attrs = dict(k.attrs)

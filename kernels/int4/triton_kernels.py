@@ -7,8 +7,12 @@ splits the nibbles in registers (low = even k, high = odd k; tl.join + reshape i
 them back into k order), dequantizes (q - z) * s with the one scale/zero row of the step's
 group (BLOCK_K divides group_size, so a step never straddles two groups), casts to X's dtype
 and feeds tl.dot with fp32 accumulation. The dequantized weight never exists in memory.
-SPLIT_K == 1 writes Y in X's dtype; SPLIT_K > 1 writes fp32 partials [SPLIT_K, M, N] that
-the launcher sums (the GEMV-style decode config: few rows, many programs along K).
+SPLIT_K == 1 writes Y in X's dtype. SPLIT_K > 1 (the GEMV-style decode config: few rows,
+many programs along K) writes fp32 partials [SPLIT_K, M, N]; the last program of a tile to
+finish (a counter per tile, atomic acq_rel after a CTA barrier) sums them in a fixed order,
+writes Y in X's dtype and resets its counter to 0 (serial split-K, as CUTLASS and Marlin do):
+one launch, no reduction kernel after it. LOCKS must hold zeros at launch; every launch
+leaves them so.
 Limits: K % BLOCK_K == 0 (launcher guarantees it: in % group_size == 0 and
 BLOCK_K | group_size); BLOCK_* powers of two >= 16 (tl.dot). 64-bit row offsets.
 Fast where: decode (M <= 16) is bound by reading QW (0.5 B/weight); prefill runs on tensor
@@ -30,7 +34,9 @@ def _int4_matmul_kernel(
     QW,  # [N, K // 2] uint8 codes, row stride stride_qn: byte j = q[2j] | q[2j + 1] << 4
     S,  # [K // GROUP, N] scales, row stride stride_sg, unit column stride
     Z,  # [K // GROUP, N] zero points (same strides as S); unused when HAS_ZEROS is False
-    Y,  # SPLIT_K == 1: [M, N] in X's dtype; else [SPLIT_K, M, N] fp32 partials; contiguous
+    Y,  # [M, N] in X's dtype, contiguous
+    P,  # [SPLIT_K, M, N] fp32 partials (SPLIT_K > 1; else unused)
+    LOCKS,  # int32 [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] zeros: per-tile arrival counters
     stride_xm, stride_qn, stride_sg,
     M, N, K, K_PER_SPLIT,  # K_PER_SPLIT: reduction length per split, a multiple of BLOCK_K
     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -65,4 +71,13 @@ def _int4_matmul_kernel(
     if SPLIT_K == 1:
         tl.store(Y + out, acc.to(Y.dtype.element_ty), mask=mask)
     else:
-        tl.store(Y + pid_k.to(tl.int64) * M * N + out, acc, mask=mask)
+        tl.store(P + pid_k.to(tl.int64) * M * N + out, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial stored before the release below
+        lock = LOCKS + pid_m * tl.num_programs(1) + pid_n
+        arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:  # the tile's last split: the others' partials are visible
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for sk in range(0, SPLIT_K):  # fixed order: the same sum whichever split came last
+                total += tl.load(P + sk * M * N + out, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(Y + out, total.to(Y.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")  # ready for the next launch
