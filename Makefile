@@ -6,6 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= benchmarks/results
+# make bench-gpu's seconds per stage (one device call of at most 10 minutes in all): GPU tests
+# (pytest -m gpu, interrupted with a summary when the time is up), the benchmark's deadline
+# (rows not started by then are reported skipped), the model profile, the block-size sweep
+GPU_TEST_S ?= 150
+BENCH_DEADLINE_S ?= 210
+PROFILE_S ?= 50
+SWEEP_S ?= 45
+BENCH_ARGS ?=
 
 .PHONY: setup test bench bench-gpu gpu-wheels clean
 
@@ -36,11 +44,17 @@ bench: $(STAMP)
 bench-gpu:
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile \
 	  --target /tmp/site .whl/*.whl; fi; \
-	export PYTHONPATH=/tmp/site:$$PYTHONPATH; mkdir -p $(OUT); \
+	export PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
-	timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ \
-	  --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
-	timeout 360 python3 -m benchmarks.run bench=gpu out_dir=$(OUT)
+	XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT -k 20 $(GPU_TEST_S) python3 -m pytest -q -m gpu \
+	  -p no:cacheprovider $$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8') -rfE --tb=short \
+	  tests/ --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
+	timeout $$(( $(BENCH_DEADLINE_S) + 60 )) python3 -m benchmarks.run bench=gpu out_dir=$(OUT) \
+	  bench.deadline_s=$(BENCH_DEADLINE_S) $(BENCH_ARGS) 2>&1 | tail -60; \
+	if [ $(PROFILE_S) -gt 0 ]; then timeout $(PROFILE_S) python3 -m benchmarks.profile_model \
+	  --out-dir $(OUT) 2>&1 | tee $(OUT)/profile.log | tail -45; fi; \
+	if [ $(SWEEP_S) -gt 0 ]; then timeout $$(( $(SWEEP_S) + 25 )) python3 -m benchmarks.sweep \
+	  --out-dir $(OUT) --ops int4,patch_embed,attention --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

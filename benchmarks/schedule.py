@@ -31,14 +31,15 @@ def check_filters(first: dict, suites: dict) -> None:
         entries = suites[name]
         if not entries:
             continue
-        known = set(_fields(*entries[0]))
+        fields = [_fields(*e) for e in entries]  # a suite may mix case types (patch / mel)
+        known = set().union(*fields)
         for key, values in filt.items():
             if key not in known:
                 raise ValueError(f"bench.first.{name}: unknown key {key!r}; its entries have "
                                  f"{sorted(known)}")
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
                 raise ValueError(f"bench.first.{name}.{key}: a list of values expected, got {values!r}")
-            seen = {_fields(*e)[key] for e in entries}
+            seen = {f[key] for f in fields if key in f}
             missing = [v for v in values if v not in seen]
             if missing:  # a value no entry has selects nothing: a renamed impl, a dropped length
                 raise ValueError(f"bench.first.{name}.{key}: no entry has {missing}; its entries have "
@@ -48,8 +49,8 @@ def check_filters(first: dict, suites: dict) -> None:
 def is_first(entry, filt: dict | None) -> bool:
     if not filt:
         return False
-    fields = _fields(*entry)
-    return all(fields[key] in list(values) for key, values in filt.items())
+    fields = _fields(*entry)  # an entry without one of the filter's keys is not first
+    return all(key in fields and fields[key] in list(values) for key, values in filt.items())
 
 
 def phases(entries: list, filt: dict | None) -> tuple[list[int], list[int]]:

@@ -256,3 +256,28 @@ def test_every_bench_preset_composes_and_its_first_rows_exist(preset):
         cfg = compose(config_name="benchmark", overrides=[f"bench={preset}"])
     built, _ = run.build_suites(cfg.bench, Device(kind="cpu", name="cpu"), None, 0)
     assert built
+
+
+def test_sweep_smoke_writes_a_results_file(tmp_path):
+    """benchmarks.sweep's code path on the CPU (interpreter, tiny shapes): every int4 candidate
+    checked and recorded, the file carries the provenance of a results file."""
+    from benchmarks import sweep
+
+    path = sweep.main(["--smoke", "--ops", "int4", "--out-dir", str(tmp_path)])
+    data = json.load(open(path))
+    assert data["complete"] and data["commit"] and data["device"]["kind"] == "cpu"
+    rows = data["records"]
+    assert rows and all(r["status"] == "ok" and r["err"] < 1e-2 for r in rows)
+    assert sum(r["default"] for r in rows) == 4  # the default is among each shape's candidates
+
+
+def test_profile_model_smoke_groups_the_step(tmp_path):
+    """benchmarks.profile_model's code path on the CPU (tiny model, CPU op times)."""
+    from benchmarks import profile_model
+
+    data = json.load(open(profile_model.main(["--smoke", "--out-dir", str(tmp_path)])))
+    prof = data["profiles"]["reference"]
+    assert data["commit"] and prof["total_kernel_ms"] > 0 and prof["kernels"]
+    assert abs(sum(prof["families"].values()) - prof["total_kernel_ms"]) < 1e-6 * prof["total_kernel_ms"] + 1e-9
+    assert profile_model.family("triton_per_fused_rms_norm_0") == "norms"
+    assert profile_model.family("_attn_bwd_dkdv_kernel") == "attention bwd"

@@ -214,7 +214,7 @@ def test_benchmark_suite_checks_then_times():
         patch_directions=["fwd"], dims=[32], image_sizes=[16], audio_seconds=[0.05],
         torch_patch_impls=["triton", "conv"], jax_patch_impls=["pallas", "xla"],
         torch_mel_impls=["triton", "stft"], jax_mel_impls=["pallas", "xla"])
-    timer = lambda framework, interpret=False: Timer("cpu", warmup=0, min_runs=1, max_runs=1,  # noqa: E731
+    timer = lambda framework, interpret=False, cuda_graphs=None: Timer("cpu", warmup=0, min_runs=1, max_runs=1,  # noqa: E731
                                                      budget_s=0.0, flush_l2_mb=0)
     suite = EncoderKernelsSuite(cfg, Device(), timer)
     records = []

@@ -1,0 +1,225 @@
+"""Block-size sweep on a GPU: every ``candidate_blocks`` of the tiled Triton kernels, timed at
+the shapes the issues' goals name, so defaults are chosen from measurements.
+
+    python -m benchmarks.sweep --out-dir DIR [--ops attention,int4,patch_embed] [--deadline-s 120]
+
+- attention: MQA causal bf16, head_dim 128 (16 heads, 16k tokens) and nano1's head_dim 256
+  (8 heads, 8k tokens): each forward candidate timed forward-only, each backward candidate
+  timed forward+backward with the default forward (TFLOP/s by the attention suite's count).
+- int4: decode rows 1 and 16 on nano1's layer shapes, each candidate against the bf16 matmul
+  of the same shape (both CUDA-graph replays).
+- patch_embed: the forward at 8 x 896 px, patch 14, dim 1152 (SigLIP-So400m), each candidate
+  against cuBLAS on the same GEMM shape with the patches unfolded beforehand.
+Every candidate's output is compared with the reference (relative max error); a candidate
+that fails to compile or errs is recorded with its error, not dropped. The results file
+(written after each op, atomically) carries the device, versions and commit like
+``benchmarks.run``'s. Needs a CUDA GPU; ``--smoke`` runs the same code on the CPU at tiny
+sizes in the interpreter (a check of this script, no timings worth reading).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+import traceback
+
+import torch
+
+from benchmarks.hardware import detect_device
+from benchmarks.results import git_commit, library_versions, results_path, write_json_atomic
+from benchmarks.timing import Timer
+
+BF16 = torch.bfloat16
+DEV = "cuda"
+SHRINK = 1  # --smoke: sizes divided by this
+CAP = (9, 0)  # candidate lists of an sm_90 GPU; the device's own when there is one
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _try(row: dict, fn) -> dict:
+    try:
+        row.update(fn())
+        row["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - a candidate that breaks is a result too
+        row.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+        traceback.print_exc(limit=2)
+    return row
+
+
+def sweep_attention(timer: Timer, past_deadline) -> list[dict]:
+    from kernels.attention import triton_attention as ta
+    from kernels.attention.reference import _attention as ref
+
+    cap, dt = CAP, (BF16 if DEV == "cuda" else torch.float16)  # the interpreter's bf16 dot is wrong
+    rows = []
+    for b, s, h, d in ((1, 16384 // SHRINK, 16, 128), (1, 8192 // SHRINK, 8, 256)) if SHRINK == 1 else (
+            (1, 100, 2, 128), (1, 70, 2, 256)):
+        g = torch.Generator(device=DEV).manual_seed(s + d)
+        q = torch.randn(b, s, h, d, device=DEV, dtype=dt, generator=g)
+        k, v = (torch.randn(b, s, 1, d, device=DEV, dtype=dt, generator=g) for _ in range(2))
+        do = torch.randn_like(q)
+        fwd_flops = 4 * b * h * s * s * d / 2  # causal
+        m = min(256, s)  # the last query rows against a float32 reference (full-length keys)
+        want = ref(q[:, -m:].float(), k.float(), v.float(), causal=True, window=None, softcap=None,
+                   scale=d ** -0.5, q_segment_ids=None, kv_segment_ids=None)
+        base_f = ta.default_blocks(d, dt, capability=cap)
+        base_b = ta.default_blocks(d, dt, backward=True, capability=cap)
+        for backward in (False, True):
+            for blk in ta.candidate_blocks(d, dt, backward=backward, capability=cap):
+                if past_deadline():
+                    return rows
+                pair = (base_f, blk) if backward else (blk, base_b)
+                row = dict(op="attention", shape=f"mqa b{b} s{s} h{h}/1 d{d} causal {dt}",
+                           pass_="fwd+bwd" if backward else "fwd", blocks=repr(blk),
+                           default=blk == (base_b if backward else base_f))
+
+                def run(pair=pair, backward=backward):
+                    if not backward:
+                        fn = lambda: ta.attention_triton(q, k, v, causal=True, blocks=pair)  # noqa: E731
+                        err = _rel(fn()[:, -m:], want)
+                        t = timer(fn)
+                        return dict(err=err, ms=t.median_s * 1e3, tflops=fwd_flops / t.median_s / 1e12)
+                    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+                    def fn():
+                        o = ta.attention_triton(qg, kg, vg, causal=True, blocks=pair)
+                        return torch.autograd.grad(o, (qg, kg, vg), do)
+
+                    dq, dk, dv = fn()  # against the default blocks' gradients (checked by the tests)
+                    qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+                    o = ta.attention_triton(qd, kd, vd, causal=True, blocks=(base_f, base_b))
+                    ref_g = torch.autograd.grad(o, (qd, kd, vd), do)
+                    err = max(_rel(a, r) for a, r in zip((dq, dk, dv), ref_g))
+                    t = timer(fn)
+                    return dict(err_vs_default=err, ms=t.median_s * 1e3,
+                                tflops=3.5 * fwd_flops / t.median_s / 1e12)
+
+                rows.append(_try(row, run))
+                print(row)
+        del q, k, v, do
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_int4(timer: Timer, past_deadline) -> list[dict]:
+    from kernels.int4 import reference as ref
+    from kernels.int4 import triton_int4 as ti
+
+    rows = []
+    dt = BF16 if DEV == "cuda" else torch.float16
+    for n, kdim in ((2048, 2048), (9984, 2048), (2048, 9984)) if SHRINK == 1 else ((256, 256), (384, 256)):
+        g = torch.Generator(device=DEV).manual_seed(n + kdim)
+        w = torch.randn(n, kdim, device=DEV, generator=g)
+        packed, scales, _ = ref.quantize_int4(w, 128, asymmetric=False, scale_dtype=dt)
+        wd = ref.dequantize_int4(packed, scales, None, 128).to(dt)  # [n, k]: the bf16 peer's weight
+        for m in (1, 16):
+            x = torch.randn(m, kdim, device=DEV, dtype=dt, generator=g)
+            want = x.float() @ wd.float().t()
+            t_mm = timer(lambda: torch.matmul(x, wd.t()))
+            int4_bytes = packed.numel() + scales.numel() * 2 + x.numel() * 2 + m * n * 2
+            for blk in ti.candidate_blocks(m, dt, capability=CAP):
+                if past_deadline():
+                    return rows
+                row = dict(op="int4", shape=f"m{m} {kdim}->{n} g128 {dt}", blocks=repr(blk),
+                           default=blk == ti.default_blocks(m, dt, capability=CAP),
+                           bf16_matmul_ms=t_mm.median_s * 1e3)
+
+                def run(blk=blk):
+                    fn = lambda: ti.int4_matmul_triton(x, packed, scales, None, 128, blocks=blk)  # noqa: E731
+                    err = _rel(fn(), want)
+                    t = timer(fn)
+                    return dict(err=err, ms=t.median_s * 1e3, speedup_vs_bf16=t_mm.median_s / t.median_s,
+                                gbps=int4_bytes / t.median_s / 1e9)
+
+                rows.append(_try(row, run))
+                print(row)
+    return rows
+
+
+def sweep_patch_embed(timer: Timer, past_deadline) -> list[dict]:
+    from kernels.patch_embed import triton_patch_embed as tp
+    from kernels.patch_embed.reference import patch_embed_reference, unfold_patches
+
+    b, size, p, c, dim = (8, 896, 14, 3, 1152) if SHRINK == 1 else (1, 56, 14, 3, 64)
+    dt = BF16 if DEV == "cuda" else torch.float16
+    n = (size // p) ** 2
+    g = torch.Generator(device=DEV).manual_seed(0)
+    images = torch.randn(b, size, size, c, device=DEV, dtype=dt, generator=g)
+    weight = torch.randn(p * p * c, dim, device=DEV, dtype=dt, generator=g) * (p * p * c) ** -0.5
+    bias = torch.randn(dim, device=DEV, dtype=dt, generator=g)
+    pos = torch.randn(n, dim, device=DEV, dtype=dt, generator=g)
+    want = patch_embed_reference(images.float(), weight.float(), bias.float(), pos.float(), patch=p)
+    a = unfold_patches(images, p).contiguous()
+    t_mm = timer(lambda: torch.matmul(a, weight))
+    flops = 2 * b * n * p * p * c * dim
+    rows = []
+    for blk in tp.candidate_blocks(dt, "fwd", capability=CAP):
+        if past_deadline():
+            break
+        row = dict(op="patch_embed", shape=f"b{b} {size}px p{p} d{dim} {dt} fwd", blocks=repr(blk),
+                   default=blk == tp.default_blocks(dt, "fwd", capability=CAP),
+                   cublas_ms=t_mm.median_s * 1e3)
+
+        def run(blk=blk):
+            fn = lambda: tp.patch_embed_triton(images, weight, bias, pos, patch=p, blocks=blk)  # noqa: E731
+            err = _rel(fn(), want)
+            t = timer(fn)
+            return dict(err=err, ms=t.median_s * 1e3, tflops=flops / t.median_s / 1e12,
+                        vs_cublas=t_mm.median_s / t.median_s)
+
+        rows.append(_try(row, run))
+        print(row)
+    return rows
+
+
+SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed}
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--ops", default=",".join(SWEEPS))
+    ap.add_argument("--deadline-s", type=float, default=120.0, help="no candidate starts after this")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter: checks this script")
+    args = ap.parse_args(argv)
+    global DEV, SHRINK, CAP
+    ops = [o for o in args.ops.split(",") if o]
+    unknown = [o for o in ops if o not in SWEEPS]
+    if unknown:
+        raise SystemExit(f"--ops: unknown {unknown}; known {sorted(SWEEPS)}")
+    if args.smoke:
+        DEV, SHRINK = "cpu", 0  # 0: the smoke sizes below
+        events = graphs = Timer("cpu", warmup=0, min_runs=1, max_runs=1)
+    elif not torch.cuda.is_available():
+        raise SystemExit("benchmarks.sweep needs a CUDA GPU (torch.cuda.is_available() is False); "
+                         "--smoke checks the script on the CPU")
+    else:
+        CAP = torch.cuda.get_device_capability()
+        events = Timer("cuda", warmup=2, min_runs=5, max_runs=20, budget_s=0.2)
+        graphs = Timer("cuda", warmup=2, min_runs=10, max_runs=50, budget_s=0.1, cuda_graphs=True)
+    device = detect_device()
+    end = time.monotonic() + args.deadline_s
+    past = lambda: time.monotonic() > end  # noqa: E731
+    path = results_path(args.out_dir, "sweep-" + device.name)
+    payload = dict(schema="gemini-kernels-sweep/1",
+                   created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   complete=False, device=device.to_dict(), commit=git_commit(), versions=library_versions(),
+                   config=vars(args), timing={"attention": "cuda-events, L2 flushed",
+                                              "int4, patch_embed": "cuda-graph replay, cuda-events, L2 flushed"},
+                   records=[])
+    for op in ops:
+        payload["records"] += SWEEPS[op](events if op == "attention" else graphs, past)
+        write_json_atomic(path, payload)
+    payload["complete"] = not past()
+    write_json_atomic(path, payload)
+    print(f"sweep: {len(payload['records'])} rows -> {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
