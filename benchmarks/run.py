@@ -57,6 +57,9 @@ def make_timer_factory(device, tcfg):
     return factory
 
 
+DEADLINE_SKIP = "this suite's share of the run's deadline (bench.deadline_s) passed before this entry started"
+
+
 def run_suite(suite, ceilings, device, deadline: float | None = None, entries=None,
               desc: str | None = None) -> list[dict]:
     """Check and time ``entries`` (default: all of the suite's), stopping to start new ones
@@ -69,8 +72,7 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
         started = time.monotonic()
         try:
             if deadline is not None and started > deadline:
-                raise Skip("this suite's share of the run's deadline (bench.deadline_s) passed "
-                           "before this entry started")
+                raise Skip(DEADLINE_SKIP)
             rec = suite.run(case, framework, impl)
         except Skip as e:
             rec = {"status": "skipped", "reason": str(e)}
@@ -106,16 +108,22 @@ def run_all(built: list, ceilings, device, deadline: float | None, first: dict, 
             out += ordered
         return out
 
-    for phase in (0, 1):
-        todo = [sp[phase] for sp in split]
+    # first entries by shares; first entries a share ran out on, with all the time left; the rest
+    deferred: list[list[int]] = [[] for _ in built]
+    for phase in ("first", "first, deferred", "rest"):
+        todo = {"first": [sp[0] for sp in split], "first, deferred": deferred,
+                "rest": [sp[1] for sp in split]}[phase]
         sizes = [len(t) for t in todo]
         for i, suite in enumerate(built):
             if not todo[i]:
                 continue
-            end = schedule.share_end(time.monotonic(), deadline, sizes, i)
-            desc = f"{suite.name} (first)" if phase == 0 else suite.name
+            end = deadline if phase == "first, deferred" else schedule.share_end(
+                time.monotonic(), deadline, sizes, i)
+            desc = suite.name if phase == "rest" else f"{suite.name} ({phase})"
             recs = run_suite(suite, ceilings, device, end, [entries[i][j] for j in todo[i]], desc)
             done[i].update(zip(todo[i], recs))
+            if phase == "first":
+                deferred[i] = [j for j, r in zip(todo[i], recs) if r.get("reason") == DEADLINE_SKIP]
             if on_progress is not None:  # after each suite of each phase
                 on_progress(merged())
     return merged()

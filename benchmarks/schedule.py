@@ -9,8 +9,10 @@ over the entry's case fields plus ``framework`` and ``impl``::
       model: {mode: [train_step], framework: [torch]}
 
 An entry is first when every key of its suite's filter lists its value. The runner runs
-every suite's first entries (in suite order), then the rest; within a phase each suite gets
-the time left in proportion to its entries (``share_end``). A key no case of the suite has is
+every suite's first entries (in suite order), then the first entries that a suite's share
+ran out on (with all the time left: a slow suite's goal rows must not lose to another
+suite's sweep), then the rest; in the first and last phases each suite gets the time left in
+proportion to its entries (``share_end``). A key no case of the suite has is
 refused before anything runs, and so is a value no entry has.
 """
 from __future__ import annotations

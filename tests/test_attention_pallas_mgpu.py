@@ -334,16 +334,17 @@ def test_side_by_side_with_jax_attention_mgpu_gpu(rng, heads, kv_heads, head_dim
     q = q * jnp.asarray(head_dim**-0.5, dtype)  # fold the scale into q for both kernels
     ours = attention_pallas_mgpu(q, k, v, causal=causal, window=None, softcap=None, scale=1.0,
                                  q_segment_ids=None, kv_segment_ids=None, interpret=False)
-    try:
-        peer = am.attention(q, k, v, am.TuningConfig(block_q=64, block_kv=64,
-                                                     max_concurrent_steps=2, causal=causal))
-    except ValueError as e:  # the peer refuses causal on CUDA 12.8.0 - 12.9.0 (ptxas bug)
-        if "ptxas" not in str(e):
-            raise
-        pytest.skip(f"attention_mgpu refuses this case here: {e}")
     truth = _truth(q, k, v, causal=causal, window=None, softcap=None, scale=1.0)
     base = reference_jax._attention(q, k, v, causal=causal, window=None, softcap=None,
                                     scale=1.0, q_segment_ids=None, kv_segment_ids=None,
                                     upcast=False)
-    assert_close(ours, truth, base, dtype, "pallas_mgpu")
+    assert_close(ours, truth, base, dtype, "pallas_mgpu")  # ours is checked whatever the peer does
+    try:
+        peer = am.attention(q, k, v, am.TuningConfig(block_q=64, block_kv=64,
+                                                     max_concurrent_steps=2, causal=causal))
+    except ValueError as e:  # the peer refuses causal on CUDA 12.8.0 - 12.9.0 (ptxas bug), and
+        # bfloat16 in jax 0.11.2 on an H200 ("src had type bfloat16 and dst had type float16")
+        if "ptxas" not in str(e) and "Expected dtypes to match" not in str(e):
+            raise
+        pytest.skip(f"attention_mgpu (the peer) refuses this case here: {str(e)[:200]}")
     assert_close(peer, truth, base, dtype, "attention_mgpu (the peer, same bound)")

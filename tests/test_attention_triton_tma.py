@@ -97,3 +97,20 @@ def test_autotune_times_candidates_once_per_problem_class(rng):
                    for n in ("_attn_fwd_kernel", "_attn_fwd_tma_kernel"))
     assert launched == 1 and len(triton_autotune.TUNING) == 1
     torch.testing.assert_close(again, got[0], rtol=0, atol=0)
+
+
+def test_default_backward_takes_tma_only_where_measured_and_possible():
+    """sm_90 bf16 head_dim 128: the TMA backward (measured faster); head_dim 256, fp32, sm_80 or
+    a problem no descriptor can address: the pointer tiles, so no input is newly refused."""
+    ta = triton_attention
+
+    def pick(d=128, dtype=torch.bfloat16, cap=(9, 0), h=8, kvh=1, sq=64):
+        q = torch.zeros(1, sq, h, d, dtype=dtype)
+        k = v = torch.zeros(1, 64, kvh, d, dtype=dtype)
+        return ta.default_backward_blocks(q, k, v, cap)
+
+    base = ta.default_blocks(128, torch.bfloat16, backward=True, capability=(9, 0))
+    assert pick() == ta.tma_blocks(base, backward=True)
+    assert not pick(d=256).tma and not pick(dtype=torch.float32).tma and not pick(cap=(8, 0)).tma
+    assert not pick(h=6, kvh=2).tma  # group size 3: a q tile of whole positions is impossible
+    assert not pick(cap=None).tma  # the interpreter

@@ -281,3 +281,40 @@ def test_profile_model_smoke_groups_the_step(tmp_path):
     assert abs(sum(prof["families"].values()) - prof["total_kernel_ms"]) < 1e-6 * prof["total_kernel_ms"] + 1e-9
     assert profile_model.family("triton_per_fused_rms_norm_0") == "norms"
     assert profile_model.family("_attn_bwd_dkdv_kernel") == "attention bwd"
+
+
+def test_first_entries_a_share_ran_out_on_run_before_the_rest():
+    """A slow suite's goal rows are deferred, not dropped: they run (with all the time left)
+    before any suite's sweep rows."""
+    import dataclasses
+    import time
+
+    from benchmarks import run
+    from benchmarks.hardware import Device
+
+    @dataclasses.dataclass(frozen=True)
+    class Case:
+        n: int
+        id = property(lambda self: f"n{self.n}")
+
+    class Fake:
+        peers, calls = {}, []
+
+        def __init__(self, name, first_n, rest_n, sleep):
+            self.name, self.first_n, self.rest_n, self.sleep = name, first_n, rest_n, sleep
+
+        def entries(self):
+            for n in range(self.first_n + self.rest_n):
+                yield Case(n), "torch", "mine"
+
+        def run(self, case, framework, impl):
+            Fake.calls.append((self.name, case.n))
+            time.sleep(self.sleep)
+            return {"status": "ok", "median_ms": 1.0, "mode": "eager"}
+
+    slow, quick = Fake("slow", 2, 0, 0.4), Fake("quick", 1, 3, 0.0)  # slow's share: 2/3 of 0.5 s < 0.4 s
+    first = {"slow": {"n": [0, 1]}, "quick": {"n": [0]}}
+    recs = run.run_all([slow, quick], {}, Device(kind="cpu", name="cpu"), time.monotonic() + 0.5, first)
+    assert Fake.calls[:3] == [("slow", 0), ("quick", 0), ("slow", 1)]  # slow's 2nd row deferred, then run
+    assert [r["status"] for r in recs[:3]] == ["ok", "ok", "ok"]
+    assert {r["status"] for r in recs[3:]} == {"skipped"}  # the sweep rows found the deadline passed

@@ -77,7 +77,8 @@ def _truth(q, k, v, lens, c: Case, cast):
     """float64 reference on cast-rounded inputs, and the same math in the cast precision."""
     ts = [cast(x) for x in (q, k, v)]
     kw = dict(window=c.window, softcap=c.softcap, scale=c.head_dim**-0.5)
-    ref = _decode(*(torch.from_numpy(np.asarray(t, np.float64)) for t in ts), torch.tensor(lens), **kw)
+    as64 = lambda t: t.double() if isinstance(t, torch.Tensor) else torch.from_numpy(np.asarray(t, np.float64))  # noqa: E731
+    ref = _decode(*map(as64, ts), torch.tensor(lens), **kw)  # torch bf16 has no numpy view; JAX arrays do
     return ref, ts, kw
 
 

@@ -143,6 +143,29 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
     return TritonAttentionBlocks(64, 32, 8, 2)
 
 
+# head_dim range whose default backward takes TMA tiles on sm_90 when the problem allows them:
+# measured on an H200 (benchmarks/results/sweep-nvidia-h200-20261126T215348Z.json, MQA causal
+# bf16, 16 heads, 16k tokens, head_dim 128): forward+backward 16.2 ms with (64, 64, 8, 3, TMA)
+# against 19.6 ms with the pointer tiles (64, 64, 8, 2), the same gradients; no spills either
+# way. Other head dims are not measured yet: they keep the pointer tiles.
+TMA_BACKWARD_HEAD_DIMS = range(65, 129)
+
+
+def default_backward_blocks(q, k, v, capability: Optional[tuple]) -> TritonAttentionBlocks:
+    """The backward's default tiles for these inputs: ``default_blocks(backward=True)``, or its
+    TMA version where measured faster (``TMA_BACKWARD_HEAD_DIMS``, sm_90+, 16-bit) and the
+    problem allows descriptors (``tma_problem``); a problem TMA cannot take keeps the pointer
+    tiles, so no input that ran before is refused."""
+    d = q.shape[-1]
+    base = default_blocks(d, q.dtype, backward=True, capability=capability)
+    if (capability is not None and capability[0] >= 9 and q.dtype != torch.float32
+            and d in TMA_BACKWARD_HEAD_DIMS):
+        tma = tma_blocks(base, backward=True)
+        if tma_problem(q, k, v, tma) is None:
+            return tma
+    return base
+
+
 def tma_blocks(blocks: TritonAttentionBlocks, *, backward: bool = False) -> TritonAttentionBlocks:
     """``blocks`` with TMA tiles. The backward takes a 3-stage pipeline where ``blocks`` has
     2: Triton 3.6's ptxas crashes (SIGSEGV) compiling the TMA dQ pass with 2 stages."""
@@ -391,7 +414,7 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
     if blocks is None or blocks == "autotune":
         cap = _capability(q)
         fwd = default_blocks(d, q.dtype, capability=cap)
-        bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
+        bwd = default_backward_blocks(q, k, v, cap)
         if blocks == "autotune":
             from .triton_autotune import autotuned_forward_blocks
 

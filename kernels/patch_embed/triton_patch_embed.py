@@ -69,9 +69,12 @@ def default_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
         return PatchEmbedBlocks(32, 64, 32, 4, 2)
     if pass_ == "dpos":
         return PatchEmbedBlocks(32, 128, 16, 4, 1)
-    if capability[0] >= 9:  # wgmma, two warpgroups; the gathered tile's 64-bit addresses
-        # cost registers, so the largest spill-free tiles are narrower than a plain GEMM's
-        return {"fwd": PatchEmbedBlocks(128, 64, 32, 8, 3),
+    if capability[0] >= 9:  # the gathered tile's 64-bit addresses cost registers, so the largest
+        # spill-free tiles are narrower than a plain GEMM's. fwd: 64x64, 4 warps measured 1.39 ms
+        # against 1.89 ms for 128x64, 8 warps on an H200 (8 x 896 px, p14, d1152, bf16:
+        # benchmarks/results/sweep-nvidia-h200-20261126T215348Z.json); both are far from cuBLAS
+        # on the unfolded GEMM (0.24 ms): the gather, not the tile, is what costs
+        return {"fwd": PatchEmbedBlocks(64, 64, 32, 4, 3),
                 "dweight": PatchEmbedBlocks(64, 64, 128, 8, 2),
                 "dimages": PatchEmbedBlocks(128, 32, 64, 8, 3)}[pass_]
     # mma.sync (sm_80): 128-row tiles with 4 warps spilled (benchmarks.compile_report)
@@ -83,8 +86,8 @@ def candidate_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
     """Autotuning candidates of one pass on a GPU: ``default_blocks`` first, then a few tile /
     warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
     base = default_blocks(dtype, pass_, capability=tuple(capability))
-    more = [PatchEmbedBlocks(64, 64, 32, 4, 3), PatchEmbedBlocks(128, 128, 32, 8, 3),
-            PatchEmbedBlocks(64, 128, 64, 4, 2)]
+    more = [PatchEmbedBlocks(64, 64, 32, 4, 3), PatchEmbedBlocks(128, 64, 32, 8, 3),
+            PatchEmbedBlocks(128, 128, 32, 8, 3), PatchEmbedBlocks(64, 128, 64, 4, 2)]
     return [base] + [b for b in more if b != base]
 
 
