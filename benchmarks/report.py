@@ -194,9 +194,56 @@ def _save(fig, out_dir, name):
     return path
 
 
-def render(paths: list[str], out_dir: str, include: list[str] = ()) -> str:
+def _provenance(d: dict, path: str) -> str:
+    dev, v = d["device"], d["versions"]
+    commit = d["commit"].get("commit", "?")[:10] + (" (dirty)" if d["commit"].get("dirty") else "")
+    return (f"`{path}`: {dev.get('name')} (driver {dev.get('driver', '–')}), torch {v.get('torch')}, "
+            f"triton {v.get('triton')}, jax {v.get('jax')}, commit {commit}, {d['created_utc']}")
+
+
+def sweep_table(path: str) -> str:
+    """A ``benchmarks.sweep`` file: each candidate's time, rate and check, default marked."""
+    with open(path) as f:
+        d = json.load(f)
+    md = [f"### Block-size sweep ({'complete' if d.get('complete') else 'cut at its deadline'})", "",
+          _provenance(d, path) + f"; timing: {d.get('timing')}", "",
+          "| op | shape | pass | blocks | default | ms | rate | vs peer | error | status |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["records"]:
+        rate_ = (f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else
+                 f"{r['gbps']:.0f} GB/s" if "gbps" in r else "–")
+        peer = r.get("speedup_vs_bf16", r.get("vs_cublas"))
+        err = r.get("err", r.get("err_vs_default"))
+        md.append(f"| {r['op']} | {r['shape']} | {r.get('pass_', 'fwd')} | `{r['blocks']}` | "
+                  f"{'yes' if r.get('default') else ''} | {_f(r.get('ms'), '.4f')} | {rate_} | "
+                  f"{_f(peer, '.2f')} | {_f(err, '.1e')} | {r['status']} {r.get('error', '')[:80]} |")
+    md += ["", "vs peer: int4 over the bf16 matmul of the shape (>1 is faster), patch_embed over "
+           "cuBLAS on the unfolded GEMM; error: relative max error against the reference "
+           "(attention backward: against the default blocks' gradients)."]
+    return "\n".join(md)
+
+
+def profile_table(path: str, top: int = 12) -> str:
+    """A ``benchmarks.profile_model`` file: device time per kernel family and top kernels."""
+    with open(path) as f:
+        d = json.load(f)
+    md = [f"### Where a step's GPU time goes: {d['case']}", "", _provenance(d, path) + f"; {d['method']}", ""]
+    for impl, p in d["profiles"].items():
+        total = p["total_kernel_ms"]
+        md += [f"**{impl}**: {total:.1f} ms of kernels", "", "| family | ms | share |", "|---|---|---|"]
+        md += [f"| {fam} | {ms:.2f} | {100 * ms / total:.1f}% |"
+               for fam, ms in sorted(p["families"].items(), key=lambda kv: -kv[1])]
+        md += ["", "| kernel | calls | ms |", "|---|---|---|"]
+        md += [f"| `{k['kernel'][:90]}` | {k['calls']} | {k['ms']:.2f} |" for k in p["kernels"][:top]]
+        md.append("")
+    return "\n".join(md)
+
+
+def render(paths: list[str], out_dir: str, include: list[str] = (), sweeps: list[str] = (),
+           profiles: list[str] = ()) -> str:
     """``include``: extra markdown files (inlined) and PNGs (linked, copied beside the report),
-    e.g. the compile report and the sharding profiles that ``make bench`` also writes."""
+    e.g. the compile report and the sharding profiles that ``make bench`` also writes;
+    ``sweeps`` / ``profiles``: ``benchmarks.sweep`` / ``benchmarks.profile_model`` files."""
     files = [load(p) for p in paths]
     files.sort(key=lambda d: d["created_utc"])
     os.makedirs(out_dir, exist_ok=True)
@@ -212,6 +259,8 @@ def render(paths: list[str], out_dir: str, include: list[str] = ()) -> str:
            "## Modeled (roofline lower bound on chips not measured here; not a measurement)", "",
            modeled_table(files), "", "## Plots", ""]
     md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs]
+    md += [x for p in profiles for x in ("", profile_table(p))]
+    md += [x for p in sweeps for x in ("", sweep_table(p))]
     for extra in include:
         if extra.endswith(".png"):
             name = os.path.basename(extra)
@@ -233,11 +282,13 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/report", help="folder for report.md and PNGs")
     ap.add_argument("--include", nargs="*", default=[],
                     help="markdown files to inline and PNGs to show (compile report, profiles)")
+    ap.add_argument("--sweep", nargs="*", default=[], help="benchmarks.sweep files to tabulate")
+    ap.add_argument("--profile", nargs="*", default=[], help="benchmarks.profile_model files to tabulate")
     args = ap.parse_args(argv)
     files = list(args.files) + ([latest_results(args.latest)] if args.latest else [])
     if not files:
         ap.error("no results files: pass FILES or --latest DIR")
-    print(render(files, args.out, args.include))
+    print(render(files, args.out, args.include, args.sweep, args.profile))
 
 
 def latest_results(folder: str) -> str:

@@ -269,18 +269,26 @@ def test_sweep_smoke_writes_a_results_file(tmp_path):
     rows = data["records"]
     assert rows and all(r["status"] == "ok" and r["err"] < 1e-2 for r in rows)
     assert sum(r["default"] for r in rows) == 4  # the default is among each shape's candidates
+    from benchmarks.report import sweep_table
+
+    table = sweep_table(path)
+    assert table.count("| int4 |") == len(rows) and "cut at its deadline" not in table
 
 
 def test_profile_model_smoke_groups_the_step(tmp_path):
     """benchmarks.profile_model's code path on the CPU (tiny model, CPU op times)."""
     from benchmarks import profile_model
 
-    data = json.load(open(profile_model.main(["--smoke", "--out-dir", str(tmp_path)])))
+    path = profile_model.main(["--smoke", "--out-dir", str(tmp_path)])
+    data = json.load(open(path))
     prof = data["profiles"]["reference"]
     assert data["commit"] and prof["total_kernel_ms"] > 0 and prof["kernels"]
     assert abs(sum(prof["families"].values()) - prof["total_kernel_ms"]) < 1e-6 * prof["total_kernel_ms"] + 1e-9
     assert profile_model.family("triton_per_fused_rms_norm_0") == "norms"
     assert profile_model.family("_attn_bwd_dkdv_kernel") == "attention bwd"
+    from benchmarks.report import profile_table
+
+    assert "**reference**" in profile_table(path)
 
 
 def test_first_entries_a_share_ran_out_on_run_before_the_rest():
