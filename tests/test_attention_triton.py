@@ -104,7 +104,9 @@ def test_matches_reference(rng, case, dtype):
 
 
 @pytest.mark.parametrize("blocks", [TritonAttentionBlocks(16, 16, 4, 1), TritonAttentionBlocks(64, 16, 4, 1),
-                                    TritonAttentionBlocks(16, 64, 4, 1)], ids=["16x16", "64x16", "16x64"])
+                                    TritonAttentionBlocks(16, 64, 4, 1),
+                                    TritonAttentionBlocks(16, 32, 4, 1, dq_block_m=32, dq_block_n=16)],
+                         ids=["16x16", "64x16", "16x64", "dkdv16x32-dq32x16"])
 def test_block_shapes(rng, blocks):
     """Many small tiles: exercises the masked / unmasked loop split and the block skipping."""
     case = Case(1, 70, 90, 4, 2, 64, window=24, causal=True)
@@ -197,8 +199,8 @@ def test_custom_op_registration(rng):
 
 
 @pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0),
-                                 dict(dkdv_splits=17)],
-                         ids=["block_m48", "block_n8", "warps3", "stages0", "splits17"])
+                                 dict(dkdv_splits=17), dict(dq_block_m=24), dict(dq_block_n=8)],
+                         ids=["block_m48", "block_n8", "warps3", "stages0", "splits17", "dq_m24", "dq_n8"])
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})

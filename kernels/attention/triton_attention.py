@@ -48,22 +48,33 @@ class TritonAttentionBlocks:
     num_stages: int = 2
     tma: bool = False
     dkdv_splits: int = 0  # backward: programs per key block over interleaved row blocks; 0 = auto
+    # backward: the dQ pass's own tile (0 = block_m / block_n). At head_dim 256 on sm_90 the
+    # two passes reach wgmma with different tiles (dK/dV: 64 keys; dQ: 64 rows), and a tile
+    # both could share spills: benchmarks.compile_report lists each candidate's passes
+    dq_block_m: int = 0
+    dq_block_n: int = 0
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
+        check_triton_blocks(self, tuple(n for n in ("dq_block_m", "dq_block_n") if getattr(self, n) != 0))
         if not isinstance(self.tma, bool):
             raise ValueError(f"tma={self.tma!r} must be a bool")
         if not isinstance(self.dkdv_splits, int) or not 0 <= self.dkdv_splits <= MAX_DKDV_SPLITS:
             raise ValueError(f"dkdv_splits={self.dkdv_splits!r} must be an int in [0, {MAX_DKDV_SPLITS}]")
 
+    def dq_blocks(self) -> "TritonAttentionBlocks":
+        """The blocks the dQ pass launches with (its own tile where one is set)."""
+        return dataclasses.replace(self, block_m=self.dq_block_m or self.block_m,
+                                   block_n=self.dq_block_n or self.block_n, dq_block_m=0, dq_block_n=0)
+
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
-                self.dkdv_splits]
+                self.dkdv_splits, self.dq_block_m, self.dq_block_n]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits = values
-        return cls(m, n, w, st, bool(tma), splits)
+        m, n, w, st, tma, splits, dq_m, dq_n = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n)
 
 
 MAX_DKDV_SPLITS = 16
@@ -194,7 +205,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # the default backward is 195 of 363 ms of a train step)
                 more = [more[0], TritonAttentionBlocks(64, 32, 8, 3, tma=True),
                         TritonAttentionBlocks(32, 32, 8, 3, tma=True),
-                        TritonAttentionBlocks(32, 64, 8, 3, tma=True)]
+                        TritonAttentionBlocks(32, 64, 8, 3, tma=True),
+                        TritonAttentionBlocks(32, 64, 8, 3, tma=True, dq_block_m=64, dq_block_n=32)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -307,17 +319,22 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     scalars = (sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale))
     launch = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     rows_grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
+    dq_blk = blocks.dq_blocks()
+    meta_dq = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
+                          segments=q_seg is not None, blocks=dq_blk)
     qdo_descs = kv_descs = (None, None)
     if blocks.tma:
         if blocks.num_stages == 2:
             raise ValueError(f"blocks: the TMA backward cannot use num_stages=2 (Triton 3.6's ptxas "
                              f"crashes on its dQ pass); use 1 or 3 (tma_blocks does), got {blocks}")
         _check_tma(q, k, v, blocks)
+        _check_tma(q, k, v, dq_blk)
         if tma_problem(do, k, v, blocks) is not None:  # autograd's dO may be strided: copy it
             do = do.contiguous()
-        q_d, k_d, v_d, do_d = _descriptors(q, k, v, do, blocks)
+        q_d, _, _, do_d = _descriptors(q, k, v, do, blocks)  # the dK/dV pass streams q and dO
+        _, k_d, v_d, _ = _descriptors(q, k, v, do, dq_blk)  # the dQ pass streams k and v
         qdo_descs, kv_descs = (q_d, do_d), (k_d, v_d)
-        meta = {**meta, "TMA": True}
+        meta, meta_dq = {**meta, "TMA": True}, {**meta_dq, "TMA": True}
 
     triton_kernels._attn_bwd_preprocess_kernel[rows_grid](
         o, do, delta, *o.stride(), *do.stride(), sq, kvh,
@@ -337,10 +354,10 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     if splits > 1:
         dk.copy_(dk_out.sum(0))
         dv.copy_(dv_out.sum(0))
-    triton_kernels._attn_bwd_dq_kernel[rows_grid](
+    triton_kernels._attn_bwd_dq_kernel[(triton.cdiv(sq * g, dq_blk.block_m), b * kvh)](
         q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        *seg_strides, *scalars, **meta, **launch,
+        *seg_strides, *scalars, **meta_dq, **launch,
     )
     tma = "_tma" if blocks.tma else ""
     LAUNCHES.update(("_attn_bwd_preprocess_kernel", f"_attn_bwd_dkdv{tma}_kernel", f"_attn_bwd_dq{tma}_kernel"))
@@ -476,6 +493,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
         pass_blocks = blocks or default_blocks(head_dim, dtype, backward=backward,
                                                capability=tuple(capability))
+        if name == "_attn_bwd_dq_kernel":
+            pass_blocks = pass_blocks.dq_blocks()
         meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
                            segments=segments, blocks=pass_blocks)
         fn = getattr(triton_kernels, name)
