@@ -326,3 +326,29 @@ def test_first_entries_a_share_ran_out_on_run_before_the_rest():
     assert Fake.calls[:3] == [("slow", 0), ("quick", 0), ("slow", 1)]  # slow's 2nd row deferred, then run
     assert [r["status"] for r in recs[:3]] == ["ok", "ok", "ok"]
     assert {r["status"] for r in recs[3:]} == {"skipped"}  # the sweep rows found the deadline passed
+
+
+def test_elementwise_suite_checks_on_the_device_tensors(monkeypatch):
+    """The elementwise suite's torch rows: inputs and fp32 reference made once per case, a
+    correct impl passes and is timed, a 1 % off one is failed and never timed."""
+    from benchmarks.hardware import Device
+    from benchmarks.suites import elementwise as ew
+
+    cfg = ew.ElementwiseBenchConfig(ops=["rms_norm"], shapes=[[33, 96]], directions=["fwd+bwd"],
+                                    torch_impls=["reference"], jax_impls=["xla"])
+    timed = []
+    suite = ew.ElementwiseSuite(cfg, Device(kind="cpu", name="cpu"),
+                                lambda *a, **k: timed.append(1) or Timer("cpu", warmup=0, min_runs=1,
+                                                                        max_runs=1, budget_s=0.0))
+    (case, fw, impl), (_, jfw, jimpl) = suite.entries()
+    assert suite.run(case, fw, impl)["status"] == "ok" and suite.run(case, jfw, jimpl)["status"] == "ok"
+    assert len(timed) == 2
+    real = ew._call
+
+    def off(ops, op, impl):
+        fn = real(ops, op, impl)
+        return lambda *a: fn(*a) * 1.01
+
+    monkeypatch.setattr(ew, "_call", off)  # the case's reference stays the one made above
+    rec = suite.run(case, fw, impl)
+    assert rec["status"] == "failed" and rec["max_error"] > rec["tolerance"] and len(timed) == 2
