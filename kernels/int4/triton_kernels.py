@@ -64,7 +64,10 @@ def _int4_matmul_kernel(
             z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         else:
             z = tl.full((BLOCK_N,), 8.0, tl.float32)
-        w = ((q.to(tl.float32) - z[:, None]) * s[:, None]).to(X.dtype.element_ty)
+        # code q as a float without I2F (a quarter-rate conversion): q | 0x4B000000 is 2^23 + q
+        # exactly, and 2^23 + z is exact too, so the difference is q - z with no rounding
+        big = (q.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = ((big - (z[:, None] + 8388608.0)) * s[:, None]).to(X.dtype.element_ty)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     out = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
