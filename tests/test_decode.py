@@ -150,6 +150,9 @@ def test_gpu_split_policy_fills_the_gpu():
         assert kvh * p >= 132 and p & (p - 1) == 0
     assert triton_decode.num_kv_splits(64, 8, 32768, 64, 132) == 1  # big batch: no split
     assert triton_decode.num_kv_splits(1, 1, 100, 64, 132) == 1  # < 2 blocks per split: no split
+    # batch 16 (MQA) and 16 x 2 (GQA) at 32k: one wave of the 264 slots, not a few programs over
+    assert triton_decode.num_kv_splits(16, 1, 32768, 64, 132) == 16
+    assert triton_decode.num_kv_splits(16, 2, 32768, 64, 132) == 8
 
 
 # ---- JAX ------------------------------------------------------------------------------

@@ -86,14 +86,25 @@ def num_kv_splits(batch: int, kv_heads: int, span: int, block_n: int,
                   sm_count: Optional[int]) -> int:
     """Splits per (row, kv head) so that batch * kv_heads * splits programs fill the GPU.
 
-    GPU: aim for two waves (2 * sm_count programs) but give every split >= 2 blocks of
-    ``span`` so the combine and the partial writes stay small next to the K/V read.
+    GPU: 2 * sm_count programs run at once (two per SM); the time goes as the waves of
+    programs times the blocks each one reads plus about one block's worth of per-program
+    work (prologue, partial writes, its share of the combine),
+    ceil(rows * s / slots) * (ceil(blocks / s) + 1), and the split count minimizing it wins
+    (the smallest on ties),
+    with every split >= 2 blocks of ``span``. Overshooting a wave by a few programs costs a
+    whole extra wave of them: batch 16 at 32k took 17 splits by the old rule (272 programs
+    for 264 slots) where 16 fit one wave (an H200 read at 74% of copy there, the 8-program
+    tail among the suspects; the new rule is not yet timed). As FlashAttention's
+    num_splits_heuristic, from the same wave-quantization reasoning.
     Interpreter (sm_count None): aim for 4 programs with >= 1 block each (tests see > 1 split).
     """
     blocks = triton.cdiv(max(span, 1), block_n)
-    target, min_blocks = (4, 1) if sm_count is None else (2 * sm_count, 2)
-    splits = min(triton.cdiv(target, batch * kv_heads), triton.cdiv(blocks, min_blocks), MAX_SPLITS)
-    return max(1, splits)
+    rows = batch * kv_heads
+    if sm_count is None:
+        return max(1, min(triton.cdiv(4, rows), blocks, MAX_SPLITS))
+    slots, limit = 2 * sm_count, max(1, min(triton.cdiv(blocks, 2), MAX_SPLITS))
+    return min(range(1, limit + 1),
+               key=lambda s: (triton.cdiv(rows * s, slots) * (triton.cdiv(blocks, s) + 1), s))
 
 
 def _capability(t: torch.Tensor) -> Optional[tuple]:
