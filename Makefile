@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 OUT ?= benchmarks/results
 # make bench-gpu's seconds per stage (one device call of at most 10 minutes in all): GPU tests
 # (pytest -m gpu, interrupted with a summary when the time is up), the benchmark's deadline
-# (rows not started by then are reported skipped), the model profile, the block-size sweep
-GPU_TEST_S ?= 140
-BENCH_DEADLINE_S ?= 180
+# (rows not started by then are reported skipped), the model profile, Nsight Compute over
+# the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
+# block-size sweep. At most 8 files come back from a device call: this writes 7
+GPU_TEST_S ?= 120
+BENCH_DEADLINE_S ?= 150
 PROFILE_S ?= 50
+NCU_S ?= 60
 SWEEP_S ?= 45
 BENCH_ARGS ?=
 
@@ -52,7 +55,13 @@ bench-gpu:
 	timeout $$(( $(BENCH_DEADLINE_S) + 60 )) python3 -m benchmarks.run bench=gpu out_dir=$(OUT) \
 	  bench.deadline_s=$(BENCH_DEADLINE_S) $(BENCH_ARGS) 2>&1 | tail -60; \
 	if [ $(PROFILE_S) -gt 0 ]; then timeout $(PROFILE_S) python3 -m benchmarks.profile_model \
-	  --out-dir $(OUT) 2>&1 | tee $(OUT)/profile.log | tail -45; fi; \
+	  --out-dir $(OUT) 2>&1 | tail -45; fi; \
+	NCU=$$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1); \
+	if [ $(NCU_S) -gt 0 ] && [ -n "$$NCU" ]; then timeout $(NCU_S) $$NCU --clock-control none \
+	  -k 'regex:_patch_embed_fwd|_attn_bwd_dkdv|_attn_bwd_dq|_int4_matmul|_decode_split|_norm_' \
+	  --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+	  --section WarpStateStats --csv --page details python3 -m benchmarks.ncu_targets \
+	  > $(OUT)/ncu.txt 2>&1; tail -3 $(OUT)/ncu.txt; else echo "ncu stage skipped (NCU_S=$(NCU_S), ncu '$$NCU')"; fi; \
 	if [ $(SWEEP_S) -gt 0 ]; then timeout $$(( $(SWEEP_S) + 25 )) python3 -m benchmarks.sweep \
 	  --out-dir $(OUT) --ops attention,int4,patch_embed --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi
 

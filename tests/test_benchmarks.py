@@ -352,3 +352,10 @@ def test_elementwise_suite_checks_on_the_device_tensors(monkeypatch):
     monkeypatch.setattr(ew, "_call", off)  # the case's reference stays the one made above
     rec = suite.run(case, fw, impl)
     assert rec["status"] == "failed" and rec["max_error"] > rec["tolerance"] and len(timed) == 2
+
+
+def test_ncu_targets_smoke_launches_every_target():
+    """benchmarks.ncu_targets' calls on the CPU (interpreter, tiny shapes)."""
+    from benchmarks import ncu_targets
+
+    assert ncu_targets.main(["--smoke"]) == list(ncu_targets.TARGETS)

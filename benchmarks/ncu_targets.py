@@ -1,0 +1,112 @@
+"""One launch of each kernel the H200 run found far from its goal, at the goal's shape, for
+Nsight Compute to read the hardware counters of (no timing here).
+
+    ncu --clock-control none -k regex:'_patch_embed_fwd|_attn_bwd|_int4|_decode|_rms_norm' \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --csv \
+        python -m benchmarks.ncu_targets [--ops patch_embed,attention_bwd,...]
+
+(``make bench-gpu`` runs that when ``ncu`` is on the PATH; the device README says ncu reads
+the counters on the Firecracker machines.) Each op is called once to compile, then once
+more: ncu's ``--launch-skip`` is left alone, so both launches show; read the last of each.
+- patch_embed: 8 x 896 px, patch 14, dim 1152, bf16 forward (0.13x cuBLAS on the H200);
+- attention_bwd: nano1's MQA, head_dim 256, 8 heads, 8k causal, bf16 (195 of the 363 ms of
+  kernels of a nano1 train step);
+- int4: one row, 2048 -> 9984, group 128 (about the bf16 matmul's time, goal 3x);
+- decode: batch 16, MQA, 32k cache, head_dim 128 (74% of copy, goal 85%);
+- rms_norm: 16384 x 4096 forward and backward (fwd+bwd 75% of copy).
+``--smoke`` runs the same calls on the CPU at tiny sizes in the interpreter (checks the script).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+BF16 = torch.bfloat16
+
+
+def _patch_embed(dev, dt, small):
+    from kernels import torch_ops
+
+    b, size, p, dim = (1, 56, 14, 64) if small else (8, 896, 14, 1152)
+    n = (size // p) ** 2
+    x = torch.randn(b, size, size, 3, device=dev, dtype=dt)
+    w = torch.randn(p * p * 3, dim, device=dev, dtype=dt) * (p * p * 3) ** -0.5
+    return lambda: torch_ops.patch_embed(x, w, torch.zeros(dim, device=dev, dtype=dt),
+                                         torch.zeros(n, dim, device=dev, dtype=dt), patch=p, impl="triton")
+
+
+def _attention_bwd(dev, dt, small):
+    from kernels import torch_ops
+
+    s, h, d = (64, 2, 256) if small else (8192, 8, 256)
+    q = torch.randn(1, s, h, d, device=dev, dtype=dt, requires_grad=True)
+    k, v = (torch.randn(1, s, 1, d, device=dev, dtype=dt, requires_grad=True) for _ in range(2))
+
+    def run():
+        o = torch_ops.attention(q, k, v, causal=True, impl="triton")
+        return torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
+    return run
+
+
+def _int4(dev, dt, small):
+    from kernels import torch_ops
+    from kernels.int4.reference import quantize_int4
+
+    n, k = (256, 256) if small else (9984, 2048)
+    packed, scales, _ = quantize_int4(torch.randn(n, k, device=dev), 128, scale_dtype=dt)
+    x = torch.randn(1, k, device=dev, dtype=dt)
+    return lambda: torch_ops.int4_matmul(x, packed, scales, None, 128, impl="triton")
+
+
+def _decode(dev, dt, small):
+    from kernels import torch_ops
+
+    b, t = (2, 256) if small else (16, 32768)
+    q = torch.randn(b, 8, 128, device=dev, dtype=dt)
+    k, v = (torch.randn(b, t, 1, 128, device=dev, dtype=dt) for _ in range(2))
+    lens = torch.full((b,), t, device=dev, dtype=torch.int32)
+    return lambda: torch_ops.decode_attention(q, k, v, lens, impl="triton")
+
+
+def _rms_norm(dev, dt, small):
+    from kernels import torch_ops
+
+    rows, hidden = (64, 256) if small else (16384, 4096)
+    x = torch.randn(rows, hidden, device=dev, dtype=dt, requires_grad=True)
+    w = torch.zeros(hidden, device=dev, dtype=dt, requires_grad=True)
+
+    def run():
+        y = torch_ops.rms_norm(x, w, gemma=True, impl="triton")
+        return torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    return run
+
+
+TARGETS = {"patch_embed": _patch_embed, "attention_bwd": _attention_bwd, "int4": _int4,
+           "decode": _decode, "rms_norm": _rms_norm}
+
+
+def main(argv=None) -> list[str]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", default=",".join(TARGETS))
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter")
+    args = ap.parse_args(argv)
+    ops = [o for o in args.ops.split(",") if o]
+    unknown = [o for o in ops if o not in TARGETS]
+    if unknown:
+        raise SystemExit(f"--ops: unknown {unknown}; known {sorted(TARGETS)}")
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.ncu_targets needs a CUDA GPU; --smoke checks the script on the CPU")
+    dev, dt = ("cpu", torch.float16) if args.smoke else ("cuda", BF16)  # interpreter: no bf16 dots
+    for op in ops:
+        run = TARGETS[op](dev, dt, args.smoke)
+        for _ in range(2):  # compile, then the launch to read
+            run()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        print(f"ncu target {op}: launched")
+    return ops
+
+
+if __name__ == "__main__":
+    main()
