@@ -207,8 +207,8 @@ def sweep_table(path: str) -> str:
         d = json.load(f)
     md = [f"### Block-size sweep ({'complete' if d.get('complete') else 'cut at its deadline'})", "",
           _provenance(d, path) + f"; timing: {d.get('timing')}", "",
-          "| op | shape | pass | blocks | default | ms | rate | vs peer | error | status |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| op | shape | pass | blocks | default | ms | rate | vs peer | error | kernels (ms) | status |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["records"]:
         rate_ = (f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else
                  f"{r['gbps']:.0f} GB/s" if "gbps" in r else "–")
@@ -216,7 +216,9 @@ def sweep_table(path: str) -> str:
         err = r.get("err", r.get("err_vs_default"))
         md.append(f"| {r['op']} | {r['shape']} | {r.get('pass_', 'fwd')} | `{r['blocks']}` | "
                   f"{'yes' if r.get('default') else ''} | {_f(r.get('ms'), '.4f')} | {rate_} | "
-                  f"{_f(peer, '.2f')} | {_f(err, '.1e')} | {r['status']} {r.get('error', '')[:80]} |")
+                  f"{_f(peer, '.2f')} | {_f(err, '.1e')} | "
+                  f"{', '.join(f'{k}: {v:.2f}' for k, v in (r.get('kernel_ms') or {}).items()) or '–'} | "
+                  f"{r['status']} {r.get('error', '')[:80]} |")
     md += ["", "vs peer: int4 over the bf16 matmul of the shape (>1 is faster), patch_embed over "
            "cuBLAS on the unfolded GEMM; error: relative max error against the reference "
            "(attention backward: against the default blocks' gradients)."]

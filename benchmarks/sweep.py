@@ -5,7 +5,9 @@ the shapes the issues' goals name, so defaults are chosen from measurements.
 
 - attention: MQA causal bf16, nano1's head_dim 256 (8 heads, 8k tokens), then head_dim 128
   (16 heads, 16k tokens): each backward candidate timed forward+backward with the default
-  forward, then each forward candidate forward-only (TFLOP/s by the attention suite's count).
+  forward, with one profiled call's time per kernel (so the dK/dV and dQ passes can be
+  picked apart), then each forward candidate forward-only (TFLOP/s by the attention suite's
+  count).
 - int4: decode rows 1 and 16 on nano1's layer shapes, each candidate against the bf16 matmul
   of the same shape (both CUDA-graph replays).
 - patch_embed: the forward at 8 x 896 px, patch 14, dim 1152 (SigLIP-So400m), each candidate
@@ -48,6 +50,24 @@ def _try(row: dict, fn) -> dict:
         row.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
         traceback.print_exc(limit=2)
     return row
+
+
+def _kernel_ms(fn) -> dict | None:
+    """Device time per kernel name of one call (torch.profiler), so a backward candidate's
+    dK/dV and dQ passes can be chosen apart (``dq_block_m`` / ``dq_block_n``). None on the CPU."""
+    if DEV != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out: dict = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+        if us and e.key.startswith("_attn"):
+            out[e.key] = round(us / 1e3, 4)
+    return out
 
 
 def sweep_attention(timer: Timer, past_deadline) -> list[dict]:
@@ -97,7 +117,7 @@ def sweep_attention(timer: Timer, past_deadline) -> list[dict]:
                     err = max(_rel(a, r) for a, r in zip((dq, dk, dv), ref_g))
                     t = timer(fn)
                     return dict(err_vs_default=err, ms=t.median_s * 1e3,
-                                tflops=3.5 * fwd_flops / t.median_s / 1e12)
+                                tflops=3.5 * fwd_flops / t.median_s / 1e12, kernel_ms=_kernel_ms(fn))
 
                 rows.append(_try(row, run))
                 print(row)
