@@ -198,14 +198,14 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 TritonAttentionBlocks(128, 64, 8, 2)]
         if capability[0] >= 9:  # larger TMA tiles spill in the dk/dv pass: only the default's
             more = [tma_blocks(base, backward=True), *more[:2]]
-            if head_dim > 128:  # 64-row dQ tiles reach wgmma without spills (the default's 32 do
-                # not); 64-key tiles take the dk/dv pass to wgmma (120 B spilled on sm_90); a
-                # 3-stage pipeline of the default's tiles. The pointer 64x32 / 32x64 tiles spill
-                # 0.9-8.6 KB at head_dim 256 and are not offered (the nano1 profile, H200:
-                # the default backward is 195 of 363 ms of a train step)
+            if head_dim > 128:  # 64-row dQ tiles reach wgmma without spills (the default's 32
+                # do not); 64-key tiles take the dk/dv pass to wgmma (spilling 120-250 B on
+                # sm_90), paired with 64-row dQ tiles; a 3-stage pipeline of the default's
+                # tiles. The pointer 64x32 / 32x64 tiles spill 0.9-8.6 KB at head_dim 256 and
+                # are not offered (the nano1 profile, H200: the default backward is 195 of the
+                # 363 ms of kernels of a train step)
                 more = [more[0], TritonAttentionBlocks(64, 32, 8, 3, tma=True),
                         TritonAttentionBlocks(32, 32, 8, 3, tma=True),
-                        TritonAttentionBlocks(32, 64, 8, 3, tma=True),
                         TritonAttentionBlocks(32, 64, 8, 3, tma=True, dq_block_m=64, dq_block_n=32)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
