@@ -13,6 +13,7 @@ Files missing a provenance field are refused: results come only from the runner.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -58,12 +59,18 @@ def measured_table(d: dict) -> str:
                 "is rewritten after each suite)"] if d.get("complete") is False else []), "",
              "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | rate | % meas. ceiling | % datasheet | vs peer | max err |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    skipped = collections.Counter(r["suite"] for r in d["records"] if r["status"] == "skipped")
     for r in d["records"]:
+        if r["status"] == "skipped":  # counted below the table, each reason is in the file
+            continue
         lines.append("| " + " | ".join([
             r["suite"], r["case"], r["impl"], r.get("mode", "–"), r["status"],
             _f(r.get("median_ms"), ".3f"), _f(r.get("tflops"), ".3g"), _f(r.get("gbps"), ".3g"),
             rate(r), _f(pct_of_ceiling(r), ".1f"), _f(pct_of_ceiling(r, "datasheet"), ".1f"),
             _f(r.get("speedup_vs_peer"), ".2f"), _f(r.get("max_error"), ".1e")]) + " |")
+    if skipped:
+        lines += ["", "Skipped rows (not shown; their reasons are in the file): "
+                  + ", ".join(f"{suite} {n}" for suite, n in skipped.items()) + "."]
     return "\n".join(lines)
 
 
@@ -110,6 +117,8 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
     written = []
     for i, d in enumerate(files):
         ok = [r for r in d["records"] if r["status"] == "ok" and r.get("tflops")]
@@ -124,17 +133,21 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
             series[key].append((c["seq"], r["tflops"]))
         variants = sorted({k[1] for k in series})
         if variants:
+            impls = sorted({k[0] for k in series})  # one color per impl in every panel
+            colors = dict(zip(impls, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(impls), 2)))))
             fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False)
             for ax, variant in zip(axes[0], variants):
                 for (impl, var), pts in sorted(series.items()):
                     if var == variant:
                         pts.sort()
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl,
+                                color=colors[impl])
                 ax.set_xscale("log", base=2)
                 ax.set_title(variant, fontsize=9)
                 ax.set_xlabel("sequence length")
                 ax.set_ylabel("TFLOP/s (measured)")
-            axes[0][0].legend(fontsize=7)
+            handles = [plt.Line2D([], [], color=colors[m], marker="o", label=m) for m in impls]
+            axes[0][0].legend(handles=handles, fontsize=7)
             fig.suptitle(f"attention throughput — {_device_label(d)}", fontsize=10)
             written.append(_save(fig, out_dir, f"throughput-{i}.png"))
         # roofline against the measured ceilings
@@ -142,8 +155,6 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         ai = [r["flops"] / r["bytes"] for r in ok if r.get("bytes")]
         if ai:
-            import numpy as np
-
             xs = np.logspace(np.log10(min(ai) / 4), np.log10(max(ai) * 4), 100)
             ax.plot(xs, np.minimum(c["matmul_tflops"], xs * c["copy_gbps"] / 1e3), "k-",
                     label="measured ceilings")
@@ -280,34 +291,44 @@ def render(paths: list[str], out_dir: str, include: list[str] = (), sweeps: list
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", help="results JSON files written by benchmarks.run")
-    ap.add_argument("--latest", metavar="DIR", help="also the newest benchmark results file in DIR")
+    ap.add_argument("--latest", metavar="DIR",
+                    help="also the newest benchmark results, sweep and profile file of each device in DIR")
     ap.add_argument("--out", default="benchmarks/report", help="folder for report.md and PNGs")
     ap.add_argument("--include", nargs="*", default=[],
                     help="markdown files to inline and PNGs to show (compile report, profiles)")
     ap.add_argument("--sweep", nargs="*", default=[], help="benchmarks.sweep files to tabulate")
     ap.add_argument("--profile", nargs="*", default=[], help="benchmarks.profile_model files to tabulate")
     args = ap.parse_args(argv)
-    files = list(args.files) + ([latest_results(args.latest)] if args.latest else [])
+    files = list(args.files) + (latest_results(args.latest) if args.latest else [])
+    files = list(dict.fromkeys(os.path.abspath(f) for f in files))  # a file named twice, once
     if not files:
         ap.error("no results files: pass FILES or --latest DIR")
-    print(render(files, args.out, args.include, args.sweep, args.profile))
+    sweeps, profiles = list(args.sweep), list(args.profile)
+    if args.latest:  # and the newest sweep and profile of each device beside them
+        sweeps += latest_results(args.latest, "gemini-kernels-sweep")
+        profiles += latest_results(args.latest, "gemini-kernels-profile")
+    print(render(files, args.out, args.include, list(dict.fromkeys(sweeps)), list(dict.fromkeys(profiles))))
 
 
-def latest_results(folder: str) -> str:
-    """The newest benchmark results file (schema gemini-kernels-bench) in ``folder``."""
-    best = None
+def latest_results(folder: str, schema: str = "gemini-kernels-bench") -> list[str]:
+    """The newest file of ``schema`` (benchmark results by default; ``gemini-kernels-sweep``,
+    ``gemini-kernels-profile``) of each device in ``folder``, oldest device first: the
+    cross-hardware table compares machines."""
+    newest: dict = {}
     for name in os.listdir(folder):
         if not name.endswith(".json"):
             continue
         path = os.path.join(folder, name)
         with open(path) as f:
             data = json.load(f)
-        if str(data.get("schema", "")).startswith("gemini-kernels-bench") and (
-                best is None or data.get("created_utc", "") > best[0]):
-            best = (data.get("created_utc", ""), path)
-    if best is None:
+        if not str(data.get("schema", "")).startswith(schema):
+            continue
+        dev, stamp = data.get("device", {}).get("name", "?"), data.get("created_utc", "")
+        if dev not in newest or stamp > newest[dev][0]:
+            newest[dev] = (stamp, path)
+    if not newest and schema == "gemini-kernels-bench":
         raise FileNotFoundError(f"no benchmark results file in {folder}")
-    return best[1]
+    return [path for _, path in sorted(newest.values())]
 
 
 if __name__ == "__main__":

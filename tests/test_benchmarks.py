@@ -359,3 +359,19 @@ def test_ncu_targets_smoke_launches_every_target():
     from benchmarks import ncu_targets
 
     assert ncu_targets.main(["--smoke"]) == list(ncu_targets.TARGETS)
+
+
+def test_latest_results_takes_the_newest_file_of_each_device(tmp_path):
+    from benchmarks.report import latest_results
+
+    def put(name, schema, device, stamp):
+        (tmp_path / name).write_text(json.dumps({"schema": schema, "device": {"name": device},
+                                                 "created_utc": stamp}))
+        return str(tmp_path / name)
+
+    put("a.json", "gemini-kernels-bench/1", "cpu", "2026-01-01")
+    b = put("b.json", "gemini-kernels-bench/1", "cpu", "2026-01-02")
+    g = put("g.json", "gemini-kernels-bench/1", "H200", "2026-01-01T05")
+    put("s.json", "gemini-kernels-sweep/1", "H200", "2026-01-03")  # not a benchmark results file
+    assert latest_results(str(tmp_path)) == [g, b]
+    assert latest_results(str(tmp_path), "gemini-kernels-sweep") == [str(tmp_path / "s.json")]
