@@ -84,6 +84,24 @@ def test_triton_forward_backward(rng, case, dtype, strided):
         assert_close(g, r, b, dtype, name)
 
 
+@pytest.mark.parametrize("case", [P14, P16], ids=["p14", "p16"])
+def test_triton_row_step_forward(rng, case):
+    """The forward stepping one patch row at a time (PatchEmbedBlocks(rows=True)) against
+    float64; images whose (width, channels) are not contiguous are refused."""
+    from kernels.patch_embed.triton_patch_embed import PatchEmbedBlocks, patch_embed_triton
+
+    arrays = case.arrays(rng)
+    blocks = PatchEmbedBlocks(16, 32, 16, 4, 1, rows=True)  # block_k: the launcher's row width
+    fn = lambda *t: patch_embed_triton(*t, patch=case.patch, blocks=blocks)  # noqa: E731
+    got = _torch_vjp(fn, arrays, torch.float32)
+    ref = _torch_vjp(lambda *t: patch_embed_reference(*t, patch=case.patch), arrays, torch.float64)
+    base = _torch_vjp(lambda *t: patch_embed_reference(*t, patch=case.patch), arrays, torch.float32)
+    for name, g, r, b in zip(NAMES, got, ref, base):
+        assert_close(g, r, b, torch.float32, name)
+    with pytest.raises(ValueError, match="rows=True needs images whose width and channels are contiguous"):
+        _torch_vjp(fn, arrays, torch.float32, channels_first_storage=True)
+
+
 def test_triton_skips_dimages_when_images_need_no_grad(rng):
     images, weight, bias, pos, dy = [torch.tensor(a, dtype=torch.float32) for a in P14.arrays(rng)]
     weight.requires_grad_()

@@ -55,7 +55,7 @@ def _patch_embed_fwd_kernel(
     M, N_PATCHES, GRID_W, DIM,  # M = B * N rows; patches per image; patches per grid row; D
     PATCH: tl.constexpr, CHANNELS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROW_STEPS: tl.constexpr = False,
 ):
     K: tl.constexpr = PATCH * PATCH * CHANNELS
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -63,14 +63,26 @@ def _patch_embed_fwd_kernel(
     m_ok, n_ok = offs_m < M, offs_n < DIM
     row, n_idx = _row_offsets(offs_m, N_PATCHES, GRID_W, stride_xb, stride_xh, stride_xw, PATCH)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        col = _col_offsets(offs_k, stride_xh, stride_xw, stride_xc, PATCH, CHANNELS)
-        a = tl.load(X + row[:, None] + col[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(Wt + offs_k.to(tl.int64)[:, None] * stride_wk + offs_n[None, :] * stride_wd,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    if ROW_STEPS:  # one patch row per step: its (pw, c) pixels are one contiguous run of P * C
+        # (the launcher checks stride_xw == C and stride_xc == 1); BLOCK_K >= P * C, masked
+        offs_j = tl.arange(0, BLOCK_K)
+        j_ok = offs_j < PATCH * CHANNELS
+        for ph in range(PATCH):
+            a = tl.load(X + (row + ph * stride_xh)[:, None] + offs_j[None, :],
+                        mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            offs_k = ph * PATCH * CHANNELS + offs_j
+            w = tl.load(Wt + offs_k.to(tl.int64)[:, None] * stride_wk + offs_n[None, :] * stride_wd,
+                        mask=j_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            col = _col_offsets(offs_k, stride_xh, stride_xw, stride_xc, PATCH, CHANNELS)
+            a = tl.load(X + row[:, None] + col[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(Wt + offs_k.to(tl.int64)[:, None] * stride_wk + offs_n[None, :] * stride_wd,
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
     bias = tl.load(BIAS + offs_n * stride_bias, mask=n_ok, other=0.0).to(tl.float32)
     pos = tl.load(POS + n_idx.to(tl.int64)[:, None] * stride_pn + offs_n[None, :] * stride_pd,
                   mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)

@@ -44,12 +44,18 @@ class PatchEmbedBlocks:
     block_k: int = 32
     num_warps: int = 4
     num_stages: int = 2
+    # forward: step K one patch row at a time ([block_m, next_pow2(P * C)] tiles of contiguous
+    # (pw, c) pixels, one add per address instead of the (ph, pw, c) split of each k; block_k
+    # is then that width). Needs images whose (width, channels) are contiguous.
+    rows: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n", "block_k"))
+        if not isinstance(self.rows, bool):
+            raise ValueError(f"rows={self.rows!r} must be a bool")
 
     def as_list(self) -> list:
-        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages]
+        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages, int(self.rows)]
 
 
 PASSES = ("fwd", "dweight", "dimages", "dpos")
@@ -87,7 +93,9 @@ def candidate_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
     warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
     base = default_blocks(dtype, pass_, capability=tuple(capability))
     more = [PatchEmbedBlocks(64, 64, 32, 4, 3), PatchEmbedBlocks(128, 64, 32, 8, 3),
-            PatchEmbedBlocks(128, 128, 32, 8, 3), PatchEmbedBlocks(64, 128, 64, 4, 2)]
+            PatchEmbedBlocks(64, 128, 64, 4, 2)]
+    if pass_ == "fwd":  # patch-row steps: contiguous (pw, c) runs instead of per-k (ph, pw, c) math
+        more += [PatchEmbedBlocks(64, 64, 64, 4, 3, rows=True)]
     return [base] + [b for b in more if b != base]
 
 
@@ -107,9 +115,20 @@ def _geometry(images: torch.Tensor, patch: int):
     return b * n, n, w // patch, c
 
 
+def _row_width(patch: int, channels: int) -> int:
+    """The K tile of a row-step forward: one patch row's P * C pixels, a power of two >= 16."""
+    return max(16, triton.next_power_of_2(patch * channels))
+
+
 def _forward(images, weight, bias, pos, patch, blocks: PatchEmbedBlocks):
     m, n, grid_w, c = _geometry(images, patch)
     dim = weight.shape[1]
+    block_k = blocks.block_k
+    if blocks.rows:
+        if images.stride(3) != 1 or images.stride(2) != c:
+            raise ValueError(f"blocks: rows=True needs images whose width and channels are contiguous "
+                             f"(strides [..., {c}, 1]), got strides {tuple(images.stride())}")
+        block_k = _row_width(patch, c)
     y = torch.empty((images.shape[0], n, dim), dtype=images.dtype, device=images.device)
     grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(dim, blocks.block_n))
     triton_kernels._patch_embed_fwd_kernel[grid](
@@ -117,7 +136,7 @@ def _forward(images, weight, bias, pos, patch, blocks: PatchEmbedBlocks):
         *images.stride(), *weight.stride(), bias.stride(0), *pos.stride(),
         m, n, grid_w, dim,
         PATCH=patch, CHANNELS=c, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-        BLOCK_K=blocks.block_k, DOT_PRECISION=_dot_precision(images.dtype),
+        BLOCK_K=block_k, DOT_PRECISION=_dot_precision(images.dtype), ROW_STEPS=blocks.rows,
         num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_patch_embed_fwd_kernel"] += 1
@@ -164,9 +183,14 @@ def _backward_images(dy, images, weight, patch, blocks: PatchEmbedBlocks):
 
 # --- differentiation shell: custom ops (traceable by torch.compile) -------------------------
 
+_PER_PASS = len(PatchEmbedBlocks().as_list())
+
+
 def _blocks(flat: list, i: int) -> PatchEmbedBlocks:
-    """Pass i's blocks from the flat list the custom ops carry (5 ints per pass, PASSES order)."""
-    return PatchEmbedBlocks(*flat[5 * i: 5 * i + 5])
+    """Pass i's blocks from the flat list the custom ops carry (``_PER_PASS`` ints per pass,
+    PASSES order)."""
+    *knobs, rows = flat[_PER_PASS * i: _PER_PASS * (i + 1)]
+    return PatchEmbedBlocks(*knobs, rows=bool(rows))
 
 
 @torch.library.custom_op("gemini_kernels::patch_embed_fwd", mutates_args=())
@@ -258,8 +282,10 @@ def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0),
                         ("_patch_embed_dimages_kernel", "dimages"), ("_patch_embed_dpos_kernel", "dpos")):
         pb = blocks or default_blocks(dtype, pass_, capability=tuple(capability))
         fn = getattr(mod, name)
+        row_steps = pb.rows and pass_ == "fwd"
         meta = dict(PATCH=patch, CHANNELS=channels, BLOCK_M=pb.block_m, BLOCK_N=pb.block_n,
-                    BLOCK_K=pb.block_k, DOT_PRECISION=prec)
+                    BLOCK_K=_row_width(patch, channels) if row_steps else pb.block_k,
+                    DOT_PRECISION=prec, ROW_STEPS=row_steps)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         ptrs = {p: ty for p in ("X", "Wt", "BIAS", "POS", "Y", "DY", "DW", "DX", "DPOS")}
         ptrs["PART"] = "*fp32"
