@@ -21,6 +21,7 @@ sizes in the interpreter (a check of this script, no timings worth reading).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import time
 import traceback
@@ -32,9 +33,23 @@ from benchmarks.results import git_commit, library_versions, results_path, write
 from benchmarks.timing import Timer
 
 BF16 = torch.bfloat16
-DEV = "cuda"
-SHRINK = 1  # --smoke: sizes divided by this
-CAP = (9, 0)  # candidate lists of an sm_90 GPU; the device's own when there is one
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Where the sweep runs: the device ("cuda", or "cpu" for --smoke, tiny sizes in the
+    interpreter), the capability the candidate lists are for, and the data dtype."""
+
+    dev: str = "cuda"
+    cap: tuple = (9, 0)
+
+    @property
+    def smoke(self) -> bool:
+        return self.dev != "cuda"
+
+    @property
+    def dtype(self):
+        return BF16 if self.dev == "cuda" else torch.float16  # the interpreter's bf16 dot is wrong
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,10 +67,10 @@ def _try(row: dict, fn) -> dict:
     return row
 
 
-def _kernel_ms(fn) -> dict | None:
+def _kernel_ms(fn, setup: Setup) -> dict | None:
     """Device time per kernel name of one call (torch.profiler), so a backward candidate's
     dK/dV and dQ passes can be chosen apart (``dq_block_m`` / ``dq_block_n``). None on the CPU."""
-    if DEV != "cuda":
+    if setup.smoke:
         return None
     from torch.profiler import ProfilerActivity, profile
 
@@ -70,18 +85,18 @@ def _kernel_ms(fn) -> dict | None:
     return out
 
 
-def sweep_attention(timer: Timer, past_deadline) -> list[dict]:
+def sweep_attention(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     from kernels.attention import triton_attention as ta
     from kernels.attention.reference import _attention as ref
 
-    cap, dt = CAP, (BF16 if DEV == "cuda" else torch.float16)  # the interpreter's bf16 dot is wrong
+    cap, dt, dev = setup.cap, setup.dtype, setup.dev
     rows = []
     # nano1's head_dim 256 first (its backward is most of a nano1 train step), backward first
-    for b, s, h, d in ((1, 8192, 8, 256), (1, 16384, 16, 128)) if SHRINK == 1 else (
+    for b, s, h, d in ((1, 8192, 8, 256), (1, 16384, 16, 128)) if not setup.smoke else (
             (1, 70, 2, 256), (1, 100, 2, 128)):
-        g = torch.Generator(device=DEV).manual_seed(s + d)
-        q = torch.randn(b, s, h, d, device=DEV, dtype=dt, generator=g)
-        k, v = (torch.randn(b, s, 1, d, device=DEV, dtype=dt, generator=g) for _ in range(2))
+        g = torch.Generator(device=dev).manual_seed(s + d)
+        q = torch.randn(b, s, h, d, device=dev, dtype=dt, generator=g)
+        k, v = (torch.randn(b, s, 1, d, device=dev, dtype=dt, generator=g) for _ in range(2))
         do = torch.randn_like(q)
         fwd_flops = 4 * b * h * s * s * d / 2  # causal
         m = min(256, s)  # the last query rows against a float32 reference (full-length keys)
@@ -117,37 +132,37 @@ def sweep_attention(timer: Timer, past_deadline) -> list[dict]:
                     err = max(_rel(a, r) for a, r in zip((dq, dk, dv), ref_g))
                     t = timer(fn)
                     return dict(err_vs_default=err, ms=t.median_s * 1e3,
-                                tflops=3.5 * fwd_flops / t.median_s / 1e12, kernel_ms=_kernel_ms(fn))
+                                tflops=3.5 * fwd_flops / t.median_s / 1e12, kernel_ms=_kernel_ms(fn, setup))
 
                 rows.append(_try(row, run))
                 print(row)
         del q, k, v, do
-        if DEV == "cuda":
+        if not setup.smoke:
             torch.cuda.empty_cache()
     return rows
 
 
-def sweep_int4(timer: Timer, past_deadline) -> list[dict]:
+def sweep_int4(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     from kernels.int4 import reference as ref
     from kernels.int4 import triton_int4 as ti
 
     rows = []
-    dt = BF16 if DEV == "cuda" else torch.float16
-    for n, kdim in ((2048, 2048), (9984, 2048), (2048, 9984)) if SHRINK == 1 else ((256, 256), (384, 256)):
-        g = torch.Generator(device=DEV).manual_seed(n + kdim)
-        w = torch.randn(n, kdim, device=DEV, generator=g)
+    dt, dev = setup.dtype, setup.dev
+    for n, kdim in ((2048, 2048), (9984, 2048), (2048, 9984)) if not setup.smoke else ((256, 256), (384, 256)):
+        g = torch.Generator(device=dev).manual_seed(n + kdim)
+        w = torch.randn(n, kdim, device=dev, generator=g)
         packed, scales, _ = ref.quantize_int4(w, 128, asymmetric=False, scale_dtype=dt)
         wd = ref.dequantize_int4(packed, scales, None, 128).to(dt)  # [n, k]: the bf16 peer's weight
         for m in (1, 16):
-            x = torch.randn(m, kdim, device=DEV, dtype=dt, generator=g)
+            x = torch.randn(m, kdim, device=dev, dtype=dt, generator=g)
             want = x.float() @ wd.float().t()
             t_mm = timer(lambda: torch.matmul(x, wd.t()))
             int4_bytes = packed.numel() + scales.numel() * 2 + x.numel() * 2 + m * n * 2
-            for blk in ti.candidate_blocks(m, dt, capability=CAP):
+            for blk in ti.candidate_blocks(m, dt, capability=setup.cap):
                 if past_deadline():
                     return rows
                 row = dict(op="int4", shape=f"m{m} {kdim}->{n} g128 {dt}", blocks=repr(blk),
-                           default=blk == ti.default_blocks(m, dt, capability=CAP),
+                           default=blk == ti.default_blocks(m, dt, capability=setup.cap),
                            bf16_matmul_ms=t_mm.median_s * 1e3)
 
                 def run(blk=blk):
@@ -162,28 +177,28 @@ def sweep_int4(timer: Timer, past_deadline) -> list[dict]:
     return rows
 
 
-def sweep_patch_embed(timer: Timer, past_deadline) -> list[dict]:
+def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     from kernels.patch_embed import triton_patch_embed as tp
     from kernels.patch_embed.reference import patch_embed_reference, unfold_patches
 
-    b, size, p, c, dim = (8, 896, 14, 3, 1152) if SHRINK == 1 else (1, 56, 14, 3, 64)
-    dt = BF16 if DEV == "cuda" else torch.float16
+    b, size, p, c, dim = (8, 896, 14, 3, 1152) if not setup.smoke else (1, 56, 14, 3, 64)
+    dt, dev = setup.dtype, setup.dev
     n = (size // p) ** 2
-    g = torch.Generator(device=DEV).manual_seed(0)
-    images = torch.randn(b, size, size, c, device=DEV, dtype=dt, generator=g)
-    weight = torch.randn(p * p * c, dim, device=DEV, dtype=dt, generator=g) * (p * p * c) ** -0.5
-    bias = torch.randn(dim, device=DEV, dtype=dt, generator=g)
-    pos = torch.randn(n, dim, device=DEV, dtype=dt, generator=g)
+    g = torch.Generator(device=dev).manual_seed(0)
+    images = torch.randn(b, size, size, c, device=dev, dtype=dt, generator=g)
+    weight = torch.randn(p * p * c, dim, device=dev, dtype=dt, generator=g) * (p * p * c) ** -0.5
+    bias = torch.randn(dim, device=dev, dtype=dt, generator=g)
+    pos = torch.randn(n, dim, device=dev, dtype=dt, generator=g)
     want = patch_embed_reference(images.float(), weight.float(), bias.float(), pos.float(), patch=p)
     a = unfold_patches(images, p).contiguous()
     t_mm = timer(lambda: torch.matmul(a, weight))
     flops = 2 * b * n * p * p * c * dim
     rows = []
-    for blk in tp.candidate_blocks(dt, "fwd", capability=CAP):
+    for blk in tp.candidate_blocks(dt, "fwd", capability=setup.cap):
         if past_deadline():
             break
         row = dict(op="patch_embed", shape=f"b{b} {size}px p{p} d{dim} {dt} fwd", blocks=repr(blk),
-                   default=blk == tp.default_blocks(dt, "fwd", capability=CAP),
+                   default=blk == tp.default_blocks(dt, "fwd", capability=setup.cap),
                    cublas_ms=t_mm.median_s * 1e3)
 
         def run(blk=blk):
@@ -208,19 +223,18 @@ def main(argv=None) -> str:
     ap.add_argument("--deadline-s", type=float, default=120.0, help="no candidate starts after this")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter: checks this script")
     args = ap.parse_args(argv)
-    global DEV, SHRINK, CAP
     ops = [o for o in args.ops.split(",") if o]
     unknown = [o for o in ops if o not in SWEEPS]
     if unknown:
         raise SystemExit(f"--ops: unknown {unknown}; known {sorted(SWEEPS)}")
     if args.smoke:
-        DEV, SHRINK = "cpu", 0  # 0: the smoke sizes below
+        setup = Setup(dev="cpu")
         events = graphs = Timer("cpu", warmup=0, min_runs=1, max_runs=1)
     elif not torch.cuda.is_available():
         raise SystemExit("benchmarks.sweep needs a CUDA GPU (torch.cuda.is_available() is False); "
                          "--smoke checks the script on the CPU")
     else:
-        CAP = torch.cuda.get_device_capability()
+        setup = Setup(cap=tuple(torch.cuda.get_device_capability()))
         events = Timer("cuda", warmup=2, min_runs=5, max_runs=20, budget_s=0.2)
         graphs = Timer("cuda", warmup=2, min_runs=10, max_runs=50, budget_s=0.1, cuda_graphs=True)
     device = detect_device()
@@ -234,7 +248,7 @@ def main(argv=None) -> str:
                                               "int4, patch_embed": "cuda-graph replay, cuda-events, L2 flushed"},
                    records=[])
     for op in ops:
-        payload["records"] += SWEEPS[op](events if op == "attention" else graphs, past)
+        payload["records"] += SWEEPS[op](setup, events if op == "attention" else graphs, past)
         write_json_atomic(path, payload)
     payload["complete"] = not past()
     write_json_atomic(path, payload)
