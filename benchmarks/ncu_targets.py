@@ -22,6 +22,8 @@ import argparse
 
 import torch
 
+from benchmarks.sweep import parse_ops
+
 BF16 = torch.bfloat16
 
 
@@ -91,10 +93,7 @@ def main(argv=None) -> list[str]:
     ap.add_argument("--ops", default=",".join(TARGETS))
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter")
     args = ap.parse_args(argv)
-    ops = [o for o in args.ops.split(",") if o]
-    unknown = [o for o in ops if o not in TARGETS]
-    if unknown:
-        raise SystemExit(f"--ops: unknown {unknown}; known {sorted(TARGETS)}")
+    ops = parse_ops(args.ops, TARGETS)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("benchmarks.ncu_targets needs a CUDA GPU; --smoke checks the script on the CPU")
     dev, dt = ("cpu", torch.float16) if args.smoke else ("cuda", BF16)  # interpreter: no bf16 dots

@@ -216,6 +216,15 @@ def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
 SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed}
 
 
+def parse_ops(text: str, known) -> list[str]:
+    """``--ops a,b`` checked against ``known`` (names): unknown ones end the program, named."""
+    ops = [o for o in text.split(",") if o]
+    unknown = [o for o in ops if o not in known]
+    if unknown:
+        raise SystemExit(f"--ops: unknown {unknown}; known {sorted(known)}")
+    return ops
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default="benchmarks/results")
@@ -223,10 +232,7 @@ def main(argv=None) -> str:
     ap.add_argument("--deadline-s", type=float, default=120.0, help="no candidate starts after this")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter: checks this script")
     args = ap.parse_args(argv)
-    ops = [o for o in args.ops.split(",") if o]
-    unknown = [o for o in ops if o not in SWEEPS]
-    if unknown:
-        raise SystemExit(f"--ops: unknown {unknown}; known {sorted(SWEEPS)}")
+    ops = parse_ops(args.ops, SWEEPS)
     if args.smoke:
         setup = Setup(dev="cpu")
         events = graphs = Timer("cpu", warmup=0, min_runs=1, max_runs=1)
