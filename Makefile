@@ -11,11 +11,12 @@ OUT ?= benchmarks/results
 # (rows not started by then are reported skipped), the model profile, Nsight Compute over
 # the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
 # block-size sweep. At most 8 files come back from a device call: this writes 7
-GPU_TEST_S ?= 120
-BENCH_DEADLINE_S ?= 150
-PROFILE_S ?= 50
-NCU_S ?= 60
-SWEEP_S ?= 45
+GPU_TEST_S ?= 110
+BENCH_DEADLINE_S ?= 170
+PROFILE_S ?= 55
+PROFILE_IMPLS ?= triton-autotune
+NCU_S ?= 40
+SWEEP_S ?= 90
 BENCH_ARGS ?=
 
 .PHONY: setup test bench bench-gpu gpu-wheels clean
@@ -55,7 +56,7 @@ bench-gpu:
 	timeout $$(( $(BENCH_DEADLINE_S) + 60 )) python3 -m benchmarks.run bench=gpu out_dir=$(OUT) \
 	  bench.deadline_s=$(BENCH_DEADLINE_S) $(BENCH_ARGS) 2>&1 | tail -60; \
 	if [ $(PROFILE_S) -gt 0 ]; then timeout $(PROFILE_S) python3 -m benchmarks.profile_model \
-	  --out-dir $(OUT) 2>&1 | tail -45; fi; \
+	  --out-dir $(OUT) --impls $(PROFILE_IMPLS) 2>&1 | tail -45; fi; \
 	NCU=$$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1); \
 	if [ $(NCU_S) -gt 0 ] && [ -n "$$NCU" ]; then timeout $(NCU_S) $$NCU --clock-control none \
 	  -k 'regex:_patch_embed_fwd|_attn_bwd_dkdv|_attn_bwd_dq|_int4_matmul|_decode_split|_norm_' \

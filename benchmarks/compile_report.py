@@ -137,12 +137,12 @@ CANDIDATE_JOBS = {
                                         {}, [128, "torch.bfloat16"], {"causal": True}, ["_attn_fwd_kernel"]),
     "attention bwd causal hd128 bf16": ("kernels.attention.triton_attention", [128, "torch.bfloat16"],
                                         {"backward": True}, [128, "torch.bfloat16"], {"causal": True},
-                                        ["_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]),
+                                        ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel", "_attn_bwd_dq_kernel"]),
     "attention fwd causal hd256 bf16": ("kernels.attention.triton_attention", [256, "torch.bfloat16"],
                                         {}, [256, "torch.bfloat16"], {"causal": True}, ["_attn_fwd_kernel"]),
     "attention bwd causal hd256 bf16": ("kernels.attention.triton_attention", [256, "torch.bfloat16"],
                                         {"backward": True}, [256, "torch.bfloat16"], {"causal": True},
-                                        ["_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]),
+                                        ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel", "_attn_bwd_dq_kernel"]),
     "decode split hd128 bf16": ("kernels.decode.triton_decode", [128, "torch.bfloat16", 32768], {},
                                 [128, "torch.bfloat16"], {}, ["_decode_split_kernel"]),
     "int4 matmul m16 bf16": ("kernels.int4.triton_int4", [16, "torch.bfloat16"], {}, ["torch.bfloat16"],
@@ -222,7 +222,13 @@ def compile_jobs(jobs: dict, work: str) -> dict:
                 out[job_id] = {"error": f"{type(e).__name__}: {e}"}
                 continue
             out[job_id] = {}
-            for name in job.get("kernels") or list(kernels):
+            # the listed kernels this job's blocks launch (the dV-only pass exists only with
+            # dkdv_passes=2); none of them is an error
+            names = [n for n in job.get("kernels") or list(kernels) if n in kernels]
+            if not names:
+                out[job_id] = {"error": f"none of {job.get('kernels')} in {sorted(kernels)}"}
+                continue
+            for name in names:
                 try:
                     compiled = _compile(kernels[name], job["cap"], os.path.join(work, job_id_dir(job_id)))
                 except Exception as e:  # reported per kernel

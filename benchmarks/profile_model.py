@@ -105,6 +105,10 @@ def main(argv=None) -> str:
         for r in rows:
             fams[r["family"]] = fams.get(r["family"], 0.0) + r["ms"]
         payload["profiles"][impl] = dict(total_kernel_ms=total, families=fams, kernels=rows)
+        if impl == "triton-autotune":  # the attention tiles its first step timed and picked
+            from kernels.attention.triton_autotune import tuning_summary
+
+            payload["profiles"][impl]["autotune"] = tuning_summary()
         write_json_atomic(path, payload)
         print(f"\n== {case.id} {impl}: {total:.1f} ms of kernels")
         for fam, ms in sorted(fams.items(), key=lambda kv: -kv[1]):

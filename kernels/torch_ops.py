@@ -1,10 +1,12 @@
 """PyTorch front-end: validated, differentiable ops with an ``impl`` switch.
 
     attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="triton")
+              segment_ids=None, impl="triton", blocks=None)
 
 impls: "triton" (hand-written flash attention; interpret mode on CPU), "reference"
 (plain torch, fp32 math), "sdpa" (torch's scaled_dot_product_attention, the peer).
+``blocks`` (triton only): a TritonAttentionBlocks, a (forward, backward) pair, "autotune",
+or None for the per-device defaults.
 Arguments are checked before anything launches; there is no fallback between impls.
 """
 from __future__ import annotations
@@ -26,9 +28,11 @@ def _device(t: torch.Tensor):
 
 
 def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="triton"):
+              segment_ids=None, impl="triton", blocks=None):
     """Multi-query / grouped-query / multi-head attention. See ``kernels/attention/spec.py``."""
     check_impl(impl, ATTENTION_IMPLS)
+    if blocks is not None and impl != "triton":
+        raise ValueError(f"blocks: only impl='triton' takes tile sizes, got blocks={blocks!r} with impl={impl!r}")
     problem, q_ids, kv_ids = check_attention_args(
         q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
         segment_ids=segment_ids, dtypes=TORCH_DTYPES, device_of=_device,
@@ -38,7 +42,7 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
     if impl == "triton":
         from .attention.triton_attention import attention_triton
 
-        return attention_triton(q, k, v, **kwargs)
+        return attention_triton(q, k, v, blocks=blocks, **kwargs)
     if impl == "sdpa":
         from .attention.sdpa import attention_sdpa
 

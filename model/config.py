@@ -132,6 +132,13 @@ class KernelConfig:
     rope: str | None = None
     mlp: str | None = None
     loss: str | None = None  # torch's GeminiModel.loss: triton (fused linear cross-entropy) | reference
+    # torch's Triton attention tiles: None = the per-device defaults; "autotune" = the fastest
+    # candidates of the forward and backward passes, timed on the first call of each shape
+    attention_blocks: str | None = None
+
+    def __post_init__(self):
+        if self.attention_blocks not in (None, "autotune"):
+            raise ValueError(f"attention_blocks: expected None or 'autotune', got {self.attention_blocks!r}")
 
     def impl(self, op: str) -> str:
         chosen = getattr(self, op)

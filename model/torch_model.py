@@ -102,8 +102,11 @@ class Attention(nn.Module):
         else:
             if cache is not None:  # prefill of an empty cache: positions [0, S)
                 cache.prefill(self.layer, k, v)
+            impl = kern.impl("attention")
+            if impl == "triton" and kern.attention_blocks is not None:
+                opts["blocks"] = kern.attention_blocks
             o = torch_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
-                                    impl=kern.impl("attention"))  # (B, S, H, D)
+                                    impl=impl)  # (B, S, H, D)
         return self.o_proj(o.reshape(b, s, -1))  # (B, S, W)
 
 

@@ -125,6 +125,18 @@ def test_dkdv_splits(rng, case, splits):
                              blocks=TritonAttentionBlocks(16, 16, 4, 1, dkdv_splits=splits))
 
 
+@pytest.mark.parametrize("splits", [1, 2], ids=["splits1", "splits2"])
+@pytest.mark.parametrize("case", [CASES[6], CASES[8], CASES[9]], ids=lambda c: c.id)
+def test_dkdv_in_two_passes(rng, case, splits):
+    """dV and dK in two launches of the dk/dv kernel (one accumulator each): the same float64
+    agreement, with softcap, windows and segments, MQA and GQA, head_dim 256."""
+    tensors, do, kwargs = _inputs(rng, case)
+    before = triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"]
+    blocks = TritonAttentionBlocks(16, 32, 4, 1, dkdv_splits=splits, dkdv_passes=2, dq_block_m=32)
+    _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
+    assert triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"] == before + 2
+
+
 def test_dkdv_splits_follow_the_device():
     from kernels.attention.triton_attention import dkdv_splits
 
@@ -188,6 +200,18 @@ def test_dispatch_runs_triton_kernels(rng):
     assert hasattr(torch.ops.gemini_kernels, "flash_attention_fwd")
 
 
+def test_blocks_through_torch_ops(rng):
+    """torch_ops.attention passes ``blocks`` to the Triton impl and refuses it for the others."""
+    tensors, do, _ = _inputs(rng, Case(1, 9, 9, 2, 1, 64))
+    q, k, v = (t.float().requires_grad_() for t in tensors)
+    before = triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"]
+    blocks = TritonAttentionBlocks(16, 16, 4, 1, dkdv_passes=2)
+    torch_ops.attention(q, k, v, causal=True, impl="triton", blocks=blocks).backward(do.float())
+    assert triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"] == before + 2
+    with pytest.raises(ValueError, match="blocks: only impl='triton'"):
+        torch_ops.attention(q, k, v, impl="reference", blocks=blocks)
+
+
 def test_custom_op_registration(rng):
     """Schema, fake kernel and autograd registration are consistent (what torch.compile relies on)."""
     tensors, _, _ = _inputs(rng, Case(1, 5, 7, 2, 1, 16))
@@ -199,8 +223,10 @@ def test_custom_op_registration(rng):
 
 
 @pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0),
-                                 dict(dkdv_splits=17), dict(dq_block_m=24), dict(dq_block_n=8)],
-                         ids=["block_m48", "block_n8", "warps3", "stages0", "splits17", "dq_m24", "dq_n8"])
+                                 dict(dkdv_splits=17), dict(dq_block_m=24), dict(dq_block_n=8),
+                                 dict(dkdv_passes=3)],
+                         ids=["block_m48", "block_n8", "warps3", "stages0", "splits17", "dq_m24", "dq_n8",
+                              "passes3"])
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})

@@ -81,21 +81,26 @@ def test_blocks_argument_checked(rng):
 
 
 def test_autotune_times_candidates_once_per_problem_class(rng):
+    """Inputs that require grad tune the forward and the backward (the interpreter's candidates:
+    pointer and TMA forwards; shared and two-pass dK/dV backwards); both picks pass the float64
+    check, and a second call of the class times nothing."""
     case = Case(1, 40, 40, 4, 1, 64, causal=True)
     tensors, do, kwargs = _inputs(rng, case)
     triton_autotune.TUNING.clear()
     got, _ = _check_against_reference(tensors, do, torch.float32, kwargs, blocks="autotune")
-    (entry,) = triton_autotune.TUNING.values()
-    assert [b.tma for b, _, _ in entry["times_ms"]] == [False, True]
-    assert all(ms is not None and ms > 0 for _, ms, _ in entry["times_ms"])
-    record = triton_autotune.tuning_record(tensors[0].float(), tensors[1].float(), causal=True)
-    assert record["pick"] in [c["blocks"] for c in record["candidates"]]
-    before = dict(triton_attention.LAUNCHES)
+    assert len(triton_autotune.TUNING) == 2
     q, k, v = (t.float() for t in tensors)
+    fwd, bwd = (triton_autotune.tuning_record(q, k, causal=True, backward=b) for b in (False, True))
+    assert [c["blocks"]["tma"] for c in fwd["candidates"]] == [False, True]
+    assert [c["blocks"]["dkdv_passes"] for c in bwd["candidates"]] == [1, 2]
+    for record in (fwd, bwd):
+        assert all(c["ms"] is not None and c["ms"] > 0 for c in record["candidates"])
+        assert record["pick"] in [c["blocks"] for c in record["candidates"]]
+    before = dict(triton_attention.LAUNCHES)
     again = attention_triton(q, k, v, blocks="autotune", **kwargs)  # same class: no timing
     launched = sum(triton_attention.LAUNCHES[n] - before.get(n, 0)
-                   for n in ("_attn_fwd_kernel", "_attn_fwd_tma_kernel"))
-    assert launched == 1 and len(triton_autotune.TUNING) == 1
+                   for n in ("_attn_fwd_kernel", "_attn_fwd_tma_kernel", "_attn_bwd_dq_kernel"))
+    assert launched == 1 and len(triton_autotune.TUNING) == 2
     torch.testing.assert_close(again, got[0], rtol=0, atol=0)
 
 

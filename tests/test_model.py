@@ -163,6 +163,27 @@ def test_kernel_choice_changes_nothing(full_case, framework, preset):
     assert err(out, ref) <= bound(base, ref), (framework, preset)
 
 
+def test_autotuned_attention_tiles_train_like_the_defaults(full_case):
+    """KernelConfig(attention_blocks="autotune"): the first step times the forward and backward
+    tile candidates (interpreter: its own two of each); loss and gradients equal the default
+    tiles' to fp32 rounding, and a bad value is refused up front."""
+    from kernels.attention import triton_autotune
+
+    cfg, params, tokens, _, _ = full_case
+    triton_autotune.TUNING.clear()
+    grads = []
+    for blocks in (None, "autotune"):
+        m = GeminiModel(cfg, KernelConfig("triton", attention_blocks=blocks))
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+        m(torch.from_numpy(tokens)).square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    assert any(key[-1] == "backward" for key in triton_autotune.TUNING)
+    for name, g in grads[1].items():
+        torch.testing.assert_close(g, grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="attention_blocks"):
+        KernelConfig("triton", attention_blocks="fastest")
+
+
 def test_segment_ids_and_embeds_in_both_frameworks():
     cfg, params = PLAIN, random_params(PLAIN, 2)
     r = np.random.default_rng(3)

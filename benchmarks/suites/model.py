@@ -35,7 +35,10 @@ import numpy as np
 from benchmarks.suites.common import Skip, rel_err
 from kernels.tolerances import BENCH_RTOL
 
-TORCH_PRESETS = {"reference": "reference", "compiled": "reference", "triton": "triton", "sdpa": "sdpa"}
+# impl -> the model's KernelConfig ("triton-autotune": Triton kernels, attention tiles autotuned)
+TORCH_PRESETS = {"reference": dict(preset="reference"), "compiled": dict(preset="reference"),
+                 "triton": dict(preset="triton"), "sdpa": dict(preset="sdpa"),
+                 "triton-autotune": dict(preset="triton", attention_blocks="autotune")}
 JAX_PRESETS = {"xla": "xla", "pallas": "pallas", "reference": "reference"}
 
 
@@ -149,7 +152,7 @@ class ModelSuite:
             import torch
 
             tokens, kv = self._data(case)
-            model = self._torch_model("reference", case.dtype, torch.float32)
+            model = self._torch_model(TORCH_PRESETS["reference"], case.dtype, torch.float32)
             run = model.loss if case.mode == "train_step" else model
             self._refs[case] = self._torch_run(run, tokens, case, self._cache(model, case, kv))
             del model
@@ -180,10 +183,14 @@ class ModelSuite:
         if case.mode != "decode":
             flops = flops_per_token(self._model_cfg(), case.seq, train=case.mode == "train_step") * tokens
             out.update(flops=flops, tflops=flops / t.median_s / 1e12)
+        if impl == "triton-autotune":  # the attention tiles it timed and picked
+            from kernels.attention.triton_autotune import tuning_summary
+
+            out["autotune"] = tuning_summary()
         return out
 
     # --- PyTorch ------------------------------------------------------------------------
-    def _torch_model(self, preset: str, weights_dtype: str, dtype):
+    def _torch_model(self, kernels: dict, weights_dtype: str, dtype):
         """A model built empty on the meta device, then given the weights on the bench device."""
         import torch
 
@@ -191,7 +198,7 @@ class ModelSuite:
         from model.torch_model import GeminiModel
 
         with torch.device("meta"):
-            model = GeminiModel(self._model_cfg(), KernelConfig(preset=preset), seed=None)
+            model = GeminiModel(self._model_cfg(), KernelConfig(**kernels), seed=None)
         model = model.to(dtype).to_empty(device=self._dev())
         model.load_state_dict({k: torch.from_numpy(v) for k, v in self._weights_for(weights_dtype).items()})
         return model
@@ -207,7 +214,8 @@ class ModelSuite:
         run_model = torch.compile(model) if impl == "compiled" else model
         if case.mode == "train_step":  # the model's loss (its ``loss`` kernel), compiled with it
             run_model = torch.compile(model.loss) if impl == "compiled" else model.loss
-        mode = {"triton": "interpret" if _platform.triton_interpreting() else "compiled",
+        triton_mode = "interpret" if _platform.triton_interpreting() else "compiled"
+        mode = {"triton": triton_mode, "triton-autotune": triton_mode,
                 "compiled": "torch.compile"}.get(impl, "eager")
         tokens, kv = self._data(case)
         cache = self._cache(model, case, kv)

@@ -53,6 +53,11 @@ class TritonAttentionBlocks:
     # both could share spills: benchmarks.compile_report lists each candidate's passes
     dq_block_m: int = 0
     dq_block_n: int = 0
+    # backward: 2 = dV and dK in two launches of the dk/dv kernel, one fp32 accumulator each
+    # (the dV pass skips dP and dS; the dK pass skips P^T dO): one more score recompute, but
+    # at head_dim 256 128-key tiles fit, so each sm_90 warpgroup owns 64 keys where the
+    # shared pass's 64-key tile makes both warpgroups compute the same score tiles
+    dkdv_passes: int = 1
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -61,6 +66,8 @@ class TritonAttentionBlocks:
             raise ValueError(f"tma={self.tma!r} must be a bool")
         if not isinstance(self.dkdv_splits, int) or not 0 <= self.dkdv_splits <= MAX_DKDV_SPLITS:
             raise ValueError(f"dkdv_splits={self.dkdv_splits!r} must be an int in [0, {MAX_DKDV_SPLITS}]")
+        if self.dkdv_passes not in (1, 2) or isinstance(self.dkdv_passes, bool):
+            raise ValueError(f"dkdv_passes={self.dkdv_passes!r} must be 1 (dK and dV together) or 2 (apart)")
 
     def dq_blocks(self) -> "TritonAttentionBlocks":
         """The blocks the dQ pass launches with (its own tile where one is set)."""
@@ -69,12 +76,16 @@ class TritonAttentionBlocks:
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
-                self.dkdv_splits, self.dq_block_m, self.dq_block_n]
+                self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n = values
-        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n)
+        m, n, w, st, tma, splits, dq_m, dq_n, passes = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes)
+
+    def dkdv_pass_flags(self) -> tuple:
+        """(DO_DK, DO_DV) of each launch of the dk/dv kernel, in launch order."""
+        return ((True, True),) if self.dkdv_passes == 1 else ((False, True), (True, False))
 
 
 MAX_DKDV_SPLITS = 16
@@ -196,17 +207,27 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
     elif backward:
         more = [TritonAttentionBlocks(64, 32, 4, 2), TritonAttentionBlocks(32, 64, 4, 2),
                 TritonAttentionBlocks(128, 64, 8, 2)]
-        if capability[0] >= 9:  # larger TMA tiles spill in the dk/dv pass: only the default's
-            more = [tma_blocks(base, backward=True), *more[:2]]
-            if head_dim > 128:  # 64-row dQ tiles reach wgmma without spills (the default's 32
-                # do not); 64-key tiles take the dk/dv pass to wgmma (spilling 120-250 B on
-                # sm_90), paired with 64-row dQ tiles; a 3-stage pipeline of the default's
-                # tiles. The pointer 64x32 / 32x64 tiles spill 0.9-8.6 KB at head_dim 256 and
-                # are not offered (the nano1 profile, H200: the default backward is 195 of the
-                # 363 ms of kernels of a train step)
-                more = [more[0], TritonAttentionBlocks(64, 32, 8, 3, tma=True),
-                        TritonAttentionBlocks(32, 32, 8, 3, tma=True),
-                        TritonAttentionBlocks(32, 64, 8, 3, tma=True, dq_block_m=64, dq_block_n=32)]
+        if capability[0] >= 9:
+            # sm_90, 8 warps: Triton gives a score tile feeding another dot one warpgroup per 64
+            # rows, so a 64-key dK/dV tile (or a 64-row dQ tile) has both warpgroups compute the
+            # same scores. 128-key / 128-row tiles give each warpgroup its own 64.
+            if head_dim <= 64:
+                more = [tma_blocks(base, backward=True), *more[:2]]
+            elif head_dim <= 128:  # the measured TMA default (TMA_BACKWARD_HEAD_DIMS), the
+                # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), and
+                # 128-key dK/dV with 128-row dQ tiles (no spills, pointer and TMA)
+                more = [tma_blocks(base, backward=True), more[0],
+                        TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
+                        TritonAttentionBlocks(32, 128, 8, 2, dq_block_m=128, dq_block_n=32)]
+            else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
+                # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
+                # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills) or
+                # 128-row ones (12-24 B of spills); the shared pass with 64 keys (wgmma, spills 120 B); the
+                # default's tiles pipelined. The pointer 64x32 / 32x64 tiles spill 0.9-8.6 KB.
+                more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=32),
+                        TritonAttentionBlocks(32, 64, 8, 3, tma=True, dq_block_m=64, dq_block_n=32),
+                        TritonAttentionBlocks(32, 32, 8, 3, tma=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -346,11 +367,12 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
         dv_out = torch.empty_like(dk_out)
-    triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
-        q, k, v, do, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1,
-    )
+    for do_dk, do_dv in blocks.dkdv_pass_flags():
+        triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
+            q, k, v, do, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+            *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
+        )
     if splits > 1:
         dk.copy_(dk_out.sum(0))
         dv.copy_(dv_out.sum(0))
@@ -360,7 +382,8 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         *seg_strides, *scalars, **meta_dq, **launch,
     )
     tma = "_tma" if blocks.tma else ""
-    LAUNCHES.update(("_attn_bwd_preprocess_kernel", f"_attn_bwd_dkdv{tma}_kernel", f"_attn_bwd_dq{tma}_kernel"))
+    LAUNCHES.update(("_attn_bwd_preprocess_kernel", f"_attn_bwd_dq{tma}_kernel"))
+    LAUNCHES[f"_attn_bwd_dkdv{tma}_kernel"] += blocks.dkdv_passes
     return dq, dk, dv
 
 
@@ -428,8 +451,9 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
 
     Expects validated arguments (``kernels.torch_ops.attention`` checks them). ``blocks``: one
     TritonAttentionBlocks for the forward and backward passes, a (forward, backward) pair,
-    None for ``default_blocks``, or "autotune": the forward's fastest ``candidate_blocks`` on
-    these shapes, timed once per problem class (``triton_autotune.py``), default backward.
+    None for ``default_blocks``, or "autotune": the fastest ``candidate_blocks`` on these
+    shapes, timed once per problem class (``triton_autotune.py``): the forward's, and the
+    backward's when q, k or v requires grad (else the default backward).
     """
     d = q.shape[-1]
     if scale is None:
@@ -439,10 +463,13 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
         fwd = default_blocks(d, q.dtype, capability=cap)
         bwd = default_backward_blocks(q, k, v, cap)
         if blocks == "autotune":
-            from .triton_autotune import autotuned_forward_blocks
+            from .triton_autotune import autotuned_backward_blocks, autotuned_forward_blocks
 
-            fwd = autotuned_forward_blocks(q, k, v, q_segment_ids, kv_segment_ids, causal=bool(causal),
-                                           window=window, softcap=softcap, scale=float(scale))
+            opts = dict(causal=bool(causal), window=window, softcap=softcap, scale=float(scale))
+            fwd = autotuned_forward_blocks(q, k, v, q_segment_ids, kv_segment_ids, **opts)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+                bwd = autotuned_backward_blocks(q, k, v, q_segment_ids, kv_segment_ids, **opts,
+                                                fwd_blocks=fwd)
     elif isinstance(blocks, TritonAttentionBlocks):
         fwd = bwd = blocks
     elif (isinstance(blocks, tuple) and len(blocks) == 2
@@ -474,7 +501,9 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                 blocks: Optional[TritonAttentionBlocks] = None) -> dict:
     """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
     ``capability`` (or ``blocks`` for every pass, as ``attention_triton(blocks=...)`` uses it),
-    specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids).
+    specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids). With
+    ``dkdv_passes=2`` "_attn_bwd_dkdv_kernel" is the dK-only launch and "_attn_bwd_dv_kernel"
+    the dV-only one.
 
     Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
     k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
@@ -510,7 +539,14 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                      if n in fn.arg_names}
             meta.update({n: None for n in descs if not pass_blocks.tma})
             types = {**types, **(descs if pass_blocks.tma else {})}
-        out[name] = _aot_kernel(fn, meta, types, pass_blocks)
+        if name != "_attn_bwd_dkdv_kernel":
+            out[name] = _aot_kernel(fn, meta, types, pass_blocks)
+            continue
+        for do_dk, do_dv in pass_blocks.dkdv_pass_flags():
+            kernel = _aot_kernel(fn, {**meta, "DO_DK": do_dk, "DO_DV": do_dv}, types, pass_blocks)
+            if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
+                kernel = kernel._replace(name="_attn_bwd_dv_kernel")
+            out[kernel.name] = kernel
     return out
 
 

@@ -1,14 +1,15 @@
-"""Autotuning of the Triton attention forward: ``attention_triton(..., blocks="autotune")``.
+"""Autotuning of the Triton attention passes: ``attention_triton(..., blocks="autotune")``.
 
-The first call of a problem class times every forward ``candidate_blocks`` of the device on
-the caller's own tensors (pointer and, on sm_90+, TMA variants) and keeps the fastest; later
-calls of the class reuse it, as ``triton.autotune`` does. A class is (device capability,
-dtype, head_dim, group size, causal, window, softcap, segments, and Sq and Skv rounded up to
-powers of two). Candidates the problem cannot run (a TMA tile that does not fit its group
-size or alignment) or the device cannot launch (shared memory) are skipped, with the reason
-kept in ``TUNING``. Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed) on a GPU;
-one wall-clock call under the CPU interpreter, where the pick means nothing about speed but
-the path is exercised. The backward keeps its default blocks.
+The first call of a problem class times every ``candidate_blocks`` of the device on the
+caller's own tensors, for the forward and, when the inputs require grad, for the backward
+(its launches alone, from one forward's output and a random dO), and keeps the fastest of
+each; later calls of the class reuse them, as ``triton.autotune`` does. A class is (device
+capability, dtype, head_dim, group size, causal, window, softcap, segments, and Sq and Skv
+rounded up to powers of two). Candidates the problem cannot run (a TMA tile that does not
+fit its group size or alignment) or the device cannot launch (shared memory) are skipped,
+with the reason kept in ``TUNING``. Timing: ``triton.testing.do_bench`` (CUDA events, L2
+flushed) on a GPU; one wall-clock call under the CPU interpreter, where the pick means
+nothing about speed but the path is exercised.
 """
 from __future__ import annotations
 
@@ -43,47 +44,83 @@ def _time_ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale):
-    """The fastest forward candidate for this problem class (timed on the first call)."""
-    key = problem_class(q, k, causal, window, softcap, q_seg is not None)
-    if key in TUNING:
-        return TUNING[key]["blocks"]
+def _candidates(q, backward: bool) -> list:
     cap = ta._capability(q)
-    if cap is None:  # the interpreter: its own default plus the TMA form of it
-        base = ta.default_blocks(q.shape[-1], q.dtype, capability=None)
-        candidates = [base, ta.tma_blocks(base)]
-    else:
-        candidates = ta.candidate_blocks(q.shape[-1], q.dtype, capability=cap)
+    if cap is None:  # the interpreter: its own default plus a TMA form / a two-pass dK-dV form
+        base = ta.default_blocks(q.shape[-1], q.dtype, backward=backward, capability=None)
+        other = dataclasses.replace(base, dkdv_passes=2) if backward else ta.tma_blocks(base)
+        return [base, other]
+    return ta.candidate_blocks(q.shape[-1], q.dtype, backward=backward, capability=cap)
+
+
+def _fastest(key, candidates, q, k, v, launch):
+    """Time ``launch(blocks)`` for each candidate; keep and return the fastest."""
     times = []
     with torch.no_grad():
         for blocks in candidates:
             why = ta.tma_problem(q, k, v, blocks) if blocks.tma else None
+            if why is None and blocks.tma and blocks.dq_block_m:
+                why = ta.tma_problem(q, k, v, blocks.dq_blocks())
             if why is not None:
                 times.append((blocks, None, why))
                 continue
-
-            def run(blocks=blocks):
-                return ta._flash_fwd(q, k, v, q_seg, kv_seg, causal=causal, window=window,
-                                     softcap=softcap, scale=scale, blocks=blocks)
             try:
-                run()  # compile outside the timing
+                launch(blocks)  # compile outside the timing
             except triton.runtime.errors.OutOfResources as e:
                 times.append((blocks, None, f"cannot launch: {e}"))
                 continue
-            times.append((blocks, _time_ms(run), None))
+            times.append((blocks, _time_ms(lambda blocks=blocks: launch(blocks)), None))
     timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]
     if not timed:
-        raise RuntimeError(f"autotune: no forward candidate runs this problem: {times}")
+        raise RuntimeError(f"autotune: no candidate runs this problem ({key}): {times}")
     best = times[min(timed)[1]][0]
     TUNING[key] = {"blocks": best, "times_ms": times}
     return best
 
 
-def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False) -> dict | None:
-    """JSON-ready pick and candidate times of a tuned problem class (None if not tuned yet)."""
-    entry = TUNING.get(problem_class(q, k, causal, window, softcap, segments))
+def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale):
+    """The fastest forward candidate for this problem class (timed on the first call)."""
+    key = problem_class(q, k, causal, window, softcap, q_seg is not None)
+    if key in TUNING:
+        return TUNING[key]["blocks"]
+
+    def launch(blocks):
+        return ta._flash_fwd(q, k, v, q_seg, kv_seg, causal=causal, window=window,
+                             softcap=softcap, scale=scale, blocks=blocks)
+    return _fastest(key, _candidates(q, backward=False), q, k, v, launch)
+
+
+def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, fwd_blocks):
+    """The fastest backward candidate for this problem class, timed on the first call from
+    one forward (``fwd_blocks``) of these inputs and a random output gradient."""
+    key = problem_class(q, k, causal, window, softcap, q_seg is not None) + ("backward",)
+    if key in TUNING:
+        return TUNING[key]["blocks"]
+    opts = dict(causal=causal, window=window, softcap=softcap, scale=scale)
+    with torch.no_grad():
+        o, lse = ta._flash_fwd(q, k, v, q_seg, kv_seg, **opts, blocks=fwd_blocks)
+        do = torch.randn_like(o)
+
+    def launch(blocks):
+        return ta._flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, **opts, blocks=blocks)
+    return _fastest(key, _candidates(q, backward=True), q, k, v, launch)
+
+
+def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False,
+                  backward: bool = False) -> dict | None:
+    """JSON-ready pick and candidate times of a tuned problem class and pass (None if not
+    tuned yet)."""
+    key = problem_class(q, k, causal, window, softcap, segments) + (("backward",) if backward else ())
+    entry = TUNING.get(key)
     if entry is None:
         return None
     return {"pick": dataclasses.asdict(entry["blocks"]),
             "candidates": [{"blocks": dataclasses.asdict(b), "ms": ms, "skipped": why}
                            for b, ms, why in entry["times_ms"]]}
+
+
+def tuning_summary() -> list[dict]:
+    """Every tuned problem class and pass of this process: JSON-ready pick and candidate times."""
+    return [{"problem": repr(key), "pick": repr(entry["blocks"]),
+             "candidates_ms": [[repr(b), ms, why] for b, ms, why in entry["times_ms"]]}
+            for key, entry in TUNING.items()]

@@ -270,6 +270,7 @@ def _bwd_dkdv_loop(
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    DO_DK: tl.constexpr = True, DO_DV: tl.constexpr = True,  # which accumulators this pass updates
 ):
     first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
     for start_m in range(first, stop, BLOCK_M * num_splits):
@@ -301,12 +302,14 @@ def _bwd_dkdv_loop(
         if HAS_SEGMENTS:
             q_seg = tl.load(QSEG + off_b.to(tl.int64) * stride_qsegb + q_idx * stride_qsegs, mask=row_ok, other=0)
             pt = tl.where(kv_seg[:, None] == q_seg[None, :], pt, 0.0)
-        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-        dst = pt * (dpt - delta[None, :])
-        if HAS_SOFTCAP:
-            dst = dst * (1.0 - t * t)
-        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        if DO_DV:
+            dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        if DO_DK:
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            dst = pt * (dpt - delta[None, :])
+            if HAS_SOFTCAP:
+                dst = dst * (1.0 - t * t)
+            dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -340,10 +343,15 @@ def _attn_bwd_dkdv_kernel(
     HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False,  # sm_90+: q and dO tiles through the tensor memory accelerator
     SPLITS: tl.constexpr = False,  # num_splits > 1: write fp32 partial sums, summed by the launcher
+    DO_DK: tl.constexpr = True,  # compute and write dk (False: this launch is the dV-only pass)
+    DO_DV: tl.constexpr = True,  # compute and write dv (False: this launch is the dK-only pass)
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
     # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
-    # (no atomics, deterministic). Splits give MQA at small batch enough programs.
+    # (no atomics, deterministic). Splits give MQA at small batch enough programs. Two
+    # launches, one with DO_DV only and one with DO_DK only, hold one [BLOCK_N, BLOCK_D] fp32
+    # accumulator each instead of two: at head_dim 256 that is what lets 128-key tiles (a
+    # warpgroup of 64 keys each on sm_90, no duplicated score tiles) fit in registers.
     start_n = tl.program_id(0) * BLOCK_N
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -397,22 +405,26 @@ def _attn_bwd_dkdv_kernel(
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
             window, offs_d, d_ok)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, split, num_splits, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
     dk = dk * sm_scale
     if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
         part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
         offs = part[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(DK + offs, dk, mask=kv_mask)
-        tl.store(DV + offs, dv, mask=kv_mask)
+        if DO_DK:
+            tl.store(DK + offs, dk, mask=kv_mask)
+        if DO_DV:
+            tl.store(DV + offs, dv, mask=kv_mask)
     else:
-        dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
-        dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
-        tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
+        if DO_DK:
+            dk_rows = off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh + kv_row * stride_dks
+            tl.store(DK + dk_rows[:, None] + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=kv_mask)
+        if DO_DV:
+            dv_rows = off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh + kv_row * stride_dvs
+            tl.store(DV + dv_rows[:, None] + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
