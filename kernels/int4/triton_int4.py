@@ -47,14 +47,25 @@ class Int4Blocks:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    # 16-bit x: the dot takes the codes as exact values (128 + q in bf16, 1024 + q in fp16, one
+    # OR each) and the group's scale and zero apply to the product (triton_kernels.py)
+    scale_after_dot: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n", "block_k"))
         if not isinstance(self.split_k, int) or not 0 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k={self.split_k!r} must be an int in [0, {MAX_SPLIT_K}] (0 = auto)")
+        if not isinstance(self.scale_after_dot, bool):
+            raise ValueError(f"scale_after_dot={self.scale_after_dot!r} must be a bool")
 
     def as_list(self) -> list:
-        return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages]
+        return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages,
+                int(self.scale_after_dot)]
+
+    @classmethod
+    def from_list(cls, values: list) -> "Int4Blocks":
+        *tiles, after = values
+        return cls(*tiles, scale_after_dot=bool(after))
 
 
 def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> Int4Blocks:
@@ -78,6 +89,8 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
     if rows <= 16:
         more = [Int4Blocks(16, 128, 128, 0, 4, 4), Int4Blocks(16, 32, 128, 0, 4, 4),
                 Int4Blocks(16, 64, 64, 0, 4, 3)]
+        if dtype != torch.float32:  # the default's tiles, the affine map after the dot (one OR a code)
+            more.append(dataclasses.replace(base, scale_after_dot=True))
     else:
         more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
                 Int4Blocks(128, 256, 64, 1, 8, 3)]
@@ -108,11 +121,27 @@ def split_plan(m: int, n: int, k: int, block_k: int, blocks: Int4Blocks, sms: in
     return triton.cdiv(k_blocks, per), per * block_k  # no empty splits
 
 
+# x dtype -> (bits of MAGIC in that dtype, MAGIC): MAGIC | q is MAGIC + q exactly for q < 16
+_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
+
+
+def _scale_consts(dtype, blocks: Int4Blocks) -> dict:
+    """The kernel's SCALE_AFTER_DOT constexprs (all three always: an ahead-of-time signature
+    must name every constexpr); refuses fp32 x (its codes would not be exact)."""
+    if not blocks.scale_after_dot:
+        return dict(SCALE_AFTER_DOT=False, MAGIC_BITS=0, MAGIC=0.0)
+    if dtype not in _MAGIC:
+        raise ValueError(f"blocks: scale_after_dot needs bf16 or fp16 x, got {dtype}")
+    bits, magic = _MAGIC[dtype]
+    return dict(SCALE_AFTER_DOT=True, MAGIC_BITS=bits, MAGIC=magic)
+
+
 def _dot_precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
 
 
 def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks) -> torch.Tensor:
+    scale_consts = _scale_consts(x.dtype, blocks)
     k = x.shape[-1]
     n = packed_w.shape[0]
     x2 = x.reshape(-1, k)
@@ -136,7 +165,8 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
         m, n, k, per,
         GROUP=group_size, HAS_ZEROS=zeros is not None, SPLIT_K=split,
         BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=bk,
-        DOT_PRECISION=_dot_precision(x.dtype), num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+        DOT_PRECISION=_dot_precision(x.dtype), **scale_consts,
+        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_int4_matmul_kernel"] += 1
     return y.reshape(out_shape)
@@ -162,7 +192,7 @@ def _locks(device: torch.device, tiles: int) -> torch.Tensor:
 def int4_matmul_op(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
                    zeros: Optional[torch.Tensor], group_size: int, blocks: list[int]) -> torch.Tensor:
     """y [..., out]; ``blocks`` = Int4Blocks.as_list()."""
-    return _int4_matmul(x, packed_w, scales, zeros, group_size, Int4Blocks(*blocks))
+    return _int4_matmul(x, packed_w, scales, zeros, group_size, Int4Blocks.from_list(blocks))
 
 
 @int4_matmul_op.register_fake
@@ -190,7 +220,7 @@ def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, a
     split = 1 if rows > 16 and blocks.split_k == 1 else 2  # SPLIT_K only matters as 1 or > 1
     consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
                   BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
-                  DOT_PRECISION=_dot_precision(dtype))
+                  DOT_PRECISION=_dot_precision(dtype), **_scale_consts(dtype, blocks))
     sty = "*" + triton_dtype(scale_dtype)
     ptrs = {"X": "*" + triton_dtype(dtype), "QW": "*u8", "S": sty, "Z": sty,
             "Y": "*" + triton_dtype(dtype), "P": "*" + triton_dtype(dtype) if split == 1 else "*fp32",

@@ -13,6 +13,11 @@ finish (a counter per tile, atomic acq_rel after a CTA barrier) sums them in a f
 writes Y in X's dtype and resets its counter to 0 (serial split-K, as CUTLASS and Marlin do):
 one launch, no reduction kernel after it. LOCKS must hold zeros at launch; every launch
 leaves them so.
+SCALE_AFTER_DOT (16-bit X): the dot takes the codes as exact X-dtype values MAGIC + q (one
+OR per code: 0x4300 | q is 128 + q in bf16, 0x6400 | q is 1024 + q in fp16) and the step's
+group affine map is applied to the [BLOCK_M, BLOCK_N] product instead of every weight:
+acc += (x @ (MAGIC + q)^T - rowsum(x) * (MAGIC + z)) * s. That is one op per code instead
+of a subtract, a multiply and a rounding to X's dtype, and no weight is rounded.
 Limits: K % BLOCK_K == 0 (launcher guarantees it: in % group_size == 0 and
 BLOCK_K | group_size); BLOCK_* powers of two >= 16 (tl.dot). 64-bit row offsets.
 Fast where: decode (M <= 16) is bound by reading QW (0.5 B/weight); prefill runs on tensor
@@ -42,6 +47,9 @@ def _int4_matmul_kernel(
     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SCALE_AFTER_DOT: tl.constexpr = False,  # 16-bit X only: the group's affine map on the product
+    MAGIC_BITS: tl.constexpr = 0,  # SCALE_AFTER_DOT: X-dtype bits of MAGIC (0x4300 bf16, 0x6400 fp16)
+    MAGIC: tl.constexpr = 0.0,  # SCALE_AFTER_DOT: the value of those bits (128.0, 1024.0)
 ):
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -64,11 +72,17 @@ def _int4_matmul_kernel(
             z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         else:
             z = tl.full((BLOCK_N,), 8.0, tl.float32)
-        # code q as a float without I2F (a quarter-rate conversion): q | 0x4B000000 is 2^23 + q
-        # exactly, and 2^23 + z is exact too, so the difference is q - z with no rounding
-        big = (q.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
-        w = ((big - (z[:, None] + 8388608.0)) * s[:, None]).to(X.dtype.element_ty)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if SCALE_AFTER_DOT:  # MAGIC + q exactly, in X's dtype, from one OR
+            wq = (q.to(tl.uint16) | MAGIC_BITS).to(X.dtype.element_ty, bitcast=True)
+            part = tl.dot(x, tl.trans(wq), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            x_sum = tl.sum(x.to(tl.float32), 1)  # [BLOCK_M]
+            acc += (part - x_sum[:, None] * (z + MAGIC)[None, :]) * s[None, :]
+        else:
+            # code q as a float without I2F (a quarter-rate conversion): q | 0x4B000000 is 2^23 + q
+            # exactly, and 2^23 + z is exact too, so the difference is q - z with no rounding
+            big = (q.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
+            w = ((big - (z[:, None] + 8388608.0)) * s[:, None]).to(X.dtype.element_ty)
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     out = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT_K == 1:
