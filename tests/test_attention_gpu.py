@@ -68,14 +68,14 @@ def test_triton_on_gpu(case, dtype, rng):
         assert_close(g, t, b, dtype, f"triton {name}")
 
 
-# autotune compiles all five forward candidates per problem class: one case only
+# autotune compiles every forward and backward candidate per problem class: one case only
 TMA_CASES = [(c, "tma") for c in CASES] + [(CASES[0], "autotune")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case,blocks", TMA_CASES, ids=[f"{c[0]}-{b}" for c, b in TMA_CASES])
 def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
-    """TMA tiles (copy engine) in the forward and backward passes; the autotuned forward pick."""
+    """TMA tiles (copy engine) in the forward and backward passes; the autotuned picks."""
     from kernels.attention import triton_attention as ta
 
     if GPU_TESTS_ON_CPU or torch.cuda.get_device_capability()[0] < 9:
@@ -97,6 +97,38 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
         assert ta.LAUNCHES["_attn_bwd_dq_tma_kernel"] > launched[1]
     for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
         assert_close(g, t, b, dtype, f"triton {blocks} {name}")
+
+
+# every backward tile candidate of the device (what the autotuner and the sweep choose among,
+# by time alone): head_dim 128 (MQA causal) and 256 (softcap), bf16
+BWD_CANDIDATE_CASES = [(CASES[0], i) for i in range(5)] + [(CASES[3], i) for i in range(5)]
+
+
+@pytest.mark.parametrize("case,index", BWD_CANDIDATE_CASES,
+                         ids=[f"{c[0]}-cand{i}" for c, i in BWD_CANDIDATE_CASES])
+def test_triton_backward_candidates_on_gpu(case, index, rng):
+    """Each ``candidate_blocks(backward=True)`` (two-pass dK/dV, 128-key tiles, own dQ tiles,
+    TMA) gives the float64 gradients within the accuracy rule, forward at the default tiles."""
+    from kernels.attention import triton_attention as ta
+
+    _, shape, flags = case
+    d = shape[-1]
+    cap = (9, 0) if GPU_TESTS_ON_CPU else torch.cuda.get_device_capability()
+    dtype = torch.float16 if GPU_TESTS_ON_CPU else torch.bfloat16
+    cands = ta.candidate_blocks(d, dtype, backward=True, capability=cap)
+    if index >= len(cands):
+        pytest.skip(f"{len(cands)} candidates on this device")
+    blocks = cands[index]
+    if blocks.tma and (GPU_TESTS_ON_CPU or cap[0] < 9):
+        pytest.skip("tensor-descriptor (TMA) tiles need sm_90 or later")
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth, base = _truth_and_base(q, k, v, do, dtype, flags)
+    fwd = ta.default_blocks(d, dtype, capability=None if GPU_TESTS_ON_CPU else cap)
+    got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE),
+                                                                  blocks=(fwd, blocks), **flags),
+                              q, k, v, do, dtype)
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"triton bwd {blocks} {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
