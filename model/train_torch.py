@@ -1,10 +1,10 @@
 """The PyTorch half of ``model/train.py``: one optimizer step over micro-batches.
 
-torch.optim.AdamW (decay on matrices only), lr set per step by the caller, global-norm
-clipping, bf16 autocast when ``precision=bf16`` (fp32 master weights; logits and losses
-in fp32), activation checkpointing of each decoder layer (``remat``) with
-``torch.utils.checkpoint`` (non-reentrant) through the checkpoint wrapper, which keeps the
-``state_dict`` names unchanged.
+torch.optim.AdamW (decay on matrices only; the fused kernel on CUDA), lr set per step by
+the caller, global-norm clipping, bf16 autocast when ``precision=bf16`` (fp32 master
+weights; logits and losses in fp32), activation checkpointing of each decoder layer
+(``remat``) with ``torch.utils.checkpoint`` (non-reentrant) through the checkpoint wrapper,
+which keeps the ``state_dict`` names unchanged.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class TorchTrainer:
         no_decay = [p for p in by_name.values() if p.ndim < 2]
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=self.device.type == "cuda")
         self.order = [n for n in self.names if by_name[n].ndim >= 2] + [n for n in self.names
                                                                        if by_name[n].ndim < 2]
         self.teacher = None

@@ -15,7 +15,8 @@ Correctness first: the logits of the last ``check_rows`` positions (forward; in 
 they depend on every position), the logits (decode) or the loss (train step) against the
 reference-kernel model in fp32 with the same, dtype-rounded, weights. The train step is the
 model's ``loss`` (next-token cross-entropy through its ``loss`` kernel: the fused linear
-cross-entropy for triton, full logits for the reference/sdpa/compiled peers), backward, AdamW.
+cross-entropy for triton, full logits for the reference/sdpa/compiled peers), backward, AdamW
+(one fused kernel on CUDA, as torchtitan's default; foreach on the CPU).
 
 Sized for nano1 at 8k on one GPU: the weights are drawn once per suite; the fp32 reference
 runs on the bench device; torch models are built empty (no init) and loaded; the torch rows of
@@ -271,7 +272,7 @@ class ModelSuite:
                     return model(t)
             return step
         if case.mode == "train_step":  # model: the loss method
-            opt = torch.optim.AdamW(params, lr=1e-4)
+            opt = torch.optim.AdamW(params, lr=1e-4, fused=t.device.type == "cuda")
             targets, mask = self._next_tokens(t)
 
             def step():
