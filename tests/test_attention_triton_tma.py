@@ -8,6 +8,8 @@ checked compiled in ``test_triton_aot.py`` and on a GPU by ``test_attention_gpu.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -102,6 +104,26 @@ def test_autotune_times_candidates_once_per_problem_class(rng):
                    for n in ("_attn_fwd_kernel", "_attn_fwd_tma_kernel", "_attn_bwd_dq_kernel"))
     assert launched == 1 and len(triton_autotune.TUNING) == 2
     torch.testing.assert_close(again, got[0], rtol=0, atol=0)
+
+
+def test_autotune_rules_out_a_candidate_that_fails(rng, monkeypatch):
+    """A candidate whose launch fails (here the refused 2-stage TMA backward) is recorded with
+    its error and skipped; the pick is among the rest. None running is an error."""
+    case = Case(1, 20, 20, 4, 1, 32, causal=True)
+    tensors, _, kwargs = _inputs(rng, case)
+    q, k, v = (t.float().requires_grad_() for t in tensors)
+    bad = TritonAttentionBlocks(16, 16, 4, 2, tma=True)
+    good = TritonAttentionBlocks(16, 16, 4, 1)
+    monkeypatch.setattr(triton_autotune, "_candidates", lambda q, backward: [bad, good] if backward else [good])
+    triton_autotune.TUNING.clear()
+    attention_triton(q, k, v, blocks="autotune", **kwargs)
+    record = triton_autotune.tuning_record(q, k, causal=True, backward=True)
+    assert record["pick"] == dataclasses.asdict(good)
+    assert record["candidates"][0]["ms"] is None and "num_stages=2" in record["candidates"][0]["skipped"]
+    monkeypatch.setattr(triton_autotune, "_candidates", lambda q, backward: [bad] if backward else [good])
+    triton_autotune.TUNING.clear()
+    with pytest.raises(RuntimeError, match="no candidate runs"):
+        attention_triton(q, k, v, blocks="autotune", **kwargs)
 
 
 def test_default_backward_takes_tma_only_where_measured_and_possible():

@@ -7,7 +7,8 @@ each; later calls of the class reuse them, as ``triton.autotune`` does. A class 
 capability, dtype, head_dim, group size, causal, window, softcap, segments, and Sq and Skv
 rounded up to powers of two). Candidates the problem cannot run (a TMA tile that does not
 fit its group size or alignment) or the device cannot launch (shared memory) are skipped,
-with the reason kept in ``TUNING``. Timing: ``triton.testing.do_bench`` (CUDA events, L2
+with the reason kept in ``TUNING``; so is a candidate whose compile fails (a ptxas crash),
+and no candidate running is an error. Timing: ``triton.testing.do_bench`` (CUDA events, L2
 flushed) on a GPU; one wall-clock call under the CPU interpreter, where the pick means
 nothing about speed but the path is exercised.
 """
@@ -68,6 +69,9 @@ def _fastest(key, candidates, q, k, v, launch):
                 launch(blocks)  # compile outside the timing
             except triton.runtime.errors.OutOfResources as e:
                 times.append((blocks, None, f"cannot launch: {e}"))
+                continue
+            except Exception as e:  # noqa: BLE001 - a compiler failure (ptxas) rules out this candidate only
+                times.append((blocks, None, f"failed: {type(e).__name__}: {str(e)[:300]}"))
                 continue
             times.append((blocks, _time_ms(lambda blocks=blocks: launch(blocks)), None))
     timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]
