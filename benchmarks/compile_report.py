@@ -280,13 +280,34 @@ def _compile(kernel, cap: int, workdir: str):
     with open(base + ".cubin", "wb") as f:
         f.write(compiled.asm["cubin"])
     return (base, cap, int(compiled.metadata.shared), kernel.num_warps, kernel.num_stages,
-            "wgmma" in compiled.asm["ptx"])
+            "wgmma" in compiled.asm["ptx"], mma_dots(compiled.asm["ttgir"]))
+
+
+_MMA_LAYOUT = re.compile(r"^(#mma\d*) = #ttg\.nvidia_mma<\{versionMajor = \d+, versionMinor = \d+, "
+                         r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[(\d+), (\d+)", re.M)
+_MMA_DOT = re.compile(r"(?:tt\.dot|ttng\.warp_group_dot) .*?-> tensor<(\d+)x(\d+)x\w+, (#mma\d*)>")
+
+
+def mma_dots(ttgir: str) -> dict:
+    """Tensor-core dots in the TTGIR (each copy of an unrolled or split loop counts) and how
+    many are replicated: a [M, N] result whose layout spans more rows (16 per warp along M)
+    or columns (the instruction's N per warp along N) than the tile has, so several warps
+    (warpgroups) compute the same elements. Triton gives a dot whose result feeds another
+    dot all warps along M, so with 8 warps a 64-row score tile is computed twice."""
+    layouts = {name: tuple(int(v) for v in rest) for name, *rest in _MMA_LAYOUT.findall(ttgir)}
+    total = replicated = 0
+    for m, n, enc in _MMA_DOT.findall(ttgir):
+        warps_m, warps_n, inst_m, inst_n = layouts[enc]
+        total += 1
+        replicated += int(m) < inst_m * warps_m or int(n) < inst_n * warps_n
+    return {"total": total, "replicated": replicated}
 
 
 _SASS_OP = re.compile(r"\b(" + "|".join(SASS_OPS) + r")\b")  # whole-word opcodes, one pass
 
 
-def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, wgmma: bool) -> dict:
+def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, wgmma: bool,
+             dots: dict | None = None) -> dict:
     """ptxas -v on ``base``.ptx (registers, spills) and nvdisasm on ``base``.cubin (SASS mix);
     subprocesses only, so threads can run several kernels' at once."""
     from triton.backends.nvidia import compiler as nvidia
@@ -306,7 +327,7 @@ def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, 
         mix = {op: counts[op] for op in SASS_OPS}
     return {"registers": regs, "spill_store_bytes": int(spills[1]), "spill_load_bytes": int(spills[2]),
             "shared_bytes": shared, "num_warps": num_warps, "num_stages": num_stages,
-            "wgmma_in_ptx": wgmma, "sass_mix": mix, **occupancy(regs, shared, num_warps, cap)}
+            "wgmma_in_ptx": wgmma, "sass_mix": mix, "mma_dots": dots, **occupancy(regs, shared, num_warps, cap)}
 
 
 def _rows(results: dict, key) -> list[dict]:
@@ -357,19 +378,24 @@ def _spills(r: dict) -> int:
 
 
 def _compile_cells(r: dict, mark_spills: bool = False) -> str:
-    """regs | spills | shared | warps | occupancy | limiter | SASS mix cells of one kernel."""
+    """regs | spills | shared | warps | occupancy | limiter | SASS mix | replicated dots cells."""
     mix = r["sass_mix"] or {}
     spills = f"{_spills(r)}{' **spills**' if mark_spills and _spills(r) else ''}"
+    dots = r.get("mma_dots")
+    rep = "–" if not dots or not dots["total"] else f"{dots['replicated']}/{dots['total']}"
     return (f"{r['registers']} | {spills} | {r['shared_bytes'] / 1024:.1f} | {r['num_warps']} | "
             f"{100 * r['occupancy']:.0f}% | {r['limited_by']} | "
-            + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU")))
+            + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU")) + f" | {rep}")
 
 
 def to_markdown(report: dict) -> str:
     lines = ["# Compile report (ahead of time, no GPU; compiler facts, not measurements)", "",
              f"commit `{report['commit'].get('commit')}`, triton {report['versions'].get('triton')}", "",
-             "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by | HGMMA | HMMA | FFMA | MUFU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Replicated dots: tensor-core dots whose result layout spans more rows or columns than the",
+             "tile, so several warpgroups compute the same elements (`mma_dots`), of all the TTGIR's dots.", "",
+             "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
+             "| HGMMA | HMMA | FFMA | MUFU | replicated dots |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | error: {r['error'][:80]} |")
@@ -379,8 +405,8 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Autotuning candidates (each op's `candidate_blocks`, default first; "
                   "spilling candidates are reported, not errors)", "",
                   "| op | # | blocks | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy "
-                  "| limited by | HGMMA | HMMA | FFMA | MUFU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| limited by | HGMMA | HMMA | FFMA | MUFU | replicated dots |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["candidates"]:
             head = (f"| {r['op']} | {r['candidate']}{' (default)' if r['default'] else ''} | "
                     f"`{r['blocks']}` | {r['kernel']} | {r['target']} |")
@@ -403,7 +429,7 @@ def _print_sweep(results: dict) -> int:
 
     rows = _rows(results, key)
     print("| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
-          "| HGMMA | HMMA | FFMA | MUFU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| HGMMA | HMMA | FFMA | MUFU | replicated dots |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
         print(f"| {r['op']} | {r['kernel']} | {r['target']} | {cells} |")

@@ -80,3 +80,20 @@ def test_sweep_covers_every_op_at_every_dtype(monkeypatch):
     assert known_spill("layer_norm 10240 fp32", "_norm_bwd_kernel") == "why"
     assert not known_spill("layer_norm 10240 fp32", "_norm_fwd_kernel")
     assert not known_spill("layer_norm 1024 fp32", "_norm_bwd_kernel")
+
+
+def test_mma_dots_counts_replicated_result_layouts():
+    """A 64-row result over 8 warps along M (16 rows each) is replicated; 128 rows is not; N
+    replicates when the warps along N times the instruction's N exceed the tile."""
+    from benchmarks.compile_report import mma_dots
+
+    ttgir = "\n".join([
+        "#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], instrShape = [16, 32, 16]}>",
+        "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], instrShape = [16, 128, 16]}>",
+        "  %a = ttng.warp_group_dot %x, %y, %z : !m * !m -> tensor<64x32xf32, #mma> loc(#l)",
+        "  %b = ttng.warp_group_dot %x, %y, %z : !m * !m -> tensor<128x32xf32, #mma> loc(#l)",
+        "  %c = ttng.warp_group_dot %x, %y, %z : !m * !m -> tensor<64x256xf32, #mma1> loc(#l)",
+        "  %d = ttng.warp_group_dot %x, %y, %z : !m * !m -> tensor<64x128xf32, #mma1> loc(#l)",
+        "  %e = tt.dot %x, %y, %z : tensor<a> * tensor<b> -> tensor<128x64xf32, #mma> loc(#l)",
+    ])
+    assert mma_dots(ttgir) == {"total": 5, "replicated": 2}

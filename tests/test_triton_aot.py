@@ -59,6 +59,23 @@ TMA_JOBS = {
 }
 
 
+# Replicated score dots (benchmarks.compile_report.mma_dots): with 8 warps Triton lays a dot
+# that feeds another dot over all warps along M, so 64-key dK/dV (64-row dQ) score tiles are
+# computed by both warpgroups; the 128-key / 128-row candidates are not. job -> (head_dim,
+# blocks kwargs, kernels, replicated expected)
+DUP_JOBS = {
+    "sm90-bwd-bf16-d128-64key": (128, dict(block_m=64, block_n=64, num_warps=8, num_stages=2),
+                                 ["_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"], True),
+    "sm90-bwd-bf16-d128-128key": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                            dq_block_m=128, dq_block_n=32),
+                                  ["_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"], False),
+    "sm90-bwd-bf16-d256-two-pass": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                              dkdv_passes=2, dq_block_m=128, dq_block_n=16),
+                                    ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel", "_attn_bwd_dq_kernel"],
+                                    False),
+}
+
+
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
     jobs = {job: {"module": "kernels.attention.triton_attention",
@@ -74,7 +91,12 @@ def aot_report(tmp_path_factory):
                                             "dkdv_splits": features.get("dkdv_splits", 0)}},
                       "cap": 90, "kernels": kernels}
                 for job, (kernels, head_dim, dt, bm, bn, w, st, features) in TMA_JOBS.items()}
-    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs}, tmp_path_factory.mktemp("aot"))
+    dup_jobs = {job: {"module": "kernels.attention.triton_attention", "args": [d, "torch.bfloat16"],
+                      "kwargs": {"causal": True, "blocks": {"__dataclass__": blocks, **kw}},
+                      "cap": 90, "kernels": kernels}
+                for job, (d, kw, kernels, _) in DUP_JOBS.items()}
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs},
+                                 tmp_path_factory.mktemp("aot"))
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -106,3 +128,13 @@ def test_tma_passes_compile_to_tensor_copies_and_wgmma(aot_report, job):
             # segment ids, and the backward's lse/delta rows, stay pointer loads
             if name == "_attn_fwd_kernel" and not TMA_JOBS[job][-1].get("segments"):
                 assert report["sass_mix"]["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left"
+
+
+@pytest.mark.parametrize("job", list(DUP_JOBS))
+def test_backward_tiles_that_replicate_score_dots(aot_report, job):
+    _, _, kernels, replicated = DUP_JOBS[job]
+    for name in kernels:
+        report = aot_report[job][name]
+        assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
+        dots = report["mma_dots"]
+        assert dots["total"] > 0 and (dots["replicated"] > 0) == replicated, (job, name, dots)
