@@ -14,6 +14,9 @@ JOBS = {
     "patch-fp16-p16": (PATCH, ["torch.float16"], dict(patch=16)),
     "patch-bf16-p14": (PATCH, ["torch.bfloat16"], dict(patch=14)),
     "patch-fp32-p16": (PATCH, ["torch.float32"], dict(patch=16)),
+    "patch-bf16-p14-two-pass": (PATCH, ["torch.bfloat16"], dict(patch=14, blocks={
+        "__dataclass__": f"{PATCH}:PatchEmbedBlocks", "block_m": 128, "block_n": 128, "block_k": 64,
+        "num_warps": 8, "num_stages": 3, "two_pass": True})),
     "mel-fp16-80": (MEL, ["torch.float16"], dict(n_mels=80)),
     "mel-fp32-128": (MEL, ["torch.float32"], dict(n_mels=128)),
 }
@@ -43,6 +46,16 @@ def test_patch_embed_fp16_sm90_wgmma_no_spills(reports, name):
 @pytest.mark.parametrize("job,wgmma", [("patch-bf16-p14", True), ("patch-fp32-p16", False)])
 def test_patch_embed_forward_other_dtypes_no_spills(reports, job, wgmma):
     assert_compiled_clean(reports[job]["_patch_embed_fwd_kernel"], job, wgmma=wgmma)
+
+
+def test_patch_embed_two_pass_forward_is_a_plain_gemm(reports):
+    """The two-pass forward: the GEMM streams both operands with cp.async (no gathered tile
+    through registers) on wgmma at 128x128 tiles without spills; the patchify pass is a copy."""
+    fwd = reports["patch-bf16-p14-two-pass"]["_patch_embed_fwd_kernel"]
+    assert_compiled_clean(fwd, "two-pass forward", wgmma=True)
+    if fwd["sass_mix"] is not None:
+        assert fwd["sass_mix"]["LDGSTS"] > 0, fwd["sass_mix"]
+    assert_compiled_clean(reports["patch-bf16-p14-two-pass"]["_patchify_kernel"], "patchify")
 
 
 @pytest.mark.parametrize("job,wgmma", [("mel-fp16-80", True), ("mel-fp32-128", False)])

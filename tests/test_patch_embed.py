@@ -102,6 +102,29 @@ def test_triton_row_step_forward(rng, case):
         _torch_vjp(fn, arrays, torch.float32, channels_first_storage=True)
 
 
+@pytest.mark.parametrize("case,dtype,strided", [(P14, torch.float32, True), (P16, torch.float16, False)],
+                         ids=["p14-fp32-strided", "p16-fp16"])
+def test_triton_two_pass_forward(rng, case, dtype, strided):
+    """The forward that patchifies into a dense matrix, then runs a plain GEMM over it
+    (PatchEmbedBlocks(two_pass=True)), against float64: K = 588 / 768 is not a multiple of
+    block_k (the GEMM's masked tail), strided (NCHW-stored) images patchify too."""
+    from kernels.patch_embed.triton_patch_embed import PatchEmbedBlocks, patch_embed_triton
+
+    arrays = case.arrays(rng)
+    blocks = PatchEmbedBlocks(16, 32, 64, 4, 1, two_pass=True)
+    before = triton_patch_embed.LAUNCHES.copy()
+    got = _torch_vjp(lambda *t: patch_embed_triton(*t, patch=case.patch, blocks=blocks), arrays, dtype,
+                     channels_first_storage=strided)
+    assert (triton_patch_embed.LAUNCHES - before)["_patchify_kernel"] == 1
+    ref = _torch_vjp(lambda *t: patch_embed_reference(*t, patch=case.patch), _rounded(arrays, dtype),
+                     torch.float64)
+    base = _torch_vjp(lambda *t: patch_embed_reference(*t, patch=case.patch), arrays, dtype)
+    for name, g, r, b in zip(NAMES, got, ref, base):
+        assert_close(g, r, b, dtype, name)
+    with pytest.raises(ValueError, match="rows=True and two_pass=True"):
+        PatchEmbedBlocks(rows=True, two_pass=True)
+
+
 def test_triton_skips_dimages_when_images_need_no_grad(rng):
     images, weight, bias, pos, dy = [torch.tensor(a, dtype=torch.float32) for a in P14.arrays(rng)]
     weight.requires_grad_()

@@ -2,9 +2,12 @@
 
 What it computes (contract in ``spec.py``): row m = b * N + n of the unfolded patch matrix
 is image b's patch n = (gh, gw); feature k = (ph * P + pw) * C + c is the pixel at
-(gh * P + ph, gw * P + pw, c). No kernel materializes that matrix: each tile computes the
-pixel offsets row_off[m] + col_off[k] (int64, any image strides) and gathers directly.
+(gh * P + ph, gw * P + pw, c). The fused kernels never materialize that matrix: each tile
+computes the pixel offsets row_off[m] + col_off[k] (int64, any image strides) and gathers.
   forward  Y[m, d]  = sum_k X[m, k] W[k, d] + bias[d] + pos[n, d]      (one kernel, fused)
+           or, two-pass: ``_patchify_kernel`` writes the matrix A [M, KP] (rows padded to a
+           16-byte multiple), then the forward kernel with DENSE runs a plain GEMM over it
+           (contiguous rows: vectorized cp.async straight to shared memory, no gather)
   dweight  dW[k, d] = sum_m X[m, k] dY[m, d]
   dimages  dX[m, k] = sum_d dY[m, d] W[k, d]   (patches do not overlap: one write per pixel)
   dpos     dP[n, d] = sum_b dY[b * N + n, d], plus per-tile column sums for dbias
@@ -44,6 +47,29 @@ def _col_offsets(offs_k, stride_xh, stride_xw, stride_xc, PATCH: tl.constexpr, C
 
 
 @triton.jit
+def _patchify_kernel(
+    X,  # [B, H, W, C] images, any strides
+    A,  # [M, KP] out: the unfolded patch matrix (columns >= K are not written)
+    stride_xb, stride_xh, stride_xw, stride_xc, stride_am,
+    M, N_PATCHES, GRID_W,
+    PATCH: tl.constexpr, CHANNELS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    # program (row block, ph): pixel row ph of BLOCK_M patches -> A[m, ph*P*C : (ph+1)*P*C]
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ph = tl.program_id(1)
+    m_ok = offs_m < M
+    row, _ = _row_offsets(offs_m, N_PATCHES, GRID_W, stride_xb, stride_xh, stride_xw, PATCH)
+    offs_j = tl.arange(0, BLOCK_J)  # (pw, c) within the pixel row, BLOCK_J >= P * C
+    j_ok = offs_j < PATCH * CHANNELS
+    col = ph.to(tl.int64) * stride_xh + (offs_j // CHANNELS).to(tl.int64) * stride_xw \
+        + (offs_j % CHANNELS).to(tl.int64) * stride_xc
+    mask = m_ok[:, None] & j_ok[None, :]
+    v = tl.load(X + row[:, None] + col[None, :], mask=mask)
+    tl.store(A + offs_m.to(tl.int64)[:, None] * stride_am + (ph * PATCH * CHANNELS + offs_j)[None, :],
+             v, mask=mask)
+
+
+@triton.jit
 def _patch_embed_fwd_kernel(
     X,  # [B, H, W, C] images, any strides
     Wt,  # [K, D] weight, K = P * P * C in (ph, pw, c) order
@@ -56,6 +82,7 @@ def _patch_embed_fwd_kernel(
     PATCH: tl.constexpr, CHANNELS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ROW_STEPS: tl.constexpr = False,
+    DENSE: tl.constexpr = False,  # X is the patchified matrix A [M, KP]: row stride stride_xb, unit columns
 ):
     K: tl.constexpr = PATCH * PATCH * CHANNELS
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -63,7 +90,23 @@ def _patch_embed_fwd_kernel(
     m_ok, n_ok = offs_m < M, offs_n < DIM
     row, n_idx = _row_offsets(offs_m, N_PATCHES, GRID_W, stride_xb, stride_xh, stride_xw, PATCH)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if ROW_STEPS:  # one patch row per step: its (pw, c) pixels are one contiguous run of P * C
+    if DENSE:  # a plain GEMM over A's rows: whole K blocks unmasked on k, then the tail
+        a_rows = X + offs_m.to(tl.int64)[:, None] * stride_xb
+        n_idx = offs_m % N_PATCHES
+        for k0 in range(0, K // BLOCK_K * BLOCK_K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            w = tl.load(Wt + offs_k.to(tl.int64)[:, None] * stride_wk + offs_n[None, :] * stride_wd,
+                        mask=n_ok[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        if K % BLOCK_K:
+            offs_k = K // BLOCK_K * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            a = tl.load(a_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(Wt + offs_k.to(tl.int64)[:, None] * stride_wk + offs_n[None, :] * stride_wd,
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    elif ROW_STEPS:  # one patch row per step: its (pw, c) pixels are one contiguous run of P * C
         # (the launcher checks stride_xw == C and stride_xc == 1); BLOCK_K >= P * C, masked
         offs_j = tl.arange(0, BLOCK_K)
         j_ok = offs_j < PATCH * CHANNELS

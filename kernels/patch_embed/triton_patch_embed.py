@@ -48,14 +48,21 @@ class PatchEmbedBlocks:
     # (pw, c) pixels, one add per address instead of the (ph, pw, c) split of each k; block_k
     # is then that width). Needs images whose (width, channels) are contiguous.
     rows: bool = False
+    # forward: patchify into a dense [B * N, K] matrix first (one memory-bound pass), then a
+    # plain GEMM over it, whose contiguous rows stream to shared memory without a gather
+    two_pass: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n", "block_k"))
-        if not isinstance(self.rows, bool):
-            raise ValueError(f"rows={self.rows!r} must be a bool")
+        for name in ("rows", "two_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a bool")
+        if self.rows and self.two_pass:
+            raise ValueError("rows=True and two_pass=True are two different forwards: pick one")
 
     def as_list(self) -> list:
-        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages, int(self.rows)]
+        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages, int(self.rows),
+                int(self.two_pass)]
 
 
 PASSES = ("fwd", "dweight", "dimages", "dpos")
@@ -94,8 +101,13 @@ def candidate_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
     base = default_blocks(dtype, pass_, capability=tuple(capability))
     more = [PatchEmbedBlocks(64, 64, 32, 4, 3), PatchEmbedBlocks(128, 64, 32, 8, 3),
             PatchEmbedBlocks(64, 128, 64, 4, 2)]
-    if pass_ == "fwd":  # patch-row steps: contiguous (pw, c) runs instead of per-k (ph, pw, c) math
-        more += [PatchEmbedBlocks(64, 64, 64, 4, 3, rows=True)]
+    if pass_ == "fwd":  # patch-row steps: contiguous (pw, c) runs instead of per-k (ph, pw, c)
+        # math; and the two-pass forward, a plain GEMM's tiles over the patchified matrix
+        # (sm_90: 163 registers, no spills, cp.async for both operands). 128x64 / 8 warps
+        # (1.89 ms on the H200 sweep, the old default) makes room
+        more = [more[0], more[2], PatchEmbedBlocks(64, 64, 64, 4, 3, rows=True),
+                PatchEmbedBlocks(128, 128, 64, 8, 3, two_pass=True),
+                PatchEmbedBlocks(128, 128, 32, 8, 4, two_pass=True)]
     return [base] + [b for b in more if b != base]
 
 
@@ -120,10 +132,35 @@ def _row_width(patch: int, channels: int) -> int:
     return max(16, triton.next_power_of_2(patch * channels))
 
 
+PATCHIFY_BLOCK_M = 64  # patches per program of the two-pass forward's patchify kernel
+
+
+def _padded_k(k: int, dtype: torch.dtype) -> int:
+    """Row length of the two-pass forward's patch matrix: K rounded up to 16 bytes."""
+    per = 16 // dtype.itemsize
+    return triton.cdiv(k, per) * per
+
+
+def _patchify(images, patch: int) -> torch.Tensor:
+    """The unfolded patch matrix A [B * N, KP] (columns >= K left unwritten, never read)."""
+    m, n, grid_w, c = _geometry(images, patch)
+    a = torch.empty((m, _padded_k(patch * patch * c, images.dtype)), dtype=images.dtype, device=images.device)
+    triton_kernels._patchify_kernel[(triton.cdiv(m, PATCHIFY_BLOCK_M), patch)](
+        images, a, *images.stride(), a.stride(0), m, n, grid_w,
+        PATCH=patch, CHANNELS=c, BLOCK_M=PATCHIFY_BLOCK_M, BLOCK_J=_row_width(patch, c), num_warps=4,
+    )
+    LAUNCHES["_patchify_kernel"] += 1
+    return a
+
+
 def _forward(images, weight, bias, pos, patch, blocks: PatchEmbedBlocks):
     m, n, grid_w, c = _geometry(images, patch)
     dim = weight.shape[1]
     block_k = blocks.block_k
+    x, x_strides = images, images.stride()
+    if blocks.two_pass:
+        x = _patchify(images, patch)
+        x_strides = (x.stride(0), 0, 0, 1)  # stride_xb = the row stride; the kernel reads DENSE
     if blocks.rows:
         if images.stride(3) != 1 or images.stride(2) != c:
             raise ValueError(f"blocks: rows=True needs images whose width and channels are contiguous "
@@ -132,12 +169,12 @@ def _forward(images, weight, bias, pos, patch, blocks: PatchEmbedBlocks):
     y = torch.empty((images.shape[0], n, dim), dtype=images.dtype, device=images.device)
     grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(dim, blocks.block_n))
     triton_kernels._patch_embed_fwd_kernel[grid](
-        images, weight, bias, pos, y,
-        *images.stride(), *weight.stride(), bias.stride(0), *pos.stride(),
+        x, weight, bias, pos, y,
+        *x_strides, *weight.stride(), bias.stride(0), *pos.stride(),
         m, n, grid_w, dim,
         PATCH=patch, CHANNELS=c, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
         BLOCK_K=block_k, DOT_PRECISION=_dot_precision(images.dtype), ROW_STEPS=blocks.rows,
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+        DENSE=blocks.two_pass, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_patch_embed_fwd_kernel"] += 1
     return y
@@ -189,8 +226,8 @@ _PER_PASS = len(PatchEmbedBlocks().as_list())
 def _blocks(flat: list, i: int) -> PatchEmbedBlocks:
     """Pass i's blocks from the flat list the custom ops carry (``_PER_PASS`` ints per pass,
     PASSES order)."""
-    *knobs, rows = flat[_PER_PASS * i: _PER_PASS * (i + 1)]
-    return PatchEmbedBlocks(*knobs, rows=bool(rows))
+    *knobs, rows, two_pass = flat[_PER_PASS * i: _PER_PASS * (i + 1)]
+    return PatchEmbedBlocks(*knobs, rows=bool(rows), two_pass=bool(two_pass))
 
 
 @torch.library.custom_op("gemini_kernels::patch_embed_fwd", mutates_args=())
@@ -285,11 +322,22 @@ def aot_kernels(dtype=torch.float16, *, patch=16, channels=3, capability=(9, 0),
         row_steps = pb.rows and pass_ == "fwd"
         meta = dict(PATCH=patch, CHANNELS=channels, BLOCK_M=pb.block_m, BLOCK_N=pb.block_n,
                     BLOCK_K=_row_width(patch, channels) if row_steps else pb.block_k,
-                    DOT_PRECISION=prec, ROW_STEPS=row_steps)
+                    DOT_PRECISION=prec, ROW_STEPS=row_steps, DENSE=pb.two_pass and pass_ == "fwd")
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         ptrs = {p: ty for p in ("X", "Wt", "BIAS", "POS", "Y", "DY", "DW", "DX", "DPOS")}
         ptrs["PART"] = "*fp32"
         out[name] = aot_kernel(fn, pointers=ptrs, constexprs=meta, num_warps=pb.num_warps,
                                num_stages=pb.num_stages, divisible_strides=False,
                                unit_strides=("stride_xc", "stride_wd", "stride_bias", "stride_pd"))
+        if meta.get("DENSE"):  # the two-pass forward: its patchify launch; A's row stride is a
+            # multiple of 16 bytes, and so are the dim and weight and pos_embed rows at the models' sizes
+            fwd = out[name]
+            rows = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+                    for a in ("stride_xb", "stride_wk", "stride_pn", "DIM")}
+            out[name] = fwd._replace(attrs={**fwd.attrs, **rows})
+            out["_patchify_kernel"] = aot_kernel(
+                mod._patchify_kernel, pointers={"X": ty, "A": ty},
+                constexprs=dict(PATCH=patch, CHANNELS=channels, BLOCK_M=PATCHIFY_BLOCK_M,
+                                BLOCK_J=_row_width(patch, channels)),
+                num_warps=4, divisible_strides=False, unit_strides=("stride_xc",))
     return out
