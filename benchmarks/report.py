@@ -231,7 +231,8 @@ def sweep_table(path: str) -> str:
                   f"{', '.join(f'{k}: {v:.2f}' for k, v in (r.get('kernel_ms') or {}).items()) or '–'} | "
                   f"{r['status']} {r.get('error', '')[:80]} |")
     md += ["", "vs peer: int4 over the bf16 matmul of the shape (>1 is faster), patch_embed over "
-           "cuBLAS on the unfolded GEMM; error: relative max error against the reference "
+           "cuBLAS on the unfolded GEMM (rows 16-byte aligned; older files: packed rows, and newer "
+           "ones keep that time as cublas_packed_rows_ms); error: relative max error against the reference "
            "(attention backward: against the default blocks' gradients)."]
     return "\n".join(md)
 

@@ -184,7 +184,7 @@ def sweep_int4(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
 
 def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     from kernels.patch_embed import triton_patch_embed as tp
-    from kernels.patch_embed.reference import patch_embed_reference, unfold_patches
+    from kernels.patch_embed.reference import patch_embed_reference, unfold_patches, unfold_patches_aligned
 
     b, size, p, c, dim = (8, 896, 14, 3, 1152) if not setup.smoke else (1, 56, 14, 3, 64)
     dt, dev = setup.dtype, setup.dev
@@ -195,8 +195,10 @@ def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     bias = torch.randn(dim, device=dev, dtype=dt, generator=g)
     pos = torch.randn(n, dim, device=dev, dtype=dt, generator=g)
     want = patch_embed_reference(images.float(), weight.float(), bias.float(), pos.float(), patch=p)
-    a = unfold_patches(images, p).contiguous()
+    a = unfold_patches_aligned(images, p)  # cuBLAS on 16-byte aligned rows (lda = K padded)
     t_mm = timer(lambda: torch.matmul(a, weight))
+    a_packed = unfold_patches(images, p).contiguous()  # and on packed rows (unaligned at K = 588)
+    t_mm_packed = timer(lambda: torch.matmul(a_packed, weight))
     flops = 2 * b * n * p * p * c * dim
     rows = []
     for blk in tp.candidate_blocks(dt, "fwd", capability=setup.cap):
@@ -204,7 +206,7 @@ def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
             break
         row = dict(op="patch_embed", shape=f"b{b} {size}px p{p} d{dim} {dt} fwd", blocks=repr(blk),
                    default=blk == tp.default_blocks(dt, "fwd", capability=setup.cap),
-                   cublas_ms=t_mm.median_s * 1e3)
+                   cublas_ms=t_mm.median_s * 1e3, cublas_packed_rows_ms=t_mm_packed.median_s * 1e3)
 
         def run(blk=blk):
             fn = lambda: tp.patch_embed_triton(images, weight, bias, pos, patch=p, blocks=blk)  # noqa: E731

@@ -202,13 +202,13 @@ class EncoderKernelsSuite:
         if impl == "cublas":  # the yardstick: the same matmul shape, patches pre-unfolded
             if case.direction != "fwd":
                 raise Skip("cublas times the forward GEMM shape only")
-            from kernels.patch_embed.reference import unfold_patches
+            from kernels.patch_embed.reference import unfold_patches_aligned
 
             images, weight, bias, pos = inputs
-            a = unfold_patches(images, case.patch).contiguous()  # outside the timed call
+            a = unfold_patches_aligned(images, case.patch)  # outside the timed call; 16-byte rows
             fn = lambda: torch.matmul(a, weight)  # noqa: E731
             with torch.no_grad():  # checked with bias and position added outside the timing
-                return ((fn() + bias + pos).float().cpu(),), fn
+                return ((fn().reshape(images.shape[0], -1, weight.shape[1]) + bias + pos).float().cpu(),), fn
         if impl not in torch_ops.PATCH_EMBED_IMPLS:
             raise Skip(f"unknown torch patch_embed impl {impl!r}")
         if case.direction == "fwd":

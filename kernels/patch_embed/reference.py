@@ -20,6 +20,18 @@ def unfold_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
+def unfold_patches_aligned(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``unfold_patches`` as a [B * N, K] matrix whose rows start 16 bytes apart (a view of a
+    padded buffer): the cuBLAS peer's operand. K = 588 (p14, RGB) in bf16 is 1176-byte rows,
+    which a contiguous matrix would leave unaligned for cuBLAS's vectorized kernels."""
+    a = unfold_patches(images, patch)
+    k = a.shape[-1]
+    per = 16 // a.element_size()
+    buf = a.new_empty((a.shape[0] * a.shape[1], (k + per - 1) // per * per))
+    buf[:, :k] = a.reshape(-1, k)
+    return buf[:, :k]
+
+
 def patch_embed_reference(images, weight, bias, pos_embed, *, patch):
     """unfold(images) @ weight + bias + pos_embed, computed in the inputs' dtype."""
     return unfold_patches(images, patch) @ weight + bias + pos_embed  # [B, N, D]
