@@ -39,7 +39,9 @@ class TritonAttentionBlocks:
     passes, q/dO in the dk/dv pass; plus q and o in the forward) move through 4-D tensor
     descriptors (the tensor memory accelerator) instead of pointer tensors, which frees the
     registers pointer arithmetic and masks take; it needs the shapes ``tma_problem`` accepts. (Triton
-    3.6's automatic warp specialization changes nothing on sm_90, so it is not offered.)
+    3.6's automatic warp specialization changes nothing on sm_90, so it is not offered; nor is
+    issuing the next tile's QK^T before this tile's softmax, FA3's intra-warpgroup overlap:
+    Triton 3.6 waits on that wgmma right after issuing it, WARPGROUP.DEPBAR in the SASS.)
     """
 
     block_m: int = 64
