@@ -172,7 +172,11 @@ class TrainResult:
 
 
 def build_trainer(tcfg, mcfg: ModelConfig):
-    kernels = KernelConfig(preset=tcfg.kernels)
+    kernels = KernelConfig(preset=tcfg.kernels, attention_blocks=tcfg.attention_blocks)
+    if tcfg.attention_blocks is not None and (tcfg.framework != "torch" or kernels.impl("attention") != "triton"):
+        raise ValueError(f"attention_blocks={tcfg.attention_blocks!r} tunes torch's Triton attention: it needs "
+                         f"framework=torch and triton attention, got framework={tcfg.framework!r}, "
+                         f"kernels={tcfg.kernels!r}")
     teacher = None
     if tcfg.distill.teacher is not None:
         teacher = tcfg.distill.teacher

@@ -97,6 +97,7 @@ class TrainConfig:
     model: ModelSchema = field(default_factory=ModelSchema)
     framework: str = "torch"        # torch | jax
     kernels: str = "reference"      # KernelConfig preset: torch triton|reference|sdpa, jax pallas|reference|xla
+    attention_blocks: str | None = None  # torch with triton attention: null (defaults) | autotune
     device: str = "auto"            # torch: auto|cpu|cuda (jax uses its default backend)
     cpu_threads: int = 1            # torch intra-op threads on CPU during the run (0: torch's default);
     #                                 tiny shapes gain nothing from more, and oversubscribed cores lose 10-100x

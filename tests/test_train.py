@@ -210,6 +210,10 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
         train(cfg("steps=1", f"distill.teacher={tmp_path / 'nope.safetensors'}"), log=quiet)
     with pytest.raises(ValueError, match="divisible by grad_accum"):
         train(cfg("batch_size=6", "grad_accum=4"), log=quiet)
+    with pytest.raises(ValueError, match="attention_blocks='autotune' tunes torch's Triton attention"):
+        train(cfg("steps=1", "attention_blocks=autotune"), log=quiet)  # reference kernels
+    with pytest.raises(ValueError, match="attention_blocks: expected None or 'autotune'"):
+        train(cfg("steps=1", "kernels=triton", "attention_blocks=fastest"), log=quiet)
 
 
 def test_retrieval_accuracy_short_budget(tmp_path):
