@@ -10,7 +10,8 @@ OUT ?= benchmarks/results
 # (pytest -m gpu, interrupted with a summary when the time is up), the benchmark's deadline
 # (rows not started by then are reported skipped), the model profile, Nsight Compute over
 # the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
-# block-size sweep. At most 8 files come back from a device call: this writes 7
+# block-size sweep. At most 8 files come back from a device call: this writes 7. The stages'
+# timeouts sum to about 575 s (under a device call's 600 s limit)
 GPU_TEST_S ?= 110
 BENCH_DEADLINE_S ?= 170
 PROFILE_S ?= 55
