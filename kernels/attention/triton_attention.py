@@ -217,10 +217,11 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 more = [tma_blocks(base, backward=True), *more[:2]]
             elif head_dim <= 128:  # the measured TMA default (TMA_BACKWARD_HEAD_DIMS), the
                 # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), and
-                # 128-key dK/dV with 128-row dQ tiles (no spills, pointer and TMA)
+                # 128-key dK/dV with 128-row dQ tiles: 32 rows a step (TMA, no spills), or 64
+                # (pointer, spills 4 B), whose score dots are wgmma N = 64 instead of 32
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
-                        TritonAttentionBlocks(32, 128, 8, 2, dq_block_m=128, dq_block_n=32)]
+                        TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=128, dq_block_n=64)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
                 # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
                 # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills) or
