@@ -103,7 +103,8 @@ def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap
     opts = dict(causal=causal, window=window, softcap=softcap, scale=scale)
     with torch.no_grad():
         o, lse = ta._flash_fwd(q, k, v, q_seg, kv_seg, **opts, blocks=fwd_blocks)
-        do = torch.randn_like(o)
+        gen = torch.Generator(device=o.device).manual_seed(0)  # leaves the global RNG alone
+        do = torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype)
 
     def launch(blocks):
         return ta._flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, **opts, blocks=blocks)
