@@ -218,7 +218,7 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
             elif head_dim <= 128:  # the measured TMA default (TMA_BACKWARD_HEAD_DIMS), the
                 # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), and
                 # 128-key dK/dV with 128-row dQ tiles: 32 rows a step (TMA, no spills), or 64
-                # (pointer, spills 4 B), whose score dots are wgmma N = 64 instead of 32
+                # (pointer, spills 4-12 B), whose score dots are wgmma N = 64 instead of 32
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=128, dq_block_n=64)]
