@@ -65,7 +65,7 @@ bench-gpu:
 	  --section WarpStateStats --csv --page details python3 -m benchmarks.ncu_targets \
 	  > $(OUT)/ncu.txt 2>&1; tail -3 $(OUT)/ncu.txt; else echo "ncu stage skipped (NCU_S=$(NCU_S), ncu '$$NCU')"; fi; \
 	if [ $(SWEEP_S) -gt 0 ]; then timeout $$(( $(SWEEP_S) + 25 )) python3 -m benchmarks.sweep \
-	  --out-dir $(OUT) --ops attention,patch_embed,int4 --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi
+	  --out-dir $(OUT) --ops attention,patch_embed,decode,int4 --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

@@ -225,7 +225,8 @@ def sweep_table(path: str) -> str:
                  f"{r['gbps']:.0f} GB/s" if "gbps" in r else "–")
         peer = r.get("speedup_vs_bf16", r.get("vs_cublas"))
         err = r.get("err", r.get("err_vs_default"))
-        md.append(f"| {r['op']} | {r['shape']} | {r.get('pass_', 'fwd')} | `{r['blocks']}` | "
+        blocks = r["blocks"] + (f", {r['num_splits']} splits" if "num_splits" in r else "")
+        md.append(f"| {r['op']} | {r['shape']} | {r.get('pass_', 'fwd')} | `{blocks}` | "
                   f"{'yes' if r.get('default') else ''} | {_f(r.get('ms'), '.4f')} | {rate_} | "
                   f"{_f(peer, '.2f')} | {_f(err, '.1e')} | "
                   f"{', '.join(f'{k}: {v:.2f}' for k, v in (r.get('kernel_ms') or {}).items()) or '–'} | "

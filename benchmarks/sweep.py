@@ -1,7 +1,7 @@
 """Block-size sweep on a GPU: every ``candidate_blocks`` of the tiled Triton kernels, timed at
 the shapes the issues' goals name, so defaults are chosen from measurements.
 
-    python -m benchmarks.sweep --out-dir DIR [--ops attention,int4,patch_embed] [--deadline-s 120]
+    python -m benchmarks.sweep --out-dir DIR [--ops attention,int4,patch_embed,decode] [--deadline-s 120]
 
 - attention: MQA causal bf16, nano1's head_dim 256 (8 heads, 8k tokens), then head_dim 128
   (16 heads, 16k tokens): each backward candidate timed forward+backward with the default
@@ -12,6 +12,9 @@ the shapes the issues' goals name, so defaults are chosen from measurements.
   of the same shape (both CUDA-graph replays).
 - patch_embed: the forward at 8 x 896 px, patch 14, dim 1152 (SigLIP-So400m), each candidate
   against cuBLAS on the same GEMM shape with the patches unfolded beforehand.
+- decode: MQA (8 heads, head_dim 128) against a full 32k cache at batch 1 and 16, each split
+  kernel candidate at the split count ``num_kv_splits`` picks and at half and twice it, in
+  GB/s of K and V read (CUDA-graph replays; the goal is a fraction of the copy bandwidth).
 Every candidate's output is compared with the reference (relative max error); a candidate
 that fails to compile or errs is recorded with its error, not dropped. The results file
 (written after each op, atomically) carries the device, versions and commit like
@@ -220,7 +223,44 @@ def sweep_patch_embed(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     return rows
 
 
-SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed}
+def sweep_decode(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
+    from kernels._platform import compiled_sm_count
+    from kernels.decode import triton_decode as td
+    from kernels.decode.reference import decode_reference
+
+    h, d, max_len = 8, 128, (32768 if not setup.smoke else 64)
+    dt, dev = setup.dtype, setup.dev
+    rows = []
+    for b in (16, 1) if not setup.smoke else (2, 1):
+        g = torch.Generator(device=dev).manual_seed(b)
+        q = torch.randn(b, h, d, device=dev, dtype=dt, generator=g)
+        k, v = (torch.randn(b, max_len, 1, d, device=dev, dtype=dt, generator=g) for _ in range(2))
+        lens = torch.full((b,), max_len, dtype=torch.int32, device=dev)
+        want = decode_reference(q.float(), k.float(), v.float(), lens)
+        kv_bytes = 2 * k.numel() * k.element_size()
+        for blk in td.candidate_blocks(d, dt, max_len, capability=setup.cap):
+            base = td.num_kv_splits(b, 1, max_len, blk.block_n, compiled_sm_count(q))
+            for splits in sorted({max(1, base // 2), base, min(td.MAX_SPLITS, 2 * base)}):
+                if past_deadline():
+                    return rows
+                row = dict(op="decode", shape=f"mqa b{b} h{h}/1 d{d} cache {max_len} {dt}", blocks=repr(blk),
+                           num_splits=splits,
+                           default=blk == td.default_blocks(d, dt, max_len, capability=setup.cap) and splits == base)
+
+                def run(blk=blk, splits=splits):
+                    fn = lambda: td.decode_triton(q, k, v, lens, blocks=blk, num_splits=splits)  # noqa: E731
+                    err = _rel(fn(), want)
+                    t = timer(fn)
+                    return dict(err=err, ms=t.median_s * 1e3, gbps=kv_bytes / t.median_s / 1e9)
+
+                rows.append(_try(row, run))
+                print(row)
+        del q, k, v
+    return rows
+
+
+SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed,
+          "decode": sweep_decode}
 
 
 def parse_ops(text: str, known) -> list[str]:
@@ -258,7 +298,8 @@ def main(argv=None) -> str:
                    created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    complete=False, device=device.to_dict(), commit=git_commit(), versions=library_versions(),
                    config=vars(args), timing={"attention": "cuda-events, L2 flushed",
-                                              "int4, patch_embed": "cuda-graph replay, cuda-events, L2 flushed"},
+                                              "int4, patch_embed, decode": "cuda-graph replay, cuda-events, "
+                                                                           "L2 flushed"},
                    records=[])
     for op in ops:
         payload["records"] += SWEEPS[op](setup, events if op == "attention" else graphs, past)

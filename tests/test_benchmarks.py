@@ -259,20 +259,23 @@ def test_every_bench_preset_composes_and_its_first_rows_exist(preset):
 
 
 def test_sweep_smoke_writes_a_results_file(tmp_path):
-    """benchmarks.sweep's code path on the CPU (interpreter, tiny shapes): every int4 candidate
-    checked and recorded, the file carries the provenance of a results file."""
+    """benchmarks.sweep's code path on the CPU (interpreter, tiny shapes): every int4 and
+    decode candidate checked and recorded, the file carries the provenance of a results file."""
     from benchmarks import sweep
 
-    path = sweep.main(["--smoke", "--ops", "int4", "--out-dir", str(tmp_path)])
+    path = sweep.main(["--smoke", "--ops", "int4,decode", "--out-dir", str(tmp_path)])
     data = json.load(open(path))
     assert data["complete"] and data["commit"] and data["device"]["kind"] == "cpu"
     rows = data["records"]
     assert rows and all(r["status"] == "ok" and r["err"] < 1e-2 for r in rows)
-    assert sum(r["default"] for r in rows) == 4  # the default is among each shape's candidates
+    # the default is among each shape's candidates: 4 int4 shapes, 2 decode batches
+    assert sum(r["default"] for r in rows if r["op"] == "int4") == 4
+    assert sum(r["default"] for r in rows if r["op"] == "decode") == 2
     from benchmarks.report import sweep_table
 
     table = sweep_table(path)
-    assert table.count("| int4 |") == len(rows) and "cut at its deadline" not in table
+    assert table.count("| int4 |") + table.count("| decode |") == len(rows)
+    assert "cut at its deadline" not in table and " splits` |" in table
 
 
 def test_profile_model_smoke_groups_the_step(tmp_path):
