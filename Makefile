@@ -12,12 +12,12 @@ OUT ?= benchmarks/results
 # the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
 # block-size sweep. At most 8 files come back from a device call: this writes 7. The stages'
 # timeouts sum to about 575 s (under a device call's 600 s limit)
-GPU_TEST_S ?= 110
+GPU_TEST_S ?= 100
 BENCH_DEADLINE_S ?= 170
-PROFILE_S ?= 55
+PROFILE_S ?= 50
 PROFILE_IMPLS ?= triton-autotune
 NCU_S ?= 40
-SWEEP_S ?= 90
+SWEEP_S ?= 110
 BENCH_ARGS ?=
 
 .PHONY: setup test bench bench-gpu gpu-wheels clean
