@@ -125,8 +125,8 @@ def test_dkdv_splits(rng, case, splits):
                              blocks=TritonAttentionBlocks(16, 16, 4, 1, dkdv_splits=splits))
 
 
-@pytest.mark.parametrize("splits", [1, 2], ids=["splits1", "splits2"])
-@pytest.mark.parametrize("case", [CASES[6], CASES[8], CASES[9]], ids=lambda c: c.id)
+@pytest.mark.parametrize("case,splits", [(CASES[6], 2), (CASES[8], 1), (CASES[8], 2), (CASES[9], 1), (CASES[9], 2)],
+                         ids=lambda v: v.id if isinstance(v, Case) else f"splits{v}")
 def test_dkdv_in_two_passes(rng, case, splits):
     """dV and dK in two launches of the dk/dv kernel (one accumulator each): the same float64
     agreement, with softcap, windows and segments, MQA and GQA, head_dim 256."""
