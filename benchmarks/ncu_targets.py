@@ -8,9 +8,12 @@ Nsight Compute to read the hardware counters of (no timing here).
 (``make bench-gpu`` runs that when ``ncu`` is on the PATH; the device README says ncu reads
 the counters on the Firecracker machines.) Each op is called once to compile, then once
 more: ncu's ``--launch-skip`` is left alone, so both launches show; read the last of each.
-- patch_embed: 8 x 896 px, patch 14, dim 1152, bf16 forward (0.13x cuBLAS on the H200);
+- patch_embed: 8 x 896 px, patch 14, dim 1152, bf16 forward (0.13x cuBLAS on the H200), the
+  default fused forward, then the two-pass candidate (``_patchify_kernel``, then the forward
+  kernel as a plain GEMM);
 - attention_bwd: nano1's MQA, head_dim 256, 8 heads, 8k causal, bf16 (195 of the 363 ms of
-  kernels of a nano1 train step);
+  kernels of a nano1 train step), the default backward, then the two-pass 128-key candidate
+  (two ``_attn_bwd_dkdv_kernel`` launches, dV then dK, and a 128-row dQ);
 - int4: one row, 2048 -> 9984, group 128 (about the bf16 matmul's time, goal 3x);
 - decode: batch 16, MQA, 32k cache, head_dim 128 (74% of copy, goal 85%);
 - rms_norm: 16384 x 4096 forward and backward (fwd+bwd 75% of copy).
@@ -32,10 +35,17 @@ def _patch_embed(dev, dt, small):
 
     b, size, p, dim = (1, 56, 14, 64) if small else (8, 896, 14, 1152)
     n = (size // p) ** 2
+    from kernels.patch_embed.triton_patch_embed import PatchEmbedBlocks, patch_embed_triton
+
     x = torch.randn(b, size, size, 3, device=dev, dtype=dt)
     w = torch.randn(p * p * 3, dim, device=dev, dtype=dt) * (p * p * 3) ** -0.5
-    return lambda: torch_ops.patch_embed(x, w, torch.zeros(dim, device=dev, dtype=dt),
-                                         torch.zeros(n, dim, device=dev, dtype=dt), patch=p, impl="triton")
+    bias, pos = torch.zeros(dim, device=dev, dtype=dt), torch.zeros(n, dim, device=dev, dtype=dt)
+    two_pass = PatchEmbedBlocks(128, 128, 64, 8, 3, two_pass=True)
+
+    def run():
+        torch_ops.patch_embed(x, w, bias, pos, patch=p, impl="triton")
+        return patch_embed_triton(x, w, bias, pos, patch=p, blocks=two_pass)
+    return run
 
 
 def _attention_bwd(dev, dt, small):
@@ -45,9 +55,16 @@ def _attention_bwd(dev, dt, small):
     q = torch.randn(1, s, h, d, device=dev, dtype=dt, requires_grad=True)
     k, v = (torch.randn(1, s, 1, d, device=dev, dtype=dt, requires_grad=True) for _ in range(2))
 
+    from kernels.attention import triton_attention as ta
+
+    fwd = ta.default_blocks(d, dt, capability=None if small else torch.cuda.get_device_capability())
+    two_pass = ta.TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16)
+
     def run():
-        o = torch_ops.attention(q, k, v, causal=True, impl="triton")
-        return torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
+        for blocks in (None, (fwd, two_pass)):
+            o = torch_ops.attention(q, k, v, causal=True, impl="triton", blocks=blocks)
+            grads = torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
+        return grads
     return run
 
 
