@@ -145,7 +145,10 @@ def test_default_backward_takes_tma_only_where_measured_and_possible():
 
 @pytest.mark.parametrize("case", [CASES[0], Case(2, 33, 70, 8, 1, 64, causal=True)], ids=lambda c: c.id)
 def test_tma_backward_with_its_own_dq_tile(rng, case):
-    """dK/dV on 16-row x 32-key tiles, dQ on 32 x 16 (descriptor boxes per pass)."""
+    """dK/dV on 16-row x 32-key tiles, dQ on 32 x 16 (descriptor boxes per pass); and dV and dK
+    in two TMA launches."""
     tensors, do, kwargs = _inputs(rng, case)
     blocks = TritonAttentionBlocks(16, 32, 4, 1, tma=True, dq_block_m=32, dq_block_n=16)
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
+    _check_against_reference(tensors, do, torch.float32, kwargs,
+                             blocks=dataclasses.replace(blocks, dkdv_passes=2))
