@@ -59,19 +59,14 @@ def _fastest(key, candidates, q, k, v, launch):
     times = []
     with torch.no_grad():
         for blocks in candidates:
-            why = ta.tma_problem(q, k, v, blocks) if blocks.tma else None
-            if why is None and blocks.tma and blocks.dq_block_m:
-                why = ta.tma_problem(q, k, v, blocks.dq_blocks())
-            if why is not None:
-                times.append((blocks, None, why))
-                continue
             try:
                 launch(blocks)  # compile outside the timing
             except triton.runtime.errors.OutOfResources as e:
                 times.append((blocks, None, f"cannot launch: {e}"))
                 continue
-            except Exception as e:  # noqa: BLE001 - a compiler failure (ptxas) rules out this candidate only
-                times.append((blocks, None, f"failed: {type(e).__name__}: {str(e)[:300]}"))
+            except Exception as e:  # noqa: BLE001 - the launcher's refusal of this problem (a TMA tile
+                # it cannot address) or a compiler failure (ptxas) rules out this candidate only
+                times.append((blocks, None, f"{type(e).__name__}: {str(e)[:300]}"))
                 continue
             times.append((blocks, _time_ms(lambda blocks=blocks: launch(blocks)), None))
     timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]

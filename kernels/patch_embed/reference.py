@@ -24,10 +24,11 @@ def unfold_patches_aligned(images: torch.Tensor, patch: int) -> torch.Tensor:
     """``unfold_patches`` as a [B * N, K] matrix whose rows start 16 bytes apart (a view of a
     padded buffer): the cuBLAS peer's operand. K = 588 (p14, RGB) in bf16 is 1176-byte rows,
     which a contiguous matrix would leave unaligned for cuBLAS's vectorized kernels."""
+    from .spec import padded_row_length
+
     a = unfold_patches(images, patch)
     k = a.shape[-1]
-    per = 16 // a.element_size()
-    buf = a.new_empty((a.shape[0] * a.shape[1], (k + per - 1) // per * per))
+    buf = a.new_empty((a.shape[0] * a.shape[1], padded_row_length(k, a.element_size())))
     buf[:, :k] = a.reshape(-1, k)
     return buf[:, :k]
 

@@ -92,7 +92,6 @@ def _patch_embed_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if DENSE:  # a plain GEMM over A's rows: whole K blocks unmasked on k, then the tail
         a_rows = X + offs_m.to(tl.int64)[:, None] * stride_xb
-        n_idx = offs_m % N_PATCHES
         for k0 in range(0, K // BLOCK_K * BLOCK_K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_rows + offs_k[None, :], mask=m_ok[:, None], other=0.0)

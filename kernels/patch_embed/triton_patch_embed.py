@@ -27,6 +27,7 @@ import triton  # noqa: E402
 from .._platform import triton_interpreting  # noqa: E402
 from .._aot import aot_kernel, check_triton_blocks, jit_module  # noqa: E402
 from . import triton_kernels  # noqa: E402
+from .spec import padded_row_length  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()
 
@@ -135,16 +136,11 @@ def _row_width(patch: int, channels: int) -> int:
 PATCHIFY_BLOCK_M = 64  # patches per program of the two-pass forward's patchify kernel
 
 
-def _padded_k(k: int, dtype: torch.dtype) -> int:
-    """Row length of the two-pass forward's patch matrix: K rounded up to 16 bytes."""
-    per = 16 // dtype.itemsize
-    return triton.cdiv(k, per) * per
-
-
 def _patchify(images, patch: int) -> torch.Tensor:
     """The unfolded patch matrix A [B * N, KP] (columns >= K left unwritten, never read)."""
     m, n, grid_w, c = _geometry(images, patch)
-    a = torch.empty((m, _padded_k(patch * patch * c, images.dtype)), dtype=images.dtype, device=images.device)
+    kp = padded_row_length(patch * patch * c, images.element_size())
+    a = torch.empty((m, kp), dtype=images.dtype, device=images.device)
     triton_kernels._patchify_kernel[(triton.cdiv(m, PATCHIFY_BLOCK_M), patch)](
         images, a, *images.stride(), a.stride(0), m, n, grid_w,
         PATCH=patch, CHANNELS=c, BLOCK_M=PATCHIFY_BLOCK_M, BLOCK_J=_row_width(patch, c), num_warps=4,
