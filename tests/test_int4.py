@@ -7,6 +7,7 @@ The AOT compile runs in a fresh process (see tests/test_triton_aot.py's docstrin
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -30,6 +31,12 @@ CASES = {
     # the group's scale and zero applied to the product of x and the exact codes 1024 + q
     "decode-3x5-asym-fp16-scale-after-dot": ((3, 5, 128), 72, 32, True, "float16",
                                              Int4Blocks(16, 32, 32, 2, 4, 1, scale_after_dot=True), None),
+    # split-K with preloaded scale rows: the second split starts mid-group (k 192 of groups of 128)
+    "decode-2rows-split-mid-group-asym": ((2, 384), 40, 128, True, "float32",
+                                          Int4Blocks(16, 32, 64, 2, 4, 1), None),
+    # split-K with the scale rows loaded per step (preloading off)
+    "decode-2rows-split-per-step-scales": ((2, 384), 40, 128, True, "float32",
+                                           Int4Blocks(16, 32, 64, 2, 4, 1, preload_scales=False), None),
     "prefill-70rows-sym-fp16-scale-after-dot": ((70, 256), 48, 128, False, "float16",
                                                 Int4Blocks(32, 32, 64, 1, 4, 1, scale_after_dot=True), None),
 }
@@ -174,6 +181,19 @@ def test_blocks_and_split_plan_validate():
     # decode M=1 on 132 SMs, nano1 down_proj 9984 -> 2048: 32 column tiles x split-K, no empty split
     split, per = split_plan(1, 2048, 9984, 128, Int4Blocks(16, 64, 128, 0, 4, 4), 132)
     assert split > 1 and per % 128 == 0 and (split - 1) * per < 9984 <= split * per
+
+
+@pytest.mark.parametrize("k,group,block_k,split_k", [(9984, 128, 128, 0), (384, 128, 64, 2), (2048, 128, 32, 7),
+                                                     (4096, 64, 16, 5), (2048, 32, 32, 3)])
+def test_preloaded_scale_rows_cover_every_split(k, group, block_k, split_k):
+    from kernels.int4.triton_int4 import MAX_PRELOAD_GROUPS, preload_groups
+
+    blocks = Int4Blocks(16, 64, block_k, split_k, 4, 4)
+    split, per = split_plan(1, 2048, k, block_k, blocks, 132)
+    rows = preload_groups(per, block_k, group, split, blocks)
+    touched = max(len({c // group for c in range(s * per, min((s + 1) * per, k))}) for s in range(split))
+    assert rows == 0 or touched <= rows <= MAX_PRELOAD_GROUPS  # 0: too many rows, loaded per step
+    assert preload_groups(per, block_k, group, split, dataclasses.replace(blocks, preload_scales=False)) == 0
 
 
 def test_pallas_lowers_to_triton_for_cuda():

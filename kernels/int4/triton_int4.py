@@ -50,22 +50,26 @@ class Int4Blocks:
     # 16-bit x: the dot takes the codes as exact values (128 + q in bf16, 1024 + q in fp16, one
     # OR each) and the group's scale and zero apply to the product (triton_kernels.py)
     scale_after_dot: bool = False
+    # split-K launches: each program loads the scale (and zero) rows of its K range once, before
+    # the loop, instead of one [block_n] row per step (a blocking load: too small for cp.async)
+    preload_scales: bool = True
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n", "block_k"))
         if not isinstance(self.split_k, int) or not 0 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k={self.split_k!r} must be an int in [0, {MAX_SPLIT_K}] (0 = auto)")
-        if not isinstance(self.scale_after_dot, bool):
-            raise ValueError(f"scale_after_dot={self.scale_after_dot!r} must be a bool")
+        for name in ("scale_after_dot", "preload_scales"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a bool")
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages,
-                int(self.scale_after_dot)]
+                int(self.scale_after_dot), int(self.preload_scales)]
 
     @classmethod
     def from_list(cls, values: list) -> "Int4Blocks":
-        *tiles, after = values
-        return cls(*tiles, scale_after_dot=bool(after))
+        *tiles, after, preload = values
+        return cls(*tiles, scale_after_dot=bool(after), preload_scales=bool(preload))
 
 
 def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> Int4Blocks:
@@ -87,8 +91,10 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
     tile / warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
     base = default_blocks(rows, dtype, capability=tuple(capability))
     if rows <= 16:
-        more = [Int4Blocks(16, 128, 128, 0, 4, 4), Int4Blocks(16, 32, 128, 0, 4, 4),
-                Int4Blocks(16, 64, 64, 0, 4, 3)]
+        # (16, 32, 128) was the slowest on the H200 sweep at every shape; the default with the
+        # scale rows loaded per step measures what preloading them gains
+        more = [Int4Blocks(16, 128, 128, 0, 4, 4), Int4Blocks(16, 64, 64, 0, 4, 3),
+                dataclasses.replace(base, preload_scales=False)]
         if dtype != torch.float32:  # the default's tiles, the affine map after the dot (one OR a code)
             more.append(dataclasses.replace(base, scale_after_dot=True))
     else:
@@ -119,6 +125,20 @@ def split_plan(m: int, n: int, k: int, block_k: int, blocks: Int4Blocks, sms: in
     split = max(1, min(split, k_blocks))
     per = triton.cdiv(k_blocks, split)
     return triton.cdiv(k_blocks, per), per * block_k  # no empty splits
+
+
+MAX_PRELOAD_GROUPS = 16  # [16, block_n] fp32 scale rows (and zeros) held in registers
+
+
+def preload_groups(per: int, block_k: int, group_size: int, split: int, blocks: Int4Blocks) -> int:
+    """The kernel's PRELOAD_GROUPS: a power of two covering the group rows one split's K range
+    (``per`` columns starting at a multiple of ``block_k``) can touch, or 0 for the per-step
+    loads (no split, preloading off, or more than MAX_PRELOAD_GROUPS rows)."""
+    if split == 1 or not blocks.preload_scales:
+        return 0
+    rows = triton.cdiv(group_size - block_k + per, group_size)  # the worst start inside a group
+    rows = triton.next_power_of_2(rows)
+    return rows if rows <= MAX_PRELOAD_GROUPS else 0
 
 
 # x dtype -> (bits of MAGIC in that dtype, MAGIC): MAGIC | q is MAGIC + q exactly for q < 16
@@ -166,6 +186,7 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
         GROUP=group_size, HAS_ZEROS=zeros is not None, SPLIT_K=split,
         BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=bk,
         DOT_PRECISION=_dot_precision(x.dtype), **scale_consts,
+        PRELOAD_GROUPS=preload_groups(per, bk, group_size, split, blocks),
         num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_int4_matmul_kernel"] += 1
@@ -220,7 +241,9 @@ def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, a
     split = 1 if rows > 16 and blocks.split_k == 1 else 2  # SPLIT_K only matters as 1 or > 1
     consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
                   BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
-                  DOT_PRECISION=_dot_precision(dtype), **_scale_consts(dtype, blocks))
+                  DOT_PRECISION=_dot_precision(dtype), **_scale_consts(dtype, blocks),
+                  # split launches at their most registers: the largest preloaded scale tile
+                  PRELOAD_GROUPS=MAX_PRELOAD_GROUPS if split > 1 and blocks.preload_scales else 0)
     sty = "*" + triton_dtype(scale_dtype)
     ptrs = {"X": "*" + triton_dtype(dtype), "QW": "*u8", "S": sty, "Z": sty,
             "Y": "*" + triton_dtype(dtype), "P": "*" + triton_dtype(dtype) if split == 1 else "*fp32",

@@ -12,7 +12,15 @@ many programs along K) writes fp32 partials [SPLIT_K, M, N]; the last program of
 finish (a counter per tile, atomic acq_rel after a CTA barrier) sums them in a fixed order,
 writes Y in X's dtype and resets its counter to 0 (serial split-K, as CUTLASS and Marlin do):
 one launch, no reduction kernel after it. LOCKS must hold zeros at launch; every launch
-leaves them so.
+leaves them so. The partials' loop is software-pipelined (cp.async, 3 loads in flight), not
+one L2 round trip per split.
+Latency, not bytes, bounds a decode program: the packed tiles stream through the pipeliner's
+cp.async stages, but a [BLOCK_N] scale row (128 B) is below cp.async's 4 B a thread, so
+loaded per step it is a blocking DRAM round trip every step (consistent with the H200 sweep
+sweep-nvidia-h200-20261126T215348Z.json: m1 went 9.9 -> 18.7 us from 2048->2048 to
+2048->9984, ~0.95 TB/s on the 8.4 MB added, where the bf16 matmul added 3.2 TB/s). PRELOAD_GROUPS > 0 loads every scale (and zero) row
+of the split's K range as one [PRELOAD_GROUPS, BLOCK_N] tile before the loop; each step picks
+its row in registers (a where + sum over PRELOAD_GROUPS, then a layout conversion).
 SCALE_AFTER_DOT (16-bit X): the dot takes the codes as exact X-dtype values MAGIC + q (one
 OR per code: 0x4300 | q is 128 + q in bf16, 0x6400 | q is 1024 + q in fp16) and the step's
 group affine map is applied to the [BLOCK_M, BLOCK_N] product instead of every weight:
@@ -50,6 +58,7 @@ def _int4_matmul_kernel(
     SCALE_AFTER_DOT: tl.constexpr = False,  # 16-bit X only: the group's affine map on the product
     MAGIC_BITS: tl.constexpr = 0,  # SCALE_AFTER_DOT: X-dtype bits of MAGIC (0x4300 bf16, 0x6400 fp16)
     MAGIC: tl.constexpr = 0.0,  # SCALE_AFTER_DOT: the value of those bits (128.0, 1024.0)
+    PRELOAD_GROUPS: tl.constexpr = 0,  # > 0: the split's scale/zero rows loaded once, before the K loop
 ):
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -62,14 +71,29 @@ def _int4_matmul_kernel(
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PRELOAD_GROUPS > 0:  # every group row this split touches, [PRELOAD_GROUPS, BLOCK_N], up front
+        g_first = k_start // GROUP
+        offs_g = tl.arange(0, PRELOAD_GROUPS)
+        g_mask = ((g_first + offs_g) * GROUP < k_end)[:, None] & n_ok[None, :]
+        g_ptrs = (g_first + offs_g)[:, None] * stride_sg + offs_n[None, :]
+        s_all = tl.load(S + g_ptrs, mask=g_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z_all = tl.load(Z + g_ptrs, mask=g_mask, other=0.0).to(tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         x = tl.load(x_rows + (k0 + offs_k)[None, :], mask=m_ok[:, None], other=0.0)
         p = tl.load(w_rows + (k0 // 2 + offs_j)[None, :], mask=n_ok[:, None], other=0)
         q = tl.reshape(tl.join(p & 0xF, p >> 4), (BLOCK_N, BLOCK_K))  # [BLOCK_N, BLOCK_K], k order
-        g = (k0 // GROUP) * stride_sg  # scales hold in * out / GROUP < 2^31 elements
-        s = tl.load(S + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        if PRELOAD_GROUPS > 0:  # the step's row picked from registers: no load on the critical path
+            pick = (offs_g == k0 // GROUP - g_first)[:, None]
+            s = tl.sum(tl.where(pick, s_all, 0.0), 0)
+        else:  # a [BLOCK_N] row is too small for cp.async, so the pipeliner leaves it a blocking load
+            g = (k0 // GROUP) * stride_sg  # scales hold in * out / GROUP < 2^31 elements
+            s = tl.load(S + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         if HAS_ZEROS:
-            z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            if PRELOAD_GROUPS > 0:
+                z = tl.sum(tl.where(pick, z_all, 0.0), 0)
+            else:
+                z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         else:
             z = tl.full((BLOCK_N,), 8.0, tl.float32)
         if SCALE_AFTER_DOT:  # MAGIC + q exactly, in X's dtype, from one OR
@@ -94,7 +118,7 @@ def _int4_matmul_kernel(
         arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT_K - 1:  # the tile's last split: the others' partials are visible
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for sk in range(0, SPLIT_K):  # fixed order: the same sum whichever split came last
+            for sk in tl.range(0, SPLIT_K, num_stages=4):  # fixed order: the same sum whichever split came last
                 total += tl.load(P + sk * M * N + out, mask=mask, other=0.0, cache_modifier=".cg")
             tl.store(Y + out, total.to(Y.dtype.element_ty), mask=mask)
             tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")  # ready for the next launch
