@@ -127,6 +127,18 @@ def test_triton_uneven_splits(rng):
     _torch_check(o, q, k, v, lens, c, torch.float32)
 
 
+def test_triton_combine_splits_head_dim_across_programs(rng):
+    """150 splits: the combine takes 32 of head_dim 80's columns a program (3 programs a head,
+    the last one masked), all 150 shares at once; short rows leave most shares empty."""
+    c = Case(4, 2, 80, 200, (200, 0, 37))
+    q, k, v, lens = _inputs(rng, c)
+    ts = [torch.tensor(x).float() for x in (q, k, v)]
+    assert triton_decode.combine_columns(128, 256) == 32
+    o = triton_decode.decode_triton(*ts, torch.tensor(lens), scale=80**-0.5, num_splits=150,
+                                    blocks=triton_decode.TritonDecodeBlocks(16, 4, 1))
+    _torch_check(o, q, k, v, lens, c, torch.float32)
+
+
 def test_triton_non_contiguous_cache(rng):
     """Caches viewed out of a wider pool (kv heads interleaved, strided head_dim)."""
     b, t, kvh, d = 2, 70, 2, 64

@@ -133,6 +133,12 @@ def _constexprs(head_dim, dtype, group, *, window, softcap, blocks, page_size=No
                 DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
 
 
+def combine_columns(block_d: int, block_s: int) -> int:
+    """Head-dim columns per combine program: all ``block_s`` shares of them at once in at most
+    8192 fp32 (64 a thread at 4 warps), at least 16."""
+    return max(16, min(block_d, 8192 // block_s))
+
+
 def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, blocks, num_splits,
                 block_table=None):
     """Split then combine -> (o [B, H, D] in q's dtype, o_part [B, H, S, D], lse_part [B, H, S]).
@@ -161,10 +167,11 @@ def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, b
         float(scale), 1.0 if softcap is None else float(softcap), w,
         **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
-    triton_kernels._decode_combine_kernel[(b * h,)](
+    block_s = triton.next_power_of_2(num_splits)
+    block_dc = combine_columns(meta["BLOCK_D"], block_s)
+    triton_kernels._decode_combine_kernel[(b * h, triton.cdiv(d, block_dc))](
         o_part, lse_part, o, *o.stride(), h, num_splits,
-        HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_S=triton.next_power_of_2(num_splits), CHUNK=16,
-        num_warps=4,
+        HEAD_DIM=d, BLOCK_S=block_s, BLOCK_DC=block_dc, num_warps=4,
     )
     LAUNCHES.update(("_decode_split_kernel", "_decode_combine_kernel"))
     return o, o_part, lse_part
@@ -236,7 +243,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None,
     out = {"_decode_split_kernel": aot_kernel(
         fn, pointers=ptrs, constexprs=split_meta, num_warps=blocks.num_warps,
         num_stages=blocks.num_stages, floats=("sm_scale", "softcap"), unit_strides=d_strides(fn))}
-    combine_meta = dict(HEAD_DIM=head_dim, BLOCK_D=split_meta["BLOCK_D"], BLOCK_S=MAX_SPLITS, CHUNK=16)
+    combine_meta = dict(HEAD_DIM=head_dim, BLOCK_S=MAX_SPLITS,  # the most shares: the largest tile
+                        BLOCK_DC=combine_columns(split_meta["BLOCK_D"], MAX_SPLITS))
     fn = mod._decode_combine_kernel
     out["_decode_combine_kernel"] = aot_kernel(
         fn, pointers=dict(O_PART="*fp32", LSE_PART="*fp32", O=ty), constexprs=combine_meta,
