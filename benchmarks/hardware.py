@@ -5,7 +5,15 @@ through ``jax.devices()``, the CPU from the OS. The two ceilings are measured on
 present device before any kernel: a large device-to-device copy (GB/s counting bytes
 read + written) and a large matmul (bf16 on GPU, fp32 on CPU), so every kernel can be
 reported as a fraction of both the measured and the datasheet peak.
+
+On a GPU a third ceiling is small copies: the same device-to-device copy at 4 B (the timer's
+floor: one graph launch and two events around it) and 1-64 MiB, timed as the memory-bound
+suites time their kernels (CUDA-graph replay, L2 flushed). A decode or int4 call moving a
+few MiB cannot reach the large copy's bandwidth with any kernel -- the floor alone is
+several microseconds -- so those records also get ``frac_same_size_copy``: the time a copy
+of the same bytes takes with the same timer over the kernel's time (``same_size_copy_s``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -118,8 +126,43 @@ def _detect_tpu() -> Device | None:
                   datasheet_tflops=tflops, datasheet_gbps=gbps)
 
 
-def measure_ceilings(device: Device, timer, *, copy_mb: int, matmul_n: int) -> dict:
-    """Measured copy bandwidth (GB/s, read + write) and matmul throughput (TFLOP/s)."""
+COPY_CURVE_MB = (1, 4, 16, 64)  # the small copies, MiB read + written (plus a 4-byte one)
+
+
+def measure_copy_curve(dst, src, graph_timer) -> list[dict]:
+    """Copies of the first n bytes of ``src`` (fp32) into ``dst``: 4 B and COPY_CURVE_MB,
+    each timed by ``graph_timer``; -> [{bytes (read + written), seconds, timing}]."""
+    curve = []
+    for total in (8, *(mb * 2**20 for mb in COPY_CURVE_MB)):
+        n = total // 8  # fp32 elements copied: n * 4 read + n * 4 written
+        if n > src.numel():
+            break
+        a, b = src[:n], dst[:n]
+        t = graph_timer(lambda: b.copy_(a))
+        curve.append({"bytes": 8 * n, "seconds": t.median_s, "timing": t.to_dict()})
+    return curve
+
+
+def same_size_copy_s(curve: list[dict], nbytes: float, large_gbps: float) -> float:
+    """The copy curve's time at ``nbytes``: log-log interpolation between its points; below the
+    smallest its time (the floor); above the largest, that time plus the rest at the large
+    copy's bandwidth."""
+    import math
+
+    pts = sorted((c["bytes"], c["seconds"]) for c in curve)
+    if nbytes <= pts[0][0]:
+        return pts[0][1]
+    for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
+        if nbytes <= b1:
+            f = math.log(nbytes / b0) / math.log(b1 / b0)
+            return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+    b_last, t_last = pts[-1]
+    return t_last + (nbytes - b_last) / (large_gbps * 1e9)
+
+
+def measure_ceilings(device: Device, timer, *, copy_mb: int, matmul_n: int, graph_timer=None) -> dict:
+    """Measured copy bandwidth (GB/s, read + write) and matmul throughput (TFLOP/s); with
+    ``graph_timer`` (a GPU) also the small-copy curve (``measure_copy_curve``)."""
     import torch
 
     dev = "cuda" if device.kind == "cuda" else "cpu"
@@ -131,7 +174,9 @@ def measure_ceilings(device: Device, timer, *, copy_mb: int, matmul_n: int) -> d
     a = torch.randn(matmul_n, matmul_n, device=dev, dtype=dtype)
     b = torch.randn(matmul_n, matmul_n, device=dev, dtype=dtype)
     t_mm = timer(lambda: a @ b)
+    curve = {} if graph_timer is None else {"copy_curve": measure_copy_curve(dst, src, graph_timer)}
     return {
+        **curve,
         "copy_gbps": 2 * n * 4 / t_copy.median_s / 1e9,
         "copy_bytes": 2 * n * 4,
         "matmul_tflops": 2 * matmul_n**3 / t_mm.median_s / 1e12,

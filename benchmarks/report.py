@@ -54,11 +54,15 @@ def measured_table(d: dict) -> str:
              f"jax {ver.get('jax')}",
              f"- measured ceilings: copy {d['ceilings']['copy_gbps']:.1f} GB/s, "
              f"{d['ceilings']['matmul_dtype']} matmul {d['ceilings']['matmul_tflops']:.2f} TFLOP/s",
+             *([f"- small copies, graph replay (the timer floor first): " + ", ".join(
+                 f"{c['bytes'] / 2**20:.3g} MiB {c['seconds'] * 1e6:.1f} µs" for c in d["ceilings"]["copy_curve"])]
+               if d["ceilings"].get("copy_curve") else []),
              *[f"- note: {n}" for n in d.get("notes", [])],
              *(["- note: **incomplete run**: the runner stopped after the suites below (the file "
                 "is rewritten after each suite)"] if d.get("complete") is False else []), "",
-             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | rate | % meas. ceiling | % datasheet | vs peer | max err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| suite | case | impl | mode | status | ms | TFLOP/s | GB/s | rate | % meas. ceiling | % datasheet "
+             "| % same-size copy | vs peer | max err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     skipped = collections.Counter(r["suite"] for r in d["records"] if r["status"] == "skipped")
     for r in d["records"]:
         if r["status"] == "skipped":  # counted below the table, each reason is in the file
@@ -67,6 +71,7 @@ def measured_table(d: dict) -> str:
             r["suite"], r["case"], r["impl"], r.get("mode", "–"), r["status"],
             _f(r.get("median_ms"), ".3f"), _f(r.get("tflops"), ".3g"), _f(r.get("gbps"), ".3g"),
             rate(r), _f(pct_of_ceiling(r), ".1f"), _f(pct_of_ceiling(r, "datasheet"), ".1f"),
+            _f(None if r.get("frac_same_size_copy") is None else 100 * r["frac_same_size_copy"], ".1f"),
             _f(r.get("speedup_vs_peer"), ".2f"), _f(r.get("max_error"), ".1e")]) + " |")
     if skipped:
         lines += ["", "Skipped rows (not shown; their reasons are in the file): "

@@ -20,7 +20,7 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks import config as bench_config  # noqa: E402
 from benchmarks import schedule  # noqa: E402
-from benchmarks.hardware import detect_device, measure_ceilings  # noqa: E402
+from benchmarks.hardware import detect_device, measure_ceilings, same_size_copy_s  # noqa: E402
 from benchmarks.results import (git_commit, library_versions, results_path,  # noqa: E402
                                 summary_table, write_json_atomic)
 from benchmarks.suites.attention import AttentionSuite  # noqa: E402
@@ -86,6 +86,10 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
                     rec["frac_datasheet_peak"] = rec["tflops"] / device.datasheet_tflops
             if rec.get("gbps") is not None:
                 rec["frac_measured_bw"] = rec["gbps"] / ceilings["copy_gbps"]
+                if "copy_curve" in ceilings and "cuda-graph" in rec.get("timing", {}).get("method", ""):
+                    copy_s = same_size_copy_s(ceilings["copy_curve"], rec["bytes"], ceilings["copy_gbps"])
+                    rec["same_size_copy_s"] = copy_s
+                    rec["frac_same_size_copy"] = copy_s / rec["timing"]["median_s"]
                 if device.datasheet_gbps:
                     rec["frac_datasheet_bw"] = rec["gbps"] / device.datasheet_gbps
         records.append(rec)
@@ -152,7 +156,8 @@ def main(cfg) -> None:
     built, first = build_suites(bcfg, device, timers, cfg.seed)  # filters checked before anything runs
     print(f"device: {device.name} ({device.kind}); measuring ceilings...")
     ceilings = measure_ceilings(device, timers("torch"), copy_mb=bcfg.ceilings.copy_mb,
-                                matmul_n=bcfg.ceilings.matmul_n)
+                                matmul_n=bcfg.ceilings.matmul_n,
+                                graph_timer=timers("torch", cuda_graphs=True) if device.kind == "cuda" else None)
     print(f"measured: copy {ceilings['copy_gbps']:.1f} GB/s, {ceilings['matmul_dtype']} matmul "
           f"{ceilings['matmul_tflops']:.2f} TFLOP/s")
     sampler = contextlib.nullcontext()

@@ -9,12 +9,13 @@ the shapes the issues' goals name, so defaults are chosen from measurements.
   picked apart), then each forward candidate forward-only (TFLOP/s by the attention suite's
   count).
 - int4: decode rows 1 and 16 on nano1's layer shapes, each candidate against the bf16 matmul
-  of the same shape (both CUDA-graph replays).
+  of the same shape and a copy moving the same bytes (all CUDA-graph replays).
 - patch_embed: the forward at 8 x 896 px, patch 14, dim 1152 (SigLIP-So400m), each candidate
   against cuBLAS on the same GEMM shape with the patches unfolded beforehand.
 - decode: MQA (8 heads, head_dim 128) against a full 32k cache at batch 1 and 16, each split
   kernel candidate at the split count ``num_kv_splits`` picks and at half and twice it, in
-  GB/s of K and V read (CUDA-graph replays; the goal is a fraction of the copy bandwidth).
+  GB/s of K and V read, beside a copy moving the same bytes (CUDA-graph replays; the goal is
+  a fraction of the copy bandwidth).
 Every candidate's output is compared with the reference (relative max error); a candidate
 that fails to compile or errs is recorded with its error, not dropped. The results file
 (written after each op, atomically) carries the device, versions and commit like
@@ -150,6 +151,14 @@ def sweep_attention(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     return rows
 
 
+def _copy_ms(nbytes: int, dev: str, timer: Timer) -> float:
+    """A device-to-device copy moving ``nbytes`` (half read, half written), timed like the
+    kernels beside it: what the memory system gives a call of that size with that timer."""
+    src = torch.ones(max(1, nbytes // 8), dtype=torch.float32, device=dev)
+    dst = torch.empty_like(src)
+    return timer(lambda: dst.copy_(src)).median_s * 1e3
+
+
 def sweep_int4(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     from kernels.int4 import reference as ref
     from kernels.int4 import triton_int4 as ti
@@ -166,12 +175,13 @@ def sweep_int4(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
             want = x.float() @ wd.float().t()
             t_mm = timer(lambda: torch.matmul(x, wd.t()))
             int4_bytes = packed.numel() + scales.numel() * 2 + x.numel() * 2 + m * n * 2
+            copy_ms = _copy_ms(int4_bytes, dev, timer)
             for blk in ti.candidate_blocks(m, dt, capability=setup.cap):
                 if past_deadline():
                     return rows
                 row = dict(op="int4", shape=f"m{m} {kdim}->{n} g128 {dt}", blocks=repr(blk),
                            default=blk == ti.default_blocks(m, dt, capability=setup.cap),
-                           bf16_matmul_ms=t_mm.median_s * 1e3)
+                           bf16_matmul_ms=t_mm.median_s * 1e3, copy_same_bytes_ms=copy_ms)
 
                 def run(blk=blk):
                     fn = lambda: ti.int4_matmul_triton(x, packed, scales, None, 128, blocks=blk)  # noqa: E731
@@ -238,13 +248,14 @@ def sweep_decode(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
         lens = torch.full((b,), max_len, dtype=torch.int32, device=dev)
         want = decode_reference(q.float(), k.float(), v.float(), lens)
         kv_bytes = 2 * k.numel() * k.element_size()
+        copy_ms = _copy_ms(kv_bytes, dev, timer)
         for blk in td.candidate_blocks(d, dt, max_len, capability=setup.cap):
             base = td.num_kv_splits(b, 1, max_len, blk.block_n, compiled_sm_count(q))
             for splits in sorted({max(1, base // 2), base, min(td.MAX_SPLITS, 2 * base)}):
                 if past_deadline():
                     return rows
                 row = dict(op="decode", shape=f"mqa b{b} h{h}/1 d{d} cache {max_len} {dt}", blocks=repr(blk),
-                           num_splits=splits,
+                           num_splits=splits, copy_same_bytes_ms=copy_ms,
                            default=blk == td.default_blocks(d, dt, max_len, capability=setup.cap) and splits == base)
 
                 def run(blk=blk, splits=splits):

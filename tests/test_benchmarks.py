@@ -378,3 +378,29 @@ def test_latest_results_takes_the_newest_file_of_each_device(tmp_path):
     put("s.json", "gemini-kernels-sweep/1", "H200", "2026-01-03")  # not a benchmark results file
     assert latest_results(str(tmp_path)) == [g, b]
     assert latest_results(str(tmp_path), "gemini-kernels-sweep") == [str(tmp_path / "s.json")]
+
+
+def test_same_size_copy_interpolates_the_copy_curve():
+    """Log-log between measured points, the floor below the smallest, the large copy's
+    bandwidth added past the largest; the CPU path writes no curve (the timer is a stand-in)."""
+    import torch
+
+    from benchmarks.hardware import measure_copy_curve, same_size_copy_s
+
+    curve = [{"bytes": 8, "seconds": 4e-6}, {"bytes": 2**20, "seconds": 5e-6}, {"bytes": 2**22, "seconds": 8e-6}]
+    assert same_size_copy_s(curve, 1, 1000.0) == 4e-6
+    assert same_size_copy_s(curve, 2**20, 1000.0) == pytest.approx(5e-6)
+    assert same_size_copy_s(curve, 2**21, 1000.0) == pytest.approx((5e-6 * 8e-6) ** 0.5)  # log-log midpoint
+    assert same_size_copy_s(curve, 2**22 + 10**6, 1000.0) == pytest.approx(8e-6 + 1e-6)
+    src = torch.arange(2**18, dtype=torch.float32)  # 1 MiB: the 1 MiB copy (half read) fits, 4 MiB does not
+    dst = torch.zeros_like(src)
+    timed = []
+
+    def fake_timer(fn):
+        fn()
+        timed.append(1)
+        return type("T", (), {"median_s": 1e-6 * len(timed), "to_dict": lambda self: {}})()
+
+    pts = measure_copy_curve(dst, src, fake_timer)
+    assert [p["bytes"] for p in pts] == [8, 2**20]
+    assert torch.equal(dst[: 2**17], src[: 2**17]) and not dst[2**17:].any()
