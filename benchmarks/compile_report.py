@@ -304,6 +304,26 @@ def mma_dots(ttgir: str) -> dict:
 
 
 _SASS_OP = re.compile(r"\b(" + "|".join(SASS_OPS) + r")\b")  # whole-word opcodes, one pass
+_SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", re.M)
+_SASS_LABEL = re.compile(r"^(\.L_x_\d+):", re.M)
+
+
+def loop_instructions(sass: str) -> int:
+    """SASS instructions in the largest loop body (a label to a branch back to it); 0 without
+    loops. Per-iteration cost of a kernel's hot loop -- a compiler fact, not a timing: e.g. the
+    int4 decode step's dequantization shows as instructions per code."""
+    marks = sorted([(m.start(), "ins", m[1]) for m in _SASS_LINE.finditer(sass)]
+                   + [(m.start(), "label", m[1]) for m in _SASS_LABEL.finditer(sass)])
+    at, count, best = {}, 0, 0
+    for _, kind, text in marks:
+        if kind == "label":
+            at[text] = count
+            continue
+        count += 1
+        target = re.search(r"BRA `\((\.L_x_\d+)\)", text)
+        if target and target[1] in at:  # a backward branch: the body is everything since the label
+            best = max(best, count - at[target[1]])
+    return best
 
 
 def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, wgmma: bool,
@@ -325,6 +345,7 @@ def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, 
                               text=True, check=True).stdout
         counts = Counter(_SASS_OP.findall(sass))
         mix = {op: counts[op] for op in SASS_OPS}
+        mix["loop"] = loop_instructions(sass)
     return {"registers": regs, "spill_store_bytes": int(spills[1]), "spill_load_bytes": int(spills[2]),
             "shared_bytes": shared, "num_warps": num_warps, "num_stages": num_stages,
             "wgmma_in_ptx": wgmma, "sass_mix": mix, "mma_dots": dots, **occupancy(regs, shared, num_warps, cap)}
@@ -385,17 +406,19 @@ def _compile_cells(r: dict, mark_spills: bool = False) -> str:
     rep = "–" if not dots or not dots["total"] else f"{dots['replicated']}/{dots['total']}"
     return (f"{r['registers']} | {spills} | {r['shared_bytes'] / 1024:.1f} | {r['num_warps']} | "
             f"{100 * r['occupancy']:.0f}% | {r['limited_by']} | "
-            + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU")) + f" | {rep}")
+            + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU", "loop")) + f" | {rep}")
 
 
 def to_markdown(report: dict) -> str:
     lines = ["# Compile report (ahead of time, no GPU; compiler facts, not measurements)", "",
              f"commit `{report['commit'].get('commit')}`, triton {report['versions'].get('triton')}", "",
              "Replicated dots: tensor-core dots whose result layout spans more rows or columns than the",
-             "tile, so several warpgroups compute the same elements (`mma_dots`), of all the TTGIR's dots.", "",
+             "tile, so several warpgroups compute the same elements (`mma_dots`), of all the TTGIR's dots.",
+             "Largest loop: SASS instructions in the kernel's largest loop body, one thread's work per",
+             "iteration (`loop_instructions`).", "",
              "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
-             "| HGMMA | HMMA | FFMA | MUFU | replicated dots |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | error: {r['error'][:80]} |")
@@ -405,8 +428,8 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Autotuning candidates (each op's `candidate_blocks`, default first; "
                   "spilling candidates are reported, not errors)", "",
                   "| op | # | blocks | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy "
-                  "| limited by | HGMMA | HMMA | FFMA | MUFU | replicated dots |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| limited by | HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["candidates"]:
             head = (f"| {r['op']} | {r['candidate']}{' (default)' if r['default'] else ''} | "
                     f"`{r['blocks']}` | {r['kernel']} | {r['target']} |")

@@ -257,7 +257,27 @@ def aot_report(tmp_path_factory):
                   "kwargs": {"rows": rows, "asymmetric": asym}, "cap": 90}
             for job, (dt, rows, asym, _) in AOT_JOBS.items()}
     sweep = sweep_jobs([(label, cap, None) for label, cap in AOT_SWEEP])
-    return compile_in_subprocess({**jobs, **sweep}, tmp_path_factory.mktemp("int4_aot"))
+    from benchmarks.compile_report import blocks_json
+
+    ptx = {job: {"module": "kernels.int4.triton_int4", "args": [f"torch.{dt}"],
+                 "kwargs": {"rows": 1, "asymmetric": asym, "blocks": blocks_json(PTX_BLOCKS)}, "cap": cap}
+           for job, (dt, asym, cap) in AOT_PTX_JOBS.items()}
+    return compile_in_subprocess({**jobs, **sweep, **ptx}, tmp_path_factory.mktemp("int4_aot"))
+
+
+# the inline-PTX nibbles (scale after the dot): centered (symmetric) and MAGIC + q (asymmetric)
+PTX_BLOCKS = Int4Blocks(16, 64, 128, 0, 4, 4, scale_after_dot=True)
+AOT_PTX_JOBS = {"ptx-decode-bf16-sm90": ("bfloat16", False, 90), "ptx-decode-fp16-asym-sm90": ("float16", True, 90),
+                "ptx-decode-bf16-asym-sm80": ("bfloat16", True, 80), "ptx-decode-fp16-sm80": ("float16", False, 80)}
+
+
+@pytest.mark.parametrize("job", list(AOT_PTX_JOBS))
+def test_ptx_nibbles_assemble_without_spills(aot_report, job):
+    from aot import assert_compiled_clean
+
+    report = aot_report[job]
+    assert "error" not in report, report.get("error")
+    assert_compiled_clean(report["_int4_matmul_kernel"], job, cap=AOT_PTX_JOBS[job][2])
 
 
 @pytest.mark.parametrize("job", list(AOT_JOBS))
@@ -277,3 +297,75 @@ def test_default_configs_across_dtypes_and_targets_without_spills(aot_report, la
     assert "error" not in report, report.get("error")
     wgmma = cap == 90 and "m4096" in label and "fp32" not in label  # prefill keeps wgmma
     assert_compiled_clean(report["_int4_matmul_kernel"], f"{label} sm{cap}", cap=cap, wgmma=wgmma)
+
+
+def _run_ptx(asm: str, word: int) -> list[int]:
+    """A reference semantics of the few PTX instructions ``_nibbles_ptx`` emits (prmt, shr,
+    lop3, mov, packed fma on bf16x2 / f16x2) run on one input register $4 -> [$0..$3]."""
+    def halves(v, kind):
+        h = [(v >> 16 * i) & 0xFFFF for i in (0, 1)]
+        if kind == "bf16x2":
+            return [float(np.array([x << 16], np.uint32).view(np.float32)[0]) for x in h]
+        return [float(np.array([x], np.uint16).view(np.float16)[0]) for x in h]
+
+    def pack(vals, kind):
+        if kind == "bf16x2":  # round to nearest even from float32 bits
+            bits = [int(np.array([v], np.float32).view(np.uint32)[0]) for v in vals]
+            h = [((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF for b in bits]
+        else:
+            h = [int(np.array([v], np.float16).view(np.uint16)[0]) for v in vals]
+        return h[0] | h[1] << 16
+
+    regs = {"$4": word}
+    val = lambda t: regs[t] if t in regs else int(t, 0)  # noqa: E731
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        d, *src = [a.strip() for a in args.split(",")]
+        if op == "prmt.b32":
+            pool = [(val(src[0]) >> 8 * i) & 0xFF for i in range(4)] + [(val(src[1]) >> 8 * i) & 0xFF for i in range(4)]
+            sel = val(src[2])
+            regs[d] = sum(pool[(sel >> 4 * i) & 0x7] << 8 * i for i in range(4))  # no sign-replicate mode used
+        elif op == "shr.u32":
+            regs[d] = val(src[0]) >> val(src[1])
+        elif op == "lop3.b32":
+            a, b, c, lut = (val(x) for x in src)
+            regs[d] = sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i for i in range(32))
+        elif op == "mov.b32":
+            regs[d] = val(src[0])
+        elif op in ("fma.rn.bf16x2", "fma.rn.f16x2"):
+            kind = op.split(".")[-1]
+            a, b, c = (halves(val(x), kind) for x in src)
+            regs[d] = pack([a[i] * b[i] + c[i] for i in (0, 1)], kind)
+        else:
+            raise AssertionError(f"unexpected PTX instruction {op}")
+        regs[d] &= 0xFFFFFFFF
+    return [regs[f"${i}"] for i in range(4)]
+
+
+@pytest.mark.parametrize("magic_bits,kind", [(0x4300, "bf16x2"), (0x6400, "f16x2")])
+@pytest.mark.parametrize("center", [False, True], ids=["magic-plus-q", "q-minus-8"])
+def test_nibble_ptx_gives_each_byte_its_codes(magic_bits, kind, center):
+    """Triton packs a pack=4 call's four i8 inputs into one register (element j = byte j) and
+    takes each 16-bit output register's low half as the lower element: output $0 must hold the
+    low nibbles of elements 0 and 1, $1 of 2 and 3, $2 and $3 the high nibbles, as the values
+    MAGIC + q (or q - 8). Every byte value is checked in every position."""
+    from kernels.int4.triton_kernels import _nibbles_ptx
+
+    asm = _nibbles_ptx(magic_bits, center).value
+    magic = 128.0 if magic_bits == 0x4300 else 1024.0
+    rng = np.random.default_rng(0)
+    for word_bytes in [[b, (b * 7 + 3) % 256, 255 - b, (b * 13) % 256] for b in range(256)] + [rng.integers(0, 256, 4)]:
+        word = sum(int(b) << 8 * i for i, b in enumerate(word_bytes))
+        out = _run_ptx(asm, word)
+        got = []
+        for reg in out:
+            h = [(reg >> 16 * i) & 0xFFFF for i in (0, 1)]
+            got += [float(np.array([x << 16], np.uint32).view(np.float32)[0]) if kind == "bf16x2"
+                    else float(np.array([x], np.uint16).view(np.float16)[0]) for x in h]
+        lo = [b & 0xF for b in word_bytes]
+        hi = [b >> 4 for b in word_bytes]
+        want = [float(q) + (-8.0 if center else magic) for q in lo + hi]
+        assert got == want, (word_bytes, got, want)

@@ -188,6 +188,23 @@ def test_triton_int4(rng, case, dtype):
     assert_close(y, problem[4], base, dtype, f"triton {case}")
 
 
+@pytest.mark.parametrize("case,dtype", params(INT4_PAIRS[:2], str, triton=True))
+def test_triton_int4_every_decode_candidate(rng, case, dtype):
+    """Each ``candidate_blocks`` of the decode rows (the inline-PTX nibbles with the scale after
+    the dot, per-step or preloaded scale rows) on the GPU against float64: the PTX runs only here."""
+    xs, out, asym = INT4[case]
+    problem = test_int4._problem(rng, xs, out, GROUP, asym, dtype_name(dtype))
+    x, packed, scales, zeros = (None if a is None else a.to(DEVICE) for a in problem[:4])
+    base = torch_ops.int4_matmul(x, packed, scales, zeros, GROUP, impl="reference")
+    cap = (9, 0) if GPU_TESTS_ON_CPU else torch.cuda.get_device_capability()
+    cands = triton_int4.candidate_blocks(xs[0], dtype, capability=cap)
+    assert any(b.scale_after_dot for b in cands)
+    for blocks in cands:
+        with launched(triton_int4, "_int4_matmul_kernel"):
+            y = triton_int4.int4_matmul_triton(x, packed, scales, zeros, GROUP, blocks=blocks)
+        assert_close(y, problem[4], base, dtype, f"triton {case} {blocks}")
+
+
 @pytest.mark.usefixtures("pallas_gpu")
 @pytest.mark.parametrize("case,dtype", params(INT4_PAIRS, str, triton=False))
 def test_pallas_int4(rng, case, dtype):

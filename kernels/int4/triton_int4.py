@@ -91,12 +91,14 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
     tile / warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
     base = default_blocks(rows, dtype, capability=tuple(capability))
     if rows <= 16:
-        # (16, 32, 128) was the slowest on the H200 sweep at every shape; the default with the
-        # scale rows loaded per step measures what preloading them gains
-        more = [Int4Blocks(16, 128, 128, 0, 4, 4), Int4Blocks(16, 64, 64, 0, 4, 3),
-                dataclasses.replace(base, preload_scales=False)]
-        if dtype != torch.float32:  # the default's tiles, the affine map after the dot (one OR a code)
-            more.append(dataclasses.replace(base, scale_after_dot=True))
+        # (16, 32, 128) was the slowest on the H200 sweep at every shape and (16, 64, 64) within
+        # 5% of the default; the default with the scale rows loaded per step measures what
+        # preloading them gains
+        more = [Int4Blocks(16, 128, 128, 0, 4, 4), dataclasses.replace(base, preload_scales=False)]
+        if dtype != torch.float32:  # the default's tiles with exact codes (PTX) and the scale after
+            # the dot: 243 SASS instructions a 64-code step on sm_90 where the default takes 531
+            more[:0] = [dataclasses.replace(base, scale_after_dot=True),
+                        dataclasses.replace(base, scale_after_dot=True, preload_scales=False)]
     else:
         more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
                 Int4Blocks(128, 256, 64, 1, 8, 3)]
@@ -149,11 +151,12 @@ def _scale_consts(dtype, blocks: Int4Blocks) -> dict:
     """The kernel's SCALE_AFTER_DOT constexprs (all three always: an ahead-of-time signature
     must name every constexpr); refuses fp32 x (its codes would not be exact)."""
     if not blocks.scale_after_dot:
-        return dict(SCALE_AFTER_DOT=False, MAGIC_BITS=0, MAGIC=0.0)
+        return dict(SCALE_AFTER_DOT=False, MAGIC_BITS=0, MAGIC=0.0, ASM=False)
     if dtype not in _MAGIC:
         raise ValueError(f"blocks: scale_after_dot needs bf16 or fp16 x, got {dtype}")
     bits, magic = _MAGIC[dtype]
-    return dict(SCALE_AFTER_DOT=True, MAGIC_BITS=bits, MAGIC=magic)
+    # inline PTX for the nibbles when compiled (aot_kernels builds with the real JIT)
+    return dict(SCALE_AFTER_DOT=True, MAGIC_BITS=bits, MAGIC=magic, ASM=not triton_interpreting())
 
 
 def _dot_precision(dtype) -> str:
@@ -241,7 +244,8 @@ def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, a
     split = 1 if rows > 16 and blocks.split_k == 1 else 2  # SPLIT_K only matters as 1 or > 1
     consts = dict(GROUP=group_size, HAS_ZEROS=asymmetric, SPLIT_K=split, BLOCK_M=blocks.block_m,
                   BLOCK_N=blocks.block_n, BLOCK_K=min(blocks.block_k, group_size),
-                  DOT_PRECISION=_dot_precision(dtype), **_scale_consts(dtype, blocks),
+                  DOT_PRECISION=_dot_precision(dtype),
+                  **{**_scale_consts(dtype, blocks), "ASM": blocks.scale_after_dot},  # GPU code
                   # split launches at their most registers: the largest preloaded scale tile
                   PRELOAD_GROUPS=MAX_PRELOAD_GROUPS if split > 1 and blocks.preload_scales else 0)
     sty = "*" + triton_dtype(scale_dtype)
