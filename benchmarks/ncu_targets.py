@@ -14,8 +14,10 @@ more: ncu's ``--launch-skip`` is left alone, so both launches show; read the las
 - attention_bwd: nano1's MQA, head_dim 256, 8 heads, 8k causal, bf16 (195 of the 363 ms of
   kernels of a nano1 train step), the default backward, then the two-pass 128-key candidate
   (two ``_attn_bwd_dkdv_kernel`` launches, dV then dK, and a 128-row dQ);
-- int4: one row, 2048 -> 9984, group 128 (about the bf16 matmul's time, goal 3x);
-- decode: batch 16, MQA, 32k cache, head_dim 128 (74% of copy, goal 85%);
+- int4: one row, 2048 -> 9984, group 128 (about the bf16 matmul's time, goal 3x), the
+  default, then the scale-after-dot candidate (inline-PTX nibbles);
+- decode: MQA, 32k cache, head_dim 128, batch 16 (74% of copy, goal 85%), then batch 1 (12%:
+  256 shares for the combine);
 - rms_norm: 16384 x 4096 forward and backward (fwd+bwd 75% of copy).
 ``--smoke`` runs the same calls on the CPU at tiny sizes in the interpreter (checks the script).
 """
@@ -69,23 +71,38 @@ def _attention_bwd(dev, dt, small):
 
 
 def _int4(dev, dt, small):
-    from kernels import torch_ops
+    import dataclasses
+
+    from kernels.int4 import triton_int4 as ti
     from kernels.int4.reference import quantize_int4
 
     n, k = (256, 256) if small else (9984, 2048)
     packed, scales, _ = quantize_int4(torch.randn(n, k, device=dev), 128, scale_dtype=dt)
     x = torch.randn(1, k, device=dev, dtype=dt)
-    return lambda: torch_ops.int4_matmul(x, packed, scales, None, 128, impl="triton")
+    base = ti.default_blocks(1, dt, capability=None if small else torch.cuda.get_device_capability())
+    ptx = dataclasses.replace(base, scale_after_dot=True)  # the inline-PTX candidate
+
+    def run():
+        for blocks in (base, ptx):
+            ti.int4_matmul_triton(x, packed, scales, None, 128, blocks=blocks)
+    return run
 
 
 def _decode(dev, dt, small):
     from kernels import torch_ops
 
-    b, t = (2, 256) if small else (16, 32768)
-    q = torch.randn(b, 8, 128, device=dev, dtype=dt)
-    k, v = (torch.randn(b, t, 1, 128, device=dev, dtype=dt) for _ in range(2))
-    lens = torch.full((b,), t, device=dev, dtype=torch.int32)
-    return lambda: torch_ops.decode_attention(q, k, v, lens, impl="triton")
+    calls = []
+    for b in (16, 1):  # batch 1 also runs the combine over 256 shares
+        t = 256 if small else 32768
+        q = torch.randn(b, 8, 128, device=dev, dtype=dt)
+        k, v = (torch.randn(b, t, 1, 128, device=dev, dtype=dt) for _ in range(2))
+        lens = torch.full((b,), t, device=dev, dtype=torch.int32)
+        calls.append((q, k, v, lens))
+
+    def run():
+        for q, k, v, lens in calls:
+            torch_ops.decode_attention(q, k, v, lens, impl="triton")
+    return run
 
 
 def _rms_norm(dev, dt, small):
