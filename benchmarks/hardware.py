@@ -8,7 +8,7 @@ reported as a fraction of both the measured and the datasheet peak.
 
 On a GPU a third ceiling is small copies: the same device-to-device copy at 4 B (the timer's
 floor: one graph launch and two events around it) and 1-64 MiB, timed as the memory-bound
-suites time their kernels (CUDA-graph replay, L2 flushed). A decode or int4 call moving a
+suites time their kernels (CUDA-graph replay, L2 flushed by a read). A decode or int4 call moving a
 few MiB cannot reach the large copy's bandwidth with any kernel -- the floor alone is
 several microseconds -- so those records also get ``frac_same_size_copy``: the time a copy
 of the same bytes takes with the same timer over the kernel's time (``same_size_copy_s``).

@@ -308,9 +308,9 @@ def main(argv=None) -> str:
     payload = dict(schema="gemini-kernels-sweep/1",
                    created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    complete=False, device=device.to_dict(), commit=git_commit(), versions=library_versions(),
-                   config=vars(args), timing={"attention": "cuda-events, L2 flushed",
+                   config=vars(args), timing={"attention": "cuda-events, L2 flushed by a read",
                                               "int4, patch_embed, decode": "cuda-graph replay, cuda-events, "
-                                                                           "L2 flushed"},
+                                                                           "L2 flushed by a read"},
                    records=[])
     for op in ops:
         payload["records"] += SWEEPS[op](setup, events if op == "attention" else graphs, past)
