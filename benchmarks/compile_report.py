@@ -309,9 +309,11 @@ _SASS_LABEL = re.compile(r"^(\.L_x_\d+):", re.M)
 
 
 def loop_instructions(sass: str) -> int:
-    """SASS instructions in the largest loop body (a label to a branch back to it); 0 without
-    loops. Per-iteration cost of a kernel's hot loop -- a compiler fact, not a timing: e.g. the
-    int4 decode step's dequantization shows as instructions per code."""
+    """SASS instructions in the largest loop body (a label to a predicated branch back to it);
+    0 without loops. Unconditional backward branches are not loops: they return from the
+    out-of-line retry stubs of mbarrier waits (TMA kernels) to the main code. Per-iteration
+    cost of a kernel's hot loop -- a compiler fact, not a timing: e.g. the int4 decode step's
+    dequantization shows as instructions per code."""
     marks = sorted([(m.start(), "ins", m[1]) for m in _SASS_LINE.finditer(sass)]
                    + [(m.start(), "label", m[1]) for m in _SASS_LABEL.finditer(sass)])
     at, count, best = {}, 0, 0
@@ -320,8 +322,8 @@ def loop_instructions(sass: str) -> int:
             at[text] = count
             continue
         count += 1
-        target = re.search(r"BRA `\((\.L_x_\d+)\)", text)
-        if target and target[1] in at:  # a backward branch: the body is everything since the label
+        target = re.search(r"^@!?P\w*\s+BRA `\((\.L_x_\d+)\)", text)
+        if target and target[1] in at:  # a conditional backward branch: the body is all since the label
             best = max(best, count - at[target[1]])
     return best
 

@@ -97,3 +97,25 @@ def test_mma_dots_counts_replicated_result_layouts():
         "  %e = tt.dot %x, %y, %z : tensor<a> * tensor<b> -> tensor<128x64xf32, #mma> loc(#l)",
     ])
     assert mma_dots(ttgir) == {"total": 5, "replicated": 2}
+
+
+def test_loop_instructions_counts_predicated_back_edges_only():
+    """A loop's back edge is a predicated branch to an earlier label; the unconditional
+    branch back from an mbarrier retry stub at the end of the code is not a loop."""
+    from benchmarks.compile_report import loop_instructions
+
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0020*/                   FMUL R2, R2, R3 ;
+        /*0030*/              @!P0 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0040*/                   EXIT ;
+.L_x_3:
+        /*0050*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R4+URZ], R5 ;
+        /*0060*/              @!P0 BRA `(.L_x_3) ;
+        /*0070*/                   BRA `(.L_x_1) ;
+"""
+    assert loop_instructions(sass) == 3
+    assert loop_instructions("        /*0000*/                   EXIT ;\n") == 0
