@@ -404,3 +404,36 @@ def test_same_size_copy_interpolates_the_copy_curve():
     pts = measure_copy_curve(dst, src, fake_timer)
     assert [p["bytes"] for p in pts] == [8, 2**20]
     assert torch.equal(dst[: 2**17], src[: 2**17]) and not dst[2**17:].any()
+
+
+def test_graph_timed_rows_get_the_same_size_copy_fraction():
+    """run_suite adds frac_same_size_copy to rows timed by graph replay when the ceilings carry
+    a copy curve, and only to those."""
+    from benchmarks.hardware import Device
+    from benchmarks.run import run_suite
+
+    class Case:
+        id = "c"
+
+    class FakeSuite:
+        name = "fake"
+
+        def __init__(self, method):
+            self.method = method
+
+        def entries(self):
+            return [(Case(), "torch", "triton")]
+
+        def run(self, case, framework, impl):
+            return {"status": "ok", "mode": "compiled", "bytes": 2**21, "gbps": 2**21 / 4e-6 / 1e9,
+                    "timing": {"median_s": 4e-6, "method": self.method}}
+
+    ceilings = {"copy_gbps": 4000.0, "matmul_tflops": 800.0,
+                "copy_curve": [{"bytes": 8, "seconds": 3e-6}, {"bytes": 2**20, "seconds": 4e-6},
+                               {"bytes": 2**22, "seconds": 5e-6}]}
+    dev = Device(kind="cuda", name="gpu")
+    [graphed] = run_suite(FakeSuite("cuda-graph replay, cuda-events, L2 flushed by a read"), ceilings, dev)
+    [eager] = run_suite(FakeSuite("cuda-events, L2 flushed by a read"), ceilings, dev)
+    assert graphed["same_size_copy_s"] == pytest.approx((4e-6 * 5e-6) ** 0.5)  # 2 MiB: log-log midpoint
+    assert graphed["frac_same_size_copy"] == pytest.approx(graphed["same_size_copy_s"] / 4e-6)
+    assert "frac_same_size_copy" not in eager and "frac_measured_bw" in eager
