@@ -256,24 +256,28 @@ INT4_IMPLS = ("triton", "reference")
 INT4_SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="triton"):
+def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="triton", blocks=None):
     """x [..., in] @ dequant(W).T -> [..., out], W [out, in] group-wise int4 (Linear layout).
 
     packed_w uint8 [out, in // 2] (low nibble = even k), scales / zeros [in // group_size, out]
     (zeros=None: symmetric, zero point 8). Layout and limits: ``kernels/int4/spec.py``.
     impls: "triton" (dequantizes in registers inside the matmul; split-K for decode rows),
     "reference" (dequantize, then torch.matmul; float64-capable). Forward only.
+    ``blocks`` (triton only): an ``Int4Blocks`` or "autotune" (the fastest of the device's
+    ``candidate_blocks``, timed on the first call of each problem class).
     """
     from .int4.spec import check_int4_args
 
     check_impl(impl, INT4_IMPLS)
+    if blocks is not None and impl != "triton":
+        raise ValueError(f"blocks: only impl='triton' takes tile sizes, got blocks={blocks!r} with impl={impl!r}")
     check_int4_args(x, packed_w, scales, zeros, group_size,
                     dtypes=TORCH_DTYPES + (torch.float64,) * (impl != "triton"),
                     scale_dtypes=INT4_SCALE_DTYPES, uint8=torch.uint8, device_of=_device)
     if impl == "triton":
         from .int4.triton_int4 import int4_matmul_triton
 
-        return int4_matmul_triton(x, packed_w, scales, zeros, group_size)
+        return int4_matmul_triton(x, packed_w, scales, zeros, group_size, blocks=blocks)
     from .int4.reference import int4_matmul_reference
 
     return int4_matmul_reference(x, packed_w, scales, zeros, group_size)

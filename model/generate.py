@@ -421,6 +421,10 @@ class GenerateArgs:
     kernels: str = "reference"  # KernelConfig preset: torch triton|reference|sdpa, JAX pallas|reference|xla
     device: str = "auto"  # torch: cpu | cuda | auto (cuda when available)
     cache: CacheConfig = field(default_factory=CacheConfig)  # cache.paged=true cache.page_size=64
+    # an int4 checkpoint (python -m model.quantize) runs its projections through int4_matmul:
+    # the triton (torch) / pallas (JAX) kernel with kernels=triton / pallas, else the reference;
+    # int4_blocks=autotune (torch triton) times the kernel's tile candidates on the first call
+    int4_blocks: str | None = None
 
 
 def parse_args(argv: Sequence[str]) -> GenerateArgs:
@@ -455,28 +459,50 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
         raise ValueError("ckpt=PATH (a safetensors checkpoint) is required")
     if not args.prompt:
         raise ValueError('at least one prompt="..." is required')
+    if args.int4_blocks not in (None, "autotune"):
+        raise ValueError(f"int4_blocks: expected autotune (or unset), got {args.int4_blocks!r}")
+    if args.int4_blocks is not None and (args.framework, args.kernels) != ("torch", "triton"):
+        raise ValueError(f"int4_blocks={args.int4_blocks!r} tunes torch's Triton int4 kernel: it needs "
+                         f"framework=torch kernels=triton, got framework={args.framework} kernels={args.kernels}")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Generation:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _load(args, kernels):
+    """(model or params, cfg) for the run: a float checkpoint, or an int4 one (its projections
+    through int4_matmul: the kernel impl of the preset, else the reference)."""
     from model.checkpoint import load_checkpoint
-    from model.tokenizer import load_tokenizer
+    from model.quantize import is_quantized, load_quantized_jax, load_quantized_torch
 
-    tokenizer = load_tokenizer(args.ckpt)
-    kernels = KernelConfig(preset=args.kernels)
+    quantized = is_quantized(args.ckpt)
+    if args.int4_blocks is not None and not quantized:
+        raise ValueError(f"int4_blocks={args.int4_blocks!r}: {args.ckpt} is not an int4 checkpoint")
     if args.framework == "torch":
         import torch
 
         from model.torch_model import GeminiModel
 
-        params, cfg = load_checkpoint(args.ckpt, framework="torch")
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if quantized:
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            impl = "triton" if args.kernels == "triton" else "reference"
+            model = load_quantized_torch(args.ckpt, kernels, impl=impl, dtype=dtype, blocks=args.int4_blocks)
+            return model.to(device=device).eval(), model.cfg
+        params, cfg = load_checkpoint(args.ckpt, framework="torch")
         model = GeminiModel(cfg, kernels)
         model.load_state_dict(params, strict=True)
-        model_or_params = model.to(device=device, dtype=params["model.embed_tokens.weight"].dtype).eval()
-    else:
-        model_or_params, cfg = load_checkpoint(args.ckpt, framework="jax")
+        return model.to(device=device, dtype=params["model.embed_tokens.weight"].dtype).eval(), cfg
+    if quantized:
+        return load_quantized_jax(args.ckpt, impl="pallas" if args.kernels == "pallas" else "reference")
+    return load_checkpoint(args.ckpt, framework="jax")
+
+
+def main(argv: Sequence[str] | None = None) -> Generation:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.ckpt)
+    kernels = KernelConfig(preset=args.kernels)
+    model_or_params, cfg = _load(args, kernels)
     out = generate(model_or_params, args.prompt, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    framework=args.framework, kernels=kernels, cfg=cfg, tokenizer=tokenizer, cache=args.cache)

@@ -58,12 +58,15 @@ def is_quantized_name(name: str) -> bool:
 class QuantizedWeight(torch.nn.Module):
     """A group-wise int4 Linear weight [out, in]: buffers qweight, scales (and zeros)."""
 
-    def __init__(self, qweight, scales, zeros, group_size: int, impl: str = "triton"):
+    def __init__(self, qweight, scales, zeros, group_size: int, impl: str = "triton", blocks=None):
         super().__init__()
+        if blocks is not None and impl != "triton":
+            raise ValueError(f"blocks: only impl='triton' takes int4 tiles, got blocks={blocks!r} with impl={impl!r}")
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("zeros", zeros)  # None: symmetric
-        self.group_size, self.impl = int(group_size), impl
+        # blocks: None (per-device defaults), an Int4Blocks, or "autotune" (kernels.torch_ops.int4_matmul)
+        self.group_size, self.impl, self.blocks = int(group_size), impl, blocks
 
     @classmethod
     def quantize(cls, w: torch.Tensor, group_size: int = 128, *, asymmetric: bool = False,
@@ -80,7 +83,7 @@ class QuantizedWeight(torch.nn.Module):
         from kernels import torch_ops
 
         return torch_ops.int4_matmul(x, self.qweight, self.scales, self.zeros, self.group_size,
-                                     impl=self.impl)
+                                     impl=self.impl, blocks=self.blocks)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size, dtype)
@@ -226,7 +229,15 @@ def quantize_checkpoint(src, dst, *, group_size: int = 128, asymmetric: bool = F
     return dst
 
 
-def load_quantized(path, *, impl: str = "triton", dtype=torch.float32) -> tuple[dict, dict]:
+def is_quantized(path) -> bool:
+    """Whether the safetensors file at ``path`` is an int4 checkpoint (its metadata says so)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return QUANT_KEY in (f.metadata() or {})
+
+
+def load_quantized(path, *, impl: str = "triton", dtype=torch.float32, blocks=None) -> tuple[dict, dict]:
     """(name -> QuantizedWeight | float tensor, quantization metadata) of a quantized file.
 
     The embedding (int4 or int8) is dequantized to ``dtype``: the model reads it directly."""
@@ -237,18 +248,20 @@ def load_quantized(path, *, impl: str = "triton", dtype=torch.float32) -> tuple[
     if QUANT_KEY not in meta:
         raise ValueError(f"{path} is not a quantized checkpoint (no {QUANT_KEY!r} metadata)")
     q = json.loads(meta[QUANT_KEY])
-    return weights_from_tensors(load_file(str(path)), q, impl=impl, dtype=dtype), q
+    return weights_from_tensors(load_file(str(path)), q, impl=impl, dtype=dtype, blocks=blocks), q
 
 
-def weights_from_tensors(tensors: dict, q: dict, *, impl: str = "triton", dtype=torch.float32) -> dict:
-    """name -> QuantizedWeight | float tensor of a quantized checkpoint's tensors (``load_quantized``)."""
+def weights_from_tensors(tensors: dict, q: dict, *, impl: str = "triton", dtype=torch.float32,
+                         blocks=None) -> dict:
+    """name -> QuantizedWeight | float tensor of a quantized checkpoint's tensors (``load_quantized``);
+    ``blocks``: the projections' int4 tiles (None, an Int4Blocks or "autotune"; triton only)."""
     out = {}
     for name in sorted({n.rsplit(".", 1)[0] for n in tensors if n.endswith(".qweight")}):
         qw, s, z = (tensors.get(name + sfx) for sfx in SUFFIXES)
         if qw.dtype == torch.int8:
             out[name] = (qw.float() * s.float()[:, None]).to(dtype)
         else:
-            w = QuantizedWeight(qw, s, z, q["group_size"], impl)
+            w = QuantizedWeight(qw, s, z, q["group_size"], impl, None if name == EMBED else blocks)
             out[name] = w.dequantize(dtype) if name == EMBED else w
     out.update({n: t.to(dtype) for n, t in tensors.items() if not n.endswith(SUFFIXES)})
     return out
@@ -256,13 +269,14 @@ def weights_from_tensors(tensors: dict, q: dict, *, impl: str = "triton", dtype=
 
 # --- size and quality ----------------------------------------------------------------------
 
-def load_quantized_torch(path, kernels=None, *, impl: str = "triton", dtype=torch.float32):
-    """A ``GeminiModel`` from a quantized checkpoint: projections run ``int4_matmul``."""
+def load_quantized_torch(path, kernels=None, *, impl: str = "triton", dtype=torch.float32, blocks=None):
+    """A ``GeminiModel`` from a quantized checkpoint: projections run ``int4_matmul`` (with
+    ``blocks``: None, an Int4Blocks or "autotune"; impl="triton" only)."""
     from model.checkpoint import read_config
     from model.torch_model import GeminiModel
 
     cfg = read_config(path)
-    tensors, _ = load_quantized(path, impl=impl, dtype=dtype)
+    tensors, _ = load_quantized(path, impl=impl, dtype=dtype, blocks=blocks)
     model = GeminiModel(cfg, kernels)
     for name, module in list(model.named_modules()):
         key = f"{name}.weight"

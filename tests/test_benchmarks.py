@@ -437,3 +437,25 @@ def test_graph_timed_rows_get_the_same_size_copy_fraction():
     assert graphed["same_size_copy_s"] == pytest.approx((4e-6 * 5e-6) ** 0.5)  # 2 MiB: log-log midpoint
     assert graphed["frac_same_size_copy"] == pytest.approx(graphed["same_size_copy_s"] / 4e-6)
     assert "frac_same_size_copy" not in eager and "frac_measured_bw" in eager
+
+
+def test_int4_suite_autotune_row_records_its_pick():
+    """The triton-autotune row is checked, timed, and carries its problem class's pick and
+    every candidate's time."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites.int4 import Int4Suite
+    from kernels.int4 import triton_autotune
+
+    triton_autotune.TUNING.clear()
+    cfg = OmegaConf.structured(config.Int4BenchConfig(rows=[2], shapes=[[256, 64]], dtype="float16",
+                                                      torch_impls=["triton-autotune"], jax_impls=[]))
+    suite = Int4Suite(cfg, Device(kind="cpu", name="cpu"),
+                      lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0))
+    [(case, fw, impl)] = suite.entries()
+    rec = suite.run(case, fw, impl)
+    assert rec["status"] == "ok" and rec["max_error"] <= rec["tolerance"], rec
+    [entry] = rec["autotune"]
+    assert len(entry["candidates_ms"]) == 2 and "256, 64, 128" in entry["problem"]

@@ -369,3 +369,33 @@ def test_nibble_ptx_gives_each_byte_its_codes(magic_bits, kind, center):
         hi = [b >> 4 for b in word_bytes]
         want = [float(q) + (-8.0 if center else magic) for q in lo + hi]
         assert got == want, (word_bytes, got, want)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_autotune_picks_a_candidate_once_per_problem_class(rng, dtype):
+    """blocks="autotune" times the candidates on the first call of a class, records every
+    candidate's time, reuses the pick (no more timing) and matches float64 either way."""
+    from kernels.int4 import triton_autotune
+
+    x, packed, scales, zeros, truth = _problem(rng, (4, 256), 40, 64, True, dtype)
+    triton_autotune.TUNING.clear()
+    y = torch_ops.int4_matmul(x, packed, scales, zeros, 64, blocks="autotune")
+    [(key, entry)] = triton_autotune.TUNING.items()
+    assert len(entry["times_ms"]) == 2 and all(ms is not None for _, ms, _ in entry["times_ms"])
+    assert entry["blocks"] in [b for b, _, _ in entry["times_ms"]]
+    base = torch_ops.int4_matmul(x, packed, scales, zeros, 64, impl="reference")
+    assert_close(y, truth, base, x.dtype, what=f"autotuned {dtype}")
+    before = LAUNCHES["_int4_matmul_kernel"]
+    again = torch_ops.int4_matmul(x[:3], packed, scales, zeros, 64, blocks="autotune")  # 3 rows: same class
+    assert LAUNCHES["_int4_matmul_kernel"] == before + 1 and len(triton_autotune.TUNING) == 1
+    assert torch.equal(again, torch_ops.int4_matmul(x[:3], packed, scales, zeros, 64, blocks=entry["blocks"]))
+    assert triton_autotune.tuning_summary()[0]["pick"] == repr(entry["blocks"])
+
+
+def test_blocks_option_is_checked():
+    w = torch.zeros(32, 64)
+    packed, scales, _ = ref_torch.quantize_int4(w, 32)
+    with pytest.raises(ValueError, match="only impl='triton' takes tile sizes"):
+        torch_ops.int4_matmul(torch.zeros(1, 64), packed, scales, None, 32, impl="reference", blocks="autotune")
+    with pytest.raises(ValueError, match="blocks must be None, an Int4Blocks or 'autotune', got 'fast'"):
+        torch_ops.int4_matmul(torch.zeros(1, 64), packed, scales, None, 32, blocks="fast")

@@ -188,3 +188,15 @@ def test_quantized_checkpoint_generates_in_both_frameworks(tmp_path):
             w = dict(tq.named_modules())[name.rsplit(".", 1)[0]].weight
             p.copy_(w.dequantize() if hasattr(w, "dequantize") else w)
     assert generate(deq, prompts, max_new_tokens=4, framework="torch").tokens == out_t.tokens
+    # the CLI takes the int4 file as it is: the same tokens, through the reference and the
+    # Triton kernel with autotuned tiles (interpreted here), and in JAX
+    from model.generate import main as generate_main
+
+    base = [f"ckpt={dst}", "prompt=ab", "prompt=hello", "max_new_tokens=4"]
+    assert generate_main(base).tokens == out_t.tokens
+    assert generate_main(base + ["kernels=triton", "int4_blocks=autotune"]).tokens == out_t.tokens
+    assert generate_main(base + ["framework=jax"]).tokens == out_t.tokens
+    with pytest.raises(ValueError, match="int4_blocks='autotune' tunes torch's Triton int4 kernel"):
+        generate_main(base + ["int4_blocks=autotune"])
+    with pytest.raises(ValueError, match="is not an int4 checkpoint"):
+        generate_main([f"ckpt={src}", "prompt=ab", "kernels=triton", "int4_blocks=autotune"])

@@ -4,7 +4,9 @@ the reference (dequantize, then matmul), at decode and prefill row counts.
 Cases: rows M (decode 1/4/16 and prefill) x layer shapes (in, out) from the config (GPU
 default: nano1's 2048 -> 2048 (q_proj, 8 heads x 256), 2048 -> 9984 (gate/up), 9984 -> 2048
 (down)). PyTorch impls: "triton", "reference", "matmul" (torch.matmul against the dense
-dequantized weight in the case dtype: the peer); JAX: "pallas", "reference", "matmul"
+dequantized weight in the case dtype: the peer), "triton-autotune" (``blocks="autotune"``:
+the fastest ``candidate_blocks`` on this device, each row recording the pick and every
+candidate's time); JAX: "pallas", "reference", "matmul"
 (jnp.matmul). Each case is checked against the fp32 reference first; a case over tolerance
 is reported failed and not timed. Throughput: ``gbps`` = bytes the impl must read / median
 time (int4 impls: packed weights + scales (+ zeros) + x; "matmul": dense weights + x);
@@ -103,10 +105,14 @@ class Int4Suite(GridSuite):
 
         if impl == "matmul":
             return (lambda x, p, s, z, w: torch.matmul(x, w.T)), "eager"
+        blocks = None
+        if impl == "triton-autotune":  # the fastest candidate_blocks, tuned on the first call
+            impl, blocks = "triton", "autotune"
         if impl not in torch_ops.INT4_IMPLS:
             raise Skip(f"unknown torch impl {impl!r}")
         mode = ("interpret" if _platform.triton_interpreting() else "compiled") if impl == "triton" else "eager"
-        return (lambda x, p, s, z, w: torch_ops.int4_matmul(x, p, s, z, case.group_size, impl=impl)), mode
+        return (lambda x, p, s, z, w: torch_ops.int4_matmul(x, p, s, z, case.group_size, impl=impl,
+                                                            blocks=blocks)), mode
 
     def _jax_fn(self, impl, case):
         import jax
@@ -151,5 +157,13 @@ class Int4Suite(GridSuite):
             return rec
         graphs = True if self.cfg.cuda_graphs else None  # None: the run's timer setting
         t = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"), cuda_graphs=graphs)(timed)
-        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
-                "tflops": case.flops() / t.median_s / 1e12, "gbps": rec["bytes"] / t.median_s / 1e9}
+        out = {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
+               "tflops": case.flops() / t.median_s / 1e12, "gbps": rec["bytes"] / t.median_s / 1e9}
+        if impl == "triton-autotune":  # the pick and every candidate's time, for this class
+            from kernels._autotune import summary
+            from kernels.int4.triton_autotune import TUNING, problem_class
+
+            x, packed, scales, zeros = self._inputs(case)[:4]
+            key = problem_class(x.reshape(-1, x.shape[-1]), packed, scales, zeros, case.group_size)
+            out["autotune"] = summary({key: TUNING[key]})
+        return out

@@ -8,16 +8,16 @@ capability, dtype, head_dim, group size, causal, window, softcap, segments, and 
 rounded up to powers of two). Candidates the problem cannot run (a TMA tile that does not
 fit its group size or alignment) or the device cannot launch (shared memory) are skipped,
 with the reason kept in ``TUNING``; so is a candidate whose compile fails (a ptxas crash),
-and no candidate running is an error. Timing: ``triton.testing.do_bench`` (CUDA events, L2
-flushed) on a GPU; one wall-clock call under the CPU interpreter, where the pick means
-nothing about speed but the path is exercised.
+and no candidate running is an error (``kernels/_autotune.py``). Timing: ``triton.testing.
+do_bench`` (CUDA events, L2 flushed) on a GPU; one wall-clock call under the CPU
+interpreter, where the pick means nothing about speed but the path is exercised.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 
-from .._platform import configure_triton_interpret, triton_interpreting
+from .._autotune import fastest, summary
+from .._platform import configure_triton_interpret
 
 configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
 
@@ -37,14 +37,6 @@ def problem_class(q, k, causal, window, softcap, segments) -> tuple:
             triton.next_power_of_2(q.shape[1]), triton.next_power_of_2(k.shape[1]))
 
 
-def _time_ms(fn) -> float:
-    if torch.cuda.is_available() and not triton_interpreting():
-        return float(triton.testing.do_bench(fn, warmup=5, rep=25))
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def _candidates(q, backward: bool) -> list:
     cap = ta._capability(q)
     if cap is None:  # the interpreter: its own default plus a TMA form / a two-pass dK-dV form
@@ -52,29 +44,6 @@ def _candidates(q, backward: bool) -> list:
         other = dataclasses.replace(base, dkdv_passes=2) if backward else ta.tma_blocks(base)
         return [base, other]
     return ta.candidate_blocks(q.shape[-1], q.dtype, backward=backward, capability=cap)
-
-
-def _fastest(key, candidates, q, k, v, launch):
-    """Time ``launch(blocks)`` for each candidate; keep and return the fastest."""
-    times = []
-    with torch.no_grad():
-        for blocks in candidates:
-            try:
-                launch(blocks)  # compile outside the timing
-            except triton.runtime.errors.OutOfResources as e:
-                times.append((blocks, None, f"cannot launch: {e}"))
-                continue
-            except Exception as e:  # noqa: BLE001 - the launcher's refusal of this problem (a TMA tile
-                # it cannot address) or a compiler failure (ptxas) rules out this candidate only
-                times.append((blocks, None, f"{type(e).__name__}: {str(e)[:300]}"))
-                continue
-            times.append((blocks, _time_ms(lambda blocks=blocks: launch(blocks)), None))
-    timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]
-    if not timed:
-        raise RuntimeError(f"autotune: no candidate runs this problem ({key}): {times}")
-    best = times[min(timed)[1]][0]
-    TUNING[key] = {"blocks": best, "times_ms": times}
-    return best
 
 
 def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale):
@@ -86,7 +55,7 @@ def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap,
     def launch(blocks):
         return ta._flash_fwd(q, k, v, q_seg, kv_seg, causal=causal, window=window,
                              softcap=softcap, scale=scale, blocks=blocks)
-    return _fastest(key, _candidates(q, backward=False), q, k, v, launch)
+    return fastest(key, _candidates(q, backward=False), launch, TUNING)
 
 
 def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, fwd_blocks):
@@ -103,7 +72,7 @@ def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap
 
     def launch(blocks):
         return ta._flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, **opts, blocks=blocks)
-    return _fastest(key, _candidates(q, backward=True), q, k, v, launch)
+    return fastest(key, _candidates(q, backward=True), launch, TUNING)
 
 
 def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False,
@@ -121,6 +90,4 @@ def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False,
 
 def tuning_summary() -> list[dict]:
     """Every tuned problem class and pass of this process: JSON-ready pick and candidate times."""
-    return [{"problem": repr(key), "pick": repr(entry["blocks"]),
-             "candidates_ms": [[repr(b), ms, why] for b, ms, why in entry["times_ms"]]}
-            for key, entry in TUNING.items()]
+    return summary(TUNING)

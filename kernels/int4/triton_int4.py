@@ -224,11 +224,22 @@ def _(x, packed_w, scales, zeros, group_size, blocks):
     return x.new_empty((*x.shape[:-1], packed_w.shape[0]))
 
 
-def int4_matmul_triton(x, packed_w, scales, zeros, group_size, *, blocks: Optional[Int4Blocks] = None):
-    """x @ dequant(W).T on validated arguments (``kernels.torch_ops.int4_matmul``); forward only."""
+def int4_matmul_triton(x, packed_w, scales, zeros, group_size, *, blocks=None):
+    """x @ dequant(W).T on validated arguments (``kernels.torch_ops.int4_matmul``); forward only.
+    ``blocks``: None (``default_blocks``), an Int4Blocks, or "autotune" (the fastest
+    ``candidate_blocks`` of this problem class, timed on its first call: triton_autotune.py)."""
+    rows = x.numel() // max(1, x.shape[-1])
     if blocks is None:
-        rows = x.numel() // max(1, x.shape[-1])
         blocks = default_blocks(rows, x.dtype, capability=_capability(x))
+    elif blocks == "autotune":
+        from .triton_autotune import autotuned_blocks
+
+        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+        blocks = autotuned_blocks(x2, packed_w.contiguous(), scales.contiguous(),
+                                  None if zeros is None else zeros.contiguous(), int(group_size))
+    elif not isinstance(blocks, Int4Blocks):
+        raise ValueError(f"blocks must be None, an Int4Blocks or 'autotune', got {blocks!r}")
     return int4_matmul_op(x, packed_w, scales, zeros, int(group_size), blocks.as_list())
 
 

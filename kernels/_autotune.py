@@ -1,0 +1,102 @@
+"""Shared autotuning machinery for the Triton ops' ``blocks="autotune"`` (attention, int4).
+
+``fastest(key, candidates, launch, tuning, time_ms)`` times ``launch(blocks)`` for each
+candidate, keeps the fastest in ``tuning[key]`` with every candidate's time or the reason it
+was skipped, and returns it; later calls of the problem class look ``tuning`` up first, as
+``triton.autotune`` does. A candidate the launcher refuses (a TMA tile that does not fit the
+problem), the device cannot launch (shared memory) or the compiler fails on (a ptxas crash)
+is skipped with its reason; no candidate running is an error.
+
+Timers (a GPU; one wall-clock call under the CPU interpreter, where the pick means nothing
+about speed but the path runs):
+- ``time_ms``: ``triton.testing.do_bench`` (CUDA events around eager calls, L2 flushed),
+  for kernels of a millisecond or more, where Python launch cost is noise;
+- ``time_ms_graph``: the call captured once as a CUDA graph and replayed, each replay after
+  an L2 flush that reads a 256 MiB buffer (a zeroing flush leaves dirty lines whose
+  write-back the kernel would pay, see benchmarks/timing.py), median of CUDA-event times:
+  for microsecond kernels (int4 decode), where an eager launch costs more than the kernel.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+from ._platform import configure_triton_interpret, triton_interpreting
+
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available() and not triton_interpreting()
+
+
+def _wall_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_ms(fn) -> float:
+    if _on_gpu():
+        return float(triton.testing.do_bench(fn, warmup=5, rep=25))
+    return _wall_ms(fn)
+
+
+_FLUSH: dict = {}
+
+
+def time_ms_graph(fn, reps: int = 20) -> float:
+    if not _on_gpu():
+        return _wall_ms(fn)
+    dev = torch.cuda.current_device()
+    flush = _FLUSH.get(dev)
+    if flush is None:
+        flush = _FLUSH[dev] = torch.ones(2**26, dtype=torch.int32, device="cuda")  # 256 MiB
+    fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    samples = []
+    for _ in range(reps):
+        flush.sum()  # read: L2 left holding clean lines
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return float(statistics.median(samples))
+
+
+def fastest(key, candidates, launch, tuning: dict, timer=time_ms):
+    """Time ``launch(blocks)`` for each candidate with ``timer``; keep and return the fastest."""
+    times = []
+    with torch.no_grad():
+        for blocks in candidates:
+            try:
+                launch(blocks)  # compile outside the timing
+            except triton.runtime.errors.OutOfResources as e:
+                times.append((blocks, None, f"cannot launch: {e}"))
+                continue
+            except Exception as e:  # noqa: BLE001 - the launcher's refusal of this problem (a TMA tile
+                # it cannot address) or a compiler failure (ptxas) rules out this candidate only
+                times.append((blocks, None, f"{type(e).__name__}: {str(e)[:300]}"))
+                continue
+            times.append((blocks, timer(lambda blocks=blocks: launch(blocks)), None))
+    timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]
+    if not timed:
+        raise RuntimeError(f"autotune: no candidate runs this problem ({key}): {times}")
+    best = times[min(timed)[1]][0]
+    tuning[key] = {"blocks": best, "times_ms": times}
+    return best
+
+
+def summary(tuning: dict) -> list[dict]:
+    """Every tuned problem class of ``tuning``: JSON-ready pick and candidate times."""
+    return [{"problem": repr(key), "pick": repr(entry["blocks"]),
+             "candidates_ms": [[repr(b), ms, why] for b, ms, why in entry["times_ms"]]}
+            for key, entry in tuning.items()]
