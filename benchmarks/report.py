@@ -76,6 +76,18 @@ def measured_table(d: dict) -> str:
     if skipped:
         lines += ["", "Skipped rows (not shown; their reasons are in the file): "
                   + ", ".join(f"{suite} {n}" for suite, n in skipped.items()) + "."]
+    steady = [r for r in d["records"] if r["status"] == "ok" and "steady" in r]
+    if steady:
+        lines += ["", "Steady state: each row's call over distinct inputs, back to back in one CUDA graph "
+                  "(L2 flushed before each replay), per call; its peer's the same way.", "",
+                  "| suite | case | impl | calls | µs per call | GB/s | % meas. copy | vs peer |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in steady:
+            st = r["steady"]
+            lines.append(f"| {r['suite']} | {r['case']} | {r['impl']} | {st['calls']} | "
+                         f"{st['median_ms'] * 1e3:.2f} | {st['gbps']:.4g} | "
+                         f"{_f(None if st.get('frac_measured_bw') is None else 100 * st['frac_measured_bw'], '.1f')} | "
+                         f"{_f(st.get('speedup_vs_peer'), '.2f')} |")
     return "\n".join(lines)
 
 

@@ -86,6 +86,8 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
                     rec["frac_datasheet_peak"] = rec["tflops"] / device.datasheet_tflops
             if rec.get("gbps") is not None:
                 rec["frac_measured_bw"] = rec["gbps"] / ceilings["copy_gbps"]
+                if "steady" in rec:
+                    rec["steady"]["frac_measured_bw"] = rec["steady"]["gbps"] / ceilings["copy_gbps"]
                 if "copy_curve" in ceilings and "cuda-graph" in rec.get("timing", {}).get("method", ""):
                     copy_s = same_size_copy_s(ceilings["copy_curve"], rec["bytes"], ceilings["copy_gbps"])
                     rec["same_size_copy_s"] = copy_s

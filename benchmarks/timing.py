@@ -90,6 +90,49 @@ class Timer:
         method = "wall-clock, block_until_ready" + (", L2 flushed by a read" if self._flush is not None else "")
         return _summarize(samples, method)
 
+    def steady(self, fns) -> Timing | None:
+        """Per-call time of ``fns`` (the same op over distinct inputs) run back to back in one
+        CUDA graph, each replay after the L2 flush: the calls of a decode step in a serving
+        engine's graph, with no launch floor between them and no input warm in L2
+        (FlashInfer's cold-L2 graph timing). None off CUDA or when the capture fails."""
+        if self.kind != "cuda":
+            return None
+        import torch
+
+        for fn in fns:
+            fn()
+        torch.cuda.synchronize()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for fn in fns:
+                    fn()
+        except Exception:  # noqa: BLE001 - the row keeps its single-call timing
+            torch.cuda.synchronize()
+            return None
+        method = f"cuda-graph of {len(fns)} back-to-back calls over distinct inputs, per call, L2 flushed by a read"
+        return self._event_samples(graph.replay, method, per=len(fns))
+
+    def _event_samples(self, fn, method: str, per: int = 1) -> Timing:
+        """CUDA-event times of ``fn`` (each after the L2 flush), divided by ``per``, until
+        max_runs or, past min_runs, budget_s of timed work."""
+        import torch
+
+        samples: list[float] = []
+        spent = 0.0
+        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
+            if self._flush is not None:
+                self._flush_l2()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _block(fn())
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1e3
+            samples.append(dt / per)
+            spent += dt
+        return _summarize(samples, method)
+
     def _cuda(self, fn) -> Timing:
         import torch
 
@@ -103,17 +146,4 @@ class Timer:
             except Exception as e:  # noqa: BLE001 - said in the record: eager timing, and why
                 torch.cuda.synchronize()
                 method += f" (not a graph: capture failed: {type(e).__name__}: {str(e)[:200]})"
-        samples: list[float] = []
-        spent = 0.0
-        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
-            if self._flush is not None:
-                self._flush_l2()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            _block(fn())
-            end.record()
-            end.synchronize()
-            dt = start.elapsed_time(end) / 1e3
-            samples.append(dt)
-            spent += dt
-        return _summarize(samples, method)
+        return self._event_samples(fn, method)

@@ -459,3 +459,61 @@ def test_int4_suite_autotune_row_records_its_pick():
     assert rec["status"] == "ok" and rec["max_error"] <= rec["tolerance"], rec
     [entry] = rec["autotune"]
     assert len(entry["candidates_ms"]) == 2 and "256, 64, 128" in entry["problem"]
+
+
+class _SteadyTimer(Timer):
+    """A CPU timer that runs ``steady`` as the CUDA one would (every call once, then times)."""
+
+    def __init__(self):
+        super().__init__("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0)
+        self.seen = []
+
+    def steady(self, fns):
+        self.seen.append([fn() for fn in fns])
+        return self(lambda: [fn() for fn in fns])
+
+
+def test_steady_rows_run_their_op_over_distinct_inputs_with_peer_ratios():
+    """steady_calls: the decode and int4 suites time each (non-interpreted) torch row's call
+    over copies of its cache / weights (equal outputs), record per-call time and GB/s, get a
+    steady peer ratio, and the report lists them."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.report import measured_table
+    from benchmarks.suites.common import add_peer_ratios
+    from benchmarks.suites.decode import DecodeSuite
+    from benchmarks.suites.int4 import Int4Suite
+
+    timers = []
+
+    def factory(*a, **k):
+        timers.append(_SteadyTimer())
+        return timers[-1]
+
+    cpu = Device(kind="cpu", name="cpu")
+    dec = DecodeSuite(OmegaConf.structured(config.DecodeBenchConfig(
+        batches=[1], cache_lens=[64], heads=4, kv_heads=[1], head_dim=32, steady_calls=3,
+        torch_impls=["sdpa", "reference"], jax_impls=[])), cpu, factory)
+    i4 = Int4Suite(OmegaConf.structured(config.Int4BenchConfig(
+        rows=[1], shapes=[[128, 32]], steady_calls=3, torch_impls=["matmul", "reference"], jax_impls=[])),
+        cpu, factory)
+    recs = []
+    for suite in (dec, i4):
+        mine = []
+        for case, fw, impl in suite.entries():
+            timers.clear()
+            rec = {"suite": suite.name, "case": case.id, "framework": fw, "impl": impl, **suite.run(case, fw, impl)}
+            [outs] = timers[0].seen
+            assert len(outs) == 3 and all(torch.equal(o, outs[0]) for o in outs), impl
+            assert rec["steady"]["calls"] == 3 and rec["steady"]["gbps"] > 0
+            mine.append(rec)
+        add_peer_ratios(mine, suite.peers)
+        recs += mine
+    assert all("speedup_vs_peer" in r["steady"] for r in recs)
+    md = measured_table({"_path": "x.json", "created_utc": "t", "device": {"name": "cpu"}, "versions": {},
+                         "commit": {}, "ceilings": {"copy_gbps": 1.0, "matmul_dtype": "f32", "matmul_tflops": 1.0},
+                         "records": recs})
+    assert "Steady state" in md and md.count("| int4 |") == 4  # each row in both tables

@@ -26,6 +26,35 @@ def add_peer_ratios(records: list[dict], peers: dict) -> None:
         peer = best.get((r["case"], r["framework"]))
         if r["status"] == "ok" and peer is not None and r.get("mode") != "interpret":
             r["speedup_vs_peer"] = peer / r["median_ms"]
+    # the same over the steady-state (back-to-back) times, where rows have them
+    best_steady: dict = {}
+    for r in records:
+        if "steady" in r and r["impl"].startswith(tuple(peers.get(r["framework"], ()))):
+            key = (r["case"], r["framework"])
+            best_steady[key] = min(best_steady.get(key, float("inf")), r["steady"]["median_ms"])
+    for r in records:
+        peer = best_steady.get((r["case"], r["framework"]))
+        if "steady" in r and peer is not None:
+            r["steady"]["speedup_vs_peer"] = peer / r["steady"]["median_ms"]
+
+
+STEADY_BYTES = 256 * 2**20  # the rotated copies of a steady-state row's inputs, at most about this
+
+
+def steady_copies(nbytes: int, calls: int) -> int:
+    """How many distinct input sets a steady-state row rotates through: ``calls``, fewer for
+    inputs so large that the copies would pass STEADY_BYTES (at least 2)."""
+    return max(2, min(calls, STEADY_BYTES // max(1, nbytes)))
+
+
+def steady_record(timer, fns, nbytes: int) -> dict:
+    """{"steady": per-call time, GB/s and calls} of ``timer.steady(fns)``, or {} when it could
+    not time them (off CUDA, capture failed)."""
+    t = timer.steady(fns)
+    if t is None:
+        return {}
+    return {"steady": {"calls": len(fns), "median_ms": t.median_s * 1e3, "gbps": nbytes / t.median_s / 1e9,
+                       "timing": t.to_dict()}}
 
 
 class GridSuite:

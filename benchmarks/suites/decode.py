@@ -10,7 +10,10 @@ reading K/V as fast as the copy moves bytes).
 Timing: the torch rows run ``kernels.torch_ops.decode_attention``, checked once and timed
 with ``check_lengths=False`` (no host read of the lengths: one device-to-host sync a call),
 as the JAX rows are timed without theirs; ``triton-graph`` replays the call captured as a
-CUDA graph (no launch overhead, as serving engines run decode steps).
+CUDA graph (no launch overhead, as serving engines run decode steps). With ``steady_calls``
+(GPU preset) each torch row is also timed as that many calls back to back in one graph over
+distinct caches, per call ("steady": the decode step's layers in a serving engine's graph,
+cold L2 each replay, as FlashInfer times its kernels).
 Paged rows (impls ``triton_paged`` / ``pallas_paged``): the same case's cache scattered into
 a shuffled pool of ``page_size`` pages read through a block table, so their GB/s compare
 directly with the contiguous ``triton`` / ``pallas`` rows (same bytes, same lengths).
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.common import GridSuite, Skip, rel_err
+from benchmarks.suites.common import GridSuite, Skip, rel_err, steady_copies, steady_record
 from kernels.tolerances import BENCH_RTOL
 
 
@@ -42,6 +45,9 @@ class DecodeBenchConfig:
     # every torch row as a CUDA-graph replay (GPU preset), as serving engines run decode steps;
     # False: only the triton-graph row is
     cuda_graphs: bool = False
+    # > 0 (GPU preset): each torch row also timed as that many calls back to back in one CUDA
+    # graph over distinct caches (fewer for caches past 256 MiB of copies), per call: "steady"
+    steady_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,13 @@ class DecodeSuite(GridSuite):
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "bytes": case.kv_bytes()}
         if not np.isfinite(err) or err > tol:
             return {**rec, "status": "failed"}
-        t = self.timer_factory(framework, interpret=(mode == "interpret"), **timer_kw)(lambda: fn(*args))
+        timer = self.timer_factory(framework, interpret=(mode == "interpret"), **timer_kw)
+        t = timer(lambda: fn(*args))
         gbps = case.kv_bytes() / t.median_s / 1e9
         rec.update(status="ok", timing=t.to_dict(), median_ms=t.median_s * 1e3, gbps=gbps)
+        if self.cfg.steady_calls and framework == "torch" and mode != "interpret":
+            n = steady_copies(case.kv_bytes(), self.cfg.steady_calls)
+            caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
+            rec.update(steady_record(timer, [functools.partial(fn, q, kc, vc, lens, *table)
+                                             for kc, vc in caches], case.kv_bytes()))
         return rec

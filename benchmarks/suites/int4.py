@@ -10,7 +10,9 @@ candidate's time); JAX: "pallas", "reference", "matmul"
 (jnp.matmul). Each case is checked against the fp32 reference first; a case over tolerance
 is reported failed and not timed. Throughput: ``gbps`` = bytes the impl must read / median
 time (int4 impls: packed weights + scales (+ zeros) + x; "matmul": dense weights + x);
-``tflops`` = 2 * M * in * out / median time.
+``tflops`` = 2 * M * in * out / median time. With ``steady_calls`` (GPU preset) each torch
+row is also timed as that many calls back to back in one CUDA graph over distinct weights,
+per call ("steady").
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.common import GridSuite, Skip, rel_err
+from benchmarks.suites.common import GridSuite, Skip, rel_err, steady_copies, steady_record
 from kernels.int4.spec import int4_bytes
 from kernels.tolerances import BENCH_RTOL
 
@@ -37,6 +39,9 @@ class Int4BenchConfig:
     # torch rows as CUDA-graph replays (GPU preset): a decode-shape matmul runs for a few us,
     # less than launching the split-K kernel and its partial-sum reduction from Python
     cuda_graphs: bool = False
+    # > 0 (GPU preset): each torch row also timed as that many calls back to back in one CUDA
+    # graph over distinct weights, per call ("steady": a decode step's projections)
+    steady_calls: int = 0
 
 
 NANO1_SHAPES = [[2048, 2048], [2048, 9984], [9984, 2048]]  # for GPU presets (conf/bench)
@@ -128,6 +133,20 @@ class Int4Suite(GridSuite):
         fn = jax.jit(lambda x, p, s, z, w: jax_ops.int4_matmul(x, p, s, z, case.group_size, impl=impl))
         return fn, mode
 
+    def _steady_calls(self, case: Case, impl: str) -> list:
+        """The torch row's call over distinct copies of its weights (x shared: a decode step's
+        activations are a few KB)."""
+        x, packed, scales, zeros, dense, _ = self._inputs(case)
+        fn, _ = self._torch_fn(impl, case)
+        n = steady_copies(case.bytes(impl), self.cfg.steady_calls)
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        if impl == "matmul":
+            sets = [(packed, scales, zeros, dense)] + [(packed, scales, zeros, dense.clone()) for _ in range(n - 1)]
+        else:
+            sets = [(packed, scales, zeros, dense)] + [(packed.clone(), scales.clone(), clone(zeros), dense)
+                                                       for _ in range(n - 1)]
+        return [lambda s=s: fn(x, *s) for s in sets]
+
     def check(self, case: Case, framework: str, impl: str):
         """Correctness first: (record, timed callable), or (failed record, None) over tolerance."""
         x, packed, scales, zeros, dense, ref = self._inputs(case)
@@ -156,9 +175,12 @@ class Int4Suite(GridSuite):
         if timed is None:
             return rec
         graphs = True if self.cfg.cuda_graphs else None  # None: the run's timer setting
-        t = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"), cuda_graphs=graphs)(timed)
+        timer = self.timer_factory(framework, interpret=(rec["mode"] == "interpret"), cuda_graphs=graphs)
+        t = timer(timed)
         out = {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
                "tflops": case.flops() / t.median_s / 1e12, "gbps": rec["bytes"] / t.median_s / 1e9}
+        if self.cfg.steady_calls and framework == "torch" and rec["mode"] != "interpret":
+            out.update(steady_record(timer, self._steady_calls(case, impl), rec["bytes"]))
         if impl == "triton-autotune":  # the pick and every candidate's time, for this class
             from kernels._autotune import summary
             from kernels.int4.triton_autotune import TUNING, problem_class
