@@ -46,11 +46,13 @@ def jit_module(module: ModuleType) -> ModuleType:
 
 
 def aot_kernel(fn, *, pointers: dict, constexprs: dict, num_warps: int, num_stages: int = 1,
-               floats=(), unit_strides=(), divisible_strides: bool = True) -> AotKernel:
+               floats=(), unit_strides=(), divisible_strides: bool = True, sizes16=()) -> AotKernel:
     """The launch signature of ``fn``: ``pointers`` (name -> "*fp16", ..., or a tensor
     descriptor's "tensordesc<...>") 16-byte aligned;
     names in ``floats`` fp32; ``unit_strides`` specialized to 1 as the JIT does; other
-    ``stride_*`` ints divisible by 16 when ``divisible_strides``; everything else i32."""
+    ``stride_*`` ints divisible by 16 when ``divisible_strides``; the ints in ``sizes16``
+    divisible by 16, as the JIT specializes a size like a hidden width of 2048 (a mask
+    ``cols < n_cols`` then keeps 16-byte vector loads); everything else i32."""
     signature, consts, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -65,7 +67,7 @@ def aot_kernel(fn, *, pointers: dict, constexprs: dict, num_warps: int, num_stag
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if divisible_strides and name.startswith("stride_"):
+            if (divisible_strides and name.startswith("stride_")) or name in sizes16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return AotKernel(fn.__name__, fn, signature, consts, attrs, num_warps, num_stages)
 

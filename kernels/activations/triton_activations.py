@@ -149,9 +149,10 @@ def aot_kernels(dtype=torch.bfloat16, *, approximate="tanh", gated=True, capabil
     ty = "*" + triton_dtype(dtype)
     meta = dict(APPROX_TANH=approximate == "tanh", HAS_UP=gated, BLOCK=blocks.block)
     return {
+        # n (elements) divisible by 16, as the JIT specializes the model's sizes
         "_gelu_fwd_kernel": aot_kernel(mod._gelu_fwd_kernel, pointers=dict(X=ty, UP=ty, Y=ty),
-                                       constexprs=meta, num_warps=blocks.num_warps),
+                                       constexprs=meta, num_warps=blocks.num_warps, sizes16=("n",)),
         "_gelu_bwd_kernel": aot_kernel(mod._gelu_bwd_kernel,
                                        pointers=dict(DY=ty, X=ty, UP=ty, DX=ty, DUP=ty),
-                                       constexprs=meta, num_warps=blocks.num_warps),
+                                       constexprs=meta, num_warps=blocks.num_warps, sizes16=("n",)),
     }

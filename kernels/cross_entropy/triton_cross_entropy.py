@@ -170,4 +170,5 @@ def aot_kernels(dtype=torch.bfloat16, *, softcap=False, capability=(9, 0)) -> di
         mod._ce_kernel, pointers=dict(LOGITS="*" + triton_dtype(dtype), TARGETS="*i64", ROW_W="*fp32",
                                       LOSS="*fp32"),
         constexprs=dict(HAS_SOFTCAP=softcap, WRITE_GRAD=True, BLOCK_V=blocks.block_v),
-        floats=("softcap",), num_warps=blocks.num_warps)}
+        floats=("softcap",), num_warps=blocks.num_warps,
+        sizes16=("V",))}  # 256000: the JIT specializes the vocab as divisible by 16

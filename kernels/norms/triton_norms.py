@@ -216,20 +216,23 @@ def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
     ty, f32 = "*" + triton_dtype(dtype), "*fp32"
     meta = dict(IS_RMS=rms, HAS_BIAS=not rms, BLOCK_M=blocks.block_m,
                 BLOCK_N=triton.next_power_of_2(hidden))
+    sizes16 = ("n_cols",) if hidden % 16 == 0 else ()  # as the JIT specializes 1152, 2048, ...
     fwd_ptrs = dict(X=ty, R=ty, W=ty, B=ty, Y=ty, H=ty, MEAN=f32, RSTD=f32)
     bwd_ptrs = dict(DY=ty, DH=ty, H=ty, W=ty, MEAN=f32, RSTD=f32, C1=f32, C2=f32, DX=ty,
                     DW_PART=f32, DB_PART=f32)
     out = {"_norm_fwd_kernel": aot_kernel(mod._norm_fwd_kernel, pointers=fwd_ptrs,
                                           constexprs={**meta, "HAS_RESIDUAL": residual},
-                                          floats=("eps", "offset"), num_warps=blocks.num_warps)}
+                                          floats=("eps", "offset"), num_warps=blocks.num_warps,
+                                          sizes16=sizes16)}
     if hidden <= WHOLE_ROW_BWD_MAX:
         out["_norm_bwd_kernel"] = aot_kernel(mod._norm_bwd_kernel, pointers=bwd_ptrs,
                                              constexprs={**meta, "HAS_DH": residual},
-                                             floats=("offset",), num_warps=blocks.num_warps)
+                                             floats=("offset",), num_warps=blocks.num_warps,
+                                             sizes16=sizes16)
         return out
     wide = dict(IS_RMS=rms, BLOCK_M=blocks.bwd_block_m, BLOCK_N=blocks.bwd_block_n)
     for fn, extra in ((mod._norm_bwd_row_sums_kernel, {}),
                       (mod._norm_bwd_col_block_kernel, dict(HAS_DH=residual, HAS_BIAS=not rms))):
         out[fn.__name__] = aot_kernel(fn, pointers=bwd_ptrs, constexprs={**wide, **extra},
-                                      floats=("offset",), num_warps=blocks.bwd_warps)
+                                      floats=("offset",), num_warps=blocks.bwd_warps, sizes16=sizes16)
     return out
