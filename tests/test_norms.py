@@ -41,7 +41,7 @@ class Case:
 
 CASES = [
     Case(True, 1152, residual=True, gemma=True),
-    Case(True, 100, residual=False, triton_blocks=NormBlocks(block_m=4, bwd_programs=3)),
+    Case(True, 100, residual=False, triton_blocks=NormBlocks(block_m=4, bwd_programs=3, bwd_stages=3)),
     Case(False, 2048, residual=True, lead=(39,)),
     Case(False, 100, residual=False, lead=(2, 3, 5), triton_blocks=NormBlocks(block_m=8, bwd_programs=2)),
 ]
@@ -212,5 +212,14 @@ def test_bad_inputs_jax_and_layer_norm():
         NormBlocks(block_m=3)
     with pytest.raises(ValueError, match=r"bwd_block_n=16384 must be a power of two in \[1, 8192\]"):
         NormBlocks(bwd_block_n=16384)
+    with pytest.raises(ValueError, match=r"bwd_stages=5 must be 1, 2, 3 or 4"):
+        NormBlocks(bwd_stages=5)
+    # GPU defaults: the backward's cp.async stages within ~48 KiB beyond the first
+    from kernels.norms.triton_norms import default_blocks
+
+    stages = {(h, str(dt)): default_blocks(h, dt, capability=(9, 0)).bwd_stages
+              for h in (2048, 4096, 8192) for dt in (torch.bfloat16, torch.float32)}
+    assert stages == {(2048, "torch.bfloat16"): 3, (2048, "torch.float32"): 2, (4096, "torch.bfloat16"): 3,
+                      (4096, "torch.float32"): 2, (8192, "torch.bfloat16"): 2, (8192, "torch.float32"): 1}
     with pytest.raises(ValueError, match=r"block_m must be a power of two"):
         PallasNormBlocks(block_m=0)

@@ -5,6 +5,9 @@ Forward: one program normalizes BLOCK_M rows held whole in a [BLOCK_M, BLOCK_N] 
 Backward: a persistent grid of P programs; program p walks row blocks p, p + P, ... and
 accumulates its partial dweight (and dbias) sums in fp32 registers, written once to a
 [P, hidden] buffer that the launcher reduces. Row offsets are 64-bit (tensors > 2^31).
+NUM_STAGES > 1 software-pipelines that walk: the next row blocks' dy / h / dh tiles stream
+into shared memory (cp.async) while this one computes, where one block's loads a program
+(at ~100 registers, 2 programs an SM) were about all an SM had in flight.
 Wide rows (hidden > 8192; a whole row of w, dweight and dbias no longer fits in registers):
 a column-blocked backward in two kernels. ``_norm_bwd_row_sums_kernel`` walks each row in
 column chunks for the two row means the gradient needs, c1 = mean(g) and c2 = mean(g * n)
@@ -80,6 +83,7 @@ def _norm_bwd_kernel(
     n_rows, n_cols, offset,
     IS_RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr = 1,  # > 1: the next row blocks' loads in flight (cp.async) meanwhile
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
@@ -87,7 +91,7 @@ def _norm_bwd_kernel(
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + offset
     dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
     db = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for blk in range(pid, tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)):
+    for blk in tl.range(pid, tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0), num_stages=NUM_STAGES):
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
         mask = row_ok[:, None] & col_ok[None, :]

@@ -48,6 +48,8 @@ class NormBlocks:
     bwd_block_m: int = 4
     bwd_block_n: int = 1024
     bwd_warps: int = 8
+    # whole-row backward: row blocks in flight per program (cp.async stages; 1 = no pipelining)
+    bwd_stages: int = 1
 
     def __post_init__(self):
         _check_pow2("block_m", self.block_m, 256)
@@ -58,6 +60,8 @@ class NormBlocks:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of 1, 2, 4, 8, 16, 32")
         if not isinstance(self.bwd_programs, int) or self.bwd_programs < 0:
             raise ValueError(f"bwd_programs={self.bwd_programs!r} must be an int >= 0 (0 = auto)")
+        if self.bwd_stages not in (1, 2, 3, 4):
+            raise ValueError(f"bwd_stages={self.bwd_stages!r} must be 1, 2, 3 or 4")
 
 
 def default_blocks(hidden: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> NormBlocks:
@@ -78,7 +82,19 @@ def default_blocks(hidden: int, dtype: torch.dtype, *, capability: Optional[tupl
         warps = 16 if block_n == 4096 and dtype == torch.float32 else 8
     else:
         warps = 16 if block_n <= 8192 else 32
-    return NormBlocks(block_m=max(1, min(16, 4096 // block_n)), num_warps=warps)
+    block_m = max(1, min(16, 4096 // block_n))
+    return NormBlocks(block_m=block_m, num_warps=warps, bwd_stages=bwd_stages(block_m, block_n, dtype))
+
+
+def bwd_stages(block_m: int, block_n: int, dtype) -> int:
+    """Cp.async stages of the whole-row backward: its three row tiles (dy, h, dh) a stage in at
+    most about 48 KiB of shared memory beyond the first, so two programs still fit an SM.
+    Without them the backward holds one row block's loads in flight a program, at 2 programs an
+    SM (~100 registers x 256 threads): about the ~32 KB an SM needs in flight to stream at an
+    H100's copy bandwidth, with no overlap of its own compute (fwd+bwd read 75% of copy on the
+    H200). Compiled for sm_90 at hidden 4096 bf16: 3 stages, 102 registers, no spills."""
+    stage = 3 * block_m * block_n * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(3, 1 + (48 * 1024) // stage))
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -131,7 +147,8 @@ def _norm_bwd(dy2, dh2, h2, w, mean, rstd, *, rms, offset, has_bias, blocks):
         dx, dw_part, db_part,
         dy2.stride(0), dh2.stride(0) if dh2 is not None else 0, h2.stride(0), dx.stride(0),
         m, n, offset, IS_RMS=rms, HAS_DH=dh2 is not None, HAS_BIAS=has_bias,
-        BLOCK_M=blocks.block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=blocks.num_warps,
+        BLOCK_M=blocks.block_m, BLOCK_N=triton.next_power_of_2(n), NUM_STAGES=blocks.bwd_stages,
+        num_warps=blocks.num_warps,
     )
     LAUNCHES["_norm_bwd_kernel"] += 1
     dw = dw_part.sum(0).to(w.dtype)
@@ -226,7 +243,8 @@ def aot_kernels(hidden=2048, dtype=torch.bfloat16, *, rms=True, residual=True,
                                           sizes16=sizes16)}
     if hidden <= WHOLE_ROW_BWD_MAX:
         out["_norm_bwd_kernel"] = aot_kernel(mod._norm_bwd_kernel, pointers=bwd_ptrs,
-                                             constexprs={**meta, "HAS_DH": residual},
+                                             constexprs={**meta, "HAS_DH": residual,
+                                                         "NUM_STAGES": blocks.bwd_stages},
                                              floats=("offset",), num_warps=blocks.num_warps,
                                              sizes16=sizes16)
         return out
