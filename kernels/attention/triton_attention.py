@@ -224,14 +224,16 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=128, dq_block_n=64)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
                 # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
-                # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills) or
-                # 128-row x 16-key ones (no spills; 32 keys spill 12-24 B); the shared pass
-                # with 64 keys (wgmma, spills 120 B); the default's tiles pipelined. The
-                # pointer 64x32 / 32x64 tiles spill 0.9-8.6 KB. 64 rows a step do not fit
-                # (256 KB of shared memory with 2 stages, spills with 1).
+                # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills, but both
+                # warpgroups compute the same score tiles), 128-row x 16-key ones (no spills),
+                # or 128 x 32 (12 B of spills; wgmma N = 32 where 16-key score dots read their
+                # A tile from shared memory twice as often a FLOP: 396 instructions per 32 keys
+                # against 2 x 285); the default's tiles pipelined. The shared pass with 64
+                # keys (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles 0.9-8.6 KB; 64
+                # rows a step do not fit (256 KB of shared memory with 2 stages).
                 more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16),
-                        TritonAttentionBlocks(32, 64, 8, 3, tma=True, dq_block_m=64, dq_block_n=32),
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=32),
                         TritonAttentionBlocks(32, 32, 8, 3, tma=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
