@@ -11,13 +11,14 @@ OUT ?= benchmarks/results
 # (rows not started by then are reported skipped), the model profile, Nsight Compute over
 # the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
 # block-size sweep. At most 8 files come back from a device call: this writes 7. The stages'
-# timeouts sum to about 575 s (under a device call's 600 s limit)
-GPU_TEST_S ?= 100
-BENCH_DEADLINE_S ?= 170
-PROFILE_S ?= 50
+# timeouts sum to about 575 s (under a device call's 600 s limit): tests 80 (+20 to stop),
+# bench 230 (+60 for the entry running at the deadline), profile 40, ncu 40, sweep 75 (+25)
+GPU_TEST_S ?= 80
+BENCH_DEADLINE_S ?= 230
+PROFILE_S ?= 40
 PROFILE_IMPLS ?= triton-autotune
 NCU_S ?= 40
-SWEEP_S ?= 110
+SWEEP_S ?= 75
 BENCH_ARGS ?=
 
 .PHONY: setup test bench bench-gpu gpu-wheels clean

@@ -64,6 +64,10 @@ class BenchConfig:
     telemetry_interval_s: float = 0.5
     deadline_s: float = 0.0  # > 0: shared across suites by entry count; entries not started in their share are reported skipped
     first: dict[str, Any] = field(default_factory=dict)  # {suite: {field: [values]}}: run first (schedule.py)
+    # {suite: weight}: each of the suite's entries counts this many times in the deadline's
+    # shares (schedule.share_end); a model row compiles and tunes for a minute, an attention
+    # row for seconds
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

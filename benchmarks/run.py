@@ -98,9 +98,11 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
     return records
 
 
-def run_all(built: list, ceilings, device, deadline: float | None, first: dict, on_progress=None) -> list[dict]:
+def run_all(built: list, ceilings, device, deadline: float | None, first: dict, on_progress=None,
+            weights: dict | None = None) -> list[dict]:
     """Every suite's ``bench.first`` entries, then the rest (see ``benchmarks.schedule``);
-    records come back in each suite's own entry order, with peer ratios."""
+    records come back in each suite's own entry order, with peer ratios. ``weights``: per
+    suite, what one entry counts in the deadline's shares (default 1)."""
     entries = [list(s.entries()) for s in built]
     schedule.check_filters(first, {s.name: e for s, e in zip(built, entries)})
     split = [schedule.phases(e, first.get(s.name)) for s, e in zip(built, entries)]
@@ -119,7 +121,7 @@ def run_all(built: list, ceilings, device, deadline: float | None, first: dict, 
     for phase in ("first", "first, deferred", "rest"):
         todo = {"first": [sp[0] for sp in split], "first, deferred": deferred,
                 "rest": [sp[1] for sp in split]}[phase]
-        sizes = [len(t) for t in todo]
+        sizes = [len(t) * (weights or {}).get(s.name, 1.0) for s, t in zip(built, todo)]
         for i, suite in enumerate(built):
             if not todo[i]:
                 continue
@@ -193,7 +195,8 @@ def main(cfg) -> None:
             records[:] = recs
             write_json_atomic(path, payload(complete=False))
 
-        records[:] = run_all(built, ceilings, device, deadline, first, partial)
+        records[:] = run_all(built, ceilings, device, deadline, first, partial,
+                             weights=OmegaConf.to_container(bcfg.weights, resolve=True))
     write_json_atomic(path, payload(complete=True))
     interpreted = any(r.get("mode") == "interpret" for r in records)
     print(summary_table(records))

@@ -12,7 +12,7 @@ An entry is first when every key of its suite's filter lists its value. The runn
 every suite's first entries (in suite order), then the first entries that a suite's share
 ran out on (with all the time left: a slow suite's goal rows must not lose to another
 suite's sweep), then the rest; in the first and last phases each suite gets the time left in
-proportion to its entries (``share_end``). A key no case of the suite has is
+proportion to its entries, each counted ``bench.weights[suite]`` times (``share_end``). A key no case of the suite has is
 refused before anything runs, and so is a value no entry has.
 """
 from __future__ import annotations
@@ -62,9 +62,9 @@ def phases(entries: list, filt: dict | None) -> tuple[list[int], list[int]]:
     return first, [i for i in range(len(entries)) if i not in chosen]
 
 
-def share_end(now: float, deadline: float | None, sizes: list[int], i: int) -> float | None:
+def share_end(now: float, deadline: float | None, sizes: list[float], i: int) -> float | None:
     """When suite i (of the suites still to run in this phase, sizes[i:]) must stop starting
-    entries: the time left, split in proportion to entry counts."""
+    entries: the time left, split in proportion to entry counts (times ``bench.weights``)."""
     if deadline is None:
         return None
     return now + (deadline - now) * sizes[i] / max(1, sum(sizes[i:]))

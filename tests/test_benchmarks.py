@@ -517,3 +517,47 @@ def test_steady_rows_run_their_op_over_distinct_inputs_with_peer_ratios():
                          "commit": {}, "ceilings": {"copy_gbps": 1.0, "matmul_dtype": "f32", "matmul_tflops": 1.0},
                          "records": recs})
     assert "Steady state" in md and md.count("| int4 |") == 4  # each row in both tables
+
+
+def test_suite_weights_scale_the_deadline_shares():
+    """bench.weights: a suite's entries count that many times in the shares, so a heavy suite
+    run last keeps its time (schedule.share_end), and run_all passes the weights through."""
+    import dataclasses
+    import time
+
+    from benchmarks import run, schedule
+    from benchmarks.hardware import Device
+
+    assert schedule.share_end(0.0, 100.0, [10, 2], 0) == pytest.approx(100 * 10 / 12)
+    assert schedule.share_end(0.0, 100.0, [10, 2 * 15], 0) == pytest.approx(100 * 10 / 40)
+
+    @dataclasses.dataclass(frozen=True)
+    class Case:
+        n: int
+        id = property(lambda self: f"n{self.n}")
+
+    calls = []
+
+    class Fake:
+        peers = {}
+
+        def __init__(self, name, n, sleep):
+            self.name, self.n, self.sleep = name, n, sleep
+
+        def entries(self):
+            return [(Case(i), "torch", "mine") for i in range(self.n)]
+
+        def run(self, case, framework, impl):
+            calls.append(self.name)
+            time.sleep(self.sleep)
+            return {"status": "ok", "median_ms": 1.0, "mode": "eager"}
+
+    # light: 4 rows of 0.25 s, then heavy's 1 row. Unweighted, light's share is 4/5 of 1.25 s:
+    # all 4 rows start in it. With heavy's entries counted 4 times, light's share is 1/2: its
+    # 4th row is deferred behind heavy's (and still runs, with the time left)
+    first = {"light": {"n": [0, 1, 2, 3]}, "heavy": {"n": [0]}}
+    for weights, order in (({}, ["light"] * 4 + ["heavy"]), ({"heavy": 4}, ["light"] * 3 + ["heavy", "light"])):
+        calls.clear()
+        run.run_all([Fake("light", 4, 0.25), Fake("heavy", 1, 0.0)], {}, Device(kind="cpu", name="cpu"),
+                    time.monotonic() + 1.25, first, weights=weights)
+        assert calls == order, (weights, calls)
