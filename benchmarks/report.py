@@ -76,19 +76,30 @@ def measured_table(d: dict) -> str:
     if skipped:
         lines += ["", "Skipped rows (not shown; their reasons are in the file): "
                   + ", ".join(f"{suite} {n}" for suite, n in skipped.items()) + "."]
-    steady = [r for r in d["records"] if r["status"] == "ok" and "steady" in r]
-    if steady:
-        lines += ["", "Steady state: each row's call over distinct inputs, back to back in one CUDA graph "
-                  "(L2 flushed before each replay), per call; its peer's the same way.", "",
-                  "| suite | case | impl | calls | µs per call | GB/s | % meas. copy | vs peer |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in steady:
-            st = r["steady"]
-            lines.append(f"| {r['suite']} | {r['case']} | {r['impl']} | {st['calls']} | "
-                         f"{st['median_ms'] * 1e3:.2f} | {st['gbps']:.4g} | "
-                         f"{_f(None if st.get('frac_measured_bw') is None else 100 * st['frac_measured_bw'], '.1f')} | "
-                         f"{_f(st.get('speedup_vs_peer'), '.2f')} |")
+    pct = lambda x: _f(None if x is None else 100 * x, ".1f")  # noqa: E731
+    lines += _sub_table(d, "steady", "Steady state: each row's call over distinct inputs, back to back in one "
+                        "CUDA graph (L2 flushed before each replay), per call; its peer's the same way.",
+                        ["suite", "case", "impl", "calls", "µs per call", "GB/s", "% meas. copy", "vs peer"],
+                        lambda r, st: [r["suite"], r["case"], r["impl"], str(st["calls"]),
+                                       f"{st['median_ms'] * 1e3:.2f}", f"{st['gbps']:.4g}",
+                                       pct(st.get("frac_measured_bw")), _f(st.get("speedup_vs_peer"), ".2f")])
+    lines += _sub_table(d, "graph", "Train step as one CUDA graph (zero_grad, forward, loss, backward, AdamW "
+                        "captured once and replayed): the eager step's Python launch gaps out.",
+                        ["case", "impl", "captured", "ms", "TFLOP/s", "% meas. peak (MFU)", "eager ms"],
+                        lambda r, g: [r["case"], r["impl"], "yes" if g["captured"] else "no (eager)",
+                                      f"{g['median_ms']:.1f}", f"{g['tflops']:.3g}", pct(g.get("frac_measured_peak")),
+                                      f"{r['median_ms']:.1f}"])
     return "\n".join(lines)
+
+
+def _sub_table(d: dict, key: str, intro: str, header: list[str], cells) -> list[str]:
+    """Lines of a table over the ok rows carrying a timed ``key`` sub-record (steady, graph):
+    ``cells(row, sub)`` -> the row's cells. No rows: no lines."""
+    rows = [r for r in d["records"] if r["status"] == "ok" and "median_ms" in r.get(key, {})]
+    if not rows:
+        return []
+    return (["", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cells(r, r[key])) + " |" for r in rows])
 
 
 def cross_hardware_table(files: list[dict]) -> str:

@@ -84,6 +84,8 @@ def run_suite(suite, ceilings, device, deadline: float | None = None, entries=No
                 rec["frac_measured_peak"] = rec["tflops"] / ceilings["matmul_tflops"]
                 if device.datasheet_tflops:
                     rec["frac_datasheet_peak"] = rec["tflops"] / device.datasheet_tflops
+            if "tflops" in rec.get("graph", {}):  # the model's train step as one CUDA graph: its MFU too
+                rec["graph"]["frac_measured_peak"] = rec["graph"]["tflops"] / ceilings["matmul_tflops"]
             if rec.get("gbps") is not None:
                 rec["frac_measured_bw"] = rec["gbps"] / ceilings["copy_gbps"]
                 if "steady" in rec:

@@ -286,11 +286,14 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="triton", blocks
 LOSS_IMPLS = ("triton", "reference")
 
 
-def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normalizer=None, impl="triton"):
+def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normalizer=None, impl="triton",
+                         check_targets=True):
     """Cross-entropy of softcap(x @ weight.T) against targets, without full logits ("triton":
     chunked, Liger-Kernel's fused linear cross-entropy); "reference" builds the [N, V] logits
     (the matmul in x's dtype, as the model's head; softmax in fp32). See
-    ``kernels/cross_entropy/spec.py``. The masked-in targets are range-checked on the host."""
+    ``kernels/cross_entropy/spec.py``. The masked-in targets are range-checked on the host
+    (a device-to-host read); ``check_targets=False`` skips that one check, for a step captured
+    as a CUDA graph, whose caller guarantees the targets."""
     from .cross_entropy.spec import check_linear_cross_entropy_args
 
     check_impl(impl, LOSS_IMPLS)
@@ -299,9 +302,10 @@ def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normali
         device_of=_device)
     t = targets.reshape(-1)
     m = torch.ones_like(t, dtype=torch.bool) if mask is None else mask.reshape(-1)
-    bad = ((t < 0) | (t >= vocab)) & m
-    if bool(bad.any()):
-        raise ValueError(f"targets must lie in [0, vocab={vocab}) where mask is set, got {int(t[bad][0])}")
+    if check_targets:
+        bad = ((t < 0) | (t >= vocab)) & m
+        if bool(bad.any()):
+            raise ValueError(f"targets must lie in [0, vocab={vocab}) where mask is set, got {int(t[bad][0])}")
     if impl == "reference":
         from .cross_entropy.reference import _linear_cross_entropy
 

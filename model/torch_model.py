@@ -189,14 +189,16 @@ class GeminiModel(nn.Module):
             cache.lengths = cache.lengths + 1 if s == 1 else torch.full_like(cache.lengths, s)
         return softcap(logits, cfg.final_softcap)
 
-    def loss(self, tokens, targets, mask=None, *, normalizer=None, **kw):
+    def loss(self, tokens, targets, mask=None, *, normalizer=None, check_targets=True, **kw):
         """Masked cross-entropy of the next-token logits (``model.losses``' semantics) through
-        the ``loss`` kernel: with "triton" the [B, S, vocab] logits never exist in full."""
+        the ``loss`` kernel: with "triton" the [B, S, vocab] logits never exist in full.
+        ``check_targets=False``: no host read of the targets (a step captured as a CUDA graph)."""
         h = self(tokens, hidden=True, **kw)
         w = self.model.embed_tokens.weight
         mask = None if mask is None else mask.bool()
         return torch_ops.linear_cross_entropy(h.to(w.dtype), w, targets, mask=mask, normalizer=normalizer,
-                                              softcap=self.cfg.final_softcap, impl=self.kernels.impl("loss"))
+                                              softcap=self.cfg.final_softcap, impl=self.kernels.impl("loss"),
+                                              check_targets=check_targets)
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

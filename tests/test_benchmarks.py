@@ -561,3 +561,50 @@ def test_suite_weights_scale_the_deadline_shares():
         run.run_all([Fake("light", 4, 0.25), Fake("heavy", 1, 0.0)], {}, Device(kind="cpu", name="cpu"),
                     time.monotonic() + 1.25, first, weights=weights)
         assert calls == order, (weights, calls)
+
+
+def test_model_suite_graph_row_plumbing(monkeypatch):
+    """train_graph: the train-step row also carries the step's graph timing (here a CPU
+    stand-in for the capture), its TFLOP/s and MFU; the eager timing stays; the report lists it;
+    a failing capture path is recorded, not fatal."""
+    import dataclasses
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.report import measured_table
+    from benchmarks.run import run_suite
+    from benchmarks.suites import model as model_suite
+
+    cfg = OmegaConf.structured(config.ModelBenchConfig(seq_len=16, modes=["train_step"], torch_impls=["reference"],
+                                                       jax_impls=[], train_graph=True))
+    timer = lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0)  # noqa: E731
+    suite = model_suite.ModelSuite(cfg, Device(kind="cpu", name="cpu"), timer)
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, capturable=False, **k: real_adamw(*a, **k))
+    monkeypatch.setattr(model_suite.ModelSuite, "_graphed", lambda self, *a: True)
+    steps = []
+
+    def fake_capture(self, framework, step):
+        steps.append(step())  # the capturable step runs (targets unchecked)
+        t = timer()(step)
+        return dataclasses.replace(t, method="cuda-graph replay, cuda-events, L2 flushed by a read")
+
+    monkeypatch.setattr(model_suite.ModelSuite, "_graph_timing", fake_capture)
+    [rec] = run_suite(suite, {"matmul_tflops": 1.0, "copy_gbps": 1.0}, Device(kind="cpu", name="cpu"))
+    assert rec["status"] == "ok" and steps and torch.isfinite(steps[0])
+    g = rec["graph"]
+    assert g["captured"] and g["tflops"] > 0 and g["frac_measured_peak"] == g["tflops"] and "median_ms" in rec
+    md = measured_table({"_path": "x.json", "created_utc": "t", "device": {"name": "cpu"}, "versions": {},
+                         "commit": {}, "ceilings": {"copy_gbps": 1.0, "matmul_dtype": "f32", "matmul_tflops": 1.0},
+                         "records": [rec]})
+    assert "Train step as one CUDA graph" in md
+
+    def broken(self, framework, step):
+        raise RuntimeError("capture went wrong")
+
+    monkeypatch.setattr(model_suite.ModelSuite, "_graph_timing", broken)
+    [rec] = run_suite(suite, {"matmul_tflops": 1.0, "copy_gbps": 1.0}, Device(kind="cpu", name="cpu"))
+    assert rec["status"] == "ok" and rec["graph"] == {"error": "RuntimeError: capture went wrong"}

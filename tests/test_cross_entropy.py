@@ -100,3 +100,7 @@ def test_bad_input_is_refused_before_launch(rng):
             torch_ops.linear_cross_entropy(kw.pop("x"), kw.pop("weight"), kw.pop("targets"), **kw)
     with pytest.raises(ValueError, match="chunk_rows"):
         CrossEntropyBlocks(chunk_rows=-1)
+    # check_targets=False (a step captured as a CUDA graph): no host read, the same loss
+    checked = torch_ops.linear_cross_entropy(x, w, t, mask=m, impl="reference")
+    unchecked = torch_ops.linear_cross_entropy(x, w, t, mask=m, impl="reference", check_targets=False)
+    assert torch.equal(checked, unchecked)

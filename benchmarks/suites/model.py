@@ -16,7 +16,12 @@ they depend on every position), the logits (decode) or the loss (train step) aga
 reference-kernel model in fp32 with the same, dtype-rounded, weights. The train step is the
 model's ``loss`` (next-token cross-entropy through its ``loss`` kernel: the fused linear
 cross-entropy for triton, full logits for the reference/sdpa/compiled peers), backward, AdamW
-(one fused kernel on CUDA, as torchtitan's default; foreach on the CPU).
+(one fused kernel on CUDA, as torchtitan's default; foreach on the CPU). With ``train_graph``
+(GPU preset) a torch train-step row is also timed as the whole step captured once as a CUDA
+graph and replayed ("graph": its ms, TFLOP/s and MFU beside the eager ones), as an XLA step
+runs: the H200's eager triton step took 426 ms for 363 ms of kernels, the rest time between
+kernels (likely Python launches: the norm, rope and GeGLU kernels of 8k tokens each run for
+tens of microseconds).
 
 Sized for nano1 at 8k on one GPU: the weights are drawn once per suite; the fp32 reference
 runs on the bench device; torch models are built empty (no init) and loaded; the torch rows of
@@ -56,6 +61,10 @@ class ModelBenchConfig:
     torch_impls: list[str] = field(default_factory=lambda: ["reference", "triton"])
     jax_impls: list[str] = field(default_factory=lambda: ["xla", "pallas"])
     check_rows: int = 128  # forward: the logits of the last rows are checked
+    # torch train-step rows (GPU preset): also the whole step (zero_grad, forward, loss,
+    # backward, fused capturable AdamW) captured as one CUDA graph and replayed, as XLA runs
+    # a whole jitted step: the Python launch gaps of an eager step out of the time ("graph")
+    train_graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,12 +178,22 @@ class ModelSuite:
             return {**rec, "status": "failed"}, None
         return rec, timed
 
+    def _graphed(self, case: Case, framework: str, mode: str) -> bool:
+        return (self.cfg.train_graph and case.mode == "train_step" and framework == "torch"
+                and self.device.kind == "cuda" and mode != "interpret")
+
     def run(self, case: Case, framework: str, impl: str) -> dict:
+        graph_t = graph_err = None
         try:
             rec, timed = self.check(case, framework, impl)
             if timed is None:
                 return rec
             t = self.timer_factory(framework, interpret=rec["mode"] == "interpret")(timed)
+            if self._graphed(case, framework, rec["mode"]):
+                try:
+                    graph_t = self._graph_timing(framework, timed)
+                except Exception as e:  # noqa: BLE001 - the row keeps its eager timing, says why
+                    graph_err = f"{type(e).__name__}: {e}"[:500]
         finally:
             timed = None
             self._free()
@@ -184,11 +203,30 @@ class ModelSuite:
         if case.mode != "decode":
             flops = flops_per_token(self._model_cfg(), case.seq, train=case.mode == "train_step") * tokens
             out.update(flops=flops, tflops=flops / t.median_s / 1e12)
+        if graph_t is not None:
+            out["graph"] = {"median_ms": graph_t.median_s * 1e3, "tflops": out["flops"] / graph_t.median_s / 1e12,
+                            "captured": "not a graph" not in graph_t.method, "timing": graph_t.to_dict()}
+        elif graph_err is not None:
+            out["graph"] = {"error": graph_err}
         if impl == "triton-autotune":  # the attention tiles it timed and picked
             from kernels.attention.triton_autotune import tuning_summary
 
             out["autotune"] = tuning_summary()
         return out
+
+    def _graph_timing(self, framework: str, step):
+        """``step`` captured as one CUDA graph and replayed (after two warm-up steps on a side
+        stream, as PyTorch's whole-network capture recipe does); the timer says in its method
+        when the capture failed and it timed eagerly instead."""
+        import torch
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        return self.timer_factory(framework, cuda_graphs=True)(step)
 
     # --- PyTorch ------------------------------------------------------------------------
     def _torch_model(self, kernels: dict, weights_dtype: str, dtype):
@@ -272,12 +310,16 @@ class ModelSuite:
                     return model(t)
             return step
         if case.mode == "train_step":  # model: the loss method
-            opt = torch.optim.AdamW(params, lr=1e-4, fused=t.device.type == "cuda")
+            graphed = self._graphed(case, "torch", "compiled")  # also timed as one CUDA graph
+            # capturable: the step counter on the device, so the step can be captured as a graph
+            opt = torch.optim.AdamW(params, lr=1e-4, fused=t.device.type == "cuda", capturable=graphed)
             targets, mask = self._next_tokens(t)
+            # the checked run read the targets once; a captured step cannot read them back
+            kw = {"check_targets": False} if graphed else {}
 
             def step():
                 opt.zero_grad(set_to_none=True)
-                loss = model(t, targets, mask)
+                loss = model(t, targets, mask, **kw)
                 loss.backward()
                 opt.step()
                 return loss
