@@ -14,7 +14,8 @@ about speed but the path runs):
 - ``time_ms_graph``: the call captured once as a CUDA graph and replayed, each replay after
   an L2 flush that reads a 256 MiB buffer (a zeroing flush leaves dirty lines whose
   write-back the kernel would pay, see benchmarks/timing.py), median of CUDA-event times:
-  for microsecond kernels (int4 decode), where an eager launch costs more than the kernel.
+  for microsecond kernels (int4 decode), where an eager launch costs more than the kernel;
+  a call that cannot be captured is timed by ``time_ms`` instead.
 """
 from __future__ import annotations
 
@@ -57,9 +58,13 @@ def time_ms_graph(fn, reps: int = 20) -> float:
         flush = _FLUSH[dev] = torch.ones(2**26, dtype=torch.int32, device="cuda")  # 256 MiB
     fn()  # compile and allocate outside the capture
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception:  # noqa: BLE001 - a call that cannot be captured is timed eagerly
+        torch.cuda.synchronize()
+        return time_ms(fn)
     samples = []
     for _ in range(reps):
         flush.sum()  # read: L2 left holding clean lines
@@ -86,7 +91,10 @@ def fastest(key, candidates, launch, tuning: dict, timer=time_ms):
                 # it cannot address) or a compiler failure (ptxas) rules out this candidate only
                 times.append((blocks, None, f"{type(e).__name__}: {str(e)[:300]}"))
                 continue
-            times.append((blocks, timer(lambda blocks=blocks: launch(blocks)), None))
+            try:
+                times.append((blocks, timer(lambda blocks=blocks: launch(blocks)), None))
+            except Exception as e:  # noqa: BLE001 - a failure while timing rules out this candidate only
+                times.append((blocks, None, f"timing: {type(e).__name__}: {str(e)[:300]}"))
     timed = [(ms, i) for i, (_, ms, _) in enumerate(times) if ms is not None]
     if not timed:
         raise RuntimeError(f"autotune: no candidate runs this problem ({key}): {times}")

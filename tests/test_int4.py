@@ -399,3 +399,27 @@ def test_blocks_option_is_checked():
         torch_ops.int4_matmul(torch.zeros(1, 64), packed, scales, None, 32, impl="reference", blocks="autotune")
     with pytest.raises(ValueError, match="blocks must be None, an Int4Blocks or 'autotune', got 'fast'"):
         torch_ops.int4_matmul(torch.zeros(1, 64), packed, scales, None, 32, blocks="fast")
+
+
+def test_autotune_skips_candidates_that_fail_to_launch_or_time():
+    """kernels._autotune.fastest: a candidate whose launch or timing raises is recorded with
+    its reason and skipped; no candidate running is an error naming the problem."""
+    from kernels._autotune import fastest
+
+    def launch(b):
+        if b == "bad-launch":
+            raise RuntimeError("ptxas crashed")
+        return b
+
+    def timer(fn):
+        if fn() == "bad-timing":
+            raise RuntimeError("capture failed")
+        return {"slow": 2.0, "fast": 1.0}[fn()]
+
+    tuning = {}
+    assert fastest("k", ["slow", "bad-launch", "bad-timing", "fast"], launch, tuning, timer=timer) == "fast"
+    reasons = {b: why for b, ms, why in tuning["k"]["times_ms"]}
+    assert reasons["slow"] is None and "ptxas crashed" in reasons["bad-launch"]
+    assert reasons["bad-timing"].startswith("timing: RuntimeError: capture failed")
+    with pytest.raises(RuntimeError, match="no candidate runs this problem"):
+        fastest("k2", ["bad-launch"], launch, tuning, timer=timer)
