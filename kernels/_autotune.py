@@ -55,7 +55,7 @@ def time_ms_graph(fn, reps: int = 20) -> float:
     dev = torch.cuda.current_device()
     flush = _FLUSH.get(dev)
     if flush is None:
-        flush = _FLUSH[dev] = torch.ones(2**26, dtype=torch.int32, device="cuda")  # 256 MiB
+        flush = _FLUSH[dev] = torch.empty(2**26, dtype=torch.int32, device="cuda")  # 256 MiB, only read
     fn()  # compile and allocate outside the capture
     torch.cuda.synchronize()
     try:

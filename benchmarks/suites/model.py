@@ -178,9 +178,10 @@ class ModelSuite:
             return {**rec, "status": "failed"}, None
         return rec, timed
 
-    def _graphed(self, case: Case, framework: str, mode: str) -> bool:
+    def _graphed(self, case: Case, framework: str) -> bool:
+        """Whether a train-step row is also timed as one CUDA graph (torch on a GPU)."""
         return (self.cfg.train_graph and case.mode == "train_step" and framework == "torch"
-                and self.device.kind == "cuda" and mode != "interpret")
+                and self.device.kind == "cuda")
 
     def run(self, case: Case, framework: str, impl: str) -> dict:
         graph_t = graph_err = None
@@ -189,7 +190,7 @@ class ModelSuite:
             if timed is None:
                 return rec
             t = self.timer_factory(framework, interpret=rec["mode"] == "interpret")(timed)
-            if self._graphed(case, framework, rec["mode"]):
+            if self._graphed(case, framework):
                 try:
                     graph_t = self._graph_timing(framework, timed)
                 except Exception as e:  # noqa: BLE001 - the row keeps its eager timing, says why
@@ -311,7 +312,7 @@ class ModelSuite:
                     return model(t)
             return step
         if case.mode == "train_step":  # model: the loss method
-            graphed = self._graphed(case, "torch", "compiled")  # also timed as one CUDA graph
+            graphed = self._graphed(case, "torch")  # also timed as one CUDA graph
             # capturable: the step counter on the device, so the step can be captured as a graph
             opt = torch.optim.AdamW(params, lr=1e-4, fused=t.device.type == "cuda", capturable=graphed)
             targets, mask = self._next_tokens(t)

@@ -93,7 +93,7 @@ def bwd_stages(block_m: int, block_n: int, dtype) -> int:
     SM (~100 registers x 256 threads): about the ~32 KB an SM needs in flight to stream at an
     H100's copy bandwidth, with no overlap of its own compute (fwd+bwd read 75% of copy on the
     H200). Compiled for sm_90 at hidden 4096 bf16: 3 stages, 102 registers, no spills."""
-    stage = 3 * block_m * block_n * torch.empty((), dtype=dtype).element_size()
+    stage = 3 * block_m * block_n * dtype.itemsize
     return max(1, min(3, 1 + (48 * 1024) // stage))
 
 
