@@ -5,7 +5,10 @@ candidate, keeps the fastest in ``tuning[key]`` with every candidate's time or t
 was skipped, and returns it; later calls of the problem class look ``tuning`` up first, as
 ``triton.autotune`` does. A candidate the launcher refuses (a TMA tile that does not fit the
 problem), the device cannot launch (shared memory) or the compiler fails on (a ptxas crash)
-is skipped with its reason; no candidate running is an error.
+is skipped with its reason; no candidate running is an error. So is a candidate whose output
+disagrees with the first running candidate's (the default, which the GPU tests check against
+float64) by more than twice the benchmarks' tolerance (``kernels/tolerances.py``): timing
+alone must never pick a fast wrong tile (a miscompile, a race in an atomic reduction).
 
 Timers (a GPU; one wall-clock call under the CPU interpreter, where the pick means nothing
 about speed but the path runs):
@@ -28,6 +31,8 @@ configure_triton_interpret()  # before triton is imported: the interpreter when 
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+
+from .tolerances import BENCH_RTOL, dtype_name  # noqa: E402
 
 
 def _on_gpu() -> bool:
@@ -77,13 +82,49 @@ def time_ms_graph(fn, reps: int = 20) -> float:
     return float(statistics.median(samples))
 
 
+def _tensors(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return []
+
+
+def disagreement(ref, out) -> str | None:
+    """Why ``out`` (a launch's tensor or tuple of tensors) disagrees with ``ref``, or None:
+    a shape change, a NaN or infinity where ``ref`` has none, or a largest difference above
+    2 * BENCH_RTOL[dtype] of max|ref|. Equal entries agree (the +inf lse of a row that sees
+    no key)."""
+    for i, (r, o) in enumerate(zip(_tensors(ref), _tensors(out))):
+        if r.shape != o.shape:
+            return f"output {i} has shape {tuple(o.shape)}, the first candidate's {tuple(r.shape)}"
+        r32, o32 = r.float(), o.float()
+        diff = torch.where(r32 == o32, 0.0, (o32 - r32).abs())
+        if bool(diff.isnan().any()):
+            return f"output {i} has NaN or infinity where the first candidate's has none"
+        finite = r32[torch.isfinite(r32)]
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
+        rtol = 2 * BENCH_RTOL.get(dtype_name(r.dtype), BENCH_RTOL["float32"])
+        err = float(diff.max()) if diff.numel() else 0.0
+        if err > rtol * scale:
+            return (f"output {i} differs from the first candidate's by {err:.3g}, above {rtol:g} of "
+                    f"its max |value| {scale:.3g}")
+    return None
+
+
+def _snapshot(out):
+    return [t.clone() for t in _tensors(out)]
+
+
 def fastest(key, candidates, launch, tuning: dict, timer=time_ms):
-    """Time ``launch(blocks)`` for each candidate with ``timer``; keep and return the fastest."""
+    """Time ``launch(blocks)`` for each candidate with ``timer``; keep and return the fastest
+    of those whose output agrees with the first running candidate's (``disagreement``)."""
     times = []
+    ref = None
     with torch.no_grad():
         for blocks in candidates:
             try:
-                launch(blocks)  # compile outside the timing
+                out = launch(blocks)  # compile outside the timing
             except triton.runtime.errors.OutOfResources as e:
                 times.append((blocks, None, f"cannot launch: {e}"))
                 continue
@@ -91,6 +132,14 @@ def fastest(key, candidates, launch, tuning: dict, timer=time_ms):
                 # it cannot address) or a compiler failure (ptxas) rules out this candidate only
                 times.append((blocks, None, f"{type(e).__name__}: {str(e)[:300]}"))
                 continue
+            if ref is None:
+                ref = _snapshot(out)
+            else:
+                why = disagreement(ref, out)
+                del out
+                if why is not None:
+                    times.append((blocks, None, f"disagrees: {why}"))
+                    continue
             try:
                 times.append((blocks, timer(lambda blocks=blocks: launch(blocks)), None))
             except Exception as e:  # noqa: BLE001 - a failure while timing rules out this candidate only

@@ -108,7 +108,7 @@ BWD_CANDIDATE_CASES = [(CASES[0], i) for i in range(5)] + [(CASES[3], i) for i i
                          ids=[f"{c[0]}-cand{i}" for c, i in BWD_CANDIDATE_CASES])
 def test_triton_backward_candidates_on_gpu(case, index, rng):
     """Each ``candidate_blocks(backward=True)`` (two-pass dK/dV, 128-key tiles, own dQ tiles,
-    TMA) gives the float64 gradients within the accuracy rule, forward at the default tiles."""
+    TMA, dQ by atomics) gives the float64 gradients within the accuracy rule, forward at the default tiles."""
     from kernels.attention import triton_attention as ta
 
     _, shape, flags = case

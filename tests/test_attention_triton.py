@@ -137,6 +137,23 @@ def test_dkdv_in_two_passes(rng, case, splits):
     assert triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"] == before + 2
 
 
+@pytest.mark.parametrize("case,passes,splits,dtype",
+                         [(CASES[3], 1, 3, torch.float32), (CASES[6], 1, 2, torch.float16),
+                          (CASES[7], 2, 1, torch.float32), (CASES[8], 2, 2, torch.float16),
+                          (CASES[9], 2, 2, torch.float32), (CASES[0], 1, 1, torch.float32)],
+                         ids=lambda v: v.id if isinstance(v, Case) else str(v).replace("torch.", ""))
+def test_dq_by_atomics_from_the_dkdv_pass(rng, case, passes, splits, dtype):
+    """dq_atomic (FlashAttention 2/3's five GEMMs): the dK/dV pass (its dK launch with two
+    passes) adds dS K into an fp32 dQ over its key blocks and splits; no dQ kernel runs, and
+    dQ meets the float64 rule, rows that see no key (Sq > Skv) included."""
+    tensors, do, kwargs = _inputs(rng, case)
+    before = dict(triton_attention.LAUNCHES)
+    blocks = TritonAttentionBlocks(16, 32, 4, 1, dkdv_splits=splits, dkdv_passes=passes, dq_atomic=True)
+    _check_against_reference(tensors, do, dtype, kwargs, blocks=blocks)
+    assert triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"] == before.get("_attn_bwd_dkdv_kernel", 0) + passes
+    assert triton_attention.LAUNCHES["_attn_bwd_dq_kernel"] == before.get("_attn_bwd_dq_kernel", 0)
+
+
 def test_dkdv_splits_follow_the_device():
     from kernels.attention.triton_attention import dkdv_splits
 
@@ -224,9 +241,9 @@ def test_custom_op_registration(rng):
 
 @pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0),
                                  dict(dkdv_splits=17), dict(dq_block_m=24), dict(dq_block_n=8),
-                                 dict(dkdv_passes=3)],
+                                 dict(dkdv_passes=3), dict(dq_atomic=1), dict(dq_atomic=True, dq_block_m=32)],
                          ids=["block_m48", "block_n8", "warps3", "stages0", "splits17", "dq_m24", "dq_n8",
-                              "passes3"])
+                              "passes3", "atomic_int", "atomic_with_dq_tile"])
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})

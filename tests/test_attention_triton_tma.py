@@ -152,3 +152,10 @@ def test_tma_backward_with_its_own_dq_tile(rng, case):
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
     _check_against_reference(tensors, do, torch.float32, kwargs,
                              blocks=dataclasses.replace(blocks, dkdv_passes=2))
+
+
+def test_tma_backward_with_dq_by_atomics(rng):
+    """q and dO through descriptors in the dK/dV pass, dQ added by pointer atomics from it."""
+    tensors, do, kwargs = _inputs(rng, Case(2, 33, 70, 8, 1, 64, causal=True))
+    blocks = TritonAttentionBlocks(16, 32, 4, 1, tma=True, dq_atomic=True)
+    _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)

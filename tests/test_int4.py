@@ -423,3 +423,26 @@ def test_autotune_skips_candidates_that_fail_to_launch_or_time():
     assert reasons["bad-timing"].startswith("timing: RuntimeError: capture failed")
     with pytest.raises(RuntimeError, match="no candidate runs this problem"):
         fastest("k2", ["bad-launch"], launch, tuning, timer=timer)
+
+
+def test_autotune_skips_candidates_whose_output_disagrees():
+    """kernels._autotune.fastest: timing alone never picks a wrong tile. A candidate whose
+    output differs from the first running candidate's beyond twice the benchmark tolerance,
+    or has NaN where it has none, is skipped with the reason; equal infinities agree (lse)."""
+    from kernels._autotune import disagreement, fastest
+
+    ref = torch.tensor([1.0, -2.0, float("inf")])
+    outs = {"default": (ref, torch.ones(2, dtype=torch.bfloat16)),
+            "close": (ref + 1e-5, torch.full((2,), 1.0625, dtype=torch.bfloat16)),
+            "wrong-fast": (ref * 1.01, torch.ones(2, dtype=torch.bfloat16)),
+            "nan": (torch.tensor([1.0, float("nan"), float("inf")]), torch.ones(2, dtype=torch.bfloat16))}
+    times = {"default": 3.0, "close": 2.0, "wrong-fast": 1.0, "nan": 0.5}
+    tuning = {}
+    pick = fastest("k", list(outs), lambda b: outs[b], tuning, timer=lambda fn: times[next(
+        b for b, o in outs.items() if o is fn())])
+    assert pick == "close"
+    reasons = {b: why for b, ms, why in tuning["k"]["times_ms"]}
+    assert reasons["default"] is None and reasons["close"] is None
+    assert reasons["wrong-fast"].startswith("disagrees: output 0 differs")
+    assert "NaN" in reasons["nan"]
+    assert disagreement(ref, torch.zeros(2)).startswith("output 0 has shape (2,)")

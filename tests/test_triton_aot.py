@@ -73,6 +73,12 @@ DUP_JOBS = {
                                               dkdv_passes=2, dq_block_m=128, dq_block_n=16),
                                     ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel", "_attn_bwd_dq_kernel"],
                                     False),
+    # dQ by atomics from the dK/dV pass (the autotune candidates): no dQ kernel to compile
+    "sm90-bwd-bf16-d128-atomic-dq": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                               dq_atomic=True), ["_attn_bwd_dkdv_kernel"], False),
+    "sm90-bwd-bf16-d256-two-pass-atomic-dq": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                        dkdv_passes=2, dq_atomic=True),
+                                              ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
 }
 
 

@@ -60,6 +60,10 @@ class TritonAttentionBlocks:
     # at head_dim 256 128-key tiles fit, so each sm_90 warpgroup owns 64 keys where the
     # shared pass's 64-key tile makes both warpgroups compute the same score tiles
     dkdv_passes: int = 1
+    # backward: dQ by fp32 atomic adds from the dK/dV pass (FlashAttention 2/3's five GEMMs)
+    # instead of its own kernel (seven); dq_block_m / dq_block_n must stay 0. Not bitwise
+    # deterministic: the adds land in a different order each run
+    dq_atomic: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -70,6 +74,11 @@ class TritonAttentionBlocks:
             raise ValueError(f"dkdv_splits={self.dkdv_splits!r} must be an int in [0, {MAX_DKDV_SPLITS}]")
         if self.dkdv_passes not in (1, 2) or isinstance(self.dkdv_passes, bool):
             raise ValueError(f"dkdv_passes={self.dkdv_passes!r} must be 1 (dK and dV together) or 2 (apart)")
+        if not isinstance(self.dq_atomic, bool):
+            raise ValueError(f"dq_atomic={self.dq_atomic!r} must be a bool")
+        if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
+            raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
+                             f"got {self.dq_block_m} and {self.dq_block_n}")
 
     def dq_blocks(self) -> "TritonAttentionBlocks":
         """The blocks the dQ pass launches with (its own tile where one is set)."""
@@ -78,16 +87,18 @@ class TritonAttentionBlocks:
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
-                self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes]
+                self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic)]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n, passes = values
-        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes)
+        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic))
 
     def dkdv_pass_flags(self) -> tuple:
-        """(DO_DK, DO_DV) of each launch of the dk/dv kernel, in launch order."""
-        return ((True, True),) if self.dkdv_passes == 1 else ((False, True), (True, False))
+        """(DO_DK, DO_DV, DO_DQ) of each launch of the dk/dv kernel, in launch order."""
+        if self.dkdv_passes == 1:
+            return ((True, True, self.dq_atomic),)
+        return ((False, True, False), (True, False, self.dq_atomic))
 
 
 MAX_DKDV_SPLITS = 16
@@ -216,25 +227,29 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
             if head_dim <= 64:
                 more = [tma_blocks(base, backward=True), *more[:2]]
             elif head_dim <= 128:  # the measured TMA default (TMA_BACKWARD_HEAD_DIMS), the
-                # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), and
-                # 128-key dK/dV with 128-row dQ tiles: 32 rows a step (TMA, no spills), or 64
-                # (pointer, spills 4-12 B), whose score dots are wgmma N = 64 instead of 32
+                # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), 128-key
+                # dK/dV with 128-row dQ tiles, 32 rows a step (TMA, no spills; wgmma N = 32),
+                # and FlashAttention 2/3's five GEMMs: dQ by atomics from the 128-key dK/dV
+                # pass (32 rows a step: 253 registers, no spills, 637 loop instructions per
+                # 4096 scores where the TMA default's two kernels take 665 + 537). Dropped
+                # for it, to keep five candidates: 64 rows a step with a 128-row dQ (spills 12 B).
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
-                        TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=128, dq_block_n=64)]
+                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
                 # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
                 # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills, but both
-                # warpgroups compute the same score tiles), 128-row x 16-key ones (no spills),
-                # or 128 x 32 (12 B of spills; wgmma N = 32 where 16-key score dots read their
-                # A tile from shared memory twice as often a FLOP: 396 instructions per 32 keys
-                # against 2 x 285); the default's tiles pipelined. The shared pass with 64
-                # keys (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles 0.9-8.6 KB; 64
-                # rows a step do not fit (256 KB of shared memory with 2 stages).
+                # warpgroups compute the same score tiles) or 128-row x 16-key ones (no
+                # spills); or dQ by atomics from the dK pass (six GEMMs in all where those take
+                # eight): 32 rows a step (254 registers, 224 KB of shared memory: it just fits)
+                # or 16 (236 registers, 176 KB). Left out: a 128 x 32 dQ (spills 24 B); the
+                # default's 32 x 32 mma.sync tiles through TMA; the shared pass with 64 keys
+                # (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles 0.9-8.6 KB; 64 rows a
+                # step do not fit (256 KB of shared memory with 2 stages).
                 more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16),
-                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=32),
-                        TritonAttentionBlocks(32, 32, 8, 3, tma=True)]
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True),
+                        TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -374,22 +389,30 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
         dv_out = torch.empty_like(dk_out)
-    for do_dk, do_dv in blocks.dkdv_pass_flags():
+    # dq_atomic: the dK pass adds dS K into a zeroed fp32 dQ (scaled and cast below); else a dummy
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if blocks.dq_atomic else delta
+    dq_strides = dq_acc.stride() if blocks.dq_atomic else (0, 0, 0, 0)
+    for do_dk, do_dv, do_dq in blocks.dkdv_pass_flags():
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
-            q, k, v, do, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+            q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
             *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
+            DO_DQ=do_dq,
         )
     if splits > 1:
         dk.copy_(dk_out.sum(0))
         dv.copy_(dv_out.sum(0))
-    triton_kernels._attn_bwd_dq_kernel[(triton.cdiv(sq * g, dq_blk.block_m), b * kvh)](
-        q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        *seg_strides, *scalars, **meta_dq, **launch,
-    )
     tma = "_tma" if blocks.tma else ""
-    LAUNCHES.update(("_attn_bwd_preprocess_kernel", f"_attn_bwd_dq{tma}_kernel"))
+    if blocks.dq_atomic:
+        dq.copy_(dq_acc.mul_(scale))
+    else:
+        triton_kernels._attn_bwd_dq_kernel[(triton.cdiv(sq * g, dq_blk.block_m), b * kvh)](
+            q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+            *seg_strides, *scalars, **meta_dq, **launch,
+        )
+        LAUNCHES[f"_attn_bwd_dq{tma}_kernel"] += 1
+    LAUNCHES["_attn_bwd_preprocess_kernel"] += 1
     LAUNCHES[f"_attn_bwd_dkdv{tma}_kernel"] += blocks.dkdv_passes
     return dq, dk, dv
 
@@ -510,7 +533,7 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     ``capability`` (or ``blocks`` for every pass, as ``attention_triton(blocks=...)`` uses it),
     specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids). With
     ``dkdv_passes=2`` "_attn_bwd_dkdv_kernel" is the dK-only launch and "_attn_bwd_dv_kernel"
-    the dV-only one.
+    the dV-only one; with ``dq_atomic`` there is no "_attn_bwd_dq_kernel".
 
     Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
     k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
@@ -530,6 +553,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         pass_blocks = blocks or default_blocks(head_dim, dtype, backward=backward,
                                                capability=tuple(capability))
         if name == "_attn_bwd_dq_kernel":
+            if pass_blocks.dq_atomic:  # dQ comes from the dK/dV pass: no dQ kernel
+                continue
             pass_blocks = pass_blocks.dq_blocks()
         meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
                            segments=segments, blocks=pass_blocks)
@@ -549,8 +574,10 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         if name != "_attn_bwd_dkdv_kernel":
             out[name] = _aot_kernel(fn, meta, types, pass_blocks)
             continue
-        for do_dk, do_dv in pass_blocks.dkdv_pass_flags():
-            kernel = _aot_kernel(fn, {**meta, "DO_DK": do_dk, "DO_DV": do_dv}, types, pass_blocks)
+        types = {**types, "DQ": "*fp32"}  # the fp32 dQ accumulator (a dummy without dq_atomic)
+        for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
+            kernel = _aot_kernel(fn, {**meta, "DO_DK": do_dk, "DO_DV": do_dv, "DO_DQ": do_dq}, types,
+                                 pass_blocks)
             if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
                 kernel = kernel._replace(name="_attn_bwd_dv_kernel")
             out[kernel.name] = kernel

@@ -266,11 +266,13 @@ def _bwd_dkdv_loop(
     window, offs_d, d_ok,
     start, stop,  # folded rows of this loop, start a multiple of BLOCK_M (or >= stop)
     split, num_splits,  # this program takes the row blocks b with b % num_splits == split
+    DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd,  # DO_DQ: fp32 dq accumulator [B, Sq, H, D]
     MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
     DO_DK: tl.constexpr = True, DO_DV: tl.constexpr = True,  # which accumulators this pass updates
+    DO_DQ: tl.constexpr = False,  # also add dS K (unscaled) into DQ with fp32 atomics (needs DO_DK)
 ):
     first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
     for start_m in range(first, stop, BLOCK_M * num_splits):
@@ -310,6 +312,14 @@ def _bwd_dkdv_loop(
             if HAS_SOFTCAP:
                 dst = dst * (1.0 - t * t)
             dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+            if DO_DQ:  # this key block's share of dQ for these rows: every visible (row, key)
+                # pair is visited by exactly one program, so the relaxed fp32 adds sum to dS K
+                # dQ^T = K^T dS^T [BLOCK_D, BLOCK_M]: K^T is a view of the K operand the score
+                # dot already holds in shared memory (dS K would stage a second copy of K)
+                dqt = tl.dot(tl.trans(k), dst.to(k.dtype), input_precision=DOT_PRECISION)
+                dq_rows = off_b.to(tl.int64) * stride_dqb + q_idx.to(tl.int64) * stride_dqs + head * stride_dqh
+                tl.atomic_add(DQ + dq_rows[None, :] + offs_d[:, None] * stride_dqd, dqt,
+                              mask=row_ok[None, :] & d_ok[:, None], sem="relaxed")
     return dk, dv
 
 
@@ -319,6 +329,7 @@ def _attn_bwd_dkdv_kernel(
     K,  # [B, Skv, KVH, D] keys
     V,  # [B, Skv, KVH, D] values
     DO,  # [B, Sq, H, D] output gradient
+    DQ,  # DO_DQ: [B, Sq, H, D] fp32, zeroed: dQ / sm_scale accumulates here (else a dummy)
     DK,  # [B, Skv, KVH, D] out: key gradient, k's dtype (SPLITS: [num_splits, B, Skv, KVH, D] fp32)
     DV,  # [B, Skv, KVH, D] out: value gradient (SPLITS: fp32 partial sums, like DK)
     LSE,  # [B * KVH, Sq * G] fp32 log2-domain logsumexp from the forward
@@ -331,6 +342,7 @@ def _attn_bwd_dkdv_kernel(
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
     stride_dkb, stride_dks, stride_dkh, stride_dkd,
     stride_dvb, stride_dvs, stride_dvh, stride_dvd,
     stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
@@ -345,6 +357,7 @@ def _attn_bwd_dkdv_kernel(
     SPLITS: tl.constexpr = False,  # num_splits > 1: write fp32 partial sums, summed by the launcher
     DO_DK: tl.constexpr = True,  # compute and write dk (False: this launch is the dV-only pass)
     DO_DV: tl.constexpr = True,  # compute and write dv (False: this launch is the dK-only pass)
+    DO_DQ: tl.constexpr = False,  # with DO_DK: dQ too, by fp32 atomics into DQ (no dQ kernel)
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
     # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
@@ -352,6 +365,10 @@ def _attn_bwd_dkdv_kernel(
     # launches, one with DO_DV only and one with DO_DK only, hold one [BLOCK_N, BLOCK_D] fp32
     # accumulator each instead of two: at head_dim 256 that is what lets 128-key tiles (a
     # warpgroup of 64 keys each on sm_90, no duplicated score tiles) fit in registers.
+    # DO_DQ (FlashAttention 2/3's five-GEMM backward): the pass that forms dS also adds dS K
+    # into an fp32 dQ with relaxed atomics, which replaces the dQ kernel and its two score
+    # recomputes (3 of the 7 GEMMs) at the cost of one GEMM and BLOCK_M x D atomics a step;
+    # the adds' order varies from run to run, so dQ is not bitwise deterministic.
     start_n = tl.program_id(0) * BLOCK_N
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -404,12 +421,13 @@ def _attn_bwd_dkdv_kernel(
             off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
             window, offs_d, d_ok)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, split, num_splits, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
-    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, split, num_splits, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV)
+    dq_args = (split, num_splits, DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, *dq_args, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
+    dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
     dk = dk * sm_scale
     if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
         part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
