@@ -227,7 +227,7 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
             if head_dim <= 64:
                 more = [tma_blocks(base, backward=True), *more[:2]]
             elif head_dim <= 128:  # the measured TMA default (TMA_BACKWARD_HEAD_DIMS), the
-                # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 64 B), 128-key
+                # pointer 64x32 that beat it on the H200 sweep (4 warps, spills 36 B), 128-key
                 # dK/dV with 128-row dQ tiles, 32 rows a step (TMA, no spills; wgmma N = 32),
                 # and FlashAttention 2/3's five GEMMs: dQ by atomics from the 128-key dK/dV
                 # pass (32 rows a step: 253 registers, no spills, 637 loop instructions per
