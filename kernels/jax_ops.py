@@ -274,3 +274,50 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="pallas"):
     from .int4.reference_jax import int4_matmul_reference
 
     return int4_matmul_reference(x, packed_w, scales, zeros, group_size)
+
+
+LOSS_IMPLS = ("pallas", "xla", "reference")
+
+
+def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normalizer=None, impl="pallas"):
+    """Cross-entropy of softcap(x @ weight.T) against targets (``kernels/cross_entropy/spec.py``):
+    "pallas" and "xla" chunk the rows (the [N, V] logits never exist; the softmax step in a
+    Pallas kernel or in XLA-fused jnp), "reference" builds the full logits. x [..., W],
+    weight [V, W] (the tied embedding), targets int [...], mask bool [...] (None: every row);
+    normalizer: a positive number or scalar array (None: the masked-in row count, >= 1).
+    Masked-in targets are range-checked when they are concrete (not under ``jit``); masked-out
+    rows may hold any target. Differentiable in x and weight."""
+    from .cross_entropy.spec import check_linear_cross_entropy_args
+
+    check_impl(impl, LOSS_IMPLS)
+    _, width, vocab = check_linear_cross_entropy_args(
+        x, weight, targets, mask, softcap=softcap, normalizer=None,
+        dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl == "reference"), device_of=None)
+    if normalizer is not None and getattr(normalizer, "shape", None) != ():  # a scalar array passes
+        from ._checks import check_float
+
+        check_float("normalizer", normalizer, positive=True)
+    t = targets.reshape(-1)
+    m = jnp.ones(t.shape, bool) if mask is None else mask.reshape(-1)
+    _check_concrete_targets(t, m, vocab)
+    if impl == "reference":
+        from .cross_entropy.reference_jax import linear_cross_entropy_reference
+
+        return linear_cross_entropy_reference(x, weight, targets, mask, softcap=softcap, normalizer=normalizer)
+    from .cross_entropy.jax_cross_entropy import linear_cross_entropy_jax
+
+    denom = jnp.maximum(m.sum(), 1).astype(jnp.float32) if normalizer is None else normalizer
+    return linear_cross_entropy_jax(x.reshape(-1, width), weight, jnp.where(m, t, 0),
+                                    m.astype(jnp.float32) / denom, softcap=softcap, impl=impl)
+
+
+def _check_concrete_targets(t, m, vocab: int) -> None:
+    import jax
+    import numpy as np
+
+    if isinstance(t, jax.core.Tracer) or isinstance(m, jax.core.Tracer):
+        return
+    tn, mn = np.asarray(t), np.asarray(m)
+    bad = ((tn < 0) | (tn >= vocab)) & mn
+    if bad.any():
+        raise ValueError(f"targets must lie in [0, vocab={vocab}) where mask is set, got {int(tn[bad][0])}")

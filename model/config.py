@@ -131,7 +131,9 @@ class KernelConfig:
     norm: str | None = None
     rope: str | None = None
     mlp: str | None = None
-    loss: str | None = None  # torch's GeminiModel.loss: triton (fused linear cross-entropy) | reference
+    # the model's loss: fused linear cross-entropy, chunked (torch: triton; JAX: pallas | xla), or
+    # reference (full logits)
+    loss: str | None = None
     # torch's Triton attention tiles: None = the per-device defaults; "autotune" = the fastest
     # candidates of the forward and backward passes, timed on the first call of each shape
     attention_blocks: str | None = None

@@ -100,9 +100,12 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
 
 
 def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = None, positions=None,
-            segment_ids=None, embeds=None, embed_mask=None, cache=None):
-    """tokens [B, S] -> logits [B, S, vocab] fp32; with a cache, (logits, new_cache)."""
+            segment_ids=None, embeds=None, embed_mask=None, cache=None, hidden=False):
+    """tokens [B, S] -> logits [B, S, vocab] fp32; with a cache, (logits, new_cache);
+    ``hidden=True`` (training, no cache): the final norm's output [B, S, W], before the head."""
     kernels = kernels if kernels is not None else KernelConfig()
+    if hidden and cache is not None:
+        raise ValueError("hidden=True is for training (loss); it takes no cache")
     norm_impl = kernels.impl("norm")
     b, s = tokens.shape
     if cache is not None:
@@ -132,6 +135,8 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
             new_k.append(kv[0])
             new_v.append(kv[1])
     x = rms_norm(x, params["model.norm.weight"], eps=cfg.norm_eps, impl=norm_impl)
+    if hidden:
+        return x
     table = params["model.embed_tokens.weight"]  # the tied head in the weights' dtype, fp32 logits
     logits = jnp.einsum("bsw,vw->bsv", x.astype(table.dtype), table, preferred_element_type=jnp.float32)
     logits = softcap(with_logical_constraint(logits, ("batch", "seq", "vocab")), cfg.final_softcap)
@@ -139,6 +144,23 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
         return logits
     lengths = cache.lengths + 1 if s == 1 else jnp.full_like(cache.lengths, s)
     return logits, cache._replace(k=tuple(new_k), v=tuple(new_v), lengths=lengths)
+
+
+def loss(params, tokens, targets, mask=None, *, cfg: ModelConfig, kernels: KernelConfig | None = None,
+         normalizer=None, **kw):
+    """Masked cross-entropy of the next-token logits (``model.losses``' semantics) through the
+    ``loss`` kernel: with "pallas" or "xla" the [B, S, vocab] logits never exist in full (the
+    rows go in chunks, ``kernels/cross_entropy/jax_cross_entropy.py``). ``kw``: ``forward``'s."""
+    kernels = kernels if kernels is not None else KernelConfig()
+    h = forward(params, tokens, cfg=cfg, kernels=kernels, hidden=True, **kw)
+    return head_loss(h, params["model.embed_tokens.weight"], targets, mask, cfg=cfg, kernels=kernels,
+                     normalizer=normalizer)
+
+
+def head_loss(h, table, targets, mask=None, *, cfg: ModelConfig, kernels: KernelConfig, normalizer=None):
+    """The tied head and the cross-entropy of ``loss`` from the final hidden states h [B, S, W]."""
+    return jax_ops.linear_cross_entropy(h.astype(table.dtype), table, targets, mask=mask, normalizer=normalizer,
+                                        softcap=cfg.final_softcap, impl=kernels.impl("loss"))
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

@@ -55,13 +55,16 @@ class JaxTrainer:
         self.step = 0
         bf16 = tcfg.precision == "bf16"
 
-        def fwd(params, tokens):
-            if bf16:
-                params = {n: p.astype(jnp.bfloat16) for n, p in params.items()}
-            return jax_model.forward(params, tokens, cfg=cfg, kernels=kernels)
+        def cast(params):
+            return {n: p.astype(jnp.bfloat16) for n, p in params.items()} if bf16 else params
 
-        if tcfg.remat:
-            fwd = jax.checkpoint(fwd, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        def fwd(params, tokens, hidden=False):
+            return jax_model.forward(cast(params), tokens, cfg=cfg, kernels=kernels, hidden=hidden)
+
+        hidden = functools.partial(fwd, hidden=True)
+        if tcfg.remat:  # the decoder only: the loss kernel keeps its own gradients, nothing to recompute
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            fwd, hidden = jax.checkpoint(fwd, policy=policy), jax.checkpoint(hidden, policy=policy)
         self.teacher = None
         if teacher_path is not None:
             from model import checkpoint
@@ -74,6 +77,10 @@ class JaxTrainer:
         d = tcfg.distill
 
         def loss_fn(params, inputs, targets, mask, normalizer, t_logits):
+            if t_logits is None:  # the loss kernel: "pallas" / "xla" never build the full logits
+                table = cast(params)["model.embed_tokens.weight"]
+                return jax_model.head_loss(hidden(params, inputs), table, targets, mask, cfg=cfg,
+                                           kernels=kernels, normalizer=normalizer), None
             logits = fwd(params, inputs)
             loss = losses.jax_masked_cross_entropy(logits, targets, mask, normalizer=normalizer)
             if t_logits is not None:

@@ -423,3 +423,26 @@ def test_triton_linear_cross_entropy(rng, case, dtype):
     assert_close(got[0], ref[0], base[0], dtype, "loss")
     compare(["dx", "dweight"], got[1:], ref[1:], base[1:], dtype)
 
+
+
+@pytest.mark.usefixtures("pallas_gpu")
+@pytest.mark.parametrize("case,dtype", params(CE, ce_id, triton=False))
+def test_pallas_linear_cross_entropy(rng, case, dtype):
+    """The JAX chunked path with its Pallas row kernel (Triton lowering on the GPU)."""
+    from kernels.cross_entropy.jax_cross_entropy import JaxCrossEntropyBlocks, linear_cross_entropy_jax
+    from kernels.cross_entropy.reference_jax import linear_cross_entropy_reference
+
+    import test_cross_entropy_jax as tcj
+
+    rows, vocab, chunk, cap = case
+    width = sized(256, test_cross_entropy.WIDTH)
+    x, w, t, m = (a.numpy() for a in test_cross_entropy._data(rng, (rows,), vocab, width))
+    blocks = JaxCrossEntropyBlocks(chunk_rows=chunk) if DEVICE == "cuda" else \
+        JaxCrossEntropyBlocks(block_r=4, block_v=64, chunk_rows=chunk)
+    row_w = jnp.asarray(m / max(m.sum(), 1))
+    got, _ = tcj._jax_run(lambda a, b: linear_cross_entropy_jax(
+        a, b, jnp.asarray(np.where(m, t, 0)), row_w, softcap=cap, impl="pallas", blocks=blocks), x, w, jdt(dtype))
+    base, _ = tcj._jax_run(lambda a, b: linear_cross_entropy_reference(
+        a, b, jnp.asarray(t), jnp.asarray(m), softcap=cap), x, w, jdt(dtype))
+    for name, g, r, b in zip(["loss", "dx", "dweight"], got, tcj._truth(x, w, t, m, cap), base):
+        assert_close(g, r, b, dtype, f"pallas {name}")

@@ -365,11 +365,12 @@ class ModelSuite:
         if case.mode == "forward":
             f = jax.jit(fwd)
             return np.asarray(f(p, t)[:, -self.cfg.check_rows:], np.float32), (lambda: f(p, t)), mode
-        if case.mode == "train_step":
+        if case.mode == "train_step":  # the model's loss (its ``loss`` kernel), as the torch step
+            targets = jnp.roll(t, -1, axis=1)
+            mask = jnp.ones(t.shape, bool).at[:, -1].set(False)  # the last position has no target
+
             def loss_fn(params_):
-                logits = fwd(params_, t).astype(jnp.float32)
-                logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-                return -jnp.take_along_axis(logp, t[:, 1:, None], axis=-1).mean()
+                return jax_model.loss(params_, t, targets, mask, cfg=mcfg, kernels=kernels)
 
             @jax.jit
             def step(params_):  # loss, grads and a plain Adam-free SGD update (the optimizer is not the point)

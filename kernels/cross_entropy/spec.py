@@ -51,3 +51,14 @@ def check_linear_cross_entropy_args(x: Any, weight: Any, targets: Any, mask: Any
 def linear_cross_entropy_flops(n: int, width: int, vocab: int, *, backward: bool = True) -> float:
     """The head's matmuls: 2 N V W forward, twice that for dx and dweight."""
     return 2.0 * n * vocab * width * (3 if backward else 1)
+
+
+def check_chunk_blocks(blocks) -> None:
+    """The launch knobs both chunked impls share (Triton's CrossEntropyBlocks, the JAX one):
+    num_warps, chunk_rows (0: from chunk_bytes) and chunk_bytes."""
+    if blocks.num_warps not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"num_warps={blocks.num_warps!r} must be one of 1, 2, 4, 8, 16, 32")
+    if not isinstance(blocks.chunk_rows, int) or blocks.chunk_rows < 0:
+        raise ValueError(f"chunk_rows={blocks.chunk_rows!r} must be an int >= 0 (0: from chunk_bytes)")
+    if not isinstance(blocks.chunk_bytes, int) or blocks.chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes={blocks.chunk_bytes!r} must be a positive int")

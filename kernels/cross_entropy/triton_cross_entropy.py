@@ -30,6 +30,7 @@ import triton.language as tl  # noqa: E402
 
 from .._aot import aot_kernel, jit_module, triton_dtype  # noqa: E402
 from .._platform import triton_interpreting  # noqa: E402
+from .spec import check_chunk_blocks  # noqa: E402
 
 LAUNCHES: collections.Counter = collections.Counter()
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": exp(NEG - NEG) = 1, never NaN
@@ -90,12 +91,7 @@ class CrossEntropyBlocks:
     def __post_init__(self):
         if not isinstance(self.block_v, int) or self.block_v < 16 or self.block_v & (self.block_v - 1):
             raise ValueError(f"block_v={self.block_v!r} must be a power of two >= 16")
-        if self.num_warps not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16, 32")
-        if not isinstance(self.chunk_rows, int) or self.chunk_rows < 0:
-            raise ValueError(f"chunk_rows={self.chunk_rows!r} must be an int >= 0 (0: from chunk_bytes)")
-        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes={self.chunk_bytes!r} must be a positive int")
+        check_chunk_blocks(self)
 
     def rows(self, n: int, vocab: int, itemsize: int) -> int:
         return min(n, self.chunk_rows or max(1, self.chunk_bytes // (vocab * itemsize)))
