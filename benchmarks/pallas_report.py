@@ -201,6 +201,20 @@ def _int4(rows):
     return job
 
 
+def _linear_cross_entropy():
+    import jax
+    import jax.numpy as jnp
+
+    from kernels.cross_entropy.jax_cross_entropy import default_blocks, linear_cross_entropy_jax
+
+    blocks = default_blocks(256000, interpret=False)
+    fn = jax.grad(lambda x, w, t, r: linear_cross_entropy_jax(x, w, t, r, impl="pallas", blocks=blocks,
+                                                              interpret=False), argnums=(0, 1))
+    args = (_sds((512, 2048), jnp.bfloat16), _sds((256000, 2048), jnp.bfloat16), _sds((512,), jnp.int32),
+            _sds((512,), jnp.float32))
+    return fn, args, "cuda", blocks
+
+
 PALLAS_JOBS = {
     "attention fwd+bwd hd128 bf16 (Pallas Triton)": _attention_triton,
     "attention fwd+bwd hd128 bf16 (Mosaic GPU)": _attention_mgpu,
@@ -215,6 +229,7 @@ PALLAS_JOBS = {
     "log_mel 80 fp16": _log_mel,
     "int4 matmul m1 bf16": _int4(1),
     "int4 matmul m512 bf16": _int4(512),
+    "linear_cross_entropy fwd+bwd v256000 bf16 (Pallas Triton)": _linear_cross_entropy,
 }
 
 
