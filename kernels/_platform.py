@@ -25,6 +25,29 @@ def configure_triton_interpret() -> bool:
     return triton_interpreting()
 
 
+def interpreter_descriptor_reduce() -> None:
+    """Give Triton 3.6's interpreter the tensor-descriptor reduction it lacks
+    (``desc.atomic_add``, which the compiler lowers to sm_90's cp.reduce.async.bulk): ADD over
+    the tile's in-bounds elements as masked relaxed atomic adds, which is what the bulk
+    reduction computes, so the CPU tests run kernels that use it. Idempotent; other kinds
+    raise NotImplementedError."""
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if hasattr(builder, "create_descriptor_reduce"):
+        return
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
+            raise NotImplementedError(f"descriptor reduction {kind} in the interpreter (only ADD is added)")
+        ptrs, mask = desc.materialize_pointers(indices)
+        op = ir.ATOMIC_OP.FADD if value.dtype.scalar.is_floating() else ir.ATOMIC_OP.ADD
+        return self.create_atomic_rmw(op, ptrs, value, mask, ir.MEM_SEMANTIC.RELAXED, ir.MEM_SYNC_SCOPE.GPU)
+
+    builder.create_descriptor_reduce = create_descriptor_reduce
+
+
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

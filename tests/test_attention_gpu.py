@@ -101,14 +101,14 @@ def test_triton_tma_and_autotuned_forward_on_gpu(case, blocks, dtype, rng):
 
 # every backward tile candidate of the device (what the autotuner and the sweep choose among,
 # by time alone): head_dim 128 (MQA causal) and 256 (softcap), bf16
-BWD_CANDIDATE_CASES = [(CASES[0], i) for i in range(5)] + [(CASES[3], i) for i in range(5)]
+BWD_CANDIDATE_CASES = [(CASES[0], i) for i in range(6)] + [(CASES[3], i) for i in range(5)]
 
 
 @pytest.mark.parametrize("case,index", BWD_CANDIDATE_CASES,
                          ids=[f"{c[0]}-cand{i}" for c, i in BWD_CANDIDATE_CASES])
 def test_triton_backward_candidates_on_gpu(case, index, rng):
     """Each ``candidate_blocks(backward=True)`` (two-pass dK/dV, 128-key tiles, own dQ tiles,
-    TMA, dQ by atomics) gives the float64 gradients within the accuracy rule, forward at the default tiles."""
+    TMA, dQ by atomics or bulk reductions) gives the float64 gradients within the accuracy rule, forward at the default tiles."""
     from kernels.attention import triton_attention as ta
 
     _, shape, flags = case

@@ -159,3 +159,43 @@ def test_tma_backward_with_dq_by_atomics(rng):
     tensors, do, kwargs = _inputs(rng, Case(2, 33, 70, 8, 1, 64, causal=True))
     blocks = TritonAttentionBlocks(16, 32, 4, 1, tma=True, dq_atomic=True)
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
+
+
+# MQA with G = 8 and 1, GQA G = 2 with segments and Sq > Skv at head_dim 256, softcap
+DQ_TMA_CASES = [(Case(2, 33, 70, 8, 1, 64, causal=True), 1, torch.float32), (CASES[3], 2, torch.float16),
+                (CASES[7], 1, torch.float32), (Case(1, 57, 40, 4, 2, 256, causal=True), 2, torch.float32),
+                (CASES[6], 2, torch.float16)]
+
+
+@pytest.mark.parametrize("case,passes,dtype", DQ_TMA_CASES,
+                         ids=[f"{c.id}-passes{p}-{str(d)[6:]}" for c, p, d in DQ_TMA_CASES])
+def test_dq_by_tensor_descriptor_reductions(rng, monkeypatch, case, passes, dtype):
+    """dq_tma: the dK/dV pass adds each dQ tile with one descriptor reduction (the interpreter
+    runs them through kernels._platform's shim, the semantics of sm_90's bulk reduction:
+    in-bounds elements added, rows past Sq skipped); float64 agreement, no dQ kernel."""
+    from kernels import _platform
+    from triton.runtime import interpreter
+
+    _platform.interpreter_descriptor_reduce()
+    calls = []
+    reduce = interpreter.InterpreterBuilder.create_descriptor_reduce
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_descriptor_reduce",
+                        lambda self, *a: calls.append(1) or reduce(self, *a))
+    tensors, do, kwargs = _inputs(rng, case)
+    before = triton_attention.LAUNCHES["_attn_bwd_dq_kernel"]
+    blocks = TritonAttentionBlocks(16, 32, 4, 1, dkdv_passes=passes, dq_atomic=True, dq_tma=True)
+    _check_against_reference(tensors, do, dtype, kwargs, blocks=blocks)
+    assert calls and triton_attention.LAUNCHES["_attn_bwd_dq_kernel"] == before
+
+
+def test_dq_tma_refuses_what_it_cannot_tile_before_any_launch(rng):
+    tensors, do, kwargs = _inputs(rng, Case(1, 9, 9, 6, 2, 64, causal=True))  # G = 3
+    q, k, v = (t.float().requires_grad_() for t in tensors)
+    out = attention_triton(q, k, v, **kwargs, blocks=(POINTER, TritonAttentionBlocks(
+        16, 16, 4, 1, dq_atomic=True, dq_tma=True)))
+    before = dict(triton_attention.LAUNCHES)
+    with pytest.raises(ValueError, match="dq_tma=True cannot run this problem: the group size 3"):
+        out.backward(do.float())
+    assert dict(triton_attention.LAUNCHES) == before
+    with pytest.raises(ValueError, match="dq_tma=True must be a bool, True only with dq_atomic=True"):
+        TritonAttentionBlocks(16, 16, 4, 1, dq_tma=True)

@@ -79,6 +79,10 @@ DUP_JOBS = {
     "sm90-bwd-bf16-d256-two-pass-atomic-dq": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
                                                         dkdv_passes=2, dq_atomic=True),
                                               ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
+    # ... and by one bulk tensor reduction a tile (cp.reduce.async.bulk, no pointer atomics)
+    "sm90-bwd-bf16-d256-two-pass-dq-tma": (256, dict(block_m=16, block_n=128, num_warps=8, num_stages=2,
+                                                     dkdv_passes=2, dq_atomic=True, dq_tma=True),
+                                           ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
 }
 
 

@@ -64,6 +64,11 @@ class TritonAttentionBlocks:
     # instead of its own kernel (seven); dq_block_m / dq_block_n must stay 0. Not bitwise
     # deterministic: the adds land in a different order each run
     dq_atomic: bool = False
+    # backward, with dq_atomic: the adds as one bulk reduction per tile through a tensor
+    # descriptor over dQ (sm_90's cp.reduce.async.bulk, FlashAttention 3's dQ path): no
+    # per-element pointers or atomics in the loop; needs q tiles of whole positions (G a power
+    # of two dividing block_m), as ``tma``
+    dq_tma: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -76,6 +81,8 @@ class TritonAttentionBlocks:
             raise ValueError(f"dkdv_passes={self.dkdv_passes!r} must be 1 (dK and dV together) or 2 (apart)")
         if not isinstance(self.dq_atomic, bool):
             raise ValueError(f"dq_atomic={self.dq_atomic!r} must be a bool")
+        if not isinstance(self.dq_tma, bool) or (self.dq_tma and not self.dq_atomic):
+            raise ValueError(f"dq_tma={self.dq_tma!r} must be a bool, True only with dq_atomic=True")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -87,12 +94,13 @@ class TritonAttentionBlocks:
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
-                self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic)]
+                self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic),
+                int(self.dq_tma)]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic = values
-        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic))
+        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma))
 
     def dkdv_pass_flags(self) -> tuple:
         """(DO_DK, DO_DV, DO_DQ) of each launch of the dk/dv kernel, in launch order."""
@@ -231,25 +239,29 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # dK/dV with 128-row dQ tiles, 32 rows a step (TMA, no spills; wgmma N = 32),
                 # and FlashAttention 2/3's five GEMMs: dQ by atomics from the 128-key dK/dV
                 # pass (32 rows a step: 253 registers, no spills, 637 loop instructions per
-                # 4096 scores where the TMA default's two kernels take 665 + 537). Dropped
-                # for it, to keep five candidates: 64 rows a step with a 128-row dQ (spills 12 B).
+                # 4096 scores where the TMA default's two kernels take 665 + 537), by pointer
+                # atomics or by one bulk tensor reduction a tile (dq_tma: 247 registers, 525
+                # instructions). Dropped: 64 rows a step with a 128-row dQ (spills 12 B).
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
-                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True)]
+                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
                 # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
                 # spills; one fp32 accumulator each), with 64-row dQ tiles (no spills, but both
                 # warpgroups compute the same score tiles) or 128-row x 16-key ones (no
                 # spills); or dQ by atomics from the dK pass (six GEMMs in all where those take
-                # eight): 32 rows a step (254 registers, 224 KB of shared memory: it just fits)
-                # or 16 (236 registers, 176 KB). Left out: a 128 x 32 dQ (spills 24 B); the
-                # default's 32 x 32 mma.sync tiles through TMA; the shared pass with 64 keys
-                # (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles 0.9-8.6 KB; 64 rows a
-                # step do not fit (256 KB of shared memory with 2 stages).
+                # eight): 32 rows a step by pointer atomics (254 registers, 224 KB of shared
+                # memory: it just fits), or 16 by bulk tensor reductions (dq_tma: 220 registers,
+                # 180 KB, 462 loop instructions per 2048 scores where pointer atomics take 562;
+                # 32 rows that way need 232 KB, over the 227 KB limit). Left out: a 128 x 32 dQ
+                # (spills 24 B); the default's 32 x 32 mma.sync tiles through TMA; the shared
+                # pass with 64 keys (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles
+                # 0.9-8.6 KB; 64 rows a step do not fit (256 KB of shared memory, 2 stages).
                 more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True),
-                        TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True)]
+                        TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
@@ -347,6 +359,27 @@ def _check_tma(q, k, v, blocks) -> None:
         raise ValueError(f"blocks: tma=True cannot run this problem: {why}")
 
 
+def _dq_descriptor(dq_acc, group: int, blocks):
+    """dq_tma: a 4-D descriptor over the fp32 dQ accumulator [B, Sq, H, D], tiles [1, block_m /
+    G, G, BLOCK_D] (the folded rows of one dK/dV step); the bulk reductions skip rows past Sq.
+    Refuses, before any launch, a problem or device it cannot serve."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if group & (group - 1) or blocks.block_m % group:
+        raise ValueError(f"blocks: dq_tma=True cannot run this problem: the group size {group} must be a "
+                         f"power of two dividing block_m={blocks.block_m}")
+    if triton_interpreting():
+        from .._platform import interpreter_descriptor_reduce
+
+        interpreter_descriptor_reduce()
+    elif torch.cuda.get_device_capability(dq_acc.device)[0] < 9:
+        cap = torch.cuda.get_device_capability(dq_acc.device)
+        raise ValueError(f"blocks: dq_tma=True needs sm_90 or later (tensor-descriptor reductions), got "
+                         f"sm_{cap[0]}{cap[1]}")
+    box = [1, blocks.block_m // group, group, _block_d(dq_acc.shape[-1])]
+    return TensorDescriptor(dq_acc, list(dq_acc.shape), _tma_strides(dq_acc), box)
+
+
 def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
     """Backward launches (delta, then dk/dv, then dq) -> (dq, dk, dv) in the inputs' dtypes."""
     b, sq, h, d = q.shape
@@ -379,6 +412,11 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         qdo_descs, kv_descs = (q_d, do_d), (k_d, v_d)
         meta, meta_dq = {**meta, "TMA": True}, {**meta_dq, "TMA": True}
 
+    # dq_atomic: the dK pass adds dS K into a zeroed fp32 dQ (scaled and cast below); else a dummy
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if blocks.dq_atomic else delta
+    dq_strides = dq_acc.stride() if blocks.dq_atomic else (0, 0, 0, 0)
+    dq_desc = _dq_descriptor(dq_acc, g, blocks) if blocks.dq_tma else None
+
     triton_kernels._attn_bwd_preprocess_kernel[rows_grid](
         o, do, delta, *o.stride(), *do.stride(), sq, kvh,
         GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
@@ -389,15 +427,12 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
         dv_out = torch.empty_like(dk_out)
-    # dq_atomic: the dK pass adds dS K into a zeroed fp32 dQ (scaled and cast below); else a dummy
-    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if blocks.dq_atomic else delta
-    dq_strides = dq_acc.stride() if blocks.dq_atomic else (0, 0, 0, 0)
     for do_dk, do_dv, do_dq in blocks.dkdv_pass_flags():
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
-            q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, splits,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
+            q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
+            splits, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
             *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
-            DO_DQ=do_dq,
+            DO_DQ=do_dq, DQ_TMA=do_dq and blocks.dq_tma,
         )
     if splits > 1:
         dk.copy_(dk_out.sum(0))
@@ -576,12 +611,27 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
             continue
         types = {**types, "DQ": "*fp32"}  # the fp32 dQ accumulator (a dummy without dq_atomic)
         for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
-            kernel = _aot_kernel(fn, {**meta, "DO_DK": do_dk, "DO_DV": do_dv, "DO_DQ": do_dq}, types,
-                                 pass_blocks)
+            dq_tma = do_dq and pass_blocks.dq_tma
+            flags = {**meta, "DO_DK": do_dk, "DO_DV": do_dv, "DO_DQ": do_dq, "DQ_TMA": dq_tma}
+            pass_types = types
+            if dq_tma:  # the descriptor over the fp32 accumulator, tiles of the folded rows
+                pass_types = {**types, "DQ_DESC": _aot_dq_descriptor_type(head_dim, group, pass_blocks)}
+            else:
+                flags["DQ_DESC"] = None
+            kernel = _aot_kernel(fn, flags, pass_types, pass_blocks)
             if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
                 kernel = kernel._replace(name="_attn_bwd_dv_kernel")
             out[kernel.name] = kernel
     return out
+
+
+def _aot_dq_descriptor_type(head_dim, group, blocks) -> str:
+    from triton.runtime.jit import mangle_type
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    t = torch.empty((1, 1, group, head_dim), dtype=torch.float32)
+    box = [1, blocks.block_m // group, group, _block_d(head_dim)]
+    return mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box))
 
 
 def _aot_descriptor_types(head_dim, dtype, group, blocks) -> dict:

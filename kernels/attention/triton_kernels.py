@@ -267,12 +267,14 @@ def _bwd_dkdv_loop(
     start, stop,  # folded rows of this loop, start a multiple of BLOCK_M (or >= stop)
     split, num_splits,  # this program takes the row blocks b with b % num_splits == split
     DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd,  # DO_DQ: fp32 dq accumulator [B, Sq, H, D]
+    DQ_DESC,  # DQ_TMA: a 4-D descriptor over DQ, tiles [1, BLOCK_M / G, G, BLOCK_D] (else None)
     MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
     DO_DK: tl.constexpr = True, DO_DV: tl.constexpr = True,  # which accumulators this pass updates
     DO_DQ: tl.constexpr = False,  # also add dS K (unscaled) into DQ with fp32 atomics (needs DO_DK)
+    DQ_TMA: tl.constexpr = False,  # DO_DQ through DQ_DESC's bulk reductions instead of pointer atomics
 ):
     first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
     for start_m in range(first, stop, BLOCK_M * num_splits):
@@ -317,9 +319,13 @@ def _bwd_dkdv_loop(
                 # dQ^T = K^T dS^T [BLOCK_D, BLOCK_M]: K^T is a view of the K operand the score
                 # dot already holds in shared memory (dS K would stage a second copy of K)
                 dqt = tl.dot(tl.trans(k), dst.to(k.dtype), input_precision=DOT_PRECISION)
-                dq_rows = off_b.to(tl.int64) * stride_dqb + q_idx.to(tl.int64) * stride_dqs + head * stride_dqh
-                tl.atomic_add(DQ + dq_rows[None, :] + offs_d[:, None] * stride_dqd, dqt,
-                              mask=row_ok[None, :] & d_ok[:, None], sem="relaxed")
+                if DQ_TMA:  # one bulk reduction of the tile (cp.reduce.async.bulk), no pointers
+                    DQ_DESC.atomic_add([off_b, start_m // GROUP, off_kvh * GROUP, 0],
+                                       tl.trans(dqt).reshape(1, BLOCK_M // GROUP, GROUP, BLOCK_D))
+                else:
+                    dq_rows = off_b.to(tl.int64) * stride_dqb + q_idx.to(tl.int64) * stride_dqs + head * stride_dqh
+                    tl.atomic_add(DQ + dq_rows[None, :] + offs_d[:, None] * stride_dqd, dqt,
+                                  mask=row_ok[None, :] & d_ok[:, None], sem="relaxed")
     return dk, dv
 
 
@@ -337,6 +343,7 @@ def _attn_bwd_dkdv_kernel(
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
     Q_DESC, DO_DESC,  # TMA only: 4-D descriptors over q and dO (else None)
+    DQ_DESC,  # DQ_TMA only: a 4-D descriptor over DQ (else None)
     num_splits,  # programs per key block along grid axis 2, each over every num_splits-th row block
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -358,6 +365,7 @@ def _attn_bwd_dkdv_kernel(
     DO_DK: tl.constexpr = True,  # compute and write dk (False: this launch is the dV-only pass)
     DO_DV: tl.constexpr = True,  # compute and write dv (False: this launch is the dK-only pass)
     DO_DQ: tl.constexpr = False,  # with DO_DK: dQ too, by fp32 atomics into DQ (no dQ kernel)
+    DQ_TMA: tl.constexpr = False,  # those atomics as bulk tile reductions through DQ_DESC
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
     # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
@@ -421,13 +429,16 @@ def _attn_bwd_dkdv_kernel(
             off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
             window, offs_d, d_ok)
-    dq_args = (split, num_splits, DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd)
+    dq_args = (split, num_splits, DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd, DQ_DESC)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
+                            DQ_TMA)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, *dq_args, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
+                            DQ_TMA)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
-                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ)
+                            HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
+                            DQ_TMA)
     dk = dk * sm_scale
     if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
         part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
