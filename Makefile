@@ -7,14 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= benchmarks/results
 # make bench-gpu's seconds per stage (one device call of at most 10 minutes in all): GPU tests
-# (pytest -m gpu, interrupted with a summary when the time is up), the benchmark's deadline
-# (rows not started by then are reported skipped), the model profile, Nsight Compute over
-# the kernels furthest from their goals (benchmarks/ncu_targets.py; where ncu exists), the
-# block-size sweep. At most 8 files come back from a device call: this writes 7. The stages'
-# timeouts sum to about 575 s (under a device call's 600 s limit): tests 80 (+20 to stop),
-# bench 230 (+60 for the entry running at the deadline), profile 40, ncu 40, sweep 75 (+25)
-GPU_TEST_S ?= 80
-BENCH_DEADLINE_S ?= 230
+# (pytest -m gpu, interrupted with a summary when the time is up), the canary (every
+# non-default autotuning candidate of the goal rows launched once; one that kills its
+# process is excluded from the rest of the run: benchmarks/canary.py; its compiles are the
+# benchmark's, found later in Triton's cache), the benchmark's deadline (rows not started by
+# then are reported skipped), the model profile, Nsight Compute over the kernels furthest
+# from their goals (benchmarks/ncu_targets.py; where ncu exists), the block-size sweep. At
+# most 8 files come back from a device call: this writes 8. The stages' timeouts sum to
+# about 595 s (under a device call's 600 s limit): tests 75 (+20 to stop), canary 75 in all
+# tries, bench 185 (+60 for the entry running at the deadline), profile 40, ncu 40, sweep 75 (+25)
+GPU_TEST_S ?= 75
+CANARY_S ?= 75
+BENCH_DEADLINE_S ?= 185
 PROFILE_S ?= 40
 PROFILE_IMPLS ?= triton-autotune
 NCU_S ?= 40
@@ -55,6 +59,10 @@ bench-gpu:
 	XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT -k 20 $(GPU_TEST_S) python3 -m pytest -q -m gpu \
 	  -p no:cacheprovider $$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8') -rfE --tb=short \
 	  tests/ --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
+	end=$$(( $$(date +%s) + $(CANARY_S) )); for try in 1 2 3; do left=$$(( end - $$(date +%s) )); \
+	  [ $$left -gt 5 ] || break; timeout $$left python3 -m benchmarks.canary --state $(OUT)/canary.json \
+	  > /tmp/canary.log 2>&1; rc=$$?; tail -3 /tmp/canary.log; [ $$rc -eq 0 ] || [ $$rc -eq 124 ] && break; done; \
+	export KERNELS_EXCLUDED_BLOCKS_FILE=$(OUT)/canary.json; \
 	timeout $$(( $(BENCH_DEADLINE_S) + 60 )) python3 -m benchmarks.run bench=gpu out_dir=$(OUT) \
 	  bench.deadline_s=$(BENCH_DEADLINE_S) $(BENCH_ARGS) 2>&1 | tail -60; \
 	if [ $(PROFILE_S) -gt 0 ]; then timeout $(PROFILE_S) python3 -m benchmarks.profile_model \

@@ -35,6 +35,7 @@ import torch
 from benchmarks.hardware import detect_device
 from benchmarks.results import git_commit, library_versions, results_path, write_json_atomic
 from benchmarks.timing import Timer
+from kernels._autotune import excluded_blocks
 
 BF16 = torch.bfloat16
 
@@ -62,6 +63,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _try(row: dict, fn) -> dict:
+    why = excluded_blocks().get(row.get("blocks"))
+    if why is not None:  # a canary run saw this candidate kill its process: never launched here
+        row.update(status="excluded", error=why)
+        return row
     try:
         row.update(fn())
         row["status"] = "ok"

@@ -8,7 +8,10 @@ problem), the device cannot launch (shared memory) or the compiler fails on (a p
 is skipped with its reason; no candidate running is an error. So is a candidate whose output
 disagrees with the first running candidate's (the default, which the GPU tests check against
 float64) by more than twice the benchmarks' tolerance (``kernels/tolerances.py``): timing
-alone must never pick a fast wrong tile (a miscompile, a race in an atomic reduction).
+alone must never pick a fast wrong tile (a miscompile, a race in an atomic reduction). And a
+candidate that a canary run saw kill its process (an illegal address ends the CUDA context:
+``benchmarks/canary.py``, listed in the JSON file ``$KERNELS_EXCLUDED_BLOCKS_FILE`` names) is
+skipped before it launches.
 
 Timers (a GPU; one wall-clock call under the CPU interpreter, where the pick means nothing
 about speed but the path runs):
@@ -22,6 +25,8 @@ about speed but the path runs):
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
@@ -82,6 +87,21 @@ def time_ms_graph(fn, reps: int = 20) -> float:
     return float(statistics.median(samples))
 
 
+EXCLUDED_ENV = "KERNELS_EXCLUDED_BLOCKS_FILE"
+
+
+def excluded_blocks() -> dict:
+    """repr(blocks) -> why, for the candidates a canary run marked crashed (the JSON state of
+    ``benchmarks/canary.py`` at ``$KERNELS_EXCLUDED_BLOCKS_FILE``); empty without the file."""
+    path = os.environ.get(EXCLUDED_ENV)
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        state = json.load(f)
+    return {c["blocks"]: c.get("why", "crashed") for c in state.get("candidates", [])
+            if c.get("status") == "crashed"}
+
+
 def _tensors(out) -> list:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -121,8 +141,12 @@ def fastest(key, candidates, launch, tuning: dict, timer=time_ms):
     of those whose output agrees with the first running candidate's (``disagreement``)."""
     times = []
     ref = None
+    excluded = excluded_blocks()
     with torch.no_grad():
         for blocks in candidates:
+            if repr(blocks) in excluded:
+                times.append((blocks, None, f"excluded: {excluded[repr(blocks)]}"))
+                continue
             try:
                 out = launch(blocks)  # compile outside the timing
             except triton.runtime.errors.OutOfResources as e:

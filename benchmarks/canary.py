@@ -1,0 +1,121 @@
+"""Launch, once each, the Triton autotuning candidates the GPU benchmark's goal rows tune
+among, before the benchmark: a candidate that kills its process (an illegal address or
+instruction ends the CUDA context for everything after it) is found here, not in the middle
+of the timed run, where it would take the remaining suites down with it.
+
+    python -m benchmarks.canary --state DIR/canary.json [--smoke]
+
+Candidates other than the defaults (those run in every test and benchmark call; a crashing
+default cannot be skipped anyway), for the goal rows' problem classes, at lengths that take
+the same compiled specializations, so the benchmark later finds them in Triton's cache:
+- attention backward, MQA causal bf16: head_dim 128 with 16 heads (the attention goal rows)
+  and head_dim 256 with 8 heads (nano1's train step), 1024 tokens (split dK/dV passes);
+- int4 decode, 1 and 16 rows, 2048 -> 9984, group 128.
+State (JSON, written atomically): each candidate is marked "running" before its launch and
+"ok" (or "error" with the exception: a raised error leaves the process usable) after it. A
+run that finds a candidate left "running" by an earlier try marks it "crashed" and goes on
+with the rest, so ``make bench-gpu`` runs this until it completes (a few tries at most) and
+hands the file to the benchmark as ``KERNELS_EXCLUDED_BLOCKS_FILE``: the autotuners and the
+sweep skip crashed candidates, with the reason (``kernels._autotune.excluded_blocks``).
+Nothing is timed. ``--smoke`` runs the same code on the CPU at tiny sizes in the interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from benchmarks.results import write_json_atomic
+
+BF16 = torch.bfloat16
+
+
+def _attention_jobs(dev, dt, cap, small):
+    from kernels.attention import triton_attention as ta
+
+    jobs = []
+    for d, h in ((256, 8), (128, 16)):
+        s, h = (48, 2) if small else (1024, h)
+        g = torch.Generator(device=dev).manual_seed(d)
+        q = torch.randn(1, s, h, d, device=dev, dtype=dt, generator=g)
+        k, v = (torch.randn(1, s, 1, d, device=dev, dtype=dt, generator=g) for _ in range(2))
+        fwd = ta.default_blocks(d, dt, capability=None if small else cap)
+        for blk in ta.candidate_blocks(d, dt, backward=True, capability=cap)[1:]:  # [0]: the default
+            def run(q=q, k=k, v=v, fwd=fwd, blk=blk):
+                qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                o = ta.attention_triton(qg, kg, vg, causal=True, blocks=(fwd, blk))
+                return torch.autograd.grad(o, (qg, kg, vg), torch.ones_like(o))
+            jobs.append((f"attention bwd mqa h{h}/1 d{d} causal", blk, run))
+    return jobs
+
+
+def _int4_jobs(dev, dt, cap, small):
+    from kernels.int4 import triton_int4 as ti
+    from kernels.int4.reference import quantize_int4
+
+    n, k = (256, 256) if small else (9984, 2048)
+    packed, scales, _ = quantize_int4(torch.randn(n, k, device=dev), 128, scale_dtype=dt)
+    jobs = []
+    for m in (1, 16):
+        x = torch.randn(m, k, device=dev, dtype=dt)
+        for blk in ti.candidate_blocks(m, dt, capability=cap)[1:]:  # [0]: the default
+            jobs.append((f"int4 m{m} {k}->{n} g128", blk,
+                         lambda x=x, blk=blk: ti.int4_matmul_triton(x, packed, scales, None, 128, blocks=blk)))
+    return jobs
+
+
+def _load(path: str) -> dict:
+    import json
+
+    if not os.path.exists(path):
+        return {"tries": 0, "complete": False, "candidates": []}
+    with open(path) as f:
+        return json.load(f)
+
+
+def run(state_path: str, smoke: bool = False) -> dict:
+    """Launch every candidate not yet settled in the state file; return the final state."""
+    state = _load(state_path)
+    state["tries"] += 1
+    for c in state["candidates"]:
+        if c["status"] == "running":  # an earlier try died while launching it
+            c.update(status="crashed", why=f"the canary process died while it ran (try {state['tries'] - 1})")
+    write_json_atomic(state_path, state)
+    dev, dt = ("cpu", torch.float16) if smoke else ("cuda", BF16)  # the interpreter: no bf16 dots
+    cap = (9, 0) if smoke else torch.cuda.get_device_capability()
+    settled = {(c["label"], c["blocks"]) for c in state["candidates"]}
+    for label, blk, fn in _attention_jobs(dev, dt, cap, smoke) + _int4_jobs(dev, dt, cap, smoke):
+        if (label, repr(blk)) in settled:
+            continue
+        entry = {"label": label, "blocks": repr(blk), "status": "running"}
+        state["candidates"].append(entry)
+        write_json_atomic(state_path, state)  # on disk before the launch that may end the process
+        try:
+            fn()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            entry["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 - a raised error leaves the process usable
+            entry.update(status="error", why=f"{type(e).__name__}: {str(e)[:300]}")
+        print(f"canary {entry['status']}: {label} {entry['blocks']}", flush=True)
+    state["complete"] = True
+    write_json_atomic(state_path, state)
+    return state
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--state", required=True, help="the JSON state file (kept across tries)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter")
+    args = ap.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.canary needs a CUDA GPU; --smoke checks the script on the CPU")
+    state = run(args.state, args.smoke)
+    crashed = [c for c in state["candidates"] if c["status"] == "crashed"]
+    print(f"canary: {len(state['candidates'])} candidates, {len(crashed)} crashed -> {args.state}")
+    return state
+
+
+if __name__ == "__main__":
+    main()
