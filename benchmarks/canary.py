@@ -22,6 +22,7 @@ Nothing is timed. ``--smoke`` runs the same code on the CPU at tiny sizes in the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -66,8 +67,6 @@ def _int4_jobs(dev, dt, cap, small):
 
 
 def _load(path: str) -> dict:
-    import json
-
     if not os.path.exists(path):
         return {"tries": 0, "complete": False, "candidates": []}
     with open(path) as f:

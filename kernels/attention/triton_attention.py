@@ -404,12 +404,14 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
             raise ValueError(f"blocks: the TMA backward cannot use num_stages=2 (Triton 3.6's ptxas "
                              f"crashes on its dQ pass); use 1 or 3 (tma_blocks does), got {blocks}")
         _check_tma(q, k, v, blocks)
-        _check_tma(q, k, v, dq_blk)
         if tma_problem(do, k, v, blocks) is not None:  # autograd's dO may be strided: copy it
             do = do.contiguous()
         q_d, _, _, do_d = _descriptors(q, k, v, do, blocks)  # the dK/dV pass streams q and dO
-        _, k_d, v_d, _ = _descriptors(q, k, v, do, dq_blk)  # the dQ pass streams k and v
-        qdo_descs, kv_descs = (q_d, do_d), (k_d, v_d)
+        qdo_descs = (q_d, do_d)
+        if not blocks.dq_atomic:  # the dQ pass (none with dq_atomic) streams k and v
+            _check_tma(q, k, v, dq_blk)
+            _, k_d, v_d, _ = _descriptors(q, k, v, do, dq_blk)
+            kv_descs = (k_d, v_d)
         meta, meta_dq = {**meta, "TMA": True}, {**meta_dq, "TMA": True}
 
     # dq_atomic: the dK pass adds dS K into a zeroed fp32 dQ (scaled and cast below); else a dummy
