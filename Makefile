@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 OUT ?= benchmarks/results
 # make bench-gpu's seconds per stage (one device call of at most 10 minutes in all): GPU tests
 # (pytest -m gpu, interrupted with a summary when the time is up), the canary (every
-# non-default autotuning candidate of the goal rows launched once; one that kills its
+# non-default autotuning candidate of the goal rows launched once; one that kills or hangs its
 # process is excluded from the rest of the run: benchmarks/canary.py; its compiles are the
 # benchmark's, found later in Triton's cache), the benchmark's deadline (rows not started by
 # then are reported skipped), the model profile, Nsight Compute over the kernels furthest
@@ -59,7 +59,7 @@ bench-gpu:
 	XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT -k 20 $(GPU_TEST_S) python3 -m pytest -q -m gpu \
 	  -p no:cacheprovider $$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8') -rfE --tb=short \
 	  tests/ --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
-	end=$$(( $$(date +%s) + $(CANARY_S) )); for try in 1 2 3; do left=$$(( end - $$(date +%s) )); \
+	end=$$(( $$(date +%s) + $(CANARY_S) )); for try in 1 2 3 4 5; do left=$$(( end - $$(date +%s) )); \
 	  [ $$left -gt 5 ] || break; timeout $$left python3 -m benchmarks.canary --state $(OUT)/canary.json \
 	  > /tmp/canary.log 2>&1; rc=$$?; tail -3 /tmp/canary.log; [ $$rc -eq 0 ] || [ $$rc -eq 124 ] && break; done; \
 	export KERNELS_EXCLUDED_BLOCKS_FILE=$(OUT)/canary.json; \

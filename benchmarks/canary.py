@@ -17,6 +17,10 @@ run that finds a candidate left "running" by an earlier try marks it "crashed" a
 with the rest, so ``make bench-gpu`` runs this until it completes (a few tries at most) and
 hands the file to the benchmark as ``KERNELS_EXCLUDED_BLOCKS_FILE``: the autotuners and the
 sweep skip crashed candidates, with the reason (``kernels._autotune.excluded_blocks``).
+A launch that has not returned after ``--hang-s`` seconds (compile included; a barrier
+that never completes spins forever and would eat the whole stage) is marked "hung" and the
+process exits with HUNG_RC, so the next try settles the remaining candidates; hung ones are
+excluded as crashed ones are, and so is one still "running" when the stage's time ran out.
 Nothing is timed. ``--smoke`` runs the same code on the CPU at tiny sizes in the interpreter.
 """
 from __future__ import annotations
@@ -24,12 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 
 import torch
 
 from benchmarks.results import write_json_atomic
 
 BF16 = torch.bfloat16
+HUNG_RC = 3  # the exit status of a try ended by a hung launch (the Makefile retries on it)
+HANG_S = 30.0  # compile (seconds on the device's cores) plus one launch of a small problem
 
 
 def _attention_jobs(dev, dt, cap, small):
@@ -73,7 +80,22 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
-def run(state_path: str, smoke: bool = False) -> dict:
+def _watchdog(state_path: str, state: dict, entry: dict, hang_s: float) -> threading.Timer:
+    """Started before a launch: after ``hang_s`` it marks ``entry`` hung, writes the state
+    and ends the process (the launching thread may be spinning in the GPU driver)."""
+    def fire():
+        entry.update(status="hung", why=f"the launch had not returned after {hang_s:g} s (try {state['tries']})")
+        write_json_atomic(state_path, state)
+        print(f"canary hung: {entry['label']} {entry['blocks']}", flush=True)
+        os._exit(HUNG_RC)
+
+    timer = threading.Timer(hang_s, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def run(state_path: str, smoke: bool = False, hang_s: float = HANG_S) -> dict:
     """Launch every candidate not yet settled in the state file; return the final state."""
     state = _load(state_path)
     state["tries"] += 1
@@ -90,6 +112,7 @@ def run(state_path: str, smoke: bool = False) -> dict:
         entry = {"label": label, "blocks": repr(blk), "status": "running"}
         state["candidates"].append(entry)
         write_json_atomic(state_path, state)  # on disk before the launch that may end the process
+        watchdog = _watchdog(state_path, state, entry, hang_s)
         try:
             fn()
             if dev == "cuda":
@@ -97,6 +120,8 @@ def run(state_path: str, smoke: bool = False) -> dict:
             entry["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - a raised error leaves the process usable
             entry.update(status="error", why=f"{type(e).__name__}: {str(e)[:300]}")
+        finally:
+            watchdog.cancel()
         print(f"canary {entry['status']}: {label} {entry['blocks']}", flush=True)
     state["complete"] = True
     write_json_atomic(state_path, state)
@@ -107,12 +132,14 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--state", required=True, help="the JSON state file (kept across tries)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter")
+    ap.add_argument("--hang-s", type=float, default=HANG_S,
+                    help="seconds a launch (compile included) may take before it counts as hung")
     args = ap.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("benchmarks.canary needs a CUDA GPU; --smoke checks the script on the CPU")
-    state = run(args.state, args.smoke)
-    crashed = [c for c in state["candidates"] if c["status"] == "crashed"]
-    print(f"canary: {len(state['candidates'])} candidates, {len(crashed)} crashed -> {args.state}")
+    state = run(args.state, args.smoke, args.hang_s)
+    crashed = [c for c in state["candidates"] if c["status"] in ("crashed", "hung")]
+    print(f"canary: {len(state['candidates'])} candidates, {len(crashed)} crashed or hung -> {args.state}")
     return state
 
 

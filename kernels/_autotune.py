@@ -91,15 +91,21 @@ EXCLUDED_ENV = "KERNELS_EXCLUDED_BLOCKS_FILE"
 
 
 def excluded_blocks() -> dict:
-    """repr(blocks) -> why, for the candidates a canary run marked crashed (the JSON state of
-    ``benchmarks/canary.py`` at ``$KERNELS_EXCLUDED_BLOCKS_FILE``); empty without the file."""
+    """repr(blocks) -> why, for the candidates a canary run marked crashed or hung, or left
+    "running" when its stage's time ran out (the JSON state of ``benchmarks/canary.py`` at
+    ``$KERNELS_EXCLUDED_BLOCKS_FILE``); empty without the file."""
     path = os.environ.get(EXCLUDED_ENV)
     if not path or not os.path.exists(path):
         return {}
     with open(path) as f:
         state = json.load(f)
-    return {c["blocks"]: c.get("why", "crashed") for c in state.get("candidates", [])
-            if c.get("status") == "crashed"}
+    out = {}
+    for c in state.get("candidates", []):
+        if c.get("status") in ("crashed", "hung"):
+            out[c["blocks"]] = c.get("why", c["status"])
+        elif c.get("status") == "running":
+            out[c["blocks"]] = "still running when the canary stage's time ran out (hung or killed)"
+    return out
 
 
 def _tensors(out) -> list:

@@ -60,3 +60,31 @@ def test_a_candidate_left_running_is_marked_crashed_and_skipped_everywhere(tmp_p
     from benchmarks.sweep import _try
     row = _try({"blocks": repr("killer")}, lambda: pytest.fail("an excluded candidate was launched"))
     assert row["status"] == "excluded"
+
+
+def test_a_hung_launch_is_marked_and_ends_the_try(tmp_path):
+    """A launch still running after hang_s (a barrier that never completes) is marked hung,
+    the process exits with HUNG_RC so the Makefile retries the rest, and the autotuners then
+    exclude it; a candidate left "running" when the stage's time ran out is excluded too."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "canary.json"
+    script = (
+        "import time\n"
+        "from benchmarks import canary\n"
+        "canary._attention_jobs = lambda *a: [('bench', 'ok0', lambda: None), ('bench', 'sleeper', lambda: time.sleep(60))]\n"
+        "canary._int4_jobs = lambda *a: []\n"
+        f"canary.run({str(path)!r}, smoke=True, hang_s=0.5)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == canary.HUNG_RC, proc.stderr[-2000:]
+    state = json.loads(path.read_text())
+    assert [(c["blocks"], c["status"]) for c in state["candidates"]] == [(repr("ok0"), "ok"), (repr("sleeper"), "hung")]
+    assert "had not returned after 0.5 s" in state["candidates"][1]["why"]
+
+    state["candidates"].append({"label": "bench", "blocks": repr("cut"), "status": "running"})
+    path.write_text(json.dumps(state))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(EXCLUDED_ENV, str(path))
+        got = excluded_blocks()
+    assert sorted(got) == [repr("cut"), repr("sleeper")] and "time ran out" in got[repr("cut")]
