@@ -77,8 +77,10 @@ def measured_table(d: dict) -> str:
         lines += ["", "Skipped rows (not shown; their reasons are in the file): "
                   + ", ".join(f"{suite} {n}" for suite, n in skipped.items()) + "."]
     pct = lambda x: _f(None if x is None else 100 * x, ".1f")  # noqa: E731
-    lines += _sub_table(d, "steady", "Steady state: each row's call over distinct inputs, back to back in one "
-                        "CUDA graph (L2 flushed before each replay), per call; its peer's the same way.",
+    lines += _sub_table(d, "steady", "Steady state: each row's call over distinct inputs, back to back, per call; "
+                        "its peer's the same way. Torch rows: one CUDA graph, L2 flushed before each replay. "
+                        "JAX rows: one jitted program of n calls against one of n // 2, the difference per call "
+                        "(the dispatch cancels).",
                         ["suite", "case", "impl", "calls", "µs per call", "GB/s", "% meas. copy", "vs peer"],
                         lambda r, st: [r["suite"], r["case"], r["impl"], str(st["calls"]),
                                        f"{st['median_ms'] * 1e3:.2f}", f"{st['gbps']:.4g}",

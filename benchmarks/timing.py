@@ -9,7 +9,10 @@
   an H100) of extra DRAM traffic -- double the traffic of a kernel reading 10 MB. A read
   pass writes back the previous run's dirty lines before the timer starts and leaves clean
   lines, which cost nothing to evict.
-- JAX: ``block_until_ready`` on the result, wall clock (L2 flushed too on a GPU).
+- JAX: ``block_until_ready`` on the result, wall clock (L2 flushed too on a GPU). That
+  includes one dispatch of the jitted program (tens of microseconds), as a JAX user's call
+  pays it; ``steady_jax`` takes it out for kernels that run for less: the slope of the wall
+  time between one jitted program of n back-to-back calls and one of n // 2.
 - CPU: wall clock over repeated runs.
 Runs stop at ``max_runs`` or once ``budget_s`` of timed work is spent, whichever first.
 """
@@ -112,6 +115,58 @@ class Timer:
             return None
         method = f"cuda-graph of {len(fns)} back-to-back calls over distinct inputs, per call, L2 flushed by a read"
         return self._event_samples(graph.replay, method, per=len(fns))
+
+    def steady_jax(self, fn, arg_sets) -> Timing | None:
+        """Per-call time of the JAX function ``fn`` over ``arg_sets`` (tuples of distinct input
+        arrays), the calls back to back inside one jitted program: each call's inputs pass
+        an ``optimization_barrier`` together with the previous call's output, so XLA runs the
+        calls in order and neither fuses nor overlaps them. The programs of n and n // 2
+        calls are timed in alternation (wall clock after the L2 flush); a sample is their
+        difference over n - n // 2 calls, so the dispatch and the wait that each program
+        pays once cancel out. None for a torch timer, fewer than 2 input sets, or a median
+        difference <= 0 (calls too short for the wall clock's noise)."""
+        if self.kind == "cuda" or len(arg_sets) < 2:
+            return None
+        import jax
+
+        def chain(sets):
+            outs, prev = [], None
+            for args in sets:
+                if prev is not None:
+                    args, _ = jax.lax.optimization_barrier((args, prev))
+                prev = fn(*args)
+                outs.append(prev)
+            return outs
+
+        program = jax.jit(chain)
+        n, half = len(arg_sets), len(arg_sets) // 2
+        full, part = list(arg_sets), list(arg_sets[:half])
+        for _ in range(max(1, self.warmup)):  # compiles both programs
+            _block(program(full))
+            _block(program(part))
+
+        def wall(sets) -> float:
+            if self._flush is not None:
+                import torch
+
+                self._flush_l2()
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _block(program(sets))
+            return time.perf_counter() - t0
+
+        samples: list[float] = []
+        spent = 0.0
+        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
+            t_full, t_part = wall(full), wall(part)
+            samples.append((t_full - t_part) / (n - half))
+            spent += t_full + t_part
+        if statistics.median(samples) <= 0:  # the calls' time is below the wall clock's noise
+            return None
+        method = (f"one jitted program of {n} back-to-back calls over distinct inputs against one of {half}, "
+                  "wall-clock difference per call (the dispatch cancels)"
+                  + (", L2 flushed by a read" if self._flush is not None else ""))
+        return _summarize(samples, method)
 
     def _event_samples(self, fn, method: str, per: int = 1) -> Timing:
         """CUDA-event times of ``fn`` (each after the L2 flush), divided by ``per``, until

@@ -8,6 +8,7 @@ import sys
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from benchmarks.results import summary_table, write_json_atomic
@@ -517,6 +518,92 @@ def test_steady_rows_run_their_op_over_distinct_inputs_with_peer_ratios():
                          "commit": {}, "ceilings": {"copy_gbps": 1.0, "matmul_dtype": "f32", "matmul_tflops": 1.0},
                          "records": recs})
     assert "Steady state" in md and md.count("| int4 |") == 4  # each row in both tables
+
+
+def test_steady_jax_cancels_the_dispatch_and_orders_the_calls():
+    """Timer.steady_jax: per call = (T(n) - T(n // 2)) / (n - n // 2) of jitted programs that
+    run the calls in order over distinct inputs. A call that takes 20 ms on the host (a
+    callback) reads about 20 ms whatever the dispatch; a torch timer or one input set: None."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    seen = []
+
+    def slow(a):
+        seen.append(float(a[0]))
+        time.sleep(0.02)
+        return a
+
+    def fn(x):
+        return jax.pure_callback(slow, jax.ShapeDtypeStruct(x.shape, x.dtype), x) + 1.0
+
+    timer = Timer("cpu", warmup=1, min_runs=3, max_runs=3, budget_s=0)
+    sets = [(jnp.full((4,), float(i)),) for i in range(4)]
+    t = timer.steady_jax(fn, sets)
+    assert 0.015 < t.median_s < 0.1 and t.runs == 3 and "4 back-to-back calls" in t.method
+    assert seen[-6:] == [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]  # the last run: 4 calls in order, then 2
+    assert timer.steady_jax(fn, sets[:1]) is None
+    assert Timer("cuda", flush_l2_mb=0).steady_jax(fn, sets) is None
+
+
+class _SteadyJaxTimer(Timer):
+    """A CPU timer whose ``steady_jax`` also records each input set's output."""
+
+    def __init__(self):
+        super().__init__("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0)
+        self.seen = []
+
+    def steady_jax(self, fn, arg_sets):
+        self.seen.append([np.asarray(jax_tree_first(fn(*a))) for a in arg_sets])
+        return super().steady_jax(fn, arg_sets)
+
+
+def jax_tree_first(x):
+    import jax
+
+    return jax.tree_util.tree_leaves(x)[0]
+
+
+def test_jax_rows_get_steady_records_over_distinct_inputs():
+    """steady_calls: the decode, int4 and elementwise suites time each compiled JAX row's call
+    over copies of its inputs in one jitted program (equal outputs), recording per-call time
+    and GB/s, or a note when the difference is within the wall clock's noise."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites.decode import DecodeSuite
+    from benchmarks.suites.elementwise import ElementwiseBenchConfig, ElementwiseSuite
+    from benchmarks.suites.int4 import Int4Suite
+
+    timers = []
+
+    def factory(*a, **k):
+        timers.append(_SteadyJaxTimer())
+        return timers[-1]
+
+    cpu = Device(kind="cpu", name="cpu")
+    suites = [
+        DecodeSuite(OmegaConf.structured(config.DecodeBenchConfig(
+            batches=[1], cache_lens=[64], heads=4, kv_heads=[1], head_dim=32, steady_calls=3,
+            torch_impls=[], jax_impls=["xla"])), cpu, factory),
+        Int4Suite(OmegaConf.structured(config.Int4BenchConfig(
+            rows=[1], shapes=[[128, 32]], steady_calls=3, torch_impls=[], jax_impls=["matmul"])), cpu, factory),
+        ElementwiseSuite(OmegaConf.structured(ElementwiseBenchConfig(
+            ops=["rms_norm"], shapes=[[64, 256]], directions=["fwd+bwd"], steady_calls=3,
+            torch_impls=[], jax_impls=["xla"])), cpu, factory),
+    ]
+    for suite in suites:
+        [(case, fw, impl)] = list(suite.entries())
+        timers.clear()
+        rec = suite.run(case, fw, impl)
+        assert rec["status"] == "ok", rec
+        [outs] = timers[0].seen
+        assert len(outs) == 3 and all(np.array_equal(o, outs[0]) for o in outs), suite.name
+        st = rec["steady"]
+        assert st["calls"] == 3 and (st.get("gbps", 0) > 0 or "not resolved" in st.get("note", "")), st
 
 
 def test_suite_weights_scale_the_deadline_shares():

@@ -47,10 +47,14 @@ def steady_copies(nbytes: int, calls: int) -> int:
     return max(2, min(calls, STEADY_BYTES // max(1, nbytes)))
 
 
-def steady_record(timer, fns, nbytes: int) -> dict:
-    """{"steady": per-call time, GB/s and calls} of ``timer.steady(fns)``, or {} when it could
-    not time them (off CUDA, capture failed)."""
-    t = timer.steady(fns)
+def steady_record(timer, fns, nbytes: int, jax_fn=None) -> dict:
+    """{"steady": per-call time, GB/s and calls} of ``timer.steady(fns)`` (torch: callables),
+    or with ``jax_fn`` of ``timer.steady_jax(jax_fn, fns)`` (JAX: ``fns`` are argument
+    tuples); {} when it could not time them (torch off CUDA, capture failed)."""
+    t = timer.steady(fns) if jax_fn is None else timer.steady_jax(jax_fn, fns)
+    if t is None and jax_fn is not None and len(fns) >= 2:
+        return {"steady": {"calls": len(fns), "note": "not resolved: the per-call difference was within "
+                           "the wall clock's noise"}}
     if t is None:
         return {}
     return {"steady": {"calls": len(fns), "median_ms": t.median_s * 1e3, "gbps": nbytes / t.median_s / 1e9,

@@ -13,7 +13,9 @@ as the JAX rows are timed without theirs; ``triton-graph`` replays the call capt
 CUDA graph (no launch overhead, as serving engines run decode steps). With ``steady_calls``
 (GPU preset) each torch row is also timed as that many calls back to back in one graph over
 distinct caches, per call ("steady": the decode step's layers in a serving engine's graph,
-cold L2 each replay, as FlashInfer times its kernels).
+cold L2 each replay, as FlashInfer times its kernels), and each JAX row as the same calls in
+one jitted program, per call from the difference with half as many (``Timer.steady_jax``:
+JAX's dispatch, tens of microseconds a call, cancels; a 32k decode reads for a few).
 Paged rows (impls ``triton_paged`` / ``pallas_paged``): the same case's cache scattered into
 a shuffled pool of ``page_size`` pages read through a block table, so their GB/s compare
 directly with the contiguous ``triton`` / ``pallas`` rows (same bytes, same lengths).
@@ -206,9 +208,17 @@ class DecodeSuite(GridSuite):
         t = timer(lambda: fn(*args))
         gbps = case.kv_bytes() / t.median_s / 1e9
         rec.update(status="ok", timing=t.to_dict(), median_ms=t.median_s * 1e3, gbps=gbps)
-        if self.cfg.steady_calls and framework == "torch" and mode != "interpret":
+        if self.cfg.steady_calls and mode != "interpret":
             n = steady_copies(case.kv_bytes(), self.cfg.steady_calls)
-            caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
-            rec.update(steady_record(timer, [functools.partial(fn, q, kc, vc, lens, *table)
-                                             for kc, vc in caches], case.kv_bytes()))
+            if framework == "torch":
+                caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
+                rec.update(steady_record(timer, [functools.partial(fn, q, kc, vc, lens, *table)
+                                                 for kc, vc in caches], case.kv_bytes()))
+            else:  # the same calls in one jitted program, dispatch cancelled (Timer.steady_jax)
+                import jax.numpy as jnp
+
+                q_, k_, v_, *rest = args
+                sets = [args] + [(q_, jnp.array(k_, copy=True), jnp.array(v_, copy=True), *rest)
+                                 for _ in range(n - 1)]
+                rec.update(steady_record(timer, sets, case.kv_bytes(), jax_fn=fn))
         return rec

@@ -4,7 +4,9 @@ Throughput is GB/s of the HBM traffic a fused kernel cannot avoid (each op's ``*
 its spec), reported against the measured copy bandwidth. Peers: torch eager and
 torch.compile of the reference on the PyTorch side, XLA (jitted jnp reference) on the JAX
 side. Correctness first: every impl's output (and, for fwd+bwd, input gradients) against
-the fp32 torch reference; over tolerance is reported failed and not timed.
+the fp32 torch reference; over tolerance is reported failed and not timed. With
+``steady_calls`` (GPU preset) each JAX row is also timed with its dispatch cancelled
+("steady", ``Timer.steady_jax``); the torch rows are CUDA-graph replays already.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.suites.common import Skip, rel_err
+from benchmarks.suites.common import Skip, rel_err, steady_copies, steady_record
 from kernels.tolerances import BENCH_RTOL
 
 OPS = ("rms_norm", "layer_norm", "rope", "gated_gelu")
@@ -33,6 +35,10 @@ class ElementwiseBenchConfig:
     # torch rows as CUDA-graph replays (GPU preset): a norm over 16k x 2k rows runs for tens of
     # us, less than the Python launch path of any of the impls (triton, eager, torch.compile)
     cuda_graphs: bool = False
+    # > 0 (GPU preset): each JAX row also timed as up to that many calls over distinct inputs
+    # in one jitted program, per call from the difference with half as many ("steady",
+    # ``Timer.steady_jax``): JAX's dispatch is as long as these kernels
+    steady_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,9 +180,18 @@ class ElementwiseSuite:
         if timed is None:
             return rec
         graphs = True if self.cfg.cuda_graphs else None  # None: the run's timer setting
-        t = self.timer_factory(framework, interpret=rec["mode"] == "interpret", cuda_graphs=graphs)(timed)
-        return {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
-                "gbps": case.bytes() / t.median_s / 1e9}
+        timer = self.timer_factory(framework, interpret=rec["mode"] == "interpret", cuda_graphs=graphs)
+        t = timer(timed)
+        out = {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
+               "gbps": case.bytes() / t.median_s / 1e9}
+        if self.cfg.steady_calls and framework == "jax" and rec["mode"] != "interpret":
+            import jax.numpy as jnp
+
+            step, args = self._jax_steady
+            n = steady_copies(case.bytes(), self.cfg.steady_calls)
+            sets = [args] + [tuple(jnp.array(a, copy=True) for a in args) for _ in range(n - 1)]
+            out.update(steady_record(timer, sets, case.bytes(), jax_fn=step))
+        return out
 
     def _torch(self, case, impl, tensors):
         import torch
@@ -229,4 +244,5 @@ class ElementwiseSuite:
                 return (y, *vjp(jnp.asarray(dy, y.dtype)))
 
             got = list(step(*diff))
+        self._jax_steady = (step, tuple(diff))  # the steady timing's call and inputs (this row)
         return fn, mode, [np.asarray(g, np.float32) for g in got], lambda: step(*diff)

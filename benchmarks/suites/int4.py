@@ -12,7 +12,8 @@ is reported failed and not timed. Throughput: ``gbps`` = bytes the impl must rea
 time (int4 impls: packed weights + scales (+ zeros) + x; "matmul": dense weights + x);
 ``tflops`` = 2 * M * in * out / median time. With ``steady_calls`` (GPU preset) each torch
 row is also timed as that many calls back to back in one CUDA graph over distinct weights,
-per call ("steady").
+per call ("steady"), and each JAX row as the same calls in one jitted program, per call from
+the difference with half as many (``Timer.steady_jax``: JAX's dispatch cancels).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ class Int4BenchConfig:
     # torch rows as CUDA-graph replays (GPU preset): a decode-shape matmul runs for a few us,
     # less than launching the split-K kernel and its partial-sum reduction from Python
     cuda_graphs: bool = False
-    # > 0 (GPU preset): each torch row also timed as that many calls back to back in one CUDA
-    # graph over distinct weights, per call ("steady": a decode step's projections)
+    # > 0 (GPU preset): each row also timed as that many calls back to back over distinct
+    # weights (torch: one CUDA graph; JAX: one jitted program), per call ("steady": a decode
+    # step's projections)
     steady_calls: int = 0
 
 
@@ -147,6 +149,21 @@ class Int4Suite(GridSuite):
                                                        for _ in range(n - 1)]
         return [lambda s=s: fn(x, *s) for s in sets]
 
+    def _jax_steady(self, case: Case, impl: str):
+        """(fn, argument tuples): the JAX row's call over distinct copies of the weights it
+        reads (the packed codes and scales, or the dense matrix for ``matmul``)."""
+        import jax.numpy as jnp
+
+        fn, args = self._jax_args[(case, impl)]
+        n = steady_copies(case.bytes(impl), self.cfg.steady_calls)
+        copy = lambda a: None if a is None else jnp.array(a, copy=True)  # noqa: E731
+        x, packed, scales, zeros, dense = args
+        if impl == "matmul":
+            sets = [args] + [(x, packed, scales, zeros, copy(dense)) for _ in range(n - 1)]
+        else:
+            sets = [args] + [(x, copy(packed), copy(scales), copy(zeros), dense) for _ in range(n - 1)]
+        return fn, sets
+
     def check(self, case: Case, framework: str, impl: str):
         """Correctness first: (record, timed callable), or (failed record, None) over tolerance."""
         x, packed, scales, zeros, dense, ref = self._inputs(case)
@@ -162,6 +179,7 @@ class Int4Suite(GridSuite):
             args = (to_jax(x, case.dtype), jnp.asarray(packed.cpu().numpy()), to_jax(scales, "float16"),
                     to_jax(zeros, "float16"), to_jax(dense, case.dtype))
             got = np.asarray(fn(*args), np.float32)
+            self._jax_args = {(case, impl): (fn, args)}  # the steady timing's inputs (this row only)
         err = rel_err(got, ref)
         tol = BENCH_RTOL[case.dtype]
         rec = {"max_error": err, "tolerance": tol, "mode": mode, "flops": case.flops(),
@@ -179,8 +197,12 @@ class Int4Suite(GridSuite):
         t = timer(timed)
         out = {**rec, "status": "ok", "timing": t.to_dict(), "median_ms": t.median_s * 1e3,
                "tflops": case.flops() / t.median_s / 1e12, "gbps": rec["bytes"] / t.median_s / 1e9}
-        if self.cfg.steady_calls and framework == "torch" and rec["mode"] != "interpret":
-            out.update(steady_record(timer, self._steady_calls(case, impl), rec["bytes"]))
+        if self.cfg.steady_calls and rec["mode"] != "interpret":
+            if framework == "torch":
+                out.update(steady_record(timer, self._steady_calls(case, impl), rec["bytes"]))
+            else:
+                fn, args = self._jax_steady(case, impl)
+                out.update(steady_record(timer, args, rec["bytes"], jax_fn=fn))
         if impl == "triton-autotune":  # the pick and every candidate's time, for this class
             from kernels._autotune import summary
             from kernels.int4.triton_autotune import TUNING, problem_class
