@@ -267,19 +267,19 @@ def compile_one(kernel, cap: int, workdir: str) -> dict:
 
 def _compile(kernel, cap: int, workdir: str):
     """Triton's compile (PTX and cubin written under ``workdir``) -> the arguments of ``_inspect``."""
-    import triton
     from triton.backends.compiler import GPUTarget
 
-    src = triton.compiler.ASTSource(kernel.fn, kernel.signature, kernel.constexprs, kernel.attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
-                              options=dict(num_warps=kernel.num_warps, num_stages=kernel.num_stages))
+    from kernels._aot import compile_aot
+
+    compiled = compile_aot(kernel, GPUTarget("cuda", cap, 32))
     os.makedirs(workdir, exist_ok=True)
     base = os.path.join(workdir, f"{kernel.name}-sm{cap}")
     with open(base + ".ptx", "w") as f:
         f.write(compiled.asm["ptx"])
     with open(base + ".cubin", "wb") as f:
         f.write(compiled.asm["cubin"])
-    return (base, cap, int(compiled.metadata.shared), kernel.num_warps, kernel.num_stages,
+    # warps as launched: a warp-specialized kernel adds its worker partitions' warpgroups
+    return (base, cap, int(compiled.metadata.shared), int(compiled.metadata.num_warps), kernel.num_stages,
             "wgmma" in compiled.asm["ptx"], mma_dots(compiled.asm["ttgir"]))
 
 

@@ -3,7 +3,8 @@
 ``jit_module`` re-executes a kernel module with the real JIT even when this process
 interprets (``kernels.torch_ops`` sets TRITON_INTERPRET=1 without a GPU); ``aot_kernel``
 builds the ``triton.compile(ASTSource(fn, signature, constexprs, attrs))`` arguments of a
-launch with contiguous, 16-byte aligned tensors, as the JIT would specialize it. Each op's
+launch with contiguous, 16-byte aligned tensors, as the JIT would specialize it (``source``
+"gluon" marks a Gluon kernel, compiled from a GluonASTSource with its ``maxnreg``). Each op's
 launcher exposes ``aot_kernels(...)`` built from these; ``benchmarks/compile_report.py``
 and the AOT tests compile them. Compile in a fresh process: Triton 3.6's interpreter
 leaves ``triton.language`` patched, which breaks later real compiles in the same process.
@@ -28,6 +29,8 @@ class AotKernel(NamedTuple):
     attrs: dict
     num_warps: int
     num_stages: int
+    source: str = "triton"  # "gluon": compile with triton.experimental.gluon's GluonASTSource
+    maxnreg: int | None = None  # the launch's register cap (warp-specialized Gluon kernels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,6 +73,21 @@ def aot_kernel(fn, *, pointers: dict, constexprs: dict, num_warps: int, num_stag
             if (divisible_strides and name.startswith("stride_")) or name in sizes16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return AotKernel(fn.__name__, fn, signature, consts, attrs, num_warps, num_stages)
+
+
+def compile_aot(kernel: AotKernel, target):
+    """``triton.compile`` of ``kernel`` for ``target`` (a GPUTarget): Triton or Gluon source."""
+    import triton
+
+    if kernel.source == "gluon":
+        from triton.experimental.gluon._runtime import GluonASTSource as Source
+    else:
+        Source = triton.compiler.ASTSource
+    options = dict(num_warps=kernel.num_warps, num_stages=kernel.num_stages)
+    if kernel.maxnreg is not None:
+        options["maxnreg"] = kernel.maxnreg
+    return triton.compile(Source(kernel.fn, kernel.signature, kernel.constexprs, kernel.attrs),
+                          target=target, options=options)
 
 
 def d_strides(fn, exclude: str | None = None) -> tuple[str, ...]:

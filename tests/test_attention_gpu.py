@@ -131,6 +131,39 @@ def test_triton_backward_candidates_on_gpu(case, index, rng):
         assert_close(g, t, b, dtype, f"triton bwd {blocks} {name}")
 
 
+# the Gluon forward's candidates (sm_90: warp-specialized, overlapped, ping-pong, 64-key
+# ping-pong): MQA causal, GQA with Sq < Skv at head_dim 64 and two batches, MHA with one
+# query row; gradients through the default Triton backward on the Gluon forward's LSE
+GLUON_CASES = [(CASES[i], j, dt) for i in (0, 1, 4) for j in range(4) for dt in ("bf16",)]
+GLUON_CASES += [(CASES[0], j, "fp16") for j in (0, 2)]
+
+
+@pytest.mark.parametrize("case,index,dt", GLUON_CASES, ids=[f"{c[0]}-gluon{i}-{dt}" for c, i, dt in GLUON_CASES])
+def test_gluon_forward_candidates_on_gpu(case, index, dt, rng):
+    """Each Gluon ``candidate_blocks`` forward gives the float64 output, and its LSE the float64
+    gradients through the Triton backward, within the accuracy rule."""
+    from kernels.attention import triton_attention as ta
+
+    if GPU_TESTS_ON_CPU or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon forward needs sm_90")
+    cap = torch.cuda.get_device_capability()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+    _, shape, flags = case
+    d = shape[-1]
+    cands = [b for b in ta.candidate_blocks(d, dtype, capability=cap) if b.gluon]
+    assert len(cands) == 4, cands
+    q, k, v, do = attention_inputs(rng, *shape)
+    truth, base = _truth_and_base(q, k, v, do, dtype, flags)
+    bwd = ta.default_blocks(d, dtype, backward=True, capability=cap)
+    launched = ta.LAUNCHES["_gluon_attn_fwd_kernel"]
+    got = torch_attention_vjp(lambda a, b, c: ta.attention_triton(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE),
+                                                                  blocks=(cands[index], bwd), **flags),
+                              q, k, v, do, dtype)
+    assert ta.LAUNCHES["_gluon_attn_fwd_kernel"] > launched
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"gluon {cands[index]} {name}")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_pallas_on_gpu(case, dtype, rng):

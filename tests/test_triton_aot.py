@@ -86,6 +86,22 @@ DUP_JOBS = {
 }
 
 
+# The Gluon forward (sm_90; gluon_attention.py): its three modes at head_dim 128 (MQA, G 8,
+# causal), ping-pong with 64-key tiles and at head_dim 64 (GQA, G 4, fp16, not causal).
+# job -> (head_dim, dtype, group, causal, blocks kwargs)
+GLUON_JOBS = {
+    "sm90-gluon-ws-bf16-d128": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=8, num_stages=2, gluon=1)),
+    "sm90-gluon-overlap-bf16-d128": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=8, num_stages=2,
+                                                                gluon=2)),
+    "sm90-gluon-pingpong-bf16-d128": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=4, num_stages=2,
+                                                                 gluon=3)),
+    "sm90-gluon-pingpong-bf16-d128-64key": (128, "bf16", 8, True, dict(block_m=128, block_n=64, num_warps=4,
+                                                                       num_stages=3, gluon=3)),
+    "sm90-gluon-pingpong-fp16-d64-gqa": (64, "fp16", 4, False, dict(block_m=128, block_n=128, num_warps=4,
+                                                                    num_stages=2, gluon=3)),
+}
+
+
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
     jobs = {job: {"module": "kernels.attention.triton_attention",
@@ -105,7 +121,12 @@ def aot_report(tmp_path_factory):
                       "kwargs": {"causal": True, "blocks": {"__dataclass__": blocks, **kw}},
                       "cap": 90, "kernels": kernels}
                 for job, (d, kw, kernels, _) in DUP_JOBS.items()}
-    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs},
+    gluon_jobs = {job: {"module": "kernels.attention.triton_attention",
+                        "args": [d, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
+                        "kwargs": {"causal": causal, "group": g, "blocks": {"__dataclass__": blocks, **kw}},
+                        "cap": 90, "kernels": ["_attn_fwd_kernel"]}
+                  for job, (d, dt, g, causal, kw) in GLUON_JOBS.items()}
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs},
                                  tmp_path_factory.mktemp("aot"))
 
 
@@ -148,3 +169,14 @@ def test_backward_tiles_that_replicate_score_dots(aot_report, job):
         assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
         dots = report["mma_dots"]
         assert dots["total"] > 0 and (dots["replicated"] > 0) == replicated, (job, name, dots)
+
+
+@pytest.mark.parametrize("job", list(GLUON_JOBS))
+def test_gluon_forward_compiles_warp_specialized(aot_report, job):
+    """No spills at the 168-register launch cap (setmaxnreg gives consumers 240), wgmma, TMA
+    copies, and 12 warps: the consumers' 8 plus the producer's warpgroup."""
+    report = aot_report[job]["_attn_fwd_kernel"]
+    assert_compiled_clean(report, job, cap=90, wgmma=True)
+    assert report["num_warps"] == 12 and report["registers"] <= 168, report
+    if report["sass_mix"] is not None:
+        assert report["sass_mix"]["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"

@@ -42,6 +42,9 @@ class TritonAttentionBlocks:
     3.6's automatic warp specialization changes nothing on sm_90, so it is not offered; nor is
     issuing the next tile's QK^T before this tile's softmax, FA3's intra-warpgroup overlap:
     Triton 3.6 waits on that wgmma right after issuing it, WARPGROUP.DEPBAR in the SASS.)
+    ``gluon`` (forward, sm_90): the Gluon kernel instead (``gluon_attention.py``), which has
+    what Triton's compiler does not give there: a TMA producer warp and consumer warpgroups
+    (1), the next QK^T issued before this softmax (2), FA3's ping-pong of two warpgroups (3).
     """
 
     block_m: int = 64
@@ -69,6 +72,10 @@ class TritonAttentionBlocks:
     # per-element pointers or atomics in the loop; needs q tiles of whole positions (G a power
     # of two dividing block_m), as ``tma``
     dq_tma: bool = False
+    # forward, sm_90: 0 = the Triton kernel; 1/2/3 = the Gluon kernel's modes (gluon_attention.MODES):
+    # block_m 128, block_n 64 or 128, num_warps 8 (4 for ping-pong: one consumer warpgroup is
+    # the default partition), num_stages the K/V ring depth, tma False (it has its own)
+    gluon: int = 0
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -83,6 +90,16 @@ class TritonAttentionBlocks:
             raise ValueError(f"dq_atomic={self.dq_atomic!r} must be a bool")
         if not isinstance(self.dq_tma, bool) or (self.dq_tma and not self.dq_atomic):
             raise ValueError(f"dq_tma={self.dq_tma!r} must be a bool, True only with dq_atomic=True")
+        if self.gluon not in (0, 1, 2, 3) or isinstance(self.gluon, bool):
+            raise ValueError(f"gluon={self.gluon!r} must be 0 (the Triton forward) or a Gluon mode 1, 2 or 3")
+        if self.gluon:
+            want_warps = 4 if self.gluon == 3 else 8
+            if (self.block_m, self.num_warps) != (128, want_warps) or self.block_n not in (64, 128):
+                raise ValueError(f"gluon={self.gluon} takes block_m=128, block_n 64 or 128 and num_warps="
+                                 f"{want_warps}, got {self.block_m}, {self.block_n}, {self.num_warps}")
+            if self.tma or self.num_stages < 2:
+                raise ValueError(f"gluon={self.gluon} takes tma=False (its own descriptors) and num_stages >= 2 "
+                                 f"(the K/V ring), got tma={self.tma}, num_stages={self.num_stages}")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -95,12 +112,12 @@ class TritonAttentionBlocks:
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
                 self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic),
-                int(self.dq_tma)]
+                int(self.dq_tma), self.gluon]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma = values
-        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma))
+        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma, gluon = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma), gluon)
 
     def dkdv_pass_flags(self) -> tuple:
         """(DO_DK, DO_DV, DO_DQ) of each launch of the dk/dv kernel, in launch order."""
@@ -264,7 +281,18 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                         TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
-        if capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
+        if capability[0] == 9 and head_dim in (64, 128):
+            # the H200 sweep (MQA causal, 16 heads, 16k, hd128): the pointer default 460 TFLOP/s,
+            # TMA 420-438, (64, 64, 4, 3) 405. In their place, the Gluon forward's ping-pong
+            # (FA3's schedule) and its one-partition modes, 128 x 128 tiles, a 2-deep ring:
+            # 0 spills, 240 registers a consumer thread, 164 KB of shared memory (sm_90 AOT).
+            # Untimed: the autotuner checks each against the default before timing it.
+            more = [TritonAttentionBlocks(128, 64, 8, 4, tma=True),
+                    TritonAttentionBlocks(128, 128, 4, 2, gluon=3),
+                    TritonAttentionBlocks(128, 128, 8, 2, gluon=2),
+                    TritonAttentionBlocks(128, 128, 8, 2, gluon=1),
+                    TritonAttentionBlocks(128, 64, 4, 3, gluon=3)]
+        elif capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
             more = [tma_blocks(base), *more]
             if head_dim <= 128:
                 more[1:1] = [TritonAttentionBlocks(128, 128, 8, 2, tma=True),
@@ -313,6 +341,15 @@ def _scalars(sq, skv, window, softcap, scale):
 
 def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
     """Forward launch -> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain)."""
+    if blocks.gluon:
+        from . import gluon_attention
+
+        why = gluon_attention.gluon_problem(q, k, v, blocks, causal=causal, window=window, softcap=softcap,
+                                            segments=q_seg is not None)
+        if why is not None:
+            raise ValueError(f"blocks: gluon={blocks.gluon} cannot run this problem: {why}")
+        LAUNCHES["_gluon_attn_fwd_kernel"] += 1
+        return gluon_attention.gluon_fwd(q, k, v, causal=causal, scale=scale, blocks=blocks)
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -545,6 +582,9 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
     else:
         raise TypeError(f"blocks: expected None, 'autotune', a TritonAttentionBlocks or a (forward, "
                         f"backward) pair of them, got {blocks!r}")
+    if bwd.gluon:  # a forward kernel only: the pair names the backward's own tiles
+        raise ValueError(f"blocks: gluon={bwd.gluon} is a forward-only option; pass a (forward, backward) "
+                         f"pair whose backward has gluon=0, got backward blocks {bwd}")
     o, _ = flash_attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, bool(causal), window,
                                softcap, float(scale), fwd.as_list(), bwd.as_list())
     return o
@@ -570,7 +610,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     ``capability`` (or ``blocks`` for every pass, as ``attention_triton(blocks=...)`` uses it),
     specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids). With
     ``dkdv_passes=2`` "_attn_bwd_dkdv_kernel" is the dK-only launch and "_attn_bwd_dv_kernel"
-    the dV-only one; with ``dq_atomic`` there is no "_attn_bwd_dq_kernel".
+    the dV-only one; with ``dq_atomic`` there is no "_attn_bwd_dq_kernel"; with ``gluon`` only
+    "_attn_fwd_kernel", the Gluon kernel (``source`` "gluon": ``kernels._aot.compile_aot``).
 
     Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
     k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
@@ -584,6 +625,12 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     pointer_types = {n: ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
     seg_ty = "*i64" if segments else "*fp32"  # without segments the launcher passes lse as a dummy
     pointer_types.update(LSE="*fp32", DELTA="*fp32", QSEG=seg_ty, KVSEG=seg_ty)
+    if blocks is not None and blocks.gluon:  # the Gluon forward: no backward passes of its own
+        from . import gluon_attention
+
+        if window is not None or softcap is not None or segments:
+            raise ValueError("blocks: the Gluon forward has no window, softcap or segment ids")
+        return {"_attn_fwd_kernel": gluon_attention.aot_kernel(head_dim, dtype, group, causal, blocks)}
     out = {}
     for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):

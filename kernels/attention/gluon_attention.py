@@ -1,0 +1,127 @@
+"""Launcher of the Gluon FlashAttention-3-style forward (``gluon_kernels.py``) for sm_90.
+
+    gluon_problem(q, k, v, blocks, *, causal, window, softcap, segments) -> why not, or None
+    gluon_fwd(q, k, v, *, causal, scale, blocks) -> (o, lse)   the Triton forward's outputs
+    aot_kernel(head_dim, dtype, group, causal, blocks) -> AotKernel (compiles without a GPU)
+
+Reached through ``TritonAttentionBlocks(gluon=MODE)`` in the forward pass (``_flash_fwd``):
+MODE 1 is one 8-warp consumer partition and a TMA producer warp; 2 adds FA3's
+intra-warpgroup overlap (the next S = Q K^T issued before this tile's softmax); 3 is FA3's
+ping-pong: two 4-warp consumer partitions of 64 rows each taking turns at the tensor cores,
+so one's softmax runs during the other's GEMMs. block_m is 128 (two warpgroups), block_n 64
+or 128, num_stages the depth of the K/V ring. The backward is the Triton one (same LSE).
+What it takes: an sm_90 GPU (Gluon has no interpreter), fp16/bf16, head_dim 64 or 128, causal
+or not, no window, softcap or segment ids, G = H / KVH a power of two dividing 128, and the
+descriptor alignment the Triton TMA forward needs; anything else is refused by name before
+a launch. Not yet run on a GPU: the candidates reach the autotuner, which checks each one's
+output against the default forward's before timing it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+
+from .._platform import triton_interpreting
+
+MODES = {1: "warp-specialized", 2: "warp-specialized, intra-warpgroup overlap", 3: "ping-pong"}
+# the kernel's register cap: 12 warps (two consumer warpgroups and the producer's, whose one
+# warp takes a warpgroup's registers) x 32 threads x 168 <= 65536; setmaxnreg then moves them
+# to 240 a consumer thread and 24 a producer thread
+MAXNREG = 168
+LOG2E = 1.4426950408889634
+
+
+def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softcap: Optional[float],
+                  segments: bool, capability: Optional[tuple] = None) -> Optional[str]:
+    """Why the Gluon forward cannot run this problem with ``blocks``, or None when it can.
+    ``capability`` stands in for q's device's (tests check the other rules on the CPU)."""
+    from .triton_attention import tma_problem
+
+    if capability is None:
+        if triton_interpreting() or q.device.type != "cuda":
+            return "it runs on a CUDA GPU only (Gluon kernels have no interpreter)"
+        capability = torch.cuda.get_device_capability(q.device)
+    cap = tuple(capability)
+    if cap[0] != 9:
+        return f"it needs sm_90 (wgmma, setmaxnreg), got sm_{cap[0]}{cap[1]}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"it takes float16 or bfloat16, got {q.dtype}"
+    if q.shape[-1] not in (64, 128):
+        return f"it takes head_dim 64 or 128, got {q.shape[-1]}"
+    if window is not None or softcap is not None or segments:
+        return "it has no window, softcap or segment ids"
+    return tma_problem(q, k, v, blocks)
+
+
+def _gl_dtype(dtype: torch.dtype):
+    from triton.experimental.gluon import language as gl
+
+    return {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
+
+
+def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list]:
+    return [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
+
+
+def _descriptors(q, k, v, blocks) -> tuple:
+    """Gluon descriptors (the NVMMA shared layout of each tile): q tiles [1, 128 / G, G, D],
+    k/v tiles [1, block_n, 1, D]; the copy engine zero-fills rows past Sq and Skv."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .triton_attention import _tma_strides
+
+    q_box, kv_box = _boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
+    dt = _gl_dtype(q.dtype)
+    return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box,
+                                  gl.NVMMASharedLayout.get_default_for(box, dt))
+                 for t, box in ((q, q_box), (k, kv_box), (v, kv_box)))
+
+
+def _constexprs(head_dim: int, group: int, causal: bool, blocks) -> dict:
+    return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), MODE=blocks.gluon)
+
+
+def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks):
+    """-> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain); the problem
+    must be one ``gluon_problem`` accepts (``_flash_fwd`` checks it before calling)."""
+    from . import gluon_kernels
+
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
+    q_desc, k_desc, v_desc = _descriptors(q, k, v, blocks)
+    gluon_kernels._gluon_attn_fwd_kernel[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
+        q_desc, k_desc, v_desc, o, lse, *o.stride(), sq, skv, kvh, float(scale) * LOG2E,
+        **_constexprs(d, g, causal, blocks), num_warps=blocks.num_warps, maxnreg=MAXNREG,
+    )
+    return o, lse
+
+
+def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks):
+    """The launch specialization of ``gluon_fwd`` (contiguous tensors) for ahead-of-time
+    compiles: ``benchmarks.compile_report`` builds it with GluonASTSource and ``maxnreg``."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    from .. import _aot
+    from . import gluon_kernels
+
+    ty = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
+    q_box, kv_box = _boxes(head_dim, group, blocks)
+    desc = {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box,
+                                            gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
+            for n, box in (("q_desc", q_box), ("k_desc", kv_box), ("v_desc", kv_box))}
+    kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel,
+                             pointers={"O": "*" + ty, "LSE": "*fp32", **desc},
+                             constexprs={**_constexprs(head_dim, group, causal, blocks),
+                                         "num_warps": blocks.num_warps},
+                             num_warps=blocks.num_warps, floats=("qk_scale",), unit_strides=("stride_od",))
+    return kernel._replace(source="gluon", maxnreg=MAXNREG)

@@ -1,0 +1,319 @@
+"""FlashAttention-3-style forward for sm_90 in Gluon: a TMA producer warp, two consumer warpgroups.
+
+What it computes: the forward of ``triton_kernels._attn_fwd_kernel`` (same folded rows, same
+log2-domain LSE layout, so the Triton backward runs on its outputs) for the problems it
+takes: fp16/bf16, head_dim 64 or 128, causal or not, no window, softcap or segments, G a power
+of two dividing BLOCK_M (each q tile is whole positions x the G heads of a kv head).
+
+Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which exposes what Triton's
+own compiler does not do on sm_90 -- warp specialization of an attention loop, wgmma issued
+asynchronously and waited on by count):
+- a 1-warp producer partition with 24 registers issues TMA copies: the q tile once, then K and
+  V tiles into a ring of NUM_STAGES shared-memory slots, each slot with its own ready barriers
+  (one for K, one for V, so the score GEMM starts before V lands) and an empty barrier;
+- the default partition (num_warps = 8: two warpgroups of 64 folded rows each; setmaxnreg
+  gives them the registers the producer does not use) runs the online softmax; with OVERLAP
+  it issues the next tile's S = Q K^T before this tile's softmax and waits for it by count
+  (``warpgroup_mma_wait(1)``), FA3's intra-warpgroup overlap of softmax with the two GEMMs;
+- key blocks every row of the tile sees in full skip the mask arithmetic (a uniform branch);
+  the causal diagonal and the kv-length edge are masked.
+O is written with masked stores (rows past Sq*G are the next tile's or nobody's), LSE as
+the Triton forward writes it. Rows that see no key give zeros and LSE +inf.
+Where it is fast: long causal or full prefill at head_dim 128 on H100/H200, MQA/GQA folded.
+Not checked on a GPU yet: the launcher offers it only as an sm_90 autotuning candidate of the
+forward, so the tuner's agreement check against the Triton default gates it.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+
+@gluon.jit
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
+                    off_b, off_kvh, q_pos0, lo, n_iter, BLOCK_N: gl.constexpr, GROUP: gl.constexpr):
+    """Producer (1 warp): the q tile, then K_i and V_i for i < n_iter into slot i % NUM_STAGES
+    once the consumers have released what that slot held NUM_STAGES tiles earlier."""
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [off_b, q_pos0, off_kvh * GROUP, 0], q_bar, q_smem)
+    for i in range(n_iter):
+        slot = i % NUM_STAGES
+        phase = (i // NUM_STAGES) & 1
+        mbarrier.wait(kv_empty.index(slot), phase ^ 1)  # a fresh barrier's phase 1 counts as done
+        start_n = lo + i * BLOCK_N
+        kr = k_ready.index(slot)
+        mbarrier.expect(kr, k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [off_b, start_n, off_kvh, 0], kr, k_bufs.index(slot))
+        vr = v_ready.index(slot)
+        mbarrier.expect(vr, v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [off_b, start_n, off_kvh, 0], vr, v_bufs.index(slot))
+
+
+@gluon.jit
+def _scores(q, k_bufs, k_ready, i, s_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            HEAD_DIM: gl.constexpr):
+    """Issue S_i = Q K_i^T (async) once K_i has landed; returns the pending accumulator."""
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    slot = i % NUM_STAGES
+    mbarrier.wait(k_ready.index(slot), (i // NUM_STAGES) & 1)
+    k = k_bufs.index(slot).reshape([BLOCK_N, HEAD_DIM])
+    zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    return warpgroup_mma(q, k.permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
+                  BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Tile i's online-softmax update: (p, alpha, m_new, l_new). Tiles from n_full on (the
+    causal diagonal, the kv-length edge) are masked; earlier ones every row sees in full.
+    Scores are in log2 units through qk_scale, folded into the max and the exponent."""
+    if i >= n_full:
+        kv_pos = lo + i * BLOCK_N + cols
+        ok = gl.expand_dims(kv_pos < Skv, 0)
+        if CAUSAL:
+            ok = ok & (gl.expand_dims(kv_pos, 0) <= gl.expand_dims(q_pos, 1))
+        s = gl.where(ok, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no -inf - -inf
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+    l_new = l_i * alpha + gl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
+@gluon.jit
+def _pv(p16, acc, v_bufs, v_ready, i, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Issue O += P_i V_i (async) once V_i has landed; P_i (16-bit, the A-operand layout)
+    from registers."""
+    NUM_STAGES: gl.constexpr = v_bufs.type.shape[0]
+    slot = i % NUM_STAGES
+    mbarrier.wait(v_ready.index(slot), (i // NUM_STAGES) & 1)
+    v = v_bufs.index(slot).reshape([BLOCK_N, HEAD_DIM])
+    return warpgroup_mma(p16, v, acc, is_async=True)
+
+
+@gluon.jit
+def _turn(turn, t, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Ping-pong: wait until this warpgroup may issue its GEMMs for its t-th time (warpgroup 0
+    goes first: a fresh barrier's phase 1 counts as done), as FA3's warp-scheduler barriers."""
+    if PINGPONG:
+        mbarrier.wait(turn.index(WG), (t + 1 - WG) & 1)
+
+
+@gluon.jit
+def _pass_turn(turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        mbarrier.arrive(turn.index(1 - WG), count=1)
+
+
+@gluon.jit
+def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, n_full, n_iter, lo,
+             q_pos, cols, Skv, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr,
+             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr,
+             OVERLAP: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Tiles 0 .. n_iter - 1 of the ring. Without OVERLAP: S_i, wait, softmax, P_i V_i, wait.
+    With OVERLAP (FA3's intra-warpgroup pipelining): S_i and then P_{i-1} V_{i-1} are issued
+    together; waiting until one group is outstanding completes S_i (the older), so tile i's
+    softmax can run while the tensor cores do P_{i-1} V_{i-1}; slot i-1 is released once that
+    GEMM has been waited for (V_{i-1} read), and O is rescaled after it. With PINGPONG each
+    warpgroup issues its GEMMs in turns with the other, so one's softmax runs during the
+    other's GEMMs (FA3's inter-warpgroup overlap; ptxas places the wait for P V ahead of the
+    softmax in the SASS, so this is where the overlap comes from)."""
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    dtype: gl.constexpr = v_bufs.dtype
+    if OVERLAP:
+        if n_iter > 0:
+            _turn(turn, 0, WG, PINGPONG)
+            s = _scores(q, k_bufs, k_ready, 0, s_layout, ROWS, BLOCK_N, HEAD_DIM)
+            _pass_turn(turn, WG, PINGPONG)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, n_full, lo, q_pos, cols, Skv, qk_scale,
+                                               BLOCK_N, CAUSAL)
+            p16 = gl.convert_layout(p.to(dtype), p_layout)  # held across the next S: 16-bit
+            for i in range(1, n_iter):
+                _turn(turn, i, WG, PINGPONG)
+                s = _scores(q, k_bufs, k_ready, i, s_layout, ROWS, BLOCK_N, HEAD_DIM)
+                acc = _pv(p16, acc, v_bufs, v_ready, i - 1, BLOCK_N, HEAD_DIM)
+                _pass_turn(turn, WG, PINGPONG)
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
+                                                   BLOCK_N, CAUSAL)
+                # P_{i-1} is a dependency of the wait: its registers stay reserved until that
+                # GEMM is done; P_i is written after it, as FA3 does
+                acc, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
+                mbarrier.arrive(kv_empty.index((i - 1) % NUM_STAGES), count=1)  # K_{i-1}, V_{i-1} read
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                p16 = gl.convert_layout(p.to(dtype), p_layout)
+            _turn(turn, n_iter, WG, PINGPONG)
+            acc = _pv(p16, acc, v_bufs, v_ready, n_iter - 1, BLOCK_N, HEAD_DIM)
+            _pass_turn(turn, WG, PINGPONG)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index((n_iter - 1) % NUM_STAGES), count=1)
+    else:
+        for i in range(0, n_iter):
+            s = _scores(q, k_bufs, k_ready, i, s_layout, ROWS, BLOCK_N, HEAD_DIM)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
+                                               BLOCK_N, CAUSAL)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            acc = _pv(gl.convert_layout(p.to(dtype), p_layout), acc, v_bufs, v_ready, i, BLOCK_N, HEAD_DIM)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i and V_i are no longer read
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+              WG: gl.constexpr, NW: gl.constexpr):
+    """A consumer partition of NW warps owning folded rows [WG * ROWS, (WG + 1) * ROWS) of the
+    tile (ROWS = 16 * NW: all of it with one 8-warp consumer, half with two of 4 warps): the
+    online softmax over the ring, then its rows of O and LSE."""
+    ROWS: gl.constexpr = 16 * NW
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+    r0 = m0 + WG * ROWS
+    rows = r0 + gl.arange(0, ROWS, row_s)
+    q_pos = rows // GROUP + shift
+    cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
+    l_i = gl.zeros([ROWS], gl.float32, row_s)
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+
+    mbarrier.wait(q_bar, 0)
+    q = q_smem.reshape([BLOCK_M, HEAD_DIM]).slice(WG * ROWS, ROWS)
+    acc, m_i, l_i = _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, n_full,
+                             n_iter, lo, q_pos, cols, Skv, qk_scale, s_layout, o_layout, ROWS, BLOCK_N,
+                             HEAD_DIM, CAUSAL, OVERLAP, WG, PINGPONG)
+
+    seen = l_i > 0.0  # rows that saw no key: output 0, lse +inf
+    l_safe = gl.where(seen, l_i, 1.0)
+    lse = gl.where(seen, m_i + gl.log2(l_safe), float("inf"))
+    gl.store(LSE + pid_bh.to(gl.int64) * n_rows + rows, lse, mask=rows < n_rows)
+    out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+    rows_o = r0 + gl.arange(0, ROWS, row_o)
+    d = gl.arange(0, HEAD_DIM, col_o)
+    q_idx = rows_o // GROUP
+    head = off_kvh * GROUP + rows_o % GROUP
+    o_rows = off_b.to(gl.int64) * stride_ob + q_idx.to(gl.int64) * stride_os + head.to(gl.int64) * stride_oh
+    o_ptrs = O + gl.expand_dims(o_rows, 1) + gl.expand_dims(d * stride_od, 0)
+    gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(rows_o < n_rows, 1))
+
+
+@gluon.jit
+def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+                     O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                     off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Ping-pong's second consumer (a 4-warp worker partition): rows [64, 128) of the tile.
+    Worker partitions share one signature, hence the producer's arguments."""
+    _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 1, 4)
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
+                    off_b, off_kvh, m0 // GROUP, lo, n_iter, BLOCK_N, GROUP)
+
+
+@gluon.jit
+def _gluon_attn_fwd_kernel(
+    q_desc,  # 4-D TMA descriptor over q [B, Sq, H, D], block [1, BLOCK_M // GROUP, GROUP, D]
+    k_desc, v_desc,  # over k, v [B, Skv, KVH, D], block [1, BLOCK_N, 1, D]
+    O,  # [B, Sq, H, D] output, q's dtype
+    LSE,  # [B * KVH, Sq * G] fp32 out, log2 domain (the Triton forward's layout)
+    stride_ob, stride_os, stride_oh, stride_od,
+    Sq, Skv, KVH, qk_scale,  # qk_scale = softmax scale * log2(e)
+    GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    MODE: gl.constexpr,  # 1: one 8-warp consumer; 2: that with intra-warpgroup overlap; 3: ping-pong
+    num_warps: gl.constexpr,
+):
+    start_m = gl.program_id(0)
+    if CAUSAL:  # the longest rows first, as the Triton forward
+        start_m = gl.num_programs(0) - 1 - start_m
+    pid_bh = gl.program_id(1)
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    shift = Skv - Sq
+    m0 = start_m * BLOCK_M
+    # key range [lo, hi) and its unmasked head [lo, full_hi): the Triton forward's bounds
+    q_lo = m0 // GROUP + shift
+    q_hi = (gl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
+    lo = 0
+    hi = Skv
+    full_hi = Skv // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        hi = gl.maximum(gl.minimum(Skv, q_hi + 1), 0)
+        full_hi = gl.minimum(full_hi, gl.maximum(q_lo + 1, 0) // BLOCK_N * BLOCK_N)
+    full_hi = gl.minimum(full_hi, hi)
+    n_iter = (hi - lo + BLOCK_N - 1) // BLOCK_N
+    n_full = (full_hi - lo) // BLOCK_N
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    CONSUMERS: gl.constexpr = 2 if MODE == 3 else 1
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=CONSUMERS)  # each consumer releases each slot
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
+
+    # (the argument tuples are spelled out in each call: a tuple held in a variable turns its
+    # constexprs into runtime values)
+    if MODE == 3:  # num_warps = 4: warpgroup 0 here, warpgroup 1 a worker, then the producer
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+                         O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 0, 4)),
+            (_second_consumer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                                kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                                off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                                GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                         kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+        ], [4, 1], [240, 24])
+    else:  # num_warps = 8: both warpgroups in the default partition
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
+                         O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, MODE == 2, False, 0, 8)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                         kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+        ], [1], [24])

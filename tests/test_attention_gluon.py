@@ -1,0 +1,90 @@
+"""The Gluon forward's launcher on the CPU (Gluon has no interpreter): what it accepts and what
+it refuses, by name, before any launch. Its compiles are checked in ``test_triton_aot.py``
+(sm_90, no spills, 12 warps) and its numbers against float64 on a GPU in
+``test_attention_gpu.py``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.attention import gluon_attention, triton_attention
+from kernels.attention.triton_attention import TritonAttentionBlocks, attention_triton, candidate_blocks
+
+PINGPONG = TritonAttentionBlocks(128, 128, 4, 2, gluon=3)
+
+
+def _qkv(b=1, sq=40, skv=40, h=8, kvh=1, d=128, dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, sq, h, d, generator=g).to(dtype)
+    k, v = (torch.randn(b, skv, kvh, d, generator=g).to(dtype) for _ in range(2))
+    return q, k, v
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_m=128, block_n=128, num_warps=4, num_stages=2, gluon=4), "gluon=4 must be 0"),
+    (dict(block_m=64, block_n=128, num_warps=4, num_stages=2, gluon=3), "block_m=128"),
+    (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, gluon=3), "num_warps=4"),
+    (dict(block_m=128, block_n=128, num_warps=4, num_stages=2, gluon=1), "num_warps=8"),
+    (dict(block_m=128, block_n=32, num_warps=8, num_stages=2, gluon=2), "block_n 64 or 128"),
+    (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, tma=True, gluon=1), "tma=False"),
+    (dict(block_m=128, block_n=128, num_warps=8, num_stages=1, gluon=1), "num_stages >= 2"),
+])
+def test_blocks_refuse_what_the_gluon_kernel_cannot_take(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TritonAttentionBlocks(**kwargs)
+
+
+def test_blocks_round_trip_through_the_custom_ops_list():
+    assert TritonAttentionBlocks.from_list(PINGPONG.as_list()) == PINGPONG
+
+
+def test_gluon_blocks_are_forward_only_and_need_a_gpu():
+    q, k, v = _qkv()
+    before = sum(triton_attention.LAUNCHES.values())
+    with pytest.raises(ValueError, match="forward-only"):
+        attention_triton(q, k, v, causal=True, blocks=PINGPONG)
+    bwd = triton_attention.default_blocks(128, torch.bfloat16, backward=True, capability=None)
+    with pytest.raises(ValueError, match="gluon=3 cannot run this problem: it runs on a CUDA GPU only"):
+        attention_triton(q, k, v, causal=True, blocks=(PINGPONG, bwd))
+    assert sum(triton_attention.LAUNCHES.values()) == before  # refused before any launch
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(capability=(8, 0)), "needs sm_90"),
+    (dict(capability=(10, 0)), "needs sm_90"),
+    (dict(dtype=torch.float32), "float16 or bfloat16"),
+    (dict(d=80), "head_dim 64 or 128"),
+    (dict(d=256), "head_dim 64 or 128"),
+    (dict(window=16), "no window, softcap or segment ids"),
+    (dict(softcap=30.0), "no window, softcap or segment ids"),
+    (dict(segments=True), "no window, softcap or segment ids"),
+    (dict(h=12, kvh=4), "group size 3 must be a power of two"),
+    (dict(h=256, kvh=1), "group size 256 must be a power of two dividing block_m=128"),
+])
+def test_gluon_problem_names_what_it_cannot_run(change, match):
+    shape = {k: change[k] for k in ("h", "kvh", "d", "dtype") if k in change}
+    q, k, v = _qkv(**shape)
+    flags = dict(causal=True, window=change.get("window"), softcap=change.get("softcap"),
+                 segments=change.get("segments", False), capability=change.get("capability", (9, 0)))
+    assert gluon_attention.gluon_problem(q, k, v, PINGPONG, **flags) is not None
+    assert match in gluon_attention.gluon_problem(q, k, v, PINGPONG, **flags)
+
+
+@pytest.mark.parametrize("h,kvh,d,dtype", [(8, 1, 128, torch.bfloat16), (8, 2, 64, torch.float16),
+                                           (4, 4, 128, torch.float16)])
+def test_gluon_problem_accepts_mqa_gqa_mha_at_head_dims_64_and_128(h, kvh, d, dtype):
+    q, k, v = _qkv(h=h, kvh=kvh, d=d, dtype=dtype)
+    for causal in (True, False):
+        assert gluon_attention.gluon_problem(q, k, v, PINGPONG, causal=causal, window=None, softcap=None,
+                                             segments=False, capability=(9, 0)) is None
+
+
+def test_candidates_offer_the_gluon_modes_on_sm90_only():
+    modes = lambda *a, **kw: sorted({b.gluon for b in candidate_blocks(*a, **kw)} - {0})  # noqa: E731
+    for d in (64, 128):
+        assert modes(d, torch.bfloat16, capability=(9, 0)) == [1, 2, 3]
+        assert candidate_blocks(d, torch.bfloat16, capability=(9, 0))[0].gluon == 0  # the default first
+    assert modes(256, torch.bfloat16, capability=(9, 0)) == []
+    assert modes(128, torch.float32, capability=(9, 0)) == []
+    assert modes(128, torch.bfloat16, capability=(8, 0)) == []
+    assert modes(128, torch.bfloat16, backward=True, capability=(9, 0)) == []
