@@ -9,12 +9,15 @@ Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which expos
 own compiler does not do on sm_90 -- warp specialization of an attention loop, wgmma issued
 asynchronously and waited on by count):
 - a 1-warp producer partition with 24 registers issues TMA copies: the q tile once, then K and
-  V tiles into a ring of NUM_STAGES shared-memory slots, each slot with its own ready barriers
-  (one for K, one for V, so the score GEMM starts before V lands) and an empty barrier;
-- the default partition (num_warps = 8: two warpgroups of 64 folded rows each; setmaxnreg
-  gives them the registers the producer does not use) runs the online softmax; with OVERLAP
-  it issues the next tile's S = Q K^T before this tile's softmax and waits for it by count
-  (``warpgroup_mma_wait(1)``), FA3's intra-warpgroup overlap of softmax with the two GEMMs;
+  V tiles into a ring of NUM_STAGES shared-memory slots, each slot with ready barriers and
+  empty barriers for K and for V apart (the score GEMM starts before V lands; K is refilled as
+  soon as its scores are done, V after P V);
+- consumers run the online softmax, with setmaxnreg giving them the registers the producer
+  does not use (240 a thread): MODE 1 and 2 one 8-warp default partition (two warpgroups of
+  64 folded rows), MODE 2 issuing the next tile's S = Q K^T together with this tile's P V
+  and waiting by count (``warpgroup_mma_wait(1)``), FA3's intra-warpgroup pipelining; MODE 3
+  two 4-warp partitions of 64 rows each (the default and a worker) that take turns issuing
+  their GEMMs through two mbarriers, FA3's ping-pong;
 - key blocks every row of the tile sees in full skip the mask arithmetic (a uniform branch);
   the causal diagonal and the kv-length edge are masked.
 O is written with masked stores (rows past Sq*G are the next tile's or nobody's), LSE as
@@ -33,8 +36,10 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
                     off_b, off_kvh, q_pos0, lo, n_iter, BLOCK_N: gl.constexpr, GROUP: gl.constexpr):
-    """Producer (1 warp): the q tile, then K_i and V_i for i < n_iter into slot i % NUM_STAGES
-    once the consumers have released what that slot held NUM_STAGES tiles earlier."""
+    """Producer (1 warp): the q tile, then K_i and V_i for i < n_iter into slot i % NUM_STAGES,
+    each once the consumers have released what that slot held NUM_STAGES tiles earlier
+    (kv_empty[slot] for K, kv_empty[NUM_STAGES + slot] for V: K is free as soon as its scores
+    are done, V only after P V, so K loads run ahead, as FA3's separate K and V pipelines)."""
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [off_b, q_pos0, off_kvh * GROUP, 0], q_bar, q_smem)
@@ -46,6 +51,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_rea
         kr = k_ready.index(slot)
         mbarrier.expect(kr, k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [off_b, start_n, off_kvh, 0], kr, k_bufs.index(slot))
+        mbarrier.wait(kv_empty.index(NUM_STAGES + slot), phase ^ 1)
         vr = v_ready.index(slot)
         mbarrier.expect(vr, v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [off_b, start_n, off_kvh, 0], vr, v_bufs.index(slot))
@@ -116,11 +122,12 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
     """Tiles 0 .. n_iter - 1 of the ring. Without OVERLAP: S_i, wait, softmax, P_i V_i, wait.
     With OVERLAP (FA3's intra-warpgroup pipelining): S_i and then P_{i-1} V_{i-1} are issued
     together; waiting until one group is outstanding completes S_i (the older), so tile i's
-    softmax can run while the tensor cores do P_{i-1} V_{i-1}; slot i-1 is released once that
-    GEMM has been waited for (V_{i-1} read), and O is rescaled after it. With PINGPONG each
-    warpgroup issues its GEMMs in turns with the other, so one's softmax runs during the
-    other's GEMMs (FA3's inter-warpgroup overlap; ptxas places the wait for P V ahead of the
-    softmax in the SASS, so this is where the overlap comes from)."""
+    softmax can run while the tensor cores do P_{i-1} V_{i-1}, and O is rescaled after it.
+    K_i's slot is released once S_i is done, V_{i-1}'s once P_{i-1} V_{i-1} is (the producer
+    refills K ahead of V). With PINGPONG each warpgroup issues its GEMMs in turns with the
+    other, so one's softmax runs during the other's GEMMs (FA3's inter-warpgroup overlap;
+    ptxas places the wait for P V ahead of the exponentials in the SASS, so that is where
+    the overlap comes from)."""
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -131,6 +138,7 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
             s = _scores(q, k_bufs, k_ready, 0, s_layout, ROWS, BLOCK_N, HEAD_DIM)
             _pass_turn(turn, WG, PINGPONG)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            mbarrier.arrive(kv_empty.index(0), count=1)  # K_0 read
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, n_full, lo, q_pos, cols, Skv, qk_scale,
                                                BLOCK_N, CAUSAL)
             p16 = gl.convert_layout(p.to(dtype), p_layout)  # held across the next S: 16-bit
@@ -140,29 +148,34 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
                 acc = _pv(p16, acc, v_bufs, v_ready, i - 1, BLOCK_N, HEAD_DIM)
                 _pass_turn(turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+                mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
                                                    BLOCK_N, CAUSAL)
                 # P_{i-1} is a dependency of the wait: its registers stay reserved until that
-                # GEMM is done; P_i is written after it, as FA3 does
+                # GEMM is done; P_i is written after it, as FA3 does. (ptxas schedules this wait
+                # right after the row max, ahead of the exponentials, whatever the order here:
+                # inside one warpgroup the softmax does not overlap P V in the SASS; ping-pong
+                # overlaps it with the other warpgroup's GEMMs instead)
                 acc, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
-                mbarrier.arrive(kv_empty.index((i - 1) % NUM_STAGES), count=1)  # K_{i-1}, V_{i-1} read
+                mbarrier.arrive(kv_empty.index(NUM_STAGES + (i - 1) % NUM_STAGES), count=1)  # V_{i-1} read
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 p16 = gl.convert_layout(p.to(dtype), p_layout)
             _turn(turn, n_iter, WG, PINGPONG)
             acc = _pv(p16, acc, v_bufs, v_ready, n_iter - 1, BLOCK_N, HEAD_DIM)
             _pass_turn(turn, WG, PINGPONG)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index((n_iter - 1) % NUM_STAGES), count=1)
+            mbarrier.arrive(kv_empty.index(NUM_STAGES + (n_iter - 1) % NUM_STAGES), count=1)
     else:
         for i in range(0, n_iter):
             s = _scores(q, k_bufs, k_ready, i, s_layout, ROWS, BLOCK_N, HEAD_DIM)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
                                                BLOCK_N, CAUSAL)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             acc = _pv(gl.convert_layout(p.to(dtype), p_layout), acc, v_bufs, v_ready, i, BLOCK_N, HEAD_DIM)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i and V_i are no longer read
+            mbarrier.arrive(kv_empty.index(NUM_STAGES + i % NUM_STAGES), count=1)  # V_i read
     return acc, m_i, l_i
 
 
@@ -278,7 +291,8 @@ def _gluon_attn_fwd_kernel(
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    # kv_empty[s]: slot s's K released; kv_empty[NUM_STAGES + s]: its V released
+    kv_empty = gl.allocate_shared_memory(gl.int64, [2 * NUM_STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     CONSUMERS: gl.constexpr = 2 if MODE == 3 else 1
     mbarrier.init(q_bar, count=1)
@@ -286,6 +300,7 @@ def _gluon_attn_fwd_kernel(
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=CONSUMERS)  # each consumer releases each slot
+        mbarrier.init(kv_empty.index(NUM_STAGES + i), count=CONSUMERS)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
 
