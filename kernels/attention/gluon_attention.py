@@ -20,10 +20,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-import triton
+from .._platform import configure_triton_interpret
 
-from .._platform import triton_interpreting
+configure_triton_interpret()  # before triton is imported: the interpreter when there is no GPU
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from .._platform import triton_interpreting  # noqa: E402
 
 MODES = {1: "warp-specialized", 2: "warp-specialized, intra-warpgroup overlap", 3: "ping-pong"}
 # the kernel's register cap: 12 warps (two consumer warpgroups and the producer's, whose one
