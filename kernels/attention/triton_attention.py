@@ -613,9 +613,9 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     the dV-only one; with ``dq_atomic`` there is no "_attn_bwd_dq_kernel"; with ``gluon`` only
     "_attn_fwd_kernel", the Gluon kernel (``source`` "gluon": ``kernels._aot.compile_aot``).
 
-    Compile with ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
-    k.attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.num_warps,
-    num_stages=k.num_stages))``.
+    Compile with ``kernels._aot.compile_aot(k, GPUTarget("cuda", 90, 32))`` (for a Triton
+    kernel, ``triton.compile(triton.compiler.ASTSource(k.fn, k.signature, k.constexprs,
+    k.attrs), target=..., options=dict(num_warps=k.num_warps, num_stages=k.num_stages))``).
     """
     if triton_interpreting():
         raise RuntimeError(
