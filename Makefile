@@ -69,7 +69,7 @@ bench-gpu:
 	  --out-dir $(OUT) --impls $(PROFILE_IMPLS) 2>&1 | tail -45; fi; \
 	NCU=$$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1); \
 	if [ $(NCU_S) -gt 0 ] && [ -n "$$NCU" ]; then timeout $(NCU_S) $$NCU --clock-control none \
-	  -k 'regex:_patch_embed_fwd|_patchify|_attn_bwd_dkdv|_attn_bwd_dq|_int4_matmul|_decode_|_norm_' \
+	  -k 'regex:_patch_embed_fwd|_patchify|_attn_bwd_dkdv|_attn_bwd_dq|_int4_matmul|_decode_|_norm_|_gluon_attn_fwd' \
 	  --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
 	  --section WarpStateStats --csv --page details python3 -m benchmarks.ncu_targets \
 	  > $(OUT)/ncu.txt 2>&1; tail -3 $(OUT)/ncu.txt; else echo "ncu stage skipped (NCU_S=$(NCU_S), ncu '$$NCU')"; fi; \

@@ -19,7 +19,9 @@ more: ncu's ``--launch-skip`` is left alone, so both launches show; read the las
   default, then the scale-after-dot candidate (inline-PTX nibbles);
 - decode: MQA, 32k cache, head_dim 128, batch 16 (74% of copy, goal 85%), then batch 1 (12%:
   256 shares for the combine);
-- rms_norm: 16384 x 4096 forward and backward (fwd+bwd 75% of copy).
+- rms_norm: 16384 x 4096 forward and backward (fwd+bwd 75% of copy);
+- attention_fwd: the Gluon forward's ping-pong (``_gluon_attn_fwd_kernel``, sm_90), MQA 16
+  heads, 16k causal, head_dim 128: not yet run anywhere, so its first counters.
 ``--smoke`` runs the same calls on the CPU at tiny sizes in the interpreter (checks the script).
 """
 from __future__ import annotations
@@ -125,8 +127,28 @@ def _rms_norm(dev, dt, small):
     return run
 
 
+def _attention_fwd(dev, dt, small):
+    """The Gluon forward's ping-pong (sm_90; not in the interpreter) at the attention goal's
+    shape: MQA, 16 heads, 16k causal, head_dim 128 (its tensor-pipe use against FA3's)."""
+    from kernels.attention import triton_attention as ta
+
+    s, h = (64, 2) if small else (16384, 16)
+    q = torch.randn(1, s, h, 128, device=dev, dtype=dt)
+    k, v = (torch.randn(1, s, 1, 128, device=dev, dtype=dt) for _ in range(2))
+    pingpong = ta.TritonAttentionBlocks(128, 128, 4, 2, gluon=3)
+    bwd = ta.default_blocks(128, dt, backward=True, capability=None)
+    runs = not small and torch.cuda.get_device_capability()[0] == 9 and repr(pingpong) not in excluded_blocks()
+
+    def run():
+        with torch.no_grad():
+            if runs:
+                return ta.attention_triton(q, k, v, causal=True, blocks=(pingpong, bwd))
+            return ta.attention_triton(q, k, v, causal=True)  # elsewhere: the Triton forward
+    return run
+
+
 TARGETS = {"patch_embed": _patch_embed, "attention_bwd": _attention_bwd, "int4": _int4,
-           "decode": _decode, "rms_norm": _rms_norm}
+           "decode": _decode, "rms_norm": _rms_norm, "attention_fwd": _attention_fwd}
 
 
 def main(argv=None) -> list[str]:
