@@ -10,7 +10,7 @@ default cannot be skipped anyway), for the goal rows' problem classes, at length
 the same compiled specializations, so the benchmark later finds them in Triton's cache:
 - attention backward, MQA causal bf16: head_dim 128 with 16 heads (the attention goal rows)
   and head_dim 256 with 8 heads (nano1's train step), 1024 tokens (split dK/dV passes);
-  the forward's at head_dim 128 (the Gluon kernel's modes, whose barriers could hang);
+  the forward's at both (the Gluon kernel's modes, whose barriers could hang, go first);
 - int4 decode, 1 and 16 rows, 2048 -> 9984, group 128.
 State (JSON, written atomically): each candidate is marked "running" before its launch and
 "ok" (or "error" with the exception: a raised error leaves the process usable) after it. A
@@ -56,13 +56,12 @@ def _attention_jobs(dev, dt, cap, small):
                 o = ta.attention_triton(qg, kg, vg, causal=True, blocks=(fwd, blk))
                 return torch.autograd.grad(o, (qg, kg, vg), torch.ones_like(o))
             jobs.append((f"attention bwd mqa h{h}/1 d{d} causal", blk, run))
-        if d == 128:  # the forward's non-default candidates (the Gluon kernel among them)
-            bwd = ta.default_blocks(d, dt, backward=True, capability=None if small else cap)
-            for blk in ta.candidate_blocks(d, dt, capability=cap)[1:]:
-                def fwd_run(q=q, k=k, v=v, blk=blk, bwd=bwd):
-                    with torch.no_grad():
-                        return ta.attention_triton(q, k, v, causal=True, blocks=(blk, bwd))
-                fwd_jobs.append((f"attention fwd mqa h{h}/1 d{d} causal", blk, fwd_run))
+        bwd = ta.default_blocks(d, dt, backward=True, capability=None if small else cap)
+        for blk in ta.candidate_blocks(d, dt, capability=cap)[1:]:  # the forward's (Gluon among them)
+            def fwd_run(q=q, k=k, v=v, blk=blk, bwd=bwd):
+                with torch.no_grad():
+                    return ta.attention_triton(q, k, v, causal=True, blocks=(blk, bwd))
+            fwd_jobs.append((f"attention fwd mqa h{h}/1 d{d} causal", blk, fwd_run))
     return fwd_jobs + jobs  # the Gluon forward first: the newest code, and barriers that could hang
 
 

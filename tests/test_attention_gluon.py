@@ -25,7 +25,7 @@ def _qkv(b=1, sq=40, skv=40, h=8, kvh=1, d=128, dtype=torch.bfloat16):
     (dict(block_m=64, block_n=128, num_warps=4, num_stages=2, gluon=3), "block_m=128"),
     (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, gluon=3), "num_warps=4"),
     (dict(block_m=128, block_n=128, num_warps=4, num_stages=2, gluon=1), "num_warps=8"),
-    (dict(block_m=128, block_n=32, num_warps=8, num_stages=2, gluon=2), "block_n 64 or 128"),
+    (dict(block_m=128, block_n=16, num_warps=8, num_stages=2, gluon=2), "block_n 32, 64 or 128"),
     (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, tma=True, gluon=1), "tma=False"),
     (dict(block_m=128, block_n=128, num_warps=8, num_stages=1, gluon=1), "num_stages >= 2"),
 ])
@@ -53,13 +53,14 @@ def test_gluon_blocks_are_forward_only_and_need_a_gpu():
     (dict(capability=(8, 0)), "needs sm_90"),
     (dict(capability=(10, 0)), "needs sm_90"),
     (dict(dtype=torch.float32), "float16 or bfloat16"),
-    (dict(d=80), "head_dim 64 or 128"),
-    (dict(d=256), "head_dim 64 or 128"),
+    (dict(d=80), "head_dim 64, 128 or 256"),
+    (dict(d=96), "head_dim 64, 128 or 256"),
     (dict(window=16), "no window, softcap or segment ids"),
     (dict(softcap=30.0), "no window, softcap or segment ids"),
     (dict(segments=True), "no window, softcap or segment ids"),
     (dict(h=12, kvh=4), "group size 3 must be a power of two"),
     (dict(h=256, kvh=1), "group size 256 must be a power of two dividing block_m=128"),
+    (dict(h=128, kvh=1), "group size 128 must divide 64"),
 ])
 def test_gluon_problem_names_what_it_cannot_run(change, match):
     shape = {k: change[k] for k in ("h", "kvh", "d", "dtype") if k in change}
@@ -71,8 +72,8 @@ def test_gluon_problem_names_what_it_cannot_run(change, match):
 
 
 @pytest.mark.parametrize("h,kvh,d,dtype", [(8, 1, 128, torch.bfloat16), (8, 2, 64, torch.float16),
-                                           (4, 4, 128, torch.float16)])
-def test_gluon_problem_accepts_mqa_gqa_mha_at_head_dims_64_and_128(h, kvh, d, dtype):
+                                           (4, 4, 128, torch.float16), (8, 1, 256, torch.bfloat16)])
+def test_gluon_problem_accepts_mqa_gqa_mha_at_head_dims_64_to_256(h, kvh, d, dtype):
     q, k, v = _qkv(h=h, kvh=kvh, d=d, dtype=dtype)
     for causal in (True, False):
         assert gluon_attention.gluon_problem(q, k, v, PINGPONG, causal=causal, window=None, softcap=None,
@@ -83,8 +84,10 @@ def test_candidates_offer_the_gluon_modes_on_sm90_only():
     modes = lambda *a, **kw: sorted({b.gluon for b in candidate_blocks(*a, **kw)} - {0})  # noqa: E731
     for d in (64, 128):
         assert modes(d, torch.bfloat16, capability=(9, 0)) == [1, 2, 3]
+    assert modes(256, torch.bfloat16, capability=(9, 0)) == [1, 3]
+    for d in (64, 128, 256):
         assert candidate_blocks(d, torch.bfloat16, capability=(9, 0))[0].gluon == 0  # the default first
-    assert modes(256, torch.bfloat16, capability=(9, 0)) == []
+    assert modes(80, torch.bfloat16, capability=(9, 0)) == []
     assert modes(128, torch.float32, capability=(9, 0)) == []
     assert modes(128, torch.bfloat16, capability=(8, 0)) == []
     assert modes(128, torch.bfloat16, backward=True, capability=(9, 0)) == []

@@ -20,12 +20,12 @@ def test_smoke_launches_every_non_default_candidate(tmp_path):
     state = canary.run(str(tmp_path / "canary.json"), smoke=True)
     want = sum(len(ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))) - 1 for d in (256, 128))
     want += sum(len(ti.candidate_blocks(m, torch.float16, capability=(9, 0))) - 1 for m in (1, 16))
-    fwd = ta.candidate_blocks(128, torch.float16, capability=(9, 0))[1:]
+    fwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, capability=(9, 0))[1:]]
     want += len(fwd)
     assert state["complete"] and state["tries"] == 1 and len(state["candidates"]) == want
     # the Gluon forward has no interpreter: refused by name on the CPU, a raised error (not a crash)
     gluon = {repr(b) for b in fwd if b.gluon}
-    assert len(gluon) == 4
+    assert len(gluon) == 7
     for c in state["candidates"]:
         if c["blocks"] in gluon:
             assert c["status"] == "error" and "runs on a CUDA GPU only" in c["why"], c

@@ -99,6 +99,13 @@ GLUON_JOBS = {
                                                                        num_stages=3, gluon=3)),
     "sm90-gluon-pingpong-fp16-d64-gqa": (64, "fp16", 4, False, dict(block_m=128, block_n=128, num_warps=4,
                                                                     num_stages=2, gluon=3)),
+    # head_dim 256 (nano1's, Gemma's): O through shared memory and a TMA store keeps them spill-free
+    "sm90-gluon-pingpong-bf16-d256": (256, "bf16", 8, True, dict(block_m=128, block_n=64, num_warps=4,
+                                                                 num_stages=2, gluon=3)),
+    "sm90-gluon-ws-bf16-d256": (256, "bf16", 8, True, dict(block_m=128, block_n=64, num_warps=8, num_stages=2,
+                                                           gluon=1)),
+    "sm90-gluon-pingpong-bf16-d256-32key": (256, "bf16", 8, True, dict(block_m=128, block_n=32, num_warps=4,
+                                                                       num_stages=3, gluon=3)),
 }
 
 

@@ -10,10 +10,10 @@ intra-warpgroup overlap (the next S = Q K^T issued before this tile's softmax); 
 ping-pong: two 4-warp consumer partitions of 64 rows each taking turns at the tensor cores,
 so one's softmax runs during the other's GEMMs. block_m is 128 (two warpgroups), block_n 64
 or 128, num_stages the depth of the K/V ring. The backward is the Triton one (same LSE).
-What it takes: an sm_90 GPU (Gluon has no interpreter), fp16/bf16, head_dim 64 or 128, causal
-or not, no window, softcap or segment ids, G = H / KVH a power of two dividing 128, and the
-descriptor alignment the Triton TMA forward needs; anything else is refused by name before
-a launch. Not yet run on a GPU: the candidates reach the autotuner, which checks each one's
+What it takes: an sm_90 GPU (Gluon has no interpreter), fp16/bf16, head_dim 64, 128 or 256,
+causal or not, no window, softcap or segment ids, G = H / KVH a power of two dividing 128
+(64 for ping-pong), and the descriptor alignment the Triton TMA forward needs; anything else
+is refused by name before a launch. Not yet run on a GPU: the candidates reach the autotuner, which checks each one's
 output against the default forward's before timing it.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ import triton  # noqa: E402
 from .._platform import triton_interpreting  # noqa: E402
 
 MODES = {1: "warp-specialized", 2: "warp-specialized, intra-warpgroup overlap", 3: "ping-pong"}
+HEAD_DIMS = (64, 128, 256)
 # the kernel's register cap: 12 warps (two consumer warpgroups and the producer's, whose one
 # warp takes a warpgroup's registers) x 32 threads x 168 <= 65536; setmaxnreg then moves them
 # to 240 a consumer thread and 24 a producer thread
@@ -52,11 +53,15 @@ def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softc
         return f"it needs sm_90 (wgmma, setmaxnreg), got sm_{cap[0]}{cap[1]}"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"it takes float16 or bfloat16, got {q.dtype}"
-    if q.shape[-1] not in (64, 128):
-        return f"it takes head_dim 64 or 128, got {q.shape[-1]}"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"it takes head_dim 64, 128 or 256, got {q.shape[-1]}"
     if window is not None or softcap is not None or segments:
         return "it has no window, softcap or segment ids"
-    return tma_problem(q, k, v, blocks)
+    why = tma_problem(q, k, v, blocks)
+    g = q.shape[2] // k.shape[2]
+    if why is None and blocks.gluon == 3 and 64 % g:
+        why = f"ping-pong stores 64 folded rows a warpgroup: the group size {g} must divide 64"
+    return why
 
 
 def _gl_dtype(dtype: torch.dtype):
@@ -65,23 +70,27 @@ def _gl_dtype(dtype: torch.dtype):
     return {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
 
 
-def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list]:
-    return [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
+def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list, list]:
+    """Tiles of q [1, 128 / G, G, D], k and v [1, block_n, 1, D], and o: one consumer's rows,
+    [1, 64 / G, G, D] for ping-pong's 4-warp consumers, else [1, 128 / G, G, D]."""
+    o_rows = 64 if blocks.gluon == 3 else blocks.block_m
+    return ([1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim],
+            [1, o_rows // group, group, head_dim])
 
 
-def _descriptors(q, k, v, blocks) -> tuple:
-    """Gluon descriptors (the NVMMA shared layout of each tile): q tiles [1, 128 / G, G, D],
-    k/v tiles [1, block_n, 1, D]; the copy engine zero-fills rows past Sq and Skv."""
+def _descriptors(q, k, v, o, blocks) -> tuple:
+    """Gluon descriptors (the NVMMA shared layout of each tile) over q, k, v and o: the copy
+    engine zero-fills rows past Sq and Skv, and drops o's rows past Sq."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .triton_attention import _tma_strides
 
-    q_box, kv_box = _boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
+    q_box, kv_box, o_box = _boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
     dt = _gl_dtype(q.dtype)
     return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box,
                                   gl.NVMMASharedLayout.get_default_for(box, dt))
-                 for t, box in ((q, q_box), (k, kv_box), (v, kv_box)))
+                 for t, box in ((q, q_box), (k, kv_box), (v, kv_box), (o, o_box)))
 
 
 def _constexprs(head_dim: int, group: int, causal: bool, blocks) -> dict:
@@ -99,9 +108,9 @@ def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks):
     g = h // kvh
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
-    q_desc, k_desc, v_desc = _descriptors(q, k, v, blocks)
+    q_desc, k_desc, v_desc, o_desc = _descriptors(q, k, v, o, blocks)
     gluon_kernels._gluon_attn_fwd_kernel[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
-        q_desc, k_desc, v_desc, o, lse, *o.stride(), sq, skv, kvh, float(scale) * LOG2E,
+        q_desc, k_desc, v_desc, o_desc, lse, sq, skv, kvh, float(scale) * LOG2E,
         **_constexprs(d, g, causal, blocks), num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
     return o, lse
@@ -117,15 +126,13 @@ def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, bloc
     from .. import _aot
     from . import gluon_kernels
 
-    ty = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
-    q_box, kv_box = _boxes(head_dim, group, blocks)
+    q_box, kv_box, o_box = _boxes(head_dim, group, blocks)
     desc = {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box,
                                             gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
-            for n, box in (("q_desc", q_box), ("k_desc", kv_box), ("v_desc", kv_box))}
-    kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel,
-                             pointers={"O": "*" + ty, "LSE": "*fp32", **desc},
+            for n, box in (("q_desc", q_box), ("k_desc", kv_box), ("v_desc", kv_box), ("o_desc", o_box))}
+    kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel, pointers={"LSE": "*fp32", **desc},
                              constexprs={**_constexprs(head_dim, group, causal, blocks),
                                          "num_warps": blocks.num_warps},
-                             num_warps=blocks.num_warps, floats=("qk_scale",), unit_strides=("stride_od",))
+                             num_warps=blocks.num_warps, floats=("qk_scale",))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

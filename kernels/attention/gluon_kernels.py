@@ -2,8 +2,9 @@
 
 What it computes: the forward of ``triton_kernels._attn_fwd_kernel`` (same folded rows, same
 log2-domain LSE layout, so the Triton backward runs on its outputs) for the problems it
-takes: fp16/bf16, head_dim 64 or 128, causal or not, no window, softcap or segments, G a power
-of two dividing BLOCK_M (each q tile is whole positions x the G heads of a kv head).
+takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, no window, softcap or segments, G a
+power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
+of a kv head).
 
 Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which exposes what Triton's
 own compiler does not do on sm_90 -- warp specialization of an attention loop, wgmma issued
@@ -20,8 +21,9 @@ asynchronously and waited on by count):
   their GEMMs through two mbarriers, FA3's ping-pong;
 - key blocks every row of the tile sees in full skip the mask arithmetic (a uniform branch);
   the causal diagonal and the kv-length edge are masked.
-O is written with masked stores (rows past Sq*G are the next tile's or nobody's), LSE as
-the Triton forward writes it. Rows that see no key give zeros and LSE +inf.
+Each consumer writes its rows of O through its own (no longer read) q rows in shared memory
+and one TMA store, which drops rows past Sq; LSE as the Triton forward writes it. Rows that
+see no key give zeros and LSE +inf.
 Where it is fast: long causal or full prefill at head_dim 128 on H100/H200, MQA/GQA folded.
 Not checked on a GPU yet: the launcher offers it only as an sm_90 autotuning candidate of the
 forward, so the tuner's agreement check against the Triton default gates it.
@@ -30,7 +32,8 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 
 
 @gluon.jit
@@ -180,8 +183,7 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
 
 
 @gluon.jit
-def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
@@ -196,7 +198,6 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
                                                        instr_shape=[16, HEAD_DIM, 16])
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
     r0 = m0 + WG * ROWS
     rows = r0 + gl.arange(0, ROWS, row_s)
@@ -216,33 +217,33 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
     l_safe = gl.where(seen, l_i, 1.0)
     lse = gl.where(seen, m_i + gl.log2(l_safe), float("inf"))
     gl.store(LSE + pid_bh.to(gl.int64) * n_rows + rows, lse, mask=rows < n_rows)
-    out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
-    rows_o = r0 + gl.arange(0, ROWS, row_o)
-    d = gl.arange(0, HEAD_DIM, col_o)
-    q_idx = rows_o // GROUP
-    head = off_kvh * GROUP + rows_o % GROUP
-    o_rows = off_b.to(gl.int64) * stride_ob + q_idx.to(gl.int64) * stride_os + head.to(gl.int64) * stride_oh
-    o_ptrs = O + gl.expand_dims(o_rows, 1) + gl.expand_dims(d * stride_od, 0)
-    gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(rows_o < n_rows, 1))
+    out = (acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)).to(o_desc.dtype)
+    # O leaves through this warpgroup's own q rows in shared memory (no GEMM reads them any
+    # more) and one TMA store, which drops rows past Sq (pointer stores from the MMA layout
+    # took two 64-bit pointers per 4 values: at head_dim 256 they spilled 0.5-1.2 KB)
+    q.store(out)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [off_b, r0 // GROUP, off_kvh * GROUP, 0],
+                                    q_smem.slice(WG * (ROWS // GROUP), ROWS // GROUP, dim=1))
+    tma.store_wait(pendings=0)
 
 
 @gluon.jit
-def _second_consumer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-                     O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+def _second_consumer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                     kv_empty, turn, LSE,
                      off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                      GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
                      BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
     """Ping-pong's second consumer (a 4-warp worker partition): rows [64, 128) of the tile.
     Worker partitions share one signature, hence the producer's arguments."""
-    _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+    _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
               GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 1, 4)
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-              O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+def _producer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+              kv_empty, turn, LSE,
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
@@ -254,9 +255,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_
 def _gluon_attn_fwd_kernel(
     q_desc,  # 4-D TMA descriptor over q [B, Sq, H, D], block [1, BLOCK_M // GROUP, GROUP, D]
     k_desc, v_desc,  # over k, v [B, Skv, KVH, D], block [1, BLOCK_N, 1, D]
-    O,  # [B, Sq, H, D] output, q's dtype
+    o_desc,  # over the output [B, Sq, H, D] (q's dtype), block [1, ROWS // GROUP, GROUP, D]: a consumer's rows
     LSE,  # [B * KVH, Sq * G] fp32 out, log2 domain (the Triton forward's layout)
-    stride_ob, stride_os, stride_oh, stride_od,
     Sq, Skv, KVH, qk_scale,  # qk_scale = softmax scale * log2(e)
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
@@ -308,27 +308,25 @@ def _gluon_attn_fwd_kernel(
     # constexprs into runtime values)
     if MODE == 3:  # num_warps = 4: warpgroup 0 here, warpgroup 1 a worker, then the producer
         gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-                         O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 0, 4)),
-            (_second_consumer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
-                                kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+            (_second_consumer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready,
+                                v_ready, kv_empty, turn, LSE,
                                 off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                                 GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
-                         kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+            (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                         kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
         ], [4, 1], [240, 24])
     else:  # num_warps = 8: both warpgroups in the default partition
         gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn,
-                         O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, MODE == 2, False, 0, 8)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
-                         kv_empty, turn, O, LSE, stride_ob, stride_os, stride_oh, stride_od,
+            (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
+                         kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
         ], [1], [24])

@@ -73,7 +73,7 @@ class TritonAttentionBlocks:
     # of two dividing block_m), as ``tma``
     dq_tma: bool = False
     # forward, sm_90: 0 = the Triton kernel; 1/2/3 = the Gluon kernel's modes (gluon_attention.MODES):
-    # block_m 128, block_n 64 or 128, num_warps 8 (4 for ping-pong: one consumer warpgroup is
+    # block_m 128, block_n 32, 64 or 128, num_warps 8 (4 for ping-pong: one consumer warpgroup is
     # the default partition), num_stages the K/V ring depth, tma False (it has its own)
     gluon: int = 0
 
@@ -94,8 +94,8 @@ class TritonAttentionBlocks:
             raise ValueError(f"gluon={self.gluon!r} must be 0 (the Triton forward) or a Gluon mode 1, 2 or 3")
         if self.gluon:
             want_warps = 4 if self.gluon == 3 else 8
-            if (self.block_m, self.num_warps) != (128, want_warps) or self.block_n not in (64, 128):
-                raise ValueError(f"gluon={self.gluon} takes block_m=128, block_n 64 or 128 and num_warps="
+            if (self.block_m, self.num_warps) != (128, want_warps) or self.block_n not in (32, 64, 128):
+                raise ValueError(f"gluon={self.gluon} takes block_m=128, block_n 32, 64 or 128 and num_warps="
                                  f"{want_warps}, got {self.block_m}, {self.block_n}, {self.num_warps}")
             if self.tma or self.num_stages < 2:
                 raise ValueError(f"gluon={self.gluon} takes tma=False (its own descriptors) and num_stages >= 2 "
@@ -292,6 +292,15 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                     TritonAttentionBlocks(128, 128, 8, 2, gluon=2),
                     TritonAttentionBlocks(128, 128, 8, 2, gluon=1),
                     TritonAttentionBlocks(128, 64, 4, 3, gluon=3)]
+        elif capability[0] == 9 and head_dim == 256:
+            # the pointer default (128 x 32 mma tiles; 339 TFLOP/s in the H200's nano1 step) and
+            # TMA 128 x 64, then the Gluon forward with 64-key tiles (197 KB of shared memory)
+            # and 32-key ones in a 3-deep ring (164 KB): O leaves through shared memory and a
+            # TMA store, so no mode spills at head_dim 256 (sm_90 AOT). Untimed.
+            more = [TritonAttentionBlocks(128, 64, 8, 2, tma=True),
+                    TritonAttentionBlocks(128, 64, 4, 2, gluon=3),
+                    TritonAttentionBlocks(128, 64, 8, 2, gluon=1),
+                    TritonAttentionBlocks(128, 32, 4, 3, gluon=3)]
         elif capability[0] >= 9:  # TMA frees the pointer registers: 128x128 tiles fit without spills
             more = [tma_blocks(base), *more]
             if head_dim <= 128:
