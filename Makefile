@@ -15,7 +15,8 @@ OUT ?= benchmarks/results
 # from their goals (benchmarks/ncu_targets.py; where ncu exists), the block-size sweep. At
 # most 8 files come back from a device call: this writes 8. The stages' timeouts sum to
 # about 595 s (under a device call's 600 s limit): tests 75 (+20 to stop), canary 75 in all
-# tries, bench 185 (+60 for the entry running at the deadline), profile 40, ncu 40, sweep 75 (+25)
+# tries, bench 185 (+60 for the entry running at the deadline), profile 40, ncu 40, sweep 75 (+25);
+# then the issues' goals read from the results file (benchmarks/goals.py), printed last
 GPU_TEST_S ?= 75
 CANARY_S ?= 75
 BENCH_DEADLINE_S ?= 185
@@ -74,7 +75,9 @@ bench-gpu:
 	  --section WarpStateStats --csv --page details python3 -m benchmarks.ncu_targets \
 	  > $(OUT)/ncu.txt 2>&1; tail -3 $(OUT)/ncu.txt; else echo "ncu stage skipped (NCU_S=$(NCU_S), ncu '$$NCU')"; fi; \
 	if [ $(SWEEP_S) -gt 0 ]; then timeout $$(( $(SWEEP_S) + 25 )) python3 -m benchmarks.sweep \
-	  --out-dir $(OUT) --ops int4,decode,patch_embed,attention --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi
+	  --out-dir $(OUT) --ops int4,decode,patch_embed,attention --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi; \
+	R=$$(ls -t $(OUT)/*.json 2>/dev/null | grep -v -e '/sweep-' -e '/profile-' -e '/canary' | head -1); \
+	if [ -n "$$R" ]; then timeout 20 python3 -m benchmarks.goals $$R; fi
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

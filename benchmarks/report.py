@@ -296,7 +296,14 @@ def render(paths: list[str], out_dir: str, include: list[str] = (), sweeps: list
     md = ["# Benchmark report", "",
           "Measured numbers come only from the results files listed; the modeled table is a "
           "roofline bound from counted FLOPs and bytes and the datasheet, labeled modeled.", "",
-          "## Measured", ""]
+          ]
+    gpu = [d for d in files if d.get("device", {}).get("kind") == "cuda"]
+    if gpu:  # each issue's GPU goal against the GPU files' rows (benchmarks/goals.py)
+        from benchmarks.goals import table as goals_table
+
+        md += ["## Issue goals (read from the GPU results files)", ""]
+        md += [goals_table(d, os.path.basename(d.get("_path", ""))) + "\n" for d in gpu]
+    md += ["## Measured", ""]
     md += [measured_table(d) + "\n" for d in files]
     md += ["## Cross-hardware (% of each device's measured ceiling: matmul for attention, "
            "copy bandwidth for memory-bound kernels; compiled runs only)", "",

@@ -695,3 +695,41 @@ def test_model_suite_graph_row_plumbing(monkeypatch):
     monkeypatch.setattr(model_suite.ModelSuite, "_graph_timing", broken)
     [rec] = run_suite(suite, {"matmul_tflops": 1.0, "copy_gbps": 1.0}, Device(kind="cpu", name="cpu"))
     assert rec["status"] == "ok" and rec["graph"] == {"error": "RuntimeError: capture went wrong"}
+
+
+def test_goals_read_each_issue_goal_from_a_results_file():
+    """benchmarks.goals: the committed H200 file's rows against the issues' goals (the numbers
+    the README quotes), and goals met and unmet on made-up rows (steady and graph times
+    count where better; a goal without rows reads not measured)."""
+    from benchmarks import goals
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "nvidia-h200-20261126T213458Z.json")
+    with open(path) as f:
+        h200 = {g["goal"]: g for g in goals.goals(json.load(f))}
+    row = h200["#2 attention fwd MQA causal hd128 bf16 s8192: ≥ 550 TFLOP/s and ≥ 1.1× best SDPA"]
+    assert row["met"] is False and "triton 376 TFLOP/s" in row["measured"] and "sdpa-cudnn 566" in row["measured"]
+    assert "35 % MFU" in h200["#5 nano1 8k bf16 train step: ≥ 50 % MFU (measured peak) and faster than SDPA"]["measured"]
+
+    def rec(suite, impl, config, **kw):
+        return {"suite": suite, "impl": impl, "framework": "torch", "status": "ok", "mode": "compiled",
+                "config": config, "case": kw.pop("case", "c"), **kw}
+    att = dict(seq=8192, kv_heads=1, head_dim=128, causal=True, direction="fwd", dtype="bfloat16")
+    dec = dict(cache_len=32768, kv_heads=1, head_dim=128, batch=16, dtype="bfloat16")
+    nano = dict(model="nano1", mode="train_step")
+    records = [rec("attention", "triton-autotune", att, tflops=640.0), rec("attention", "sdpa-cudnn", att, tflops=560.0),
+               rec("decode", "triton", dec, median_ms=1.0, frac_measured_bw=0.7,
+                   steady={"median_ms": 0.8, "frac_measured_bw": 0.88}),
+               rec("model", "triton", nano, median_ms=400.0, frac_measured_peak=0.4,
+                   graph={"median_ms": 300.0, "frac_measured_peak": 0.52}),
+               rec("model", "sdpa", nano, median_ms=330.0, frac_measured_peak=0.45)]
+    got = {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}
+    assert got["#2 attention fwd MQA causal hd128 bf16 s8192"]["met"] is True
+    assert got["#2 attention fwd MQA causal hd128 bf16 s16384"]["measured"] == "not measured"
+    assert got["#3 decode MQA hd128 bf16 32k cache, batch 16"]["met"] is True  # the steady time counts
+    assert "88 % of copy (steady)" in got["#3 decode MQA hd128 bf16 32k cache, batch 16"]["measured"]
+    five = got["#5 nano1 8k bf16 train step"]
+    assert five["met"] is True and "52 % MFU, 300 ms (graph)" in five["measured"]
+    records[-1]["median_ms"] = 250.0  # sdpa faster: not met, however high the MFU
+    assert {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]["met"] is False
+    md = goals.table({"records": records, "device": {"name": "X"}, "created_utc": "t"}, "f.json")
+    assert md.count("| yes |") >= 2 and "| not measured | – |" in md

@@ -1,0 +1,226 @@
+"""Each issue's GPU goal, read from a results file: the best measured rows, the goal, met or not.
+
+    python -m benchmarks.goals RESULTS.json     a markdown table on stdout
+
+The goals as the issues state them (for an H100; the table reads whatever GPU the file
+records and says which): the ratios and fractions are the file's own measurements, side by
+side in one run, against its own measured ceilings (copy bandwidth, matmul). Nothing here is
+typed in: a goal with no row in the file reads "not measured". Rows are the compiled ones
+that passed their correctness check (``status`` ok). Where a row has a steady-state time
+(``steady``: back-to-back calls in one graph) or a whole-step graph (``graph``), the better
+of it and the single-call time counts, and the table says which.
+
+- #2 attention forward, MQA causal head_dim 128 bf16, 8k-32k: Triton >= 550 TFLOP/s and
+  >= 1.1x the best SDPA backend; forward+backward >= 1.0x it.
+- #3 decode, MQA head_dim 128 bf16, 32k cache: Triton >= 85 % of measured copy bandwidth.
+- #4 rms_norm, layer_norm, gated_gelu: Triton >= 90 % of copy and >= 1.2x torch.compile;
+  patch_embed within 10 % of cuBLAS on the same GEMM shape.
+- #5 nano1 8k bf16 train step: Triton >= 50 % MFU (of the measured matmul peak, the file's
+  convention) and faster than SDPA.
+- #8 int4 at decode rows (1-16) on nano1's layer shapes: >= 3x the bf16 matmul and >= 80 %
+  of copy on the bytes it reads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable, Optional
+
+TRITON = ("triton", "triton-tma", "triton-autotune", "triton-graph")
+
+
+def _ok(records, suite, pred: Callable[[dict], bool]) -> list[dict]:
+    return [r for r in records if r.get("suite") == suite and r.get("status") == "ok"
+            and r.get("mode") != "interpret" and pred(r)]
+
+
+def _best(rows, key: Callable[[dict], Optional[float]], lowest=False) -> Optional[dict]:
+    rows = [r for r in rows if key(r) is not None]
+    if not rows:
+        return None
+    return (min if lowest else max)(rows, key=key)
+
+
+def _ms(r: dict) -> tuple[float, str]:
+    """The row's best time and how it was taken: single call, steady state or whole graph."""
+    options = [(r["median_ms"], "per call")]
+    for sub in ("steady", "graph"):
+        if "median_ms" in r.get(sub, {}):
+            options.append((r[sub]["median_ms"], sub))
+    return min(options)
+
+
+def _frac_bw(r: dict) -> Optional[float]:
+    options = [r.get("frac_measured_bw")] + [r.get("steady", {}).get("frac_measured_bw")]
+    options = [x for x in options if x is not None]
+    return max(options) if options else None
+
+
+def _row(goal, measured, met) -> dict:
+    return {"goal": goal, "measured": measured, "met": met}
+
+
+def attention(records) -> list[dict]:
+    out = []
+    for direction, want in (("fwd", 1.1), ("fwd+bwd", 1.0)):
+        for seq in (8192, 16384, 32768):
+            def case(r, seq=seq, direction=direction):
+                c = r.get("config", {})
+                return (r.get("framework") == "torch" and c.get("seq") == seq and c.get("kv_heads") == 1
+                        and c.get("head_dim") == 128 and c.get("causal") and c.get("direction") == direction
+                        and c.get("dtype") == "bfloat16")
+            rows = _ok(records, "attention", case)
+            tri = _best([r for r in rows if r["impl"] in TRITON], lambda r: r.get("tflops"))
+            peer = _best([r for r in rows if r["impl"].startswith("sdpa")], lambda r: r.get("tflops"))
+            goal = f"#2 attention {direction} MQA causal hd128 bf16 s{seq}: " + (
+                "≥ 550 TFLOP/s and ≥ 1.1× best SDPA" if direction == "fwd" else "≥ 1.0× best SDPA")
+            if tri is None:
+                out.append(_row(goal, "not measured", None))
+                continue
+            text = f"{tri['impl']} {tri['tflops']:.0f} TFLOP/s"
+            met = direction != "fwd" or tri["tflops"] >= 550
+            if peer is None:
+                text += "; no SDPA row"
+                met = None
+            else:
+                ratio = tri["tflops"] / peer["tflops"]
+                text += f"; best SDPA {peer['impl']} {peer['tflops']:.0f} ({ratio:.2f}×)"
+                met = met and ratio >= want
+            out.append(_row(goal, text, met))
+    return out
+
+
+def decode(records) -> list[dict]:
+    out = []
+    for batch in (1, 16):
+        def case(r, batch=batch):
+            c = r.get("config", {})
+            return (r.get("framework") == "torch" and r["impl"] in TRITON and c.get("cache_len") == 32768
+                    and c.get("kv_heads") == 1 and c.get("head_dim") == 128 and c.get("batch") == batch
+                    and c.get("dtype") == "bfloat16")
+        best = _best(_ok(records, "decode", case), _frac_bw)
+        goal = f"#3 decode MQA hd128 bf16 32k cache, batch {batch}: ≥ 85 % of copy"
+        if best is None:
+            out.append(_row(goal, "not measured", None))
+            continue
+        frac = _frac_bw(best)
+        how = "steady" if frac != best.get("frac_measured_bw") else "per call"
+        out.append(_row(goal, f"{best['impl']} {100 * frac:.0f} % of copy ({how})", frac >= 0.85))
+    return out
+
+
+def elementwise(records) -> list[dict]:
+    out = []
+    for op in ("rms_norm", "layer_norm", "gated_gelu"):
+        for direction in ("fwd", "fwd+bwd"):
+            def case(r, op=op, direction=direction):
+                c = r.get("config", {})
+                return (r.get("framework") == "torch" and c.get("op") == op and c.get("direction") == direction
+                        and c.get("dtype") == "bfloat16")
+            rows = _ok(records, "elementwise", case)
+            goal = f"#4 {op} {direction} bf16: ≥ 90 % of copy and ≥ 1.2× torch.compile"
+            pairs = []
+            for r in rows:
+                if r["impl"] != "triton":
+                    continue
+                peer = next((p for p in rows if p["impl"] == "compiled" and p["case"] == r["case"]), None)
+                if peer is not None and r.get("frac_measured_bw") is not None:
+                    pairs.append((r, peer))
+            if not pairs:
+                out.append(_row(goal, "not measured", None))
+                continue
+            worst = min(pairs, key=lambda rp: min(rp[0]["frac_measured_bw"] / 0.9,
+                                                  rp[1]["median_ms"] / rp[0]["median_ms"] / 1.2))
+            r, peer = worst
+            ratio = peer["median_ms"] / r["median_ms"]
+            text = (f"worst of {len(pairs)} shapes: {r['case'].split()[1]} {100 * r['frac_measured_bw']:.0f} % of copy, "
+                    f"{ratio:.2f}× compile")
+            out.append(_row(goal, text, r["frac_measured_bw"] >= 0.9 and ratio >= 1.2))
+    return out
+
+
+def patch_embed(records) -> list[dict]:
+    rows = _ok(records, "encoder_kernels", lambda r: r.get("config", {}).get("op") == "patch_embed"
+               and r.get("config", {}).get("direction") == "fwd" and r.get("framework") == "torch")
+    goal = "#4 patch_embed forward: within 10 % of cuBLAS on the GEMM shape"
+    tri = _best([r for r in rows if r["impl"] in TRITON], lambda r: -r["median_ms"])
+    peer = _best([r for r in rows if r["impl"] == "cublas"], lambda r: -r["median_ms"])
+    if tri is None or peer is None:
+        return [_row(goal, "not measured", None)]
+    ratio = peer["median_ms"] / tri["median_ms"]
+    return [_row(goal, f"{tri['impl']} {tri['median_ms']:.3f} ms, cuBLAS {peer['median_ms']:.3f} ms "
+                       f"({ratio:.2f}×)", ratio >= 1 / 1.1)]
+
+
+def model(records) -> list[dict]:
+    rows = _ok(records, "model", lambda r: r.get("config", {}).get("model") == "nano1"
+               and r.get("config", {}).get("mode") == "train_step" and r.get("framework") == "torch")
+    goal = "#5 nano1 8k bf16 train step: ≥ 50 % MFU (measured peak) and faster than SDPA"
+
+    def mfu(r):
+        return max([r.get("frac_measured_peak") or 0] + [r.get("graph", {}).get("frac_measured_peak") or 0])
+    tri = _best([r for r in rows if r["impl"] in TRITON], mfu)
+    peer = _best([r for r in rows if r["impl"].startswith("sdpa")], lambda r: -_ms(r)[0])
+    if tri is None:
+        return [_row(goal, "not measured", None)]
+    ms, how = _ms(tri)
+    text = f"{tri['impl']} {100 * mfu(tri):.0f} % MFU, {ms:.0f} ms ({how})"
+    met = mfu(tri) >= 0.5
+    if peer is None:
+        return [_row(goal, text + "; no SDPA row", None)]
+    pms, phow = _ms(peer)
+    text += f"; {peer['impl']} {pms:.0f} ms ({phow})"
+    return [_row(goal, text, met and ms < pms)]
+
+
+def int4(records) -> list[dict]:
+    out = []
+    shapes = {(2048, 2048), (2048, 9984), (9984, 2048)}
+    rows = _ok(records, "int4", lambda r: r.get("framework") == "torch" and r.get("config", {}).get("rows", 0) <= 16
+               and (r["config"].get("in_features"), r["config"].get("out_features")) in shapes)
+    cases = sorted({r["case"] for r in rows})
+    results = []
+    for case in cases:
+        tri = _best([r for r in rows if r["case"] == case and r["impl"] in TRITON], lambda r: -_ms(r)[0])
+        peer = next((r for r in rows if r["case"] == case and r["impl"] == "matmul"), None)
+        if tri is None or peer is None:
+            continue
+        results.append((case, tri, _ms(peer)[0] / _ms(tri)[0], _frac_bw(tri) or 0.0))
+    goal = "#8 int4 at 1-16 rows, nano1's shapes: ≥ 3× the bf16 matmul and ≥ 80 % of copy"
+    if not results:
+        return [_row(goal, "not measured", None)]
+    worst = min(results, key=lambda x: min(x[2] / 3, x[3] / 0.8))
+    case, tri, speedup, frac = worst
+    out.append(_row(goal, f"worst of {len(results)}: {case} {tri['impl']} {speedup:.2f}× matmul, "
+                          f"{100 * frac:.0f} % of copy", all(s >= 3 and f >= 0.8 for _, _, s, f in results)))
+    return out
+
+
+def goals(results: dict) -> list[dict]:
+    recs = results.get("records", [])
+    return attention(recs) + decode(recs) + elementwise(recs) + patch_embed(recs) + model(recs) + int4(recs)
+
+
+def table(results: dict, path: str = "") -> str:
+    dev = results.get("device", {})
+    lines = [f"Goals read from {path or 'the results file'} ({dev.get('name', '?')}, "
+             f"{results.get('created_utc', '?')}; the issues state them for an H100):", "",
+             "| goal | measured | met |", "|---|---|---|"]
+    for g in goals(results):
+        met = {True: "yes", False: "no", None: "–"}[g["met"]]
+        lines.append(f"| {g['goal']} | {g['measured']} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", help="a benchmarks.run results file (JSON)")
+    args = ap.parse_args(argv)
+    with open(args.results) as f:
+        text = table(json.load(f), args.results)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
