@@ -1,5 +1,5 @@
 """The Gluon forward's launcher on the CPU (Gluon has no interpreter): what it accepts and what
-it refuses, by name, before any launch. Its compiles are checked in ``test_triton_aot.py``
+it refuses, by name, before any launch, and the scalars it hands the kernel. Its compiles are checked in ``test_triton_aot.py``
 (sm_90, no spills, 12 warps) and its numbers against float64 on a GPU in
 ``test_attention_gpu.py``."""
 from __future__ import annotations
@@ -55,9 +55,7 @@ def test_gluon_blocks_are_forward_only_and_need_a_gpu():
     (dict(dtype=torch.float32), "float16 or bfloat16"),
     (dict(d=80), "head_dim 64, 128 or 256"),
     (dict(d=96), "head_dim 64, 128 or 256"),
-    (dict(window=16), "no window, softcap or segment ids"),
-    (dict(softcap=30.0), "no window, softcap or segment ids"),
-    (dict(segments=True), "no window, softcap or segment ids"),
+    (dict(segments=True), "no segment ids"),
     (dict(h=12, kvh=4), "group size 3 must be a power of two"),
     (dict(h=256, kvh=1), "group size 256 must be a power of two dividing block_m=128"),
     (dict(h=128, kvh=1), "group size 128 must divide 64"),
@@ -73,10 +71,10 @@ def test_gluon_problem_names_what_it_cannot_run(change, match):
 
 @pytest.mark.parametrize("h,kvh,d,dtype", [(8, 1, 128, torch.bfloat16), (8, 2, 64, torch.float16),
                                            (4, 4, 128, torch.float16), (8, 1, 256, torch.bfloat16)])
-def test_gluon_problem_accepts_mqa_gqa_mha_at_head_dims_64_to_256(h, kvh, d, dtype):
+def test_gluon_problem_accepts_mqa_gqa_mha_head_dims_64_to_256_window_softcap(h, kvh, d, dtype):
     q, k, v = _qkv(h=h, kvh=kvh, d=d, dtype=dtype)
-    for causal in (True, False):
-        assert gluon_attention.gluon_problem(q, k, v, PINGPONG, causal=causal, window=None, softcap=None,
+    for causal, window, softcap in ((True, None, None), (False, None, None), (True, 64, 50.0), (False, 7, None)):
+        assert gluon_attention.gluon_problem(q, k, v, PINGPONG, causal=causal, window=window, softcap=softcap,
                                              segments=False, capability=(9, 0)) is None
 
 
@@ -91,3 +89,13 @@ def test_candidates_offer_the_gluon_modes_on_sm90_only():
     assert modes(128, torch.float32, capability=(9, 0)) == []
     assert modes(128, torch.bfloat16, capability=(8, 0)) == []
     assert modes(128, torch.bfloat16, backward=True, capability=(9, 0)) == []
+
+
+def test_kernel_scalars_fold_the_scale_softcap_and_window():
+    """qk_scale is scale * log2 e without a softcap and 1 with one (the softcap's tanh then
+    takes scale / c and gives c * log2 e units); a window wider than any distance is clamped."""
+    from kernels.attention.gluon_attention import LOG2E, _scalars
+
+    assert _scalars(10, 20, 0.125, None, None) == (0.125 * LOG2E, 0, 1.0, 1.0)
+    assert _scalars(10, 20, 0.125, 5, 50.0) == (1.0, 5, 0.125 / 50.0, 50.0 * LOG2E)
+    assert _scalars(10, 20, 0.125, 10**9, None)[1] == 30

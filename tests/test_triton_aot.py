@@ -106,6 +106,14 @@ GLUON_JOBS = {
                                                            gluon=1)),
     "sm90-gluon-pingpong-bf16-d256-32key": (256, "bf16", 8, True, dict(block_m=128, block_n=32, num_warps=4,
                                                                        num_stages=3, gluon=3)),
+    # Gemma 2's local layers and caps: window + softcap (warp-specialized 128x128 and 64-key
+    # ping-pong stay spill-free; the 128-key overlapped modes spill 0.3-0.5 KB with a window)
+    "sm90-gluon-ws-bf16-d128-window-softcap": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=8,
+                                                                          num_stages=2, gluon=1),
+                                               dict(window=4096, softcap=50.0)),
+    "sm90-gluon-pingpong-bf16-d256-32key-window-softcap": (256, "bf16", 8, True,
+                                                           dict(block_m=128, block_n=32, num_warps=4, num_stages=3,
+                                                                gluon=3), dict(window=4096, softcap=50.0)),
 }
 
 
@@ -130,9 +138,10 @@ def aot_report(tmp_path_factory):
                 for job, (d, kw, kernels, _) in DUP_JOBS.items()}
     gluon_jobs = {job: {"module": "kernels.attention.triton_attention",
                         "args": [d, {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dt]],
-                        "kwargs": {"causal": causal, "group": g, "blocks": {"__dataclass__": blocks, **kw}},
+                        "kwargs": {"causal": causal, "group": g, "blocks": {"__dataclass__": blocks, **kw},
+                                   **(features[0] if features else {})},
                         "cap": 90, "kernels": ["_attn_fwd_kernel"]}
-                  for job, (d, dt, g, causal, kw) in GLUON_JOBS.items()}
+                  for job, (d, dt, g, causal, kw, *features) in GLUON_JOBS.items()}
     return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs},
                                  tmp_path_factory.mktemp("aot"))
 

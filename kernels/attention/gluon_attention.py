@@ -1,7 +1,7 @@
 """Launcher of the Gluon FlashAttention-3-style forward (``gluon_kernels.py``) for sm_90.
 
     gluon_problem(q, k, v, blocks, *, causal, window, softcap, segments) -> why not, or None
-    gluon_fwd(q, k, v, *, causal, scale, blocks) -> (o, lse)   the Triton forward's outputs
+    gluon_fwd(q, k, v, *, causal, scale, blocks, window, softcap) -> (o, lse)   the Triton forward's
     aot_kernel(head_dim, dtype, group, causal, blocks) -> AotKernel (compiles without a GPU)
 
 Reached through ``TritonAttentionBlocks(gluon=MODE)`` in the forward pass (``_flash_fwd``):
@@ -11,7 +11,7 @@ ping-pong: two 4-warp consumer partitions of 64 rows each taking turns at the te
 so one's softmax runs during the other's GEMMs. block_m is 128 (two warpgroups), block_n 64
 or 128, num_stages the depth of the K/V ring. The backward is the Triton one (same LSE).
 What it takes: an sm_90 GPU (Gluon has no interpreter), fp16/bf16, head_dim 64, 128 or 256,
-causal or not, no window, softcap or segment ids, G = H / KVH a power of two dividing 128
+causal or not, a window, a softcap, no segment ids, G = H / KVH a power of two dividing 128
 (64 for ping-pong), and the descriptor alignment the Triton TMA forward needs; anything else
 is refused by name before a launch. Not yet run on a GPU: the candidates reach the autotuner, which checks each one's
 output against the default forward's before timing it.
@@ -55,8 +55,8 @@ def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softc
         return f"it takes float16 or bfloat16, got {q.dtype}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"it takes head_dim 64, 128 or 256, got {q.shape[-1]}"
-    if window is not None or softcap is not None or segments:
-        return "it has no window, softcap or segment ids"
+    if segments:
+        return "it has no segment ids"
     why = tma_problem(q, k, v, blocks)
     g = q.shape[2] // k.shape[2]
     if why is None and blocks.gluon == 3 and 64 % g:
@@ -93,12 +93,23 @@ def _descriptors(q, k, v, o, blocks) -> tuple:
                  for t, box in ((q, q_box), (k, kv_box), (v, kv_box), (o, o_box)))
 
 
-def _constexprs(head_dim: int, group: int, causal: bool, blocks) -> dict:
+def _constexprs(head_dim: int, group: int, causal: bool, blocks, window=None, softcap=None) -> dict:
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), MODE=blocks.gluon)
+                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal or window is not None),
+                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, MODE=blocks.gluon)
 
 
-def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks):
+def _scalars(sq: int, skv: int, scale: float, window, softcap) -> tuple:
+    """(qk_scale, window, softcap_in, softcap_out) as the kernel takes them: with a softcap c
+    the scores are c * tanh(s * scale / c) in log2 units and qk_scale is 1; a window wider
+    than any query-key distance is clamped so it stays an int32 (the Triton forward's rule)."""
+    w = 0 if window is None else min(int(window), sq + skv)
+    if softcap is None:
+        return float(scale) * LOG2E, w, 1.0, 1.0
+    return 1.0, w, float(scale) / float(softcap), float(softcap) * LOG2E
+
+
+def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softcap=None):
     """-> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain); the problem
     must be one ``gluon_problem`` accepts (``_flash_fwd`` checks it before calling)."""
     from . import gluon_kernels
@@ -110,13 +121,13 @@ def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks):
     lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
     q_desc, k_desc, v_desc, o_desc = _descriptors(q, k, v, o, blocks)
     gluon_kernels._gluon_attn_fwd_kernel[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
-        q_desc, k_desc, v_desc, o_desc, lse, sq, skv, kvh, float(scale) * LOG2E,
-        **_constexprs(d, g, causal, blocks), num_warps=blocks.num_warps, maxnreg=MAXNREG,
+        q_desc, k_desc, v_desc, o_desc, lse, sq, skv, kvh, *_scalars(sq, skv, scale, window, softcap),
+        **_constexprs(d, g, causal, blocks, window, softcap), num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
     return o, lse
 
 
-def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks):
+def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, window=None, softcap=None):
     """The launch specialization of ``gluon_fwd`` (contiguous tensors) for ahead-of-time
     compiles: ``benchmarks.compile_report`` builds it with GluonASTSource and ``maxnreg``."""
     from triton.experimental.gluon import language as gl
@@ -132,7 +143,7 @@ def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, bloc
                                             gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
             for n, box in (("q_desc", q_box), ("k_desc", kv_box), ("v_desc", kv_box), ("o_desc", o_box))}
     kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel, pointers={"LSE": "*fp32", **desc},
-                             constexprs={**_constexprs(head_dim, group, causal, blocks),
+                             constexprs={**_constexprs(head_dim, group, causal, blocks, window, softcap),
                                          "num_warps": blocks.num_warps},
-                             num_warps=blocks.num_warps, floats=("qk_scale",))
+                             num_warps=blocks.num_warps, floats=("qk_scale", "softcap_in", "softcap_out"))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

@@ -2,8 +2,8 @@
 
 What it computes: the forward of ``triton_kernels._attn_fwd_kernel`` (same folded rows, same
 log2-domain LSE layout, so the Triton backward runs on its outputs) for the problems it
-takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, no window, softcap or segments, G a
-power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
+takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window, a softcap (Gemma 2's
+local layers and logit caps), no segment ids, G a power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
 of a kv head).
 
 Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which exposes what Triton's
@@ -73,16 +73,31 @@ def _scores(q, k_bufs, k_ready, i, s_layout: gl.constexpr, BLOCK_M: gl.constexpr
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
-                  BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """Tile i's online-softmax update: (p, alpha, m_new, l_new). Tiles from n_full on (the
-    causal diagonal, the kv-length edge) are masked; earlier ones every row sees in full.
-    Scores are in log2 units through qk_scale, folded into the max and the exponent."""
-    if i >= n_full:
+def _tanh(x):
+    # 1 - 2 / (e^{2x} + 1): exact limits +-1 for large |x| (as the Triton kernels)
+    return 1.0 - 2.0 / (gl.exp2(x * 2.8853900817779268) + 1.0)
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
+                  BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
+                  HAS_SOFTCAP: gl.constexpr):
+    """Tile i's online-softmax update: (p, alpha, m_new, l_new). ``masks`` = (n_head, n_full,
+    window, softcap_in, softcap_out): tiles before n_head (the window's edge) and from n_full
+    on (the causal diagonal, the kv-length edge) are masked; the others every row sees in
+    full. Scores are in log2 units through qk_scale, folded into the max and the exponent;
+    with a softcap c they become c * tanh(s * scale / c) first (softcap_in = scale / c,
+    softcap_out = c * log2 e; qk_scale is then 1), as the Triton forward."""
+    n_head, n_full, window, softcap_in, softcap_out = masks
+    if HAS_SOFTCAP:
+        s = _tanh(s * softcap_in) * softcap_out
+    if (i >= n_full) | (i < n_head):
         kv_pos = lo + i * BLOCK_N + cols
         ok = gl.expand_dims(kv_pos < Skv, 0)
         if CAUSAL:
             ok = ok & (gl.expand_dims(kv_pos, 0) <= gl.expand_dims(q_pos, 1))
+        if HAS_WINDOW:
+            ok = ok & (gl.expand_dims(kv_pos, 0) > gl.expand_dims(q_pos - window, 1))
         s = gl.where(ok, s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no -inf - -inf
@@ -118,9 +133,10 @@ def _pass_turn(turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, n_full, n_iter, lo,
+def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, masks, n_iter, lo,
              q_pos, cols, Skv, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr,
              ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr,
+             HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
              OVERLAP: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
     """Tiles 0 .. n_iter - 1 of the ring. Without OVERLAP: S_i, wait, softmax, P_i V_i, wait.
     With OVERLAP (FA3's intra-warpgroup pipelining): S_i and then P_{i-1} V_{i-1} are issued
@@ -142,8 +158,8 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
             _pass_turn(turn, WG, PINGPONG)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             mbarrier.arrive(kv_empty.index(0), count=1)  # K_0 read
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, n_full, lo, q_pos, cols, Skv, qk_scale,
-                                               BLOCK_N, CAUSAL)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, lo, q_pos, cols, Skv, qk_scale, masks,
+                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
             p16 = gl.convert_layout(p.to(dtype), p_layout)  # held across the next S: 16-bit
             for i in range(1, n_iter):
                 _turn(turn, i, WG, PINGPONG)
@@ -152,8 +168,8 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
                 _pass_turn(turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                 mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
-                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
-                                                   BLOCK_N, CAUSAL)
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
+                                                   BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
                 # P_{i-1} is a dependency of the wait: its registers stay reserved until that
                 # GEMM is done; P_i is written after it, as FA3 does. (ptxas schedules this wait
                 # right after the row max, ahead of the exponentials, whatever the order here:
@@ -173,8 +189,8 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
             s = _scores(q, k_bufs, k_ready, i, s_layout, ROWS, BLOCK_N, HEAD_DIM)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, n_full, lo, q_pos, cols, Skv, qk_scale,
-                                               BLOCK_N, CAUSAL)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
+                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             acc = _pv(gl.convert_layout(p.to(dtype), p_layout), acc, v_bufs, v_ready, i, BLOCK_N, HEAD_DIM)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -184,10 +200,10 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
 
 @gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
-              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-              WG: gl.constexpr, NW: gl.constexpr):
+              CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, WG: gl.constexpr, NW: gl.constexpr):
     """A consumer partition of NW warps owning folded rows [WG * ROWS, (WG + 1) * ROWS) of the
     tile (ROWS = 16 * NW: all of it with one 8-warp consumer, half with two of 4 warps): the
     online softmax over the ring, then its rows of O and LSE."""
@@ -209,9 +225,9 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o
 
     mbarrier.wait(q_bar, 0)
     q = q_smem.reshape([BLOCK_M, HEAD_DIM]).slice(WG * ROWS, ROWS)
-    acc, m_i, l_i = _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, n_full,
+    acc, m_i, l_i = _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, masks,
                              n_iter, lo, q_pos, cols, Skv, qk_scale, s_layout, o_layout, ROWS, BLOCK_N,
-                             HEAD_DIM, CAUSAL, OVERLAP, WG, PINGPONG)
+                             HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, OVERLAP, WG, PINGPONG)
 
     seen = l_i > 0.0  # rows that saw no key: output 0, lse +inf
     l_safe = gl.where(seen, l_i, 1.0)
@@ -231,22 +247,24 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o
 @gluon.jit
 def _second_consumer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                      kv_empty, turn, LSE,
-                     off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+                     off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
                      GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                     BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+                     BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
+                     HAS_SOFTCAP: gl.constexpr):
     """Ping-pong's second consumer (a 4-warp worker partition): rows [64, 128) of the tile.
     Worker partitions share one signature, hence the producer's arguments."""
     _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
-              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 1, 4)
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
+              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, True, True, 1, 4)
 
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
               kv_empty, turn, LSE,
-              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
+              off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
+              HAS_SOFTCAP: gl.constexpr):
     _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
                     off_b, off_kvh, m0 // GROUP, lo, n_iter, BLOCK_N, GROUP)
 
@@ -257,9 +275,11 @@ def _gluon_attn_fwd_kernel(
     k_desc, v_desc,  # over k, v [B, Skv, KVH, D], block [1, BLOCK_N, 1, D]
     o_desc,  # over the output [B, Sq, H, D] (q's dtype), block [1, ROWS // GROUP, GROUP, D]: a consumer's rows
     LSE,  # [B * KVH, Sq * G] fp32 out, log2 domain (the Triton forward's layout)
-    Sq, Skv, KVH, qk_scale,  # qk_scale = softmax scale * log2(e)
+    Sq, Skv, KVH, qk_scale,  # qk_scale = softmax scale * log2(e), or 1 with a softcap
+    window, softcap_in, softcap_out,  # window W (HAS_WINDOW); softcap: scale / c and c * log2(e)
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,  # CAUSAL: the upper bound (also set with a window)
+    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
     MODE: gl.constexpr,  # 1: one 8-warp consumer; 2: that with intra-warpgroup overlap; 3: ping-pong
     num_warps: gl.constexpr,
 ):
@@ -272,18 +292,25 @@ def _gluon_attn_fwd_kernel(
     n_rows = Sq * GROUP
     shift = Skv - Sq
     m0 = start_m * BLOCK_M
-    # key range [lo, hi) and its unmasked head [lo, full_hi): the Triton forward's bounds
+    # key range [lo, hi) and inside it the tiles every row sees in full [mid_lo, mid_hi): the
+    # Triton forward's bounds (all divisions on non-negative values)
     q_lo = m0 // GROUP + shift
     q_hi = (gl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
     lo = 0
     hi = Skv
+    full_lo = 0
     full_hi = Skv // BLOCK_N * BLOCK_N
     if CAUSAL:
         hi = gl.maximum(gl.minimum(Skv, q_hi + 1), 0)
         full_hi = gl.minimum(full_hi, gl.maximum(q_lo + 1, 0) // BLOCK_N * BLOCK_N)
-    full_hi = gl.minimum(full_hi, hi)
-    n_iter = (hi - lo + BLOCK_N - 1) // BLOCK_N
-    n_full = (full_hi - lo) // BLOCK_N
+    if HAS_WINDOW:
+        lo = gl.maximum(q_lo - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = (gl.maximum(q_hi - window + 1, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    mid_lo = gl.minimum(gl.maximum(full_lo, lo), hi)
+    mid_hi = gl.minimum(gl.maximum(full_hi, mid_lo), hi)
+    n_iter = (gl.maximum(hi - lo, 0) + BLOCK_N - 1) // BLOCK_N
+    n_head = gl.maximum(mid_lo - lo, 0) // BLOCK_N  # tiles before: the window's edge, masked
+    n_full = gl.maximum(mid_hi - lo, 0) // BLOCK_N  # tiles from here: the diagonal and kv end, masked
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -309,24 +336,29 @@ def _gluon_attn_fwd_kernel(
     if MODE == 3:  # num_warps = 4: warpgroup 0 here, warpgroup 1 a worker, then the producer
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
-                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, True, True, 0, 4)),
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
+                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, True, True, 0, 4)),
             (_second_consumer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready,
                                 v_ready, kv_empty, turn, LSE,
-                                off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-                                GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+                                off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
+                                (n_head, n_full, window, softcap_in, softcap_out), n_iter,
+                                GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
-                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
+                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
         ], [4, 1], [240, 24])
     else:  # num_warps = 8: both warpgroups in the default partition
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
-                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, MODE == 2, False, 0, 8)),
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
+                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MODE == 2, False, 0, 8)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
-                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, n_full, n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)),
+                         off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
+                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
         ], [1], [24])

@@ -358,7 +358,8 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
         if why is not None:
             raise ValueError(f"blocks: gluon={blocks.gluon} cannot run this problem: {why}")
         LAUNCHES["_gluon_attn_fwd_kernel"] += 1
-        return gluon_attention.gluon_fwd(q, k, v, causal=causal, scale=scale, blocks=blocks)
+        return gluon_attention.gluon_fwd(q, k, v, causal=causal, scale=scale, blocks=blocks, window=window,
+                                         softcap=softcap)
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -637,9 +638,10 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     if blocks is not None and blocks.gluon:  # the Gluon forward: no backward passes of its own
         from . import gluon_attention
 
-        if window is not None or softcap is not None or segments:
-            raise ValueError("blocks: the Gluon forward has no window, softcap or segment ids")
-        return {"_attn_fwd_kernel": gluon_attention.aot_kernel(head_dim, dtype, group, causal, blocks)}
+        if segments:
+            raise ValueError("blocks: the Gluon forward has no segment ids")
+        return {"_attn_fwd_kernel": gluon_attention.aot_kernel(head_dim, dtype, group, causal, blocks,
+                                                                window, softcap)}
     out = {}
     for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
