@@ -99,3 +99,55 @@ def test_kernel_scalars_fold_the_scale_softcap_and_window():
     assert _scalars(10, 20, 0.125, None, None) == (0.125 * LOG2E, 0, 1.0, 1.0)
     assert _scalars(10, 20, 0.125, 5, 50.0) == (1.0, 5, 0.125 / 50.0, 50.0 * LOG2E)
     assert _scalars(10, 20, 0.125, 10**9, None)[1] == 30
+
+
+GLUON_BWD = TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_m=64, block_n=64, num_warps=8, num_stages=2, dq_block_m=64, dq_block_n=64), "block_n=128"),
+    (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, dq_block_m=64, dq_block_n=64), "block_m 32 or 64"),
+    (dict(block_m=64, block_n=128, num_warps=4, num_stages=2, dq_block_m=64, dq_block_n=64), "num_warps=8"),
+    (dict(block_m=64, block_n=128, num_warps=8, num_stages=2), "dq_block_m"),
+    (dict(block_m=64, block_n=128, num_warps=8, num_stages=3, tma=True, dq_block_m=64, dq_block_n=64), "tma"),
+])
+def test_gluon_dkdv_blocks_refuse_what_the_kernel_cannot_take(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TritonAttentionBlocks(**kwargs, gluon_dkdv=True)
+
+
+def test_gluon_dkdv_needs_a_gpu_and_its_dq_pass_is_triton():
+    """The dK/dV pass is refused on the CPU before any backward launch; its dQ pass runs the
+    Triton kernel on the dQ tile; the blocks survive the custom op's list."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    fwd = triton_attention.default_blocks(128, torch.bfloat16, capability=None)
+    assert TritonAttentionBlocks.from_list(GLUON_BWD.as_list()) == GLUON_BWD
+    dq = GLUON_BWD.dq_blocks()
+    assert (dq.block_m, dq.block_n, dq.gluon_dkdv) == (64, 64, False)
+    o = attention_triton(q, k, v, causal=True, blocks=(fwd, GLUON_BWD))
+    before = sum(triton_attention.LAUNCHES.values())
+    with pytest.raises(ValueError, match="gluon_dkdv=True cannot run this problem: it runs on a CUDA GPU only"):
+        o.sum().backward()
+    assert sum(triton_attention.LAUNCHES.values()) == before
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(capability=(8, 0)), "needs sm_90"), (dict(dtype=torch.float32), "float16 or bfloat16"),
+    (dict(d=96), "head_dim 64, 128 or 256"), (dict(window=8), "no window, softcap or segment ids"),
+    (dict(softcap=30.0), "no window, softcap or segment ids"), (dict(h=12, kvh=4), "power of two"),
+])
+def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
+    q, k, v = _qkv(**{k: change[k] for k in ("h", "kvh", "d", "dtype") if k in change})
+    why = gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=change.get("window"),
+                                            softcap=change.get("softcap"), segments=False,
+                                            capability=change.get("capability", (9, 0)))
+    assert why is not None and match in why
+    q, k, v = _qkv()
+    assert gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=None, softcap=None, segments=False,
+                                             capability=(9, 0)) is None
+
+
+def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():
+    for d in (128, 256):
+        assert sum(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(9, 0))) == 1
+        assert not any(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(8, 0)))

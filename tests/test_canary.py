@@ -21,11 +21,13 @@ def test_smoke_launches_every_non_default_candidate(tmp_path):
     want = sum(len(ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))) - 1 for d in (256, 128))
     want += sum(len(ti.candidate_blocks(m, torch.float16, capability=(9, 0))) - 1 for m in (1, 16))
     fwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, capability=(9, 0))[1:]]
+    bwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))]
     want += len(fwd)
     assert state["complete"] and state["tries"] == 1 and len(state["candidates"]) == want
-    # the Gluon forward has no interpreter: refused by name on the CPU, a raised error (not a crash)
-    gluon = {repr(b) for b in fwd if b.gluon}
-    assert len(gluon) == 7
+    # Gluon has no interpreter: its forward and dK/dV candidates are refused by name on the
+    # CPU, a raised error (not a crash)
+    gluon = {repr(b) for b in fwd + bwd if b.gluon or b.gluon_dkdv}
+    assert len(gluon) == 9
     for c in state["candidates"]:
         if c["blocks"] in gluon:
             assert c["status"] == "error" and "runs on a CUDA GPU only" in c["why"], c

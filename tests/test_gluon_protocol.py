@@ -8,7 +8,8 @@ PTX: a phase completes when its arrivals (``expect`` is one) and transaction byt
 waiting on parity P passes once the current phase's parity differs from P. Checked for modes
 1-3, 2-4 stages and 0-12 key tiles: no deadlock (every agent finishes), and no TMA copy lands
 in a slot while a consumer's GEMM still reads it. Its own sanity check: a producer waiting on
-the wrong parity deadlocks, and one that releases V before the GEMM is done is caught."""
+the wrong parity deadlocks, and one that releases V before the GEMM is done is caught. The
+dK/dV pass's simpler ring (``gluon_bwd_kernels.py``) is modeled at the end the same way."""
 from __future__ import annotations
 
 import random
@@ -133,7 +134,12 @@ def simulate(n_iter, stages, mode, seed, *, producer_parity_flip=1, release_v_ea
                 yield
                 done_reading("v", vs)
 
-    agents = [producer()] + [consumer(w) for w in range(consumers)]
+    _interleave([producer()] + [consumer(w) for w in range(consumers)], landings, rnd,
+                f"mode {mode}, {stages} stages, {n_iter} tiles, seed {seed}")
+
+
+def _interleave(agents, landings, rnd, what):
+    """Step random agents and land random copies until all finish; a bound on steps is a deadlock."""
     for _ in range(100_000):
         if not agents and not landings:
             return
@@ -145,7 +151,7 @@ def simulate(n_iter, stages, mode, seed, *, producer_parity_flip=1, release_v_ea
             next(agent)
         except StopIteration:
             agents.remove(agent)
-    raise AssertionError(f"deadlock: mode {mode}, {stages} stages, {n_iter} tiles, seed {seed}")
+    raise AssertionError(f"deadlock: {what}")
 
 
 @pytest.mark.parametrize("mode", [1, 2, 3])
@@ -163,3 +169,56 @@ def test_the_model_catches_a_wrong_parity_and_an_early_release():
     with pytest.raises(AssertionError, match="while"):
         for seed in range(200):
             simulate(6, 2, 2, seed, release_v_early=True)
+
+
+def simulate_dkdv(n_iter, stages, seed, *, release_early=False):
+    """The dK/dV pass's protocol (``gluon_bwd_kernels.py``): K and V once on their own barrier,
+    then each row block's q and dO tiles into a ring slot with one ready barrier (both copies'
+    bytes) and one empty barrier (the consumer releases the slot after dV and dK's GEMMs)."""
+    rnd = random.Random(seed)
+    kv_bar = Barrier(1)
+    ready, empty = [Barrier(1) for _ in range(stages)], [Barrier(1) for _ in range(stages)]
+    held, reading, landings = [None] * stages, set(), []
+
+    def producer():
+        kv_bar.expect(2)
+        landings.extend([lambda: kv_bar.land(1)] * 2)
+        for i in range(n_iter):
+            slot = i % stages
+            while not empty[slot].passed(((i // stages) & 1) ^ 1):
+                yield
+            assert slot not in reading, f"TMA into slot {slot} while a GEMM reads it"
+            ready[slot].expect(2)
+
+            def land(slot=slot, i=i):
+                held[slot] = i
+                ready[slot].land(1)
+            landings.extend([land, lambda slot=slot: ready[slot].land(1)])
+
+    def consumer():
+        while not kv_bar.passed(0):
+            yield
+        for i in range(n_iter):
+            slot = i % stages
+            while not ready[slot].passed((i // stages) & 1):
+                yield
+            assert held[slot] == i
+            reading.add(slot)
+            if release_early:  # the bug this guards against: the slot freed before its GEMMs end
+                empty[slot].arrive()
+            yield  # S^T, dP^T, then dV and dK read q and dO
+            reading.discard(slot)
+            if not release_early:
+                empty[slot].arrive()
+
+    _interleave([producer(), consumer()], landings, rnd, f"dK/dV, {stages} stages, {n_iter} row blocks, seed {seed}")
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_dkdv_protocol_never_deadlocks_nor_overwrites_a_slot_in_use(stages):
+    for n_iter in (0, 1, 2, 5, 12):
+        for seed in range(40):
+            simulate_dkdv(n_iter, stages, seed)
+    with pytest.raises(AssertionError, match="while a GEMM reads it"):
+        for seed in range(200):
+            simulate_dkdv(6, stages, seed, release_early=True)

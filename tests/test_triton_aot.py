@@ -117,6 +117,20 @@ GLUON_JOBS = {
 }
 
 
+# The Gluon dK/dV pass (gluon_bwd_kernels.py): head_dim 128 in one pass (fp32 split partials,
+# and the unsplit k-dtype stores), 256 in two (dV, then dK); job -> (head_dim, blocks kwargs, kernels)
+GLUON_BWD_JOBS = {
+    "sm90-gluon-dkdv-bf16-d128": (128, dict(block_m=64, block_n=128, num_warps=8, num_stages=2, dq_block_m=64,
+                                            dq_block_n=64, gluon_dkdv=True), ["_attn_bwd_dkdv_kernel"]),
+    "sm90-gluon-dkdv-bf16-d128-unsplit": (128, dict(block_m=64, block_n=128, num_warps=8, num_stages=2,
+                                                    dq_block_m=64, dq_block_n=64, gluon_dkdv=True, dkdv_splits=1),
+                                          ["_attn_bwd_dkdv_kernel"]),
+    "sm90-gluon-dkdv-bf16-d256-two-pass": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                     dkdv_passes=2, dq_block_m=64, dq_block_n=32, gluon_dkdv=True),
+                                           ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"]),
+}
+
+
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
     jobs = {job: {"module": "kernels.attention.triton_attention",
@@ -142,7 +156,11 @@ def aot_report(tmp_path_factory):
                                    **(features[0] if features else {})},
                         "cap": 90, "kernels": ["_attn_fwd_kernel"]}
                   for job, (d, dt, g, causal, kw, *features) in GLUON_JOBS.items()}
-    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs},
+    gluon_bwd_jobs = {job: {"module": "kernels.attention.triton_attention", "args": [d, "torch.bfloat16"],
+                            "kwargs": {"causal": True, "blocks": {"__dataclass__": blocks, **kw}},
+                            "cap": 90, "kernels": kernels}
+                      for job, (d, kw, kernels) in GLUON_BWD_JOBS.items()}
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs, **gluon_bwd_jobs},
                                  tmp_path_factory.mktemp("aot"))
 
 
@@ -196,3 +214,15 @@ def test_gluon_forward_compiles_warp_specialized(aot_report, job):
     assert report["num_warps"] == 12 and report["registers"] <= 168, report
     if report["sass_mix"] is not None:
         assert report["sass_mix"]["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"
+
+
+@pytest.mark.parametrize("job", list(GLUON_BWD_JOBS))
+def test_gluon_dkdv_pass_compiles_warp_specialized(aot_report, job):
+    """No spills, wgmma, TMA loads of the q/dO row blocks, 12 warps (8 consumers and the
+    producer's warpgroup) at the 168-register launch cap."""
+    for name in GLUON_BWD_JOBS[job][2]:
+        report = aot_report[job][name]
+        assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
+        assert report["num_warps"] == 12 and report["registers"] <= 168, report
+        if report["sass_mix"] is not None:
+            assert report["sass_mix"]["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"

@@ -4,6 +4,9 @@
     gluon_fwd(q, k, v, *, causal, scale, blocks, window, softcap) -> (o, lse)   the Triton forward's
     aot_kernel(head_dim, dtype, group, causal, blocks) -> AotKernel (compiles without a GPU)
 
+Also the backward's dK/dV pass (``gluon_bwd_kernels.py``, ``TritonAttentionBlocks(gluon_dkdv=True)``):
+``gluon_bwd_problem``, ``gluon_dkdv``, ``aot_dkdv_kernel``, at the end of this file.
+
 Reached through ``TritonAttentionBlocks(gluon=MODE)`` in the forward pass (``_flash_fwd``):
 MODE 1 is one 8-warp consumer partition and a TMA producer warp; 2 adds FA3's
 intra-warpgroup overlap (the next S = Q K^T issued before this tile's softmax); 3 is FA3's
@@ -38,12 +41,9 @@ MAXNREG = 168
 LOG2E = 1.4426950408889634
 
 
-def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softcap: Optional[float],
-                  segments: bool, capability: Optional[tuple] = None) -> Optional[str]:
-    """Why the Gluon forward cannot run this problem with ``blocks``, or None when it can.
+def _device_problem(q, capability: Optional[tuple]) -> Optional[str]:
+    """What the device, dtype or head_dim rule out for either Gluon kernel, or None.
     ``capability`` stands in for q's device's (tests check the other rules on the CPU)."""
-    from .triton_attention import tma_problem
-
     if capability is None:
         if triton_interpreting() or q.device.type != "cuda":
             return "it runs on a CUDA GPU only (Gluon kernels have no interpreter)"
@@ -55,6 +55,18 @@ def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softc
         return f"it takes float16 or bfloat16, got {q.dtype}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"it takes head_dim 64, 128 or 256, got {q.shape[-1]}"
+    return None
+
+
+def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softcap: Optional[float],
+                  segments: bool, capability: Optional[tuple] = None) -> Optional[str]:
+    """Why the Gluon forward cannot run this problem with ``blocks``, or None when it can.
+    ``capability`` stands in for q's device's (tests check the other rules on the CPU)."""
+    from .triton_attention import tma_problem
+
+    why = _device_problem(q, capability)
+    if why is not None:
+        return why
     if segments:
         return "it has no segment ids"
     why = tma_problem(q, k, v, blocks)
@@ -146,4 +158,81 @@ def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, bloc
                              constexprs={**_constexprs(head_dim, group, causal, blocks, window, softcap),
                                          "num_warps": blocks.num_warps},
                              num_warps=blocks.num_warps, floats=("qk_scale", "softcap_in", "softcap_out"))
+    return kernel._replace(source="gluon", maxnreg=MAXNREG)
+
+
+# --- the backward's dK/dV pass (gluon_bwd_kernels.py; TritonAttentionBlocks(gluon_dkdv=True)) ---
+
+def gluon_bwd_problem(q, k, v, blocks, *, window: Optional[int], softcap: Optional[float], segments: bool,
+                      capability: Optional[tuple] = None) -> Optional[str]:
+    """Why the Gluon dK/dV pass cannot run this problem with ``blocks``, or None when it can."""
+    from .triton_attention import tma_problem
+
+    why = _device_problem(q, capability)
+    if why is not None:
+        return why
+    if window is not None or softcap is not None or segments:
+        return "it has no window, softcap or segment ids"
+    return tma_problem(q, k, v, blocks)
+
+
+def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
+    """q and dO tiles [1, block_m / G, G, D] (a row block's folded rows), k and v [1, 128, 1, D]."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .triton_attention import _tma_strides
+
+    d, g = q.shape[-1], q.shape[2] // k.shape[2]
+    rows, keys = [1, blocks.block_m // g, g, d], [1, blocks.block_n, 1, d]
+    dt = _gl_dtype(q.dtype)
+    return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box, gl.NVMMASharedLayout.get_default_for(box, dt))
+                 for t, box in ((q, rows), (do, rows), (k, keys), (v, keys)))
+
+
+def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool) -> dict:
+    return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), DO_DK=do_dk, DO_DV=do_dv, SPLITS=splits)
+
+
+def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: bool, scale: float, blocks,
+               do_dk: bool, do_dv: bool) -> None:
+    """One launch of the Gluon dK/dV pass into ``dk_out`` / ``dv_out`` (k's shape and dtype, or
+    fp32 partials [splits, B, Skv, KVH, D] when splits > 1); the problem must be one
+    ``gluon_bwd_problem`` accepts and dO must take descriptors (``_flash_bwd`` sees to both)."""
+    from . import gluon_bwd_kernels
+
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    descs = _bwd_descriptors(q, k, v, do, blocks)
+    dk_st = dk_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
+    dv_st = dv_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
+    gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel[(triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
+        *descs, dk_out, dv_out, lse, delta, *dk_st, *dv_st, sq, skv, kvh, splits, float(scale),
+        **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1),
+        num_warps=blocks.num_warps, maxnreg=MAXNREG,
+    )
+
+
+def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, do_dk: bool,
+                    do_dv: bool, splits: bool):
+    """The launch specialization of ``gluon_dkdv`` (contiguous tensors) for ahead-of-time compiles."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    from .. import _aot
+    from . import gluon_bwd_kernels
+
+    t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
+    rows, keys = [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
+    desc = {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box,
+                                            gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
+            for n, box in (("q_desc", rows), ("do_desc", rows), ("k_desc", keys), ("v_desc", keys))}
+    out_ty = "*fp32" if splits else "*" + {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    kernel = _aot.aot_kernel(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel,
+                             pointers={"DK": out_ty, "DV": out_ty, "LSE": "*fp32", "DELTA": "*fp32", **desc},
+                             constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits),
+                                         "num_warps": blocks.num_warps},
+                             num_warps=blocks.num_warps, floats=("sm_scale",))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

@@ -76,6 +76,11 @@ class TritonAttentionBlocks:
     # block_m 128, block_n 32, 64 or 128, num_warps 8 (4 for ping-pong: one consumer warpgroup is
     # the default partition), num_stages the K/V ring depth, tma False (it has its own)
     gluon: int = 0
+    # backward, sm_90: the dK/dV pass(es) in Gluon (gluon_bwd_kernels.py: a TMA producer warp
+    # streaming q and dO row blocks, 8 warps owning block_n = 128 keys); block_m rows a step
+    # (32 or 64), num_stages the ring depth, dkdv_passes and dkdv_splits as for Triton; the dQ
+    # pass stays the Triton kernel on its own pointer tile (dq_block_m, dq_block_n, both set)
+    gluon_dkdv: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -100,6 +105,14 @@ class TritonAttentionBlocks:
             if self.tma or self.num_stages < 2:
                 raise ValueError(f"gluon={self.gluon} takes tma=False (its own descriptors) and num_stages >= 2 "
                                  f"(the K/V ring), got tma={self.tma}, num_stages={self.num_stages}")
+        if not isinstance(self.gluon_dkdv, bool):
+            raise ValueError(f"gluon_dkdv={self.gluon_dkdv!r} must be a bool")
+        if self.gluon_dkdv and ((self.block_n, self.num_warps) != (128, 8) or self.block_m not in (32, 64)
+                                or self.tma or self.dq_atomic or self.gluon or not (self.dq_block_m and self.dq_block_n)
+                                or self.num_stages < 2):
+            raise ValueError(f"gluon_dkdv=True takes block_n=128, num_warps=8, block_m 32 or 64, num_stages >= 2, "
+                             f"tma, dq_atomic and gluon off, and the Triton dQ pass's own tile (dq_block_m, "
+                             f"dq_block_n), got {self}")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -107,17 +120,19 @@ class TritonAttentionBlocks:
     def dq_blocks(self) -> "TritonAttentionBlocks":
         """The blocks the dQ pass launches with (its own tile where one is set)."""
         return dataclasses.replace(self, block_m=self.dq_block_m or self.block_m,
-                                   block_n=self.dq_block_n or self.block_n, dq_block_m=0, dq_block_n=0)
+                                   block_n=self.dq_block_n or self.block_n, dq_block_m=0, dq_block_n=0,
+                                   gluon_dkdv=False)
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
                 self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic),
-                int(self.dq_tma), self.gluon]
+                int(self.dq_tma), self.gluon, int(self.gluon_dkdv)]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma, gluon = values
-        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma), gluon)
+        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma, gluon, gluon_dkdv = values
+        return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma), gluon,
+                   bool(gluon_dkdv))
 
     def dkdv_pass_flags(self) -> tuple:
         """(DO_DK, DO_DV, DO_DQ) of each launch of the dk/dv kernel, in launch order."""
@@ -259,8 +274,11 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # 4096 scores where the TMA default's two kernels take 665 + 537), by pointer
                 # atomics or by one bulk tensor reduction a tile (dq_tma: 247 registers, 525
                 # instructions). Dropped: 64 rows a step with a 128-row dQ (spills 12 B).
+                # And the Gluon dK/dV pass (gluon_bwd_kernels.py: a TMA producer warp streaming
+                # 64-row q/dO blocks to 8 warps owning 128 keys; 131 KB, no spills) with the
+                # pointer 64x64 dQ pass, in place of a 128-row TMA dQ tile none has timed.
                 more = [tma_blocks(base, backward=True), more[0],
-                        TritonAttentionBlocks(32, 128, 8, 3, tma=True, dq_block_m=128, dq_block_n=64),
+                        TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
@@ -275,10 +293,15 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # (spills 24 B); the default's 32 x 32 mma.sync tiles through TMA; the shared
                 # pass with 64 keys (wgmma) spills 248 B, the pointer 64x32 / 32x64 tiles
                 # 0.9-8.6 KB; 64 rows a step do not fit (256 KB of shared memory, 2 stages).
+                # The Gluon dK/dV passes too (two: dV, then dK; 32-row q/dO blocks streamed by a
+                # TMA producer warp to 8 warps owning 128 keys; 131 and 197 KB, no spills), with
+                # the 64 x 32 dQ tile.
                 more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True),
-                        TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True)]
+                        TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32,
+                                              gluon_dkdv=True)]
     else:
         more = [TritonAttentionBlocks(64, 64, 4, 3)]
         if capability[0] == 9 and head_dim in (64, 128):
@@ -446,6 +469,15 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     meta_dq = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
                           segments=q_seg is not None, blocks=dq_blk)
     qdo_descs = kv_descs = (None, None)
+    if blocks.gluon_dkdv:  # checked before any launch; the descriptors want a dense dO
+        from . import gluon_attention
+
+        why = gluon_attention.gluon_bwd_problem(q, k, v, blocks, window=window, softcap=softcap,
+                                                segments=q_seg is not None)
+        if why is not None:
+            raise ValueError(f"blocks: gluon_dkdv=True cannot run this problem: {why}")
+        if tma_problem(do, k, v, blocks) is not None:
+            do = do.contiguous()
     if blocks.tma:
         if blocks.num_stages == 2:
             raise ValueError(f"blocks: the TMA backward cannot use num_stages=2 (Triton 3.6's ptxas "
@@ -477,6 +509,10 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
         dv_out = torch.empty_like(dk_out)
     for do_dk, do_dv, do_dq in blocks.dkdv_pass_flags():
+        if blocks.gluon_dkdv:
+            gluon_attention.gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, splits=splits, causal=causal,
+                                       scale=scale, blocks=blocks, do_dk=do_dk, do_dv=do_dv)
+            continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
             q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
             splits, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
@@ -497,7 +533,7 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         )
         LAUNCHES[f"_attn_bwd_dq{tma}_kernel"] += 1
     LAUNCHES["_attn_bwd_preprocess_kernel"] += 1
-    LAUNCHES[f"_attn_bwd_dkdv{tma}_kernel"] += blocks.dkdv_passes
+    LAUNCHES["_gluon_attn_bwd_dkdv_kernel" if blocks.gluon_dkdv else f"_attn_bwd_dkdv{tma}_kernel"] += blocks.dkdv_passes
     return dq, dk, dv
 
 
@@ -668,6 +704,16 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
             types = {**types, **(descs if pass_blocks.tma else {})}
         if name != "_attn_bwd_dkdv_kernel":
             out[name] = _aot_kernel(fn, meta, types, pass_blocks)
+            continue
+        if pass_blocks.gluon_dkdv:  # the Gluon dK/dV pass (gluon_bwd_kernels.py), named as Triton's
+            from . import gluon_attention
+
+            for do_dk, do_dv, _ in pass_blocks.dkdv_pass_flags():
+                kernel = gluon_attention.aot_dkdv_kernel(head_dim, dtype, group, causal, pass_blocks, do_dk, do_dv,
+                                                         meta["SPLITS"])
+                if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
+                    kernel = kernel._replace(name="_gluon_attn_bwd_dv_kernel")
+                out["_attn_bwd_dkdv_kernel" if do_dk else "_attn_bwd_dv_kernel"] = kernel
             continue
         types = {**types, "DQ": "*fp32"}  # the fp32 dQ accumulator (a dummy without dq_atomic)
         for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():

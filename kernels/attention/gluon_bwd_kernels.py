@@ -1,0 +1,178 @@
+"""The attention backward's dK/dV pass for sm_90 in Gluon: a TMA producer warp streaming the
+q and dO row blocks, one 8-warp consumer partition owning 128 keys.
+
+What it computes: the Triton dK/dV pass (``triton_kernels._attn_bwd_dkdv_kernel``) for the
+problems it takes: per key block (two warpgroups of 64 keys, the M side of every GEMM),
+over the folded row blocks that can see it,
+    S^T = K Q^T,  P^T = exp2(S^T * scale * log2 e - lse),  dV += P^T dO,
+    dP^T = V dO^T,  dS^T = P^T * (dP^T - delta),  dK += dS^T Q  (times scale at the end),
+with lse and delta from the forward and the Triton preprocess, in the same folded layout.
+``DO_DK`` / ``DO_DV`` select the products (head_dim 256 runs two passes: one fp32
+accumulator of 128 x 256 each), SPLITS writes fp32 partials [splits, B, Skv, KVH, D]
+summed by the launcher, as the Triton pass does; dQ comes from the Triton dQ pass.
+Structure: the producer loads K (and V) once, then each row block's q and dO tiles
+[1, BLOCK_M / G, G, D] into a ring of NUM_STAGES slots (one ready and one empty mbarrier a
+slot); the consumer issues S^T and dP^T back to back and waits once. Causal row blocks on
+the diagonal are masked (a uniform branch); rows past Sq read lse = +inf (P = 0); keys past
+Skv are loaded as zeros and never stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal
+or not, no window, softcap or segment ids, G a power of two dividing BLOCK_M.
+Not yet run on a GPU: offered as sm_90 backward autotune candidates, which the autotuner
+checks against the default backward's gradients before timing them.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+
+@gluon.jit
+def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
+                  off_b, off_kvh, start_n, first, step, n_it, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
+                  DO_DK: gl.constexpr):
+    """1 warp: K (and V for dK) once, then the q and dO tiles of row blocks first, first + step,
+    ... into slot i % NUM_STAGES once the consumer released it."""
+    NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
+    if DO_DK:
+        mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [off_b, start_n, off_kvh, 0], kv_bar, v_smem)
+    else:
+        mbarrier.expect(kv_bar, k_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [off_b, start_n, off_kvh, 0], kv_bar, k_smem)
+    for i in range(n_it):
+        slot = i % NUM_STAGES
+        mbarrier.wait(empty.index(slot), ((i // NUM_STAGES) & 1) ^ 1)  # a fresh barrier's phase 1 is done
+        pos = (first + i * step) // GROUP  # the row block's first position (G divides BLOCK_M)
+        bar = ready.index(slot)
+        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [off_b, pos, off_kvh * GROUP, 0], bar, q_bufs.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [off_b, pos, off_kvh * GROUP, 0], bar, do_bufs.index(slot))
+
+
+@gluon.jit
+def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
+                  off_b, off_kvh, start_n, first, step, n_it,
+                  DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, mask_until,
+                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH,
+                  GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                  CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
+                  num_warps: gl.constexpr):
+    """The default partition (num_warps 8): the products above over its row blocks, then dK, dV
+    (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv."""
+    NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    a_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=a_layout, k_width=2)
+    dtype: gl.constexpr = q_bufs.dtype
+    kv_pos = start_n + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, a_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, a_layout)
+    zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+
+    mbarrier.wait(kv_bar, 0)
+    k_t = k_smem.reshape([BLOCK_N, HEAD_DIM])
+    v_t = v_smem.reshape([BLOCK_N, HEAD_DIM])
+    for i in range(n_it):
+        slot = i % NUM_STAGES
+        mbarrier.wait(ready.index(slot), (i // NUM_STAGES) & 1)
+        q_t = q_bufs.index(slot).reshape([BLOCK_M, HEAD_DIM])
+        do_t = do_bufs.index(slot).reshape([BLOCK_M, HEAD_DIM])
+        st = warpgroup_mma(k_t, q_t.permute((1, 0)), zero, use_acc=False, is_async=True)
+        if DO_DK:
+            dpt = warpgroup_mma(v_t, do_t.permute((1, 0)), zero, use_acc=False, is_async=True)
+            st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st, dpt))
+        else:
+            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+        start_m = first + i * step
+        rows = start_m + cols
+        lse = gl.load(LSE + row_base + rows, mask=rows < n_rows, other=float("inf"))  # padded rows: P = 0
+        pt = gl.exp2(st * qk_scale - gl.expand_dims(lse, 0))
+        if CAUSAL:
+            if start_m < mask_until:  # row blocks on the diagonal: keys after a row's position
+                q_pos = rows // GROUP + shift
+                pt = gl.where(gl.expand_dims(kv_pos, 1) <= gl.expand_dims(q_pos, 0), pt, 0.0)
+        if DO_DV:
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
+        if DO_DK:
+            delta = gl.load(DELTA + row_base + rows, mask=rows < n_rows, other=0.0)
+            dst = pt * (dpt - gl.expand_dims(delta, 0))
+            dk = warpgroup_mma(gl.convert_layout(dst.to(dtype), op_layout), q_t, dk, is_async=True)
+        dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+        mbarrier.arrive(empty.index(slot), count=1)  # q and dO of this slot read
+
+    dk = dk * sm_scale
+    keys = start_n + gl.arange(0, BLOCK_N, gl.SliceLayout(1, a_layout))
+    d = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, a_layout))
+    ok = gl.expand_dims(keys < Skv, 1)
+    if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous: row part_row0 + key * KVH
+        offs = gl.expand_dims((part_row0 + keys.to(gl.int64) * KVH) * HEAD_DIM, 1) + gl.expand_dims(d, 0)
+        if DO_DK:
+            gl.store(DK + offs, dk, mask=ok)
+        if DO_DV:
+            gl.store(DV + offs, dv, mask=ok)
+    else:
+        if DO_DK:
+            rows_k = off_b.to(gl.int64) * dk_b + off_kvh.to(gl.int64) * dk_h + keys.to(gl.int64) * dk_s
+            gl.store(DK + gl.expand_dims(rows_k, 1) + gl.expand_dims(d, 0), dk.to(DK.dtype.element_ty), mask=ok)
+        if DO_DV:
+            rows_v = off_b.to(gl.int64) * dv_b + off_kvh.to(gl.int64) * dv_h + keys.to(gl.int64) * dv_s
+            gl.store(DV + gl.expand_dims(rows_v, 1) + gl.expand_dims(d, 0), dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@gluon.jit
+def _gluon_attn_bwd_dkdv_kernel(
+    q_desc, do_desc,  # 4-D descriptors over q and dO [B, Sq, H, D], block [1, BLOCK_M // GROUP, GROUP, D]
+    k_desc, v_desc,  # over k and v [B, Skv, KVH, D], block [1, BLOCK_N, 1, D]
+    DK, DV,  # [B, Skv, KVH, D] in k's dtype, unit head_dim stride (SPLITS: fp32 [splits, B, Skv, KVH, D])
+    LSE, DELTA,  # [B * KVH, Sq * G] fp32: the forward's log2-domain logsumexp, rowsum(dO * O)
+    stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+    Sq, Skv, KVH, num_splits, sm_scale,
+    GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr,
+    SPLITS: gl.constexpr, num_warps: gl.constexpr,
+):
+    start_n = gl.program_id(0) * BLOCK_N
+    pid_bh = gl.program_id(1)
+    split = gl.program_id(2)
+    off_b = pid_bh // KVH
+    off_kvh = pid_bh % KVH
+    n_rows = Sq * GROUP
+    shift = Skv - Sq
+    # folded row blocks [lo, n_rows) that can see this key block; those before mask_until hold
+    # a row before the block's last key (the Triton pass's bounds, without a window)
+    lo = 0
+    mask_until = 0
+    if CAUSAL:
+        lo = gl.maximum(start_n - shift, 0) * GROUP // BLOCK_M * BLOCK_M
+        mask_until = gl.maximum(start_n + BLOCK_N - 1 - shift, 0) * GROUP
+    first = lo + split * BLOCK_M
+    step = BLOCK_M * num_splits
+    n_it = (gl.maximum(n_rows - first, 0) + step - 1) // step
+    row_base = pid_bh.to(gl.int64) * n_rows
+    part_row0 = ((split * (gl.num_programs(1) // KVH) + off_b).to(gl.int64) * Skv) * KVH + off_kvh
+
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [NUM_STAGES] + q_desc.block_type.shape, q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [NUM_STAGES] + do_desc.block_type.shape, do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+
+    gl.warp_specialize([
+        (_bwd_consumer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
+                         off_b, off_kvh, start_n, first, step, n_it,
+                         DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, sm_scale * 1.4426950408889634,
+                         sm_scale, mask_until, stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs,
+                         stride_dvh, part_row0, KVH,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, DO_DK, DO_DV, SPLITS, num_warps)),
+        (_bwd_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
+                         off_b, off_kvh, start_n, first, step, n_it, BLOCK_M, GROUP, DO_DK)),
+    ], [1], [24])
