@@ -79,15 +79,8 @@ class Timer:
             return self._cuda(fn)
         samples: list[float] = []
         spent = 0.0
-        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
-            if self._flush is not None:  # JAX on a GPU: flush L2 through torch, then wait
-                import torch
-
-                self._flush_l2()
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            _block(fn())
-            dt = time.perf_counter() - t0
+        while self._more(samples, spent):
+            dt = self._wall(fn)
             samples.append(dt)
             spent += dt
         method = "wall-clock, block_until_ready" + (", L2 flushed by a read" if self._flush is not None else "")
@@ -145,20 +138,10 @@ class Timer:
             _block(program(full))
             _block(program(part))
 
-        def wall(sets) -> float:
-            if self._flush is not None:
-                import torch
-
-                self._flush_l2()
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            _block(program(sets))
-            return time.perf_counter() - t0
-
         samples: list[float] = []
         spent = 0.0
-        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
-            t_full, t_part = wall(full), wall(part)
+        while self._more(samples, spent):
+            t_full, t_part = self._wall(lambda: program(full)), self._wall(lambda: program(part))
             samples.append((t_full - t_part) / (n - half))
             spent += t_full + t_part
         if statistics.median(samples) <= 0:  # the calls' time is below the wall clock's noise
@@ -168,6 +151,22 @@ class Timer:
                   + (", L2 flushed by a read" if self._flush is not None else ""))
         return _summarize(samples, method)
 
+    def _more(self, samples: list, spent: float) -> bool:
+        """Another run? Until max_runs, and past min_runs only while under budget_s."""
+        return len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s)
+
+    def _wall(self, fn) -> float:
+        """Wall-clock seconds of ``fn()`` until its result is ready, after the L2 flush (JAX on
+        a GPU: through torch, then a sync so the flush is not timed)."""
+        if self._flush is not None:
+            import torch
+
+            self._flush_l2()
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _block(fn())
+        return time.perf_counter() - t0
+
     def _event_samples(self, fn, method: str, per: int = 1) -> Timing:
         """CUDA-event times of ``fn`` (each after the L2 flush), divided by ``per``, until
         max_runs or, past min_runs, budget_s of timed work."""
@@ -175,7 +174,7 @@ class Timer:
 
         samples: list[float] = []
         spent = 0.0
-        while len(samples) < self.max_runs and (len(samples) < self.min_runs or spent < self.budget_s):
+        while self._more(samples, spent):
             if self._flush is not None:
                 self._flush_l2()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -76,10 +76,27 @@ def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softc
     return why
 
 
-def _gl_dtype(dtype: torch.dtype):
+def _descriptor(t, box: list, strides: Optional[list] = None):
+    """A Gluon tensor descriptor over ``t`` with ``box`` tiles in the NVMMA shared layout of
+    t's dtype; strides default to t's (``_tma_strides``: any stride for a size-1 dim)."""
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    return {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
+    from .triton_attention import _tma_strides
+
+    dt = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
+    return TensorDescriptor(t, list(t.shape), strides or _tma_strides(t), box,
+                            gl.NVMMASharedLayout.get_default_for(box, dt))
+
+
+def _aot_descriptor_types(head_dim: int, dtype: torch.dtype, group: int, boxes: dict) -> dict:
+    """name -> the signature type of a descriptor over a contiguous [B, S, heads, head_dim]
+    tensor with that name's box (a stand-in tensor gives its dtype and layout)."""
+    from triton.runtime.jit import mangle_type
+
+    t = torch.empty((1, 1, group, head_dim), dtype=dtype)
+    strides = [16 * head_dim, 16 * head_dim, head_dim, 1]
+    return {n: mangle_type(_descriptor(t, box, strides)) for n, box in boxes.items()}
 
 
 def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list, list]:
@@ -93,16 +110,8 @@ def _boxes(head_dim: int, group: int, blocks) -> tuple[list, list, list]:
 def _descriptors(q, k, v, o, blocks) -> tuple:
     """Gluon descriptors (the NVMMA shared layout of each tile) over q, k, v and o: the copy
     engine zero-fills rows past Sq and Skv, and drops o's rows past Sq."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    from .triton_attention import _tma_strides
-
     q_box, kv_box, o_box = _boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
-    dt = _gl_dtype(q.dtype)
-    return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box,
-                                  gl.NVMMASharedLayout.get_default_for(box, dt))
-                 for t, box in ((q, q_box), (k, kv_box), (v, kv_box), (o, o_box)))
+    return tuple(_descriptor(t, box) for t, box in ((q, q_box), (k, kv_box), (v, kv_box), (o, o_box)))
 
 
 def _constexprs(head_dim: int, group: int, causal: bool, blocks, window=None, softcap=None) -> dict:
@@ -142,18 +151,12 @@ def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softc
 def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, window=None, softcap=None):
     """The launch specialization of ``gluon_fwd`` (contiguous tensors) for ahead-of-time
     compiles: ``benchmarks.compile_report`` builds it with GluonASTSource and ``maxnreg``."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
     from .. import _aot
     from . import gluon_kernels
 
-    t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
     q_box, kv_box, o_box = _boxes(head_dim, group, blocks)
-    desc = {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box,
-                                            gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
-            for n, box in (("q_desc", q_box), ("k_desc", kv_box), ("v_desc", kv_box), ("o_desc", o_box))}
+    desc = _aot_descriptor_types(head_dim, dtype, group, dict(q_desc=q_box, k_desc=kv_box, v_desc=kv_box,
+                                                              o_desc=o_box))
     kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel, pointers={"LSE": "*fp32", **desc},
                              constexprs={**_constexprs(head_dim, group, causal, blocks, window, softcap),
                                          "num_warps": blocks.num_warps},
@@ -176,18 +179,14 @@ def gluon_bwd_problem(q, k, v, blocks, *, window: Optional[int], softcap: Option
     return tma_problem(q, k, v, blocks)
 
 
-def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
+def _bwd_boxes(head_dim: int, group: int, blocks) -> tuple[list, list]:
     """q and dO tiles [1, block_m / G, G, D] (a row block's folded rows), k and v [1, 128, 1, D]."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    return [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
 
-    from .triton_attention import _tma_strides
 
-    d, g = q.shape[-1], q.shape[2] // k.shape[2]
-    rows, keys = [1, blocks.block_m // g, g, d], [1, blocks.block_n, 1, d]
-    dt = _gl_dtype(q.dtype)
-    return tuple(TensorDescriptor(t, list(t.shape), _tma_strides(t), box, gl.NVMMASharedLayout.get_default_for(box, dt))
-                 for t, box in ((q, rows), (do, rows), (k, keys), (v, keys)))
+def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
+    rows, keys = _bwd_boxes(q.shape[-1], q.shape[2] // k.shape[2], blocks)
+    return tuple(_descriptor(t, box) for t, box in ((q, rows), (do, rows), (k, keys), (v, keys)))
 
 
 def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool) -> dict:
@@ -217,19 +216,12 @@ def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: 
 def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, do_dk: bool,
                     do_dv: bool, splits: bool):
     """The launch specialization of ``gluon_dkdv`` (contiguous tensors) for ahead-of-time compiles."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
     from .. import _aot
     from . import gluon_bwd_kernels
 
-    t = torch.empty((1, 1, group, head_dim), dtype=dtype)  # stands in for shapes and strides
-    rows, keys = [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
-    desc = {n: mangle_type(TensorDescriptor(t, list(t.shape), [16 * head_dim, 16 * head_dim, head_dim, 1], box,
-                                            gl.NVMMASharedLayout.get_default_for(box, _gl_dtype(dtype))))
-            for n, box in (("q_desc", rows), ("do_desc", rows), ("k_desc", keys), ("v_desc", keys))}
-    out_ty = "*fp32" if splits else "*" + {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    rows, keys = _bwd_boxes(head_dim, group, blocks)
+    desc = _aot_descriptor_types(head_dim, dtype, group, dict(q_desc=rows, do_desc=rows, k_desc=keys, v_desc=keys))
+    out_ty = "*" + ("fp32" if splits else _aot.triton_dtype(dtype))
     kernel = _aot.aot_kernel(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel,
                              pointers={"DK": out_ty, "DV": out_ty, "LSE": "*fp32", "DELTA": "*fp32", **desc},
                              constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits),
