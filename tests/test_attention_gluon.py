@@ -1,7 +1,7 @@
-"""The Gluon forward's launcher on the CPU (Gluon has no interpreter): what it accepts and what
-it refuses, by name, before any launch, and the scalars it hands the kernel. Its compiles are checked in ``test_triton_aot.py``
-(sm_90, no spills, 12 warps) and its numbers against float64 on a GPU in
-``test_attention_gpu.py``."""
+"""The Gluon kernels' launchers: what they accept and what they refuse, by name, before any
+launch, and the scalars they hand the kernels. Their numbers against float64 are checked on the
+CPU through the emulator in ``test_gluon_emulator.py`` and on a GPU in ``test_attention_gpu.py``;
+their compiles in ``test_triton_aot.py`` (sm_90, no spills, 12 warps)."""
 from __future__ import annotations
 
 import pytest
@@ -38,15 +38,17 @@ def test_blocks_round_trip_through_the_custom_ops_list():
     assert TritonAttentionBlocks.from_list(PINGPONG.as_list()) == PINGPONG
 
 
-def test_gluon_blocks_are_forward_only_and_need_a_gpu():
+def test_gluon_blocks_are_forward_only_and_run_on_sm90_or_emulated_on_the_cpu():
     q, k, v = _qkv()
     before = sum(triton_attention.LAUNCHES.values())
     with pytest.raises(ValueError, match="forward-only"):
         attention_triton(q, k, v, causal=True, blocks=PINGPONG)
-    bwd = triton_attention.default_blocks(128, torch.bfloat16, backward=True, capability=None)
-    with pytest.raises(ValueError, match="gluon=3 cannot run this problem: it runs on a CUDA GPU only"):
-        attention_triton(q, k, v, causal=True, blocks=(PINGPONG, bwd))
     assert sum(triton_attention.LAUNCHES.values()) == before  # refused before any launch
+    flags = dict(causal=True, window=None, softcap=None, segments=False)
+    assert gluon_attention.gluon_problem(q, k, v, PINGPONG, **flags) is None  # CPU: kernels._gluon_emu
+    meta = [t.to("meta") for t in (q, k, v)]
+    assert "sm_90 GPU, or emulated on CPU tensors; got a tensor on meta" in \
+        gluon_attention.gluon_problem(*meta, PINGPONG, **flags)
 
 
 @pytest.mark.parametrize("change,match", [
@@ -116,19 +118,19 @@ def test_gluon_dkdv_blocks_refuse_what_the_kernel_cannot_take(kwargs, match):
         TritonAttentionBlocks(**kwargs, gluon_dkdv=True)
 
 
-def test_gluon_dkdv_needs_a_gpu_and_its_dq_pass_is_triton():
-    """The dK/dV pass is refused on the CPU before any backward launch; its dQ pass runs the
-    Triton kernel on the dQ tile; the blocks survive the custom op's list."""
-    q, k, v = (t.requires_grad_() for t in _qkv())
-    fwd = triton_attention.default_blocks(128, torch.bfloat16, capability=None)
+def test_gluon_dkdv_pass_runs_emulated_on_the_cpu_and_its_dq_pass_is_triton():
+    """On CPU tensors the dK/dV pass runs in the Gluon emulator and its dQ pass is the Triton
+    kernel on the dQ tile; the blocks survive the custom op's list."""
+    q, k, v = (t.to(torch.float16).requires_grad_() for t in _qkv())
+    fwd = triton_attention.default_blocks(128, torch.float16, capability=None)
     assert TritonAttentionBlocks.from_list(GLUON_BWD.as_list()) == GLUON_BWD
     dq = GLUON_BWD.dq_blocks()
     assert (dq.block_m, dq.block_n, dq.gluon_dkdv) == (64, 64, False)
     o = attention_triton(q, k, v, causal=True, blocks=(fwd, GLUON_BWD))
-    before = sum(triton_attention.LAUNCHES.values())
-    with pytest.raises(ValueError, match="gluon_dkdv=True cannot run this problem: it runs on a CUDA GPU only"):
-        o.sum().backward()
-    assert sum(triton_attention.LAUNCHES.values()) == before
+    before = dict(triton_attention.LAUNCHES)
+    o.sum().backward()
+    ran = {n: c - before.get(n, 0) for n, c in triton_attention.LAUNCHES.items() if c != before.get(n, 0)}
+    assert ran == {"_attn_bwd_preprocess_kernel": 1, "_gluon_attn_bwd_dkdv_kernel": 1, "_attn_bwd_dq_kernel": 1}
 
 
 @pytest.mark.parametrize("change,match", [

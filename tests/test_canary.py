@@ -24,15 +24,12 @@ def test_smoke_launches_every_non_default_candidate(tmp_path):
     bwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))]
     want += len(fwd)
     assert state["complete"] and state["tries"] == 1 and len(state["candidates"]) == want
-    # Gluon has no interpreter: its forward and dK/dV candidates are refused by name on the
-    # CPU, a raised error (not a crash)
+    # the Gluon forward and dK/dV candidates run too, in kernels._gluon_emu on the CPU
     gluon = {repr(b) for b in fwd + bwd if b.gluon or b.gluon_dkdv}
     assert len(gluon) == 9
+    assert {c["blocks"] for c in state["candidates"]} >= gluon
     for c in state["candidates"]:
-        if c["blocks"] in gluon:
-            assert c["status"] == "error" and "runs on a CUDA GPU only" in c["why"], c
-        else:
-            assert c["status"] == "ok", c
+        assert c["status"] == "ok", c
     assert json.loads((tmp_path / "canary.json").read_text()) == state
 
 

@@ -1,6 +1,6 @@
 """A model of the Gluon forward's barrier protocol (``kernels/attention/gluon_kernels.py``),
-run over random interleavings: Gluon has no interpreter, so this is how its synchronization
-is checked without a GPU. The model transcribes the kernel's slot, phase and turn formulas
+run over random interleavings, which the emulator (``kernels._gluon_emu``, one OS schedule a
+run) does not search: this is how its synchronization is checked in every order. The model transcribes the kernel's slot, phase and turn formulas
 (keep them in step with it): the producer's waits on the K and V "empty" barriers at parity
 ``phase ^ 1``, the consumers' waits on "ready" at ``(i // NUM_STAGES) & 1``, the ping-pong
 turns at ``(t + 1 - WG) & 1``, and where each consumer releases a slot. mbarriers follow

@@ -13,11 +13,13 @@ intra-warpgroup overlap (the next S = Q K^T issued before this tile's softmax); 
 ping-pong: two 4-warp consumer partitions of 64 rows each taking turns at the tensor cores,
 so one's softmax runs during the other's GEMMs. block_m is 128 (two warpgroups), block_n 64
 or 128, num_stages the depth of the K/V ring. The backward is the Triton one (same LSE).
-What it takes: an sm_90 GPU (Gluon has no interpreter), fp16/bf16, head_dim 64, 128 or 256,
+What it takes: an sm_90 GPU (or CPU tensors: ``kernels._gluon_emu`` runs the kernels' bodies
+there, as Triton's interpreter runs Triton's), fp16/bf16, head_dim 64, 128 or 256,
 causal or not, a window, a softcap, no segment ids, G = H / KVH a power of two dividing 128
 (64 for ping-pong), and the descriptor alignment the Triton TMA forward needs; anything else
-is refused by name before a launch. Not yet run on a GPU: the candidates reach the autotuner, which checks each one's
-output against the default forward's before timing it.
+is refused by name before a launch. Checked against float64 in the CPU emulator
+(``tests/test_gluon_emulator.py``), not yet run on a GPU: the candidates reach the autotuner,
+which checks each one's output against the default forward's before timing it.
 """
 from __future__ import annotations
 
@@ -45,9 +47,12 @@ def _device_problem(q, capability: Optional[tuple]) -> Optional[str]:
     """What the device, dtype or head_dim rule out for either Gluon kernel, or None.
     ``capability`` stands in for q's device's (tests check the other rules on the CPU)."""
     if capability is None:
-        if triton_interpreting() or q.device.type != "cuda":
-            return "it runs on a CUDA GPU only (Gluon kernels have no interpreter)"
-        capability = torch.cuda.get_device_capability(q.device)
+        if q.device.type == "cpu":  # kernels._gluon_emu runs the kernel's body on CPU tensors
+            capability = (9, 0)
+        elif triton_interpreting() or q.device.type != "cuda":
+            return f"it runs on an sm_90 GPU, or emulated on CPU tensors; got a tensor on {q.device}"
+        else:
+            capability = torch.cuda.get_device_capability(q.device)
     cap = tuple(capability)
     if cap[0] != 9:
         return f"it needs sm_90 (wgmma, setmaxnreg), got sm_{cap[0]}{cap[1]}"
@@ -141,7 +146,9 @@ def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softc
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
     q_desc, k_desc, v_desc, o_desc = _descriptors(q, k, v, o, blocks)
-    gluon_kernels._gluon_attn_fwd_kernel[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
+    from .._gluon_emu import launcher
+
+    launcher(gluon_kernels._gluon_attn_fwd_kernel, q.device)[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
         q_desc, k_desc, v_desc, o_desc, lse, sq, skv, kvh, *_scalars(sq, skv, scale, window, softcap),
         **_constexprs(d, g, causal, blocks, window, softcap), num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
@@ -206,7 +213,10 @@ def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: 
     descs = _bwd_descriptors(q, k, v, do, blocks)
     dk_st = dk_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
     dv_st = dv_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
-    gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel[(triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
+    from .._gluon_emu import launcher
+
+    launcher(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel, q.device)[
+        (triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
         *descs, dk_out, dv_out, lse, delta, *dk_st, *dv_st, sq, skv, kvh, splits, float(scale),
         **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1),
         num_warps=blocks.num_warps, maxnreg=MAXNREG,

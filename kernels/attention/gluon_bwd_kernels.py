@@ -16,7 +16,8 @@ slot); the consumer issues S^T and dP^T back to back and waits once. Causal row 
 the diagonal are masked (a uniform branch); rows past Sq read lse = +inf (P = 0); keys past
 Skv are loaded as zeros and never stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal
 or not, no window, softcap or segment ids, G a power of two dividing BLOCK_M.
-Not yet run on a GPU: offered as sm_90 backward autotune candidates, which the autotuner
+Checked against float64 in the CPU emulator (``kernels._gluon_emu``), not yet run on a GPU:
+offered as sm_90 backward autotune candidates, which the autotuner
 checks against the default backward's gradients before timing them.
 """
 from __future__ import annotations

@@ -25,7 +25,8 @@ Each consumer writes its rows of O through its own (no longer read) q rows in sh
 and one TMA store, which drops rows past Sq; LSE as the Triton forward writes it. Rows that
 see no key give zeros and LSE +inf.
 Where it is fast: long causal or full prefill at head_dim 128 on H100/H200, MQA/GQA folded.
-Not checked on a GPU yet: the launcher offers it only as an sm_90 autotuning candidate of the
+Checked against float64 in the CPU emulator (``kernels._gluon_emu``), not on a GPU yet: the
+launcher offers it only as an sm_90 autotuning candidate of the
 forward, so the tuner's agreement check against the Triton default gates it.
 """
 from __future__ import annotations
