@@ -283,6 +283,19 @@ def _store(ptr: Ptr, value, mask=None, **_):
         ptr.flat[offs[m]] = v[m].to(ptr.flat.dtype)
 
 
+def _atomic_add(ptr: Ptr, value, mask=None, sem=None, scope=None):
+    """Adds ``value`` at each unmasked pointer (duplicates add up); returns the old values."""
+    offs, m = ptr._index(mask, "atomic_add")
+    v = _t(value)
+    v = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    v, offs, m = torch.broadcast_tensors(v, offs, m)
+    with _context().lock:
+        old = torch.zeros(offs.shape, dtype=ptr.flat.dtype)
+        old[m] = ptr.flat[offs[m]]
+        ptr.flat.index_add_(0, offs[m], v[m].to(ptr.flat.dtype))
+    return T(old)
+
+
 # --- shared memory and barriers ------------------------------------------------------------
 
 class _SmemType:
@@ -787,7 +800,7 @@ GL = _module(
     sqrt=_unary(torch.sqrt), abs=lambda x: T(torch.abs(_t(x))),
     expand_dims=lambda x, axis: T(_t(x).unsqueeze(int(axis))),
     convert_layout=lambda x, layout, assert_trivial=False: _no_pending(x, "convert_layout"),
-    load=_load, store=_store, allocate_shared_memory=_allocate_shared_memory, static_range=_static_range,
+    load=_load, store=_store, atomic_add=_atomic_add, allocate_shared_memory=_allocate_shared_memory, static_range=_static_range,
     warp_specialize=_warp_specialize,
     NVMMADistributedLayout=_Layout, SliceLayout=_Layout, DotOperandLayout=_Layout, BlockedLayout=_Layout,
     NVMMASharedLayout=_real_gl.NVMMASharedLayout,

@@ -111,6 +111,7 @@ GLUON_BWD = TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, g
     (dict(block_m=128, block_n=128, num_warps=8, num_stages=2, dq_block_m=64, dq_block_n=64), "block_m 32 or 64"),
     (dict(block_m=64, block_n=128, num_warps=4, num_stages=2, dq_block_m=64, dq_block_n=64), "num_warps=8"),
     (dict(block_m=64, block_n=128, num_warps=8, num_stages=2), "dq_block_m"),
+    (dict(block_m=64, block_n=128, num_warps=8, num_stages=2, dq_atomic=True, dq_tma=True), "dq_tma"),
     (dict(block_m=64, block_n=128, num_warps=8, num_stages=3, tma=True, dq_block_m=64, dq_block_n=64), "tma"),
 ])
 def test_gluon_dkdv_blocks_refuse_what_the_kernel_cannot_take(kwargs, match):
@@ -151,5 +152,6 @@ def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
 
 def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():
     for d in (128, 256):
-        assert sum(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(9, 0))) == 1
+        cands = candidate_blocks(d, torch.bfloat16, backward=True, capability=(9, 0))
+        assert sorted(b.dq_atomic for b in cands if b.gluon_dkdv) == [False, True]  # dQ by Triton, by atomics
         assert not any(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(8, 0)))

@@ -77,6 +77,8 @@ def test_forward_bf16_and_its_lse_in_the_triton_layout(rng):
 
 BWD_128 = TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True)
 BWD_256 = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32, gluon_dkdv=True)
+BWD_128_DQ = TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True)  # dQ from the Gluon pass
+BWD_256_DQ = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True)
 
 
 @pytest.mark.parametrize("case,bwd", [
@@ -87,17 +89,25 @@ BWD_256 = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_
     (Case(1, 1, 33, 2, 1, 128, causal=True), BWD_128),
     (Case(1, 70, 90, 2, 1, 256, causal=True), BWD_256),
     (Case(1, 64, 200, 4, 4, 256), dict(dkdv_splits=3)),
-], ids=["gqa-causal", "sq-gt-skv", "mqa-b2-splits2", "len1", "hd256-two-passes", "hd256-mha-splits3"])
+    (Case(1, 100, 257, 4, 2, 64, causal=True), BWD_128_DQ),
+    (Case(2, 257, 100, 8, 1, 128, causal=True), BWD_128_DQ),
+    (Case(1, 1, 33, 2, 1, 128), TritonAttentionBlocks(64, 128, 8, 2, gluon_dkdv=True, dq_atomic=True, dkdv_splits=2)),
+    (Case(1, 70, 90, 2, 1, 256, causal=True), BWD_256_DQ),
+], ids=["gqa-causal", "sq-gt-skv", "mqa-b2-splits2", "len1", "hd256-two-passes", "hd256-mha-splits3",
+        "dq-atomic-gqa-causal", "dq-atomic-mqa-b2-sq-gt-skv", "dq-atomic-len1-splits2", "dq-atomic-hd256"])
 def test_gluon_forward_and_dkdv_backward_match_reference(rng, case, bwd):
     """The whole Gluon path: the ping-pong forward, then the dK/dV pass on its LSE (dQ from the
-    Triton pass), against float64 for out, dq, dk and dv."""
+    Triton pass, or with dq_atomic from the dK pass's atomics), against float64 for out, dq, dk
+    and dv."""
     if isinstance(bwd, dict):
         bwd = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32,
                                     gluon_dkdv=True, **bwd)
     tensors, do, kwargs = _inputs(rng, case)
-    before = triton_attention.LAUNCHES["_gluon_attn_bwd_dkdv_kernel"]
+    before = dict(triton_attention.LAUNCHES)
     _check_against_reference(tensors, do, torch.float16, kwargs, blocks=(FWD["pingpong-128x64x3"], bwd))
-    assert triton_attention.LAUNCHES["_gluon_attn_bwd_dkdv_kernel"] == before + bwd.dkdv_passes
+    ran = lambda name: triton_attention.LAUNCHES[name] - before.get(name, 0)  # noqa: E731
+    assert ran("_gluon_attn_bwd_dkdv_kernel") == bwd.dkdv_passes
+    assert ran("_attn_bwd_dq_kernel") == (0 if bwd.dq_atomic else 1)
 
 
 # --- the emulator fails kernels with planted bugs ------------------------------------------------

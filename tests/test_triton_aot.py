@@ -128,6 +128,11 @@ GLUON_BWD_JOBS = {
     "sm90-gluon-dkdv-bf16-d256-two-pass": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
                                                      dkdv_passes=2, dq_block_m=64, dq_block_n=32, gluon_dkdv=True),
                                            ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"]),
+    "sm90-gluon-dkdv-dq-atomic-bf16-d128": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                      gluon_dkdv=True, dq_atomic=True), ["_attn_bwd_dkdv_kernel"]),
+    "sm90-gluon-dkdv-dq-atomic-bf16-d256-two-pass": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                               dkdv_passes=2, gluon_dkdv=True, dq_atomic=True),
+                                                     ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"]),
 }
 
 

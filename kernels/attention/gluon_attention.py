@@ -196,16 +196,20 @@ def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
     return tuple(_descriptor(t, box) for t, box in ((q, rows), (do, rows), (k, keys), (v, keys)))
 
 
-def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool) -> dict:
+def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool,
+                    do_dq: bool = False) -> dict:
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), DO_DK=do_dk, DO_DV=do_dv, SPLITS=splits)
+                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), DO_DK=do_dk, DO_DV=do_dv, SPLITS=splits,
+                DO_DQ=do_dq)
 
 
 def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: bool, scale: float, blocks,
-               do_dk: bool, do_dv: bool) -> None:
+               do_dk: bool, do_dv: bool, dq_acc=None) -> None:
     """One launch of the Gluon dK/dV pass into ``dk_out`` / ``dv_out`` (k's shape and dtype, or
-    fp32 partials [splits, B, Skv, KVH, D] when splits > 1); the problem must be one
-    ``gluon_bwd_problem`` accepts and dO must take descriptors (``_flash_bwd`` sees to both)."""
+    fp32 partials [splits, B, Skv, KVH, D] when splits > 1), and with ``dq_acc`` (the dK launch
+    of ``dq_atomic`` blocks: a zeroed fp32 [B, Sq, H, D]) dS K added into it, unscaled; the
+    problem must be one ``gluon_bwd_problem`` accepts and dO must take descriptors
+    (``_flash_bwd`` sees to both)."""
     from . import gluon_bwd_kernels
 
     b, sq, h, d = q.shape
@@ -213,18 +217,23 @@ def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: 
     descs = _bwd_descriptors(q, k, v, do, blocks)
     dk_st = dk_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
     dv_st = dv_out.stride()[-4:-1] if splits == 1 else (0, 0, 0)
+    do_dq = dq_acc is not None
+    if do_dq and (not do_dk or dq_acc.dtype != torch.float32 or dq_acc.stride(-1) != 1):
+        raise ValueError(f"dq_acc: the dK launch adds into an fp32 dQ with a unit head_dim stride, got "
+                         f"{dq_acc.dtype}, strides {tuple(dq_acc.stride())}, do_dk={do_dk}")
+    dq_st = dq_acc.stride()[:3] if do_dq else (0, 0, 0)
     from .._gluon_emu import launcher
 
     launcher(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel, q.device)[
         (triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
-        *descs, dk_out, dv_out, lse, delta, *dk_st, *dv_st, sq, skv, kvh, splits, float(scale),
-        **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1),
+        *descs, dk_out, dv_out, dq_acc if do_dq else lse, lse, delta, *dk_st, *dv_st, *dq_st, sq, skv, kvh,
+        splits, float(scale), **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1, do_dq),
         num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
 
 
 def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, do_dk: bool,
-                    do_dv: bool, splits: bool):
+                    do_dv: bool, splits: bool, do_dq: bool = False):
     """The launch specialization of ``gluon_dkdv`` (contiguous tensors) for ahead-of-time compiles."""
     from .. import _aot
     from . import gluon_bwd_kernels
@@ -233,8 +242,10 @@ def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool,
     desc = _aot_descriptor_types(head_dim, dtype, group, dict(q_desc=rows, do_desc=rows, k_desc=keys, v_desc=keys))
     out_ty = "*" + ("fp32" if splits else _aot.triton_dtype(dtype))
     kernel = _aot.aot_kernel(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel,
-                             pointers={"DK": out_ty, "DV": out_ty, "LSE": "*fp32", "DELTA": "*fp32", **desc},
-                             constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits),
+                             pointers={"DK": out_ty, "DV": out_ty, "DQ": "*fp32", "LSE": "*fp32", "DELTA": "*fp32",
+                                       **desc},
+                             constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits,
+                                                           do_dq),
                                          "num_warps": blocks.num_warps},
                              num_warps=blocks.num_warps, floats=("sm_scale",))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

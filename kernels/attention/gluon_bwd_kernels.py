@@ -9,7 +9,11 @@ over the folded row blocks that can see it,
 with lse and delta from the forward and the Triton preprocess, in the same folded layout.
 ``DO_DK`` / ``DO_DV`` select the products (head_dim 256 runs two passes: one fp32
 accumulator of 128 x 256 each), SPLITS writes fp32 partials [splits, B, Skv, KVH, D]
-summed by the launcher, as the Triton pass does; dQ comes from the Triton dQ pass.
+summed by the launcher, as the Triton pass does. dQ comes from the Triton dQ pass, or with
+DO_DQ from the dK pass: dQ^T = K^T dS^T per row block (head_dim on the GEMM's M side, K^T a
+transposed view of K's tile, dS^T staged in shared memory as the B operand), added into the
+fp32 dQ by v4 atomics (FlashAttention 2's five GEMMs; sm_90 AOT: no spills at 32 rows a step,
+123 KB at head_dim 128, 221 KB for the head_dim-256 dK pass).
 Structure: the producer loads K (and V) once, then each row block's q and dO tiles
 [1, BLOCK_M / G, G, D] into a ring of NUM_STAGES slots (one ready and one empty mbarrier a
 slot); the consumer issues S^T and dP^T back to back and waits once. Causal row blocks on
@@ -24,7 +28,8 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 
 
 @gluon.jit
@@ -54,18 +59,23 @@ def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
 def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                   off_b, off_kvh, start_n, first, step, n_it,
                   DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, mask_until,
-                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH,
+                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h,
                   GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                   CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
-                  num_warps: gl.constexpr):
+                  DO_DQ: gl.constexpr, num_warps: gl.constexpr):
     """The default partition (num_warps 8): the products above over its row blocks, then dK, dV
-    (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv."""
+    (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv. DO_DQ (with DO_DK):
+    each row block's dQ^T = K^T dS^T too, dS^T staged in shared memory as the GEMM's B operand,
+    added into the fp32 dQ at DQ (this batch's, its strides dq_s / dq_h) by atomics."""
     NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=a_layout, k_width=2)
+    # dQ^T [HEAD_DIM, BLOCK_M]: head_dim on the M side (two warpgroups of HEAD_DIM / 2), rows on N
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
     dtype: gl.constexpr = q_bufs.dtype
     kv_pos = start_n + gl.arange(0, BLOCK_N, gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_M, gl.SliceLayout(0, s_layout))
@@ -99,10 +109,29 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
         if DO_DK:
             delta = gl.load(DELTA + row_base + rows, mask=rows < n_rows, other=0.0)
-            dst = pt * (dpt - gl.expand_dims(delta, 0))
-            dk = warpgroup_mma(gl.convert_layout(dst.to(dtype), op_layout), q_t, dk, is_async=True)
-        dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+            ds16 = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
+            dk = warpgroup_mma(gl.convert_layout(ds16, op_layout), q_t, dk, is_async=True)
+            if DO_DQ:  # dQ^T = K^T dS^T: K^T read transposed from K's tile, dS^T through shared memory
+                ds_smem.store(ds16)
+                fence_async_shared()
+                dqt = warpgroup_mma(k_t.permute((1, 0)), ds_smem,
+                                    gl.zeros([HEAD_DIM, BLOCK_M], gl.float32, dq_layout), use_acc=False,
+                                    is_async=True)
+        if DO_DQ:
+            dk, dv, dqt = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, dqt))
+        else:
+            dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
         mbarrier.arrive(empty.index(slot), count=1)  # q and dO of this slot read
+        if DO_DQ:  # folded row r is position r // G, head kvh * G + r % G; 32-bit offsets in the batch
+            # four consecutive head_dim values a thread: one v4 atomic each
+            add_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[4, 1], threads_per_warp=[32, 1],
+                                                        warps_per_cta=[1, num_warps], order=[0, 1])
+            dqt = gl.convert_layout(dqt, add_layout)
+            r = start_m + gl.arange(0, BLOCK_M, gl.SliceLayout(0, add_layout))
+            d_col = gl.arange(0, HEAD_DIM, gl.SliceLayout(1, add_layout))
+            row_off = (r // GROUP) * dq_s + (off_kvh * GROUP + r % GROUP) * dq_h
+            gl.atomic_add(DQ + gl.expand_dims(d_col, 1) + gl.expand_dims(row_off, 0), dqt,
+                          mask=gl.expand_dims(r < n_rows, 0), sem="relaxed")
 
     dk = dk * sm_scale
     keys = start_n + gl.arange(0, BLOCK_N, gl.SliceLayout(1, a_layout))
@@ -128,12 +157,13 @@ def _gluon_attn_bwd_dkdv_kernel(
     q_desc, do_desc,  # 4-D descriptors over q and dO [B, Sq, H, D], block [1, BLOCK_M // GROUP, GROUP, D]
     k_desc, v_desc,  # over k and v [B, Skv, KVH, D], block [1, BLOCK_N, 1, D]
     DK, DV,  # [B, Skv, KVH, D] in k's dtype, unit head_dim stride (SPLITS: fp32 [splits, B, Skv, KVH, D])
+    DQ,  # DO_DQ: the fp32 dQ accumulator [B, Sq, H, D], unit head_dim stride, zeroed (else unused)
     LSE, DELTA,  # [B * KVH, Sq * G] fp32: the forward's log2-domain logsumexp, rowsum(dO * O)
-    stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+    stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh, stride_dqb, stride_dqs, stride_dqh,
     Sq, Skv, KVH, num_splits, sm_scale,
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr,
-    SPLITS: gl.constexpr, num_warps: gl.constexpr,
+    SPLITS: gl.constexpr, DO_DQ: gl.constexpr, num_warps: gl.constexpr,
 ):
     start_n = gl.program_id(0) * BLOCK_N
     pid_bh = gl.program_id(1)
@@ -159,6 +189,11 @@ def _gluon_attn_bwd_dkdv_kernel(
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [NUM_STAGES] + do_desc.block_type.shape, do_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    ds_smem = k_smem  # DO_DQ: dS^T [BLOCK_N, BLOCK_M] staged for the dQ GEMM
+    if DO_DQ:
+        ds_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_N, BLOCK_M],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype))
+    dq_base = DQ + off_b.to(gl.int64) * stride_dqb
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -172,8 +207,8 @@ def _gluon_attn_bwd_dkdv_kernel(
                          off_b, off_kvh, start_n, first, step, n_it,
                          DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, sm_scale * 1.4426950408889634,
                          sm_scale, mask_until, stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs,
-                         stride_dvh, part_row0, KVH,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, DO_DK, DO_DV, SPLITS, num_warps)),
+                         stride_dvh, part_row0, KVH, dq_base, ds_smem, stride_dqs, stride_dqh,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, DO_DK, DO_DV, SPLITS, DO_DQ, num_warps)),
         (_bwd_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                          off_b, off_kvh, start_n, first, step, n_it, BLOCK_M, GROUP, DO_DK)),
     ], [1], [24])

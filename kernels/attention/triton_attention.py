@@ -78,8 +78,9 @@ class TritonAttentionBlocks:
     gluon: int = 0
     # backward, sm_90: the dK/dV pass(es) in Gluon (gluon_bwd_kernels.py: a TMA producer warp
     # streaming q and dO row blocks, 8 warps owning block_n = 128 keys); block_m rows a step
-    # (32 or 64), num_stages the ring depth, dkdv_passes and dkdv_splits as for Triton; the dQ
-    # pass stays the Triton kernel on its own pointer tile (dq_block_m, dq_block_n, both set)
+    # (32 or 64), num_stages the ring depth, dkdv_passes and dkdv_splits as for Triton; dQ from
+    # the Triton dQ pass on its own pointer tile (dq_block_m, dq_block_n, both set), or with
+    # dq_atomic from the Gluon dK pass (dQ^T = K^T dS^T, added into an fp32 dQ by atomics)
     gluon_dkdv: bool = False
 
     def __post_init__(self):
@@ -108,11 +109,11 @@ class TritonAttentionBlocks:
         if not isinstance(self.gluon_dkdv, bool):
             raise ValueError(f"gluon_dkdv={self.gluon_dkdv!r} must be a bool")
         if self.gluon_dkdv and ((self.block_n, self.num_warps) != (128, 8) or self.block_m not in (32, 64)
-                                or self.tma or self.dq_atomic or self.gluon or not (self.dq_block_m and self.dq_block_n)
-                                or self.num_stages < 2):
+                                or self.tma or self.dq_tma or self.gluon or self.num_stages < 2
+                                or not (self.dq_atomic or (self.dq_block_m and self.dq_block_n))):
             raise ValueError(f"gluon_dkdv=True takes block_n=128, num_warps=8, block_m 32 or 64, num_stages >= 2, "
-                             f"tma, dq_atomic and gluon off, and the Triton dQ pass's own tile (dq_block_m, "
-                             f"dq_block_n), got {self}")
+                             f"tma, dq_tma and gluon off, and either dq_atomic (dS K added into dQ by the dK "
+                             f"pass) or the Triton dQ pass's own tile (dq_block_m, dq_block_n), got {self}")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -276,9 +277,13 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # instructions). Dropped: 64 rows a step with a 128-row dQ (spills 12 B).
                 # And the Gluon dK/dV pass (gluon_bwd_kernels.py: a TMA producer warp streaming
                 # 64-row q/dO blocks to 8 warps owning 128 keys; 131 KB, no spills) with the
-                # pointer 64x64 dQ pass, in place of a 128-row TMA dQ tile none has timed.
+                # pointer 64x64 dQ pass, in place of a 128-row TMA dQ tile none has timed; and
+                # that pass forming dQ^T = K^T dS^T itself (FA2's five GEMMs in Gluon: dS^T
+                # through 16 KB of shared memory, v4 fp32 atomics; 32 rows a step: no spills,
+                # 123 KB; 64 spill 20 B).
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
@@ -295,9 +300,10 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # 0.9-8.6 KB; 64 rows a step do not fit (256 KB of shared memory, 2 stages).
                 # The Gluon dK/dV passes too (two: dV, then dK; 32-row q/dO blocks streamed by a
                 # TMA producer warp to 8 warps owning 128 keys; 131 and 197 KB, no spills), with
-                # the 64 x 32 dQ tile.
+                # the 64 x 32 dQ tile, or with the dK pass adding dQ^T = K^T dS^T itself (v4 fp32
+                # atomics; 221 KB, no spills), in place of the 128 x 16 dQ tile (16-key steps).
                 more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
-                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16),
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True),
                         TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32,
@@ -511,7 +517,8 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     for do_dk, do_dv, do_dq in blocks.dkdv_pass_flags():
         if blocks.gluon_dkdv:
             gluon_attention.gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, splits=splits, causal=causal,
-                                       scale=scale, blocks=blocks, do_dk=do_dk, do_dv=do_dv)
+                                       scale=scale, blocks=blocks, do_dk=do_dk, do_dv=do_dv,
+                                       dq_acc=dq_acc if do_dq else None)
             continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
             q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
@@ -708,9 +715,9 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         if pass_blocks.gluon_dkdv:  # the Gluon dK/dV pass (gluon_bwd_kernels.py), named as Triton's
             from . import gluon_attention
 
-            for do_dk, do_dv, _ in pass_blocks.dkdv_pass_flags():
+            for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
                 kernel = gluon_attention.aot_dkdv_kernel(head_dim, dtype, group, causal, pass_blocks, do_dk, do_dv,
-                                                         meta["SPLITS"])
+                                                         meta["SPLITS"], do_dq)
                 if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
                     kernel = kernel._replace(name="_gluon_attn_bwd_dv_kernel")
                 out["_attn_bwd_dkdv_kernel" if do_dk else "_attn_bwd_dv_kernel"] = kernel
