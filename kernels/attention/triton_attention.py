@@ -280,11 +280,11 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # pointer 64x64 dQ pass, in place of a 128-row TMA dQ tile none has timed; and
                 # that pass forming dQ^T = K^T dS^T itself (FA2's five GEMMs in Gluon: dS^T
                 # through 16 KB of shared memory, v4 fp32 atomics; 32 rows a step: no spills,
-                # 123 KB; 64 spill 20 B).
+                # 123 KB; 64 spill 20 B), in place of the Triton pass's pointer atomics (the
+                # bulk-reduction form of the same five GEMMs stays: 525 loop instructions to 637).
                 more = [tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True),
                         TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True),
-                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)]
             else:  # head_dim 256 (the nano1 profile, H200: the default backward is 195 of the
                 # 363 ms of kernels of a train step): dK and dV in two passes of 128 keys (no
