@@ -136,18 +136,19 @@ def test_gluon_dkdv_pass_runs_emulated_on_the_cpu_and_its_dq_pass_is_triton():
 
 @pytest.mark.parametrize("change,match", [
     (dict(capability=(8, 0)), "needs sm_90"), (dict(dtype=torch.float32), "float16 or bfloat16"),
-    (dict(d=96), "head_dim 64, 128 or 256"), (dict(window=8), "no window, softcap or segment ids"),
-    (dict(softcap=30.0), "no window, softcap or segment ids"), (dict(h=12, kvh=4), "power of two"),
+    (dict(d=96), "head_dim 64, 128 or 256"), (dict(segments=True), "no segment ids"),
+    (dict(h=12, kvh=4), "power of two"),
 ])
 def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
     q, k, v = _qkv(**{k: change[k] for k in ("h", "kvh", "d", "dtype") if k in change})
-    why = gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=change.get("window"),
-                                            softcap=change.get("softcap"), segments=False,
+    why = gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=None, softcap=None,
+                                            segments=change.get("segments", False),
                                             capability=change.get("capability", (9, 0)))
     assert why is not None and match in why
     q, k, v = _qkv()
-    assert gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=None, softcap=None, segments=False,
-                                             capability=(9, 0)) is None
+    for window, softcap in ((None, None), (8, None), (None, 30.0), (64, 50.0)):  # Gemma 2's local layers, caps
+        assert gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=window, softcap=softcap, segments=False,
+                                                 capability=(9, 0)) is None
 
 
 def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():

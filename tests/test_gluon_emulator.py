@@ -93,8 +93,13 @@ BWD_256_DQ = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True
     (Case(2, 257, 100, 8, 1, 128, causal=True), BWD_128_DQ),
     (Case(1, 1, 33, 2, 1, 128), TritonAttentionBlocks(64, 128, 8, 2, gluon_dkdv=True, dq_atomic=True, dkdv_splits=2)),
     (Case(1, 70, 90, 2, 1, 256, causal=True), BWD_256_DQ),
+    (Case(1, 300, 300, 2, 1, 64, window=7), BWD_128),
+    (Case(2, 70, 90, 8, 1, 128, softcap=5.0), BWD_128_DQ),
+    (Case(1, 200, 130, 2, 2, 128, causal=True, window=33, softcap=2.0), BWD_128_DQ),
+    (Case(1, 150, 150, 2, 1, 256, causal=True, window=50, softcap=3.0), BWD_256_DQ),
 ], ids=["gqa-causal", "sq-gt-skv", "mqa-b2-splits2", "len1", "hd256-two-passes", "hd256-mha-splits3",
-        "dq-atomic-gqa-causal", "dq-atomic-mqa-b2-sq-gt-skv", "dq-atomic-len1-splits2", "dq-atomic-hd256"])
+        "dq-atomic-gqa-causal", "dq-atomic-mqa-b2-sq-gt-skv", "dq-atomic-len1-splits2", "dq-atomic-hd256",
+        "window7", "softcap-b2", "window-softcap-sq-gt-skv", "hd256-window-softcap"])
 def test_gluon_forward_and_dkdv_backward_match_reference(rng, case, bwd):
     """The whole Gluon path: the ping-pong forward, then the dK/dV pass on its LSE (dQ from the
     Triton pass, or with dq_atomic from the dK pass's atomics), against float64 for out, dq, dk

@@ -133,6 +133,11 @@ GLUON_BWD_JOBS = {
     "sm90-gluon-dkdv-dq-atomic-bf16-d256-two-pass": (256, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
                                                                dkdv_passes=2, gluon_dkdv=True, dq_atomic=True),
                                                      ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"]),
+    "sm90-gluon-dkdv-dq-atomic-bf16-d256-window-softcap": (256, dict(block_m=32, block_n=128, num_warps=8,
+                                                                     num_stages=2, dkdv_passes=2, gluon_dkdv=True,
+                                                                     dq_atomic=True),
+                                                           ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"],
+                                                           dict(window=4096, softcap=50.0)),
 }
 
 
@@ -162,9 +167,10 @@ def aot_report(tmp_path_factory):
                         "cap": 90, "kernels": ["_attn_fwd_kernel"]}
                   for job, (d, dt, g, causal, kw, *features) in GLUON_JOBS.items()}
     gluon_bwd_jobs = {job: {"module": "kernels.attention.triton_attention", "args": [d, "torch.bfloat16"],
-                            "kwargs": {"causal": True, "blocks": {"__dataclass__": blocks, **kw}},
+                            "kwargs": {"causal": True, "blocks": {"__dataclass__": blocks, **kw},
+                                       **(features[0] if features else {})},
                             "cap": 90, "kernels": kernels}
-                      for job, (d, kw, kernels) in GLUON_BWD_JOBS.items()}
+                      for job, (d, kw, kernels, *features) in GLUON_BWD_JOBS.items()}
     return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs, **gluon_bwd_jobs},
                                  tmp_path_factory.mktemp("aot"))
 

@@ -181,8 +181,8 @@ def gluon_bwd_problem(q, k, v, blocks, *, window: Optional[int], softcap: Option
     why = _device_problem(q, capability)
     if why is not None:
         return why
-    if window is not None or softcap is not None or segments:
-        return "it has no window, softcap or segment ids"
+    if segments:
+        return "it has no segment ids"
     return tma_problem(q, k, v, blocks)
 
 
@@ -197,14 +197,15 @@ def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
 
 
 def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool,
-                    do_dq: bool = False) -> dict:
+                    do_dq: bool = False, window=None, softcap=None) -> dict:
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal), DO_DK=do_dk, DO_DV=do_dv, SPLITS=splits,
-                DO_DQ=do_dq)
+                NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal or window is not None),
+                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, DO_DK=do_dk, DO_DV=do_dv,
+                SPLITS=splits, DO_DQ=do_dq)
 
 
 def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: bool, scale: float, blocks,
-               do_dk: bool, do_dv: bool, dq_acc=None) -> None:
+               do_dk: bool, do_dv: bool, dq_acc=None, window=None, softcap=None) -> None:
     """One launch of the Gluon dK/dV pass into ``dk_out`` / ``dv_out`` (k's shape and dtype, or
     fp32 partials [splits, B, Skv, KVH, D] when splits > 1), and with ``dq_acc`` (the dK launch
     of ``dq_atomic`` blocks: a zeroed fp32 [B, Sq, H, D]) dS K added into it, unscaled; the
@@ -227,13 +228,14 @@ def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: 
     launcher(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel, q.device)[
         (triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
         *descs, dk_out, dv_out, dq_acc if do_dq else lse, lse, delta, *dk_st, *dv_st, *dq_st, sq, skv, kvh,
-        splits, float(scale), **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1, do_dq),
+        splits, float(scale), *_scalars(sq, skv, scale, window, softcap)[1:],
+        **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1, do_dq, window, softcap),
         num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
 
 
 def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, do_dk: bool,
-                    do_dv: bool, splits: bool, do_dq: bool = False):
+                    do_dv: bool, splits: bool, do_dq: bool = False, window=None, softcap=None):
     """The launch specialization of ``gluon_dkdv`` (contiguous tensors) for ahead-of-time compiles."""
     from .. import _aot
     from . import gluon_bwd_kernels
@@ -245,7 +247,7 @@ def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool,
                              pointers={"DK": out_ty, "DV": out_ty, "DQ": "*fp32", "LSE": "*fp32", "DELTA": "*fp32",
                                        **desc},
                              constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits,
-                                                           do_dq),
+                                                           do_dq, window, softcap),
                                          "num_warps": blocks.num_warps},
-                             num_warps=blocks.num_warps, floats=("sm_scale",))
+                             num_warps=blocks.num_warps, floats=("sm_scale", "softcap_in", "softcap_out"))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

@@ -16,10 +16,11 @@ fp32 dQ by v4 atomics (FlashAttention 2's five GEMMs; sm_90 AOT: no spills at 32
 123 KB at head_dim 128, 221 KB for the head_dim-256 dK pass).
 Structure: the producer loads K (and V) once, then each row block's q and dO tiles
 [1, BLOCK_M / G, G, D] into a ring of NUM_STAGES slots (one ready and one empty mbarrier a
-slot); the consumer issues S^T and dP^T back to back and waits once. Causal row blocks on
-the diagonal are masked (a uniform branch); rows past Sq read lse = +inf (P = 0); keys past
-Skv are loaded as zeros and never stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal
-or not, no window, softcap or segment ids, G a power of two dividing BLOCK_M.
+slot); the consumer issues S^T and dP^T back to back and waits once. Row blocks on the causal
+diagonal or the window's far edge are masked (a uniform branch) and those past the window
+skipped; rows past Sq read lse = +inf (P = 0); keys past Skv are loaded as zeros and never
+stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window and a
+softcap (Gemma 2's local layers and caps), no segment ids, G a power of two dividing BLOCK_M.
 Checked against float64 in the CPU emulator (``kernels._gluon_emu``), not yet run on a GPU:
 offered as sm_90 backward autotune candidates, which the autotuner
 checks against the default backward's gradients before timing them.
@@ -30,6 +31,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
+
+from .gluon_kernels import _tanh
 
 
 @gluon.jit
@@ -58,15 +61,21 @@ def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
 @gluon.jit
 def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                   off_b, off_kvh, start_n, first, step, n_it,
-                  DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, mask_until,
+                  DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, masks,
                   dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h,
                   GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                  CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
+                  CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+                  DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
                   DO_DQ: gl.constexpr, num_warps: gl.constexpr):
     """The default partition (num_warps 8): the products above over its row blocks, then dK, dV
     (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv. DO_DQ (with DO_DK):
     each row block's dQ^T = K^T dS^T too, dS^T staged in shared memory as the GEMM's B operand,
-    added into the fp32 dQ at DQ (this batch's, its strides dq_s / dq_h) by atomics."""
+    added into the fp32 dQ at DQ (this batch's, its strides dq_s / dq_h) by atomics.
+    ``masks`` = (mask_until, window_edge, window, softcap_in, softcap_out): row blocks starting
+    before mask_until (the causal diagonal) or ending past window_edge (the window's far edge)
+    are masked; with a softcap c, t = tanh(s * scale / c), P = exp2(t * c log2 e - lse) and
+    dS picks up (1 - t^2), as the Triton pass."""
+    mask_until, window_edge, window, softcap_in, softcap_out = masks
     NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -100,16 +109,26 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
         start_m = first + i * step
         rows = start_m + cols
         lse = gl.load(LSE + row_base + rows, mask=rows < n_rows, other=float("inf"))  # padded rows: P = 0
-        pt = gl.exp2(st * qk_scale - gl.expand_dims(lse, 0))
+        if HAS_SOFTCAP:
+            t = _tanh(st * softcap_in)
+            pt = gl.exp2(t * softcap_out - gl.expand_dims(lse, 0))
+        else:
+            pt = gl.exp2(st * qk_scale - gl.expand_dims(lse, 0))
         if CAUSAL:
-            if start_m < mask_until:  # row blocks on the diagonal: keys after a row's position
-                q_pos = rows // GROUP + shift
-                pt = gl.where(gl.expand_dims(kv_pos, 1) <= gl.expand_dims(q_pos, 0), pt, 0.0)
+            if (start_m < mask_until) | (start_m + BLOCK_M > window_edge):  # the diagonal, the window's edge
+                q_pos = gl.expand_dims(rows // GROUP + shift, 0)
+                ok = gl.expand_dims(kv_pos, 1) <= q_pos
+                if HAS_WINDOW:
+                    ok = ok & (gl.expand_dims(kv_pos, 1) > q_pos - window)
+                pt = gl.where(ok, pt, 0.0)
         if DO_DV:
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
         if DO_DK:
             delta = gl.load(DELTA + row_base + rows, mask=rows < n_rows, other=0.0)
-            ds16 = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
+            dst = pt * (dpt - gl.expand_dims(delta, 0))
+            if HAS_SOFTCAP:
+                dst = dst * (1.0 - t * t)
+            ds16 = dst.to(dtype)
             dk = warpgroup_mma(gl.convert_layout(ds16, op_layout), q_t, dk, is_async=True)
             if DO_DQ:  # dQ^T = K^T dS^T: K^T read transposed from K's tile, dS^T through shared memory
                 ds_smem.store(ds16)
@@ -161,8 +180,10 @@ def _gluon_attn_bwd_dkdv_kernel(
     LSE, DELTA,  # [B * KVH, Sq * G] fp32: the forward's log2-domain logsumexp, rowsum(dO * O)
     stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh, stride_dqb, stride_dqs, stride_dqh,
     Sq, Skv, KVH, num_splits, sm_scale,
+    window, softcap_in, softcap_out,  # window W (HAS_WINDOW); softcap (HAS_SOFTCAP): scale / c and c * log2(e)
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,  # CAUSAL: the upper bound (also set with a window)
+    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr,
     SPLITS: gl.constexpr, DO_DQ: gl.constexpr, num_warps: gl.constexpr,
 ):
     start_n = gl.program_id(0) * BLOCK_N
@@ -172,16 +193,23 @@ def _gluon_attn_bwd_dkdv_kernel(
     off_kvh = pid_bh % KVH
     n_rows = Sq * GROUP
     shift = Skv - Sq
-    # folded row blocks [lo, n_rows) that can see this key block; those before mask_until hold
-    # a row before the block's last key (the Triton pass's bounds, without a window)
+    # folded row blocks [lo, hi) that can see this key block; those before mask_until hold a
+    # row before the block's last key, those past window_edge one whose window ends inside the
+    # block (the Triton pass's bounds)
     lo = 0
+    hi = n_rows
     mask_until = 0
+    window_edge = n_rows + BLOCK_M  # no window: no row block reaches it
     if CAUSAL:
         lo = gl.maximum(start_n - shift, 0) * GROUP // BLOCK_M * BLOCK_M
         mask_until = gl.maximum(start_n + BLOCK_N - 1 - shift, 0) * GROUP
+    if HAS_WINDOW:
+        n_last = gl.minimum(start_n + BLOCK_N, Skv) - 1
+        hi = gl.minimum(n_rows, gl.maximum(n_last + window - shift, 0) * GROUP)
+        window_edge = gl.maximum(start_n + window - shift, 0) * GROUP
     first = lo + split * BLOCK_M
     step = BLOCK_M * num_splits
-    n_it = (gl.maximum(n_rows - first, 0) + step - 1) // step
+    n_it = (gl.maximum(hi - first, 0) + step - 1) // step
     row_base = pid_bh.to(gl.int64) * n_rows
     part_row0 = ((split * (gl.num_programs(1) // KVH) + off_b).to(gl.int64) * Skv) * KVH + off_kvh
 
@@ -206,9 +234,10 @@ def _gluon_attn_bwd_dkdv_kernel(
         (_bwd_consumer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                          off_b, off_kvh, start_n, first, step, n_it,
                          DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, sm_scale * 1.4426950408889634,
-                         sm_scale, mask_until, stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs,
+                         sm_scale, (mask_until, window_edge, window, softcap_in, softcap_out), stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs,
                          stride_dvh, part_row0, KVH, dq_base, ds_smem, stride_dqs, stride_dqh,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, DO_DK, DO_DV, SPLITS, DO_DQ, num_warps)),
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, DO_DK, DO_DV, SPLITS,
+                         DO_DQ, num_warps)),
         (_bwd_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                          off_b, off_kvh, start_n, first, step, n_it, BLOCK_M, GROUP, DO_DK)),
     ], [1], [24])

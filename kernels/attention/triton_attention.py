@@ -518,7 +518,7 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         if blocks.gluon_dkdv:
             gluon_attention.gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, splits=splits, causal=causal,
                                        scale=scale, blocks=blocks, do_dk=do_dk, do_dv=do_dv,
-                                       dq_acc=dq_acc if do_dq else None)
+                                       dq_acc=dq_acc if do_dq else None, window=window, softcap=softcap)
             continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
             q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
@@ -717,7 +717,7 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
 
             for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
                 kernel = gluon_attention.aot_dkdv_kernel(head_dim, dtype, group, causal, pass_blocks, do_dk, do_dv,
-                                                         meta["SPLITS"], do_dq)
+                                                         meta["SPLITS"], do_dq, window, softcap)
                 if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
                     kernel = kernel._replace(name="_gluon_attn_bwd_dv_kernel")
                 out["_attn_bwd_dkdv_kernel" if do_dk else "_attn_bwd_dv_kernel"] = kernel
