@@ -57,7 +57,6 @@ def test_gluon_blocks_are_forward_only_and_run_on_sm90_or_emulated_on_the_cpu():
     (dict(dtype=torch.float32), "float16 or bfloat16"),
     (dict(d=80), "head_dim 64, 128 or 256"),
     (dict(d=96), "head_dim 64, 128 or 256"),
-    (dict(segments=True), "no segment ids"),
     (dict(h=12, kvh=4), "group size 3 must be a power of two"),
     (dict(h=256, kvh=1), "group size 256 must be a power of two dividing block_m=128"),
     (dict(h=128, kvh=1), "group size 128 must divide 64"),
@@ -75,9 +74,10 @@ def test_gluon_problem_names_what_it_cannot_run(change, match):
                                            (4, 4, 128, torch.float16), (8, 1, 256, torch.bfloat16)])
 def test_gluon_problem_accepts_mqa_gqa_mha_head_dims_64_to_256_window_softcap(h, kvh, d, dtype):
     q, k, v = _qkv(h=h, kvh=kvh, d=d, dtype=dtype)
-    for causal, window, softcap in ((True, None, None), (False, None, None), (True, 64, 50.0), (False, 7, None)):
+    for causal, window, softcap, seg in ((True, None, None, False), (False, None, None, True), (True, 64, 50.0, True),
+                                         (False, 7, None, False)):
         assert gluon_attention.gluon_problem(q, k, v, PINGPONG, causal=causal, window=window, softcap=softcap,
-                                             segments=False, capability=(9, 0)) is None
+                                             segments=seg, capability=(9, 0)) is None
 
 
 def test_candidates_offer_the_gluon_modes_on_sm90_only():
@@ -136,7 +136,7 @@ def test_gluon_dkdv_pass_runs_emulated_on_the_cpu_and_its_dq_pass_is_triton():
 
 @pytest.mark.parametrize("change,match", [
     (dict(capability=(8, 0)), "needs sm_90"), (dict(dtype=torch.float32), "float16 or bfloat16"),
-    (dict(d=96), "head_dim 64, 128 or 256"), (dict(segments=True), "no segment ids"),
+    (dict(d=96), "head_dim 64, 128 or 256"),
     (dict(h=12, kvh=4), "power of two"),
 ])
 def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
@@ -146,8 +146,8 @@ def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
                                             capability=change.get("capability", (9, 0)))
     assert why is not None and match in why
     q, k, v = _qkv()
-    for window, softcap in ((None, None), (8, None), (None, 30.0), (64, 50.0)):  # Gemma 2's local layers, caps
-        assert gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=window, softcap=softcap, segments=False,
+    for window, softcap, seg in ((None, None, True), (8, None, False), (None, 30.0, False), (64, 50.0, True)):
+        assert gluon_attention.gluon_bwd_problem(q, k, v, GLUON_BWD, window=window, softcap=softcap, segments=seg,
                                                  capability=(9, 0)) is None
 
 

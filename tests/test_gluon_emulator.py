@@ -1,6 +1,6 @@
 """The Gluon kernels run on the CPU in ``kernels._gluon_emu``, against the float64 reference:
 the FA3-style forward in its three modes and the dK/dV backward pass, over odd lengths, length
-1, MQA/GQA/MHA, head dims 64-256, windows and softcaps; and the emulator itself, which must
+1, MQA/GQA/MHA, head dims 64-256, windows, softcaps and segment ids; and the emulator itself, which must
 fail a kernel with a planted protocol or indexing bug (a test that cannot fail proves nothing).
 
 Accuracy rule from conftest (2x the framework's same-precision error plus a floor). fp16: the
@@ -30,7 +30,7 @@ FWD = {"ws-128x64": TritonAttentionBlocks(128, 64, 8, 2, gluon=1),
        "overlap-128x32x3": TritonAttentionBlocks(128, 32, 8, 3, gluon=2),
        "pingpong-128x128": TritonAttentionBlocks(128, 128, 4, 2, gluon=3),
        "pingpong-128x64x3": TritonAttentionBlocks(128, 64, 4, 3, gluon=3)}
-FWD_CASES = [c for c in CASES if c.head_dim in (64, 128, 256) and not c.segments] + [
+FWD_CASES = [c for c in CASES if c.head_dim in (64, 128, 256)] + [
     Case(2, 100, 257, 4, 2, 64, causal=True),
     Case(1, 70, 90, 2, 1, 256, causal=True, window=33, softcap=2.0),
 ]
@@ -97,9 +97,14 @@ BWD_256_DQ = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True
     (Case(2, 70, 90, 8, 1, 128, softcap=5.0), BWD_128_DQ),
     (Case(1, 200, 130, 2, 2, 128, causal=True, window=33, softcap=2.0), BWD_128_DQ),
     (Case(1, 150, 150, 2, 1, 256, causal=True, window=50, softcap=3.0), BWD_256_DQ),
+    (Case(2, 100, 100, 4, 2, 64, causal=True, segments=True), BWD_128_DQ),
+    (Case(1, 17, 100, 4, 4, 128, window=33, softcap=2.0, segments=True), BWD_128),
+    (Case(2, 150, 150, 2, 1, 256, segments=True), TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True,
+                                                                        dq_atomic=True, dkdv_splits=2)),
 ], ids=["gqa-causal", "sq-gt-skv", "mqa-b2-splits2", "len1", "hd256-two-passes", "hd256-mha-splits3",
         "dq-atomic-gqa-causal", "dq-atomic-mqa-b2-sq-gt-skv", "dq-atomic-len1-splits2", "dq-atomic-hd256",
-        "window7", "softcap-b2", "window-softcap-sq-gt-skv", "hd256-window-softcap"])
+        "window7", "softcap-b2", "window-softcap-sq-gt-skv", "hd256-window-softcap", "segments-b2",
+        "segments-window-softcap", "hd256-segments-splits2"])
 def test_gluon_forward_and_dkdv_backward_match_reference(rng, case, bwd):
     """The whole Gluon path: the ping-pong forward, then the dK/dV pass on its LSE (dQ from the
     Triton pass, or with dq_atomic from the dK pass's atomics), against float64 for out, dq, dk

@@ -138,6 +138,9 @@ GLUON_BWD_JOBS = {
                                                                      dq_atomic=True),
                                                            ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"],
                                                            dict(window=4096, softcap=50.0)),
+    "sm90-gluon-dkdv-dq-atomic-bf16-d128-segments": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                               gluon_dkdv=True, dq_atomic=True),
+                                                     ["_attn_bwd_dkdv_kernel"], dict(segments=True)),
 }
 
 

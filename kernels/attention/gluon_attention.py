@@ -15,7 +15,7 @@ so one's softmax runs during the other's GEMMs. block_m is 128 (two warpgroups),
 or 128, num_stages the depth of the K/V ring. The backward is the Triton one (same LSE).
 What it takes: an sm_90 GPU (or CPU tensors: ``kernels._gluon_emu`` runs the kernels' bodies
 there, as Triton's interpreter runs Triton's), fp16/bf16, head_dim 64, 128 or 256,
-causal or not, a window, a softcap, no segment ids, G = H / KVH a power of two dividing 128
+causal or not, a window, a softcap, segment ids (packed sequences), G = H / KVH a power of two dividing 128
 (64 for ping-pong), and the descriptor alignment the Triton TMA forward needs; anything else
 is refused by name before a launch. Checked against float64 in the CPU emulator
 (``tests/test_gluon_emulator.py``), not yet run on a GPU: the candidates reach the autotuner,
@@ -72,8 +72,6 @@ def gluon_problem(q, k, v, blocks, *, causal: bool, window: Optional[int], softc
     why = _device_problem(q, capability)
     if why is not None:
         return why
-    if segments:
-        return "it has no segment ids"
     why = tma_problem(q, k, v, blocks)
     g = q.shape[2] // k.shape[2]
     if why is None and blocks.gluon == 3 and 64 % g:
@@ -119,10 +117,20 @@ def _descriptors(q, k, v, o, blocks) -> tuple:
     return tuple(_descriptor(t, box) for t, box in ((q, q_box), (k, kv_box), (v, kv_box), (o, o_box)))
 
 
-def _constexprs(head_dim: int, group: int, causal: bool, blocks, window=None, softcap=None) -> dict:
+def _constexprs(head_dim: int, group: int, causal: bool, blocks, window=None, softcap=None,
+                segments: bool = False) -> dict:
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
                 NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal or window is not None),
-                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, MODE=blocks.gluon)
+                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SEGMENTS=bool(segments),
+                MODE=blocks.gluon)
+
+
+def _segment_args(q_seg, kv_seg, dummy) -> tuple:
+    """(QSEG, KVSEG, their batch and position strides) as the kernels take them: ``dummy`` and
+    zero strides without segment ids."""
+    if q_seg is None:
+        return dummy, dummy, 0, 0, 0, 0
+    return q_seg, kv_seg, *q_seg.stride(), *kv_seg.stride()
 
 
 def _scalars(sq: int, skv: int, scale: float, window, softcap) -> tuple:
@@ -135,9 +143,10 @@ def _scalars(sq: int, skv: int, scale: float, window, softcap) -> tuple:
     return 1.0, w, float(scale) / float(softcap), float(softcap) * LOG2E
 
 
-def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softcap=None):
+def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softcap=None, q_seg=None, kv_seg=None):
     """-> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain); the problem
-    must be one ``gluon_problem`` accepts (``_flash_fwd`` checks it before calling)."""
+    must be one ``gluon_problem`` accepts (``_flash_fwd`` checks it before calling). q_seg /
+    kv_seg: integer segment ids [B, Sq] / [B, Skv] (a pair sees each other only within one)."""
     from . import gluon_kernels
 
     b, sq, h, d = q.shape
@@ -150,12 +159,14 @@ def gluon_fwd(q, k, v, *, causal: bool, scale: float, blocks, window=None, softc
 
     launcher(gluon_kernels._gluon_attn_fwd_kernel, q.device)[(triton.cdiv(sq * g, blocks.block_m), b * kvh)](
         q_desc, k_desc, v_desc, o_desc, lse, sq, skv, kvh, *_scalars(sq, skv, scale, window, softcap),
-        **_constexprs(d, g, causal, blocks, window, softcap), num_warps=blocks.num_warps, maxnreg=MAXNREG,
+        *_segment_args(q_seg, kv_seg, lse), **_constexprs(d, g, causal, blocks, window, softcap, q_seg is not None),
+        num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
     return o, lse
 
 
-def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, window=None, softcap=None):
+def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, window=None, softcap=None,
+               segments: bool = False):
     """The launch specialization of ``gluon_fwd`` (contiguous tensors) for ahead-of-time
     compiles: ``benchmarks.compile_report`` builds it with GluonASTSource and ``maxnreg``."""
     from .. import _aot
@@ -164,8 +175,10 @@ def aot_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, bloc
     q_box, kv_box, o_box = _boxes(head_dim, group, blocks)
     desc = _aot_descriptor_types(head_dim, dtype, group, dict(q_desc=q_box, k_desc=kv_box, v_desc=kv_box,
                                                               o_desc=o_box))
-    kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel, pointers={"LSE": "*fp32", **desc},
-                             constexprs={**_constexprs(head_dim, group, causal, blocks, window, softcap),
+    seg = "*i64" if segments else "*fp32"  # without segment ids the launcher passes lse
+    kernel = _aot.aot_kernel(gluon_kernels._gluon_attn_fwd_kernel,
+                             pointers={"LSE": "*fp32", "QSEG": seg, "KVSEG": seg, **desc},
+                             constexprs={**_constexprs(head_dim, group, causal, blocks, window, softcap, segments),
                                          "num_warps": blocks.num_warps},
                              num_warps=blocks.num_warps, floats=("qk_scale", "softcap_in", "softcap_out"))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)
@@ -181,8 +194,6 @@ def gluon_bwd_problem(q, k, v, blocks, *, window: Optional[int], softcap: Option
     why = _device_problem(q, capability)
     if why is not None:
         return why
-    if segments:
-        return "it has no segment ids"
     return tma_problem(q, k, v, blocks)
 
 
@@ -197,15 +208,16 @@ def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
 
 
 def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool, do_dv: bool, splits: bool,
-                    do_dq: bool = False, window=None, softcap=None) -> dict:
+                    do_dq: bool = False, window=None, softcap=None, segments: bool = False) -> dict:
     return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
                 NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal or window is not None),
-                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, DO_DK=do_dk, DO_DV=do_dv,
+                HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SEGMENTS=bool(segments),
+                DO_DK=do_dk, DO_DV=do_dv,
                 SPLITS=splits, DO_DQ=do_dq)
 
 
 def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: bool, scale: float, blocks,
-               do_dk: bool, do_dv: bool, dq_acc=None, window=None, softcap=None) -> None:
+               do_dk: bool, do_dv: bool, dq_acc=None, window=None, softcap=None, q_seg=None, kv_seg=None) -> None:
     """One launch of the Gluon dK/dV pass into ``dk_out`` / ``dv_out`` (k's shape and dtype, or
     fp32 partials [splits, B, Skv, KVH, D] when splits > 1), and with ``dq_acc`` (the dK launch
     of ``dq_atomic`` blocks: a zeroed fp32 [B, Sq, H, D]) dS K added into it, unscaled; the
@@ -228,14 +240,16 @@ def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: 
     launcher(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel, q.device)[
         (triton.cdiv(skv, blocks.block_n), b * kvh, splits)](
         *descs, dk_out, dv_out, dq_acc if do_dq else lse, lse, delta, *dk_st, *dv_st, *dq_st, sq, skv, kvh,
-        splits, float(scale), *_scalars(sq, skv, scale, window, softcap)[1:],
-        **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1, do_dq, window, softcap),
+        splits, float(scale), *_scalars(sq, skv, scale, window, softcap)[1:], *_segment_args(q_seg, kv_seg, lse),
+        **_bwd_constexprs(d, h // kvh, causal, blocks, do_dk, do_dv, splits > 1, do_dq, window, softcap,
+                          q_seg is not None),
         num_warps=blocks.num_warps, maxnreg=MAXNREG,
     )
 
 
 def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool, blocks, do_dk: bool,
-                    do_dv: bool, splits: bool, do_dq: bool = False, window=None, softcap=None):
+                    do_dv: bool, splits: bool, do_dq: bool = False, window=None, softcap=None,
+                    segments: bool = False):
     """The launch specialization of ``gluon_dkdv`` (contiguous tensors) for ahead-of-time compiles."""
     from .. import _aot
     from . import gluon_bwd_kernels
@@ -245,9 +259,10 @@ def aot_dkdv_kernel(head_dim: int, dtype: torch.dtype, group: int, causal: bool,
     out_ty = "*" + ("fp32" if splits else _aot.triton_dtype(dtype))
     kernel = _aot.aot_kernel(gluon_bwd_kernels._gluon_attn_bwd_dkdv_kernel,
                              pointers={"DK": out_ty, "DV": out_ty, "DQ": "*fp32", "LSE": "*fp32", "DELTA": "*fp32",
-                                       **desc},
+                                       "QSEG": "*i64" if segments else "*fp32",
+                                       "KVSEG": "*i64" if segments else "*fp32", **desc},
                              constexprs={**_bwd_constexprs(head_dim, group, causal, blocks, do_dk, do_dv, splits,
-                                                           do_dq, window, softcap),
+                                                           do_dq, window, softcap, segments),
                                          "num_warps": blocks.num_warps},
                              num_warps=blocks.num_warps, floats=("sm_scale", "softcap_in", "softcap_out"))
     return kernel._replace(source="gluon", maxnreg=MAXNREG)

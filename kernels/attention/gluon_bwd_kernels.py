@@ -20,7 +20,8 @@ slot); the consumer issues S^T and dP^T back to back and waits once. Row blocks 
 diagonal or the window's far edge are masked (a uniform branch) and those past the window
 skipped; rows past Sq read lse = +inf (P = 0); keys past Skv are loaded as zeros and never
 stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window and a
-softcap (Gemma 2's local layers and caps), no segment ids, G a power of two dividing BLOCK_M.
+softcap (Gemma 2's local layers and caps), segment ids (packed sequences: every row block
+masked by them), G a power of two dividing BLOCK_M.
 Checked against float64 in the CPU emulator (``kernels._gluon_emu``), not yet run on a GPU:
 offered as sm_90 backward autotune candidates, which the autotuner
 checks against the default backward's gradients before timing them.
@@ -62,10 +63,10 @@ def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
 def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                   off_b, off_kvh, start_n, first, step, n_it,
                   DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, masks,
-                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h,
+                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h, segs,
                   GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                   CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
-                  DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
+                  HAS_SEGMENTS: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
                   DO_DQ: gl.constexpr, num_warps: gl.constexpr):
     """The default partition (num_warps 8): the products above over its row blocks, then dK, dV
     (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv. DO_DQ (with DO_DK):
@@ -74,7 +75,8 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
     ``masks`` = (mask_until, window_edge, window, softcap_in, softcap_out): row blocks starting
     before mask_until (the causal diagonal) or ending past window_edge (the window's far edge)
     are masked; with a softcap c, t = tanh(s * scale / c), P = exp2(t * c log2 e - lse) and
-    dS picks up (1 - t^2), as the Triton pass."""
+    dS picks up (1 - t^2), as the Triton pass. ``segs`` = (this batch's q and kv segment-id
+    pointers, their position strides): with HAS_SEGMENTS a pair counts only within one segment."""
     mask_until, window_edge, window, softcap_in, softcap_out = masks
     NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -91,6 +93,10 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, a_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, a_layout)
     zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+
+    kv_seg = kv_pos
+    if HAS_SEGMENTS:  # this key block's ids, once
+        kv_seg = gl.load(segs[1] + kv_pos * segs[3], mask=kv_pos < Skv, other=-1)
 
     mbarrier.wait(kv_bar, 0)
     k_t = k_smem.reshape([BLOCK_N, HEAD_DIM])
@@ -121,6 +127,9 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
                 if HAS_WINDOW:
                     ok = ok & (gl.expand_dims(kv_pos, 1) > q_pos - window)
                 pt = gl.where(ok, pt, 0.0)
+        if HAS_SEGMENTS:
+            q_seg = gl.load(segs[0] + (rows // GROUP) * segs[2], mask=rows < n_rows, other=-2)
+            pt = gl.where(gl.expand_dims(kv_seg, 1) == gl.expand_dims(q_seg, 0), pt, 0.0)
         if DO_DV:
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
         if DO_DK:
@@ -181,9 +190,11 @@ def _gluon_attn_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh, stride_dqb, stride_dqs, stride_dqh,
     Sq, Skv, KVH, num_splits, sm_scale,
     window, softcap_in, softcap_out,  # window W (HAS_WINDOW); softcap (HAS_SOFTCAP): scale / c and c * log2(e)
+    QSEG, KVSEG, stride_qsb, stride_qss, stride_kvsb, stride_kvss,  # HAS_SEGMENTS: ids [B, Sq], [B, Skv]
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,  # CAUSAL: the upper bound (also set with a window)
-    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr,
+    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr,
+    DO_DK: gl.constexpr, DO_DV: gl.constexpr,
     SPLITS: gl.constexpr, DO_DQ: gl.constexpr, num_warps: gl.constexpr,
 ):
     start_n = gl.program_id(0) * BLOCK_N
@@ -236,7 +247,10 @@ def _gluon_attn_bwd_dkdv_kernel(
                          DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, sm_scale * 1.4426950408889634,
                          sm_scale, (mask_until, window_edge, window, softcap_in, softcap_out), stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs,
                          stride_dvh, part_row0, KVH, dq_base, ds_smem, stride_dqs, stride_dqh,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, DO_DK, DO_DV, SPLITS,
+                         (QSEG + off_b.to(gl.int64) * stride_qsb, KVSEG + off_b.to(gl.int64) * stride_kvsb,
+                          stride_qss, stride_kvss),
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DO_DK,
+                         DO_DV, SPLITS,
                          DO_DQ, num_warps)),
         (_bwd_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                          off_b, off_kvh, start_n, first, step, n_it, BLOCK_M, GROUP, DO_DK)),

@@ -3,7 +3,7 @@
 What it computes: the forward of ``triton_kernels._attn_fwd_kernel`` (same folded rows, same
 log2-domain LSE layout, so the Triton backward runs on its outputs) for the problems it
 takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window, a softcap (Gemma 2's
-local layers and logit caps), no segment ids, G a power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
+local layers and logit caps), segment ids (packed sequences: every tile is masked then), G a power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
 of a kv head).
 
 Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which exposes what Triton's
@@ -80,26 +80,42 @@ def _tanh(x):
 
 
 @gluon.jit
+def _mask_tile(s, i, lo, q_pos, cols, Skv, masks, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+               HAS_WINDOW: gl.constexpr, HAS_SEGMENTS: gl.constexpr):
+    """Tile i's scores with the pairs no query may see at -inf: keys past Skv, after the query
+    (causal), before its window, in another segment."""
+    window = masks[2]
+    kv_pos = lo + i * BLOCK_N + cols
+    ok = gl.expand_dims(kv_pos < Skv, 0)
+    if CAUSAL:
+        ok = ok & (gl.expand_dims(kv_pos, 0) <= gl.expand_dims(q_pos, 1))
+    if HAS_WINDOW:
+        ok = ok & (gl.expand_dims(kv_pos, 0) > gl.expand_dims(q_pos - window, 1))
+    if HAS_SEGMENTS:
+        q_seg, kv_seg_ptr, stride_kvss = masks[5], masks[6], masks[7]
+        kv_seg = gl.load(kv_seg_ptr + kv_pos * stride_kvss, mask=kv_pos < Skv, other=-1)
+        ok = ok & (gl.expand_dims(kv_seg, 0) == gl.expand_dims(q_seg, 1))
+    return gl.where(ok, s, float("-inf"))
+
+
+@gluon.jit
 def _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
                   BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
-                  HAS_SOFTCAP: gl.constexpr):
+                  HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr):
     """Tile i's online-softmax update: (p, alpha, m_new, l_new). ``masks`` = (n_head, n_full,
     window, softcap_in, softcap_out): tiles before n_head (the window's edge) and from n_full
     on (the causal diagonal, the kv-length edge) are masked; the others every row sees in
-    full. Scores are in log2 units through qk_scale, folded into the max and the exponent;
+    full (with segment ids, every tile is masked: masks then also holds the rows' q segment ids,
+    this batch's kv segment-id pointer and its stride). Scores are in log2 units through qk_scale, folded into the max and the exponent;
     with a softcap c they become c * tanh(s * scale / c) first (softcap_in = scale / c,
     softcap_out = c * log2 e; qk_scale is then 1), as the Triton forward."""
-    n_head, n_full, window, softcap_in, softcap_out = masks
+    n_head, n_full, softcap_in, softcap_out = masks[0], masks[1], masks[3], masks[4]
     if HAS_SOFTCAP:
         s = _tanh(s * softcap_in) * softcap_out
-    if (i >= n_full) | (i < n_head):
-        kv_pos = lo + i * BLOCK_N + cols
-        ok = gl.expand_dims(kv_pos < Skv, 0)
-        if CAUSAL:
-            ok = ok & (gl.expand_dims(kv_pos, 0) <= gl.expand_dims(q_pos, 1))
-        if HAS_WINDOW:
-            ok = ok & (gl.expand_dims(kv_pos, 0) > gl.expand_dims(q_pos - window, 1))
-        s = gl.where(ok, s, float("-inf"))
+    if HAS_SEGMENTS:  # every tile: segments may end anywhere
+        s = _mask_tile(s, i, lo, q_pos, cols, Skv, masks, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SEGMENTS)
+    elif (i >= n_full) | (i < n_head):
+        s = _mask_tile(s, i, lo, q_pos, cols, Skv, masks, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SEGMENTS)
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no -inf - -inf
     alpha = gl.exp2(m_i - m_safe)
@@ -137,7 +153,7 @@ def _pass_turn(turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
 def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, masks, n_iter, lo,
              q_pos, cols, Skv, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr,
              ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr,
-             HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+             HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr,
              OVERLAP: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
     """Tiles 0 .. n_iter - 1 of the ring. Without OVERLAP: S_i, wait, softmax, P_i V_i, wait.
     With OVERLAP (FA3's intra-warpgroup pipelining): S_i and then P_{i-1} V_{i-1} are issued
@@ -160,7 +176,7 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             mbarrier.arrive(kv_empty.index(0), count=1)  # K_0 read
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, lo, q_pos, cols, Skv, qk_scale, masks,
-                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)
             p16 = gl.convert_layout(p.to(dtype), p_layout)  # held across the next S: 16-bit
             for i in range(1, n_iter):
                 _turn(turn, i, WG, PINGPONG)
@@ -170,7 +186,7 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                 mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
-                                                   BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+                                                   BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)
                 # P_{i-1} is a dependency of the wait: its registers stay reserved until that
                 # GEMM is done; P_i is written after it, as FA3 does. (ptxas schedules this wait
                 # right after the row max, ahead of the exponentials, whatever the order here:
@@ -191,7 +207,7 @@ def _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i,
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             mbarrier.arrive(kv_empty.index(i % NUM_STAGES), count=1)  # K_i read
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
-                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+                                               BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             acc = _pv(gl.convert_layout(p.to(dtype), p_layout), acc, v_bufs, v_ready, i, BLOCK_N, HEAD_DIM)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -204,6 +220,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+              HAS_SEGMENTS: gl.constexpr,
               OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, WG: gl.constexpr, NW: gl.constexpr):
     """A consumer partition of NW warps owning folded rows [WG * ROWS, (WG + 1) * ROWS) of the
     tile (ROWS = 16 * NW: all of it with one 8-warp consumer, half with two of 4 warps): the
@@ -224,11 +241,19 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o
     l_i = gl.zeros([ROWS], gl.float32, row_s)
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
 
+    # masks from the kernel: (n_head, n_full, window, softcap_in, softcap_out, this batch's q and
+    # kv segment-id pointers, their position strides); the loop's: the rows' q segment ids in
+    # place of the q pointer
+    q_seg = rows
+    if HAS_SEGMENTS:
+        q_seg = gl.load(masks[5] + (rows // GROUP) * masks[7], mask=rows < n_rows, other=-1)
+    masks = (masks[0], masks[1], masks[2], masks[3], masks[4], q_seg, masks[6], masks[8])
+
     mbarrier.wait(q_bar, 0)
     q = q_smem.reshape([BLOCK_M, HEAD_DIM]).slice(WG * ROWS, ROWS)
     acc, m_i, l_i = _kv_loop(q, k_bufs, v_bufs, k_ready, v_ready, kv_empty, turn, acc, m_i, l_i, masks,
                              n_iter, lo, q_pos, cols, Skv, qk_scale, s_layout, o_layout, ROWS, BLOCK_N,
-                             HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, OVERLAP, WG, PINGPONG)
+                             HEAD_DIM, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, OVERLAP, WG, PINGPONG)
 
     seen = l_i > 0.0  # rows that saw no key: output 0, lse +inf
     l_safe = gl.where(seen, l_i, 1.0)
@@ -251,12 +276,12 @@ def _second_consumer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_b
                      off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
                      GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
                      BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
-                     HAS_SOFTCAP: gl.constexpr):
+                     HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr):
     """Ping-pong's second consumer (a 4-warp worker partition): rows [64, 128) of the tile.
     Worker partitions share one signature, hence the producer's arguments."""
     _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
-              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, True, True, 1, 4)
+              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, True, True, 1, 4)
 
 
 @gluon.jit
@@ -265,7 +290,7 @@ def _producer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_r
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
-              HAS_SOFTCAP: gl.constexpr):
+              HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr):
     _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
                     off_b, off_kvh, m0 // GROUP, lo, n_iter, BLOCK_N, GROUP)
 
@@ -278,9 +303,10 @@ def _gluon_attn_fwd_kernel(
     LSE,  # [B * KVH, Sq * G] fp32 out, log2 domain (the Triton forward's layout)
     Sq, Skv, KVH, qk_scale,  # qk_scale = softmax scale * log2(e), or 1 with a softcap
     window, softcap_in, softcap_out,  # window W (HAS_WINDOW); softcap: scale / c and c * log2(e)
+    QSEG, KVSEG, stride_qsb, stride_qss, stride_kvsb, stride_kvss,  # HAS_SEGMENTS: ids [B, Sq], [B, Skv]
     GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,  # CAUSAL: the upper bound (also set with a window)
-    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+    HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr,
     MODE: gl.constexpr,  # 1: one 8-warp consumer; 2: that with intra-warpgroup overlap; 3: ping-pong
     num_warps: gl.constexpr,
 ):
@@ -293,6 +319,8 @@ def _gluon_attn_fwd_kernel(
     n_rows = Sq * GROUP
     shift = Skv - Sq
     m0 = start_m * BLOCK_M
+    qseg_b = QSEG + off_b.to(gl.int64) * stride_qsb  # HAS_SEGMENTS: this batch's ids
+    kvseg_b = KVSEG + off_b.to(gl.int64) * stride_kvsb
     # key range [lo, hi) and inside it the tiles every row sees in full [mid_lo, mid_hi): the
     # Triton forward's bounds (all divisions on non-negative values)
     q_lo = m0 // GROUP + shift
@@ -338,28 +366,28 @@ def _gluon_attn_fwd_kernel(
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, True, True, 0, 4)),
+                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, True, True, 0, 4)),
             (_second_consumer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready,
                                 v_ready, kv_empty, turn, LSE,
                                 off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                                (n_head, n_full, window, softcap_in, softcap_out), n_iter,
-                                GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
+                                (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                                GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
+                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
         ], [4, 1], [240, 24])
     else:  # num_warps = 8: both warpgroups in the default partition
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MODE == 2, False, 0, 8)),
+                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, MODE == 2, False, 0, 8)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP)),
+                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
         ], [1], [24])

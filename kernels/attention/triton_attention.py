@@ -388,7 +388,7 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
             raise ValueError(f"blocks: gluon={blocks.gluon} cannot run this problem: {why}")
         LAUNCHES["_gluon_attn_fwd_kernel"] += 1
         return gluon_attention.gluon_fwd(q, k, v, causal=causal, scale=scale, blocks=blocks, window=window,
-                                         softcap=softcap)
+                                         softcap=softcap, q_seg=q_seg, kv_seg=kv_seg)
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -518,7 +518,8 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         if blocks.gluon_dkdv:
             gluon_attention.gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, splits=splits, causal=causal,
                                        scale=scale, blocks=blocks, do_dk=do_dk, do_dv=do_dv,
-                                       dq_acc=dq_acc if do_dq else None, window=window, softcap=softcap)
+                                       dq_acc=dq_acc if do_dq else None, window=window, softcap=softcap,
+                                       q_seg=q_seg, kv_seg=kv_seg)
             continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
             q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
@@ -681,10 +682,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     if blocks is not None and blocks.gluon:  # the Gluon forward: no backward passes of its own
         from . import gluon_attention
 
-        if segments:
-            raise ValueError("blocks: the Gluon forward has no segment ids")
         return {"_attn_fwd_kernel": gluon_attention.aot_kernel(head_dim, dtype, group, causal, blocks,
-                                                                window, softcap)}
+                                                                window, softcap, segments)}
     out = {}
     for name, backward in (("_attn_fwd_kernel", False), ("_attn_bwd_preprocess_kernel", True),
                            ("_attn_bwd_dkdv_kernel", True), ("_attn_bwd_dq_kernel", True)):
@@ -717,7 +716,7 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
 
             for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
                 kernel = gluon_attention.aot_dkdv_kernel(head_dim, dtype, group, causal, pass_blocks, do_dk, do_dv,
-                                                         meta["SPLITS"], do_dq, window, softcap)
+                                                         meta["SPLITS"], do_dq, window, softcap, segments)
                 if not do_dk:  # the dV-only launch: its own name (compile outputs are named by it)
                     kernel = kernel._replace(name="_gluon_attn_bwd_dv_kernel")
                 out["_attn_bwd_dkdv_kernel" if do_dk else "_attn_bwd_dv_kernel"] = kernel
