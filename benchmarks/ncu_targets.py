@@ -13,8 +13,8 @@ more: ncu's ``--launch-skip`` is left alone, so both launches show; read the las
   kernel as a plain GEMM);
 - attention_bwd: nano1's MQA, head_dim 256, 8 heads, 8k causal, bf16 (195 of the 363 ms of
   kernels of a nano1 train step), the default backward, then the two-pass 128-key candidate
-  (two ``_attn_bwd_dkdv_kernel`` launches, dV then dK, and a 128-row dQ), then its atomic-dQ
-  form (``dq_atomic``: the dK launch adds dQ with fp32 atomics, no dQ kernel);
+  with dQ by the dK launch's fp32 atomics (``dq_atomic``: no dQ kernel), then the same in Gluon
+  (``_gluon_attn_bwd_dkdv_kernel``, sm_90: v4 atomics, wgmma fed by a TMA producer warp);
 - int4: one row, 2048 -> 9984, group 128 (about the bf16 matmul's time, goal 3x), the
   default, then the scale-after-dot candidate (inline-PTX nibbles);
 - decode: MQA, 32k cache, head_dim 128, batch 16 (74% of copy, goal 85%), then batch 1 (12%:
@@ -64,10 +64,11 @@ def _attention_bwd(dev, dt, small):
     from kernels.attention import triton_attention as ta
 
     fwd = ta.default_blocks(d, dt, capability=None if small else torch.cuda.get_device_capability())
-    two_pass = ta.TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=128, dq_block_n=16)
     atomic = ta.TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True)
+    gluon = ta.TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True)  # sm_90
 
-    tried = [None] + [(fwd, b) for b in (two_pass, atomic) if repr(b) not in excluded_blocks()]
+    ok = small or torch.cuda.get_device_capability()[0] == 9
+    tried = [None] + [(fwd, b) for b in (atomic, gluon) if repr(b) not in excluded_blocks() and (ok or not b.gluon_dkdv)]
 
     def run():
         for blocks in tried:  # a candidate the canary saw crash stays out
