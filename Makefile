@@ -86,7 +86,7 @@ bench-gpu:
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-	  hydra-core==1.3.8 omegaconf==2.3.0
+	  hydra-core==1.3.8 omegaconf==2.3.0 pytest-xdist==3.8.0 execnet==2.1.2  # xdist: the GPU tests in 8 workers
 	$(PY) -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only on PyPI
 
 clean:
