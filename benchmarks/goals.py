@@ -152,6 +152,29 @@ def patch_embed(records) -> list[dict]:
                        f"({ratio:.2f}×)", ratio >= 1 / 1.1)]
 
 
+_FLAGS = ("tma", "dq_atomic", "dq_tma", "gluon_dkdv")
+
+
+def _brief(blocks_repr: str) -> str:
+    """'TritonAttentionBlocks(block_m=128, ..., gluon=3, ...)' -> '128x64/4w/3st gluon=3' (tile,
+    warps, stages, and the options that are on)."""
+    import re
+
+    f = dict(re.findall(r"(\w+)=([\w.]+)", blocks_repr))
+    out = f"{f.get('block_m')}x{f.get('block_n')}/{f.get('num_warps')}w/{f.get('num_stages')}st"
+    out += "".join(f" {n}" for n in _FLAGS if f.get(n) == "True")
+    out += f" gluon={f['gluon']}" if f.get("gluon", "0") != "0" else ""
+    out += " two-pass" if f.get("dkdv_passes") == "2" else ""
+    return out
+
+
+def _picks(row) -> str:
+    """'; picked fwd ..., bwd ...' from a triton-autotune row's tuning summary (the attention
+    tiles its first step timed), or ''."""
+    picks = [("bwd" if "backward" in p["problem"] else "fwd", _brief(p["pick"])) for p in row.get("autotune") or []]
+    return "; picked " + ", ".join(f"{kind} {b}" for kind, b in sorted(picks)) if picks else ""
+
+
 def model(records) -> list[dict]:
     rows = _ok(records, "model", lambda r: r.get("config", {}).get("model") == "nano1"
                and r.get("config", {}).get("mode") == "train_step" and r.get("framework") == "torch")
@@ -164,7 +187,7 @@ def model(records) -> list[dict]:
     if tri is None:
         return [_row(goal, "not measured", None)]
     ms, how = _ms(tri)
-    text = f"{tri['impl']} {100 * mfu(tri):.0f} % MFU, {ms:.0f} ms ({how})"
+    text = f"{tri['impl']} {100 * mfu(tri):.0f} % MFU, {ms:.0f} ms ({how})" + _picks(tri)
     met = mfu(tri) >= 0.5
     if peer is None:
         return [_row(goal, text + "; no SDPA row", None)]

@@ -702,6 +702,7 @@ def test_goals_read_each_issue_goal_from_a_results_file():
     the README quotes), and goals met and unmet on made-up rows (steady and graph times
     count where better; a goal without rows reads not measured)."""
     from benchmarks import goals
+    from kernels.attention.triton_attention import TritonAttentionBlocks
 
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "nvidia-h200-20261126T213458Z.json")
     with open(path) as f:
@@ -720,7 +721,10 @@ def test_goals_read_each_issue_goal_from_a_results_file():
                rec("decode", "triton", dec, median_ms=1.0, frac_measured_bw=0.7,
                    steady={"median_ms": 0.8, "frac_measured_bw": 0.88}),
                rec("model", "triton", nano, median_ms=400.0, frac_measured_peak=0.4,
-                   graph={"median_ms": 300.0, "frac_measured_peak": 0.52}),
+                   graph={"median_ms": 300.0, "frac_measured_peak": 0.52},
+                   autotune=[{"problem": "(8, 1, 256, 'backward')", "pick": repr(TritonAttentionBlocks(
+                       32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True))},
+                             {"problem": "(8, 1, 256)", "pick": repr(TritonAttentionBlocks(128, 64, 4, 2, gluon=3))}]),
                rec("model", "sdpa", nano, median_ms=330.0, frac_measured_peak=0.45)]
     got = {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}
     assert got["#2 attention fwd MQA causal hd128 bf16 s8192"]["met"] is True
@@ -729,6 +733,8 @@ def test_goals_read_each_issue_goal_from_a_results_file():
     assert "88 % of copy (steady)" in got["#3 decode MQA hd128 bf16 32k cache, batch 16"]["measured"]
     five = got["#5 nano1 8k bf16 train step"]
     assert five["met"] is True and "52 % MFU, 300 ms (graph)" in five["measured"]
+    # which attention tiles the tuner picked, forward and backward
+    assert "picked bwd 32x128/8w/2st dq_atomic gluon_dkdv two-pass, fwd 128x64/4w/2st gluon=3" in five["measured"]
     records[-1]["median_ms"] = 250.0  # sdpa faster: not met, however high the MFU
     assert {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]["met"] is False
     md = goals.table({"records": records, "device": {"name": "X"}, "created_utc": "t"}, "f.json")
