@@ -782,8 +782,20 @@ def _static_range(*args):
     return range(*(int(a) for a in args))
 
 
+class NotEmulated(EmulationError, AttributeError):
+    """An operation the emulator does not cover (an AttributeError too, so hasattr still works)."""
+
+
+class _Namespace(types.SimpleNamespace):
+    """An emulated module: a name it lacks is an operation the emulator does not cover yet."""
+
+    def __getattr__(self, name):
+        raise NotEmulated(f"{self.__name__}.{name} is not emulated (kernels/_gluon_emu.py covers the "
+                             f"operations the project's Gluon kernels use; add it there)")
+
+
 def _module(name: str, **attrs) -> types.SimpleNamespace:
-    return types.SimpleNamespace(__name__=name, **attrs)
+    return _Namespace(__name__=name, **attrs)
 
 
 _GL_DTYPES = {n: getattr(_real_gl, n) for n in ("float16", "bfloat16", "float32", "float64", "int1", "int8",

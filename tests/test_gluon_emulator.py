@@ -188,6 +188,12 @@ def test_emulator_catches_a_barrier_counting_one_consumer_of_two(monkeypatch, tm
         _run_forward(3)
 
 
+def test_emulator_names_an_operation_it_does_not_cover():
+    with pytest.raises(_gluon_emu.EmulationError, match=r"gl\(emulated\).inline_asm_elementwise is not emulated"):
+        _gluon_emu.GL.inline_asm_elementwise
+    assert not hasattr(_gluon_emu.GL, "inline_asm_elementwise")
+
+
 def test_emulator_keeps_triton_integer_semantics():
     """int32 wraps, // truncates and % takes the dividend's sign (C, as the GPU), and a 0-d
     int64 next to an int32 block promotes it (where torch would keep int32)."""
