@@ -2,9 +2,10 @@
 
 What it computes: the forward of ``triton_kernels._attn_fwd_kernel`` (same folded rows, same
 log2-domain LSE layout, so the Triton backward runs on its outputs) for the problems it
-takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window, a softcap (Gemma 2's
-local layers and logit caps), segment ids (packed sequences: every tile is masked then), G a power of two dividing the rows a consumer stores (each tile is whole positions x the G heads
-of a kv head).
+takes: fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window, a softcap (Gemma
+2's local layers and logit caps), segment ids (packed sequences: every tile is masked then), G
+a power of two dividing the rows a consumer stores (each tile is whole positions x the G
+heads of a kv head).
 
 Structure (FlashAttention 3, section 3.1, in Triton's Gluon dialect, which exposes what Triton's
 own compiler does not do on sm_90 -- warp specialization of an attention loop, wgmma issued
@@ -106,9 +107,10 @@ def _softmax_step(s, m_i, l_i, i, lo, q_pos, cols, Skv, qk_scale, masks,
     window, softcap_in, softcap_out): tiles before n_head (the window's edge) and from n_full
     on (the causal diagonal, the kv-length edge) are masked; the others every row sees in
     full (with segment ids, every tile is masked: masks then also holds the rows' q segment ids,
-    this batch's kv segment-id pointer and its stride). Scores are in log2 units through qk_scale, folded into the max and the exponent;
-    with a softcap c they become c * tanh(s * scale / c) first (softcap_in = scale / c,
-    softcap_out = c * log2 e; qk_scale is then 1), as the Triton forward."""
+    this batch's kv segment-id pointer and its stride). Scores are in log2 units through
+    qk_scale, folded into the max and the exponent; with a softcap c they become
+    c * tanh(s * scale / c) first (softcap_in = scale / c, softcap_out = c * log2 e; qk_scale is
+    then 1), as the Triton forward."""
     n_head, n_full, softcap_in, softcap_out = masks[0], masks[1], masks[3], masks[4]
     if HAS_SOFTCAP:
         s = _tanh(s * softcap_in) * softcap_out
@@ -281,7 +283,8 @@ def _second_consumer(q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_b
     Worker partitions share one signature, hence the producer's arguments."""
     _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
               off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo, masks, n_iter,
-              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, True, True, 1, 4)
+              GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS,
+              True, True, 1, 4)
 
 
 @gluon.jit
@@ -360,34 +363,37 @@ def _gluon_attn_fwd_kernel(
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
 
-    # (the argument tuples are spelled out in each call: a tuple held in a variable turns its
-    # constexprs into runtime values)
+    # runtime values only (a tuple held in a variable turns constexprs into runtime values, so
+    # the partitions' argument tuples, which hold the constexprs, are spelled out in each call)
+    masks = (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss)
     if MODE == 3:  # num_warps = 4: warpgroup 0 here, warpgroup 1 a worker, then the producer
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, True, True, 0, 4)),
+                         masks, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS,
+                         True, True, 0, 4)),
             (_second_consumer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready,
                                 v_ready, kv_empty, turn, LSE,
                                 off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                                (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                                masks, n_iter,
                                 GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         masks, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
         ], [4, 1], [240, 24])
     else:  # num_warps = 8: both warpgroups in the default partition
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty, turn, o_desc, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
-                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, MODE == 2, False, 0, 8)),
+                         masks, n_iter,
+                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS,
+                         MODE == 2, False, 0, 8)),
             (_producer, (q_desc, k_desc, v_desc, o_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                          kv_empty, turn, LSE,
                          off_b, off_kvh, pid_bh, m0, n_rows, shift, Skv, qk_scale, lo,
-                         (n_head, n_full, window, softcap_in, softcap_out, qseg_b, kvseg_b, stride_qss, stride_kvss), n_iter,
+                         masks, n_iter,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS)),
         ], [1], [24])
