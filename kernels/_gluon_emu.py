@@ -25,9 +25,10 @@ Model (what is checked, what is not):
 - ``warpgroup_mma(is_async=True)`` is computed when a ``warpgroup_mma_wait`` completes it
   (the latest the tensor cores may read shared memory), in fp32 from the operands' values;
   using an accumulator a wait left in flight raises.
-Not modeled: layouts (``convert_layout`` is the identity), register and shared-memory limits,
-timing, the order ptxas gives instructions, TMA alignment beyond the host-side descriptor's
-own checks. The barrier protocols' interleavings are searched in ``tests/test_gluon_protocol.py``;
+Not modeled: the warpgroups of one partition run in lockstep here (the barriers the compiler
+puts between them, e.g. before a wgmma reads what both stored, show in the PTX), layouts
+(``convert_layout`` is the identity), register and shared-memory limits, timing, the order
+ptxas gives instructions, TMA alignment beyond the host-side descriptor's own checks. The barrier protocols' interleavings are searched in ``tests/test_gluon_protocol.py``;
 here the threads interleave as the OS schedules them.
 """
 from __future__ import annotations
