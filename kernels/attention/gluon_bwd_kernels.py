@@ -109,12 +109,17 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
         st = warpgroup_mma(k_t, q_t.permute((1, 0)), zero, use_acc=False, is_async=True)
         if DO_DK:
             dpt = warpgroup_mma(v_t, do_t.permute((1, 0)), zero, use_acc=False, is_async=True)
-            st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st, dpt))
-        else:
-            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+        # the row block's lse (and segment ids) loaded while the score GEMMs run (delta too
+        # spilled 24 B at 64 rows a step, head_dim 128: it is loaded after the wait)
         start_m = first + i * step
         rows = start_m + cols
         lse = gl.load(LSE + row_base + rows, mask=rows < n_rows, other=float("inf"))  # padded rows: P = 0
+        if HAS_SEGMENTS:
+            q_seg = gl.load(segs[0] + (rows // GROUP) * segs[2], mask=rows < n_rows, other=-2)
+        if DO_DK:
+            st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st, dpt))
+        else:
+            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
         if HAS_SOFTCAP:
             t = _tanh(st * softcap_in)
             pt = gl.exp2(t * softcap_out - gl.expand_dims(lse, 0))
@@ -128,7 +133,6 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
                     ok = ok & (gl.expand_dims(kv_pos, 1) > q_pos - window)
                 pt = gl.where(ok, pt, 0.0)
         if HAS_SEGMENTS:
-            q_seg = gl.load(segs[0] + (rows // GROUP) * segs[2], mask=rows < n_rows, other=-2)
             pt = gl.where(gl.expand_dims(kv_seg, 1) == gl.expand_dims(q_seg, 0), pt, 0.0)
         if DO_DV:
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
