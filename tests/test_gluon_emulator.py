@@ -15,6 +15,8 @@ import types
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kernels import _gluon_emu
 from kernels.attention import gluon_attention, gluon_kernels, triton_attention
@@ -204,3 +206,35 @@ def test_emulator_keeps_triton_integer_semantics():
     block = T(torch.arange(3, dtype=torch.int32))
     assert (T(torch.tensor(2**40)) + block).v.dtype == torch.int64
     assert (block * 0.5).v.dtype == torch.float32 and (block + 1).v.dtype == torch.int32
+
+
+# --- property-based: random problems and Gluon blocks (hypothesis, a small budget) ---------------
+
+@st.composite
+def _gluon_problems(draw):
+    d = draw(st.sampled_from([64, 128, 256]))
+    kvh, g = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4, 8]))
+    sq, skv = draw(st.integers(1, 200)), draw(st.integers(1, 200))
+    case = Case(draw(st.sampled_from([1, 2])), sq, skv, kvh * g, kvh, d, causal=draw(st.booleans()),
+                window=draw(st.one_of(st.none(), st.integers(1, 150))),
+                softcap=draw(st.one_of(st.none(), st.sampled_from([2.0, 30.0]))),
+                segments=sq == skv and draw(st.booleans()))
+    mode = draw(st.sampled_from([1, 2, 3]))
+    fwd = TritonAttentionBlocks(128, draw(st.sampled_from([32, 64] if d == 256 else [32, 64, 128])),
+                                4 if mode == 3 else 8, draw(st.sampled_from([2, 3])), gluon=mode)
+    atomic = draw(st.booleans())
+    bwd = TritonAttentionBlocks(32 if d == 256 else draw(st.sampled_from([32, 64])), 128, 8, 2, gluon_dkdv=True,
+                                dq_atomic=atomic, dq_block_m=0 if atomic else 64, dq_block_n=0 if atomic else 32,
+                                dkdv_passes=2 if d == 256 else draw(st.sampled_from([1, 2])),
+                                dkdv_splits=draw(st.sampled_from([0, 1, 3])))
+    return case, fwd, bwd, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gluon_problems())
+def test_gluon_forward_and_backward_on_random_problems(p):
+    """Any length, group size, head dim, mask and softcap, with any Gluon forward mode and dK/dV
+    configuration: out, dq, dk and dv within the accuracy rule of float64."""
+    case, fwd, bwd, seed = p
+    tensors, do, kwargs = _inputs(np.random.default_rng(seed), case)
+    _check_against_reference(tensors, do, torch.float16, kwargs, blocks=(fwd, bwd))
