@@ -68,7 +68,8 @@ def _attention_bwd(dev, dt, small):
     gluon = ta.TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True)  # sm_90
 
     ok = small or torch.cuda.get_device_capability()[0] == 9
-    tried = [None] + [(fwd, b) for b in (atomic, gluon) if repr(b) not in excluded_blocks() and (ok or not b.gluon_dkdv)]
+    tried = [None] + [(fwd, b) for b in (atomic, gluon)
+                      if repr(b) not in excluded_blocks() and (ok or not b.gluon_dkdv)]
 
     def run():
         for blocks in tried:  # a candidate the canary saw crash stays out

@@ -581,6 +581,8 @@ def _wgmma_wait(num_outstanding=0, deps=None):
 # --- programs and partitions ---------------------------------------------------------------
 
 class _Local(threading.local):
+    """Per thread: the program it runs a partition of, and its wgmma groups in flight (both set
+    wherever a thread starts running kernel code: ``_launch`` and each worker partition)."""
     ctx = None
     outstanding: list
 
@@ -595,11 +597,9 @@ class _Program:
         self.lock = threading.Lock()
         self.alive, self.waiting, self.settling, self.error, self.n_alloc = 1, set(), set(), None, 0
 
-    def local(self):
-        loc = _LOCAL
-        if not hasattr(loc, "outstanding"):
-            loc.outstanding = []
-        return loc
+    @staticmethod
+    def local():
+        return _LOCAL
 
     def changed(self):  # under cond: a barrier moved or a partition ended; every waiter re-checks
         self.waiting.clear()

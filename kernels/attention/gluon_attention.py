@@ -126,11 +126,12 @@ def _constexprs(head_dim: int, group: int, causal: bool, blocks, window=None, so
 
 
 def _segment_args(q_seg, kv_seg, dummy) -> tuple:
-    """(QSEG, KVSEG, their batch and position strides) as the kernels take them: ``dummy`` and
-    zero strides without segment ids."""
-    if q_seg is None:
-        return dummy, dummy, 0, 0, 0, 0
-    return q_seg, kv_seg, *q_seg.stride(), *kv_seg.stride()
+    """(QSEG, KVSEG, their batch and position strides) flat, as the Gluon kernels take them:
+    the Triton launchers' ``_segment_args`` (``dummy`` and zero strides without segment ids)."""
+    from .triton_attention import _segment_args as triton_segment_args
+
+    pointers, strides = triton_segment_args(q_seg, kv_seg, dummy)
+    return (*pointers, *strides)
 
 
 def _scalars(sq: int, skv: int, scale: float, window, softcap) -> tuple:
