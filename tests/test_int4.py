@@ -125,6 +125,38 @@ def test_quantizers_round_to_nearest_and_agree(rng, asym):
     np.testing.assert_array_equal(np.asarray(sj, np.float32), scales.float().numpy())
     assert (zj is None) == (zeros is None)
 
+@pytest.mark.parametrize("asym", [False, True], ids=["symmetric", "asymmetric"])
+def test_tiny_groups_quantize_to_zero_and_bad_weights_are_refused(rng, asym):
+    """A group whose scale underflows fp16 (range below ~4.5e-7) gets scale 1 and codes for 0,
+    never a 0 / 0 = NaN zero point (both quantizers); NaN / inf weights are refused."""
+    import jax.numpy as jnp
+
+    from kernels.int4 import reference_jax
+
+    g = 32
+    w = torch.tensor(rng.standard_normal((4, 64)), dtype=torch.float32)
+    w[0, :g] = 1e-9  # scale ~1.4e-10: 0 in fp16
+    w[1, g:] = 0.0
+    w[1, g + 5] = -3e-9  # zeros but one: asymmetric lo < 0, hi == 0
+    packed, scales, zeros = ref_torch.quantize_int4(w, g, asymmetric=asym)
+    dq = ref_torch.dequantize_int4(packed, scales, zeros, g, torch.float64)
+    assert torch.isfinite(dq).all() and torch.isfinite(scales).all()
+    assert dq[0, :g].abs().max() <= 1e-8 and dq[1, g:].abs().max() <= 1e-8
+    x = torch.randn(3, 64, dtype=torch.float16)
+    out = torch_ops.int4_matmul(x, packed, scales, zeros, g)
+    assert torch.isfinite(out).all()
+    pj, sj, _ = reference_jax.quantize_int4(jnp.asarray(w.numpy()), g, asymmetric=asym)
+    np.testing.assert_array_equal(np.asarray(pj), packed.numpy())
+    np.testing.assert_array_equal(np.asarray(sj, np.float32), scales.float().numpy())
+    for bad in (float("nan"), float("inf")):
+        wb = w.clone()
+        wb[2, 7] = bad
+        with pytest.raises(ValueError, match="w: a group's scale is not finite"):
+            ref_torch.quantize_int4(wb, g, asymmetric=asym)
+        with pytest.raises(ValueError, match="w: a group's scale is not finite"):
+            reference_jax.quantize_int4(jnp.asarray(wb.numpy()), g, asymmetric=asym)
+
+
 
 def _bad_calls(mk, uint8, f16):
     """(kwargs override, error type, text the message must contain)."""

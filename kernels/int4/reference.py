@@ -38,7 +38,13 @@ def group_params(wg: torch.Tensor, *, asymmetric: bool, scale_dtype: torch.dtype
         scale = (hi - lo) / 15.0
     else:
         scale = wg.abs().amax(-1) / 7.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype).float()
+    # Scale 1 where the group is all zero or its scale underflows scale_dtype (a range under
+    # about 4.5e-7 in fp16): its codes then map to 0, never to 0 / 0 = NaN zero points.
+    scale = scale.to(scale_dtype).float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # NaN / inf stay, refused below
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"w: a group's scale is not finite in {scale_dtype} (the weight holds "
+                         f"NaN/inf or magnitudes above {torch.finfo(scale_dtype).max:g} * 7)")
     zero = torch.clamp(torch.round(-lo / scale), 0, 15) if asymmetric else None
     return scale, zero
 
@@ -56,7 +62,8 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128, *, asymmetric: bool = 
 
     Returns (packed_w uint8 [out, in // 2], scales [in // g, out], zeros [in // g, out] or None).
     Scales are rounded to ``scale_dtype`` before the codes are computed, so the codes are
-    the nearest for the scales actually stored. All-zero groups get scale 1 (codes map to 0).
+    the nearest for the scales actually stored. All-zero groups, and groups whose scale
+    underflows ``scale_dtype``, get scale 1 (codes map to 0). Non-finite weights are refused.
     """
     from .spec import check_group_size
 

@@ -19,7 +19,17 @@ def quantize_int4(w, group_size: int = 128, *, asymmetric: bool = False, scale_d
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [out, in], got shape {w.shape}")
     g = check_group_size(group_size, w.shape[1])
-    return _quantize(jnp.asarray(w), g, bool(asymmetric), jnp.dtype(scale_dtype))
+    packed, scales, zeros = _quantize(jnp.asarray(w), g, bool(asymmetric), jnp.dtype(scale_dtype))
+    if not bool(jnp.isfinite(scales).all()):
+        raise ValueError(f"w: a group's scale is not finite in {jnp.dtype(scale_dtype)} (the weight "
+                         f"holds NaN/inf or magnitudes above {float(jnp.finfo(scale_dtype).max):g} * 7)")
+    return packed, scales, zeros
+
+
+def _nonzero(scale):
+    """Scale 1 where a group is all zero or its scale underflowed the scale dtype (codes map to
+    0; never a 0 / 0 = NaN zero point), as the PyTorch ``group_params``."""
+    return jnp.where(scale == 0, 1.0, scale)  # NaN / inf stay: quantize_int4 refuses them
 
 
 def _div_exact(x, c: float):
@@ -36,12 +46,12 @@ def _quantize(w, g: int, asymmetric: bool, scale_dtype):
     if asymmetric:
         lo, hi = jnp.minimum(wg.min(-1), 0.0), jnp.maximum(wg.max(-1), 0.0)
         scale = _div_exact(hi - lo, 15.0)
-        scale = jnp.where(scale > 0, scale, 1.0).astype(scale_dtype).astype(jnp.float32)
+        scale = _nonzero(scale.astype(scale_dtype).astype(jnp.float32))
         zero = jnp.clip(jnp.round(-lo / scale), 0, 15)
         q = jnp.clip(jnp.round(wg / scale[..., None]) + zero[..., None], 0, 15)
     else:
         scale = _div_exact(jnp.abs(wg).max(-1), 7.0)
-        scale = jnp.where(scale > 0, scale, 1.0).astype(scale_dtype).astype(jnp.float32)
+        scale = _nonzero(scale.astype(scale_dtype).astype(jnp.float32))
         zero = None
         q = jnp.clip(jnp.round(wg / scale[..., None]), -8, 7) + SYMMETRIC_ZERO
     q = q.reshape(out, k).astype(jnp.uint8)
