@@ -17,8 +17,8 @@ The Pallas section (``benchmarks.pallas_report``) lowers every Pallas kernel fam
 ``jax.export`` for "cuda" / "tpu": grid, block shapes, launch knobs, IR kind and size, TPU
 VMEM. ``--jobs`` compiles a given job list (the AOT tests use it, in a subprocess).
 ``--sweep`` is the spill audit: ``sweep_configs`` (every op's default over fp32/fp16/bf16
-and the head dims / widths the models run: 588 kernels, ~70 s on 2 cores with a warm Triton
-cache) on ``--caps``, printed, exit
+and the head dims / widths the models run: 756 kernels, about 90 s on 2 cores
+with a warm Triton cache, scaled from 588 in ~70 s) on ``--caps``, printed, exit
 status 1 on a spill not in ``SWEEP_KNOWN_SPILLS``. Runs in its own process with
 TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language`` in a way that breaks
 real compiles in the same process. Exit status 1 when a default configuration fails to
@@ -106,6 +106,11 @@ def sweep_configs() -> dict:
                                                   {"rms": True, "residual": True})
             out[f"layer_norm {w} {dt}"] = ("kernels.norms.triton_norms", [w, t],
                                            {"rms": False, "residual": False})
+            # the ViT / conformer's fused ln2 and the encoders' projector norm (no residual)
+            out[f"layer_norm+residual {w} {dt}"] = ("kernels.norms.triton_norms", [w, t],
+                                                    {"rms": False, "residual": True})
+            out[f"rms_norm {w} {dt}"] = ("kernels.norms.triton_norms", [w, t],
+                                         {"rms": True, "residual": False})
         for approx, gated in (("tanh", True), ("none", False)):
             out[f"{'gated_' if gated else ''}gelu {approx} {dt}"] = (
                 "kernels.activations.triton_activations", [t], {"approximate": approx, "gated": gated})

@@ -1,6 +1,7 @@
 """Audio encoder (conformer or transformer) configuration, parameter table and length math.
 
-    waveform [batch, samples] float at 16 kHz + lengths [batch] (valid samples per clip)
+    waveform [batch, samples] float at 16 kHz + lengths [batch] (valid samples per clip);
+      float64 audio is cast to float32 first (the log_mel kernels take fp16 / bf16 / fp32)
       -> log_mel (25 ms window, 10 ms hop, n_mels) -> (x - mel_mean) / mel_std
       -> subsampling: two conv1d over time (kernel 3, stride 2, padding 1, GELU) = 4x fewer
          frames -> linear to width

@@ -20,7 +20,7 @@ from kernels import jax_ops
 from model.audio import AudioConfig, check_audio
 from model.encoder_common import check_finite_host, resolve_impl
 from model.encoder_common import init_params as _init_numpy
-from model.video import VideoConfig, plan_video_batch
+from model.video import VideoConfig, clip_frame_counts, plan_video_batch
 from model.vision import VisionConfig, check_images
 
 OPS = ("attention", "norm", "rope", "mlp", "patch_embed", "log_mel")
@@ -140,8 +140,11 @@ def conformer_block(x, P, p, *, cfg: AudioConfig, ks, segment_ids, positions, va
 
 def audio_forward(P: dict, waveform, lengths=None, *, cfg: AudioConfig, kernels=None, sample_rate: int = 16000):
     """waveform [B, samples] at 16 kHz, lengths [B] valid samples (None: all; host values) ->
-    (embeds [B, T, lm_dim], mask [B, T]); padded tokens are zero."""
+    (embeds [B, T, lm_dim], mask [B, T]); padded tokens are zero. A float64 waveform (numpy,
+    or jax with x64 enabled) is cast to float32 first, as in ``encoders_torch.audio_forward``."""
     _, _, lens = check_audio(waveform, lengths, cfg, sample_rate=sample_rate, is_float=_is_float)
+    if jnp.dtype(waveform.dtype) == jnp.float64:
+        waveform = jnp.asarray(waveform, jnp.float32)  # before the finiteness check (fp32 overflow)
     _check_finite("waveform", waveform)
     n_frames = jnp.asarray([cfg.frames(v) for v in lens], jnp.int32)
     return _audio_core(P, waveform, n_frames, cfg=cfg, ks=_impls(kernels))
@@ -181,13 +184,7 @@ def _audio_core(P, waveform, n, *, cfg: AudioConfig, ks: tuple):
 def video_forward(P: dict, frames, *, cfg: VideoConfig, source_fps, num_frames=None, kernels=None):
     """frames [B, T, H, W, C] at ``source_fps`` -> (embeds [B, F * tokens, lm_dim], mask); see
     ``model.encoders_torch.video_forward``."""
-    if getattr(frames, "ndim", None) != 5:
-        raise ValueError(f"frames must be 5-D [batch, time, height, width, channels], got shape "
-                         f"{tuple(getattr(frames, 'shape', ()))}")
-    b, t = frames.shape[:2]
-    counts = [t] * b if num_frames is None else [int(v) for v in num_frames]
-    if len(counts) != b or not all(1 <= c <= t for c in counts):
-        raise ValueError(f"num_frames must give one count in [1, {t}] per clip ({b}), got {counts}")
+    counts = clip_frame_counts(getattr(frames, "shape", ()), num_frames)  # batch, time >= 1
     plan = plan_video_batch(counts, source_fps, cfg)
     kept = jnp.concatenate([frames[i, jnp.asarray(idx)] for i, idx in enumerate(plan)])
     emb, _ = vision_forward(P, kept, cfg=cfg.vision, kernels=kernels)

@@ -18,7 +18,7 @@ from torch import nn
 from kernels import torch_ops
 from model.audio import AudioConfig, audio_param_specs, check_audio
 from model.encoder_common import check_finite_host, init_params, resolve_impl
-from model.video import VideoConfig, plan_video_batch, video_param_specs
+from model.video import VideoConfig, clip_frame_counts, plan_video_batch, video_param_specs
 from model.vision import VisionConfig, check_images, vision_param_specs
 
 OPS = ("attention", "norm", "rope", "mlp", "patch_embed", "log_mel")
@@ -130,9 +130,13 @@ def audio_forward(P: dict, waveform: torch.Tensor, lengths=None, *, cfg: AudioCo
                   sample_rate: int = 16000):
     """waveform [B, samples] float at 16 kHz, lengths [B] valid samples (None: all) ->
     (embeds [B, T, lm_dim], mask [B, T]); T = cfg.tokens(samples), clip i valid for
-    cfg.tokens(lengths[i]) tokens; padded tokens are zero."""
+    cfg.tokens(lengths[i]) tokens; padded tokens are zero. A float64 waveform is cast to
+    float32 first, whatever the impls (the log_mel kernels take fp16 / bf16 / fp32 and the
+    features are float32 anyway), so every preset sees the same samples."""
     _, _, lens = check_audio(waveform, lengths, cfg, sample_rate=sample_rate,
                              is_float=lambda d: d.is_floating_point)
+    if waveform.dtype == torch.float64:
+        waveform = waveform.to(torch.float32)  # before the finiteness check: catches fp32 overflow
     _check_finite("waveform", waveform)
     ks = _impls(kernels)
     dev, dt = waveform.device, P["audio.subsample.proj.weight"].dtype
@@ -166,16 +170,11 @@ def audio_forward(P: dict, waveform: torch.Tensor, lengths=None, *, cfg: AudioCo
 
 def video_forward(P: dict, frames: torch.Tensor, *, cfg: VideoConfig, source_fps, num_frames=None,
                   kernels=None):
-    """frames [B, T, H, W, C] float recorded at ``source_fps`` (one number or one per clip),
-    num_frames [B] real frames per clip (None: T) -> (embeds [B, F * tokens, lm_dim], mask),
-    F = the most frames kept by any clip (``model.video.sample_frame_indices``)."""
-    if getattr(frames, "ndim", None) != 5:
-        raise ValueError(f"frames must be 5-D [batch, time, height, width, channels], got shape "
-                         f"{tuple(getattr(frames, 'shape', ()))}")
-    b, t = frames.shape[:2]
-    counts = [t] * b if num_frames is None else [int(v) for v in num_frames]
-    if len(counts) != b or not all(1 <= c <= t for c in counts):
-        raise ValueError(f"num_frames must give one count in [1, {t}] per clip ({b}), got {counts}")
+    """frames [B, T, H, W, C] float (B, T >= 1) recorded at ``source_fps`` (one number or a
+    1-D sequence / array, one per clip), num_frames [B] real frames per clip (None: T) ->
+    (embeds [B, F * tokens, lm_dim], mask), F = the most frames kept by any clip
+    (``model.video.sample_frame_indices``)."""
+    counts = clip_frame_counts(getattr(frames, "shape", ()), num_frames)  # batch, time >= 1
     plan = plan_video_batch(counts, source_fps, cfg)
     kept = torch.cat([frames[i, torch.tensor(idx, device=frames.device)] for i, idx in enumerate(plan)])
     emb, _ = vision_forward(P, kept, cfg=cfg.vision, kernels=kernels)  # [sum kept, tok, L]

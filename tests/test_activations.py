@@ -3,6 +3,7 @@
 Triton in the interpreter (fp32, fp16, bf16), Pallas in interpret mode (fp32, bf16); bound
 from conftest.assert_close (2x the same-precision framework error + dtype floor).
 Odd sizes: 7 x 301 elements (not a block multiple), values up to |x| ~ 10 (tanh saturation).
+NaN / inf: elementwise in both kernels (the policy in spec.py).
 """
 from __future__ import annotations
 
@@ -68,6 +69,65 @@ def test_pallas_gated_matches_float64(rng, dtype, approximate):
     for name, a, r, b in zip(["y", "dgate", "dup"], got, ref, base):
         assert a.dtype == dtype
         assert_close(np.asarray(a.astype(jnp.float32)), r, np.asarray(b.astype(jnp.float32)), tdt, name)
+
+
+@pytest.mark.parametrize("dtype,approximate", [(jnp.float32, "tanh"), (jnp.bfloat16, "none")],
+                         ids=["fp32-tanh", "bf16-erf"])
+def test_pallas_plain_matches_float64(rng, dtype, approximate):
+    """Plain (non-gated) GELU, forward and backward."""
+    tdt = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+    xs, dy = _data(rng, tdt, False)
+    blocks = PallasActivationBlocks(block=512)
+    x = jnp.asarray(xs[0]).astype(dtype)
+
+    def run(fn):
+        y, vjp = jax.vjp(fn, x)
+        return [y, *vjp(jnp.asarray(dy).astype(dtype))]
+
+    got = run(lambda a: gelu_pallas(a, None, approximate=approximate, blocks=blocks))
+    base = run(lambda a: reference_jax._gelu(a, None, approximate=approximate, upcast=False))
+    ref = _torch_run(lambda x, u: reference._gelu(x, u, approximate=approximate), xs, dy, torch.float64)
+    assert len(got) == len(ref) == 2
+    for name, a, r, b in zip(["y", "dx"], got, ref, base):
+        assert a.dtype == dtype
+        assert_close(np.asarray(a.astype(jnp.float32)), r, np.asarray(b.astype(jnp.float32)), tdt, name)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_nan_inf_propagate_elementwise(rng, approximate):
+    """spec.py: gelu(NaN) = NaN, gelu(+inf) = +inf, gelu(-inf) = NaN (x * 0), their gradients
+    NaN; every other element equals the all-finite run, in both kernels, gelu and gated_gelu."""
+    x = rng.standard_normal((3, 301)).astype(np.float32) * 3
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    bad = x.copy()
+    at = [(0, 5), (1, 300), (2, 17)]
+    for (i, j), v in zip(at, (np.nan, np.inf, -np.inf)):
+        bad[i, j] = v
+    hit = np.zeros(x.shape, bool)
+    hit[tuple(zip(*at))] = True
+    y_want = np.array([np.nan, np.inf, np.nan])
+
+    def triton(a, u):
+        ts = [torch.tensor(v, requires_grad=True) for v in ((a,) if u is None else (a, u))]
+        y = triton_activations.gelu_triton(*ts, approximate=approximate, blocks=ActivationBlocks(block=128))
+        y.backward(torch.tensor(dy))
+        return [y.detach().numpy()] + [t.grad.numpy() for t in ts]
+
+    def pallas(a, u):
+        args = [jnp.asarray(v) for v in ((a,) if u is None else (a, u))]
+        y, vjp = jax.vjp(lambda *v: gelu_pallas(*v, approximate=approximate,
+                                                blocks=PallasActivationBlocks(block=128)), *args)
+        return [np.asarray(y)] + [np.asarray(g) for g in vjp(jnp.asarray(dy))]
+
+    for name, run in (("triton", triton), ("pallas", pallas)):
+        for u in (None, up):
+            ok, got = run(x, u), run(bad, u)
+            if u is None:  # the values themselves (gated: times up)
+                np.testing.assert_array_equal(got[0][hit], y_want, err_msg=f"{name} gelu at NaN, +inf, -inf")
+            for what, g, want in zip(["y", "dgate", "dup"], got, ok):
+                assert not np.isfinite(g[hit]).any(), f"{name} {what}: a non-finite input came out finite"
+                np.testing.assert_array_equal(g[~hit], want[~hit], err_msg=f"{name} {what} elsewhere")
 
 
 def test_public_api_matches_torch_gelu(rng):

@@ -20,6 +20,9 @@ JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
     "layer-2048": ("kernels.norms.triton_norms", [2048, "torch.float16"], dict(rms=False, residual=False)),
     "rms-res-8192": ("kernels.norms.triton_norms", [8192, "torch.bfloat16"], dict(rms=True, residual=True)),
     "rms-res-10240": ("kernels.norms.triton_norms", [10240, "torch.bfloat16"], dict(rms=True, residual=True)),
+    # the ViT's fused ln2 (layer_norm + residual, SigLIP width) and the projector's rms_norm
+    "layer-res-1152": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"], dict(rms=False, residual=True)),
+    "rms-1152": ("kernels.norms.triton_norms", [1152, "torch.bfloat16"], dict(rms=True, residual=False)),
     "rope-d128": ("kernels.rope.triton_rope", [128, "torch.bfloat16"], dict(sections=1)),
     "rope2d-d72": ("kernels.rope.triton_rope", [72, "torch.float32"], dict(sections=2)),
     "geglu-tanh": ("kernels.activations.triton_activations", ["torch.bfloat16"],
@@ -32,13 +35,15 @@ JOBS = {  # job id -> aot_kernels(*args, **kwargs) of the launcher module
 # Spill audit entries (benchmarks.compile_report --sweep), all kernels of each: fp32 norms at
 # 4096 columns spilled on sm_80 with 8 warps, rope at masked head dims (72, 80, 96) spilled
 # with 4 warps; 10240 columns (the column-blocked backward: the whole-row one spilled there at
-# any warp count).
+# any warp count); layer_norm + residual and rms_norm without residual (the encoders' ln2 and
+# projector norm) at widths of their own.
 SWEEP_JOBS = sweep_jobs([(label, cap, None) for label, cap in (
     ("rms_norm+residual 2560 fp32", 80), ("rms_norm+residual 2560 fp32", 90), ("layer_norm 6144 bf16", 80),
     ("layer_norm 6144 bf16", 90), ("rms_norm+residual 1024 fp16", 80), ("layer_norm 10240 fp32", 80),
     ("layer_norm 10240 fp16", 90), ("rms_norm+residual 10240 fp32", 80), ("rope hd80 fp16", 90),
     ("rope hd96 bf16", 90), ("rope hd80 fp32", 80), ("rope_2d hd72 bf16", 80), ("rope hd256 fp32", 80),
-    ("gelu none fp32", 80), ("gated_gelu tanh bf16", 80))])
+    ("gelu none fp32", 80), ("gated_gelu tanh bf16", 80), ("layer_norm+residual 2560 fp32", 80),
+    ("layer_norm+residual 10240 fp16", 90), ("rms_norm 6144 fp32", 80))])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ def test_default_configs_compile_for_sm90_without_spills(reports, which):
 def test_default_configs_across_dtypes_and_widths_without_spills(reports, job):
     kernels = reports[job]
     assert "error" not in kernels, kernels.get("error")
-    wide_norm = job.startswith(("layer_norm 10240", "rms_norm+residual 10240"))
+    wide_norm = "norm" in job and " 10240 " in job
     # forward and backward; past 8192 columns the norm backward is two kernels
     assert len(kernels) == (3 if wide_norm else 2), f"{job}: {sorted(kernels)}"
     for name, report in kernels.items():

@@ -1,9 +1,10 @@
 """Modality encoders (model/vision.py, audio.py, video.py; encoders_torch / encoders_jax).
 
 Torch vs JAX from the same parameters, kernel impls vs the references, batched audio vs
-each clip alone, video frame sampling, parameter tables (the big config shape-only) and
-bad input. fp32 throughout; the bound is the benchmark tolerance of the one table
-(BENCH_RTOL: fp32 paths doing the same math in a different order), relative to max|ref|.
+each clip alone, float64 audio (cast to fp32 by every preset), video frame sampling and
+per-clip rates, parameter tables (the big config shape-only) and bad input. fp32
+throughout; the bound is the benchmark tolerance of the one table (BENCH_RTOL: fp32 paths
+doing the same math in a different order), relative to max|ref|.
 """
 from __future__ import annotations
 
@@ -151,6 +152,47 @@ def test_audio_kernel_impls_match_reference(rng, framework, preset):
     assert_near(f(KernelConfig(preset=preset)), f(KernelConfig(preset="reference")), f"audio {preset}")
 
 
+@pytest.mark.parametrize("framework,preset", [("torch", "triton"), ("jax", "pallas")])
+def test_float64_waveform_is_cast_like_the_reference(rng, framework, preset):
+    """float64 audio (refused by the fp16/bf16/fp32 log_mel kernels) is cast to float32 in
+    audio_forward: the kernel preset equals the reference preset, and both equal the float32 run."""
+    p = random_params(audio_param_specs(AUDIO), rng)
+    lens = [3000, 1900]
+    w64 = clips(rng, lens).astype(np.float64) + 1e-9  # not exactly representable in fp32
+    if framework == "torch":
+        f = lambda w, k: ET.audio_forward(to_torch(p), torch.as_tensor(w), lens, cfg=AUDIO, kernels=k)[0].numpy()  # noqa: E731
+    else:  # numpy float64 (jax without x64 has no float64 arrays)
+        f = lambda w, k: np.asarray(EJ.audio_forward(to_jax(p), w, lens, cfg=AUDIO, kernels=k)[0])  # noqa: E731
+    got = f(w64, KernelConfig(preset=preset))
+    ref = f(w64, KernelConfig(preset="reference"))
+    assert got.dtype == np.float32
+    assert_near(got, ref, f"audio {preset} float64 waveform")
+    np.testing.assert_array_equal(got, f(w64.astype(np.float32), KernelConfig(preset=preset)))
+
+
+def test_float64_waveform_under_jax_x64_is_cast():
+    """With x64 enabled a jax float64 array reaches audio_forward; the pallas log_mel runs it
+    (attention by XLA: the Pallas attention kernel is not written for x64 index types)."""
+    import jax
+
+    p = to_jax(init_params(audio_param_specs(AUDIO)))
+    w = clips(np.random.default_rng(0), [2000])
+    ks = KernelConfig(preset="pallas", attention="xla")
+    want = np.asarray(EJ.audio_forward(p, jnp.asarray(w), cfg=AUDIO, kernels=ks)[0])
+    with jax.enable_x64(True):
+        w64 = jnp.asarray(w, jnp.float64)
+        assert w64.dtype == jnp.float64
+        got = np.asarray(EJ.audio_forward(p, w64, cfg=AUDIO, kernels=ks)[0])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_float64_waveform_refused_by_the_triton_kernel_with_a_clear_message():
+    from kernels import torch_ops
+
+    with pytest.raises(TypeError, match=r"waveform dtype must be fp16, bf16 or fp32, got torch.float64"):
+        torch_ops.log_mel(torch.zeros(1, 1000, dtype=torch.float64), impl="triton")
+
+
 # ---- batched audio == each clip alone --------------------------------------------------------------
 
 @pytest.mark.parametrize("framework,cfg", [("torch", AUDIO), ("torch", AUDIO_TF), ("jax", AUDIO)],
@@ -198,6 +240,40 @@ def test_padding_content_does_not_leak(rng):
 def test_sample_frame_indices(n, src, fps, budget, want):
     got = sample_frame_indices(n, src, fps, budget)
     assert got == want and len(got) <= budget
+
+
+def test_video_empty_batch_and_time_refused_up_front():
+    p = to_torch(init_params(video_param_specs(VIDEO)))
+    pj = to_jax(init_params(video_param_specs(VIDEO)))
+    for fw, enc, P, zeros in (("torch", ET, p, torch.zeros), ("jax", EJ, pj, jnp.zeros)):
+        with pytest.raises(ValueError, match=r"at least one clip \(batch >= 1\), got shape \(0, 3, 64, 64, 3\)"):
+            enc.video_forward(P, zeros((0, 3, 64, 64, 3)), cfg=VIDEO, source_fps=1.0)
+        with pytest.raises(ValueError, match=r"at least one frame per clip \(time >= 1\), got shape \(2, 0,"):
+            enc.video_forward(P, zeros((2, 0, 64, 64, 3)), cfg=VIDEO, source_fps=1.0)
+        with pytest.raises(ValueError, match=r"source_fps must be one number or 1-D .*got 2-D"):
+            enc.video_forward(P, zeros((2, 3, 64, 64, 3)), cfg=VIDEO, source_fps=np.ones((2, 1)))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch", "jax", "numpy-int", "tuple"])
+def test_video_per_clip_source_fps_as_any_1d_array(rng, kind):
+    p = random_params(video_param_specs(VIDEO), rng)
+    frames = rng.standard_normal((2, 5, 64, 64, 3)).astype(np.float32)
+    fps = {"numpy": np.array([2.0, 1.0]), "torch": torch.tensor([2.0, 1.0]), "jax": jnp.asarray([2.0, 1.0]),
+           "numpy-int": np.array([2, 1]), "tuple": (2.0, 1)}[kind]
+    want, want_mask = ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=[2.0, 1.0])
+    got, mask = ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=fps)
+    assert torch.equal(got, want) and torch.equal(mask, want_mask)
+    assert mask.sum(1).tolist() == [3 * VISION.tokens, 4 * VISION.tokens]  # [0, 2, 4] and 4 of 5 (budget)
+    gj, mj = EJ.video_forward(to_jax(p), jnp.asarray(frames), cfg=VIDEO, source_fps=fps)
+    assert_near(gj, want.numpy(), f"video jax, source_fps {kind}")
+    assert np.array_equal(np.asarray(mj), want_mask.numpy())
+    # a numpy scalar is one rate for every clip; a wrong count or a bad rate is refused
+    one, _ = ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=np.float32(2.0))
+    assert torch.equal(one, ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=2.0)[0])
+    with pytest.raises(ValueError, match=r"one per clip \(2\), got 3"):
+        ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=np.ones(3))
+    with pytest.raises(ValueError, match=r"source_fps must be a finite number > 0, got 0.0"):
+        ET.video_forward(to_torch(p), torch.as_tensor(frames), cfg=VIDEO, source_fps=np.array([1.0, 0.0]))
 
 
 def test_video_budget_keeps_first_and_last_sampled():

@@ -5,6 +5,7 @@ Pallas in interpret mode (fp32, bf16). Bound (conftest.assert_close): 2x the err
 framework doing the same math in the input dtype, plus the dtype floor. Odd shapes: 39 rows
 (not a block multiple), hidden 1152, 2048 and 100 (masked columns); past 8192 columns the
 column-blocked Triton backward (8200: a partial last column chunk; 10240: a row-group loop).
+NaN / inf: confined to their own rows in both kernels (the policy in spec.py).
 """
 from __future__ import annotations
 
@@ -139,7 +140,12 @@ def _jax_run(fn, arrays, cots, dtype):
     return list(outs) + list(grads)
 
 
-PALLAS_CASES = [(CASES[0], jnp.float32, None), (CASES[3], jnp.bfloat16, PallasNormBlocks(block_m=4, bwd_programs=3))]
+PALLAS_CASES = [(CASES[0], jnp.float32, None), (CASES[3], jnp.bfloat16, PallasNormBlocks(block_m=4, bwd_programs=3)),
+                # the ViT's fused ln2 (layer_norm + residual) at 39 rows; rms_norm without residual
+                (CASES[2], jnp.float32, None),
+                (Case(False, 1152, residual=True, lead=(39,)), jnp.bfloat16,
+                 PallasNormBlocks(block_m=8, bwd_programs=3)),
+                (Case(True, 1152, residual=False, lead=(39,)), jnp.float32, None)]
 
 
 @pytest.mark.parametrize("case,dtype,blocks", PALLAS_CASES,
@@ -163,6 +169,48 @@ def _assert_jax_matches(got, arrays, cots, case, dtype):
         assert g.dtype == dtype, (name, g.dtype)
         assert_close(np.asarray(g.astype(jnp.float32)), r, np.asarray(bl.astype(jnp.float32)),
                      jnp.dtype(dtype).name, name)
+
+
+@pytest.mark.parametrize("rms,residual", [(True, True), (False, False)], ids=["rms-res", "layer"])
+def test_nan_inf_confined_to_their_rows(rng, rms, residual):
+    """spec.py: a NaN / inf in x (or residual) makes its own row of y, h and dx non-finite;
+    every other row equals the all-finite run exactly, in both kernels (dweight / dbias sum
+    over rows, so they are non-finite)."""
+    from kernels.norms.pallas_norms import norm_pallas
+
+    shape, hidden = (9, 100), 100
+    x, r = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal(hidden).astype(np.float32), rng.standard_normal(hidden).astype(np.float32)
+    cots = [rng.standard_normal(shape).astype(np.float32) for _ in range(1 + residual)]
+    bad = x.copy()
+    bad[2, 7], bad[6, 99] = np.nan, -np.inf
+    rows = np.zeros(shape[0], bool)
+    rows[[2, 6]] = True
+    kw = dict(rms=rms, eps=1e-6, offset=0.0)
+
+    def arrays(xv):
+        return dict(x=xv, w=w, b=None if rms else b, r=r if residual else None)
+
+    def triton(xv):
+        out = _torch_run(lambda x_, w_, b_, r_: triton_norms.norm_triton(
+            x_, w_, b_, r_, **kw, blocks=NormBlocks(block_m=4, bwd_programs=2)), arrays(xv), cots, torch.float32)
+        return [t.numpy() for t in out]
+
+    def pallas(xv):
+        out = _jax_run(lambda x_, w_, b_, r_: norm_pallas(
+            x_, w_, b_, r_, **kw, blocks=PallasNormBlocks(block_m=4, bwd_programs=2)), arrays(xv), cots, jnp.float32)
+        return [np.asarray(t) for t in out]
+
+    n_out = 1 + residual
+    for name, run in (("triton", triton), ("pallas", pallas)):
+        ok, got = run(x), run(bad)
+        names = _names(Case(rms, hidden, residual))
+        for i, (what, g, want) in enumerate(zip(names, got, ok)):
+            if what in ("dweight", "dbias"):
+                continue
+            assert not np.isfinite(g[rows]).all(axis=1).any(), f"{name} {what}: a poisoned row came out finite"
+            np.testing.assert_array_equal(g[~rows], want[~rows], err_msg=f"{name} {what} outside the rows")
+        assert i + 1 == len(names) and len(got) == n_out + 2 + (not rms) + residual
 
 
 def test_public_api_dispatch_and_gemma_offset(rng):

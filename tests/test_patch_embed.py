@@ -155,6 +155,40 @@ def test_pallas_forward_backward(rng, case, dtype):
                      jnp.dtype(dtype), name)
 
 
+def test_nan_inf_confined_to_their_tokens(rng):
+    """spec.py: a NaN / inf pixel makes its patch's token non-finite (every dim) and leaves
+    every other token exactly as in the all-finite run, in both kernels; dimages, dbias and
+    dpos do not read the images (unchanged), dweight sums over tokens (non-finite)."""
+    from kernels.patch_embed.pallas_patch_embed import patch_embed_pallas
+
+    case = Case(1, 32, 48, 3, 16, 16)  # a 2 x 3 grid of tokens
+    images, weight, bias, pos, dy = [a.astype(np.float32) for a in case.arrays(rng)]
+    bad = images.copy()
+    bad[0, 17, 3, 1], bad[0, 2, 40, 0] = np.nan, -np.inf  # tokens 3 (row 1, col 0) and 2
+    hit = np.zeros(6, bool)
+    hit[[2, 3]] = True
+
+    def triton(img):
+        got = _torch_vjp(lambda *t: triton_patch_embed.patch_embed_triton(*t, patch=16),
+                         [img, weight, bias, pos, dy], torch.float32)
+        return [g.numpy() for g in got]
+
+    def pallas(img):
+        ts = [jnp.asarray(a) for a in (img, weight, bias, pos)]
+        y, vjp = jax.vjp(lambda *a: patch_embed_pallas(*a, patch=16), *ts)
+        return [np.asarray(y)] + [np.asarray(g) for g in vjp(jnp.asarray(dy))]
+
+    for name, run in (("triton", triton), ("pallas", pallas)):
+        ok, got = run(images), run(bad)
+        assert not np.isfinite(got[0][0, hit]).any(), f"{name}: a poisoned token has finite dims"
+        np.testing.assert_array_equal(got[0][0, ~hit], ok[0][0, ~hit], err_msg=f"{name} other tokens")
+        for what, g, want in zip(NAMES[1:], got[1:], ok[1:]):
+            if what == "dweight":
+                assert not np.isfinite(g).all(), f"{name} dweight"
+            else:
+                np.testing.assert_array_equal(g, want, err_msg=f"{name} {what}")
+
+
 def test_peers_match_float64(rng):
     """The conv (torch) and XLA conv (JAX) peers and the JAX reference, fp32, forward."""
     case = P16
@@ -200,7 +234,8 @@ BAD = [
     ("width", dict(shape=(1, 32, 40, 3), patch=16), ValueError, r"width=40 .*patch=16"),
     ("channels", dict(k=14 * 14 * 4), ValueError,
      r"weight must be \[patch \* patch \* channels, dim\] = \[588, dim\].*channels=3.*\(784, 16\).*4 channels"),
-    ("int-images", dict(dtype="int32", weight_dtype="float32"), TypeError, r"images dtype must be a float type.*int32"),
+    ("int-images", dict(dtype="int32", weight_dtype="float32"), TypeError,
+     r"images dtype must be one of .*got .*int32"),
     ("patch", dict(patch=15, shape=(1, 30, 30, 3)), ValueError, r"patch must be one of \(14, 16\), got 15"),
     ("bias", dict(bias=(15,)), ValueError, r"bias must have shape \(16,\), got \(15,\)"),
     ("pos", dict(pos=(3, 16)), ValueError, r"pos_embed must have shape \[patches, dim\] = \(4, 16\)"),

@@ -3,6 +3,8 @@
 Triton in the interpreter (fp32, fp16, bf16), Pallas in interpret mode (fp32, bf16); bound
 from conftest.assert_close. Positions are random in [0, 5000) (not 0..seq-1), so angle
 range reduction is exercised; head_dims 64 and 72 (half 36: masked pairs); 2 x 9 x 3 rows.
+Also: positions up to 2e5 at theta 1e6 and 500, positions past int32 refused, NaN / inf
+confined to their rotation pair (the policy in spec.py).
 """
 from __future__ import annotations
 
@@ -96,3 +98,83 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"theta must be > 0, got -1.0"):
         jax_ops.rope(jnp.zeros((2, 3, 4, 8)), jnp.zeros((2, 3), jnp.int32), theta=-1.0)
     assert not triton_rope.LAUNCHES
+
+
+# ---- long contexts: other thetas, positions up to 2e5 --------------------------------------------
+
+@pytest.mark.parametrize("theta", [1e6, 500.0], ids=["theta1e6", "theta500"])
+@pytest.mark.parametrize("framework,dtype", [("triton", torch.float32), ("triton", torch.float16),
+                                             ("pallas", torch.float32)],
+                         ids=["triton-fp32", "triton-fp16", "pallas-fp32"])
+def test_large_positions_and_thetas_match_float64(rng, framework, dtype, theta):
+    """Positions in [0, 2e5] (angles up to 2e5 rad: the range reduction's regime), head_dim 72."""
+    x = rounded(rng.standard_normal((2, 7, 3, 72)), dtype)
+    pos = rng.integers(0, 200_001, (2, 7))
+    pos[0, 0], pos[1, -1] = 200_000, 0
+    dy = rng.standard_normal(x.shape)
+    kw = dict(theta=theta, sections=1)
+    ref = _torch_run(lambda t, p: reference._rope(t, p, **kw), x, pos, dy, torch.float64)
+    base = _torch_run(lambda t, p: reference._rope(t, p, **kw, upcast=False), x, pos, dy, dtype)
+    if framework == "triton":
+        got = _torch_run(lambda t, p: triton_rope.rope_triton(t, p, **kw, blocks=RopeBlocks(block_r=8)),
+                         x, pos, dy, dtype)
+    else:
+        xj, pj = jnp.asarray(x, jnp.float32), jnp.asarray(pos, jnp.int32)
+        y, vjp = jax.vjp(lambda a: rope_pallas(a, pj, **kw, blocks=PallasRopeBlocks(block_r=8)), xj)
+        got = [np.asarray(y), np.asarray(vjp(jnp.asarray(dy, jnp.float32))[0])]
+    for name, g, r, b in zip(["y", "dx"], got, ref, base):
+        assert_close(g, r, b, dtype, name)
+
+
+# ---- position range and non-finite values ----------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [2 ** 31, -(2 ** 31), 2 ** 40])
+def test_positions_past_int32_refused_naming_positions(bad):
+    x = torch.zeros(1, 3, 2, 8)
+    pos = torch.tensor([[0, bad, 5]])
+    triton_rope.LAUNCHES.clear()
+    with pytest.raises(ValueError, match=r"positions must satisfy \|positions\| < 2\^31 .*got values in"):
+        torch_ops.rope(x, pos, impl="triton")
+    with pytest.raises(ValueError, match=r"positions_hw must satisfy \|positions_hw\| < 2\^31"):
+        torch_ops.rope_2d(x, torch.stack([pos, pos], -1), impl="triton")
+    assert not triton_rope.LAUNCHES
+    with pytest.raises(ValueError, match=r"positions must satisfy \|positions\| < 2\^31"):
+        jax_ops.rope(jnp.zeros((1, 3, 2, 8)), pos.numpy(), impl="pallas")  # numpy int64: on the host
+    # the largest int32 positions are accepted (and the references take int64 beyond them)
+    ok = torch.tensor([[0, 2 ** 31 - 1, -(2 ** 31) + 1]])
+    assert torch.isfinite(torch_ops.rope(torch.ones(1, 3, 2, 8), ok, impl="triton")).all()
+    assert torch.isfinite(torch_ops.rope(torch.ones(1, 3, 2, 8), pos, impl="reference")).all()
+
+
+def test_nan_inf_confined_to_their_rotation_pair(rng):
+    """spec.py: NaN / inf in x stays in its pair (i, i + half) of its (token, head) row, forward
+    and backward, in both kernels; every other element equals the all-finite run."""
+    x = rng.standard_normal((2, 5, 3, 8)).astype(np.float32)
+    pos = rng.integers(0, 1000, (2, 5))
+    bad = x.copy()
+    bad[0, 1, 2, 1], bad[1, 4, 0, 6] = np.nan, np.inf  # pairs (1, 5) and (2, 6)
+    hit = np.zeros(x.shape, bool)
+    hit[0, 1, 2, [1, 5]] = hit[1, 4, 0, [2, 6]] = True
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy_bad = dy.copy()
+    dy_bad[0, 1, 2, 1], dy_bad[1, 4, 0, 6] = np.nan, -np.inf
+
+    def triton(a, g):
+        t = torch.tensor(a, requires_grad=True)
+        y = triton_rope.rope_triton(t, torch.tensor(pos), theta=1e4, blocks=RopeBlocks(block_r=4))
+        y.backward(torch.tensor(g))
+        return y.detach().numpy(), t.grad.numpy()
+
+    def pallas(a, g):
+        y, vjp = jax.vjp(lambda v: rope_pallas(v, jnp.asarray(pos), theta=1e4,
+                                               blocks=PallasRopeBlocks(block_r=4)), jnp.asarray(a))
+        return np.asarray(y), np.asarray(vjp(jnp.asarray(g))[0])
+
+    for name, run in (("triton", triton), ("pallas", pallas)):
+        y_ok, _ = run(x, dy)
+        y, _ = run(bad, dy)
+        _, dx_ok = run(x, dy)
+        _, dx = run(x, dy_bad)
+        for what, got, want in (("y", y, y_ok), ("dx", dx, dx_ok)):
+            assert not np.isfinite(got[hit]).any(), f"{name} {what}: the non-finite pair came out finite"
+            np.testing.assert_array_equal(got[~hit], want[~hit], err_msg=f"{name} {what} outside the pair")

@@ -6,6 +6,10 @@ Semantics (both frameworks, every impl), math in fp32, one rounding to x's dtype
   gelu(x, approximate="none") = 0.5 x (1 + erf(x / sqrt(2)));
   gated_gelu(gate, up) = gelu(gate) * up  (GeGLU), gate and up of one shape and dtype.
 Any shape; the kernels see the tensors flattened (a non-contiguous input costs a copy).
+NaN / inf (not checked, no sync): elementwise, so confined to their own element, forward
+and backward: gelu(NaN) = NaN, gelu(+inf) = +inf, gelu(-inf) = NaN (x * 0), the gradients
+there non-finite, in the Triton and Pallas kernels alike (the torch reference's erf form
+gives NaN at +inf as well).
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ Definition (every impl, both frameworks):
     with its defaults (norm=None, mel_scale="htk"); built here in float64 numpy.
   Output: log(max(mel_energy, 1e-10)) (natural log; floor LOG_FLOOR, so silence -> -23.03).
 Refused before any kernel runs: sample_rate other than 16000 (no resampling is offered),
-empty audio or audio shorter than one window, non-float dtypes, n_mels outside [1, 256].
+empty audio or audio shorter than one window, dtypes other than fp16, bf16 or fp32 (fp64 too
+in the references; the encoders cast fp64 audio to fp32 first), n_mels outside [1, 256].
 NaN / inf: the front-ends refuse non-finite samples on the host (one device sync). Under
 jax.jit the values are abstract and the check cannot run: the frames that contain a
 non-finite sample are then unspecified (other frames are unaffected).
@@ -78,6 +79,16 @@ def geometry(samples: int, batch: int = 1, *, sample_rate=SAMPLE_RATE, n_mels=80
     return LogMelProblem(batch, samples, sample_rate, n_mels, win, hop, n_fft)
 
 
+_SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+
+
+def dtype_words(dtypes: Sequence[Any]) -> str:
+    """The accepted dtypes as words: (torch.float16, torch.bfloat16, torch.float32) ->
+    "fp16, bf16 or fp32" (any framework's dtype objects; unknown names kept as printed)."""
+    names = [_SHORT_DTYPE.get(str(t).replace("torch.", ""), str(t)) for t in dtypes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def check_log_mel_args(waveform: Any, *, sample_rate, n_mels, win_ms, hop_ms, n_fft,
                        dtypes: Sequence[Any]) -> LogMelProblem:
     """Validate shapes, dtype and parameters (values are checked by the front-ends)."""
@@ -87,8 +98,7 @@ def check_log_mel_args(waveform: Any, *, sample_rate, n_mels, win_ms, hop_ms, n_
     if len(shape) != 2:
         raise ValueError(f"waveform must be 2-D [batch, samples], got shape {tuple(shape)}")
     if waveform.dtype not in dtypes:
-        raise TypeError(f"waveform dtype must be a float type, one of {[str(t) for t in dtypes]}, "
-                        f"got {waveform.dtype}")
+        raise TypeError(f"waveform dtype must be {dtype_words(dtypes)}, got {waveform.dtype}")
     if isinstance(sample_rate, bool) or sample_rate != SAMPLE_RATE:
         raise ValueError(f"sample_rate must be {SAMPLE_RATE} (resample the audio first; "
                          f"resampling is not offered), got {sample_rate!r}")

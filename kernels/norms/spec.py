@@ -8,6 +8,9 @@ Semantics (both frameworks, every impl):
   layer_norm: y = (h - mean(h)) / sqrt(var(h) + eps) * weight + bias   (biased variance)
   y is computed in fp32 and rounded once to x's dtype; weight/bias may be any accepted
   float dtype (e.g. fp32 weights with bf16 activations); their gradients come back in it.
+NaN / inf in x or residual (not checked, no sync): propagated within its own row only --
+that row of y, h and dx (dresidual) holds non-finite values, every other row is unaffected;
+dweight / dbias sum over rows, so they become non-finite (Triton and Pallas alike).
 """
 from __future__ import annotations
 

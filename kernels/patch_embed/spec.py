@@ -11,6 +11,9 @@ a conv2d weight w[dim, c, ph, pw] maps to weight = w.permute(2, 3, 1, 0).reshape
 bias [dim]; pos_embed [patches, dim] (learned position embedding added to every image).
 tokens [batch, patches, dim] = unfold(images) @ weight + bias + pos_embed, images' dtype.
 All four arrays share one floating dtype. Every check runs before any kernel launches.
+NaN / inf in images (not checked, no sync): confined to the token of the patch holding the
+pixel (all its dims non-finite, other tokens unaffected); dimages, dbias and dpos do not read
+the images and stay finite, dweight sums over tokens and becomes non-finite.
 """
 from __future__ import annotations
 
@@ -69,8 +72,7 @@ def check_patch_embed_args(images, weight, bias, pos_embed, *, patch, dtypes: Se
     if len(s) != 4:
         raise ValueError(f"images must be 4-D [batch, height, width, channels] (channels-last), got shape {s}")
     if images.dtype not in dtypes:
-        raise TypeError(f"images dtype must be a float type, one of {[str(t) for t in dtypes]}, "
-                        f"got {images.dtype}")
+        raise TypeError(f"images dtype must be one of {[str(t) for t in dtypes]}, got {images.dtype}")
     b, h, w, c = s
     if min(b, h, w, c) < 1:
         raise ValueError(f"images dimensions must all be >= 1, got shape {s}")

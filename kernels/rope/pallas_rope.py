@@ -6,7 +6,9 @@ Same layout and math as ``triton_rope.py``: x [B, S, H, D] as B*S*H rows of D, a
 rotates block_r rows, per section a [block_r, next_pow2(half)] tile of pairs (i, i + half);
 fp32 angles range-reduced to [-pi, pi] before cos/sin. Whole-array refs read with masked
 gathers (odd row counts and head_dims need no padding). The backward is the inverse
-rotation. Limits: 32-bit offsets in the Triton lowering (x < 2^31 elements). Fast where:
+rotation. Limits: 32-bit offsets in the Triton lowering (x < 2^31 elements); positions are
+read as int32, so |position| < 2^31: refused for numpy / concrete CPU positions wider than
+32 bits, unchecked on a GPU or under jit (``spec.py``). Fast where:
 memory bound on GPU; interpret mode (no GPU) is slow and meant for tests.
 """
 from __future__ import annotations
@@ -16,11 +18,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from .._platform import pallas_interpret_default
-from .spec import INV_TWO_PI, TWO_PI_HI, TWO_PI_LO, inv_freq64
+from .spec import INV_TWO_PI, POSITION_LIMIT, TWO_PI_HI, TWO_PI_LO, check_position_range, inv_freq64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +112,21 @@ _rope.defvjp(_rope_fwd, _rope_bwd)
 _rope_jit = jax.jit(_rope, static_argnums=(2,))
 
 
+def _on_host(a) -> bool:
+    """Values readable without a device sync: numpy, or a concrete jax array on CPU."""
+    if isinstance(a, np.ndarray):
+        return True
+    return (isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+            and all(d.platform == "cpu" for d in a.devices()))
+
+
 def rope_pallas(x, positions, *, theta: float, sections: int = 1,
                 blocks: PallasRopeBlocks | None = None, interpret: bool | None = None):
-    """Rotate x [B, S, H, D] by integer positions [B, S] (sections=1) or [B, S, 2] (sections=2)."""
+    """Rotate x [B, S, H, D] by integer positions [B, S] (sections=1) or [B, S, 2] (sections=2).
+    |position| < 2^31 (int32 in the kernel): refused for host positions, unchecked on a GPU."""
+    if _on_host(positions) and np.iinfo(np.dtype(positions.dtype)).max >= POSITION_LIMIT and positions.size:
+        check_position_range("positions" if sections == 1 else "positions_hw",
+                             int(np.min(positions)), int(np.max(positions)))
     if interpret is None:
         interpret = pallas_interpret_default()
     if blocks is None:

@@ -10,6 +10,14 @@ rope_2d (image patches): positions_hw [batch, seq, 2] = (row, col); head_dim spl
 sections of head_dim / 2; the first is rotated (same convention, half = head_dim / 4) by the
 row, the second by the column. The backward is the inverse rotation (angle -> -angle).
 inv_freq is computed in float64 and rounded to fp32; angles, cos and sin are fp32.
+Position range: the Triton and Pallas kernels read positions as int32, so |position| < 2^31
+(``check_position_range``). It is refused when it can be checked without a device sync --
+positions in host memory (torch CPU tensors, as in the Triton interpreter; numpy arrays and
+concrete CPU jax arrays for Pallas). On a GPU the check would need a sync, so there int64
+positions >= 2^31 are not checked and wrap modulo 2^32 (jax arrays are int32 anyway unless
+x64 is enabled). The references take any int64 position.
+NaN / inf in x (no check, no sync): propagated, confined to its rotation pair
+(i, i + half) of the same (token, head) row, forward and backward; other rows stay exact.
 """
 from __future__ import annotations
 
@@ -59,6 +67,16 @@ def check_rope_args(x: Any, positions: Any, *, theta: Any, sections: int, dtypes
     check_device(name, positions, "x", x, device_of)
     theta = check_float("theta", theta, positive=True)
     return RopeProblem(b, s, h, d, sections, theta)
+
+
+POSITION_LIMIT = 2 ** 31  # the kernels read positions as int32
+
+
+def check_position_range(name: str, lo: int, hi: int) -> None:
+    """Refuse positions the kernels' int32 read would wrap: lo, hi = min and max of ``name``."""
+    if lo <= -POSITION_LIMIT or hi >= POSITION_LIMIT:
+        raise ValueError(f"{name} must satisfy |{name}| < 2^31 (the rope kernels read int32 "
+                         f"positions), got values in [{lo}, {hi}]")
 
 
 def inv_freq64(half: int, theta: float):

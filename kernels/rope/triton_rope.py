@@ -6,9 +6,12 @@ x [B, S, H, D] is seen as B*S*H rows of D (contiguous; otherwise copied). A prog
 BLOCK_R rows: per section, a [BLOCK_R, next_pow2(half)] tile of pairs (i, i + half), angles
 = position * inv_freq in fp32, range-reduced to [-pi, pi] before cos/sin (so a fast
 hardware sin/cos stays accurate at large positions). The backward is the same kernel with
-the angle negated. Limits: D % (2 * sections) == 0. Fast where: memory bound, one read and
-one write of x; cos/sin are recomputed per head (cheap next to the memory traffic).
-Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts launches.
+the angle negated. Limits: D % (2 * sections) == 0; positions are read as int32, so
+|position| < 2^31: refused for CPU positions (host memory, the interpreter), not checked on
+a GPU (a device sync; there int64 positions >= 2^31 wrap; ``spec.py``). Fast where: memory
+bound, one read and one write of x; cos/sin are recomputed per head (cheap next to the
+memory traffic). Arguments arrive validated from ``kernels.torch_ops``. ``LAUNCHES`` counts
+launches.
 """
 import collections
 import dataclasses
@@ -121,7 +124,12 @@ class _RopeFunction(torch.autograd.Function):
 
 
 def rope_triton(x, positions, *, theta: float, sections: int = 1, blocks: Optional[RopeBlocks] = None):
-    """Rotate x [B, S, H, D] by integer positions [B, S] (sections=1) or [B, S, 2] (sections=2)."""
+    """Rotate x [B, S, H, D] by integer positions [B, S] (sections=1) or [B, S, 2] (sections=2).
+    |position| < 2^31 (int32 in the kernel): refused for CPU positions, unchecked on a GPU."""
+    if (positions.device.type == "cpu" and torch.iinfo(positions.dtype).max >= spec.POSITION_LIMIT
+            and positions.numel() and not torch.compiler.is_compiling()):  # host memory: no sync
+        spec.check_position_range("positions" if sections == 1 else "positions_hw",
+                                  int(positions.min()), int(positions.max()))
     if blocks is None:
         cap = None if triton_interpreting() or x.device.type != "cuda" else \
             torch.cuda.get_device_capability(x.device)
