@@ -1,4 +1,5 @@
-"""Small argument checks shared by the elementwise/row-wise ops (norms, rope, activations).
+"""Small argument checks shared by the elementwise/row-wise ops (norms, rope, activations),
+plus the softcap/scale check of attention and decode (``check_optional_positive``).
 
 Each raises TypeError/ValueError naming the argument, what was expected and what came,
 so the PyTorch and JAX front-ends fail the same way before any kernel launches.
@@ -46,4 +47,22 @@ def check_float(name: str, value: Any, *, positive: bool = False) -> float:
         raise ValueError(f"{name} must be finite, got {value}")
     if positive and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_optional_positive(name: str, value: Any) -> float | None:
+    """None, or a finite number > 0 as a float (attention's and decode's softcap and scale).
+
+    inf is refused with the rest: softcap=inf gives inf * tanh(s / inf) = inf * 0 = NaN, and
+    scale=inf gives inf - inf in the softmax. ValueError names the argument and the value."""
+    if value is None:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+    if ok:
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            ok = False
+    if not ok or value == float("inf"):
+        raise ValueError(f"{name} must be a finite float > 0 or None, got {value!r}")
     return value

@@ -1,32 +1,56 @@
 """JAX front-end: validated, differentiable ops with an ``impl`` switch.
 
     attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="pallas")
+              segment_ids=None, impl="pallas", bidirectional_ids=None)
 
 impls: "pallas" (GPU-style Pallas flash attention; interpret mode when JAX has no GPU),
 "reference" (jax.numpy, fp32 math), "xla" (jax.nn.dot_product_attention, the peer).
+``bidirectional_ids`` (int [batch, q_len], causal only): runs of equal ids >= 0 attend
+bidirectionally inside causal attention (prefix-LM image blocks; ``spec.py``); turned once
+into q_end, each query's last visible key, for "pallas", "reference" and "xla"
+("pallas_mgpu" and "pallas_tpu" refuse it).
 Arguments are checked before anything launches; there is no fallback between impls.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .attention.spec import check_attention_args, check_impl
+from .attention.spec import check_attention_args, check_bidirectional_ids, check_impl
 
 ATTENTION_IMPLS = ("pallas", "reference", "xla", "pallas_mgpu", "pallas_tpu")
 JAX_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
 
 
+def _device(x):
+    """The device (or frozenset of devices, when sharded) of a committed concrete jax.Array;
+    None for tracers, uncommitted arrays (JAX moves those itself) and non-JAX inputs, which the
+    spec's device check does not compare."""
+    import jax
+
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or not x.committed:
+        return None
+    devices = x.devices()
+    return next(iter(devices)) if len(devices) == 1 else frozenset(devices)
+
+
 def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="pallas"):
+              segment_ids=None, impl="pallas", bidirectional_ids=None):
     """Multi-query / grouped-query / multi-head attention. See ``kernels/attention/spec.py``."""
     check_impl(impl, ATTENTION_IMPLS)
     problem, q_ids, kv_ids = check_attention_args(
         q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
-        segment_ids=segment_ids, dtypes=JAX_DTYPES,
+        segment_ids=segment_ids, dtypes=JAX_DTYPES, device_of=_device,
     )
-    kwargs = dict(causal=causal, window=window, softcap=problem.softcap, scale=problem.scale,
+    kwargs = dict(causal=causal, window=problem.window, softcap=problem.softcap, scale=problem.scale,
                   q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    if bidirectional_ids is not None:
+        from .attention.reference_jax import bidirectional_q_end
+
+        check_bidirectional_ids(bidirectional_ids, problem, _device, q)
+        if impl in ("pallas_mgpu", "pallas_tpu"):
+            raise ValueError(f"bidirectional_ids: impl={impl!r} cannot take it (its kernels have no "
+                             "per-query key bound); use impl='pallas', 'xla' or 'reference'")
+        kwargs["q_end"] = bidirectional_q_end(bidirectional_ids, problem.kv_len)
     if impl == "pallas":
         from .attention.pallas_attention import attention_pallas
 
@@ -70,7 +94,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     check_impl(impl, DECODE_IMPLS)
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=JAX_DTYPES, host_lengths=host_lengths,
-                          block_table=block_table)
+                          block_table=block_table, device_of=_device)
     kwargs = dict(window=p.window, softcap=p.softcap, scale=p.scale)
     if impl == "pallas":
         from .decode.pallas_decode import decode_pallas

@@ -20,6 +20,12 @@ BENCH_RTOL = {
     "bfloat16": 5e-2,
 }
 
+# Float64 against float64: a reference run at float64 vs the brute-force oracle of
+# tests/attention_oracle.py, max |diff| / max(1, max|oracle|). Both are exact up to float64
+# rounding (~1e-16 x head_dim x keys, far below 1e-12); a semantic slip (a wrong scale, a mask
+# edge off by one, softcap) moves results by 1e-3 or more, so 1e-10 separates the two.
+FLOAT64_RTOL = 1e-10
+
 
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "").split(".")[-1].replace("'>", "")

@@ -1,12 +1,15 @@
 """PyTorch front-end: validated, differentiable ops with an ``impl`` switch.
 
     attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="triton", blocks=None)
+              segment_ids=None, impl="triton", blocks=None, bidirectional_ids=None)
 
 impls: "triton" (hand-written flash attention; interpret mode on CPU), "reference"
 (plain torch, fp32 math), "sdpa" (torch's scaled_dot_product_attention, the peer).
 ``blocks`` (triton only): a TritonAttentionBlocks, a (forward, backward) pair, "autotune",
 or None for the per-device defaults.
+``bidirectional_ids`` (int [batch, q_len], causal only): runs of equal ids >= 0 attend
+bidirectionally inside causal attention (prefix-LM image blocks; ``spec.py``); turned once
+into q_end, each query's last visible key, which every impl takes (Triton: pointer tiles).
 Arguments are checked before anything launches; there is no fallback between impls.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ._platform import configure_triton_interpret
 
 configure_triton_interpret()  # must run before any @triton.jit kernel is imported
 
-from .attention.spec import check_attention_args, check_impl  # noqa: E402
+from .attention.spec import check_attention_args, check_bidirectional_ids, check_impl  # noqa: E402
 
 ATTENTION_IMPLS = ("triton", "reference", "sdpa")
 TORCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -28,7 +31,7 @@ def _device(t: torch.Tensor):
 
 
 def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-              segment_ids=None, impl="triton", blocks=None):
+              segment_ids=None, impl="triton", blocks=None, bidirectional_ids=None):
     """Multi-query / grouped-query / multi-head attention. See ``kernels/attention/spec.py``."""
     check_impl(impl, ATTENTION_IMPLS)
     if blocks is not None and impl != "triton":
@@ -37,8 +40,17 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
         q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
         segment_ids=segment_ids, dtypes=TORCH_DTYPES, device_of=_device,
     )
-    kwargs = dict(causal=causal, window=window, softcap=problem.softcap, scale=problem.scale,
+    kwargs = dict(causal=causal, window=problem.window, softcap=problem.softcap, scale=problem.scale,
                   q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    if bidirectional_ids is not None:
+        from .attention.reference import bidirectional_q_end
+
+        check_bidirectional_ids(bidirectional_ids, problem, _device, q)
+        if impl == "triton":  # Gluon / TMA tiles refused before anything runs
+            from .attention.triton_attention import check_bidirectional_blocks
+
+            check_bidirectional_blocks(blocks)
+        kwargs["q_end"] = bidirectional_q_end(bidirectional_ids, problem.kv_len)
     if impl == "triton":
         from .attention.triton_attention import attention_triton
 

@@ -37,8 +37,13 @@ CASES = [
     ("mixed_dtypes", dict(), "k_half", TypeError, "k dtype must equal q dtype"),
     ("window_zero", dict(), {"window": 0}, ValueError, "window must be >= 1, got 0"),
     ("window_float", dict(), {"window": 2.5}, TypeError, "window must be an int >= 1 or None, got 2.5"),
-    ("softcap_negative", dict(), {"softcap": -1.0}, ValueError, "softcap must be a float > 0 or None, got -1.0"),
-    ("scale_zero", dict(), {"scale": 0.0}, ValueError, "scale must be a float > 0 or None, got 0.0"),
+    ("softcap_negative", dict(), {"softcap": -1.0}, ValueError, "softcap must be a finite float > 0 or None, got -1.0"),
+    ("softcap_inf", dict(), {"softcap": float("inf")}, ValueError, "softcap must be a finite float > 0 or None, got inf"),
+    ("softcap_nan", dict(), {"softcap": float("nan")}, ValueError, "softcap must be a finite float > 0 or None, got nan"),
+    ("softcap_huge_int", dict(), {"softcap": 10**400}, ValueError, "softcap must be a finite float > 0 or None, got 1000"),
+    ("scale_zero", dict(), {"scale": 0.0}, ValueError, "scale must be a finite float > 0 or None, got 0.0"),
+    ("scale_inf", dict(), {"scale": float("inf")}, ValueError, "scale must be a finite float > 0 or None, got inf"),
+    ("scale_str", dict(), {"scale": "0.1"}, ValueError, "scale must be a finite float > 0 or None, got '0.1'"),
     ("causal_not_bool", dict(), {"causal": 1}, TypeError, "causal must be a bool, got 1"),
     ("unknown_impl", dict(), {"impl": "cuda_magic"}, ValueError, "impl must be one of"),
     ("segments_wrong_shape", dict(), "seg_shape", ValueError, "q segment_ids must have shape (1, 4), got (1, 3)"),
@@ -92,6 +97,78 @@ def test_torch_device_mismatch_named():
     k = k.to("meta")
     with pytest.raises(ValueError, match="k must be on q's device cpu, got meta"):
         torch_ops.attention(q, k, v, impl="reference")
+
+
+_JAX_DEVICES_SCRIPT = r"""
+import os
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+import re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from kernels import jax_ops
+
+d0, d1 = jax.devices()[:2]
+on = jax.device_put
+q, k = on(jnp.zeros((2, 4, 2, 8)), d0), on(jnp.zeros((2, 4, 1, 8)), d0)
+ids = on(jnp.zeros((2, 4), jnp.int32), d0)
+
+def refused(fn, fragment):
+    try:
+        fn()
+    except ValueError as e:
+        assert fragment in str(e), (fragment, str(e))
+        return
+    raise AssertionError(f"no ValueError, expected {fragment!r}")
+
+for impl in jax_ops.ATTENTION_IMPLS:  # refused before any impl runs
+    refused(lambda: jax_ops.attention(q, on(k, d1), k, impl=impl), "k must be on q's device cpu:0, got cpu:1")
+refused(lambda: jax_ops.attention(q, k, on(k, d1), impl="reference"), "v must be on q's device cpu:0, got cpu:1")
+refused(lambda: jax_ops.attention(q, k, k, segment_ids=(on(ids, d1), ids), impl="reference"),
+        "q segment_ids must be on q's device cpu:0, got cpu:1")
+refused(lambda: jax_ops.attention(q, k, k, segment_ids=(ids, on(ids, d1)), impl="reference"),
+        "kv segment_ids must be on q's device cpu:0, got cpu:1")
+
+dq, cache, lens = on(jnp.zeros((2, 2, 16)), d0), on(jnp.zeros((2, 32, 1, 16)), d0), on(jnp.array([3, 32]), d0)
+for impl in jax_ops.DECODE_IMPLS:
+    refused(lambda: jax_ops.decode_attention(dq, on(cache, d1), cache, lens, impl=impl),
+            "k_cache must be on q's device cpu:0, got cpu:1")
+refused(lambda: jax_ops.decode_attention(dq, cache, cache, on(lens, d1), impl="reference"),
+        "cache_seqlens must be on q's device cpu:0, got cpu:1")
+table = on(jnp.zeros((2, 2), jnp.int32), d1)
+refused(lambda: jax_ops.decode_attention(dq, on(jnp.zeros((4, 16, 1, 16)), d0), on(jnp.zeros((4, 16, 1, 16)), d0),
+                                         lens, block_table=table, impl="reference"),
+        "block_table must be on q's device cpu:0, got cpu:1")
+
+# Not refused: all on one device; uncommitted arrays; tracers beside a committed constant;
+# the same two-device sharding everywhere. A q sharded over both with k on one is refused.
+k1 = on(k, d1)
+assert jax_ops.attention(on(q, d1), k1, k1, impl="reference").devices() == {d1}
+jax_ops.attention(jnp.zeros((2, 4, 2, 8)), jnp.zeros((2, 4, 1, 8)), k1, impl="reference")
+jax.jit(lambda x: jax_ops.attention(x, k1, k1, impl="reference"))(jnp.zeros((2, 4, 2, 8)))
+jax_ops.decode_attention(on(dq, d1), on(cache, d1), on(cache, d1), on(lens, d1), impl="reference")
+both = NamedSharding(Mesh(np.array([d0, d1]), ("b",)), P("b"))
+qs, ks = on(q, both), on(k, both)
+jax_ops.attention(qs, ks, ks, impl="reference")
+refused(lambda: jax_ops.attention(qs, k, ks, impl="reference"), "k must be on q's device frozenset(")
+print("DEVICE CHECKS OK")
+"""
+
+
+def test_jax_device_mismatch_named():
+    """Committed jax.Arrays on different devices are refused by name before any kernel runs
+    (attention and decode); a fresh process, because XLA_FLAGS must ask for 2 host devices
+    before JAX initializes."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _JAX_DEVICES_SCRIPT], capture_output=True, text=True,
+                          timeout=240, cwd=root, env=env)
+    assert proc.returncode == 0 and "DEVICE CHECKS OK" in proc.stdout, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("impl,attention,make", [("sdpa", torch_ops.attention, _torch),

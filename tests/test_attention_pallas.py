@@ -18,6 +18,7 @@ from kernels import jax_ops
 from kernels.attention import reference_jax
 from kernels.attention.pallas_attention import (
     PallasAttentionBlocks, attention_pallas, default_blocks)
+from kernels.tolerances import BENCH_RTOL
 
 from conftest import assert_close
 
@@ -129,8 +130,10 @@ def test_public_api_jit_grad_runs_pallas_kernels(rng):
     ref = jax.grad(lambda q, k, v: jnp.sum(reference_jax._attention(
         q, k, v, causal=True, window=20, softcap=None, scale=c.head_dim**-0.5,
         q_segment_ids=None, kv_segment_ids=None) ** 2), argnums=(0, 1, 2))(q, k, v)
-    for g, r in zip(got, ref):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-4, rtol=2e-4)
+    for g, r in zip(got, ref):  # fp32 kernel vs fp32 reference: same math, another order
+        r = np.asarray(r, np.float64)
+        err, bound = np.abs(np.asarray(g, np.float64) - r).max(), BENCH_RTOL["float32"] * max(1.0, np.abs(r).max())
+        assert err <= bound, f"jit(grad) vs the fp32 reference: max error {err:.3e} > {bound:.3e}"
 
 
 @pytest.mark.parametrize("kwargs", [dict(block_q=48), dict(block_k=8), dict(num_warps=3),

@@ -1,7 +1,10 @@
 """The plain references and the framework peers (SDPA, jax.nn) against float64.
 
 These pin down the semantics every kernel is tested against (bottom-right causal,
-windows, softcap, segments, empty rows) in both frameworks."""
+windows, softcap, segments, empty rows) in both frameworks. Ground truth: the brute-force
+float64 oracle of tests/attention_oracle.py (not the reference under test); baseline for
+the error bound: the independent naive attention of the same file in the same dtype
+(``naive_torch`` / ``naive_jax``), never the impl under test."""
 from __future__ import annotations
 
 import jax
@@ -9,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from attention_oracle import naive_jax, naive_torch, oracle_attention
 from conftest import assert_close, attention_inputs, rounded, torch_attention_vjp
 
 from kernels import jax_ops, torch_ops
-from kernels.attention.reference import _attention as ref_torch
 
 CASES = [  # id, (b, sq, skv, h, kvh, d), flags
     ("mqa-17x17-causal", (2, 17, 17, 4, 1, 64), dict(causal=True)),
@@ -40,15 +43,9 @@ def _flags(rng, shape, flags):
 
 
 def _ground_truth(q, k, v, do, dtype, flags):
-    kw = dict(flags)
-    ids = kw.pop("segment_ids", None)
-    q_ids, kv_ids = (None, None) if ids is None else (torch.tensor(ids[0]), torch.tensor(ids[1]))
-    d = q.shape[-1]
-    fn = lambda a, b_, c: ref_torch(a, b_, c, causal=kw.get("causal", False), window=kw.get("window"),
-                                    softcap=kw.get("softcap"), scale=d**-0.5,
-                                    q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    """(o, dq, dk, dv) of the float64 oracle on the dtype-rounded inputs."""
     r = [rounded(x, dtype) for x in (q, k, v)]
-    return torch_attention_vjp(fn, *r, do, torch.float64)
+    return oracle_attention(*r, do, **flags)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -65,20 +62,15 @@ def test_torch_peers_match_float64(case, impl, dtype, rng):
     if "segment_ids" in kw:
         kw["segment_ids"] = tuple(torch.tensor(x) for x in kw["segment_ids"])
     got = torch_attention_vjp(torch_ops.attention, q, k, v, do, dtype, impl=impl, **kw)
-    base = torch_attention_vjp(
-        lambda a, b_, c, **kk: torch_ops.attention(a, b_, c, impl="reference", **kk) if dtype == torch.float32
-        else _same_precision(a, b_, c, **kk), q, k, v, do, dtype, **kw)
+    base = torch_attention_vjp(naive_torch, q, k, v, do, dtype, **kw)
     for name, g, t, bl in zip(("out", "dq", "dk", "dv"), got, truth, base):
         assert_close(g, t, bl, dtype, f"{impl} {name}")
 
 
-def _same_precision(q, k, v, **kw):
-    from kernels.attention.reference import attention_reference
-
-    return attention_reference(q, k, v, upcast=False, **kw)
+JAX_TO_TORCH = {jnp.float32: torch.float32, jnp.float16: torch.float16, jnp.bfloat16: torch.bfloat16}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("impl", ["reference", "xla"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_jax_peers_match_float64(case, impl, dtype, rng):
@@ -87,7 +79,7 @@ def test_jax_peers_match_float64(case, impl, dtype, rng):
         pytest.skip("jax.nn.dot_product_attention has no softcap (refusal tested in test_attention_inputs)")
     flags = _flags(rng, shape, flags)
     q, k, v, do = attention_inputs(rng, *shape)
-    tdt = torch.bfloat16 if dtype == jnp.bfloat16 else torch.float32
+    tdt = JAX_TO_TORCH[dtype]
     truth = _ground_truth(q, k, v, do, tdt, flags)
     kw = dict(flags)
     if "segment_ids" in kw:
@@ -98,10 +90,8 @@ def test_jax_peers_match_float64(case, impl, dtype, rng):
         o, vjp = jax.vjp(fn, *xs)
         return (o, *vjp(jnp.asarray(do, o.dtype)))
 
-    from kernels.attention.reference_jax import attention_reference
-
     got = run(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw))
-    base = run(lambda a, b_, c: attention_reference(a, b_, c, upcast=dtype == jnp.float32, **kw))
+    base = run(lambda a, b_, c: naive_jax(a, b_, c, **kw))
     for name, g, t, bl in zip(("out", "dq", "dk", "dv"), got, truth, base):
         assert_close(np.asarray(g, np.float64), t, np.asarray(bl, np.float64), tdt, f"{impl} {name}")
 

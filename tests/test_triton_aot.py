@@ -28,6 +28,10 @@ for _dt in ("fp16", "bf16"):
 for _name in MMA_KERNELS:  # window + softcap + segments at odd head_dim 80 (masked d)
     JOBS[f"sm90-{_name[6:-7]}-bf16-all-features-d80"] = (
         90, 80, "bf16", _name, dict(window=128, softcap=30.0, segments=True))
+for _name in MMA_KERNELS:  # bidirectional blocks (q_end rows; the dK/dV pass's binary search)
+    JOBS[f"sm90-{_name[6:-7]}-bf16-bidirectional"] = (90, 128, "bf16", _name, dict(bidirectional=True))
+    JOBS[f"sm90-{_name[6:-7]}-fp16-bidirectional-all-features-d80"] = (
+        90, 80, "fp16", _name, dict(bidirectional=True, window=128, softcap=30.0, segments=True))
 
 # Spill audit entries (benchmarks.compile_report --sweep has the full dtype x head_dim x
 # target grid, ~2 min for attention): fp32 forward on both targets (sm_80 spilled at head

@@ -11,11 +11,18 @@ Semantics (both frameworks):
   window=W: keys in (p - W, p] (implies the causal upper bound). softcap=c:
   s -> c * tanh(s / c) before the softmax. segment_ids: a query sees only keys of its
   own segment. A query that sees no key returns zeros.
+  bidirectional_ids (needs causal=True; :func:`check_bidirectional_ids`): int [batch, q_len];
+  a contiguous run of equal ids >= 0 is a bidirectional block (an image, prefix-LM style),
+  ids < 0 are text. Query i sees keys at positions <= q_end[i] = (kv_len - q_len) + (the
+  last index of i's run if its id >= 0, else i); a window keeps its meaning relative to
+  q_end (keys in (q_end - W, q_end]); segment ids still apply on top.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from .._checks import check_optional_positive
 
 MAX_HEAD_DIM = 256
 
@@ -69,7 +76,10 @@ def check_attention_args(
     """Validate an attention call; return (problem, q_segment_ids, kv_segment_ids).
 
     ``dtypes`` lists the accepted floating dtypes (framework objects). ``device_of``
-    maps a tensor to a comparable device (PyTorch); None skips the device check.
+    maps a tensor to a comparable device, or to None where it is unknown (a JAX tracer or
+    uncommitted array: not compared); device_of=None skips the device check.
+    The returned problem's window is clamped to q_len + kv_len (a longer one masks nothing
+    beyond the causal bound) so impls never see a window that overflows int32.
     """
     qs, ks, vs = _shape("q", q), _shape("k", k), _shape("v", v)
     for name, s in (("q", qs), ("k", ks), ("v", vs)):
@@ -103,7 +113,7 @@ def check_attention_args(
     if device_of is not None:
         dev = device_of(q)
         for name, x in (("k", k), ("v", v)):
-            if device_of(x) != dev:
+            if _devices_differ(dev, device_of(x)):
                 raise ValueError(f"{name} must be on q's device {dev}, got {device_of(x)}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
@@ -112,14 +122,11 @@ def check_attention_args(
             raise TypeError(f"window must be an int >= 1 or None, got {window!r}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0:
-            raise ValueError(f"softcap must be a float > 0 or None, got {softcap!r}")
-        softcap = float(softcap)
-    if scale is None:
-        scale = d**-0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a float > 0 or None, got {scale!r}")
+        # Keys sit at [0, kv_len) and every query at p <= kv_len - 1, so W >= kv_len keeps
+        # (p - W, p] whole: clamping changes no result and keeps W (and c_last + W) in int32.
+        window = min(window, q_len + kv_len)
+    softcap = check_optional_positive("softcap", softcap)
+    scale = d**-0.5 if scale is None else check_optional_positive("scale", scale)
     q_ids, kv_ids = _check_segments(segment_ids, b, q_len, kv_len, device_of, q)
     problem = AttentionProblem(
         batch=b, q_len=q_len, kv_len=kv_len, heads=h, kv_heads=kvh, head_dim=d,
@@ -153,9 +160,33 @@ def _check_segments(segment_ids, b, q_len, kv_len, device_of, q):
         is_float = kind if isinstance(kind, bool) else "float" in str(ids.dtype)
         if is_float or "bool" in str(ids.dtype) or "complex" in str(ids.dtype):
             raise TypeError(f"{name} must be an integer array, got {ids.dtype}")
-        if device_of is not None and device_of(ids) != device_of(q):
+        if device_of is not None and _devices_differ(device_of(q), device_of(ids)):
             raise ValueError(f"{name} must be on q's device {device_of(q)}, got {device_of(ids)}")
     return q_ids, kv_ids
+
+
+def _devices_differ(a: Any, b: Any) -> bool:
+    """Two device_of results differ; None (unknown: a JAX tracer) matches anything."""
+    return a is not None and b is not None and a != b
+
+
+def check_bidirectional_ids(ids: Any, problem: AttentionProblem, device_of=None, q: Any = None) -> None:
+    """Validate ``bidirectional_ids`` (None passes): int [batch, q_len], causal=True, on q's device."""
+    if ids is None:
+        return
+    if not problem.causal:
+        raise ValueError("bidirectional_ids needs causal=True (bidirectional blocks inside causal "
+                         f"attention), got causal={problem.causal}")
+    s = _shape("bidirectional_ids", ids)
+    if s != (problem.batch, problem.q_len):
+        raise ValueError(f"bidirectional_ids must have shape [batch, q_len] = {(problem.batch, problem.q_len)}, "
+                         f"got {s}")
+    kind = getattr(ids.dtype, "is_floating_point", None)
+    is_float = kind if isinstance(kind, bool) else "float" in str(ids.dtype)
+    if is_float or "bool" in str(ids.dtype) or "complex" in str(ids.dtype):
+        raise TypeError(f"bidirectional_ids must be an integer array, got {ids.dtype}")
+    if device_of is not None and _devices_differ(device_of(q), device_of(ids)):
+        raise ValueError(f"bidirectional_ids must be on q's device {device_of(q)}, got {device_of(ids)}")
 
 
 def attention_flops(problem: AttentionProblem, *, backward: bool = False) -> float:

@@ -1,7 +1,10 @@
 """Triton flash attention for PyTorch: block sizes, launchers and the differentiable op.
 
     attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-                     q_segment_ids=None, kv_segment_ids=None, blocks=None)
+                     q_segment_ids=None, kv_segment_ids=None, blocks=None, q_end=None)
+
+q_end (bidirectional image blocks: each query's last visible key, int32 [B, Sq]) runs on the
+pointer tiles only; ``check_bidirectional_blocks`` refuses Gluon / TMA blocks and "autotune".
 
 Layers (device code in ``triton_kernels.py``):
   ``TritonAttentionBlocks`` / ``default_blocks``  tunables and their per-device defaults;
@@ -353,7 +356,8 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _constexprs(head_dim, dtype, group, *, causal, window, softcap, segments, blocks):
+def _constexprs(head_dim, dtype, group, *, causal, window, softcap, segments, blocks,
+                bidirectional=False):
     """Compile-time specialization shared by the launchers and the AOT helper."""
     return dict(
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
@@ -361,7 +365,33 @@ def _constexprs(head_dim, dtype, group, *, causal, window, softcap, segments, bl
         CAUSAL=bool(causal or window is not None), HAS_WINDOW=window is not None,
         HAS_SOFTCAP=softcap is not None, HAS_SEGMENTS=bool(segments),
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        HAS_QEND=bool(bidirectional),
     )
+
+
+def check_bidirectional_blocks(blocks) -> None:
+    """Bidirectional blocks (q_end) run on the pointer tiles only: refuse, before any launch,
+    explicit blocks that name the Gluon kernels or TMA tiles (the defaults pick pointer tiles),
+    and "autotune" (its candidates include those)."""
+    if blocks is None:
+        return
+    if isinstance(blocks, str) and blocks == "autotune":
+        raise ValueError("blocks: 'autotune' is not offered with bidirectional_ids (its candidates include "
+                         "Gluon and TMA tiles, which cannot take it); pass None or pointer-tile blocks")
+    for b in (blocks if isinstance(blocks, tuple) else (blocks,)):
+        if not isinstance(b, TritonAttentionBlocks):
+            continue  # attention_triton refuses the type itself
+        bad = [n for n in ("gluon", "gluon_dkdv", "tma", "dq_tma") if getattr(b, n)]
+        if bad:
+            raise ValueError(f"blocks: bidirectional_ids runs on the Triton pointer tiles only; "
+                             f"{', '.join(f'{n}={getattr(b, n)}' for n in bad)} cannot take it, got {b}")
+
+
+def _qend_args(q_end, dummy):
+    """q_end's pointer and strides; a dummy pointer with zero strides when absent."""
+    if q_end is None:
+        return dummy, (0, 0)
+    return q_end, tuple(q_end.stride())
 
 
 def _segment_args(q_seg, kv_seg, dummy):
@@ -377,8 +407,11 @@ def _scalars(sq, skv, window, softcap, scale):
     return float(scale), 1.0 if softcap is None else float(softcap), w
 
 
-def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
-    """Forward launch -> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain)."""
+def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks, q_end=None):
+    """Forward launch -> (o [B, Sq, H, D] in q's dtype, lse [B * KVH, Sq * G] fp32, log2 domain).
+    q_end: None, or int32 [B, Sq] each query's last visible key (bidirectional blocks)."""
+    if q_end is not None:
+        check_bidirectional_blocks(blocks)
     if blocks.gluon:
         from . import gluon_attention
 
@@ -395,8 +428,9 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((b * kvh, sq * g), dtype=torch.float32, device=q.device)
     (qs, ks), seg_strides = _segment_args(q_seg, kv_seg, lse)
+    qe, qe_strides = _qend_args(q_end, lse)
     meta = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
-                       segments=q_seg is not None, blocks=blocks)
+                       segments=q_seg is not None, blocks=blocks, bidirectional=q_end is not None)
     descs = (None, None, None, None)
     if blocks.tma:
         _check_tma(q, k, v, blocks)
@@ -404,8 +438,8 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, blocks
         meta.update(TMA=True)
     grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
     triton_kernels._attn_fwd_kernel[grid](
-        q, k, v, o, lse, qs, ks, *descs,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *seg_strides,
+        q, k, v, o, lse, qs, ks, qe, *descs,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *seg_strides, *qe_strides,
         sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale),
         **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
@@ -456,8 +490,11 @@ def _dq_descriptor(dq_acc, group: int, blocks):
     return TensorDescriptor(dq_acc, list(dq_acc.shape), _tma_strides(dq_acc), box)
 
 
-def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks):
+def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, scale, blocks,
+               q_end=None):
     """Backward launches (delta, then dk/dv, then dq) -> (dq, dk, dv) in the inputs' dtypes."""
+    if q_end is not None:
+        check_bidirectional_blocks(blocks)
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -466,14 +503,16 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     (qs, ks), seg_strides = _segment_args(q_seg, kv_seg, lse)
+    qe, qe_strides = _qend_args(q_end, lse)
+    bidir = q_end is not None
     meta = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
-                       segments=q_seg is not None, blocks=blocks)
+                       segments=q_seg is not None, blocks=blocks, bidirectional=bidir)
     scalars = (sq, skv, kvh, *_scalars(sq, skv, window, softcap, scale))
     launch = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     rows_grid = (triton.cdiv(sq * g, blocks.block_m), b * kvh)
     dq_blk = blocks.dq_blocks()
     meta_dq = _constexprs(d, q.dtype, g, causal=causal, window=window, softcap=softcap,
-                          segments=q_seg is not None, blocks=dq_blk)
+                          segments=q_seg is not None, blocks=dq_blk, bidirectional=bidir)
     qdo_descs = kv_descs = (None, None)
     if blocks.gluon_dkdv:  # checked before any launch; the descriptors want a dense dO
         from . import gluon_attention
@@ -522,9 +561,10 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
                                        q_seg=q_seg, kv_seg=kv_seg)
             continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
-            q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, *qdo_descs, dq_desc if do_dq else None,
+            q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, qe, *qdo_descs, dq_desc if do_dq else None,
             splits, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
-            *seg_strides, *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
+            *seg_strides, *qe_strides, sq.bit_length() if bidir else 0,  # binary-search steps over q_end
+            *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
             DO_DQ=do_dq, DQ_TMA=do_dq and blocks.dq_tma,
         )
     if splits > 1:
@@ -535,9 +575,9 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         dq.copy_(dq_acc.mul_(scale))
     else:
         triton_kernels._attn_bwd_dq_kernel[(triton.cdiv(sq * g, dq_blk.block_m), b * kvh)](
-            q, k, v, do, dq, lse, delta, qs, ks, *kv_descs,
+            q, k, v, do, dq, lse, delta, qs, ks, qe, *kv_descs,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-            *seg_strides, *scalars, **meta_dq, **launch,
+            *seg_strides, *qe_strides, *scalars, **meta_dq, **launch,
         )
         LAUNCHES[f"_attn_bwd_dq{tma}_kernel"] += 1
     LAUNCHES["_attn_bwd_preprocess_kernel"] += 1
@@ -552,15 +592,18 @@ def flash_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_segment_ids: Optional[torch.Tensor], kv_segment_ids: Optional[torch.Tensor],
     causal: bool, window: Optional[int], softcap: Optional[float], scale: float,
-    fwd_blocks: list[int], bwd_blocks: list[int],
+    fwd_blocks: list[int], bwd_blocks: list[int], q_end: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o, lse); ``*_blocks`` are TritonAttentionBlocks.as_list() (bwd ones kept for autograd)."""
+    """(o, lse); ``*_blocks`` are TritonAttentionBlocks.as_list() (bwd ones kept for autograd);
+    q_end: int32 [B, Sq] last visible key per query (bidirectional blocks) or None."""
     return _flash_fwd(q, k, v, q_segment_ids, kv_segment_ids, causal=causal, window=window,
-                      softcap=softcap, scale=scale, blocks=TritonAttentionBlocks.from_list(fwd_blocks))
+                      softcap=softcap, scale=scale, blocks=TritonAttentionBlocks.from_list(fwd_blocks),
+                      q_end=q_end)
 
 
 @flash_attention_fwd.register_fake
-def _(q, k, v, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, fwd_blocks, bwd_blocks):
+def _(q, k, v, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, fwd_blocks, bwd_blocks,
+      q_end=None):
     b, sq, h, _ = q.shape
     kvh = k.shape[2]
     return q.new_empty(q.shape), q.new_empty((b * kvh, sq * (h // kvh)), dtype=torch.float32)
@@ -572,40 +615,45 @@ def flash_attention_bwd(
     o: torch.Tensor, lse: torch.Tensor,
     q_segment_ids: Optional[torch.Tensor], kv_segment_ids: Optional[torch.Tensor],
     causal: bool, window: Optional[int], softcap: Optional[float], scale: float,
-    bwd_blocks: list[int],
+    bwd_blocks: list[int], q_end: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) from the forward's output and lse."""
     return _flash_bwd(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal=causal,
                       window=window, softcap=softcap, scale=scale,
-                      blocks=TritonAttentionBlocks.from_list(bwd_blocks))
+                      blocks=TritonAttentionBlocks.from_list(bwd_blocks), q_end=q_end)
 
 
 @flash_attention_bwd.register_fake
-def _(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, bwd_blocks):
+def _(do, q, k, v, o, lse, q_segment_ids, kv_segment_ids, causal, window, softcap, scale, bwd_blocks,
+      q_end=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, q_seg, kv_seg, causal, window, softcap, scale, _, bwd_blocks = inputs
+    q, k, v, q_seg, kv_seg, causal, window, softcap, scale, _, bwd_blocks, q_end = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, q_seg, kv_seg)
+    ctx.save_for_backward(q, k, v, o, lse, q_seg, kv_seg, q_end)
     ctx.params = dict(causal=causal, window=window, softcap=softcap, scale=scale, bwd_blocks=bwd_blocks)
 
 
 def _backward(ctx, do, _dlse):
-    q, k, v, o, lse, q_seg, kv_seg = ctx.saved_tensors
+    q, k, v, o, lse, q_seg, kv_seg, q_end = ctx.saved_tensors
     p = ctx.params
     dq, dk, dv = flash_attention_bwd(do, q, k, v, o, lse, q_seg, kv_seg, p["causal"], p["window"],
-                                     p["softcap"], p["scale"], p["bwd_blocks"])
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+                                     p["softcap"], p["scale"], p["bwd_blocks"], q_end)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 flash_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-                     q_segment_ids=None, kv_segment_ids=None, blocks=None):
+                     q_segment_ids=None, kv_segment_ids=None, blocks=None, q_end=None):
     """Flash attention (see ``spec.py``); differentiable in q, k, v.
+
+    q_end: None, or int32 [B, Sq] each query's last visible key position (bidirectional
+    blocks, causal only; ``reference.bidirectional_q_end``): pointer tiles only, so the
+    defaults keep the pointer backward and explicit Gluon / TMA blocks are refused.
 
     Expects validated arguments (``kernels.torch_ops.attention`` checks them). ``blocks``: one
     TritonAttentionBlocks for the forward and backward passes, a (forward, backward) pair,
@@ -620,7 +668,11 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
         cap = _capability(q)
         fwd = default_blocks(d, q.dtype, capability=cap)
         bwd = default_backward_blocks(q, k, v, cap)
+        if q_end is not None:  # the pointer tiles (default_backward_blocks may pick TMA ones)
+            bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
         if blocks == "autotune":
+            if q_end is not None:
+                check_bidirectional_blocks(blocks)
             from .triton_autotune import autotuned_backward_blocks, autotuned_forward_blocks
 
             opts = dict(causal=bool(causal), window=window, softcap=softcap, scale=float(scale))
@@ -639,8 +691,12 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
     if bwd.gluon:  # a forward kernel only: the pair names the backward's own tiles
         raise ValueError(f"blocks: gluon={bwd.gluon} is a forward-only option; pass a (forward, backward) "
                          f"pair whose backward has gluon=0, got backward blocks {bwd}")
+    if q_end is not None:
+        if not causal:
+            raise ValueError("q_end (bidirectional_ids) needs causal=True")
+        check_bidirectional_blocks((fwd, bwd))
     o, _ = flash_attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, bool(causal), window,
-                               softcap, float(scale), fwd.as_list(), bwd.as_list())
+                               softcap, float(scale), fwd.as_list(), bwd.as_list(), q_end)
     return o
 
 
@@ -659,10 +715,12 @@ def _aot_kernel(fn, constexprs, pointer_types, blocks):
 
 def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, softcap=None,
                 segments=False, group=8, capability=(9, 0),
-                blocks: Optional[TritonAttentionBlocks] = None) -> dict:
+                blocks: Optional[TritonAttentionBlocks] = None, bidirectional: bool = False) -> dict:
     """name -> AotKernel for fwd, bwd preprocess, dk/dv and dq in their default configuration on
     ``capability`` (or ``blocks`` for every pass, as ``attention_triton(blocks=...)`` uses it),
-    specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids). With
+    specialized as ``_flash_fwd`` / ``_flash_bwd`` launch them (int64 segment ids; with
+    ``bidirectional``, HAS_QEND and an int32 q_end, on the pointer tiles of ``_flash_bwd``'s
+    bidirectional default: ``default_blocks``, never TMA). With
     ``dkdv_passes=2`` "_attn_bwd_dkdv_kernel" is the dK-only launch and "_attn_bwd_dv_kernel"
     the dV-only one; with ``dq_atomic`` there is no "_attn_bwd_dq_kernel"; with ``gluon`` only
     "_attn_fwd_kernel", the Gluon kernel (``source`` "gluon": ``kernels._aot.compile_aot``).
@@ -678,7 +736,10 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
     ty = "*" + _TRITON_DTYPE[dtype]
     pointer_types = {n: ty for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
     seg_ty = "*i64" if segments else "*fp32"  # without segments the launcher passes lse as a dummy
-    pointer_types.update(LSE="*fp32", DELTA="*fp32", QSEG=seg_ty, KVSEG=seg_ty)
+    pointer_types.update(LSE="*fp32", DELTA="*fp32", QSEG=seg_ty, KVSEG=seg_ty,
+                         QEND="*i32" if bidirectional else "*fp32")  # without q_end: lse as a dummy
+    if bidirectional and blocks is not None:
+        check_bidirectional_blocks(blocks)
     if blocks is not None and blocks.gluon:  # the Gluon forward: no backward passes of its own
         from . import gluon_attention
 
@@ -694,7 +755,7 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
                 continue
             pass_blocks = pass_blocks.dq_blocks()
         meta = _constexprs(head_dim, dtype, group, causal=causal, window=window, softcap=softcap,
-                           segments=segments, blocks=pass_blocks)
+                           segments=segments, blocks=pass_blocks, bidirectional=bidirectional)
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         types = pointer_types

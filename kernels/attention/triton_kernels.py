@@ -15,6 +15,11 @@ Limits: head_dim <= 256 (BLOCK_D = next power of two, masked on d); any Sq, Skv 
 any strides (base and row offsets in int64); fp32 (ieee dots), fp16, bf16 in, fp32 accumulate.
 Causal / windowed tiles skip fully masked K/V (or Q) blocks from loop bounds; the forward
 also splits its loop so interior blocks run without any mask arithmetic.
+Bidirectional blocks (HAS_QEND, pointer tiles only): QEND [B, Sq] int32 holds each query's
+last visible key position q_end (non-decreasing in the query, >= its causal position; see
+``reference.bidirectional_q_end``). Rows take q_end as their position, so the causal and
+window masks need nothing else; the forward and dQ bounds read q_end at a tile's first and
+last query, and the dK/dV pass finds its row range by binary search over q_end.
 Where it is fast: long sequences with large G (MQA/GQA), head_dim 64-128, fp16/bf16 on
 sm_80+ (wgmma on sm_90). The dk/dv pass has B * KVH * cdiv(Skv, BLOCK_N) programs per
 split; MQA and small batches split each key block's rows over several programs (interleaved
@@ -45,6 +50,23 @@ def _visible(q_pos, kv_pos, kv_ok, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.
     if HAS_WINDOW:
         ok = ok & (kv_pos > q_pos - window)
     return ok
+
+
+@triton.jit
+def _queries_before(QEND, qend_base, stride_qends, Sq, x, steps):
+    """How many queries i in [0, Sq) have q_end[i] < x: q_end is non-decreasing, so a binary
+    search of ``steps`` = Sq.bit_length() scalar loads (the interval [lo, hi] of candidate
+    counts halves each step). Scalars: the same for the whole program."""
+    lo = x * 0
+    hi = lo + Sq
+    for _ in range(steps):
+        mid = (lo + hi) // 2
+        e = tl.load(QEND + qend_base + tl.minimum(mid, Sq - 1) * stride_qends)
+        active = lo < hi
+        below = e < x
+        lo = tl.where(active & below, mid + 1, lo)
+        hi = tl.where(active & (e >= x), mid, hi)
+    return lo
 
 
 @triton.jit
@@ -125,12 +147,14 @@ def _attn_fwd_kernel(
     LSE,  # [B * KVH, Sq * G] fp32 out: log2-domain logsumexp per folded row
     QSEG,  # [B, Sq] integer query segment ids (read only with HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (read only with HAS_SEGMENTS)
+    QEND,  # [B, Sq] int32 last visible key position per query (read only with HAS_QEND)
     Q_DESC, K_DESC, V_DESC, O_DESC,  # TMA only: 4-D descriptors over q, k, v, o (else None)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_ob, stride_os, stride_oh, stride_od,
     stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    stride_qendb, stride_qends,
     Sq, Skv, KVH,  # lengths and kv heads
     sm_scale, softcap, window,  # score scale; softcap c (HAS_SOFTCAP); window W (HAS_WINDOW)
     GROUP: tl.constexpr,  # G = H // KVH query heads per kv head
@@ -141,6 +165,7 @@ def _attn_fwd_kernel(
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit
     TMA: tl.constexpr = False,  # sm_90+: q/k/v/o tiles through the tensor memory accelerator
+    HAS_QEND: tl.constexpr = False,  # bidirectional blocks: positions from QEND (needs CAUSAL)
 ):
     start_m = tl.program_id(0)
     if CAUSAL:  # the longest rows (most keys) first, so the last wave is made of short ones
@@ -155,6 +180,9 @@ def _attn_fwd_kernel(
     head = off_kvh * GROUP + rows % GROUP
     shift = Skv - Sq  # bottom-right alignment: query i sits at key position i + shift
     q_pos = q_idx + shift
+    qend_base = off_b.to(tl.int64) * stride_qendb
+    if HAS_QEND:  # each folded row sees keys <= q_end of its query (padded rows: 0, never stored)
+        q_pos = tl.load(QEND + qend_base + q_idx * stride_qends, mask=row_ok, other=0)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -178,6 +206,9 @@ def _attn_fwd_kernel(
     m0 = start_m * BLOCK_M
     q_lo = m0 // GROUP + shift
     q_hi = (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
+    if HAS_QEND:  # q_end is non-decreasing: the tile's first and last queries bound its rows
+        q_lo = tl.load(QEND + qend_base + (m0 // GROUP) * stride_qends)
+        q_hi = tl.load(QEND + qend_base + ((tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP) * stride_qends)
     lo = 0
     hi = Skv
     full_lo = 0
@@ -263,7 +294,7 @@ def _bwd_dkdv_loop(
     Q, DO, LSE, DELTA, QSEG, Q_DESC, DO_DESC, row_base,
     off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
     stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
-    window, offs_d, d_ok,
+    window, offs_d, d_ok, QEND, qend_base, stride_qends,
     start, stop,  # folded rows of this loop, start a multiple of BLOCK_M (or >= stop)
     split, num_splits,  # this program takes the row blocks b with b % num_splits == split
     DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd,  # DO_DQ: fp32 dq accumulator [B, Sq, H, D]
@@ -275,6 +306,7 @@ def _bwd_dkdv_loop(
     DO_DK: tl.constexpr = True, DO_DV: tl.constexpr = True,  # which accumulators this pass updates
     DO_DQ: tl.constexpr = False,  # also add dS K (unscaled) into DQ with fp32 atomics (needs DO_DK)
     DQ_TMA: tl.constexpr = False,  # DO_DQ through DQ_DESC's bulk reductions instead of pointer atomics
+    HAS_QEND: tl.constexpr = False,  # row positions from QEND (bidirectional blocks)
 ):
     first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
     for start_m in range(first, stop, BLOCK_M * num_splits):
@@ -301,6 +333,8 @@ def _bwd_dkdv_loop(
             pt = tl.math.exp2(st * (sm_scale * 1.4426950408889634) - lse[None, :])
         if MASK_POS:  # transposed tile: keys are rows
             q_pos = q_idx + shift
+            if HAS_QEND:
+                q_pos = tl.load(QEND + qend_base + q_idx * stride_qends, mask=row_ok, other=0)
             ok = _visible(q_pos[None, :], kv_pos[:, None], kv_ok[:, None], window, CAUSAL, HAS_WINDOW)
             pt = tl.where(ok, pt, 0.0)
         if HAS_SEGMENTS:
@@ -342,6 +376,7 @@ def _attn_bwd_dkdv_kernel(
     DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    QEND,  # [B, Sq] int32 last visible key position per query (HAS_QEND)
     Q_DESC, DO_DESC,  # TMA only: 4-D descriptors over q and dO (else None)
     DQ_DESC,  # DQ_TMA only: a 4-D descriptor over DQ (else None)
     num_splits,  # programs per key block along grid axis 2, each over every num_splits-th row block
@@ -353,6 +388,8 @@ def _attn_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh, stride_dkd,
     stride_dvb, stride_dvs, stride_dvh, stride_dvd,
     stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    stride_qendb, stride_qends,
+    qend_steps,  # HAS_QEND: binary-search steps over q_end, Sq.bit_length()
     Sq, Skv, KVH,
     sm_scale, softcap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -366,6 +403,7 @@ def _attn_bwd_dkdv_kernel(
     DO_DV: tl.constexpr = True,  # compute and write dv (False: this launch is the dK-only pass)
     DO_DQ: tl.constexpr = False,  # with DO_DK: dQ too, by fp32 atomics into DQ (no dQ kernel)
     DQ_TMA: tl.constexpr = False,  # those atomics as bulk tile reductions through DQ_DESC
+    HAS_QEND: tl.constexpr = False,  # bidirectional blocks: positions from QEND (needs CAUSAL)
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
     # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
@@ -418,6 +456,21 @@ def _attn_bwd_dkdv_kernel(
     if HAS_WINDOW:
         mid_hi = tl.maximum(start_n + window - shift, 0) * GROUP // BLOCK_M * BLOCK_M
         mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+    qend_base = off_b.to(tl.int64) * stride_qendb
+    if HAS_QEND:  # the same four bounds with q_end[i] in place of i + shift: queries before
+        # the first whose q_end reaches a key, by binary search (q_end is non-decreasing)
+        lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n, qend_steps) * GROUP // BLOCK_M * BLOCK_M
+        mid_lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + BLOCK_N - 1, qend_steps) * GROUP
+        if HAS_WINDOW:  # rows whose window (q_end - W, q_end] still reaches the block's last key
+            n_last = tl.minimum(start_n + BLOCK_N, Skv) - 1
+            hi = _queries_before(QEND, qend_base, stride_qends, Sq, n_last + window, qend_steps) * GROUP
+            mid_hi = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + window, qend_steps) * GROUP
+            mid_hi = mid_hi // BLOCK_M * BLOCK_M
+        else:
+            hi = n_rows
+            mid_hi = n_rows
+        mid_lo = tl.minimum(tl.maximum((mid_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, lo), hi)
+        mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
     if start_n + BLOCK_N > Skv:
         mid_lo = hi
         mid_hi = hi
@@ -428,17 +481,17 @@ def _attn_bwd_dkdv_kernel(
     args = (k, v, kv_pos, kv_ok, kv_seg, Q, DO, LSE, DELTA, QSEG, Q_DESC, DO_DESC, row_base,
             off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
-            window, offs_d, d_ok)
+            window, offs_d, d_ok, QEND, qend_base, stride_qends)
     dq_args = (split, num_splits, DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd, DQ_DESC)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA)
+                            DQ_TMA, HAS_QEND)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, *dq_args, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA)
+                            DQ_TMA, HAS_QEND)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA)
+                            DQ_TMA, HAS_QEND)
     dk = dk * sm_scale
     if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
         part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
@@ -512,6 +565,7 @@ def _attn_bwd_dq_kernel(
     DELTA,  # [B * KVH, Sq * G] fp32 rowsum(dO * O)
     QSEG,  # [B, Sq] integer query segment ids (HAS_SEGMENTS)
     KVSEG,  # [B, Skv] integer key segment ids (HAS_SEGMENTS)
+    QEND,  # [B, Sq] int32 last visible key position per query (HAS_QEND)
     K_DESC, V_DESC,  # TMA only: 4-D descriptors over k and v (else None)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -519,6 +573,7 @@ def _attn_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh, stride_dod,
     stride_dqb, stride_dqs, stride_dqh, stride_dqd,
     stride_qsegb, stride_qsegs, stride_kvsegb, stride_kvsegs,
+    stride_qendb, stride_qends,
     Sq, Skv, KVH,
     sm_scale, softcap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -527,6 +582,7 @@ def _attn_bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False,  # sm_90+: k and v tiles through the tensor memory accelerator
+    HAS_QEND: tl.constexpr = False,  # bidirectional blocks: positions from QEND (needs CAUSAL)
 ):
     start_m = tl.program_id(0)
     if CAUSAL:  # the longest rows (most keys) first, as in the forward
@@ -541,6 +597,9 @@ def _attn_bwd_dq_kernel(
     q_idx = rows // GROUP
     head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
     q_pos = q_idx + shift
+    qend_base = off_b.to(tl.int64) * stride_qendb
+    if HAS_QEND:  # each folded row sees keys <= q_end of its query (as in the forward)
+        q_pos = tl.load(QEND + qend_base + q_idx * stride_qends, mask=row_ok, other=0)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -561,16 +620,19 @@ def _attn_bwd_dq_kernel(
 
     # Key range [lo, hi) this tile can see (same bounds as the forward).
     m0 = start_m * BLOCK_M
+    q_lo = m0 // GROUP + shift  # the smallest and largest row positions of the tile
+    q_hi = (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
+    if HAS_QEND:  # q_end is non-decreasing: the tile's first and last queries bound its rows
+        q_lo = tl.load(QEND + qend_base + (m0 // GROUP) * stride_qends)
+        q_hi = tl.load(QEND + qend_base + ((tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP) * stride_qends)
     lo = 0
     hi = Skv
     if CAUSAL:
-        hi = tl.minimum(Skv, (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift + 1)
+        hi = tl.minimum(Skv, q_hi + 1)
     if HAS_WINDOW:
-        lo = tl.maximum(m0 // GROUP + shift - window + 1, 0) // BLOCK_N * BLOCK_N
+        lo = tl.maximum(q_lo - window + 1, 0) // BLOCK_N * BLOCK_N
 
     # Inside [lo, hi), the key blocks [mid_lo, mid_hi) need no position mask (as in the forward).
-    q_lo = m0 // GROUP + shift
-    q_hi = (tl.minimum(m0 + BLOCK_M, n_rows) - 1) // GROUP + shift
     full_lo = 0
     full_hi = Skv // BLOCK_N * BLOCK_N
     if CAUSAL:

@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..attention.spec import MAX_HEAD_DIM, _shape, check_impl  # noqa: F401  (re-export)
+from .._checks import check_optional_positive
+from ..attention.spec import MAX_HEAD_DIM, _devices_differ, _shape, check_impl  # noqa: F401  (re-export)
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,11 @@ def check_decode_args(
     """Validate a decode call before anything launches; return its DecodeProblem.
 
     ``dtypes`` lists the accepted floating dtypes. ``device_of`` maps a tensor to a comparable
-    device (PyTorch; None skips the check). ``host_lengths`` maps an integer array
-    (cache_seqlens, block_table) to numpy (the device->host sync), or returns None when the
-    values are not readable (traced). ``block_table`` not None: the caches are page pools.
+    device, or to None where unknown (a JAX tracer: not compared); None skips the check.
+    ``host_lengths`` maps an integer array (cache_seqlens, block_table) to numpy (the
+    device->host sync), or returns None when the values are not readable (traced).
+    ``block_table`` not None: the caches are page pools. The returned window is clamped to
+    max_len (the same result; keeps it in int32 for the kernels).
     """
     qs, ks, vs = _shape("q", q), _shape("k_cache", k_cache), _shape("v_cache", v_cache)
     if len(qs) != 3:
@@ -140,22 +143,18 @@ def check_decode_args(
         dev = device_of(q)
         others = (("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens))
         for name, x in others + ((("block_table", block_table),) if paged else ()):
-            if device_of(x) != dev:
+            if _devices_differ(dev, device_of(x)):
                 raise ValueError(f"{name} must be on q's device {dev}, got {device_of(x)}")
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
             raise TypeError(f"window must be an int >= 1 or None, got {window!r}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        window = int(window)
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0:
-            raise ValueError(f"softcap must be a float > 0 or None, got {softcap!r}")
-        softcap = float(softcap)
-    if scale is None:
-        scale = d**-0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a float > 0 or None, got {scale!r}")
+        # Row b sees (L - 1 - W, L - 1] with L <= max_len: W >= max_len masks nothing, so the
+        # clamp changes no result and keeps W in int32 for the kernels (W >= 2**31 overflowed).
+        window = min(int(window), max_len)
+    softcap = check_optional_positive("softcap", softcap)
+    scale = d**-0.5 if scale is None else check_optional_positive("scale", scale)
     lengths = None if host_lengths is None else host_lengths(cache_seqlens)
     if lengths is not None:
         lengths = np.asarray(lengths)
