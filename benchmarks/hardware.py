@@ -38,7 +38,14 @@ def hardware_table() -> dict[str, dict]:
 
 
 def match_hardware(device_name: str) -> dict | None:
-    """The table entry whose ``match`` substrings all occur in the device name, if any."""
+    """The table entry whose ``match`` substrings all occur in the device name, if any. A
+    TPU device kind goes through ``kernels._tpu_chips`` first, so every name JAX gives one
+    chip ("TPU v5" and "TPU v5p" are both v5p) finds that chip's entry (``tpu_<generation>``)."""
+    from kernels._tpu_chips import chip_generation
+
+    gen = chip_generation(device_name)
+    if gen is not None and f"tpu_{gen}" in hardware_table():
+        return hardware_table()[f"tpu_{gen}"]
     low = device_name.lower()
     for entry in hardware_table().values():
         if any(all(part in low for part in parts) for parts in entry.get("match") or []):

@@ -5,7 +5,8 @@
 - one measured table per results file, with its provenance;
 - a cross-hardware table: each (case, impl) as a fraction of each chip's measured peak;
 - modeled roofline times for the hardware table's chips that were not measured, from
-  each case's counted FLOPs and bytes, in their own table labeled modeled;
+  each case's counted FLOPs and bytes (decode and elementwise count bytes only: bytes / the
+  chip's HBM bandwidth, a memory-bound time), in their own table labeled modeled;
 - PNGs: throughput vs sequence length per impl, a roofline chart per device, and the
   cross-hardware comparison.
 Files missing a provenance field are refused: results come only from the runner.
@@ -122,22 +123,46 @@ def cross_hardware_table(files: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _table_chip(device_name: str) -> str | None:
+    """The hardware-table name of a device, TPU kinds through their generation (jax reports
+    v5p as "TPU v5", which no ``match`` entry of conf/hardware/tpu_v5p.yaml catches)."""
+    from kernels._tpu_chips import chip_generation
+
+    entry = match_hardware(device_name)
+    gen = chip_generation(device_name)
+    if entry is None and gen is not None:
+        entry = match_hardware(f"TPU {gen}")
+    return (entry or {}).get("name")
+
+
+def modeled_time_s(flops: float | None, nbytes: float, chip: dict) -> float:
+    """Roofline lower bound on ``chip`` (a hardware-table entry): max(FLOPs / bf16 peak,
+    bytes / HBM bandwidth); with no FLOPs counted (decode records carry only the K/V bytes,
+    a memory-bound op) the memory term alone."""
+    t_mem = nbytes / (chip["hbm_gb_per_s"] * 1e9)
+    return t_mem if not flops else max(flops / (chip["bf16_tflops"] * 1e12), t_mem)
+
+
 def modeled_table(files: list[dict]) -> str:
-    """Roofline lower bounds on the table's chips that no file measured (MODELED, not measured)."""
-    present = {(match_hardware(d["device"]["name"]) or {}).get("name") for d in files}
+    """Roofline lower bounds on the table's chips that no file measured (MODELED, not measured).
+
+    Records with FLOPs and bytes get max(compute, memory) time; records with bytes only
+    (decode: the K/V bytes read; elementwise) get bytes / the chip's datasheet HBM
+    bandwidth, marked "memory (bytes / HBM)" in the bound column."""
+    present = {_table_chip(d["device"]["name"]) for d in files}
     chips = [e for e in hardware_table().values()
-             if e.get("bf16_tflops") and e["name"] not in present]
+             if e.get("bf16_tflops") and e.get("hbm_gb_per_s") and e["name"] not in present]
     cases = {}
     for d in files:
         for r in d["records"]:
-            if r.get("flops") and r.get("bytes"):
-                cases[(r["suite"], r["case"])] = (r["flops"], r["bytes"])
-    lines = ["| suite | case | " + " | ".join(f"{c['name']} µs (modeled)" for c in chips) + " |",
-             "|---|---|" + "---|" * len(chips)]
+            if r.get("bytes"):  # bytes only (decode, elementwise): a memory-bound op
+                cases[(r["suite"], r["case"])] = (r.get("flops"), r["bytes"])
+    lines = ["| suite | case | bound | " + " | ".join(f"{c['name']} µs (modeled)" for c in chips) + " |",
+             "|---|---|---|" + "---|" * len(chips)]
     for (suite, case), (flops, nbytes) in sorted(cases.items()):
-        cells = [max(flops / (c["bf16_tflops"] * 1e12), nbytes / (c["hbm_gb_per_s"] * 1e9)) * 1e6
-                 for c in chips]
-        lines.append(f"| {suite} | {case} | " + " | ".join(f"{t:.1f}" for t in cells) + " |")
+        cells = [modeled_time_s(flops, nbytes, c) * 1e6 for c in chips]
+        bound = "roofline (FLOPs, bytes)" if flops else "memory (bytes / HBM)"
+        lines.append(f"| {suite} | {case} | {bound} | " + " | ".join(f"{t:.1f}" for t in cells) + " |")
     return "\n".join(lines)
 
 

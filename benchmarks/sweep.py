@@ -1,7 +1,9 @@
-"""Block-size sweep on a GPU: every ``candidate_blocks`` of the tiled Triton kernels, timed at
-the shapes the issues' goals name, so defaults are chosen from measurements.
+"""Block-size sweep on a GPU or a TPU: every ``candidate_blocks`` of the tiled Triton kernels
+(GPU) or of the Pallas TPU kernels (TPU), timed at the shapes the issues' goals name, so
+defaults are chosen from measurements.
 
     python -m benchmarks.sweep --out-dir DIR [--ops attention,int4,patch_embed,decode] [--deadline-s 120]
+    python -m benchmarks.sweep --out-dir DIR [--ops tpu_attention,tpu_decode]   # on a TPU
 
 - attention: MQA causal bf16, nano1's head_dim 256 (8 heads, 8k tokens), then head_dim 128
   (16 heads, 16k tokens): each backward candidate timed forward+backward with the default
@@ -16,11 +18,19 @@ the shapes the issues' goals name, so defaults are chosen from measurements.
   kernel candidate at the split count ``num_kv_splits`` picks and at half and twice it, in
   GB/s of K and V read, beside a copy moving the same bytes (CUDA-graph replays; the goal is
   a fraction of the copy bandwidth).
+- tpu_attention (TPU only): ``kernels.attention.pallas_tpu.candidate_blocks`` for the chip
+  (the ``chip_blocks`` table entry first), MQA causal bf16 at the attention shapes above:
+  each candidate forward (checked against the fp32 reference on the last 256 rows) and
+  forward+backward (gradients against the table entry's), wall-clock, block_until_ready.
+- tpu_decode (TPU only): ``decode_candidate_blocks`` for the chip, MQA (8 heads, head_dim
+  128) bf16 against a full 32k cache at batch 16 and 1, GB/s of K and V read.
 Every candidate's output is compared with the reference (relative max error); a candidate
 that fails to compile or errs is recorded with its error, not dropped. The results file
 (written after each op, atomically) carries the device, versions and commit like
-``benchmarks.run``'s. Needs a CUDA GPU; ``--smoke`` runs the same code on the CPU at tiny
-sizes in the interpreter (a check of this script, no timings worth reading).
+``benchmarks.run``'s. The GPU ops need a CUDA GPU, the tpu_* ops a TPU backend (the default
+--ops is the GPU set on a GPU, the TPU set on a TPU); ``--smoke`` runs every op on the CPU at
+tiny sizes in the interpreters (Triton's; TPU interpret mode for the tpu_* ops, over the first
+two attention candidates and every decode one): a check of this script, no timings worth reading.
 """
 from __future__ import annotations
 
@@ -42,15 +52,16 @@ BF16 = torch.bfloat16
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """Where the sweep runs: the device ("cuda", or "cpu" for --smoke, tiny sizes in the
-    interpreter), the capability the candidate lists are for, and the data dtype."""
+    """Where the sweep runs: the device ("cuda"; "tpu" for the tpu_* ops; or "cpu" for
+    --smoke, tiny sizes in the interpreters), the capability the GPU candidate lists are for,
+    and the GPU ops' data dtype."""
 
     dev: str = "cuda"
     cap: tuple = (9, 0)
 
     @property
     def smoke(self) -> bool:
-        return self.dev != "cuda"
+        return self.dev == "cpu"
 
     @property
     def dtype(self):
@@ -275,8 +286,116 @@ def sweep_decode(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
     return rows
 
 
-SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed,
-          "decode": sweep_decode}
+def _jax_rel(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-30))
+
+
+def sweep_tpu_attention(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
+    """pallas_tpu.candidate_blocks on this chip (TPU; --smoke: interpret mode, 2 candidates)."""
+    import jax
+    import jax.numpy as jnp
+
+    from kernels.attention import pallas_tpu as pt
+    from kernels.attention.reference_jax import _attention as ref
+
+    kind = jax.devices()[0].device_kind
+    dt = jnp.float32 if setup.smoke else jnp.bfloat16
+    interpret = True if setup.smoke else False  # smoke: TPU interpret mode on the CPU
+    cands = pt.candidate_blocks(kind)
+    base = cands[0]
+    rows = []
+    for b, s, h, d in ((1, 8192, 8, 256), (1, 16384, 16, 128)) if not setup.smoke else ((1, 100, 2, 128),):
+        ks = jax.random.split(jax.random.key(s + d), 4)
+        q = jax.random.normal(ks[0], (b, s, h, d), dt)
+        k, v = (jax.random.normal(kk, (b, s, 1, d), dt) for kk in ks[1:3])
+        do = jax.random.normal(ks[3], (b, s, h, d), dt)
+        fwd_flops = 4 * b * h * s * s * d / 2  # causal
+        m = min(256, s)  # the last query rows against an fp32 reference (full-length keys)
+        kw = dict(causal=True, window=None, softcap=None, scale=d ** -0.5, q_segment_ids=None,
+                  kv_segment_ids=None)
+        want = ref(q[:, -m:].astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), **kw)
+
+        def grads(blk):
+            f = lambda q, k, v: pt.attention_pallas_tpu(q, k, v, blocks=blk, interpret=interpret, **kw)  # noqa: E731
+            return jax.jit(lambda q, k, v, do: jax.vjp(f, q, k, v)[1](do))
+
+        default_grads: list = []
+        for blk in cands[:2] if setup.smoke else cands:
+            for backward in (False, True):
+                if past_deadline():
+                    return rows
+                row = dict(op="tpu_attention", shape=f"mqa b{b} s{s} h{h}/1 d{d} causal {jnp.dtype(dt).name}",
+                           pass_="fwd+bwd" if backward else "fwd", blocks=repr(blk), default=blk == base,
+                           device_kind=kind, candidates=len(cands))
+
+                def run(blk=blk, backward=backward):
+                    if not backward:
+                        fn = jax.jit(lambda q, k, v: pt.attention_pallas_tpu(
+                            q, k, v, blocks=blk, interpret=interpret, **kw))
+                        err = _jax_rel(fn(q, k, v)[:, -m:], want)
+                        t = timer(lambda: fn(q, k, v))
+                        return dict(err=err, ms=t.median_s * 1e3, tflops=fwd_flops / t.median_s / 1e12)
+                    fn = grads(blk)
+                    got = fn(q, k, v, do)
+                    if not default_grads:
+                        default_grads.extend(got if blk == base else grads(base)(q, k, v, do))
+                    err = max(_jax_rel(a, r) for a, r in zip(got, default_grads))
+                    t = timer(lambda: fn(q, k, v, do))
+                    return dict(err_vs_default=err, ms=t.median_s * 1e3,
+                                tflops=3.5 * fwd_flops / t.median_s / 1e12)
+
+                rows.append(_try(row, run))
+                print(row)
+    return rows
+
+
+def sweep_tpu_decode(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
+    """pallas_tpu_decode.decode_candidate_blocks on this chip (TPU; --smoke: interpret mode)."""
+    import jax
+    import jax.numpy as jnp
+
+    from kernels.decode.pallas_tpu_decode import decode_attention_pallas_tpu, decode_candidate_blocks
+    from kernels.decode.reference_jax import _decode as ref
+
+    kind = jax.devices()[0].device_kind
+    h, d, max_len = 8, 128, (32768 if not setup.smoke else 256)
+    dt = jnp.float32 if setup.smoke else jnp.bfloat16
+    interpret = True if setup.smoke else False
+    cands = decode_candidate_blocks(kind)
+    rows = []
+    for b in (16, 1) if not setup.smoke else (2,):
+        ks = jax.random.split(jax.random.key(b), 3)
+        q = jax.random.normal(ks[0], (b, h, d), dt)
+        k, v = (jax.random.normal(kk, (b, max_len, 1, d), dt) for kk in ks[1:])
+        lens = jnp.full((b,), max_len, jnp.int32)
+        kw = dict(window=None, softcap=None, scale=d ** -0.5)
+        want = ref(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), lens, **kw)
+        kv_bytes = 2 * k.size * k.dtype.itemsize
+        for blk in cands:
+            if past_deadline():
+                return rows
+            row = dict(op="tpu_decode", shape=f"mqa b{b} h{h}/1 d{d} cache {max_len} {jnp.dtype(dt).name}",
+                       blocks=repr(blk), default=blk == cands[0], device_kind=kind, candidates=len(cands))
+
+            def run(blk=blk):
+                fn = jax.jit(lambda q, k, v, lens: decode_attention_pallas_tpu(
+                    q, k, v, lens, blocks=blk, interpret=interpret, **kw))
+                err = _jax_rel(fn(q, k, v, lens), want)
+                t = timer(lambda: fn(q, k, v, lens))
+                return dict(err=err, ms=t.median_s * 1e3, gbps=kv_bytes / t.median_s / 1e9)
+
+            rows.append(_try(row, run))
+            print(row)
+    return rows
+
+
+GPU_SWEEPS = {"attention": sweep_attention, "int4": sweep_int4, "patch_embed": sweep_patch_embed,
+              "decode": sweep_decode}
+TPU_SWEEPS = {"tpu_attention": sweep_tpu_attention, "tpu_decode": sweep_tpu_decode}
+SWEEPS = {**GPU_SWEEPS, **TPU_SWEEPS}
 
 
 def parse_ops(text: str, known) -> list[str]:
@@ -291,21 +410,36 @@ def parse_ops(text: str, known) -> list[str]:
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default="benchmarks/results")
-    ap.add_argument("--ops", default=",".join(SWEEPS))
+    ap.add_argument("--ops", default=None, help="default: the GPU ops on a GPU, the tpu_* ops on a "
+                    "TPU, all with --smoke")
     ap.add_argument("--deadline-s", type=float, default=120.0, help="no candidate starts after this")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, interpreter: checks this script")
     args = ap.parse_args(argv)
+    import jax
+
+    on_tpu = jax.default_backend() == "tpu"
+    if args.ops is None:
+        args.ops = ",".join(SWEEPS if args.smoke else TPU_SWEEPS if on_tpu else GPU_SWEEPS)
     ops = parse_ops(args.ops, SWEEPS)
+    tpu_timer = events = graphs = None
     if args.smoke:
         setup = Setup(dev="cpu")
-        events = graphs = Timer("cpu", warmup=0, min_runs=1, max_runs=1)
-    elif not torch.cuda.is_available():
-        raise SystemExit("benchmarks.sweep needs a CUDA GPU (torch.cuda.is_available() is False); "
-                         "--smoke checks the script on the CPU")
+        events = graphs = tpu_timer = Timer("cpu", warmup=0, min_runs=1, max_runs=1)
     else:
-        setup = Setup(cap=tuple(torch.cuda.get_device_capability()))
-        events = Timer("cuda", warmup=2, min_runs=5, max_runs=20, budget_s=0.2)
-        graphs = Timer("cuda", warmup=2, min_runs=10, max_runs=50, budget_s=0.1, cuda_graphs=True)
+        tpu_ops = [o for o in ops if o in TPU_SWEEPS]
+        if tpu_ops and not on_tpu:
+            raise SystemExit(f"--ops {tpu_ops} need a TPU backend (jax.default_backend() is "
+                             f"{jax.default_backend()!r}); --smoke checks them on the CPU")
+        if len(tpu_ops) < len(ops) and not torch.cuda.is_available():
+            raise SystemExit("benchmarks.sweep's GPU ops need a CUDA GPU (torch.cuda.is_available() "
+                             "is False); --smoke checks the script on the CPU")
+        if on_tpu:
+            setup = Setup(dev="tpu")
+            tpu_timer = Timer("tpu", warmup=2, min_runs=5, max_runs=20, budget_s=0.2)
+        if len(tpu_ops) < len(ops):
+            setup = Setup(cap=tuple(torch.cuda.get_device_capability()))
+            events = Timer("cuda", warmup=2, min_runs=5, max_runs=20, budget_s=0.2)
+            graphs = Timer("cuda", warmup=2, min_runs=10, max_runs=50, budget_s=0.1, cuda_graphs=True)
     device = detect_device()
     end = time.monotonic() + args.deadline_s
     past = lambda: time.monotonic() > end  # noqa: E731
@@ -315,10 +449,12 @@ def main(argv=None) -> str:
                    complete=False, device=device.to_dict(), commit=git_commit(), versions=library_versions(),
                    config=vars(args), timing={"attention": "cuda-events, L2 flushed by a read",
                                               "int4, patch_embed, decode": "cuda-graph replay, cuda-events, "
-                                                                           "L2 flushed by a read"},
+                                                                           "L2 flushed by a read",
+                                              "tpu_attention, tpu_decode": "wall-clock, block_until_ready"},
                    records=[])
     for op in ops:
-        payload["records"] += SWEEPS[op](setup, events if op == "attention" else graphs, past)
+        timer = tpu_timer if op in TPU_SWEEPS else events if op == "attention" else graphs
+        payload["records"] += SWEEPS[op](setup, timer, past)
         write_json_atomic(path, payload)
     payload["complete"] = not past()
     write_json_atomic(path, payload)

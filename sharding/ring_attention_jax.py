@@ -1,15 +1,25 @@
-"""Ring attention (context parallelism) in JAX on the project's Pallas flash-attention kernel.
+"""Ring attention (context parallelism) in JAX on the project's Pallas flash-attention kernels.
 
 Computes exactly ``kernels.jax_ops.attention(q, k, v, causal=..., softcap=..., scale=...)``
 (self-attention, q_len == kv_len; reference: ``kernels.attention.reference_jax``) with the
 sequence axis sharded over one mesh axis of n devices. Under ``jax.shard_map`` every device
 keeps its queries and passes its K/V block around the ring with ``lax.ppermute``; each step
 runs the Pallas kernel on (local q, visiting K/V) and merges the partial output through the
-kernel's log-sum-exp, so the result is exact up to rounding. The next block's ppermute is
-issued before the current step's kernel, so XLA can overlap them (the n-th K/V hop is
-unused). The backward (``jax.custom_vjp``) runs the ring again with the final o and lse: dQ
-accumulates in place, dK/dV accumulators travel with their K/V block and arrive home after
-n hops.
+kernel's log-sum-exp, so the result is exact up to rounding.
+
+Kernel (``impl``): "pallas" is the GPU (Triton-lowered) kernel ``kernels/attention/
+pallas_attention.py`` (lse base 2), "pallas_tpu" the TPU (Mosaic) kernel
+``kernels/attention/pallas_tpu.py`` (lse natural log); each step's partial lse stays in the
+kernel's own base, so the merge never converts. impl=None picks "pallas_tpu" when JAX's
+default backend is a TPU, else "pallas". interpret=None compiles the kernel on its own
+platform (GPU / TPU) and interprets it elsewhere (Pallas interpret mode / TPU interpret mode),
+so impl="pallas_tpu" runs on CPU devices in TPU interpret mode (tests do this, MQA only: in
+jax 0.10.2 a TPU-interpreted call with kv_heads > 1 inside a multi-device shard_map hangs).
+
+The next block's ppermute is issued before the current step's kernel, so XLA can overlap
+them (the n-th K/V hop is unused). The backward (``jax.custom_vjp``) runs the ring again
+with the final o and lse: dQ accumulates in place, dK/dV accumulators travel with their K/V
+block and arrive home after n hops.
 
 Layout: zigzag. The sequence is cut into 2n chunks and device i holds chunks (i, 2n-1-i), so
 under a causal mask every device does the same work: step 0 is one causal call on the local
@@ -28,7 +38,7 @@ window and segment_ids are refused (they need per-chunk position/segment offsets
 does not take). dQ/dK/dV partials are rounded to the input dtype per step by the kernel, then
 summed in fp32 (exact for fp32; bf16 adds ~n roundings). dK/dV accumulators travel in fp32.
 Fast where: sequences too long for one device's memory, K/V transfer overlapped with a
-step's 2 * c * c work (c = seq / 2n). Off-GPU the kernel runs in Pallas interpret mode.
+step's 2 * c * c work (c = seq / 2n). Off its platform the kernel runs interpreted.
 """
 from __future__ import annotations
 
@@ -38,10 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kernels._platform import pallas_interpret_default
 from kernels.attention import pallas_attention as pa
+from kernels.attention import pallas_tpu as pt
 from kernels.attention.spec import check_attention_args
 from kernels.jax_ops import JAX_DTYPES
 
@@ -72,7 +84,27 @@ def check_ring_args(q, k, v, *, n: int, causal, window, softcap, scale, segment_
     return problem
 
 
-# --- lse adapters: kernel layout (folded [B, KVH, rows_p], base 2, +inf = no key) <-> [B, S, H]
+RING_IMPLS = ("pallas", "pallas_tpu")
+
+
+def resolve_impl(impl):
+    """impl=None: "pallas_tpu" on a TPU backend, else "pallas"; anything else must be one of
+    RING_IMPLS (ValueError naming it)."""
+    if impl is None:
+        return "pallas_tpu" if jax.default_backend() == "tpu" else "pallas"
+    if impl not in RING_IMPLS:
+        raise ValueError(f"impl must be one of {RING_IMPLS} or None, got {impl!r}")
+    return impl
+
+
+# --- lse adapters: kernel layout <-> [B, S, H] (-inf = no key), in the kernel's own base.
+# "pallas": folded [B, KVH, rows_p], base 2, +inf = no key; "pallas_tpu": [B, KVH, rows, 1],
+# natural log, +inf = no key.
+
+def _natural(cfg) -> bool:
+    """Whether ``cfg`` is the TPU kernel's (natural-log lse) rather than the GPU kernel's."""
+    return isinstance(cfg, pt._Config)
+
 
 def _lse_unfold(lse_f, q_shape):
     b, s, h, _ = q_shape
@@ -83,21 +115,30 @@ def _lse_unfold(lse_f, q_shape):
 
 
 def _lse_fold(lse, q_shape, kv_len, kvh, cfg):
+    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # kernel convention: p = exp(s - inf) = 0
+    if _natural(cfg):  # TPU: unpadded rows (its backward pads them)
+        return pt._fold(lse[..., None], kvh, q_shape[1] * (q_shape[2] // kvh), 1)
     rows_p = pa._tiles(q_shape, kv_len, kvh, cfg, False)[1]
-    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # kernel convention: p = exp2(s - inf) = 0
     return pa._fold(lse[..., None], kvh, rows_p, 1)[..., 0]
 
 
 def _attend(q, k, v, cfg):
-    """One kernel call -> (o fp32 [B, Sq, H, D], lse [B, Sq, H] base 2, -inf where no key)."""
-    o, lse_f = pa._forward(q, k, v, None, None, cfg)
+    """One kernel call -> (o fp32 [B, Sq, H, D], lse [B, Sq, H] in the kernel's base, -inf
+    where no key)."""
+    if _natural(cfg):
+        o, lse_f = pt._forward(q, k, v, None, None, cfg)
+        lse_f = lse_f[..., 0]
+    else:
+        o, lse_f = pa._forward(q, k, v, None, None, cfg)
     return o.astype(jnp.float32), _lse_unfold(lse_f, q.shape)
 
 
-def _merge(o, lse, o_t, lse_t):
-    lse_new = jnp.logaddexp2(lse, lse_t)
+def _merge(o, lse, o_t, lse_t, natural: bool):
+    """Two partials (o normalized, lse in base e if ``natural`` else 2) -> their union."""
+    logaddexp, exp = (jnp.logaddexp, jnp.exp) if natural else (jnp.logaddexp2, jnp.exp2)
+    lse_new = logaddexp(lse, lse_t)
     safe = jnp.where(jnp.isfinite(lse_new), lse_new, 0.0)
-    w, w_t = jnp.exp2(lse - safe)[..., None], jnp.exp2(lse_t - safe)[..., None]
+    w, w_t = exp(lse - safe)[..., None], exp(lse_t - safe)[..., None]
     return o * w + o_t * w_t, lse_new
 
 
@@ -129,7 +170,7 @@ def _ring_forward(q, k, v, statics):
     def body(t, carry):
         kv, o, lse = carry
         nxt = lax.ppermute(kv, axis, perm)  # in flight while this step computes (last: unused)
-        return (nxt, *_merge(o, lse, *visiting(t, *kv)))
+        return (nxt, *_merge(o, lse, *visiting(t, *kv), _natural(cfg_full)))
 
     kv = lax.ppermute((k, v), axis, perm)  # independent of step 0: overlaps it
     _, o, lse = lax.fori_loop(1, n, body, (kv, o, lse))
@@ -139,7 +180,8 @@ def _ring_forward(q, k, v, statics):
 def _grads(q, k, v, o, lse, do, cfg):
     """One backward kernel call with the final o, lse -> fp32 (dq, dk, dv)."""
     lse_f = _lse_fold(lse, q.shape, k.shape[1], k.shape[2], cfg)
-    return tuple(g.astype(jnp.float32) for g in pa._backward(q, k, v, None, None, o, lse_f, do, cfg))
+    backward = pt._backward if _natural(cfg) else pa._backward
+    return tuple(g.astype(jnp.float32) for g in backward(q, k, v, None, None, o, lse_f, do, cfg))
 
 
 def _ring_backward(statics, res, do):
@@ -188,22 +230,43 @@ def _ring_fwd(q, k, v, statics):
 _ring.defvjp(_ring_fwd, _ring_backward)
 
 
+def _kernel_config(impl, head_dim, blocks, interpret):
+    """functools.partial of the chosen kernel's _Config with blocks and interpret resolved."""
+    if impl == "pallas_tpu":
+        if interpret is None:
+            interpret = pt.default_interpret()
+        elif interpret is True:
+            interpret = pltpu.InterpretParams()
+        if blocks is None:
+            blocks = pt.DEFAULT_BLOCKS if interpret else pt.chip_blocks()
+        if not isinstance(blocks, pt.TpuAttentionBlocks):
+            raise TypeError(f"impl='pallas_tpu' needs blocks=TpuAttentionBlocks or None, got "
+                            f"{type(blocks).__name__}")
+        return functools.partial(pt._Config, blocks=blocks, interpret=interpret)
+    if interpret is None:
+        interpret = pallas_interpret_default()
+    if blocks is None:
+        blocks = pa.default_blocks(head_dim, interpret=interpret)
+    if isinstance(blocks, pt.TpuAttentionBlocks):
+        raise TypeError("impl='pallas' (the GPU kernel) got TPU blocks (TpuAttentionBlocks); "
+                        "pass its own blocks or None")
+    return functools.partial(pa._Config, blocks=blocks, interpret=bool(interpret))
+
+
 def ring_attention_local(q, k, v, *, axis_name, n: int, causal: bool, scale: float,
-                         softcap: float | None = None, blocks=None, interpret=None):
+                         softcap: float | None = None, blocks=None, interpret=None, impl=None):
     """Ring attention on this device's zigzag shard [B, 2c, H, D] (call inside shard_map).
 
     n: the size of ``axis_name``; arguments must already be checked (``check_ring_args`` on
-    the global shapes). Differentiable in q, k, v.
+    the global shapes). impl: "pallas" (GPU kernel), "pallas_tpu" (TPU kernel) or None (by
+    JAX's default backend, see the module docstring); blocks: that kernel's tile dataclass.
+    Differentiable in q, k, v.
     """
     if q.shape[1] % 2 or k.shape[1] != q.shape[1]:
         raise ValueError(f"local q and k/v lengths must be equal and even (two zigzag chunks), "
                          f"got q {q.shape[1]} and k/v {k.shape[1]}")
-    if interpret is None:
-        interpret = pallas_interpret_default()
-    if blocks is None:
-        blocks = pa.default_blocks(q.shape[-1], interpret=interpret)
-    cfg = functools.partial(pa._Config, window=None, softcap=softcap, scale=float(scale),
-                            blocks=blocks, interpret=bool(interpret))
+    cfg = functools.partial(_kernel_config(resolve_impl(impl), q.shape[-1], blocks, interpret),
+                            window=None, softcap=softcap, scale=float(scale))
     statics = (axis_name, int(n), bool(causal), cfg(causal=False), cfg(causal=True))
     return _ring(q, k, v, statics)
 
@@ -238,13 +301,15 @@ def _from_zigzag(y, axis, n):
 
 
 def ring_attention_zigzag(q, k, v, *, mesh, axis_name: str, q_spec, kv_spec, causal=True, softcap=None,
-                          scale=None, window=None, segment_ids=None, blocks=None, interpret=None):
+                          scale=None, window=None, segment_ids=None, blocks=None, interpret=None,
+                          impl=None):
     """attention(q, k, v) on a sequence in ZIGZAG order, sharded contiguously on ``axis_name``.
 
     q [B, S, H, D], k, v [B, S, KVH, D] with shardings ``q_spec`` / ``kv_spec``
     (PartitionSpecs whose dim 1 is ``axis_name``; batch / head dims may be split too); each
     device's contiguous slice of the zigzag order is then exactly its zigzag shard, so no
     permutation happens here. Returns o [B, S, H, D] in zigzag order, sharded like q.
+    impl: the kernel, as ``ring_attention_local``.
     """
     for name, spec in (("q_spec", q_spec), ("kv_spec", kv_spec)):
         if len(spec) != 4 or spec[1] != axis_name:
@@ -252,31 +317,34 @@ def ring_attention_zigzag(q, k, v, *, mesh, axis_name: str, q_spec, kv_spec, cau
     n = int(mesh.shape[axis_name])
     problem = check_ring_args(q, k, v, n=n, causal=causal, window=window, softcap=softcap,
                               scale=scale, segment_ids=segment_ids)
+    impl = resolve_impl(impl)
     attend = functools.partial(ring_attention_local, axis_name=axis_name, n=n, causal=causal,
                                scale=problem.scale, softcap=problem.softcap, blocks=blocks,
-                               interpret=interpret)
+                               interpret=interpret, impl=impl)
     return jax.shard_map(attend, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
                          check_vma=False)(q, k, v)  # pallas_call carries no varying-axis types
 
 
 def ring_attention(q, k, v, *, mesh, axis_name, causal=False, softcap=None, scale=None,
-                   window=None, segment_ids=None, blocks=None, interpret=None):
+                   window=None, segment_ids=None, blocks=None, interpret=None, impl=None):
     """attention(q, k, v) with the sequence sharded over ``mesh.shape[axis_name]`` devices.
 
     q [B, S, H, D], k, v [B, S, KVH, D] and o [B, S, H, D] in natural order, sharded
     contiguously on S over ``axis_name`` (``P(None, axis_name)``). Inside, each shard moves
     to the zigzag layout and back with two ppermutes. Differentiable in q, k, v; on a mesh
     with Explicit axes (``jax.make_mesh``'s default) take its vjp under ``jax.jit``, where the
-    cotangent gets the output's sharding.
+    cotangent gets the output's sharding. impl: "pallas" (GPU kernel), "pallas_tpu" (TPU
+    kernel) or None (TPU kernel on a TPU backend, else the GPU one).
     """
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name must be one of the mesh axes {tuple(mesh.shape)}, got {axis_name!r}")
     n = int(mesh.shape[axis_name])
     problem = check_ring_args(q, k, v, n=n, causal=causal, window=window, softcap=softcap,
                               scale=scale, segment_ids=segment_ids)
+    impl = resolve_impl(impl)
     attend = functools.partial(ring_attention_local, axis_name=axis_name, n=n, causal=causal,
                                scale=problem.scale, softcap=problem.softcap, blocks=blocks,
-                               interpret=interpret)
+                               interpret=interpret, impl=impl)
 
     def local(q, k, v):
         zq, zk, zv = (_to_zigzag(x, axis_name, n) for x in (q, k, v))

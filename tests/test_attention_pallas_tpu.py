@@ -10,6 +10,7 @@ Shapes are tiny because interpret mode is slow (compiles dominate: ~1 s per kern
 """
 from __future__ import annotations
 
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,8 @@ from kernels.attention.pallas_tpu import (
     chip_blocks)
 from kernels.attention.pallas_tpu_kernels import TpuTileStatics, block_ranges
 from kernels.decode.pallas_tpu_decode import (
-    TpuDecodeBlocks, decode_attention_pallas_tpu, decode_candidate_blocks, decode_chip_blocks)
+    DEFAULT_DECODE_BLOCKS, TPU_DECODE_BLOCKS, TpuDecodeBlocks, decode_attention_pallas_tpu,
+    decode_candidate_blocks, decode_chip_blocks)
 
 from conftest import ATOL_FLOOR, ERROR_RATIO, assert_close, max_err
 
@@ -224,14 +226,53 @@ def test_blocks_validated(kwargs):
 
 
 def test_chip_tables():
-    """Tiles per chip by device_kind; unknown chips (and CPU) get the defaults; sweeps are valid."""
-    assert set(TPU_BLOCKS) == {"TPU v4", "TPU v5 lite", "TPU v5p", "TPU v6 lite"}
-    assert chip_blocks("TPU v6 lite") is TPU_BLOCKS["TPU v6 lite"]
-    assert chip_blocks("cpu") is DEFAULT_BLOCKS and chip_blocks() is DEFAULT_BLOCKS
-    for kind in (*TPU_BLOCKS, "cpu"):
+    """Tiles per chip generation; every device kind JAX reports for a chip finds it; CPU gets
+    the defaults; sweeps are valid."""
+    assert set(TPU_BLOCKS) == set(TPU_DECODE_BLOCKS) == {"v4", "v5e", "v5p", "v6e"}
+    aliases = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p",
+               "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known kind never warns
+        for kind, gen in aliases.items():
+            assert chip_blocks(kind) is TPU_BLOCKS[gen], kind
+            assert decode_chip_blocks(kind) is TPU_DECODE_BLOCKS[gen], kind
+        assert chip_blocks("cpu") is DEFAULT_BLOCKS and chip_blocks() is DEFAULT_BLOCKS
+        assert decode_chip_blocks("cpu") is DEFAULT_DECODE_BLOCKS
+    assert chip_blocks("TPU v5") != DEFAULT_BLOCKS  # the audit's case: v5p as jax names it
+    for kind in (*aliases, "cpu"):
         cands = candidate_blocks(kind)
         assert cands[0] == chip_blocks(kind) and len(set(cands)) == len(cands) > 4
         assert decode_candidate_blocks(kind)[0] == decode_chip_blocks(kind)
     with pytest.raises(ValueError, match="impl"):
         jax_ops.attention(jnp.zeros((1, 4, 2, 64)), jnp.zeros((1, 4, 1, 64)),
                           jnp.zeros((1, 4, 1, 64)), impl="pallas_tpu_v5")
+
+
+def test_unknown_tpu_kind_warns_once():
+    """A TPU kind outside the alias table (or a generation without an entry) gets the defaults
+    with one RuntimeWarning naming it, never silently."""
+    from kernels import _tpu_chips
+
+    _tpu_chips._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="'TPU v99'"):
+        assert chip_blocks("TPU v99") is DEFAULT_BLOCKS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert chip_blocks("TPU v99") is DEFAULT_BLOCKS  # once per kind
+    with pytest.warns(RuntimeWarning, match="generation 'v3'"):
+        assert decode_chip_blocks("TPU v3") is DEFAULT_DECODE_BLOCKS
+
+
+def test_chip_aliases_match_jax():
+    """kernels/_tpu_chips.py's alias table is jax's chip_version_from_device_kind (private in
+    jax 0.10.2, hence the copy): same kinds, same generations."""
+    from jax._src.pallas.mosaic import tpu_info
+
+    from kernels import _tpu_chips
+
+    for kind, gen in _tpu_chips.CHIP_ALIASES.items():
+        assert str(tpu_info.chip_version_from_device_kind(kind)) == gen, kind
+    for version in pltpu.ChipVersion:  # every chip jax knows has an alias here
+        assert str(version) in _tpu_chips.CHIP_ALIASES.values(), version
+    assert tpu_info.chip_version_from_device_kind("TPU v99") is None
+    assert _tpu_chips.chip_generation("TPU v99") is None

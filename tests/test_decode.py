@@ -5,7 +5,9 @@ per-row lengths including 0, 1 and max_len, lengths off the block grid, MQA/GQA/
 softcap and head dims 64/80/128. Accuracy rule from conftest: error vs float64 on the rounded
 inputs <= 2x the error of the framework doing the same math in the same precision + a floor.
 Triton runs in fp32/fp16 (the interpreter's bf16 tl.dot is wrong), Pallas in fp32/fp16/bf16.
-Also: the split/combine path with > 1 split, bad input, and AOT compiles for sm_90 and sm_80.
+Also: the split/combine path with > 1 split, bad input, AOT compiles for sm_90 and sm_80, and
+the split kernel's K/V offsets read from its sm_90 PTX (64-bit products only; a 32-bit control
+kernel shows the reading can fail).
 """
 from __future__ import annotations
 
@@ -266,7 +268,10 @@ BAD = [
     ("q_dtype", dict(q=torch.zeros(2, 4, 16, dtype=torch.float64)), TypeError, r"q dtype must be one of"),
     ("window0", dict(window=0), ValueError, r"window must be >= 1, got 0"),
     ("window_float", dict(window=2.5), TypeError, r"window must be an int"),
-    ("softcap", dict(softcap=-1.0), ValueError, r"softcap must be a float > 0"),
+    ("softcap", dict(softcap=-1.0), ValueError, r"softcap must be a finite float > 0 or None, got -1.0"),
+    ("softcap_inf", dict(softcap=float("inf")), ValueError, r"softcap must be a finite float > 0 or None, got inf"),
+    ("scale_inf", dict(scale=float("inf")), ValueError, r"scale must be a finite float > 0 or None, got inf"),
+    ("scale_zero", dict(scale=0.0), ValueError, r"scale must be a finite float > 0 or None, got 0.0"),
     ("impl", dict(impl="cuda"), ValueError, r"impl must be one of"),
 ]
 
@@ -281,14 +286,17 @@ def test_torch_bad_input(change, exc, match):
     assert sum(triton_decode.LAUNCHES.values()) == before  # nothing launched
 
 
-@pytest.mark.parametrize("change,exc,match", [b[1:] for b in BAD if b[0] in
-                                              ("too_long", "negative", "float_lens", "mixed_dtype", "groups")],
-                         ids=["groups", "too_long", "negative", "float_lens", "mixed_dtype"])
+JAX_BAD = ("groups", "too_long", "negative", "float_lens", "mixed_dtype", "softcap_inf", "scale_inf")
+
+
+@pytest.mark.parametrize("change,exc,match", [b[1:] for b in BAD if b[0] in JAX_BAD],
+                         ids=[b[0] for b in BAD if b[0] in JAX_BAD])
 def test_jax_bad_input(change, exc, match):
-    args = {k: jnp.asarray(v.numpy()) for k, v in {**_good_torch(), **change}.items()}
+    args = {k: jnp.asarray(v.numpy()) if isinstance(v, torch.Tensor) else v
+            for k, v in {**_good_torch(), **change}.items()}
     with pytest.raises(exc, match=match.replace("torch.", "")):
         jax_ops.decode_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"),
-                                 args.pop("cache_seqlens"), impl="pallas")
+                                 args.pop("cache_seqlens"), impl="pallas", **args)
 
 
 def test_blocks_and_splits_validated():
@@ -367,3 +375,66 @@ def test_check_lengths_false_skips_only_the_host_read(monkeypatch):
     with pytest.raises(ValueError, match=r"cache_seqlens must have shape \(2,\)"):
         torch_ops.decode_attention(**{**args, "cache_seqlens": torch.tensor([1, 2, 3])},
                                    impl="reference", check_lengths=False)
+
+
+# ---- 64-bit cache offsets in the compiled split kernel (sm_90 PTX) -------------------------
+
+_KV_STRIDES = ("stride_kb", "stride_ks", "stride_kh", "stride_vb", "stride_vs", "stride_vh")
+
+
+def _stride_uses(ptx: str, kernel: str, params: list, name: str) -> list:
+    """The opcodes of the PTX instructions that read stride argument ``name`` (the register its
+    ld.param fills, as a source operand)."""
+    import re
+
+    m = re.search(rf"ld\.param\.[bsu](?:32|64)\s+(%\w+),\s*\[{kernel}_param_{params.index(name)}\]", ptx)
+    assert m, f"{kernel}: no ld.param of {name}"
+    reg, uses = m.group(1), []
+    for line in ptx.splitlines():
+        op, _, operands = line.strip().rstrip(";").partition(" ")
+        if reg in [o.strip() for o in operands.split(",")][1:]:  # a source, not the destination
+            uses.append(op)
+    return uses
+
+
+def _is_64bit(op: str) -> bool:
+    """A 64-bit product or extension: mul/mad.wide (32x32 -> 64), *.s64 / *.u64, cvt to 64."""
+    return (op.startswith(("mul.wide.", "mad.wide.", "cvt.s64.", "cvt.u64."))
+            or op.endswith((".s64", ".u64")))
+
+
+def test_split_kernel_cache_offsets_are_64bit(tmp_path):
+    """Compiled for sm_90 (bf16, head_dim 128, a 128k cache, contiguous and paged), every K/V
+    stride enters the address math only through 64-bit products (``mul.wide.s32``,
+    ``mul.lo.s64``), never a 32-bit ``mul.lo.s32``: a 128k-position row of 8 kv heads x 128
+    dims is 2^27 elements, and batch or page offsets pass 2^31. The same reading flags a
+    control kernel whose offset is an int32 product."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
+    try:
+        ptxas = nvidia.get_ptxas(90).path
+    except RuntimeError as e:
+        pytest.skip(f"ptxas not available: {e}")
+    if not ptxas or not os.path.exists(ptxas):
+        pytest.skip(f"ptxas not available at {ptxas!r}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "ptx.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, os.path.join(here, "_decode_ptx_worker.py"), str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    data = json.loads(out.read_text())
+    for variant in ("contiguous", "paged"):
+        ptx, params = data[variant]["ptx"], data[variant]["params"]
+        for name in _KV_STRIDES:
+            uses = _stride_uses(ptx, "_decode_split_kernel", params, name)
+            assert uses, f"{variant}: {name} is loaded but never used"
+            assert all(_is_64bit(op) for op in uses), f"{variant}: {name} in 32-bit math: {uses}"
+    control = _stride_uses(data["control32"]["ptx"], "_offset32_control", data["control32"]["params"],
+                           "stride_ks")
+    assert control and not all(_is_64bit(op) for op in control), control

@@ -1,4 +1,5 @@
-"""Long-context checks at 32k cache/key positions: prefill attention and decode, Triton and Pallas.
+"""Long-context checks at 32k cache/key positions: prefill attention and decode, Triton and Pallas;
+decode also at a 128k cache (Triton, Pallas, Pallas TPU).
 
 (1) Accuracy against a float64 reference computed in key chunks
     (``kernels.decode.reference.attention_reference_chunked``; the dense reference would need
@@ -137,3 +138,55 @@ def test_decode_32k_retrieves_planted_key(rng, impl):
     want = np.stack([v[0, PLANT, 0], v[1, 20000, 0]])[:, None]
     err = np.max(np.abs(out - want))
     assert err <= 1e-3, f"retrieval error {err:.2e}: output is not the planted value"
+
+
+# ---- decode against a 128k cache ---------------------------------------------------------
+# (2 x 131072 x 16 elements stay far below 2^31: the 64-bit cache offsets a real 128k cache of
+# large batch x kv_heads x head_dim needs are checked in the compiled PTX, tests/test_decode.py)
+
+S128 = 131072
+D128 = 16
+LENS128 = np.array([S128, 100001])  # a full cache and a row that ends off the block grid
+
+
+def _decode128_triton(q, k, v):
+    return torch_ops.decode_attention(*(torch.from_numpy(x).float() for x in (q, k, v)),
+                                      torch.from_numpy(LENS128), impl="triton")
+
+
+def _decode128_pallas(q, k, v):
+    return jax_ops.decode_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)),
+                                    jnp.asarray(LENS128, jnp.int32), impl="pallas")
+
+
+def _decode128_pallas_tpu(q, k, v):
+    # 8192-position tiles: TPU interpret mode costs per grid step (the default 128 would be
+    # 1024 steps a row); the chip tables' tiles are exercised by tests/test_decode_pallas_tpu.py
+    from kernels.decode.pallas_tpu_decode import TpuDecodeBlocks, decode_attention_pallas_tpu
+
+    return decode_attention_pallas_tpu(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)),
+                                       jnp.asarray(LENS128, jnp.int32), window=None, softcap=None,
+                                       scale=D128**-0.5, blocks=TpuDecodeBlocks(8192))
+
+
+DECODE128 = {"triton": _decode128_triton, "pallas": _decode128_pallas,
+             "pallas_tpu": _decode128_pallas_tpu}
+
+
+@pytest.mark.parametrize("impl", sorted(DECODE128))
+def test_decode_128k_matches_chunked_float64(rng, impl):
+    """Batch 2 (MQA: 4 heads, 1 kv head, head_dim 16) against a 131072-position cache, one row
+    full and one ending at 100001: each kernel against the float64 reference computed in
+    8192-key chunks, row by row over its visible positions."""
+    q = rng.standard_normal((2, 4, D128))
+    k = rng.standard_normal((2, S128, 1, D128))
+    v = rng.standard_normal((2, S128, 1, D128))
+    out = DECODE128[impl](q, k, v)
+    t32 = [torch.from_numpy(x).float() for x in (q, k, v)]
+    ref = torch.cat([attention_reference_chunked(
+        t32[0][b:b + 1, None].double(), t32[1][b:b + 1, :n].double(), t32[2][b:b + 1, :n].double(),
+        causal=False, window=None, softcap=None, scale=D128**-0.5, chunk=8192)[:, 0]
+        for b, n in enumerate(LENS128)])
+    base = _decode(*t32, torch.from_numpy(LENS128), window=None, softcap=None, scale=D128**-0.5,
+                   upcast=False)
+    assert_close(out, ref, base, torch.float32)

@@ -2,7 +2,9 @@
 
 Each framework runs in one helper process that does all its cases: JAX needs 8 simulated CPU
 devices (XLA_FLAGS before JAX initializes; this process already has JAX), torch needs 4 gloo
-ranks. Both start at once when the module's first test asks for them. For every case the
+ranks; a third process runs the JAX ring over the TPU kernel (impl="pallas_tpu", TPU
+interpret mode) against the single-device TPU kernel. All start at once when the module's
+first test asks for them. For every case the
 sharded o, dq, dk, dv must be within the conftest accuracy rule of the float64 reference
 (2x the framework's error in the same dtype + floor) and equally close to the single-device kernel's result.
 """
@@ -63,6 +65,10 @@ CASES = [
     Case(4, 2, 64, 16, causal=True, dtype="float16"),  # fp16 dots (the interpreter's bf16 is wrong)
 ]
 TORCH_CASES = [dataclasses.replace(c, mesh=(TORCH_WORLD,)) for c in CASES]
+# impl="pallas_tpu" (tests/_ring_jax_tpu_worker.py). MQA only: in jax 0.10.2's TPU interpret
+# mode a pallas_tpu call with kv_heads > 1 inside a shard_map over >= 2 CPU devices hangs
+# (every device's io_callback stuck in interpret_pallas_call._allocate_buffer), ring or not.
+TPU_CASES = [Case(4, 1, 64, 16, causal=True, softcap=5.0)]
 
 # check name -> fragments its error message must contain
 JAX_CHECKS = {
@@ -70,6 +76,10 @@ JAX_CHECKS = {
     "q_len_ne_kv_len": ("q_len 16", "kv_len 32"),
     "window": ("window",),
     "segment_ids": ("segment_ids",),
+}
+JAX_TPU_CHECKS = {  # name -> (error type, fragments)
+    "impl": ("ValueError", ("impl must be one of", "'triton'")),
+    "tpu_blocks": ("TypeError", ("TpuAttentionBlocks", "PallasAttentionBlocks")),
 }
 TORCH_CHECKS = {
     "seq_not_divisible": ("2 * world = 8", f"got {4 * TORCH_WORLD + 2}"),
@@ -89,6 +99,7 @@ def workers():
         "jax": ("_ring_jax_worker.py", dict(seed=seed, cases=[c.spec() for c in CASES])),
         "torch": ("_ring_torch_worker.py",
                   dict(seed=seed, world=TORCH_WORLD, cases=[c.spec() for c in TORCH_CASES])),
+        "jax_tpu": ("_ring_jax_tpu_worker.py", dict(seed=seed, cases=[c.spec() for c in TPU_CASES])),
     }
     procs = {name: subprocess.Popen([sys.executable, os.path.join(HERE, script), json.dumps(spec)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -121,6 +132,11 @@ def jax_rows(workers):
 
 
 @pytest.fixture(scope="module")
+def jax_tpu_rows(workers):
+    return _collect(workers["jax_tpu"], timeout=600)
+
+
+@pytest.fixture(scope="module")
 def torch_rows(workers):
     return _collect(workers["torch"])
 
@@ -148,6 +164,32 @@ def _assert_check(rows, name, fragments):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_ring_attention_jax(jax_rows, case):
     _assert_case(jax_rows, case.id, case.dtype)
+
+
+@pytest.mark.parametrize("case", TPU_CASES, ids=lambda c: c.id)
+def test_ring_attention_jax_tpu_kernel(jax_tpu_rows, case):
+    """impl="pallas_tpu": the ring over the TPU kernel (natural-log lse merged in its own base)
+    gives the float64 result and the single-device TPU kernel's."""
+    _assert_case(jax_tpu_rows, case.id, case.dtype)
+
+
+@pytest.mark.parametrize("name", sorted(JAX_TPU_CHECKS))
+def test_ring_attention_jax_impl_refusals(jax_tpu_rows, name):
+    error, fragments = JAX_TPU_CHECKS[name]
+    row = jax_tpu_rows["CHECK"][name]
+    assert row["error"] == error, f"{name}: expected {error}, got {row}"
+    for fragment in fragments:
+        assert fragment in row["message"], f"{name}: {fragment!r} not in {row['message']!r}"
+
+
+def test_ring_attention_jax_default_impl():
+    """impl=None follows JAX's default backend: the TPU kernel only on a TPU."""
+    import jax
+
+    from sharding.ring_attention_jax import resolve_impl
+
+    assert resolve_impl(None) == ("pallas_tpu" if jax.default_backend() == "tpu" else "pallas")
+    assert resolve_impl("pallas_tpu") == "pallas_tpu"
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.id)

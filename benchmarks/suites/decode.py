@@ -16,9 +16,15 @@ distinct caches, per call ("steady": the decode step's layers in a serving engin
 cold L2 each replay, as FlashInfer times its kernels), and each JAX row as the same calls in
 one jitted program, per call from the difference with half as many (``Timer.steady_jax``:
 JAX's dispatch, tens of microseconds a call, cancels; a 32k decode reads for a few).
-Paged rows (impls ``triton_paged`` / ``pallas_paged``): the same case's cache scattered into
-a shuffled pool of ``page_size`` pages read through a block table, so their GB/s compare
-directly with the contiguous ``triton`` / ``pallas`` rows (same bytes, same lengths).
+Paged rows (impls ``triton_paged`` / ``pallas_paged`` / ``pallas_tpu_paged``): the same case's
+cache scattered into a shuffled pool of ``page_size`` pages read through a block table, so
+their GB/s compare directly with the contiguous ``triton`` / ``pallas`` rows (same bytes,
+same lengths).
+``pallas_tpu`` / ``pallas_tpu_paged``: the TPU (Mosaic) kernels, compiled on a TPU. Elsewhere
+they run in TPU interpret mode, a CPU simulator costing ~10 s a row at the CPU preset's 2048
+positions (compile, check, one timed call): there only the first ``tpu_interpret_cases``
+cases run (checked, timed once, labeled "interpret"), the rest are skipped saying so; on a
+GPU host they are skipped (they would time the simulator, not the GPU).
 """
 from __future__ import annotations
 
@@ -50,6 +56,9 @@ class DecodeBenchConfig:
     # > 0 (GPU preset): each torch row also timed as that many calls back to back in one CUDA
     # graph over distinct caches (fewer for caches past 256 MiB of copies), per call: "steady"
     steady_calls: int = 0
+    # pallas_tpu* rows without a TPU (TPU interpret mode, ~10 s a row on 2 cores): only the
+    # first this many cases run; the rest are skipped with that reason
+    tpu_interpret_cases: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,17 @@ class Case:
 def cases(cfg) -> list[Case]:
     return [Case(b, t, cfg.heads, kvh, cfg.head_dim, cfg.dtype)
             for t in cfg.cache_lens for b in cfg.batches for kvh in cfg.kv_heads]
+
+
+def _decode_tpu(q, k, v, lens, *, window, softcap, scale, block_table=None):
+    """The TPU kernels (``pallas_tpu_decode`` / ``pallas_tpu_paged_decode``), blocks by chip."""
+    from kernels.decode.pallas_tpu_decode import decode_attention_pallas_tpu
+    from kernels.decode.pallas_tpu_paged_decode import paged_decode_attention_pallas_tpu
+
+    if block_table is None:
+        return decode_attention_pallas_tpu(q, k, v, lens, window=window, softcap=softcap, scale=scale)
+    return paged_decode_attention_pallas_tpu(q, k, v, lens, block_table, window=window,
+                                             softcap=softcap, scale=scale)
 
 
 class DecodeSuite(GridSuite):
@@ -154,7 +174,8 @@ class DecodeSuite(GridSuite):
         from kernels.decode.reference_jax import _decode
         from kernels.decode.xla import decode_xla
 
-        fns = {"pallas": decode_pallas, "pallas_paged": decode_pallas, "xla": decode_xla, "reference": _decode}
+        fns = {"pallas": decode_pallas, "pallas_paged": decode_pallas, "xla": decode_xla, "reference": _decode,
+               "pallas_tpu": _decode_tpu, "pallas_tpu_paged": _decode_tpu}
         if impl == "pallas-jax-ops":  # JAX's own Pallas GPU decode (split-K, GQA)
             if self.device.kind != "cuda":
                 raise Skip("jax.experimental.pallas.ops.gpu.decode_attention is timed on GPUs only "
@@ -167,6 +188,11 @@ class DecodeSuite(GridSuite):
             raise Skip(f"unknown jax impl {impl!r}")
         kernel = impl.startswith("pallas")
         mode = ("interpret" if _platform.pallas_interpret_default() else "compiled") if kernel else "xla"
+        if impl.startswith("pallas_tpu"):
+            if self.device.kind == "cuda":
+                raise Skip("pallas_tpu is the TPU kernel: compiled on TPUs; on a GPU host it would "
+                           "run (and time) the CPU simulator of TPU interpret mode")
+            mode = "compiled" if _platform.jax_backend() == "tpu" else "interpret"
         # Timed without the public API's host-side length check (a sync per call); the
         # correctness run below goes through the same kernels.
 
@@ -177,6 +203,11 @@ class DecodeSuite(GridSuite):
         return jax.jit(f), mode
 
     def run(self, case: Case, framework: str, impl: str) -> dict:
+        if impl.startswith("pallas_tpu") and self.device.kind == "cpu":  # TPU interpret mode
+            n = self.cfg.tpu_interpret_cases
+            if cases(self.cfg).index(case) >= n:
+                raise Skip(f"TPU interpret mode (no TPU) costs ~10 s a row: pallas_tpu runs on the "
+                           f"first {n} case(s) only (decode.tpu_interpret_cases)")
         q, k, v, lens, ref = self._inputs(case)
         table = ()
         if impl.endswith("_paged"):

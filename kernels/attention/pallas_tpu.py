@@ -16,8 +16,10 @@ skips their compute; tile pairs wholly inside the band run without building a ma
 Segment ids mask but do not skip.
 
 Limits: head_dim <= 256 (padded to 128 / 256 lanes, so 80 costs as much as 128); fp32,
-bf16, fp16 inputs with fp32 accumulation. Tiles per chip: ``TPU_BLOCKS`` /
-``chip_blocks()``; sweep candidates: ``candidate_blocks()``.
+bf16, fp16 inputs with fp32 accumulation. Tiles per chip generation: ``TPU_BLOCKS`` /
+``chip_blocks()`` (device kinds such as "TPU v5" / "TPU v5p" mapped to generations by
+``kernels/_tpu_chips.py``; an unknown TPU kind warns); sweep candidates: ``candidate_blocks()``
+(timed on a TPU by ``benchmarks/sweep.py --ops tpu_attention``).
 Fast where: TPU v4 / v5e / v5p / v6e, long sequences with large G (K/V read amortised
 over G heads). Elsewhere it runs in TPU interpret mode (a CPU simulator; tests only).
 """
@@ -32,6 +34,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from .._tpu_chips import chip_entry
 from .pallas_tpu_kernels import TpuTileStatics, block_ranges, clamp_block, dkdv_kernel, dq_kernel, fwd_kernel
 
 LANES = 128
@@ -62,24 +65,23 @@ class TpuAttentionBlocks:
                              f"block_kv={self.block_kv}")
 
 
-# Starting points per chip (jax.devices()[0].device_kind); the benchmark sweeps
+# Starting points per chip generation (device kinds map to generations through
+# kernels/_tpu_chips.py: "TPU v5" and "TPU v5p" are both v5p); the benchmark sweeps
 # candidate_blocks(). VMEM: v4 32 MiB, v5e 128 MiB, v5p 95 MiB, v6e 128 MiB (MXU 256 wide).
 TPU_BLOCKS = {
-    "TPU v4": TpuAttentionBlocks(512, 1024, 512, 256, 512),
-    "TPU v5 lite": TpuAttentionBlocks(512, 1024, 512, 512, 512),
-    "TPU v5p": TpuAttentionBlocks(512, 1024, 512, 512, 512),
-    "TPU v6 lite": TpuAttentionBlocks(1024, 1024, 512, 512, 1024),
+    "v4": TpuAttentionBlocks(512, 1024, 512, 256, 512),
+    "v5e": TpuAttentionBlocks(512, 1024, 512, 512, 512),
+    "v5p": TpuAttentionBlocks(512, 1024, 512, 512, 512),
+    "v6e": TpuAttentionBlocks(1024, 1024, 512, 512, 1024),
 }
 DEFAULT_BLOCKS = TpuAttentionBlocks()  # unknown chips and CPU interpret mode (small grids)
 
 
-def _device_kind() -> str:
-    return jax.devices()[0].device_kind
-
-
 def chip_blocks(device_kind: str | None = None) -> TpuAttentionBlocks:
-    """The table's tiles for ``device_kind`` (default: the first JAX device); DEFAULT_BLOCKS if unknown."""
-    return TPU_BLOCKS.get(_device_kind() if device_kind is None else device_kind, DEFAULT_BLOCKS)
+    """The table's tiles for ``device_kind`` (default: the first JAX device), any alias of the
+    chip; DEFAULT_BLOCKS for non-TPU kinds, and for unknown TPU kinds with a RuntimeWarning
+    (once per kind, ``kernels._tpu_chips.chip_entry``)."""
+    return chip_entry(TPU_BLOCKS, device_kind, DEFAULT_BLOCKS, "TPU attention blocks")
 
 
 def candidate_blocks(device_kind: str | None = None) -> list[TpuAttentionBlocks]:

@@ -65,8 +65,13 @@ def default_blocks(head_dim: int, span: int, *, interpret: bool) -> PallasDecode
 
 
 def num_kv_splits(batch: int, kv_heads: int, span: int, block_k: int, sm_count: int | None) -> int:
-    """Power-of-two splits per (row, kv head); same rule as the Triton launcher: about two
-    waves of programs on a GPU with >= 2 blocks each, 4 programs in interpret mode."""
+    """Power-of-two splits per (row, kv head): enough for about 2 * sm_count programs (two a
+    SM) on a GPU with >= 2 blocks each, rounded UP to a power of two; 4 programs with >= 1
+    block each in interpret mode. NOT the Triton launcher's rule
+    (``triton_decode.num_kv_splits`` minimizes waves x blocks per program over any split
+    count, i.e. quantizes to waves; this one does not, and can overshoot a wave by up to 2x).
+    Kept as is: S must be a power of two here (the combine pass walks the shares min(S, 4)
+    at a time), and no GPU run has timed the two rules against each other."""
     blocks = pl.cdiv(max(span, 1), block_k)
     target, min_blocks = (4, 1) if sm_count is None else (2 * sm_count, 2)
     splits = max(1, min(pl.cdiv(target, batch * kv_heads), pl.cdiv(blocks, min_blocks), 256))

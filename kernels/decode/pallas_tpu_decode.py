@@ -15,6 +15,9 @@ Limits: head_dim <= 256; fp32 / bf16 / fp16 with fp32 accumulation; split-K acro
 cache is not done (one row's blocks run sequentially), so small batch x kv_heads leaves
 TensorCores idle. Fast where: TPU, batch x kv_heads >= cores, long caches with large G.
 Elsewhere it runs in TPU interpret mode (a CPU simulator; tests only).
+Tiles per chip generation: ``TPU_DECODE_BLOCKS`` / ``decode_chip_blocks()`` (device kinds such
+as "TPU v5" / "TPU v5p" mapped by ``kernels/_tpu_chips.py``; an unknown TPU kind warns);
+``benchmarks/sweep.py --ops tpu_decode`` times ``decode_candidate_blocks()`` on a TPU.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from .._tpu_chips import chip_entry
 
 LANES, SUBLANES = 128, 8
 
@@ -42,22 +47,27 @@ class TpuDecodeBlocks:
             raise ValueError(f"block_kv must be a positive multiple of {LANES}, got {b!r}")
 
 
-# Starting points per chip (jax.devices()[0].device_kind); sweep decode_candidate_blocks().
+# Starting points per chip generation (device kinds -> generations: kernels/_tpu_chips.py,
+# shared with the attention table); benchmarks/sweep.py --ops tpu_decode times
+# decode_candidate_blocks() on a TPU.
 TPU_DECODE_BLOCKS = {
-    "TPU v4": TpuDecodeBlocks(512),
-    "TPU v5 lite": TpuDecodeBlocks(1024),
-    "TPU v5p": TpuDecodeBlocks(1024),
-    "TPU v6 lite": TpuDecodeBlocks(1024),
+    "v4": TpuDecodeBlocks(512),
+    "v5e": TpuDecodeBlocks(1024),
+    "v5p": TpuDecodeBlocks(1024),
+    "v6e": TpuDecodeBlocks(1024),
 }
 DEFAULT_DECODE_BLOCKS = TpuDecodeBlocks(128)  # unknown chips and CPU interpret mode
 
 
 def decode_chip_blocks(device_kind: str | None = None) -> TpuDecodeBlocks:
-    kind = jax.devices()[0].device_kind if device_kind is None else device_kind
-    return TPU_DECODE_BLOCKS.get(kind, DEFAULT_DECODE_BLOCKS)
+    """The table's tile for ``device_kind`` (default: the first JAX device), any alias of the
+    chip; DEFAULT_DECODE_BLOCKS for non-TPU kinds, and for unknown TPU kinds with a
+    RuntimeWarning (once per kind)."""
+    return chip_entry(TPU_DECODE_BLOCKS, device_kind, DEFAULT_DECODE_BLOCKS, "TPU decode blocks")
 
 
 def decode_candidate_blocks(device_kind: str | None = None) -> list[TpuDecodeBlocks]:
+    """Tiles for a sweep on ``device_kind``: the table entry first, then 256 ... 2048."""
     base = decode_chip_blocks(device_kind)
     return [base] + [TpuDecodeBlocks(b) for b in (256, 512, 1024, 2048) if b != base.block_kv]
 
