@@ -107,7 +107,7 @@ def _accumulate(stats: dict, name: str, module, inputs, output) -> None:
 @torch.no_grad()
 def gptq_torch_model(model: torch.nn.Module, tokens: list, group_size: int = 128, *,
                      asymmetric: bool = False, percdamp: float = 0.01, blocksize: int = 128,
-                     impl: str = "triton") -> tuple[torch.nn.Module, dict]:
+                     impl: str = "triton", scale_dtype: torch.dtype = torch.float16) -> tuple[torch.nn.Module, dict]:
     """Replace, in place, every projection weight of a float GeminiModel with a GPTQ
     QuantizedWeight calibrated on ``tokens`` (a list of int [B, S] batches), sequentially (see
     the module docstring). The embedding is used as the model holds it. Returns (model,
@@ -135,10 +135,11 @@ def gptq_torch_model(model: torch.nn.Module, tokens: list, group_size: int = 128
             for n in group:
                 module, (xtx, rows) = layer.get_submodule(n), stats[n]
                 H, w = 2.0 * xtx / rows, module.weight.detach()
-                qw = QuantizedWeight(*gptq_quantize(w, H, group_size, asymmetric=asymmetric,
-                                                    percdamp=percdamp, blocksize=blocksize),
+                qw = QuantizedWeight(*gptq_quantize(w, H, group_size, asymmetric=asymmetric, percdamp=percdamp,
+                                                    blocksize=blocksize, scale_dtype=scale_dtype),
                                      group_size, "reference")
-                rtn = QuantizedWeight.quantize(w, group_size, asymmetric=asymmetric, impl="reference")
+                rtn = QuantizedWeight.quantize(w, group_size, asymmetric=asymmetric, impl="reference",
+                                               scale_dtype=scale_dtype)
                 report[f"model.layers.{li}.{n}.weight"] = {"rtn": output_error(w, rtn.dequantize(), H),
                                                            "gptq": output_error(w, qw.dequantize(), H)}
                 del module._parameters["weight"]
@@ -182,10 +183,11 @@ def calibration_tokens(source, batches: int, batch_size: int) -> list[torch.Tens
 
 def gptq_checkpoint_tensors(state: dict, weights: dict, cfg, calib_config, calib_batches: int, *,
                             group_size: int = 128, asymmetric: bool = False, percdamp: float = 0.01,
-                            blocksize: int = 128) -> tuple[dict, dict]:
+                            blocksize: int = 128, scale_dtype: torch.dtype = torch.float16) -> tuple[dict, dict]:
     """(the GPTQ ``<name>.qweight/.scales/.zeros`` of every projection of the float checkpoint
-    ``state``, the "calibration" metadata). The calibration model's embedding is the one the
-    quantized file will hold (``weights``: ``model.quantize.weights_from_tensors`` of its RTN tensors)."""
+    ``state``, scales in ``scale_dtype``, the "calibration" metadata). The calibration model's
+    embedding is the one the quantized file will hold (``weights``: ``model.quantize.
+    weights_from_tensors`` of its RTN tensors; its packed embedding dequantized here)."""
     from model.config import KernelConfig
     from model.quantize import EMBED
     from model.torch_model import GeminiModel
@@ -195,9 +197,9 @@ def gptq_checkpoint_tensors(state: dict, weights: dict, cfg, calib_config, calib
     model = GeminiModel(cfg, KernelConfig(preset="reference"))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(weights[name] if name == EMBED else state[name])
+            p.copy_(weights[name].dequantize(torch.float32) if name == EMBED else state[name])
     model, report = gptq_torch_model(model, tokens, group_size, asymmetric=asymmetric, percdamp=percdamp,
-                                     blocksize=blocksize, impl="reference")
+                                     blocksize=blocksize, impl="reference", scale_dtype=scale_dtype)
     out = {}
     for name, m in model.named_modules():  # a QuantizedWeight's module path is its weight's name
         if isinstance(m, QuantizedWeight):

@@ -4,7 +4,10 @@ report's size (nano1 1.8B, nano2 3.25B), and weight memory.
 Hydra reads ``conf/model/<name>.yaml`` into the ``ModelConfig`` schema (strict: an unknown or
 mistyped key fails). Memory rows come from ``MEMORY_FORMATS`` (name -> bytes for a parameter
 count); bf16 is the default row. Hook for quantization: ``register_memory_format("int4", fn)``
-adds a row (e.g. packed 4-bit matrices plus scales, norms and embedding in bf16).
+adds a row. The "int4-g128" row is ``model.quantize.quantized_size_bytes``: what ``python -m
+model.quantize CKPT OUT`` writes (every matrix and the tied embedding int4, group 128,
+symmetric, 2-byte scales, norms bf16) and what ``load_quantized_torch(..., dtype=bf16)`` /
+``load_quantized_jax(..., dtype=bf16)`` hold (the embedding stays packed; tested equal).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ MAX_DEVIATION = 0.02  # the nano presets must be within 2% of the report's sizes
 
 # name -> fn(cfg, groups: dict[group, count]) -> bytes
 def _int4_bytes(cfg: ModelConfig, groups: dict[str, int]) -> float:
-    from model.quantize import quantized_size_bytes  # int4 weights, bf16 scales, int4 embedding
+    from model.quantize import quantized_size_bytes  # int4 matrices and embedding, 2-byte scales, bf16 norms
 
     return float(quantized_size_bytes(cfg, group_size=128))
 

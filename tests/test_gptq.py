@@ -147,7 +147,8 @@ def test_gptq_checkpoint_loads_and_runs(tiny_ckpt, tmp_path, asym, capsys):
         assert set(r.keys()) == set(g.keys())
         q = json.loads(g.metadata()[mq.QUANT_KEY])
         assert q["method"] == "gptq" and q["calibration"]["batches"] == 2 and q["calibration"]["batch_size"] == 4
-        assert q["calibration"]["act_order"] is False and "method" not in json.loads(r.metadata()[mq.QUANT_KEY])
+        assert q["format"] == json.loads(r.metadata()[mq.QUANT_KEY])["format"] == mq.FORMAT == "gemini-int4-v1"
+        assert q["calibration"]["act_order"] is False and json.loads(r.metadata()[mq.QUANT_KEY])["method"] == "rtn"
         err = q["calibration"]["mean_layer_output_error"]
         assert err["gptq"] < err["rtn"]
         for n in r.keys():
@@ -171,14 +172,19 @@ def test_gptq_checkpoint_loads_and_runs(tiny_ckpt, tmp_path, asym, capsys):
 
 
 def test_quant_eval_compare(tiny_ckpt):
+    from model.config import ModelConfig
     from model.quant_eval import compare
 
     res = compare(str(tiny_ckpt / "state.json"), str(tiny_ckpt / "model.safetensors"), group_size=32,
                   batches=2, calib_batches=2)
     rtn, gptq = res["methods"]["rtn"], res["methods"]["gptq"]
     assert rtn["int4"]["answers"] == gptq["int4"]["answers"] == res["float"]["answers"] == 2 * 4 * 2
-    assert gptq["quantization"]["rounding"] == "gptq" and rtn["quantization"]["rounding"] == "nearest"
-    layer_err = gptq["quantization"]["layer_output_error"]
-    assert len(layer_err) == 7 * res["model"]["layers"]
-    assert np.mean([e["gptq"] for e in layer_err.values()]) < np.mean([e["rtn"] for e in layer_err.values()])
+    # what the CLI writes: its metadata, an int4 embedding, the file's bytes = quantized_size_bytes
+    assert gptq["quantization"]["method"] == "gptq" and rtn["quantization"]["method"] == "rtn"
+    assert gptq["quantization"]["format"] == mq.FORMAT and gptq["quantization"]["embed"] == res["embed"] == "int4"
+    err = gptq["quantization"]["calibration"]["mean_layer_output_error"]
+    assert err["gptq"] < err["rtn"]
+    cfg = ModelConfig(**res["model"])
+    assert res["quantized_weight_bytes"] == res["resident_weight_bytes"] == \
+        mq.quantized_size_bytes(cfg, 32, embed="int4", float_bytes=4)
     assert res["gptq_vs_rtn"]["logits_kl_ratio"] == gptq["logits_kl_nats"] / rtn["logits_kl_nats"]

@@ -1,5 +1,5 @@
 """int4 dequantizing matmul: Triton and Pallas kernels vs float64 on odd shapes, the quantizers,
-bad input, and the sm_90 ahead-of-time compile (no spills; wgmma for prefill tiles).
+bad input, no rows (an empty result), and the sm_90 ahead-of-time compile (no spills; wgmma for prefill tiles).
 
 Accuracy: kernel error vs float64 (exact dequantization, x rounded to its dtype) <= 2x the error
 of the reference impl doing the same math in the same precision + floor (tests/conftest.py).
@@ -97,6 +97,22 @@ def test_pallas_matches_float64(rng, case):  # (Triton-only tile options are lef
     base = jax_ops.int4_matmul(xj, pj, sj, zj, g, impl="reference")
     assert_close(np.asarray(y, np.float64), truth, np.asarray(base, np.float64), x.dtype,
                  what=f"pallas {case}")
+
+
+@pytest.mark.parametrize("xs", [(0, 128), (2, 0, 128)], ids=["0x128", "2x0x128"])
+def test_zero_rows_give_an_empty_result(rng, xs):
+    """x with no rows: Triton and Pallas return [..., out] empty in x's dtype (nothing launched),
+    as the references do."""
+    from kernels import jax_ops
+
+    x, packed, scales, zeros, _ = _problem(rng, (1, 128), 40, 64, True, "float32")
+    x = torch.zeros(xs)
+    y = torch_ops.int4_matmul(x, packed, scales, zeros, 64, impl="triton")
+    assert y.shape == (*xs[:-1], 40) and y.dtype == x.dtype
+    xj, pj, sj, zj = _to_jax(x, packed, scales, zeros)
+    for impl in ("pallas", "reference"):
+        yj = jax_ops.int4_matmul(xj, pj, sj, zj, 64, impl=impl)
+        assert yj.shape == (*xs[:-1], 40) and yj.dtype == xj.dtype, impl
 
 
 @pytest.mark.parametrize("asym", [False, True], ids=["symmetric", "asymmetric"])

@@ -9,10 +9,10 @@ columns -- the nibble interleave is never undone, so no in-kernel reshape is nee
 wrapper splits x into x[:, 0::2] and x[:, 1::2] (a copy of x, small next to W at decode).
 The dequantized weight never exists in memory. Partials [S, M, N] fp32 are summed in jnp.
 Limits: group_size a power of two >= 16 (BLOCK_K = min(block_k, group_size)); rows are
-padded to BLOCK_M (a copy of x); out is read in place when some power of two >= 16 divides
-it, else W, scales and zeros are padded (a copy: avoid such out sizes). fp32 dots at
-HIGHEST precision. Forward only. Fast where: on GPU, decode rows with split-K; without a
-GPU it runs in Pallas interpret mode (slow; tests).
+padded to BLOCK_M (a copy of x; no rows at all: an empty result, nothing launched); out is
+read in place when some power of two >= 16 divides it, else W, scales and zeros are padded
+(a copy: avoid such out sizes). fp32 dots at HIGHEST precision. Forward only. Fast where:
+on GPU, decode rows with split-K; without a GPU it runs in Pallas interpret mode (slow; tests).
 """
 from __future__ import annotations
 
@@ -157,6 +157,8 @@ def int4_matmul_pallas(x, packed_w, scales, zeros, group_size, *, blocks: Pallas
     n = packed_w.shape[0]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
+    if m == 0:  # no rows: nothing to launch (a [0, ...] block would not fit the grid's tiles)
+        return jnp.zeros((*x.shape[:-1], n), x.dtype)
     if blocks is None:
         blocks = default_blocks(m, interpret=interpret)
     bk = min(blocks.block_k, int(group_size))
