@@ -33,6 +33,14 @@ class ModelConfig:
     local_window: int | None = None  # sliding window of the local layers
     local_every: int = 0  # > 0: layers with i % local_every != local_every - 1 are local
     query_scale: float | None = None  # None: head_dim ** -0.5
+    # Image-token head: 0 = off. > 0: ids [vocab_size, vocab_size + image_vocab) are discrete
+    # image tokens with their own tied table ``model.image_embed_tokens.weight`` [image_vocab,
+    # width] (embedded like text, x sqrt(width)); logits are [..., vocab_size + image_vocab] =
+    # concat(text head, image head), and the loss runs over that combined vocabulary.
+    image_vocab: int = 0
+    # True: forward takes ``media_ids`` [B, S] (model/multimodal.py) and attention within each
+    # media block is bidirectional (kernels' ``bidirectional_ids``); text stays causal.
+    bidirectional_media: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "width", "layers", "heads", "kv_heads", "head_dim", "mlp_dim",
@@ -46,6 +54,20 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.local_every and self.local_window is None:
             raise ValueError("local_every > 0 needs local_window")
+        if isinstance(self.image_vocab, bool) or not isinstance(self.image_vocab, int) or self.image_vocab < 0:
+            raise ValueError(f"image_vocab must be an int >= 0 (0 = no image-token head), got {self.image_vocab!r}")
+        if not isinstance(self.bidirectional_media, bool):
+            raise ValueError(f"bidirectional_media must be a bool, got {self.bidirectional_media!r}")
+
+    @property
+    def total_vocab(self) -> int:
+        """Size of the logits' last axis: text vocab_size plus the image-token block."""
+        return self.vocab_size + self.image_vocab
+
+    @property
+    def image_token_ids(self) -> range:
+        """The image-token id block [vocab_size, vocab_size + image_vocab) (empty when off)."""
+        return range(self.vocab_size, self.vocab_size + self.image_vocab)
 
     def is_local(self, layer: int) -> bool:
         """Whether ``layer`` uses the sliding window (Gemma 2 alternates local and global)."""
@@ -87,9 +109,14 @@ def init_std(shape: tuple[int, ...]) -> float:
 
 def param_specs(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """name -> (shape, logical axes), in Hugging Face Gemma naming. The output head is tied
-    to ``model.embed_tokens.weight`` (no separate parameter)."""
+    to ``model.embed_tokens.weight`` (no separate parameter). ``image_vocab > 0`` adds
+    ``model.image_embed_tokens.weight`` [image_vocab, width] (its own tied image-token head; not
+    a Gemma name), right after the text table; its "image_vocab" axis has no sharding rule, so
+    it is replicated (a small table, and any image_vocab works with any tensor-parallel size)."""
     w, q, kv, m = cfg.width, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_dim
     specs = {"model.embed_tokens.weight": ((cfg.vocab_size, w), ("vocab", "embed"))}
+    if cfg.image_vocab:
+        specs["model.image_embed_tokens.weight"] = ((cfg.image_vocab, w), ("image_vocab", "embed"))
     for i in range(cfg.layers):
         p = f"model.layers.{i}."
         specs.update({

@@ -48,9 +48,13 @@ def attention(q, k, v, *, impl: str, **opts):
 
     impl "ring": context parallelism over the active rules' "seq" mesh axis with
     ``sharding.ring_attention_jax`` (ppermute ring over the Pallas kernel); the sequence, and
-    the positions given to rope, must then be in zigzag order (``zigzag_indices``)."""
+    the positions given to rope, must then be in zigzag order (``zigzag_indices``); it refuses
+    ``bidirectional_ids`` (ModelConfig.bidirectional_media)."""
     if impl != "ring":
         return jax_ops.attention(q, k, v, impl=impl, **opts)
+    if opts.get("bidirectional_ids") is not None:
+        raise ValueError('attention impl "ring" (context parallel) does not support bidirectional_ids '
+                         "(ModelConfig.bidirectional_media=True with media_ids); use a non-ring attention impl")
     rules = _ACTIVE["rules"]
     if rules is None or not isinstance(rules.get("seq"), str):
         raise ValueError('attention impl "ring" needs active sharding rules that split "seq" over one '
@@ -79,9 +83,12 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def embed(table: jax.Array, tokens: jax.Array) -> jax.Array:
-    """table[tokens] * sqrt(width), the scale rounded to the table's dtype (as HF Gemma)."""
-    x = jnp.take(table, tokens, axis=0)  # (B, S, W)
+def embed(table, tokens: jax.Array) -> jax.Array:
+    """table[tokens] * sqrt(width), the scale rounded to the table's dtype (as HF Gemma).
+
+    table [vocab, width]: an array, or a packed one (``model.quantize.QuantizedEmbeddingJax``)
+    whose ``embed(tokens)`` dequantizes only the tokens' rows, in its compute dtype."""
+    x = table.embed(tokens) if hasattr(table, "embed") else jnp.take(table, tokens, axis=0)  # (B, S, W)
     return x * jnp.asarray(math.sqrt(table.shape[1]), dtype=x.dtype)
 
 

@@ -6,6 +6,12 @@ shapes and layouts ([out, in] matrices) as ``model/torch_model.py``:
     logits = softcap(norm(h_L) @ embed.T)          h_0 = embed[tokens] * sqrt(width)
     h_{i+1} = a + mlp(norm_2(a)),   a = h_i + attn(norm_1(h_i))
 
+Multimodal options (``ModelConfig``; same as the torch model): ``image_vocab > 0`` adds the
+image-token table ``model.image_embed_tokens.weight`` [I, W] (ids [vocab_size, vocab_size + I)
+embed from it; logits are concat(text head, image head) [.., V + I]; ``head_table`` gives the
+[V + I, W] table ``head_loss`` needs); ``bidirectional_media``: ``forward(..., media_ids=[B, S])``
+passes ``bidirectional_ids=media_ids`` to attention (bidirectional within each media block).
+
 Kernels through ``kernels.jax_ops`` with the impl ``KernelConfig.impl(op)`` picks; projections
 through ``jax_layers.linear``; activations annotated with logical axis names only.
 Under ``jax.jit`` pass ``cfg`` and ``kernels`` by closure (``functools.partial``).
@@ -72,7 +78,7 @@ def init_params(cfg: ModelConfig, key: jax.Array, *, dtype=jnp.float32) -> dict[
             for k, (name, (shape, _)) in zip(keys, specs.items())}
 
 
-def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels):
+def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels, media_ids=None):
     """One attention block on normed x (B, S, W); returns (out (B, S, W), (k_buf, v_buf) | None)."""
     b, s, _ = x.shape
     q = linear(x, p[pre + "q_proj.weight"]).reshape(b, s, cfg.heads, cfg.head_dim)  # (B, S, H, D)
@@ -93,6 +99,8 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
     else:
         if cache is not None:  # prefill of an empty cache: positions [0, S)
             new_kv = cache.prefill(layer, k, v)
+        if media_ids is not None:  # bidirectional within each media block (cfg.bidirectional_media)
+            opts["bidirectional_ids"] = media_ids
         o = attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
                       impl=kernels.impl("attention"))  # (B, S, H, D); "ring": context parallel
     o = linear(o.reshape(b, s, cfg.heads * cfg.head_dim), p[pre + "o_proj.weight"])
@@ -100,9 +108,11 @@ def _attention(p, pre, x, positions, segment_ids, layer, cache, *, cfg, kernels)
 
 
 def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = None, positions=None,
-            segment_ids=None, embeds=None, embed_mask=None, cache=None, hidden=False):
-    """tokens [B, S] -> logits [B, S, vocab] fp32; with a cache, (logits, new_cache);
-    ``hidden=True`` (training, no cache): the final norm's output [B, S, W], before the head."""
+            segment_ids=None, embeds=None, embed_mask=None, media_ids=None, cache=None, hidden=False):
+    """tokens [B, S] -> logits [B, S, cfg.total_vocab] fp32; with a cache, (logits, new_cache);
+    ``hidden=True`` (training, no cache): the final norm's output [B, S, W], before the head.
+    ``media_ids`` [B, S] int (``model/multimodal.py``; only with cfg.bidirectional_media):
+    attention is bidirectional within each run of equal ids >= 0; not on a decode step."""
     kernels = kernels if kernels is not None else KernelConfig()
     if hidden and cache is not None:
         raise ValueError("hidden=True is for training (loss); it takes no cache")
@@ -110,7 +120,14 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
     b, s = tokens.shape
     if cache is not None:
         _check_cache(cache, cfg, b, s, segment_ids)
-    x = embed(params["model.embed_tokens.weight"], tokens)  # (B, S, W)
+    _check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1)
+    if cfg.image_vocab:  # ids >= vocab_size: rows of the image table (same sqrt(W) scale)
+        image = tokens >= cfg.vocab_size
+        xi = embed(params["model.image_embed_tokens.weight"], jnp.maximum(tokens - cfg.vocab_size, 0))
+        x = jnp.where(image[..., None], xi,
+                      embed(params["model.embed_tokens.weight"], jnp.where(image, 0, tokens)))  # (B, S, W)
+    else:
+        x = embed(params["model.embed_tokens.weight"], tokens)  # (B, S, W)
     if embeds is not None or embed_mask is not None:
         if embeds is None or embed_mask is None or embeds.shape != x.shape or embed_mask.shape != (b, s):
             raise ValueError(f"embeds [B, S, width] and embed_mask [B, S] come together; expected "
@@ -125,7 +142,7 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
         pre = f"model.layers.{i}."
         h = rms_norm(x, params[pre + "input_layernorm.weight"], eps=cfg.norm_eps, impl=norm_impl)
         a, kv = _attention(params, pre + "self_attn.", h, positions, segment_ids, i, cache,
-                           cfg=cfg, kernels=kernels)
+                           cfg=cfg, kernels=kernels, media_ids=media_ids)
         h, x = rms_norm(a, params[pre + "post_attention_layernorm.weight"], eps=cfg.norm_eps,
                         impl=norm_impl, residual=x)  # fused: x += a; h = norm(x)
         x = x + mlp(h, params[pre + "mlp.gate_proj.weight"], params[pre + "mlp.up_proj.weight"],
@@ -138,8 +155,14 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
     if hidden:
         return x
     table = params["model.embed_tokens.weight"]  # the tied head in the weights' dtype, fp32 logits
-    logits = jnp.einsum("bsw,vw->bsv", x.astype(table.dtype), table, preferred_element_type=jnp.float32)
-    logits = softcap(with_logical_constraint(logits, ("batch", "seq", "vocab")), cfg.final_softcap)
+    logits = (linear(x.astype(table.dtype), table).astype(jnp.float32) if hasattr(table, "linear")  # packed
+              else jnp.einsum("bsw,vw->bsv", x.astype(table.dtype), table, preferred_element_type=jnp.float32))
+    logits = with_logical_constraint(logits, ("batch", "seq", "vocab"))
+    if cfg.image_vocab:  # the image-token head (replicated, as its table): logits (B, S, V + I)
+        itable = params["model.image_embed_tokens.weight"]
+        logits = jnp.concatenate([logits, jnp.einsum("bsw,vw->bsv", x.astype(itable.dtype), itable,
+                                                     preferred_element_type=jnp.float32)], axis=-1)
+    logits = softcap(logits, cfg.final_softcap)
     if cache is None:
         return logits
     lengths = cache.lengths + 1 if s == 1 else jnp.full_like(cache.lengths, s)
@@ -153,14 +176,41 @@ def loss(params, tokens, targets, mask=None, *, cfg: ModelConfig, kernels: Kerne
     rows go in chunks, ``kernels/cross_entropy/jax_cross_entropy.py``). ``kw``: ``forward``'s."""
     kernels = kernels if kernels is not None else KernelConfig()
     h = forward(params, tokens, cfg=cfg, kernels=kernels, hidden=True, **kw)
-    return head_loss(h, params["model.embed_tokens.weight"], targets, mask, cfg=cfg, kernels=kernels,
+    return head_loss(h, head_table(params, cfg), targets, mask, cfg=cfg, kernels=kernels,
                      normalizer=normalizer)
 
 
+def head_table(params, cfg: ModelConfig):
+    """The tied output head's table [cfg.total_vocab, W]: the text table, then (image_vocab > 0)
+    the image-token table in the text table's dtype (a concatenated copy)."""
+    table = params["model.embed_tokens.weight"]
+    if not cfg.image_vocab:
+        return table
+    return jnp.concatenate([table, params["model.image_embed_tokens.weight"].astype(table.dtype)])
+
+
 def head_loss(h, table, targets, mask=None, *, cfg: ModelConfig, kernels: KernelConfig, normalizer=None):
-    """The tied head and the cross-entropy of ``loss`` from the final hidden states h [B, S, W]."""
+    """The tied head and the cross-entropy of ``loss`` from the final hidden states h [B, S, W];
+    ``table`` [cfg.total_vocab, W] is ``head_table(params, cfg)``."""
+    if table.shape[0] != cfg.total_vocab:
+        raise ValueError(f"head_loss: table must have cfg.total_vocab = vocab_size {cfg.vocab_size} + "
+                         f"image_vocab {cfg.image_vocab} = {cfg.total_vocab} rows (head_table(params, cfg)), "
+                         f"got {table.shape[0]}")
     return jax_ops.linear_cross_entropy(h.astype(table.dtype), table, targets, mask=mask, normalizer=normalizer,
                                         softcap=cfg.final_softcap, impl=kernels.impl("loss"))
+
+
+def _check_media_ids(media_ids, cfg: ModelConfig, b: int, s: int, *, decode: bool) -> None:
+    """media_ids: None, or an integer [B, S] array on a non-decode call with the flag on."""
+    if media_ids is None:
+        return
+    if not cfg.bidirectional_media:
+        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
+    if decode:
+        raise ValueError("media_ids: a decode step (tokens [B, 1] with a cache) is causal; pass none")
+    if tuple(media_ids.shape) != (b, s) or not jnp.issubdtype(media_ids.dtype, jnp.integer):
+        raise ValueError(f"media_ids must be an integer array [B, S] = {(b, s)}, got {media_ids.dtype} "
+                         f"{tuple(media_ids.shape)}")
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

@@ -15,9 +15,11 @@ with PAD_ID to the longest row (or ``seq_len``; longer rows are refused, never t
 
 Besides the three LM inputs, ``MultimodalInputs`` carries ``segment_ids`` [B, S] (1 real
 token, 0 padding), ``positions`` [B, S] (0..S-1) and ``media_ids`` [B, S] (-1 for text,
-markers and padding; k >= 0 on the placeholders of the row's k-th media segment): an LM
-that wants bidirectional attention within an image lets query i see key j when j <= i or
-media_ids[i] == media_ids[j] >= 0.
+markers and padding; k >= 0 on the placeholders of the row's k-th media segment): with
+``ModelConfig.bidirectional_media=True`` the LM takes them as ``media_ids`` and query i sees
+key j when j <= i or media_ids[i] == media_ids[j] >= 0 (bidirectional within every media
+block: image, audio or video). ``inputs.lm_kwargs(cfg)`` gives forward's keyword arguments
+(embeds, embed_mask, and media_ids when the flag is on): ``lm(inputs.tokens, **inputs.lm_kwargs(cfg))``.
 
 Encoding runs one vision call for all images of the batch, one audio call for all clips
 (padded, with lengths: each clip's tokens equal its solo encoding), one video call per clip.
@@ -42,7 +44,25 @@ RESERVED_IDS = frozenset({PAD_ID, MEDIA_PLACEHOLDER_ID, *(i for pair in MARKERS.
 
 @dataclass(frozen=True)
 class Text:
-    ids: Sequence[int]
+    ids: Sequence[int]  # token ids (a list, or an integer numpy array / tensor); not a str
+
+    def __post_init__(self):
+        """Refuse what is not token ids before ``plan_layout``'s int() could mangle it."""
+        if isinstance(self.ids, (str, bytes)):
+            raise TypeError(f"Text ids must be a sequence of token ids (ints), got {type(self.ids).__name__} "
+                            f"{self.ids[:40]!r}: encode text first, e.g. Text(ByteTokenizer().encode(s))")
+        try:
+            a = np.asarray(self.ids)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"Text ids must be a sequence of token ids (ints), got "
+                            f"{type(self.ids).__name__}: {e}") from None
+        if a.size and a.dtype.kind not in "iu":
+            items = list(self.ids) if isinstance(self.ids, (list, tuple)) else a.reshape(-1).tolist()
+            bad = next((x for x in items if isinstance(x, bool) or not isinstance(x, (int, np.integer))),
+                       items[0])
+            raise TypeError(f"Text ids must be integers (token ids), got element {bad!r} "
+                            f"({type(bad).__name__}; array dtype {a.dtype})"
+                            + ("; a float is not truncated to an id" if a.dtype.kind == "f" else ""))
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,15 @@ class MultimodalInputs:
     segment_ids: Any  # [B, S] int32
     positions: Any  # [B, S] int
     media_ids: Any  # [B, S] int32
+
+    def lm_kwargs(self, cfg) -> dict:
+        """Keyword arguments of the LM's ``forward`` / ``loss`` (torch or JAX) for these inputs:
+        embeds, embed_mask, and media_ids when ``cfg.bidirectional_media`` (the flag is off: none,
+        so the model stays causal everywhere and refuses nothing)."""
+        kw = dict(embeds=self.embeds, embed_mask=self.embed_mask)
+        if cfg.bidirectional_media:
+            kw["media_ids"] = self.media_ids
+        return kw
 
 
 def _media_tokens(seg, *, vision, audio, video) -> tuple[str, int]:

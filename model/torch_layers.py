@@ -62,15 +62,18 @@ class RMSNorm(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token embedding [vocab, width], also the tied output head."""
+    """Token embedding [vocab, width], also the tied output head. ``weight`` is a parameter, or
+    a packed table (``model.quantize.QuantizedEmbedding``, int4/int8) whose ``embed(tokens)``
+    dequantizes only the tokens' rows (the head then calls its ``linear``)."""
 
     def __init__(self, vocab: int, width: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab, width))
 
     def forward(self, tokens):  # (B, S) -> (B, S, W), scaled by sqrt(W) in the model's dtype
-        x = F.embedding(tokens, self.weight)
-        return x * torch.tensor(math.sqrt(self.weight.shape[1]), dtype=x.dtype)
+        w = self.weight
+        x = F.embedding(tokens, w) if isinstance(w, torch.Tensor) else w.embed(tokens)
+        return x * torch.tensor(math.sqrt(w.shape[1]), dtype=x.dtype)
 
 
 class MLP(nn.Module):

@@ -9,6 +9,13 @@ local (sliding-window) / global layer alternation (``cfg.is_local``), tied outpu
 weights' dtype with fp32 logits.
 ``state_dict()`` keys are ``model.config.param_specs(cfg)`` names (Hugging Face Gemma's).
 
+Multimodal options (``ModelConfig``): ``image_vocab > 0`` adds the image-token table
+``model.image_embed_tokens.weight`` [I, W]: ids in [vocab_size, vocab_size + I) are embedded
+from it (x sqrt(W), as text) and the logits are concat(text head, image head) [.., V + I]
+(``loss`` uses the concatenated [V + I, W] table). ``bidirectional_media``: ``forward(...,
+media_ids=[B, S])`` passes ``bidirectional_ids=media_ids`` to the attention kernel, so each
+media block attends bidirectionally within itself (text and decode steps stay causal).
+
 Kernels: every op goes through ``kernels.torch_ops`` with the impl ``KernelConfig.impl(op)``
 picks (attention, decode, norm, rope, mlp); projections through ``torch_layers.linear``.
 
@@ -84,7 +91,7 @@ class Attention(nn.Module):
         self.window = cfg.local_window if cfg.is_local(layer) else None
         self.scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
 
-    def forward(self, x, positions, segment_ids, cache):  # cache: KVCache | PagedKVCache | None
+    def forward(self, x, positions, segment_ids, cache, media_ids=None):  # cache: (Paged)KVCache | None
         cfg, kern = self.cfg, self.kernels
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, -1, cfg.head_dim)  # (B, S, H, D); -1: local heads under TP
@@ -105,6 +112,8 @@ class Attention(nn.Module):
             impl = kern.impl("attention")
             if impl == "triton" and kern.attention_blocks is not None:
                 opts["blocks"] = kern.attention_blocks
+            if media_ids is not None:  # bidirectional within each media block (cfg.bidirectional_media)
+                opts["bidirectional_ids"] = media_ids
             o = torch_ops.attention(q, k, v, causal=True, segment_ids=segment_ids, **opts,
                                     impl=impl)  # (B, S, H, D)
         return self.o_proj(o.reshape(b, s, -1))  # (B, S, W)
@@ -119,8 +128,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.width, cfg.norm_eps, norm)
         self.mlp = MLP(cfg.width, cfg.mlp_dim, kernels.impl("mlp"))
 
-    def forward(self, h, positions, segment_ids, cache):  # h (B, S, W)
-        a = self.self_attn(self.input_layernorm(h), positions, segment_ids, cache)
+    def forward(self, h, positions, segment_ids, cache, media_ids=None):  # h (B, S, W)
+        a = self.self_attn(self.input_layernorm(h), positions, segment_ids, cache, media_ids)
         x, h = self.post_attention_layernorm(a, residual=h)  # fused: h += a; x = norm(h)
         return h + self.mlp(x)
 
@@ -131,6 +140,8 @@ class _Body(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: KernelConfig):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.width)
+        if cfg.image_vocab:  # the image-token table / head, registered second as in param_specs
+            self.image_embed_tokens = Embedding(cfg.image_vocab, cfg.width)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, kernels) for i in range(cfg.layers))
         self.norm = RMSNorm(cfg.width, cfg.norm_eps, kernels.impl("norm"))
 
@@ -160,16 +171,24 @@ class GeminiModel(nn.Module):
                 p.copy_(torch.randn(shape, generator=gen) * init_std(shape))
 
     def forward(self, tokens, *, positions=None, segment_ids=None, embeds=None, embed_mask=None,
-                cache=None, hidden=False):
-        """tokens [B, S] -> logits [B, S, vocab] fp32 (hidden=True: the final normed hidden state
-        [B, S, W], no head, no cache). See the module docstring for the cache."""
+                media_ids=None, cache=None, hidden=False):
+        """tokens [B, S] -> logits [B, S, cfg.total_vocab] fp32 (hidden=True: the final normed
+        hidden state [B, S, W], no head, no cache). See the module docstring for the cache.
+        ``media_ids`` [B, S] int (``model/multimodal.py``; only with cfg.bidirectional_media):
+        attention is bidirectional within each run of equal ids >= 0; not on a decode step."""
         if hidden and cache is not None:
             raise ValueError("hidden=True is for training (loss); it takes no cache")
         cfg = self.cfg
         b, s = tokens.shape
         if cache is not None:
             _check_cache(cache, cfg, b, s, segment_ids)
-        x = self.model.embed_tokens(tokens)  # (B, S, W)
+        _check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1)
+        if cfg.image_vocab:  # ids >= vocab_size: rows of the image table (same sqrt(W) scale)
+            image = tokens >= cfg.vocab_size
+            xi = self.model.image_embed_tokens((tokens - cfg.vocab_size).clamp_min(0))  # (B, S, W)
+            x = torch.where(image[..., None], xi, self.model.embed_tokens(torch.where(image, 0, tokens)))
+        else:
+            x = self.model.embed_tokens(tokens)  # (B, S, W)
         if embeds is not None or embed_mask is not None:
             if embeds is None or embed_mask is None or embeds.shape != x.shape or embed_mask.shape != (b, s):
                 raise ValueError(f"embeds [B, S, width] and embed_mask [B, S] come together; expected "
@@ -179,12 +198,15 @@ class GeminiModel(nn.Module):
             start = cache.lengths[:, None].long() if cache is not None and s == 1 else 0
             positions = start + torch.arange(s, device=tokens.device)[None, :].expand(b, s)
         for layer in self.model.layers:
-            x = layer(x, positions, segment_ids, cache)
+            x = layer(x, positions, segment_ids, cache, media_ids)
         x = self.model.norm(x)
         if hidden:
             return x
         w = self.model.embed_tokens.weight  # the tied head in the weights' dtype (bf16 tensor cores,
         logits = linear(x.to(w.dtype), w).float()  # as HF Gemma and torchtitan), fp32 logits (B, S, V)
+        if cfg.image_vocab:  # the image-token head: logits (B, S, V + I)
+            wi = self.model.image_embed_tokens.weight
+            logits = torch.cat([logits, linear(x.to(wi.dtype), wi).float()], dim=-1)
         if cache is not None:
             cache.lengths = cache.lengths + 1 if s == 1 else torch.full_like(cache.lengths, s)
         return softcap(logits, cfg.final_softcap)
@@ -195,10 +217,25 @@ class GeminiModel(nn.Module):
         ``check_targets=False``: no host read of the targets (a step captured as a CUDA graph)."""
         h = self(tokens, hidden=True, **kw)
         w = self.model.embed_tokens.weight
+        if self.cfg.image_vocab:  # the combined [V + I, W] head: targets may be image tokens
+            w = torch.cat([w, self.model.image_embed_tokens.weight.to(w.dtype)])
         mask = None if mask is None else mask.bool()
         return torch_ops.linear_cross_entropy(h.to(w.dtype), w, targets, mask=mask, normalizer=normalizer,
                                               softcap=self.cfg.final_softcap, impl=self.kernels.impl("loss"),
                                               check_targets=check_targets)
+
+
+def _check_media_ids(media_ids, cfg: ModelConfig, b: int, s: int, *, decode: bool) -> None:
+    """media_ids: None, or an integer [B, S] tensor on a non-decode call with the flag on."""
+    if media_ids is None:
+        return
+    if not cfg.bidirectional_media:
+        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
+    if decode:
+        raise ValueError("media_ids: a decode step (tokens [B, 1] with a cache) is causal; pass none")
+    if tuple(media_ids.shape) != (b, s) or media_ids.is_floating_point() or media_ids.dtype == torch.bool:
+        raise ValueError(f"media_ids must be an integer tensor [B, S] = {(b, s)}, got {media_ids.dtype} "
+                         f"{tuple(media_ids.shape)}")
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

@@ -3,7 +3,8 @@
 Rule (kernels/tolerances.py): a model's fp32 error vs float64 <= 2x the error of the PyTorch
 reference-kernel model in fp32 + the fp32 floor. Covers GQA, RoPE, softcaps, local/global
 alternation, query scale, segment ids, embeds; loss + gradients across frameworks (same
-checkpoint); KV-cache prefill + per-row decode; every kernel preset.
+checkpoint); KV-cache prefill + per-row decode; every kernel preset. ``forward64`` also
+knows the image-token head and bidirectional media blocks (tests/test_multimodal_lm.py).
 """
 from __future__ import annotations
 
@@ -40,12 +41,30 @@ def random_params(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def forward64(params, tokens, cfg: ModelConfig, *, segment_ids=None, embeds=None, embed_mask=None):
-    """The architecture written out once more in float64 numpy (no kernels)."""
+def q_end64(media_ids) -> np.ndarray:
+    """[B, S]: query i's last visible key, the last index of its contiguous run of equal media
+    ids if its id >= 0, else i (kernels/attention/spec.py's bidirectional_ids, kv_len == q_len)."""
+    m = np.asarray(media_ids)
+    b, s = m.shape
+    out = np.broadcast_to(np.arange(s), (b, s)).copy()
+    for r in range(b):
+        for i in range(s - 2, -1, -1):
+            if m[r, i] >= 0 and m[r, i + 1] == m[r, i]:
+                out[r, i] = out[r, i + 1]
+    return out
+
+
+def forward64(params, tokens, cfg: ModelConfig, *, segment_ids=None, embeds=None, embed_mask=None,
+              media_ids=None):
+    """The architecture written out once more in float64 numpy (no kernels); image-token head
+    (cfg.image_vocab) and bidirectional media blocks (media_ids) included."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     b, s = tokens.shape
     h_, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
-    x = p["model.embed_tokens.weight"][tokens] * math.sqrt(cfg.width)
+    table = p["model.embed_tokens.weight"]
+    if cfg.image_vocab:  # ids >= vocab_size index the image table: one [V + I, W] lookup table
+        table = np.concatenate([table, p["model.image_embed_tokens.weight"]])
+    x = table[tokens] * math.sqrt(cfg.width)
     if embeds is not None:
         x = np.where(embed_mask[..., None], np.asarray(embeds, np.float64), x)
     norm = lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * (1 + w)  # noqa: E731
@@ -58,6 +77,8 @@ def forward64(params, tokens, cfg: ModelConfig, *, segment_ids=None, embeds=None
         return np.concatenate([t1 * np.cos(ang) - t2 * np.sin(ang), t2 * np.cos(ang) + t1 * np.sin(ang)], -1)
 
     qi, ki = np.arange(s)[:, None], np.arange(s)[None, :]
+    if media_ids is not None:  # a query sees keys up to the end of its media block
+        qi = q_end64(media_ids)[:, None, :, None]  # (B, 1, S, 1)
     for i in range(cfg.layers):
         w = lambda n: p[f"model.layers.{i}.{n}.weight"]  # noqa: E731
         h = norm(x, w("input_layernorm"))
@@ -80,7 +101,7 @@ def forward64(params, tokens, cfg: ModelConfig, *, segment_ids=None, embeds=None
         gelu = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
         x = x + (gelu * (h @ w("mlp.up_proj").T)) @ w("mlp.down_proj").T
     x = norm(x, p["model.norm.weight"])
-    return cap(x @ p["model.embed_tokens.weight"].T, cfg.final_softcap)
+    return cap(x @ table.T, cfg.final_softcap)
 
 
 def torch_model(cfg, params, preset="reference"):

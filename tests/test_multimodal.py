@@ -168,3 +168,35 @@ def test_bad_media_values_refused_before_the_lm():
         multimodal_inputs_torch([[Audio(np.zeros(4000, np.float32), sample_rate=8000)]],
                                 {k: torch.as_tensor(v) for k, v in init_params(audio_param_specs(AUDIO)).items()},
                                 audio=AUDIO)
+
+
+def test_lm_bidirectional_media_through_lm_kwargs(case):
+    """``ModelConfig(bidirectional_media=True)`` with ``inputs.lm_kwargs(cfg)``: the image's
+    first placeholder sees its last one (with the flag off it does not); text before the
+    image and the other row do not; JAX
+    (media_ids from ``multimodal_inputs_jax``) matches torch."""
+    from model import jax_model
+    from model.torch_model import GeminiModel
+
+    params, _, batch, inp = case
+    off, cfg = ModelConfig(), ModelConfig(bidirectional_media=True)
+    assert set(inp.lm_kwargs(off)) == {"embeds", "embed_mask"}
+    assert set(inp.lm_kwargs(cfg)) == {"embeds", "embed_mask", "media_ids"}
+    lm = GeminiModel(cfg, REF).eval()
+    first = int(np.argmax(inp.media_ids[0].numpy() == 0))  # the image's placeholders: first..last
+    last = first + IMG_T - 1
+    late = inp.embeds.clone()
+    late[0, last] += 1.0
+    with torch.no_grad():
+        logits = lm(inp.tokens, **inp.lm_kwargs(cfg))
+        moved = lm(inp.tokens, **{**inp.lm_kwargs(cfg), "embeds": late})
+        causal = [lm(inp.tokens, **{**inp.lm_kwargs(off), "embeds": e}) for e in (inp.embeds, late)]
+    d = (logits - moved).abs().amax(-1)
+    assert float(d[0, :first].max()) == 0.0 and float(d[1].max()) == 0.0
+    assert float(d[0, first:last + 1].min()) > 0  # every placeholder of the image sees its last one
+    assert float((causal[0] - causal[1]).abs().amax(-1)[0, :last].max()) == 0.0  # flag off: causal
+    jp = {k: jnp.asarray(v) for k, v in params.items()}
+    jin = multimodal_inputs_jax(batch, jp, vision=VISION, audio=AUDIO, video=VIDEO, kernels=REF)
+    lm_params = {k: jnp.asarray(v.numpy()) for k, v in lm.state_dict().items()}
+    got = jax_model.forward(lm_params, jin.tokens, cfg=cfg, kernels=REF, **jin.lm_kwargs(cfg))
+    assert_near(got, logits.numpy(), "bidirectional LM logits jax vs torch on multimodal inputs")
