@@ -144,6 +144,19 @@ def param_count(cfg: ModelConfig) -> int:
     return total
 
 
+# What KernelConfig accepts, for both frameworks (each framework's front end then refuses the
+# other's names with its own list: kernels.torch_ops / kernels.jax_ops *_IMPLS). A typo fails
+# here, when the config is built, not at the first kernel call.
+KERNEL_PRESETS = ("reference", "triton", "sdpa", "pallas", "xla")
+_ELEMENTWISE = {"reference", "triton", "compiled", "pallas", "xla"}
+OP_IMPLS = {
+    "attention": {"reference", "triton", "sdpa", "pallas", "xla", "pallas_mgpu", "pallas_tpu", "ring"},
+    "decode": {"reference", "triton", "sdpa", "pallas", "xla", "pallas_tpu"},
+    "norm": _ELEMENTWISE, "rope": _ELEMENTWISE, "mlp": _ELEMENTWISE,
+    "loss": {"reference", "triton", "pallas", "xla"},
+}
+
+
 @dataclass
 class KernelConfig:
     """Which implementation each op uses; ``preset`` fills every op not overridden.
@@ -166,6 +179,13 @@ class KernelConfig:
     attention_blocks: str | None = None
 
     def __post_init__(self):
+        if self.preset not in KERNEL_PRESETS:
+            raise ValueError(f"kernels preset: expected one of {sorted(KERNEL_PRESETS)}, got {self.preset!r}")
+        for op, known in OP_IMPLS.items():
+            chosen = getattr(self, op)
+            if chosen is not None and chosen not in known:
+                raise ValueError(f"kernels.{op}: expected one of {sorted(known)} (PyTorch and JAX impls) "
+                                 f"or None (the preset), got {chosen!r}")
         if self.attention_blocks not in (None, "autotune"):
             raise ValueError(f"attention_blocks: expected None or 'autotune', got {self.attention_blocks!r}")
 

@@ -20,7 +20,8 @@ length. Measured on the tiny model (batch 16, lr 1e-3): with 8 or 16 pairs in ev
 circuit had not formed after 1.4-2.8k steps (held-out accuracy 0.2-0.3); with rows of
 2..N pairs (N = 16, 20, 24) it formed at 1-3k steps and reached 100% at N pairs. More queries per example give more supervised
 positions per step (same task). The loss (and the accuracy) covers only the value tokens
-after the query (mask). ``seq_len`` is the model's input length; examples are right-padded.
+after the query (mask). ``seq_len`` is the model's input length; examples are right-padded. ``vocab_needed`` (both
+sources) is the smallest model vocab_size their ids fit (the trainer checks it).
 The held-out split draws from its own seed stream (numpy SeedSequence [seed, split, index]).
 
 Text: ``TextWindows`` cuts windows of ``seq_len + 1`` bytes every ``stride`` bytes; the last
@@ -98,6 +99,11 @@ class RetrievalTask:
                              f"seq_len >= {self.example_len - 1}")
 
     @property
+    def vocab_needed(self) -> int:
+        """The smallest model vocab_size that holds every id here: bytes, pad, bos and eos."""
+        return max(PAD_ID, BOS_ID, EOS_ID) + 1
+
+    @property
     def example_len(self) -> int:
         """Tokens of one example: bos, pairs * (value key), ?, queries * (key value), eos."""
         return 2 + (self.pairs + self.queries) * (self.key_len + self.value_len) + 1
@@ -154,6 +160,11 @@ class TextWindows:
                 raise ValueError(f"{self.path!r} ({os.path.getsize(self.path)} bytes) has no "
                                  f"{split} window of seq_len + 1 = {self.seq_len + 1} bytes "
                                  f"(eval_fraction={self.eval_fraction})")
+
+    @property
+    def vocab_needed(self) -> int:
+        """The smallest model vocab_size that holds every id here: any byte (no specials)."""
+        return 256
 
     def _bytes(self) -> np.ndarray:
         with open(self.path, "rb") as f:

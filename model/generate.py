@@ -26,24 +26,37 @@ padding until every row has stopped or ``max_new_tokens`` are out.
 Sampling (``model/sampling.py``): temperature 0 is greedy; otherwise temperature, top_k,
 top_p, drawn from ``seed`` (a torch.Generator on the model's device / jax.random.fold_in(key,
 step)), so a seed reproduces a run on the same device. Only ids the tokenizer can decode are
-drawn: logits of ids >= tokenizer.vocab_size (padding rows of a larger embedding table, e.g.
-ids 272..511 of the byte vocabulary in the tiny preset) are masked to -inf.
+drawn: logits of ids in [tokenizer.vocab_size, cfg.vocab_size) (padding rows of a larger
+embedding table, e.g. ids 272..511 of the byte vocabulary in the tiny preset) are masked to
+-inf. A model with an image-token head (``cfg.image_vocab``) also draws image tokens, ids
+[cfg.vocab_size, cfg.total_vocab); prompts and stop ids may hold them; the default tokenizer
+gets the block (``image_ids``), so ``texts`` writes them as ``<image_k>`` markers or drops them.
+``media_ids`` [B, S] (``MultimodalInputs.lm_kwargs``; only with ``cfg.bidirectional_media``)
+makes the prompt's media blocks bidirectional in the prefill, as the model was trained;
+generated tokens are causal.
 
 Bad input raises ValueError before anything runs: a prompt whose length plus max_new_tokens
 exceeds the model's context (``cfg.max_seq_len``) names both lengths; unknown sampling
 options name the known ones (the CLI; Python itself rejects unknown keywords).
+
+CLI: ``python -m model.generate ckpt=PATH prompt="..." [key=value ...]``. ``ckpt`` is a
+checkpoint file (float or int4) or a Hugging Face Gemma directory; a missing path, a corrupt
+or truncated file or another kind of directory is an error naming the path (exit status 2).
+``kernels=<preset>`` and per-op ``kernels.<op>=<impl>`` (``KernelConfig``);
+``stop_tokens=ID`` or ``stop_tokens=[ID,ID]`` (default: the tokenizer's eos).
 """
 from __future__ import annotations
 
 import functools
 import sys
 from dataclasses import astuple, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, List, Optional, Sequence
 
 from model.config import KernelConfig, ModelConfig
 from model.paged_cache import CacheConfig, PagePlan, check_page_size, plan_pages
 from model.sampling import SamplingConfig
 from model.tokenizer import ByteTokenizer, check_ids
+from model.train_config import KernelsSchema, kernel_config
 
 FRAMEWORKS = ("torch", "jax")
 
@@ -69,7 +82,7 @@ class _Plan:
     sampling: SamplingConfig
     max_new_tokens: int
     stop_tokens: tuple[int, ...]
-    vocab_limit: int  # ids >= this are never drawn
+    blocked: tuple[int, int]  # ids in [lo, hi) are never drawn (padding rows of the text table)
     pad_id: int
     seed: int
 
@@ -100,7 +113,7 @@ def _plan(prompts, cfg: ModelConfig, tokenizer, *, max_new_tokens, temperature, 
         raise ValueError(f"tokenizer vocab_size {tokenizer.vocab_size} exceeds the model's "
                          f"vocab_size {cfg.vocab_size}")
     sampling = SamplingConfig(temperature=float(temperature), top_k=top_k, top_p=top_p)
-    sampling.check_vocab(tokenizer.vocab_size)
+    sampling.check_vocab(tokenizer.vocab_size + cfg.image_vocab)  # the drawable ids
     rows = []
     for i, p in enumerate(prompts):
         ids = tokenizer.encode(p, bos=True) if isinstance(p, str) else p
@@ -111,7 +124,7 @@ def _plan(prompts, cfg: ModelConfig, tokenizer, *, max_new_tokens, temperature, 
         if not ids:
             raise ValueError(f"prompt {i} is empty: generation needs at least one token")
         try:
-            ids = check_ids(ids, cfg.vocab_size)
+            ids = check_ids(ids, cfg.total_vocab)
         except ValueError as e:
             raise ValueError(f"prompt {i}: {e}") from None
         if len(ids) + max_new_tokens > cfg.max_seq_len:
@@ -124,18 +137,19 @@ def _plan(prompts, cfg: ModelConfig, tokenizer, *, max_new_tokens, temperature, 
     if isinstance(stop_tokens, int):
         stop_tokens = (stop_tokens,)
     try:
-        stop_tokens = tuple(check_ids(stop_tokens, cfg.vocab_size))
+        stop_tokens = tuple(check_ids(stop_tokens, cfg.total_vocab))
     except ValueError as e:
         raise ValueError(f"stop_tokens: {e}") from None
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    return _Plan(tuple(rows), sampling, max_new_tokens, stop_tokens, tokenizer.vocab_size, pad, seed)
+    return _Plan(tuple(rows), sampling, max_new_tokens, stop_tokens, (tokenizer.vocab_size, cfg.vocab_size),
+                 pad, seed)
 
 
 def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              stop_tokens: Sequence[int] | None = None, framework: str = "torch", kernels=None,
              cfg: ModelConfig | None = None, tokenizer=None, use_cache: bool = True,
-             cache: CacheConfig | None = None, embeds=None, embed_mask=None) -> Generation:
+             cache: CacheConfig | None = None, embeds=None, embed_mask=None, media_ids=None) -> Generation:
     """Generate continuations of ``prompts`` (see the module docstring).
 
     torch: ``model_or_params`` is a ``GeminiModel`` (its cfg and kernels are used; ``kernels``,
@@ -145,7 +159,6 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     kernels = _kernel_config(kernels)
-    tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     if framework == "torch":
         from model.torch_model import GeminiModel
 
@@ -162,18 +175,21 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
             raise TypeError(f"framework='jax' needs a params dict, got {type(model_or_params).__name__}")
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"framework='jax' needs cfg=ModelConfig, got {cfg!r}")
+    if tokenizer is None:
+        tokenizer = ByteTokenizer(image_ids=cfg.image_token_ids if cfg.image_vocab else None)
     plan = _plan(prompts, cfg, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens)
     media = _check_embeds(embeds, embed_mask, plan, cfg)
+    media_ids = _check_media_ids(media_ids, plan, cfg)
     if framework == "torch":
         kernels, dtype = model_or_params.kernels, model_or_params.model.embed_tokens.weight.dtype
     else:
         kernels, dtype = kernels or KernelConfig(), model_or_params["model.embed_tokens.weight"].dtype
     paging = _paging(cache, use_cache, plan, kernels.impl("decode"), dtype)
     if framework == "torch":
-        steps = _generate_torch(model_or_params, plan, media, use_cache=use_cache, paging=paging)
+        steps = _generate_torch(model_or_params, plan, media, media_ids, use_cache=use_cache, paging=paging)
     else:
-        steps = _generate_jax(model_or_params, cfg, kernels, plan, media, use_cache=use_cache,
+        steps = _generate_jax(model_or_params, cfg, kernels, plan, media, media_ids, use_cache=use_cache,
                               paging=paging)
     tokens = _trim(steps, plan)
     reasons = ["stop" if t and t[-1] in plan.stop_tokens else "length" for t in tokens]
@@ -228,6 +244,29 @@ def _check_embeds(embeds, embed_mask, plan: _Plan, cfg: ModelConfig):
     return full_e, full_m
 
 
+def _check_media_ids(media_ids, plan: _Plan, cfg: ModelConfig):
+    """None, or media_ids as numpy int32 [B, width] (-1, text, past S; ``width`` as
+    ``_check_embeds``). Needs cfg.bidirectional_media; ids only inside each row's prompt."""
+    if media_ids is None:
+        return None
+    import numpy as np
+
+    if not cfg.bidirectional_media:
+        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
+    m = media_ids.detach().cpu().numpy() if hasattr(media_ids, "detach") else np.asarray(media_ids)
+    b, s = len(plan.rows), max(plan.lengths)
+    if m.ndim != 2 or m.shape[0] != b or m.shape[1] < s or not np.issubdtype(m.dtype, np.integer):
+        raise ValueError(f"media_ids must be an integer array [batch={b}, S >= {s} (longest prompt)], "
+                         f"got {m.dtype} {m.shape}")
+    for i, n in enumerate(plan.lengths):
+        if (m[i, n:] >= 0).any():
+            raise ValueError(f"media_ids row {i} holds a media id at position {n + int(np.argmax(m[i, n:] >= 0))}, "
+                             f"past its prompt length {n}")
+    full = np.full((b, s + plan.max_new_tokens), -1, np.int32)
+    full[:, :s] = m[:, :s]
+    return full
+
+
 def _trim(steps: list[list[int]], plan: _Plan) -> list[list[int]]:
     """Per-row token lists from per-step ids [steps][batch], cut after each row's stop id."""
     out = []
@@ -253,7 +292,7 @@ def _padded(plan: _Plan, width: int):
 
 # --- PyTorch loop ---
 
-def _generate_torch(model, plan: _Plan, media, *, use_cache: bool,
+def _generate_torch(model, plan: _Plan, media, media_ids, *, use_cache: bool,
                     paging: PagePlan | None) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import torch
@@ -276,6 +315,8 @@ def _generate_torch(model, plan: _Plan, media, *, use_cache: bool,
     if media is not None:
         mm = dict(embeds=torch.from_numpy(media[0]).to(device=device, dtype=weight.dtype),
                   embed_mask=torch.from_numpy(media[1]).to(device))
+    if media_ids is not None:  # (B, width): the prompts' media blocks, -1 elsewhere
+        mm["media_ids"] = torch.from_numpy(media_ids).to(device)
     steps = []
     with torch.no_grad():
         if use_cache:
@@ -291,7 +332,7 @@ def _generate_torch(model, plan: _Plan, media, *, use_cache: bool,
         for t in range(plan.max_new_tokens):
             if not use_cache:  # whole sequence each step; causal, so the padding after is ignored
                 last = model(seq, **mm)[rows, lengths + t - 1]
-            last[:, plan.vocab_limit:] = float("-inf")
+            last[:, plan.blocked[0]:plan.blocked[1]] = float("-inf")
             tok = sample_torch(last, plan.sampling, gen)  # (B,)
             tok = torch.where(done, plan.pad_id, tok)
             steps.append(tok)
@@ -341,7 +382,7 @@ def _jax_model_fns(cfg: ModelConfig, kernel_fields: tuple, batch: int, cache_len
 
 
 @functools.lru_cache(maxsize=8)
-def _jax_choose(sampling: SamplingConfig, vocab_limit: int, pad_id: int, stop_tokens: tuple):
+def _jax_choose(sampling: SamplingConfig, blocked: tuple, pad_id: int, stop_tokens: tuple):
     """Jitted draw: (last logits (B, V), done (B,), key) -> (token (B,), done)."""
     import jax
     import jax.numpy as jnp
@@ -349,14 +390,15 @@ def _jax_choose(sampling: SamplingConfig, vocab_limit: int, pad_id: int, stop_to
     from model.sampling import sample_jax
 
     def choose(last, done, key):
-        last = jnp.where(jnp.arange(last.shape[-1]) < vocab_limit, last, -jnp.inf)
+        ids = jnp.arange(last.shape[-1])
+        last = jnp.where((ids >= blocked[0]) & (ids < blocked[1]), -jnp.inf, last)
         tok = jnp.where(done, pad_id, sample_jax(last, sampling, key))
         return tok, done | jnp.isin(tok, jnp.asarray(stop_tokens, jnp.int32))
 
     return jax.jit(choose)
 
 
-def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, media, *,
+def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, media, media_ids, *,
                   use_cache: bool, paging: PagePlan | None) -> list[list[int]]:
     """Per-step ids [steps][batch] (rows keep drawing padding after their stop id)."""
     import jax
@@ -369,7 +411,7 @@ def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, 
     width = max(plan.lengths) + plan.max_new_tokens
     prefill, recompute, decode = _jax_model_fns(
         cfg, astuple(kernels), b, width - 1, jnp.dtype(params["model.embed_tokens.weight"].dtype), paging)
-    choose = _jax_choose(plan.sampling, plan.vocab_limit, plan.pad_id, plan.stop_tokens)
+    choose = _jax_choose(plan.sampling, plan.blocked, plan.pad_id, plan.stop_tokens)
     lengths = jnp.asarray(plan.lengths, jnp.int32)
     rows = jnp.arange(b)
     seq = jnp.asarray(_padded(plan, width))  # (B, width)
@@ -379,6 +421,8 @@ def _generate_jax(params, cfg: ModelConfig, kernels: KernelConfig, plan: _Plan, 
     if media is not None:
         mm = dict(embeds=jnp.asarray(media[0], params["model.embed_tokens.weight"].dtype),
                   embed_mask=jnp.asarray(media[1]))
+    if media_ids is not None:  # (B, width): the prompts' media blocks, -1 elsewhere
+        mm["media_ids"] = jnp.asarray(media_ids)
     pages = PageTable(b, paging) if paging is not None else None  # the host side of a paged cache
     if use_cache:
         s = max(plan.lengths)
@@ -418,7 +462,10 @@ class GenerateArgs:
     top_p: float | None = None
     seed: int = 0
     framework: str = "torch"
-    kernels: str = "reference"  # KernelConfig preset: torch triton|reference|sdpa, JAX pallas|reference|xla
+    # KernelConfig: kernels=<preset> (torch triton|reference|sdpa, JAX pallas|reference|xla) is
+    # kernels.preset=<preset>; per-op overrides kernels.attention=..., kernels.decode=... (null: preset)
+    kernels: KernelsSchema = field(default_factory=KernelsSchema)
+    stop_tokens: Optional[List[int]] = None  # ids that end a row (stop_tokens=1 or [1,10]); null: eos
     device: str = "auto"  # torch: cpu | cuda | auto (cuda when available)
     cache: CacheConfig = field(default_factory=CacheConfig)  # cache.paged=true cache.page_size=64
     # an int4 checkpoint (python -m model.quantize) runs its projections through int4_matmul:
@@ -439,6 +486,10 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
             raise ValueError(f"unknown option {key!r}; known options: {known}")
         if key == "prompt":
             values["prompt"].append(value)
+        elif key == "kernels":  # the preset shorthand
+            values["kernels.preset"] = value
+        elif key == "stop_tokens" and not value.lstrip().startswith("[") and value.strip() != "null":  # one id
+            values[key] = f"[{value}]"
         else:
             values[key] = value
     from omegaconf import OmegaConf
@@ -450,29 +501,45 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
     except ValidationError as e:
         message = str(e).splitlines()[0]
         raise ValueError(f"bad option value for {e.full_key!r}: {message}") from None
-    except ConfigKeyError as e:  # cache.<unknown>
-        raise ValueError(f"unknown option {e.full_key!r}; cache options: "
-                         f"{[f.name for f in fields(CacheConfig)]}") from None
-    scalars = {k: conf[k] for k in known if k not in ("prompt", "cache")}
-    args = GenerateArgs(**scalars, cache=OmegaConf.to_object(conf.cache), prompt=values["prompt"])
+    except ConfigKeyError as e:  # cache.<unknown> / kernels.<unknown>
+        group = str(e.full_key).split(".")[0]
+        node = {"cache": CacheConfig, "kernels": KernelsSchema}.get(group)
+        options = [f.name for f in fields(node)] if node is not None else known
+        raise ValueError(f"unknown option {e.full_key!r}; {group} options: {options}") from None
+    nested = ("prompt", "cache", "kernels", "stop_tokens")
+    scalars = {k: conf[k] for k in known if k not in nested}
+    stops = None if conf.stop_tokens is None else list(conf.stop_tokens)
+    args = GenerateArgs(**scalars, cache=OmegaConf.to_object(conf.cache), prompt=values["prompt"],
+                        kernels=OmegaConf.to_object(conf.kernels), stop_tokens=stops)
     if not args.ckpt:
-        raise ValueError("ckpt=PATH (a safetensors checkpoint) is required")
+        raise ValueError("ckpt=PATH (a safetensors checkpoint or a Hugging Face Gemma directory) is required")
     if not args.prompt:
         raise ValueError('at least one prompt="..." is required')
     if args.int4_blocks not in (None, "autotune"):
         raise ValueError(f"int4_blocks: expected autotune (or unset), got {args.int4_blocks!r}")
-    if args.int4_blocks is not None and (args.framework, args.kernels) != ("torch", "triton"):
+    if args.int4_blocks is not None and (args.framework, args.kernels.preset) != ("torch", "triton"):
         raise ValueError(f"int4_blocks={args.int4_blocks!r} tunes torch's Triton int4 kernel: it needs "
-                         f"framework=torch kernels=triton, got framework={args.framework} kernels={args.kernels}")
+                         f"framework=torch kernels=triton, got framework={args.framework} "
+                         f"kernels={args.kernels.preset}")
     return args
 
 
 def _load(args, kernels):
-    """(model or params, cfg) for the run: a float checkpoint, or an int4 one (its projections
-    through int4_matmul: the kernel impl of the preset, else the reference)."""
-    from model.checkpoint import load_checkpoint
+    """(model or params, cfg) for the run: a float checkpoint file, an int4 one (its
+    projections through int4_matmul: the preset's kernel, else the reference) or a Hugging Face
+    Gemma directory (config.json + *.safetensors, ``model/hf.py``). A missing path, a corrupt or
+    truncated file, or a directory of another kind is an error naming the path and the cause."""
+    import os
+
+    from model.checkpoint import check_file, load_checkpoint
     from model.quantize import is_quantized, load_quantized_jax, load_quantized_torch
 
+    if os.path.isdir(args.ckpt):
+        return _load_hf_directory(args, kernels)
+    if not os.path.exists(args.ckpt):
+        raise FileNotFoundError(f"ckpt={args.ckpt}: no such file or directory (expected a safetensors "
+                                f"checkpoint or a Hugging Face Gemma directory)")
+    check_file(args.ckpt)  # header and size, before safe_open sees the file
     quantized = is_quantized(args.ckpt)
     if args.int4_blocks is not None and not quantized:
         raise ValueError(f"int4_blocks={args.int4_blocks!r}: {args.ckpt} is not an int4 checkpoint")
@@ -481,10 +548,10 @@ def _load(args, kernels):
 
         from model.torch_model import GeminiModel
 
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = _torch_device(args)
         if quantized:
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            impl = "triton" if args.kernels == "triton" else "reference"
+            impl = "triton" if args.kernels.preset == "triton" else "reference"
             model = load_quantized_torch(args.ckpt, kernels, impl=impl, dtype=dtype, blocks=args.int4_blocks)
             return model.to(device=device).eval(), model.cfg
         params, cfg = load_checkpoint(args.ckpt, framework="torch")
@@ -492,20 +559,50 @@ def _load(args, kernels):
         model.load_state_dict(params, strict=True)
         return model.to(device=device, dtype=params["model.embed_tokens.weight"].dtype).eval(), cfg
     if quantized:
-        return load_quantized_jax(args.ckpt, impl="pallas" if args.kernels == "pallas" else "reference")
+        return load_quantized_jax(args.ckpt, impl="pallas" if args.kernels.preset == "pallas" else "reference")
     return load_checkpoint(args.ckpt, framework="jax")
+
+
+def _torch_device(args) -> str:
+    import torch
+
+    return args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_hf_directory(args, kernels):
+    """(model or params, cfg) of a Hugging Face Gemma directory (``model.hf.load_hf``)."""
+    import os
+
+    from model.hf import load_hf
+
+    if not os.path.isfile(os.path.join(args.ckpt, "config.json")):
+        raise ValueError(f"ckpt={args.ckpt} is a directory without config.json: expected a safetensors "
+                         f"checkpoint file or a Hugging Face Gemma directory (config.json + *.safetensors)")
+    if args.int4_blocks is not None:
+        raise ValueError(f"int4_blocks={args.int4_blocks!r}: {args.ckpt} is a Hugging Face directory, "
+                         f"not an int4 checkpoint")
+    ckpt = load_hf(args.ckpt, framework=args.framework)
+    if args.framework != "torch":
+        return ckpt.params, ckpt.cfg
+    from model.torch_model import GeminiModel
+
+    model = GeminiModel(ckpt.cfg, kernels)
+    model.load_state_dict(ckpt.params, strict=True)
+    dtype = ckpt.params["model.embed_tokens.weight"].dtype
+    return model.to(device=_torch_device(args), dtype=dtype).eval(), ckpt.cfg
 
 
 def main(argv: Sequence[str] | None = None) -> Generation:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from model.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(args.ckpt)
-    kernels = KernelConfig(preset=args.kernels)
+    kernels = kernel_config(args.kernels)
     model_or_params, cfg = _load(args, kernels)
+    tokenizer = load_tokenizer(args.ckpt, image_ids=cfg.image_token_ids if cfg.image_vocab else None)
     out = generate(model_or_params, args.prompt, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   framework=args.framework, kernels=kernels, cfg=cfg, tokenizer=tokenizer, cache=args.cache)
+                   stop_tokens=args.stop_tokens, framework=args.framework, kernels=kernels, cfg=cfg,
+                   tokenizer=tokenizer, cache=args.cache)
     for i, (prompt, text) in enumerate(zip(args.prompt, out.texts)):
         print(f"=== [{i}] {prompt!r} ({len(out.tokens[i])} new tokens, {out.finish_reasons[i]})")
         print(prompt + text)
@@ -515,6 +612,6 @@ def main(argv: Sequence[str] | None = None) -> Generation:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, IsADirectoryError) as e:  # bad arguments / checkpoint
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

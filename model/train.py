@@ -1,5 +1,8 @@
 """Training: ``python -m model.train [model=tiny] [framework=torch|jax] [kernels=...] [steps=N] ...``
 
+``kernels=<preset>`` picks ``conf/kernels/<preset>.yaml``; per-op overrides go on top
+(``kernels.attention=triton``; the ops are ``KernelConfig``'s, see ``model/train_config.py``).
+
 The default config (``conf/train/tiny_retrieval.yaml``) trains the ``tiny`` model on the
 synthetic key-value retrieval task (``model/data.py``) and writes
 ``benchmarks/results/train-tiny-retrieval-<time>.json`` atomically: held-out retrieval
@@ -30,8 +33,15 @@ Checkpoints (``checkpoint.dir``, every ``checkpoint.every`` steps and at the end
 ``step_<N>`` holding ``model.safetensors`` (``model/checkpoint.py``), ``optim.npz`` (AdamW
 moments by parameter name) and ``state.json`` (step, data position, loss history, config),
 written under a temporary name and renamed, so a folder that exists is complete. With
-``checkpoint.resume`` the run continues from the newest one and its later losses equal an
-uninterrupted run's (same seed; on CPU bit for bit, see tests/test_train.py).
+``checkpoint.resume`` the run continues from the newest one (refused if it was saved with
+another model config, naming the first differing field) and its later losses equal an
+uninterrupted run's (same seed; on CPU bit for bit, see tests/test_train.py). The folder holds
+one run: with ``checkpoint.resume=false`` a folder that already has ``step_<N>`` checkpoints is
+refused (pruning to the newest ``checkpoint.keep`` would otherwise mix two runs' steps), so
+pruning only ever deletes this run's older steps.
+
+Checked before the first step: the data's ``seq_len`` fits the model's ``max_seq_len`` and
+its ids (bytes, plus pad/bos/eos for retrieval) fit ``model.vocab_size``.
 """
 from __future__ import annotations
 
@@ -46,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.config import KernelConfig, ModelConfig, param_count
+from model.config import ModelConfig, param_count
 from model.data import make_source
 
 CHECKPOINT_PREFIX = "step_"
@@ -81,17 +91,38 @@ def peak_tflops(override: float | None) -> tuple[float | None, str]:
 
 
 # ---------------------------------------------------------------- checkpoints
+def _checkpoints(folder: str | None) -> list[tuple[int, str]]:
+    """(step, folder name) of every complete ``step_<N>`` folder under ``folder``, by step."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    found = [(int(n[len(CHECKPOINT_PREFIX):]), n) for n in os.listdir(folder)
+             if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found)
+
+
 def latest_checkpoint(folder: str | None) -> str | None:
     """The newest complete ``step_<N>`` folder under ``folder`` (None if there is none)."""
-    if not folder or not os.path.isdir(folder):
-        return None
-    steps = [int(n[len(CHECKPOINT_PREFIX):]) for n in os.listdir(folder)
-             if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()]
-    return os.path.join(folder, f"{CHECKPOINT_PREFIX}{max(steps):08d}") if steps else None
+    found = _checkpoints(folder)
+    return os.path.join(folder, found[-1][1]) if found else None
+
+
+def check_fresh_checkpoint_dir(folder: str | None) -> None:
+    """``checkpoint.resume=false``: refuse a ``checkpoint.dir`` that already holds checkpoints.
+    Another run's step folders would mix with this run's: pruning keeps the newest steps, so it
+    would delete this run's saves (or the other run's) and a later resume would continue
+    whichever is newest."""
+    found = _checkpoints(folder)
+    if found:
+        raise ValueError(f"checkpoint.dir={folder} already holds checkpoints ({found[0][1]} .. "
+                         f"{found[-1][1]}, {len(found)} in all) and checkpoint.resume=false: pass "
+                         f"checkpoint.resume=true to continue that run, or give this run its own "
+                         f"(empty or new) checkpoint.dir, or delete those step folders")
 
 
 def save_train_checkpoint(folder: str, step: int, trainer, state: dict, keep: int) -> str:
-    """Write ``folder/step_<step>`` atomically (temp folder + rename); keep the newest ``keep``."""
+    """Write ``folder/step_<step>`` atomically (temp folder + rename); keep the newest ``keep``
+    (by step number; the folder holds only this run's checkpoints: ``_train`` resumes from them
+    or refuses a non-empty folder)."""
     from model import checkpoint
 
     os.makedirs(folder, exist_ok=True)
@@ -110,16 +141,23 @@ def save_train_checkpoint(folder: str, step: int, trainer, state: dict, keep: in
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = sorted(n for n in os.listdir(folder) if n.startswith(CHECKPOINT_PREFIX))[:-keep or None]
-    for name in old if keep > 0 else []:
+    old = _checkpoints(folder)[:-keep] if keep > 0 else []
+    for _, name in old:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     return final
 
 
 def load_train_checkpoint(path: str, trainer) -> dict:
-    """Restore weights and AdamW state from ``path`` into ``trainer``; return state.json."""
+    """Restore weights and AdamW state from ``path`` into ``trainer``; return state.json. A
+    checkpoint of another model config is refused, naming the first differing field."""
     from model import checkpoint
 
+    stored = checkpoint.read_config(os.path.join(path, "model.safetensors"))
+    diff = checkpoint.config_difference(stored, trainer.cfg)
+    if diff is not None:
+        raise ValueError(f"checkpoint.resume: {path} is a checkpoint of another model config ({diff}). "
+                         f"Resume with the model settings it was saved with, or give this run its own "
+                         f"checkpoint.dir")
     params, _ = checkpoint.load_checkpoint(os.path.join(path, "model.safetensors"), trainer.cfg,
                                           framework="numpy")
     with open(os.path.join(path, "state.json")) as f:
@@ -172,11 +210,13 @@ class TrainResult:
 
 
 def build_trainer(tcfg, mcfg: ModelConfig):
-    kernels = KernelConfig(preset=tcfg.kernels, attention_blocks=tcfg.attention_blocks)
+    from model.train_config import kernel_config
+
+    kernels = kernel_config(tcfg.kernels, tcfg.attention_blocks)
     if tcfg.attention_blocks is not None and (tcfg.framework != "torch" or kernels.impl("attention") != "triton"):
         raise ValueError(f"attention_blocks={tcfg.attention_blocks!r} tunes torch's Triton attention: it needs "
                          f"framework=torch and triton attention, got framework={tcfg.framework!r}, "
-                         f"kernels={tcfg.kernels!r}")
+                         f"attention={kernels.impl('attention')!r} (kernels {kernels})")
     teacher = None
     if tcfg.distill.teacher is not None:
         teacher = tcfg.distill.teacher
@@ -202,6 +242,20 @@ def _validate(tcfg) -> None:
         raise ValueError(f"batch_size={tcfg.batch_size} must be divisible by grad_accum={tcfg.grad_accum}")
     if tcfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {tcfg.precision!r}")
+
+
+def _check_data_fits(tcfg, mcfg: ModelConfig, source) -> None:
+    """The data's rows must fit the model: seq_len within its context, every id it emits
+    within its vocabulary (an id past the embedding table is an IndexError deep in a step)."""
+    kind = tcfg.data.kind
+    if source.seq_len > mcfg.max_seq_len:
+        raise ValueError(f"data.{kind}.seq_len={source.seq_len} exceeds the model's context "
+                         f"model.max_seq_len={mcfg.max_seq_len}: shorten the rows or raise max_seq_len")
+    if source.vocab_needed > mcfg.vocab_size:
+        raise ValueError(f"model.vocab_size={mcfg.vocab_size} is too small for data.kind={kind}: its "
+                         f"rows hold byte-tokenizer ids up to {source.vocab_needed - 1} (bytes 0..255"
+                         f"{' and pad/bos/eos' if source.vocab_needed > 256 else ''}), so the model needs "
+                         f"vocab_size >= {source.vocab_needed}")
 
 
 def train(tcfg, *, stop_at: int | None = None, log=print) -> TrainResult:
@@ -230,6 +284,9 @@ def _train(tcfg, stop_at, log) -> TrainResult:
     source = make_source(tcfg.data.kind, seed=tcfg.seed,
                          retrieval=dict(_plain(tcfg.data.retrieval)), text=dict(_plain(tcfg.data.text)))
     seq_len = source.seq_len
+    _check_data_fits(tcfg, mcfg, source)
+    if not tcfg.checkpoint.resume:
+        check_fresh_checkpoint_dir(tcfg.checkpoint.dir)
     trainer = build_trainer(tcfg, mcfg)
     losses, evals, start = [], [], 0
     ckpt = latest_checkpoint(tcfg.checkpoint.dir) if tcfg.checkpoint.resume else None

@@ -4,6 +4,11 @@ unknown key or a wrong type fails at composition instead of being ignored).
 ``conf/train/*.yaml`` are the runs (``--config-name train/<name>``; default
 ``train/tiny_retrieval``); ``conf/model/*.yaml`` are the model presets (``model=tiny``),
 checked against ``ModelSchema``, a mutable mirror of ``model.config.ModelConfig``.
+
+``kernels`` is a node mirroring ``model.config.KernelConfig`` (``KernelsSchema``: ``preset``
+and one optional field per op, null = the preset's). ``conf/kernels/<preset>.yaml`` make it a
+config group, so ``kernels=triton`` (the preset shorthand) selects one and per-op overrides
+go on top: ``kernels=triton kernels.attention=reference`` or ``kernels.loss=xla``.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from model.config import ModelConfig
+from model.config import KernelConfig, ModelConfig
 
 
 def _model_schema():
@@ -31,6 +36,34 @@ def _model_schema():
 
 
 ModelSchema = _model_schema()
+
+
+def _kernels_schema():
+    """``KernelConfig``'s preset and per-op fields as a non-frozen dataclass (attention_blocks
+    stays the top-level ``attention_blocks`` option)."""
+    fields = [(f.name, str if f.name == "preset" else Optional[str], field(default=f.default))
+              for f in dataclasses.fields(KernelConfig) if f.name != "attention_blocks"]
+    return dataclasses.make_dataclass("KernelsSchema", fields)
+
+
+KernelsSchema = _kernels_schema()
+
+
+def kernel_config(kernels, attention_blocks: str | None = None) -> KernelConfig:
+    """The ``KernelConfig`` of a ``kernels`` node (OmegaConf node, KernelsSchema, mapping) or a
+    bare preset name."""
+    if isinstance(kernels, str):
+        return KernelConfig(preset=kernels, attention_blocks=attention_blocks)
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(kernels):
+        kernels = OmegaConf.to_container(kernels, resolve=True)
+    elif dataclasses.is_dataclass(kernels):
+        kernels = dataclasses.asdict(kernels)
+    if not isinstance(kernels, dict):
+        raise TypeError(f"kernels must be a preset name or a mapping of KernelConfig fields, got "
+                        f"{type(kernels).__name__}")
+    return KernelConfig(**kernels, attention_blocks=attention_blocks)
 
 
 @dataclass
@@ -96,7 +129,9 @@ class EvalConfig:
 class TrainConfig:
     model: ModelSchema = field(default_factory=ModelSchema)
     framework: str = "torch"        # torch | jax
-    kernels: str = "reference"      # KernelConfig preset: torch triton|reference|sdpa, jax pallas|reference|xla
+    # KernelConfig: preset (torch triton|reference|sdpa, jax pallas|reference|xla; kernels=<preset>
+    # picks conf/kernels/<preset>.yaml) and per-op overrides (kernels.attention=..., null: preset)
+    kernels: KernelsSchema = field(default_factory=KernelsSchema)
     attention_blocks: str | None = None  # torch with triton attention: null (defaults) | autotune
     device: str = "auto"            # torch: auto|cpu|cuda (jax uses its default backend)
     cpu_threads: int = 1            # torch intra-op threads on CPU during the run (0: torch's default);

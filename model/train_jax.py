@@ -70,15 +70,16 @@ class JaxTrainer:
             from model import checkpoint
 
             t_params, t_cfg = checkpoint.load_checkpoint(teacher_path, framework="jax")
-            if t_cfg.vocab_size != cfg.vocab_size:
-                raise ValueError(f"teacher vocab_size {t_cfg.vocab_size} != student vocab_size {cfg.vocab_size}")
+            if (t_cfg.vocab_size, t_cfg.image_vocab) != (cfg.vocab_size, cfg.image_vocab):
+                raise ValueError(f"teacher vocab_size/image_vocab {t_cfg.vocab_size}/{t_cfg.image_vocab} != "
+                                 f"student {cfg.vocab_size}/{cfg.image_vocab} (the logits must line up)")
             self.teacher = jax.jit(functools.partial(
                 lambda p, x: jax_model.forward(p, x, cfg=t_cfg, kernels=kernels), t_params))
         d = tcfg.distill
 
         def loss_fn(params, inputs, targets, mask, normalizer, t_logits):
             if t_logits is None:  # the loss kernel: "pallas" / "xla" never build the full logits
-                table = cast(params)["model.embed_tokens.weight"]
+                table = jax_model.head_table(cast(params), cfg)  # text (+ image-token) rows
                 return jax_model.head_loss(hidden(params, inputs), table, targets, mask, cfg=cfg,
                                            kernels=kernels, normalizer=normalizer), None
             logits = fwd(params, inputs)

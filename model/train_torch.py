@@ -72,9 +72,10 @@ class TorchTrainer:
         self.teacher = None
         if teacher_path is not None:
             self.teacher = load_teacher(teacher_path, kernels, self.device)
-            if self.teacher.cfg.vocab_size != cfg.vocab_size:
-                raise ValueError(f"teacher vocab_size {self.teacher.cfg.vocab_size} != student "
-                                 f"vocab_size {cfg.vocab_size}")
+            t = self.teacher.cfg
+            if (t.vocab_size, t.image_vocab) != (cfg.vocab_size, cfg.image_vocab):
+                raise ValueError(f"teacher vocab_size/image_vocab {t.vocab_size}/{t.image_vocab} != student "
+                                 f"{cfg.vocab_size}/{cfg.image_vocab} (the logits must line up)")
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,

@@ -192,6 +192,37 @@ def test_model_suite_checks_then_times_and_counts_flops():
     assert flops_per_token(c, 8192, train=True) == 6 * n_matmul + 12 * c.layers * c.heads * c.head_dim * 8192
 
 
+def test_model_suite_interpreted_decode_rows_use_the_short_cache(monkeypatch):
+    """interpret_decode_cache_len: the decode rows of impls in an interpreter (Triton / Pallas
+    on this CPU) read the short cache, every other row the full one; on a GPU (nothing
+    interpreted) no short case exists. The CPU preset has the torch.compile row and a 32k cache."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites import model as model_suite
+    from kernels import _platform
+
+    cfg = OmegaConf.structured(config.ModelBenchConfig(
+        decode_batches=[1], decode_cache_len=64, interpret_decode_cache_len=32, modes=["forward", "decode"],
+        torch_impls=["reference", "compiled", "triton"], jax_impls=["xla", "pallas"]))
+    suite = model_suite.ModelSuite(cfg, Device(kind="cpu", name="cpu"), None)
+    assert _platform.configure_triton_interpret() and _platform.pallas_interpret_default()  # CPU
+    rows = {(c.mode, c.seq, fw, i) for c, fw, i in suite.entries()}
+    assert {(s, i) for m, s, _, i in rows if m == "decode"} == {
+        (64, "reference"), (64, "compiled"), (64, "xla"), (32, "triton"), (32, "pallas")}
+    assert {i for m, s, _, i in rows if m == "forward"} == {"reference", "compiled", "triton", "xla", "pallas"}
+    monkeypatch.setattr(_platform, "configure_triton_interpret", lambda: False)  # as on a GPU
+    monkeypatch.setattr(_platform, "pallas_interpret_default", lambda: False)
+    assert {c.seq for c in suite.cases() if c.mode == "decode"} == {64}
+    assert len(list(suite.entries())) == 10
+    config.register()
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        cpu = compose(config_name="benchmark", overrides=["bench=cpu"]).bench.model
+    assert "compiled" in cpu.torch_impls and cpu.decode_cache_len == 32768 and cpu.decode_batches == [1, 16]
+
+
 def test_decode_suite_paged_rows_check_then_time():
     """triton_paged / pallas_paged rows read the same cache through a shuffled block table:
     checked against the contiguous reference, then timed, with the contiguous rows' bytes."""
@@ -214,6 +245,60 @@ def test_decode_suite_paged_rows_check_then_time():
     k, _, table = suite._paged(next(iter(suite.entries()))[0])
     assert k.shape == (8, 32, 2, 32) and sorted(table.flatten().tolist()) == list(range(8))
     assert table.flatten().tolist() != list(range(8))  # shuffled: pages out of order
+
+
+def test_decode_suite_tpu_rows_interpret_on_cpu_skip_on_gpu():
+    """pallas_tpu / pallas_tpu_paged rows: on the CPU they run in TPU interpret mode (checked,
+    then timed, labeled interpret) for the first ``tpu_interpret_cases`` cases and are skipped,
+    saying why, after; on a GPU host they are skipped (they would time the simulator)."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import config
+    from benchmarks.hardware import Device
+    from benchmarks.suites.common import Skip
+    from benchmarks.suites.decode import DecodeSuite
+
+    cfg = OmegaConf.structured(config.DecodeBenchConfig(
+        batches=[2], cache_lens=[128], heads=4, kv_heads=[1, 2], head_dim=32, page_size=32,
+        torch_impls=[], jax_impls=["pallas_tpu", "pallas_tpu_paged"], tpu_interpret_cases=1))
+    timer = lambda *a, **k: Timer("cpu", warmup=0, min_runs=1, max_runs=1, budget_s=0)  # noqa: E731
+    suite = DecodeSuite(cfg, Device(kind="cpu", name="cpu"), timer)
+    entries = list(suite.entries())
+    assert len(entries) == 4
+    first = [e for e in entries if e[0].kv_heads == 1]
+    for case, fw, impl in first:
+        r = suite.run(case, fw, impl)
+        assert r["status"] == "ok" and r["max_error"] <= r["tolerance"], (impl, r)
+        assert r["mode"] == "interpret" and r["bytes"] == case.kv_bytes()
+    for case, fw, impl in (e for e in entries if e[0].kv_heads == 2):
+        with pytest.raises(Skip, match="tpu_interpret_cases"):
+            suite.run(case, fw, impl)
+    gpu = DecodeSuite(cfg, Device(kind="cuda", name="NVIDIA H100"), timer)
+    with pytest.raises(Skip, match="TPU kernel"):
+        gpu._jax_fn("pallas_tpu")
+
+
+def test_report_models_bytes_only_rows_as_memory_bound():
+    """Decode records carry bytes only: the modeled table gives them bytes / each chip's HBM
+    bandwidth (labeled memory), beside attention's max(compute, memory)."""
+    from benchmarks.hardware import hardware_table
+    from benchmarks.report import modeled_table
+
+    recs = [{"suite": "decode", "case": "mqa8/1 b1 T2048 d128", "bytes": 3e9, "status": "ok"},
+            {"suite": "attention", "case": "mqa s64", "flops": 1e15, "bytes": 1e6, "status": "ok"}]
+    table = modeled_table([{"device": {"name": "test cpu"}, "records": recs}])
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    v5p = hardware_table()["tpu_v5p"]
+    col = header.index(f"{v5p['name']} µs (modeled)")
+    dec = [c.strip() for c in rows["mqa8/1 b1 T2048 d128"].strip("|").split("|")]
+    att = [c.strip() for c in rows["mqa s64"].strip("|").split("|")]
+    assert dec[2] == "memory (bytes / HBM)" and att[2] == "roofline (FLOPs, bytes)"
+    assert float(dec[col]) == pytest.approx(3e9 / (v5p["hbm_gb_per_s"] * 1e9) * 1e6, rel=1e-3)
+    assert float(att[col]) == pytest.approx(1e15 / (v5p["bf16_tflops"] * 1e12) * 1e6, rel=1e-3)
+    # a file measured on v5p as jax names it ("TPU v5") leaves v5p out of the modeled chips
+    measured = modeled_table([{"device": {"name": "TPU v5"}, "records": recs}])
+    assert f"{v5p['name']} µs (modeled)" not in measured and "H100 SXM µs (modeled)" in measured
 
 
 def test_report_renders_rows_of_every_suite(tmp_path):
@@ -277,6 +362,39 @@ def test_sweep_smoke_writes_a_results_file(tmp_path):
     table = sweep_table(path)
     assert table.count("| int4 |") + table.count("| decode |") == len(rows)
     assert "cut at its deadline" not in table and " splits` |" in table
+
+
+def test_sweep_smoke_tpu_ops_enumerate_the_candidates(tmp_path):
+    """benchmarks.sweep's TPU section on the CPU (TPU interpret mode, tiny shapes): the chip's
+    candidate lists enumerated (the table entry first and marked default), attention's first
+    two candidates forward and forward+backward and every decode candidate checked; without
+    --smoke the tpu_* ops refuse a non-TPU backend."""
+    import jax
+
+    from benchmarks import sweep
+    from kernels.attention.pallas_tpu import candidate_blocks
+    from kernels.decode.pallas_tpu_decode import decode_candidate_blocks
+
+    path = sweep.main(["--smoke", "--ops", "tpu_attention,tpu_decode", "--out-dir", str(tmp_path)])
+    data = json.load(open(path))
+    assert data["complete"] and data["commit"]
+    rows = data["records"]
+    att = [r for r in rows if r["op"] == "tpu_attention"]
+    dec = [r for r in rows if r["op"] == "tpu_decode"]
+    kind = jax.devices()[0].device_kind
+    assert all(r["status"] == "ok" and r.get("err", r.get("err_vs_default")) < 1e-3 for r in rows), rows
+    assert [r["pass_"] for r in att] == ["fwd", "fwd+bwd"] * 2
+    assert {r["candidates"] for r in att} == {len(candidate_blocks(kind))}
+    assert [r["blocks"] for r in att[::2]] == [repr(b) for b in candidate_blocks(kind)[:2]]
+    assert [r["blocks"] for r in dec] == [repr(b) for b in decode_candidate_blocks(kind)]
+    assert [r["default"] for r in dec] == [True] + [False] * (len(dec) - 1)
+    assert [r["default"] for r in att] == [True, True, False, False]
+    from benchmarks.report import sweep_table
+
+    table = sweep_table(path)
+    assert table.count("| tpu_attention |") + table.count("| tpu_decode |") == len(rows)
+    with pytest.raises(SystemExit, match="TPU backend"):
+        sweep.main(["--ops", "tpu_decode", "--out-dir", str(tmp_path)])
 
 
 def test_profile_model_smoke_groups_the_step(tmp_path):

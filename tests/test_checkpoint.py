@@ -92,6 +92,46 @@ def test_refusals_name_the_problem(tmp_path):
         load_checkpoint(corrupt)
 
 
+def test_a_checkpoint_of_another_config_is_refused_even_when_shapes_match(tmp_path):
+    """Configs that differ in scalars share every shape: the stored config decides, and the
+    error names the first differing field and how to proceed. ``name`` alone is a label."""
+    path = save_checkpoint(tmp_path / "a.safetensors", _model(1), CFG)
+    shapes = lambda c: {n: s for n, (s, _) in param_specs(c).items()}  # noqa: E731
+    for field, value in (("rope_theta", 500.0), ("final_softcap", None), ("local_window", 8)):
+        other = ModelConfig(**{**CFG.to_dict(), field: value})
+        assert shapes(other) == shapes(CFG)
+        with pytest.raises(ValueError, match=rf"differs from the given config 'ck' in {field}: the file's config "
+                                             rf"has .*, the given config {value!r}\. Load it with cfg=None"):
+            load_checkpoint(path, other)
+        with pytest.raises(ValueError, match=field):
+            load_into_torch(GeminiModel(other), path)
+    renamed = ModelConfig(**{**CFG.to_dict(), "name": "other-label"})
+    params, cfg = load_checkpoint(path, renamed)
+    assert cfg is renamed and list(params) == list(param_specs(CFG))
+
+
+def test_check_file_reads_only_the_header(tmp_path):
+    from model.checkpoint import check_file
+
+    path = save_checkpoint(tmp_path / "a.safetensors", _model(1), CFG)
+    assert read_config(path) == CFG and "config" in check_file(path)
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.safetensors"):
+        check_file(tmp_path / "nope.safetensors")
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory, not a safetensors"):
+        check_file(tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_checkpoint(tmp_path)
+    bad = tmp_path / "bad.safetensors"
+    blob = path.read_bytes()
+    for data, why in ((blob[:-100], r"its header describes \d+ bytes, the file has \d+"),
+                      (blob[:5], "5 bytes cannot hold"), (blob[:200], "cannot hold its"),
+                      (b"\x10" + bytes(7) + b"not json at all!", "corrupt header"),
+                      (blob + b"x", "the file has")):
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match=f"{bad} is not a valid safetensors file .*{why}"):
+            check_file(bad)
+
+
 def test_failed_load_assigns_nothing(tmp_path):
     path = save_checkpoint(tmp_path / "a.safetensors", _model(1), CFG)
     other = ModelConfig(**{**CFG.to_dict(), "vocab_size": 41})

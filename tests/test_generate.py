@@ -8,6 +8,8 @@ the exponential-race draw follows softmax (frequency test); stop tokens end rows
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -324,6 +326,80 @@ def test_cli_end_to_end(framework, torch_model, greedy, tmp_path, capsys):
         main([f"ckpt={ckpt}", "prompt=hi", "max_new_tokens=46", f"framework={framework}"])
 
 
+def test_cli_kernel_overrides_and_stop_tokens_options():
+    from model.train_config import kernel_config
+
+    args = parse_args(["ckpt=x.safetensors", "prompt=hi", "kernels=triton"])
+    assert kernel_config(args.kernels) == KernelConfig(preset="triton") and args.stop_tokens is None
+    args = parse_args(["ckpt=x.safetensors", "prompt=hi", "kernels.decode=triton", "kernels.attention=sdpa",
+                       "stop_tokens=10"])
+    assert kernel_config(args.kernels) == KernelConfig(decode="triton", attention="sdpa")
+    assert args.stop_tokens == [10]
+    assert parse_args(["ckpt=x", "prompt=hi", "stop_tokens=[10, 258]"]).stop_tokens == [10, 258]
+    assert parse_args(["ckpt=x", "prompt=hi", "stop_tokens=null"]).stop_tokens is None
+    with pytest.raises(ValueError, match=r"unknown option 'kernels.softmax'; kernels options: \['preset', "
+                                         r"'attention', 'decode'"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "kernels.softmax=triton"])
+    with pytest.raises(ValueError, match="bad option value for 'stop_tokens"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "stop_tokens=eos"])
+    with pytest.raises(ValueError, match="int4_blocks='autotune' tunes torch's Triton int4 kernel"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "int4_blocks=autotune", "kernels.mlp=triton"])
+
+
+def test_cli_stop_tokens_and_per_op_kernels_end_to_end(torch_model, tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.generate import main
+
+    ckpt = save_checkpoint(tmp_path / "model.safetensors", torch_model, CFG)
+    full = generate(torch_model, ["hi"], max_new_tokens=6).tokens[0]
+    stop = full[2]
+    out = main([f"ckpt={ckpt}", "prompt=hi", "max_new_tokens=6", f"stop_tokens={stop}", "device=cpu",
+                "kernels.decode=triton"])
+    assert out.tokens == [full[:full.index(stop) + 1]] and out.finish_reasons == ["stop"]
+
+
+def test_cli_checkpoint_errors_and_hf_directories(torch_model, tmp_path):
+    """Missing, truncated, directory: errors naming the path and the cause (exit status 2, no
+    traceback); a Hugging Face Gemma directory (config.json + *.safetensors) generates as the
+    same weights in a checkpoint file do."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    from model.checkpoint import save_checkpoint
+    from model.generate import main
+
+    run = ["prompt=hi", "max_new_tokens=3", "device=cpu"]
+    with pytest.raises(FileNotFoundError, match=f"ckpt={tmp_path}/nope.safetensors: no such file or directory"):
+        main([f"ckpt={tmp_path}/nope.safetensors", *run])
+    good = save_checkpoint(tmp_path / "model.safetensors", torch_model, CFG)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-64])
+    with pytest.raises(ValueError, match=f"{cut} is not a valid safetensors file .*truncated"):
+        main([f"ckpt={cut}", *run])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"ckpt={empty} is a directory without config.json"):
+        main([f"ckpt={empty}", *run])
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "gemma", "vocab_size": CFG.vocab_size, "hidden_size": CFG.width,
+        "num_hidden_layers": CFG.layers, "num_attention_heads": CFG.heads,
+        "num_key_value_heads": CFG.kv_heads, "head_dim": CFG.head_dim,
+        "intermediate_size": CFG.mlp_dim, "max_position_embeddings": CFG.max_seq_len}))
+    save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, hf / "model.safetensors")
+    want = generate(torch_model, ["hi"], max_new_tokens=3).tokens
+    for framework in ("torch", "jax"):
+        assert main([f"ckpt={hf}", f"framework={framework}", *run]).tokens == want
+    proc = subprocess.run([sys.executable, "-m", "model.generate", f"ckpt={cut}", *run], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {cut} is not a valid safetensors file"), proc.stderr
+
+
 @pytest.mark.parametrize("framework,kernels", [("torch", KernelConfig(decode="triton")),
                                                ("jax", KernelConfig(decode="pallas"))],
                          ids=["torch-triton-decode", "jax-pallas-decode"])
@@ -390,3 +466,23 @@ def test_multimodal_prompt_embeds(framework, torch_model, jax_params, greedy):
         _gen(framework, torch_model, jax_params, embeds=other, embed_mask=bad)
     with pytest.raises(ValueError, match=r"embeds must be \[batch=3, S >= 7 \(longest prompt\), width=64\]"):
         _gen(framework, torch_model, jax_params, embeds=other[:, :5], embed_mask=mask[:, :5])
+
+
+def test_text_segment_refuses_what_is_not_token_ids():
+    """model.multimodal.Text (a prompt segment) takes integer ids only: a str would be read
+    character by character through int() and a float silently truncated."""
+    from model.multimodal import Text
+
+    assert list(Text([1, 2]).ids) == [1, 2] and len(Text(np.arange(3)).ids) == 3
+    assert Text(torch.tensor([5, 6])).ids.tolist() == [5, 6] and list(Text([]).ids) == []
+    with pytest.raises(TypeError, match=r"Text ids must be a sequence of token ids \(ints\), got str 'hello': "
+                                        r"encode text first"):
+        Text("hello")
+    with pytest.raises(TypeError, match=r"got element 1.5 \(float; array dtype float64\); a float is not truncated"):
+        Text([1.5])
+    with pytest.raises(TypeError, match=r"got element 2.0 \(float"):
+        Text(np.array([2.0]))
+    with pytest.raises(TypeError, match=r"got element True \(bool"):
+        Text([True, False])
+    with pytest.raises(TypeError, match=r"got element 'a' \(str"):
+        Text([1, "a"])

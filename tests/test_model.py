@@ -355,3 +355,15 @@ def test_torch_loss_kernel_equals_the_logits_loss(loss_impl):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_config_refuses_unknown_impls_when_built():
+    """A typo in a preset or a per-op override fails where the config is built, naming the op."""
+    KernelConfig("triton", attention="ring", decode="sdpa", loss="reference")
+    KernelConfig("pallas", attention="pallas_tpu", decode="pallas_tpu", norm="xla")
+    with pytest.raises(ValueError, match="kernels preset: expected one of .* got 'trition'"):
+        KernelConfig("trition")
+    with pytest.raises(ValueError, match="kernels.decode: expected one of .* got 'ring'"):
+        KernelConfig("triton", decode="ring")
+    with pytest.raises(ValueError, match="kernels.norm: .* got 'sdpa'"):
+        KernelConfig("reference", norm="sdpa")

@@ -210,15 +210,22 @@ def test_tiny_model_learns_to_emit_an_image_token_sequence():
             out.append(int(nxt))
             last = model(nxt[:, None], cache=cache)[:, 0]
     assert out == code + [IMAGE_END_ID]
+    from model.generate import generate  # the same emission through model.generate, both frameworks
+
+    jp = {k: jnp.asarray(v.detach().numpy()) for k, v in model.state_dict().items()}
+    for gen in (generate(model, [prompt], max_new_tokens=12, stop_tokens=[IMAGE_END_ID]),
+                generate(jp, [prompt], max_new_tokens=12, stop_tokens=[IMAGE_END_ID], framework="jax", cfg=cfg)):
+        assert gen.tokens == [code + [IMAGE_END_ID]] and gen.finish_reasons == ["stop"]
+        assert gen.texts == [""]  # the default tokenizer knows the image block: decode drops it
     assert tok.decode(out, skip_special=False) == "<image_3><image_14><image_0><image_9><image_9><image_5>" \
                                                   "<image_11><image_7><image_end>"
     assert tok.decode(prompt + out) == "draw"
 
 
 def test_generate_runs_with_the_image_head():
-    """model/generate.py with logits [.., V + I] (both frameworks, cached == recomputed).
-    It draws only ids below tokenizer.vocab_size today, so image tokens are not sampled there;
-    the greedy decode above is the image-token emission path."""
+    """model/generate.py with logits [.., V + I] (both frameworks, cached == recomputed): the
+    text table's padding rows [tokenizer.vocab_size, cfg.vocab_size) are never drawn, image ids
+    may be (sampled at a high temperature here), and prompts may hold image ids."""
     from model.generate import generate
     from model.tokenizer import VOCAB_MIN
 
@@ -231,6 +238,44 @@ def test_generate_runs_with_the_image_head():
     outs.append(generate(jp, prompts, max_new_tokens=4, stop_tokens=[], framework="jax", cfg=cfg).tokens)
     assert outs[0] == outs[1] == outs[2] and all(len(r) == 4 for r in outs[0])
     assert all(0 <= i < cfg.total_vocab for r in outs[0] for i in r)
+    drawn = {i for seed in range(3) for r in generate(
+        m, [[1, cfg.vocab_size + 2, 3]] * 8, max_new_tokens=8, stop_tokens=[], temperature=50.0, seed=seed).tokens
+        for i in r}
+    assert not drawn & set(range(VOCAB_MIN, cfg.vocab_size))  # padding rows: never
+    assert drawn & set(cfg.image_token_ids)  # image tokens: drawn (64 x 3 draws near uniform over 280 ids)
+
+
+def test_generate_prefills_media_blocks_bidirectionally():
+    """generate(media_ids=...) makes a prompt's media block bidirectional in the prefill, as
+    forward(media_ids=...) does; cached == recomputed == torch == JAX; misuse refused."""
+    from model.generate import generate
+
+    cfg = ModelConfig(name="bidi-gen", vocab_size=300, width=32, layers=2, heads=2, kv_heads=1, head_dim=16,
+                      mlp_dim=64, max_seq_len=32, bidirectional_media=True)
+    m = GeminiModel(cfg, KernelConfig("reference"), seed=3)
+    jp = {k: jnp.asarray(v.detach().numpy()) for k, v in m.state_dict().items()}
+    prompts = [[1, 20, 21, 22, 23, 5, 6], [1, 7, 30, 31, 8]]
+    media = np.full((2, 7), -1, np.int32)
+    media[0, 1:5] = 0
+    media[1, 2:4] = 0
+    full = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        bidi, causal = m(full, media_ids=torch.from_numpy(media[:1]))[0, -1], m(full)[0, -1]
+    assert (bidi - causal).abs().max() > 1e-4  # the block's two-way attention reaches the last token
+    want = int(bidi.argmax())
+    runs = [generate(m, prompts, max_new_tokens=4, stop_tokens=[], media_ids=media, use_cache=c).tokens
+            for c in (True, False)]
+    runs.append(generate(jp, prompts, max_new_tokens=4, stop_tokens=[], media_ids=media, framework="jax",
+                         cfg=cfg).tokens)
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0][0][0] == want  # the first draw comes from the bidirectional prefill
+    with pytest.raises(ValueError, match="past its prompt length"):
+        bad = media.copy()
+        bad[1, 6] = 1
+        generate(m, prompts, max_new_tokens=2, media_ids=bad)
+    with pytest.raises(ValueError, match="flag is off"):
+        generate(GeminiModel(dataclasses.replace(cfg, bidirectional_media=False), KernelConfig("reference")),
+                 prompts, max_new_tokens=2, media_ids=media)
 
 
 def test_tokenizer_image_token_block(tmp_path):

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from model import losses
+from model.config import ModelConfig
 from model.data import RetrievalTask, TextWindows
 from model.tokenizer import EOS_ID, PAD_ID
 from model.train import learning_rate, train
@@ -195,7 +196,76 @@ def test_every_kernel_choice_trains_alike(framework, kernel):
     assert len(set(ref.losses)) == 3  # the parameters moved between steps
 
 
+def test_kernels_node_takes_a_preset_and_per_op_overrides():
+    """``kernels`` mirrors KernelConfig: ``kernels=<preset>`` selects conf/kernels/<preset>.yaml,
+    ``kernels.<op>=`` (or ``+kernels.<op>=``) overrides one op, and the trainer builds exactly
+    that KernelConfig."""
+    from model.config import KernelConfig
+    from model.train import build_trainer
+    from model.train_config import kernel_config
+
+    def kc(*overrides):
+        return kernel_config(cfg(*overrides).kernels)
+
+    assert kc() == KernelConfig(preset="reference")
+    assert kc("kernels=triton") == KernelConfig(preset="triton")
+    assert kc("kernels.attention=triton") == KernelConfig(attention="triton")
+    assert kc("+kernels.attention=triton") == KernelConfig(attention="triton")
+    assert kc("kernels=triton", "kernels.loss=reference", "kernels.decode=sdpa") == KernelConfig(
+        preset="triton", loss="reference", decode="sdpa")
+    assert kc("framework=jax", "kernels=pallas", "kernels.attention=xla").impl("attention") == "xla"
+    with pytest.raises(Exception, match="Could not find 'kernels/fastest'"):
+        cfg("kernels=fastest")
+    with pytest.raises(ConfigCompositionException, match="kernels.softmax"):
+        cfg("kernels.softmax=triton")
+    run = cfg("kernels.attention=triton", "steps=1")
+    trainer = build_trainer(run, ModelConfig(**dict(run.model)))
+    assert trainer.model.kernels == KernelConfig(attention="triton")
+    # the attention_blocks check reads the per-op choice, not just the preset
+    trainer = build_trainer(cfg("kernels.attention=triton", "attention_blocks=autotune"),
+                            ModelConfig(**dict(run.model)))
+    assert trainer.model.kernels.attention_blocks == "autotune"
+
+
+def test_checkpoint_dir_of_another_run(tmp_path):
+    """resume=false refuses a folder that already holds checkpoints (pruning would mix the runs);
+    resume=true refuses a checkpoint of another model config, naming the differing field;
+    pruning keeps the newest steps by number."""
+    base = ["steps=4", "batch_size=2", "eval.batches=0", "model.layers=1", f"checkpoint.dir={tmp_path}"]
+    train(cfg(*base, "checkpoint.every=1", "checkpoint.keep=2"), log=quiet)
+    assert sorted(os.listdir(tmp_path)) == ["step_00000003", "step_00000004"]
+    with pytest.raises(ValueError, match=r"checkpoint.dir=.* already holds checkpoints \(step_00000003 .. "
+                                         r"step_00000004, 2 in all\) and checkpoint.resume=false"):
+        train(cfg(*base, "checkpoint.resume=false"), log=quiet)
+    assert sorted(os.listdir(tmp_path)) == ["step_00000003", "step_00000004"]  # nothing touched
+    # same shapes, another rope_theta: refused by the stored config
+    with pytest.raises(ValueError, match=r"another model config \(rope_theta: the file's config has "
+                                         r"10000.0, the given config 500.0\)"):
+        train(cfg(*base, "steps=6", "model.rope_theta=500.0"), log=quiet)
+    # numeric pruning: an unpadded step_9 (older) and step_10 sort by number, not by name
+    os.rename(tmp_path / "step_00000003", tmp_path / "step_3")
+    from model.train import latest_checkpoint
+
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "step_00000004")
+    train(cfg(*base, "steps=5", "checkpoint.keep=2"), log=quiet)
+    assert sorted(os.listdir(tmp_path)) == ["step_00000004", "step_00000005"]
+    fresh = tmp_path / "fresh"  # resume=false into an empty folder is fine
+    out = train(cfg(*base[:-1], f"checkpoint.dir={fresh}", "checkpoint.resume=false"), log=quiet)
+    assert out.steps_done == 4 and os.listdir(fresh) == ["step_00000004"]
+
+
 # ---------------------------------------------------------------- bad input
+def test_data_must_fit_the_model():
+    with pytest.raises(ValueError, match=r"data.retrieval.seq_len=18 exceeds the model's context "
+                                         r"model.max_seq_len=8"):
+        train(cfg("steps=1", "model.max_seq_len=8"), log=quiet)
+    with pytest.raises(ValueError, match=r"model.vocab_size=200 is too small for data.kind=retrieval: .* "
+                                         r"needs vocab_size >= 259"):
+        train(cfg("steps=1", "model.vocab_size=200"), log=quiet)
+    with pytest.raises(ValueError, match=r"vocab_size >= 259"):
+        train(cfg("steps=1", "model.vocab_size=258"), log=quiet)  # eos (258) would not fit
+
+
 def test_unknown_config_keys_fail():
     with pytest.raises(ConfigCompositionException):
         cfg("no_such_key=1")
@@ -219,18 +289,21 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
 def test_retrieval_accuracy_short_budget(tmp_path):
     """The default recipe (conf/train/tiny_retrieval.yaml: key-first pairs, training rows of
     2..pairs pairs, tiny model with mlp 128, batch 16, lr 1e-3) on a shorter budget: 8 pairs,
-    8 queries, 1000 steps (~25 s on one core) reach held-out answer accuracy >= 0.9 (chance
-    0.1; answering from the context's values without matching the key gives ~0.3). The
+    8 queries, 1500 steps (~37 s on one core) reach held-out answer accuracy >= 0.95, the
+    issue's bound (chance 0.1; answering from the context's values without matching the key
+    gives ~0.3). Measured with this budget: seeds 0, 1, 2 formed the circuit by step 500-1000
+    and ended at 1.0; with 1000 steps (the cosine decays sooner) seed 1 stayed at 0.37. The
     documented full run (24 pairs, 83 tokens, <= 5 min) is recorded in
     benchmarks/results/train-tiny-retrieval-*.json."""
     with initialize_config_dir(config_dir=CONF, version_base=None):
         run = compose(config_name="train/tiny_retrieval",
-                      overrides=["log_every=0", "eval.every=0", "eval.batches=4", "steps=1000",
+                      overrides=["log_every=0", "eval.every=0", "eval.batches=4", "steps=1500",
+                                 "max_seconds=0",  # a budget in steps: a loaded machine is slower, not worse
                                  "data.retrieval.pairs=8", "data.retrieval.queries=8",
                                  "data.retrieval.seq_len=34", f"results_dir={tmp_path}", "run_name=t"])
     out = train(run, log=quiet)
-    assert out.final_eval["accuracy"] >= 0.9, out.final_eval
+    assert out.final_eval["answers"] == 4 * 16 * 8 and out.final_eval["accuracy"] >= 0.95, out.final_eval
     with open(out.results_path) as f:
         rec = json.load(f)
     assert rec["held_out"]["accuracy"] == out.final_eval["accuracy"]
-    assert len(rec["loss_curve"]) == 1000 and rec["commit"]["commit"] and rec["versions"]["torch"]
+    assert len(rec["loss_curve"]) == 1500 and rec["commit"]["commit"] and rec["versions"]["torch"]

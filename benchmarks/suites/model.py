@@ -23,6 +23,10 @@ runs: the H200's eager triton step took 426 ms for 363 ms of kernels, the rest t
 kernels (likely Python launches: the norm, rope and GeGLU kernels of 8k tokens each run for
 tens of microseconds).
 
+CPU preset: the tiny model with the JAX model on XLA and the PyTorch model eager and under
+torch.compile (plus the Triton / Pallas presets in their interpreters, for correctness); the
+decode rows read a 32k cache except the interpreted ones (``interpret_decode_cache_len``).
+
 Sized for nano1 at 8k on one GPU: the weights are drawn once per suite; the fp32 reference
 runs on the bench device; torch models are built empty (no init) and loaded; the torch rows of
 every case run before any JAX row, with torch's cached memory returned after each row (JAX's
@@ -55,7 +59,11 @@ class ModelBenchConfig:
     batch: int = 2
     seq_len: int = 128
     decode_batches: list[int] = field(default_factory=lambda: [1, 16])
-    decode_cache_len: int = 1024  # GPU: 32768
+    decode_cache_len: int = 1024  # the presets: 32768
+    # > 0: the decode rows of impls that run in an interpreter (Triton / Pallas on a CPU) use
+    # this shorter cache instead of decode_cache_len (an interpreted step at 32k costs minutes);
+    # their times say nothing about a GPU anyway. 0: every decode row uses decode_cache_len
+    interpret_decode_cache_len: int = 0
     modes: list[str] = field(default_factory=lambda: ["forward", "train_step", "decode"])
     dtype: str = "float32"
     torch_impls: list[str] = field(default_factory=lambda: ["reference", "triton"])
@@ -81,6 +89,15 @@ class Case:
         return f"{self.model} {self.mode} b{self.batch} {what} {self.dtype}"
 
 
+def _interpreted(framework: str, impl: str) -> bool:
+    """Whether the impl's kernels run in an interpreter here (Triton / Pallas on a CPU)."""
+    from kernels import _platform
+
+    if framework == "torch":  # (sets TRITON_INTERPRET without CUDA, as importing a kernel would)
+        return impl.startswith("triton") and _platform.configure_triton_interpret()
+    return impl == "pallas" and _platform.pallas_interpret_default()
+
+
 def flops_per_token(cfg, seq: int, *, train: bool) -> float:
     from model.config import param_count
 
@@ -98,16 +115,31 @@ class ModelSuite:
         self.cfg, self.device, self.timer_factory, self.seed = cfg, device, timer_factory, seed
         self._weights, self._refs, self._jax_params = {}, {}, {}
 
+    def _short_cache(self) -> int | None:
+        """The interpreted impls' decode cache length, when it differs from decode_cache_len and
+        some configured impl runs in an interpreter here."""
+        c = self.cfg
+        short = c.interpret_decode_cache_len
+        if not short or short == c.decode_cache_len:
+            return None
+        impls = [("torch", i) for i in c.torch_impls] + [("jax", i) for i in c.jax_impls]
+        return short if any(_interpreted(fw, i) for fw, i in impls) else None
+
     def cases(self) -> list[Case]:
         c = self.cfg
-        return [Case(c.model, mode, b, c.decode_cache_len if mode == "decode" else c.seq_len, c.dtype)
-                for mode in c.modes for b in (c.decode_batches if mode == "decode" else [c.batch])]
+        lens = {"decode": [c.decode_cache_len] + [n for n in [self._short_cache()] if n]}
+        return [Case(c.model, mode, b, seq, c.dtype)
+                for mode in c.modes for seq in lens.get(mode, [c.seq_len])
+                for b in (c.decode_batches if mode == "decode" else [c.batch])]
 
     def entries(self):  # every torch row before any JAX row (see the module docstring)
+        short = self._short_cache()
         for framework, impls in (("torch", self.cfg.torch_impls), ("jax", self.cfg.jax_impls)):
             for case in self.cases():
                 for impl in impls:
-                    yield case, framework, impl
+                    # with a short interpreter cache: interpreted decode rows there, the rest at full length
+                    if short is None or case.mode != "decode" or (case.seq == short) == _interpreted(framework, impl):
+                        yield case, framework, impl
 
     def _model_cfg(self):
         from model.config import PRESETS
