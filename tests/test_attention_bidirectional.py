@@ -198,8 +198,13 @@ def _check_torch(rng, c: Case, dtype, impl="triton", blocks=None):
         assert_close(g, r, b, dtype, name)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+# each case in one dtype, alternating (fp32's ieee dots and fp16's tensor-core path both run;
+# test_triton_small_tiles adds four tilings)
+TRITON_GRID = [(c, (torch.float32, torch.float16)[i % 2]) for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("case,dtype", TRITON_GRID,
+                         ids=[f"{c.id}-{'fp32' if d == torch.float32 else 'fp16'}" for c, d in TRITON_GRID])
 def test_triton_matches_float64(rng, case, dtype):
     before = triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"]
     _check_torch(rng, case, dtype)

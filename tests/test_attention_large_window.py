@@ -50,6 +50,8 @@ def _torch_run(impl, xs, **kw):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"s{s[1]}x{s[2]}")
 @pytest.mark.parametrize("impl", torch_ops.ATTENTION_IMPLS)
 def test_torch_huge_window_is_causal(impl, shape):
+    if impl != "triton" and shape != SHAPES[0]:
+        pytest.skip("one shape for the impls without block index math (the spec's clamp is shared)")
     xs = _inputs(shape)
     want = _torch_run(impl, xs, causal=True)
     for w in HUGE:
@@ -70,11 +72,12 @@ def _jax_run(impl, dtype, xs, **kw):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"s{s[1]}x{s[2]}")
 @pytest.mark.parametrize("impl,dtype", JAX_IMPLS, ids=[i for i, _ in JAX_IMPLS])
 def test_jax_huge_window_is_causal(impl, dtype, shape):
-    if impl in ("pallas_mgpu", "pallas_tpu") and shape != SHAPES[0]:
-        pytest.skip("interpret mode is slow; one shape for the Mosaic impls")
+    if impl != "pallas" and shape != SHAPES[0]:
+        pytest.skip("one shape for the impls other than the Pallas GPU kernel, whose dK/dV range overflowed "
+                    "(the spec's clamp is shared; the Mosaic impls are slow in interpret mode)")
     xs = _inputs(shape)
     want = _jax_run(impl, dtype, xs, causal=True)
-    for w in HUGE:
+    for w in HUGE if impl not in ("pallas_mgpu", "pallas_tpu") else HUGE[1:]:  # interpret mode: slow
         for name, g, t in zip(("out", "dq", "dk", "dv"), _jax_run(impl, dtype, xs, causal=True, window=w), want):
             np.testing.assert_array_equal(g, t, err_msg=f"{impl} window={w} {name}")
 

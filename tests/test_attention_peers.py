@@ -70,9 +70,14 @@ def test_torch_peers_match_float64(case, impl, dtype, rng):
 JAX_TO_TORCH = {jnp.float32: torch.float32, jnp.float16: torch.float16, jnp.bfloat16: torch.bfloat16}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+# fp16 on the first three cases only (each JAX case costs ~2 s of eager vjp; the torch test
+# runs fp16 on all of them, and the JAX fp16 path differs from bf16 only in the dtype)
+JAX_GRID = [(c, d) for i, c in enumerate(CASES) for d in (jnp.float32, jnp.float16, jnp.bfloat16)
+            if d != jnp.float16 or i < 3]
+
+
 @pytest.mark.parametrize("impl", ["reference", "xla"])
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,dtype", JAX_GRID, ids=[f"{c[0]}-{jnp.dtype(d).name}" for c, d in JAX_GRID])
 def test_jax_peers_match_float64(case, impl, dtype, rng):
     _, shape, flags = case
     if impl == "xla" and "softcap" in flags:
