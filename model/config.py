@@ -196,3 +196,17 @@ class KernelConfig:
         if self.preset == "sdpa":  # the SDPA peer exists for attention and decode only
             return "sdpa" if op in ("attention", "decode") else "reference"
         return self.preset
+
+
+def check_media_ids(media_ids, cfg: ModelConfig, b: int, s: int, *, decode: bool, is_int) -> None:
+    """media_ids: None, or an integer [B, S] array / tensor (``is_int(dtype)``) on a non-decode
+    call of a model with ``bidirectional_media`` (both frameworks' forward)."""
+    if media_ids is None:
+        return
+    if not cfg.bidirectional_media:
+        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
+    if decode:
+        raise ValueError("media_ids: a decode step (tokens [B, 1] with a cache) is causal; pass none")
+    if tuple(media_ids.shape) != (b, s) or not is_int(media_ids.dtype):
+        raise ValueError(f"media_ids must be an integer array [B, S] = {(b, s)}, got {media_ids.dtype} "
+                         f"{tuple(media_ids.shape)}")

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import jax_ops
-from model.config import KernelConfig, ModelConfig, init_std, param_specs
+from model.config import KernelConfig, ModelConfig, check_media_ids, init_std, param_specs
 from model.jax_layers import attention, embed, linear, mlp, rms_norm, softcap, with_logical_constraint
 
 
@@ -120,7 +120,8 @@ def forward(params, tokens, *, cfg: ModelConfig, kernels: KernelConfig | None = 
     b, s = tokens.shape
     if cache is not None:
         _check_cache(cache, cfg, b, s, segment_ids)
-    _check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1)
+    check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1,
+                    is_int=lambda d: jnp.issubdtype(d, jnp.integer))
     if cfg.image_vocab:  # ids >= vocab_size: rows of the image table (same sqrt(W) scale)
         image = tokens >= cfg.vocab_size
         xi = embed(params["model.image_embed_tokens.weight"], jnp.maximum(tokens - cfg.vocab_size, 0))
@@ -199,18 +200,6 @@ def head_loss(h, table, targets, mask=None, *, cfg: ModelConfig, kernels: Kernel
     return jax_ops.linear_cross_entropy(h.astype(table.dtype), table, targets, mask=mask, normalizer=normalizer,
                                         softcap=cfg.final_softcap, impl=kernels.impl("loss"))
 
-
-def _check_media_ids(media_ids, cfg: ModelConfig, b: int, s: int, *, decode: bool) -> None:
-    """media_ids: None, or an integer [B, S] array on a non-decode call with the flag on."""
-    if media_ids is None:
-        return
-    if not cfg.bidirectional_media:
-        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
-    if decode:
-        raise ValueError("media_ids: a decode step (tokens [B, 1] with a cache) is causal; pass none")
-    if tuple(media_ids.shape) != (b, s) or not jnp.issubdtype(media_ids.dtype, jnp.integer):
-        raise ValueError(f"media_ids must be an integer array [B, S] = {(b, s)}, got {media_ids.dtype} "
-                         f"{tuple(media_ids.shape)}")
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

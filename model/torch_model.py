@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from kernels import torch_ops
-from model.config import KernelConfig, ModelConfig, init_std, param_specs
+from model.config import KernelConfig, ModelConfig, check_media_ids, init_std, param_specs
 from model.torch_layers import MLP, Embedding, Linear, RMSNorm, linear, softcap
 
 
@@ -182,7 +182,8 @@ class GeminiModel(nn.Module):
         b, s = tokens.shape
         if cache is not None:
             _check_cache(cache, cfg, b, s, segment_ids)
-        _check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1)
+        check_media_ids(media_ids, cfg, b, s, decode=cache is not None and s == 1,
+                        is_int=lambda d: not d.is_floating_point and d != torch.bool)
         if cfg.image_vocab:  # ids >= vocab_size: rows of the image table (same sqrt(W) scale)
             image = tokens >= cfg.vocab_size
             xi = self.model.image_embed_tokens((tokens - cfg.vocab_size).clamp_min(0))  # (B, S, W)
@@ -224,18 +225,6 @@ class GeminiModel(nn.Module):
                                               softcap=self.cfg.final_softcap, impl=self.kernels.impl("loss"),
                                               check_targets=check_targets)
 
-
-def _check_media_ids(media_ids, cfg: ModelConfig, b: int, s: int, *, decode: bool) -> None:
-    """media_ids: None, or an integer [B, S] tensor on a non-decode call with the flag on."""
-    if media_ids is None:
-        return
-    if not cfg.bidirectional_media:
-        raise ValueError("media_ids is only used with ModelConfig.bidirectional_media=True (the flag is off)")
-    if decode:
-        raise ValueError("media_ids: a decode step (tokens [B, 1] with a cache) is causal; pass none")
-    if tuple(media_ids.shape) != (b, s) or media_ids.is_floating_point() or media_ids.dtype == torch.bool:
-        raise ValueError(f"media_ids must be an integer tensor [B, S] = {(b, s)}, got {media_ids.dtype} "
-                         f"{tuple(media_ids.shape)}")
 
 
 def _check_cache(cache, cfg: ModelConfig, b: int, s: int, segment_ids) -> None:

@@ -8,12 +8,11 @@ starts), but the ring runs ``impl="pallas_tpu"`` and the single-device kernel it
 with is ``kernels.attention.pallas_tpu.attention_pallas_tpu``. Prints one ``RESULT {json}``
 line per quantity (o, dq, dk, dv), then ``CHECK {json}`` lines for the impl / blocks checks.
 """
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ring_jax_worker import _max_err, _torch64_vjp, _vjp  # noqa: E402  (sets XLA_FLAGS first)
+from _ring_jax_worker import _max_err, _torch64_vjp, _vjp, main, run_attempts  # noqa: E402  (sets XLA_FLAGS first)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -61,22 +60,8 @@ def _checks():
         "tpu_blocks": lambda: ring_attention(x, kv, kv, mesh=mesh, axis_name="sp",
                                              impl="pallas_tpu", blocks=PallasAttentionBlocks()),
     }
-    out = []
-    for name, fn in attempts.items():
-        try:
-            fn()
-            out.append(dict(check=name, error=None, message=""))
-        except (ValueError, TypeError) as e:
-            out.append(dict(check=name, error=type(e).__name__, message=str(e)))
-    return out
+    return run_attempts(attempts)
 
 
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    assert jax.device_count() == 8, f"expected 8 simulated CPU devices, got {jax.device_count()}"
-    rng = np.random.default_rng(spec["seed"])
-    for case in spec["cases"]:
-        for row in _case(case, rng):
-            print("RESULT " + json.dumps(row), flush=True)
-    for row in _checks():
-        print("CHECK " + json.dumps(row), flush=True)
+    main(_case, _checks)

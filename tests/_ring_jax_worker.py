@@ -81,6 +81,11 @@ def _checks():
         "segment_ids": lambda: ring_attention(x, kv, kv, mesh=mesh, axis_name="sp",
                                               segment_ids=jnp.zeros((1, 32), jnp.int32)),
     }
+    return run_attempts(attempts)
+
+
+def run_attempts(attempts: dict) -> list:
+    """One CHECK row per named call: the ValueError / TypeError it raised, or none."""
     out = []
     for name, fn in attempts.items():
         try:
@@ -91,12 +96,17 @@ def _checks():
     return out
 
 
-if __name__ == "__main__":
+def main(case_fn, checks_fn) -> None:
+    """RESULT lines of ``case_fn`` over the spec's cases (argv[1]), then CHECK lines."""
     spec = json.loads(sys.argv[1])
     assert jax.device_count() == 8, f"expected 8 simulated CPU devices, got {jax.device_count()}"
     rng = np.random.default_rng(spec["seed"])
     for case in spec["cases"]:
-        for row in _case(case, rng):
+        for row in case_fn(case, rng):
             print("RESULT " + json.dumps(row), flush=True)
-    for row in _checks():
+    for row in checks_fn():
         print("CHECK " + json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main(_case, _checks)

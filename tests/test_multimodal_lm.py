@@ -442,7 +442,7 @@ def test_media_ids_misuse_is_refused(bidi_case):
         torch_model(off, params)(t, media_ids=mt)
     with pytest.raises(ValueError, match="only used with ModelConfig.bidirectional_media=True"):
         jax_model.forward(_jp(params), jnp.asarray(tokens), cfg=off, media_ids=jnp.asarray(media))
-    with pytest.raises(ValueError, match=r"media_ids must be an integer tensor \[B, S\] = \(2, 13\)"):
+    with pytest.raises(ValueError, match=r"media_ids must be an integer array \[B, S\] = \(2, 13\)"):
         torch_model(cfg, params)(t, media_ids=mt[:, :5])
     with pytest.raises(ValueError, match=r"media_ids must be an integer array \[B, S\] = \(2, 13\)"):
         jax_model.forward(_jp(params), jnp.asarray(tokens), cfg=cfg, media_ids=jnp.asarray(media, jnp.float32))
