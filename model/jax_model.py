@@ -185,6 +185,9 @@ def head_table(params, cfg: ModelConfig):
     """The tied output head's table [cfg.total_vocab, W]: the text table, then (image_vocab > 0)
     the image-token table in the text table's dtype (a concatenated copy)."""
     table = params["model.embed_tokens.weight"]
+    if not isinstance(table, (jax.Array, jax.core.Tracer)):  # model.quantize's packed table
+        raise TypeError(f"the embedding is a {type(table).__name__} (a quantized checkpoint); quantized "
+                        f"models run forward / generate only, train the float checkpoint")
     if not cfg.image_vocab:
         return table
     return jnp.concatenate([table, params["model.image_embed_tokens.weight"].astype(table.dtype)])

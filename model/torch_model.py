@@ -216,8 +216,11 @@ class GeminiModel(nn.Module):
         """Masked cross-entropy of the next-token logits (``model.losses``' semantics) through
         the ``loss`` kernel: with "triton" the [B, S, vocab] logits never exist in full.
         ``check_targets=False``: no host read of the targets (a step captured as a CUDA graph)."""
-        h = self(tokens, hidden=True, **kw)
         w = self.model.embed_tokens.weight
+        if not isinstance(w, torch.Tensor):  # model.quantize's packed table: inference only
+            raise TypeError(f"loss: the embedding is a {type(w).__name__} (a quantized checkpoint); "
+                            f"quantized models run forward / generate only, train the float checkpoint")
+        h = self(tokens, hidden=True, **kw)
         if self.cfg.image_vocab:  # the combined [V + I, W] head: targets may be image tokens
             w = torch.cat([w, self.model.image_embed_tokens.weight.to(w.dtype)])
         mask = None if mask is None else mask.bool()

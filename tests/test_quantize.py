@@ -391,3 +391,27 @@ def test_format_name_and_old_files(tmp_path, float_ckpt):
         method = old.get("method", "rtn")
         with pytest.raises(ValueError, match=rf"\(gemini-int4-rtn-v1, method {method}, group_size 32"):
             mq.check_not_quantized({mq.QUANT_KEY: json.dumps(oq)}, path)
+
+
+def test_quantized_models_refuse_the_loss(tmp_path):
+    """A loaded int4 model is for forward / generate: its loss is refused by name in both
+    frameworks (the packed table is not a dense one for the cross-entropy kernel)."""
+    import jax.numpy as jnp
+
+    from model import jax_model
+    from model.checkpoint import save_checkpoint
+    from model.config import KernelConfig, ModelConfig
+    from model.quantize import load_quantized_jax, load_quantized_torch, quantize_checkpoint
+    from model.torch_model import GeminiModel
+
+    cfg = ModelConfig(name="q", vocab_size=288, width=32, layers=1, heads=2, kv_heads=1, head_dim=16,
+                      mlp_dim=64, max_seq_len=16)
+    src, dst = tmp_path / "f.safetensors", tmp_path / "q.safetensors"
+    save_checkpoint(src, {k: v.detach() for k, v in GeminiModel(cfg, seed=0).state_dict().items()}, cfg)
+    quantize_checkpoint(src, dst, group_size=16)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(TypeError, match="quantized models run forward / generate only"):
+        load_quantized_torch(dst, KernelConfig("reference"), impl="reference").loss(tokens[:, :-1], tokens[:, 1:])
+    params, qcfg = load_quantized_jax(dst, impl="reference")
+    with pytest.raises(TypeError, match="quantized models run forward / generate only"):
+        jax_model.loss(params, jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:]), cfg=qcfg)
