@@ -38,8 +38,9 @@ class ModelConfig:
     # width] (embedded like text, x sqrt(width)); logits are [..., vocab_size + image_vocab] =
     # concat(text head, image head), and the loss runs over that combined vocabulary.
     image_vocab: int = 0
-    # True: forward takes ``media_ids`` [B, S] (model/multimodal.py) and attention within each
-    # media block is bidirectional (kernels' ``bidirectional_ids``); text stays causal.
+    # True: forward takes ``media_ids`` [B, S] and attention within each block of equal ids >= 0
+    # is bidirectional (kernels' ``bidirectional_ids``); text stays causal. model/multimodal.py's
+    # ``lm_kwargs`` gives the image and video blocks' ids (audio stays causal, a stream as text).
     bidirectional_media: bool = False
 
     def __post_init__(self):

@@ -15,11 +15,13 @@ with PAD_ID to the longest row (or ``seq_len``; longer rows are refused, never t
 
 Besides the three LM inputs, ``MultimodalInputs`` carries ``segment_ids`` [B, S] (1 real
 token, 0 padding), ``positions`` [B, S] (0..S-1) and ``media_ids`` [B, S] (-1 for text,
-markers and padding; k >= 0 on the placeholders of the row's k-th media segment): with
-``ModelConfig.bidirectional_media=True`` the LM takes them as ``media_ids`` and query i sees
-key j when j <= i or media_ids[i] == media_ids[j] >= 0 (bidirectional within every media
-block: image, audio or video). ``inputs.lm_kwargs(cfg)`` gives forward's keyword arguments
-(embeds, embed_mask, and media_ids when the flag is on): ``lm(inputs.tokens, **inputs.lm_kwargs(cfg))``.
+markers and padding; k >= 0 on the placeholders of the row's k-th media segment) and
+``bidirectional_ids`` (the same, but only on image and video blocks; audio stays causal, a
+stream as text is): with ``ModelConfig.bidirectional_media=True`` the LM takes those as
+``media_ids`` and query i sees key j when j <= i or ids[i] == ids[j] >= 0 (bidirectional
+within each image, as Gemma 3 and PaliGemma, and within each video clip's frames).
+``inputs.lm_kwargs(cfg)`` gives forward's keyword arguments (embeds, embed_mask, and the
+bidirectional ids when the flag is on): ``lm(inputs.tokens, **inputs.lm_kwargs(cfg))``.
 
 Encoding runs one vision call for all images of the batch, one audio call for all clips
 (padded, with lengths: each clip's tokens equal its solo encoding), one video call per clip.
@@ -97,6 +99,7 @@ class Layout:
     segment_ids: np.ndarray  # [B, S] int32
     media_ids: np.ndarray  # [B, S] int32
     slots: tuple  # MediaSlot, in batch order
+    bidirectional_ids: np.ndarray  # [B, S] int32: media_ids on image / video blocks, -1 elsewhere
 
 
 @dataclass
@@ -107,15 +110,19 @@ class MultimodalInputs:
     segment_ids: Any  # [B, S] int32
     positions: Any  # [B, S] int
     media_ids: Any  # [B, S] int32
+    bidirectional_ids: Any = None  # [B, S] int32: media_ids of image / video blocks only
 
     def lm_kwargs(self, cfg) -> dict:
         """Keyword arguments of the LM's ``forward`` / ``loss`` (torch or JAX) for these inputs:
-        embeds, embed_mask, and media_ids when ``cfg.bidirectional_media`` (the flag is off: none,
-        so the model stays causal everywhere and refuses nothing)."""
+        embeds, embed_mask, and (``cfg.bidirectional_media``) ``media_ids`` = the image / video
+        blocks' ids (the flag is off: none, so the model stays causal everywhere)."""
         kw = dict(embeds=self.embeds, embed_mask=self.embed_mask)
         if cfg.bidirectional_media:
-            kw["media_ids"] = self.media_ids
+            kw["media_ids"] = self.bidirectional_ids
         return kw
+
+
+BIDIRECTIONAL_KINDS = ("image", "video")  # blocks bidirectional under cfg.bidirectional_media
 
 
 def _media_tokens(seg, *, vision, audio, video) -> tuple[str, int]:
@@ -149,9 +156,10 @@ def plan_layout(batch, *, vision=None, audio=None, video=None, seq_len: int | No
         raise ValueError("batch must be a non-empty list of rows (lists of segments)")
     if vision is not None and video is not None and video.vision != vision:
         raise ValueError("video.vision must equal the vision config (they share the vision.* parameters)")
-    rows, media_rows, slots, counts = [], [], [], {"image": 0, "audio": 0, "video": 0}
+    rows, media_rows, bidi_rows, slots = [], [], [], []
+    counts = {"image": 0, "audio": 0, "video": 0}
     for r, row in enumerate(batch):
-        ids, mids, k = [], [], 0
+        ids, mids, bids, k = [], [], [], 0
         for seg in row:
             if isinstance(seg, Text):
                 t = [int(i) for i in np.asarray(seg.ids).reshape(-1)]
@@ -161,6 +169,7 @@ def plan_layout(batch, *, vision=None, audio=None, video=None, seq_len: int | No
                                      f"id {sorted(RESERVED_IDS)}, got {bad[0]} in row {r}")
                 ids += t
                 mids += [-1] * len(t)
+                bids += [-1] * len(t)
                 continue
             kind, n = _media_tokens(seg, vision=vision, audio=audio, video=video)
             start, end = MARKERS[kind]
@@ -168,9 +177,11 @@ def plan_layout(batch, *, vision=None, audio=None, video=None, seq_len: int | No
             counts[kind] += 1
             ids += [start] + [MEDIA_PLACEHOLDER_ID] * n + [end]
             mids += [-1] + [k] * n + [-1]
+            bids += [-1] + [k if kind in BIDIRECTIONAL_KINDS else -1] * n + [-1]
             k += 1
         rows.append(ids)
         media_rows.append(mids)
+        bidi_rows.append(bids)
     longest = max(len(r) for r in rows)
     s = longest if seq_len is None else seq_len
     if longest > s:
@@ -181,11 +192,13 @@ def plan_layout(batch, *, vision=None, audio=None, video=None, seq_len: int | No
     tokens = np.full((b, s), PAD_ID, np.int64)
     seg_ids = np.zeros((b, s), np.int32)
     media_ids = np.full((b, s), -1, np.int32)
-    for r, (ids, mids) in enumerate(zip(rows, media_rows)):
+    bidi_ids = np.full((b, s), -1, np.int32)
+    for r, (ids, mids, bids) in enumerate(zip(rows, media_rows, bidi_rows)):
         tokens[r, :len(ids)] = ids
         seg_ids[r, :len(ids)] = 1
         media_ids[r, :len(ids)] = mids
-    return Layout(tokens, seg_ids, media_ids, tuple(slots))
+        bidi_ids[r, :len(ids)] = bids
+    return Layout(tokens, seg_ids, media_ids, tuple(slots), bidi_ids)
 
 
 def _media(batch, kind):
@@ -244,7 +257,7 @@ def multimodal_inputs_torch(batch, params: dict, *, vision=None, audio=None, vid
     return MultimodalInputs(tokens=as_t(layout.tokens), embeds=embeds,
                             embed_mask=as_t(layout.media_ids >= 0), segment_ids=as_t(layout.segment_ids),
                             positions=as_t(np.broadcast_to(np.arange(s), (b, s)).copy()),
-                            media_ids=as_t(layout.media_ids))
+                            media_ids=as_t(layout.media_ids), bidirectional_ids=as_t(layout.bidirectional_ids))
 
 
 def multimodal_inputs_jax(batch, params: dict, *, vision=None, audio=None, video=None, kernels=None,
@@ -281,4 +294,5 @@ def multimodal_inputs_jax(batch, params: dict, *, vision=None, audio=None, video
     return MultimodalInputs(tokens=jnp.asarray(layout.tokens, jnp.int32), embeds=embeds,
                             embed_mask=jnp.asarray(layout.media_ids >= 0), segment_ids=jnp.asarray(layout.segment_ids),
                             positions=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)),
-                            media_ids=jnp.asarray(layout.media_ids))
+                            media_ids=jnp.asarray(layout.media_ids),
+                            bidirectional_ids=jnp.asarray(layout.bidirectional_ids))

@@ -400,14 +400,33 @@ def test_bad_ids_refused_torch(kwargs, err, match, impl):
      TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True)),
     (TritonAttentionBlocks(32, 32, 4, 1),
      TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)),
-    "autotune",
-], ids=["tma", "gluon-fwd", "gluon-dkdv", "dq-tma", "autotune"])
+], ids=["tma", "gluon-fwd", "gluon-dkdv", "dq-tma"])
 def test_gluon_and_tma_blocks_refused(blocks):
     before = dict(triton_attention.LAUNCHES)
     with pytest.raises(ValueError, match="blocks: .*bidirectional_ids"):
         torch_ops.attention(*_torch_qkv(), causal=True, blocks=blocks,
                             bidirectional_ids=torch.zeros(1, 8, dtype=torch.int64))
     assert dict(triton_attention.LAUNCHES) == before
+
+
+def test_autotune_times_pointer_tiles_with_q_end(rng):
+    """blocks="autotune" with bidirectional ids: its own problem class, timed with q_end over
+    pointer-tile candidates only (the interpreter's TMA form is replaced), output and gradients
+    against float64 as any Triton run; GPU candidate lists narrowed by pointer_tiles."""
+    from kernels.attention import triton_autotune
+
+    triton_autotune.TUNING.clear()
+    c = CASES[2]
+    _check_torch(rng, c, torch.float32, blocks="autotune")
+    picks = {k: v for k, v in triton_autotune.TUNING.items() if "bidirectional" in k}
+    assert len(picks) == 2  # forward and backward
+    for entry in picks.values():
+        tried = [b for b, _, _ in entry["times_ms"]]
+        assert len(tried) == 2 and not any(b.tma or b.gluon or b.gluon_dkdv or b.dq_tma for b in tried)
+    gpu = triton_attention.candidate_blocks(128, torch.bfloat16, backward=False, capability=(9, 0))
+    kept = triton_attention.pointer_tiles(gpu)
+    assert kept and len(kept) < len(gpu) and all(not (b.gluon or b.tma) for b in kept)
+    triton_autotune.TUNING.clear()
 
 
 def _jax_qkv():

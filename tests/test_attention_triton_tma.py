@@ -114,13 +114,15 @@ def test_autotune_rules_out_a_candidate_that_fails(rng, monkeypatch):
     q, k, v = (t.float().requires_grad_() for t in tensors)
     bad = TritonAttentionBlocks(16, 16, 4, 2, tma=True)
     good = TritonAttentionBlocks(16, 16, 4, 1)
-    monkeypatch.setattr(triton_autotune, "_candidates", lambda q, backward: [bad, good] if backward else [good])
+    monkeypatch.setattr(triton_autotune, "_candidates",
+                        lambda q, backward, bidirectional=False: [bad, good] if backward else [good])
     triton_autotune.TUNING.clear()
     attention_triton(q, k, v, blocks="autotune", **kwargs)
     record = triton_autotune.tuning_record(q, k, causal=True, backward=True)
     assert record["pick"] == dataclasses.asdict(good)
     assert record["candidates"][0]["ms"] is None and "num_stages=2" in record["candidates"][0]["skipped"]
-    monkeypatch.setattr(triton_autotune, "_candidates", lambda q, backward: [bad] if backward else [good])
+    monkeypatch.setattr(triton_autotune, "_candidates",
+                        lambda q, backward, bidirectional=False: [bad] if backward else [good])
     triton_autotune.TUNING.clear()
     with pytest.raises(RuntimeError, match="no candidate runs"):
         attention_triton(q, k, v, blocks="autotune", **kwargs)

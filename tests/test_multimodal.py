@@ -69,6 +69,12 @@ def test_layout_markers_placeholders_and_padding(case):
     np.testing.assert_array_equal(lay.segment_ids, want != PAD_ID)
     np.testing.assert_array_equal(lay.media_ids >= 0, want == MEDIA_PLACEHOLDER_ID)
     assert set(lay.media_ids[0][lay.media_ids[0] >= 0]) == {0, 1}
+    # bidirectional blocks: the image (row 0, block 0) and the video (row 1, block 1); audio stays causal
+    bidi = np.where(lay.media_ids >= 0, lay.media_ids, -1)
+    bidi[0][lay.media_ids[0] == 1] = -1  # row 0's audio
+    bidi[1][lay.media_ids[1] == 0] = -1  # row 1's audio
+    np.testing.assert_array_equal(lay.bidirectional_ids, bidi)
+    assert set(lay.bidirectional_ids[1][lay.bidirectional_ids[1] >= 0]) == {1}
     assert [(s.kind, s.row, s.length, s.index) for s in lay.slots] == [
         ("image", 0, IMG_T, 0), ("audio", 0, a0, 0), ("audio", 1, a1, 1), ("video", 1, vt, 0)]
     assert plan_layout(batch, vision=VISION, audio=AUDIO, video=VIDEO, seq_len=s + 5).tokens.shape == (2, s + 5)
@@ -182,6 +188,7 @@ def test_lm_bidirectional_media_through_lm_kwargs(case):
     off, cfg = ModelConfig(), ModelConfig(bidirectional_media=True)
     assert set(inp.lm_kwargs(off)) == {"embeds", "embed_mask"}
     assert set(inp.lm_kwargs(cfg)) == {"embeds", "embed_mask", "media_ids"}
+    assert inp.lm_kwargs(cfg)["media_ids"] is inp.bidirectional_ids  # image / video blocks only
     lm = GeminiModel(cfg, REF).eval()
     first = int(np.argmax(inp.media_ids[0].numpy() == 0))  # the image's placeholders: first..last
     last = first + IMG_T - 1
@@ -195,6 +202,12 @@ def test_lm_bidirectional_media_through_lm_kwargs(case):
     assert float(d[0, :first].max()) == 0.0 and float(d[1].max()) == 0.0
     assert float(d[0, first:last + 1].min()) > 0  # every placeholder of the image sees its last one
     assert float((causal[0] - causal[1]).abs().amax(-1)[0, :last].max()) == 0.0  # flag off: causal
+    audio_last = int(np.flatnonzero(inp.media_ids[0].numpy() == 1)[-1])  # row 0's audio: causal anyway
+    late_audio = inp.embeds.clone()
+    late_audio[0, audio_last] += 1.0
+    with torch.no_grad():
+        d = (logits - lm(inp.tokens, **{**inp.lm_kwargs(cfg), "embeds": late_audio})).abs().amax(-1)
+    assert float(d[0, :audio_last].max()) == 0.0 and float(d[0, audio_last:].min()) > 0
     jp = {k: jnp.asarray(v) for k, v in params.items()}
     jin = multimodal_inputs_jax(batch, jp, vision=VISION, audio=AUDIO, video=VIDEO, kernels=REF)
     lm_params = {k: jnp.asarray(v.numpy()) for k, v in lm.state_dict().items()}

@@ -4,7 +4,8 @@
                      q_segment_ids=None, kv_segment_ids=None, blocks=None, q_end=None)
 
 q_end (bidirectional image blocks: each query's last visible key, int32 [B, Sq]) runs on the
-pointer tiles only; ``check_bidirectional_blocks`` refuses Gluon / TMA blocks and "autotune".
+pointer tiles only; ``check_bidirectional_blocks`` refuses Gluon / TMA blocks, and "autotune"
+times only the pointer-tile candidates (``pointer_tiles``).
 
 Layers (device code in ``triton_kernels.py``):
   ``TritonAttentionBlocks`` / ``default_blocks``  tunables and their per-device defaults;
@@ -371,13 +372,10 @@ def _constexprs(head_dim, dtype, group, *, causal, window, softcap, segments, bl
 
 def check_bidirectional_blocks(blocks) -> None:
     """Bidirectional blocks (q_end) run on the pointer tiles only: refuse, before any launch,
-    explicit blocks that name the Gluon kernels or TMA tiles (the defaults pick pointer tiles),
-    and "autotune" (its candidates include those)."""
-    if blocks is None:
+    explicit blocks that name the Gluon kernels or TMA tiles (the defaults pick pointer tiles;
+    "autotune" times only the pointer-tile candidates, ``pointer_tiles``)."""
+    if blocks is None or isinstance(blocks, str) and blocks == "autotune":
         return
-    if isinstance(blocks, str) and blocks == "autotune":
-        raise ValueError("blocks: 'autotune' is not offered with bidirectional_ids (its candidates include "
-                         "Gluon and TMA tiles, which cannot take it); pass None or pointer-tile blocks")
     for b in (blocks if isinstance(blocks, tuple) else (blocks,)):
         if not isinstance(b, TritonAttentionBlocks):
             continue  # attention_triton refuses the type itself
@@ -385,6 +383,12 @@ def check_bidirectional_blocks(blocks) -> None:
         if bad:
             raise ValueError(f"blocks: bidirectional_ids runs on the Triton pointer tiles only; "
                              f"{', '.join(f'{n}={getattr(b, n)}' for n in bad)} cannot take it, got {b}")
+
+
+def pointer_tiles(candidates: list) -> list:
+    """The candidates that can take q_end (no Gluon kernel, no TMA tile): autotuning with
+    bidirectional ids times only these."""
+    return [b for b in candidates if not (b.gluon or b.gluon_dkdv or b.tma or b.dq_tma)]
 
 
 def _qend_args(q_end, dummy):
@@ -670,12 +674,10 @@ def attention_triton(q, k, v, *, causal=False, window=None, softcap=None, scale=
         bwd = default_backward_blocks(q, k, v, cap)
         if q_end is not None:  # the pointer tiles (default_backward_blocks may pick TMA ones)
             bwd = default_blocks(d, q.dtype, backward=True, capability=cap)
-        if blocks == "autotune":
-            if q_end is not None:
-                check_bidirectional_blocks(blocks)
+        if blocks == "autotune":  # with q_end: among the pointer-tile candidates, q_end in the launches
             from .triton_autotune import autotuned_backward_blocks, autotuned_forward_blocks
 
-            opts = dict(causal=bool(causal), window=window, softcap=softcap, scale=float(scale))
+            opts = dict(causal=bool(causal), window=window, softcap=softcap, scale=float(scale), q_end=q_end)
             fwd = autotuned_forward_blocks(q, k, v, q_segment_ids, kv_segment_ids, **opts)
             if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
                 bwd = autotuned_backward_blocks(q, k, v, q_segment_ids, kv_segment_ids, **opts,

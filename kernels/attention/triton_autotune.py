@@ -37,34 +37,45 @@ def problem_class(q, k, causal, window, softcap, segments) -> tuple:
             triton.next_power_of_2(q.shape[1]), triton.next_power_of_2(k.shape[1]))
 
 
-def _candidates(q, backward: bool) -> list:
+def _candidates(q, backward: bool, bidirectional: bool = False) -> list:
+    """The device's candidates; with bidirectional ids (q_end) only the pointer tiles."""
     cap = ta._capability(q)
     if cap is None:  # the interpreter: its own default plus a TMA form / a two-pass dK-dV form
         base = ta.default_blocks(q.shape[-1], q.dtype, backward=backward, capability=None)
         other = dataclasses.replace(base, dkdv_passes=2) if backward else ta.tma_blocks(base)
+        if bidirectional and not backward:  # the TMA form cannot take q_end: a wider pointer tile
+            other = dataclasses.replace(base, block_n=base.block_n * 2)
         return [base, other]
-    return ta.candidate_blocks(q.shape[-1], q.dtype, backward=backward, capability=cap)
+    out = ta.candidate_blocks(q.shape[-1], q.dtype, backward=backward, capability=cap)
+    if bidirectional:
+        out = ta.pointer_tiles(out) or [ta.default_blocks(q.shape[-1], q.dtype, backward=backward, capability=cap)]
+    return out
 
 
-def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale):
-    """The fastest forward candidate for this problem class (timed on the first call)."""
+def autotuned_forward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, q_end=None):
+    """The fastest forward candidate for this problem class (timed on the first call); with
+    q_end (bidirectional ids) among the pointer tiles, timed with q_end, its own class."""
     key = problem_class(q, k, causal, window, softcap, q_seg is not None)
+    key += ("bidirectional",) if q_end is not None else ()
     if key in TUNING:
         return TUNING[key]["blocks"]
 
     def launch(blocks):
         return ta._flash_fwd(q, k, v, q_seg, kv_seg, causal=causal, window=window,
-                             softcap=softcap, scale=scale, blocks=blocks)
-    return fastest(key, _candidates(q, backward=False), launch, TUNING)
+                             softcap=softcap, scale=scale, blocks=blocks, q_end=q_end)
+    return fastest(key, _candidates(q, backward=False, bidirectional=q_end is not None), launch, TUNING)
 
 
-def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, fwd_blocks):
+def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap, scale, fwd_blocks,
+                              q_end=None):
     """The fastest backward candidate for this problem class, timed on the first call from
-    one forward (``fwd_blocks``) of these inputs and a random output gradient."""
-    key = problem_class(q, k, causal, window, softcap, q_seg is not None) + ("backward",)
+    one forward (``fwd_blocks``) of these inputs and a random output gradient (q_end: as the
+    forward's)."""
+    key = (problem_class(q, k, causal, window, softcap, q_seg is not None)
+           + (("bidirectional",) if q_end is not None else ()) + ("backward",))
     if key in TUNING:
         return TUNING[key]["blocks"]
-    opts = dict(causal=causal, window=window, softcap=softcap, scale=scale)
+    opts = dict(causal=causal, window=window, softcap=softcap, scale=scale, q_end=q_end)
     with torch.no_grad():
         o, lse = ta._flash_fwd(q, k, v, q_seg, kv_seg, **opts, blocks=fwd_blocks)
         gen = torch.Generator(device=o.device).manual_seed(0)  # leaves the global RNG alone
@@ -72,7 +83,7 @@ def autotuned_backward_blocks(q, k, v, q_seg, kv_seg, *, causal, window, softcap
 
     def launch(blocks):
         return ta._flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, **opts, blocks=blocks)
-    return fastest(key, _candidates(q, backward=True), launch, TUNING)
+    return fastest(key, _candidates(q, backward=True, bidirectional=q_end is not None), launch, TUNING)
 
 
 def tuning_record(q, k, *, causal, window=None, softcap=None, segments=False,
