@@ -144,6 +144,9 @@ def _rank_main(rank, world, port, spec):
         _run_case(what, spec, rank, world, ctx)
     dist.barrier()  # no rank tears gloo down while a peer is still in a collective (a rare SIGABRT)
     dist.destroy_process_group()
+    from sharding.launch import exit_past_gloo_teardown
+
+    exit_past_gloo_teardown()  # gloo's threads vs interpreter teardown: a rare SIGABRT once done
 
 
 def _free_port():
