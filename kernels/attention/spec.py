@@ -156,13 +156,18 @@ def _check_segments(segment_ids, b, q_len, kv_len, device_of, q):
         s = _shape(name, ids)
         if s != (b, n):
             raise ValueError(f"{name} must have shape {(b, n)}, got {s}")
-        kind = getattr(ids.dtype, "is_floating_point", None)
-        is_float = kind if isinstance(kind, bool) else "float" in str(ids.dtype)
-        if is_float or "bool" in str(ids.dtype) or "complex" in str(ids.dtype):
-            raise TypeError(f"{name} must be an integer array, got {ids.dtype}")
-        if device_of is not None and _devices_differ(device_of(q), device_of(ids)):
-            raise ValueError(f"{name} must be on q's device {device_of(q)}, got {device_of(ids)}")
+        _check_int_ids(name, ids, q, device_of)
     return q_ids, kv_ids
+
+
+def _check_int_ids(name: str, ids: Any, q: Any, device_of) -> None:
+    """An integer array (not float, bool or complex) on q's device (``device_of`` None: unchecked)."""
+    kind = getattr(ids.dtype, "is_floating_point", None)
+    is_float = kind if isinstance(kind, bool) else "float" in str(ids.dtype)
+    if is_float or "bool" in str(ids.dtype) or "complex" in str(ids.dtype):
+        raise TypeError(f"{name} must be an integer array, got {ids.dtype}")
+    if device_of is not None and _devices_differ(device_of(q), device_of(ids)):
+        raise ValueError(f"{name} must be on q's device {device_of(q)}, got {device_of(ids)}")
 
 
 def _devices_differ(a: Any, b: Any) -> bool:
@@ -181,12 +186,7 @@ def check_bidirectional_ids(ids: Any, problem: AttentionProblem, device_of=None,
     if s != (problem.batch, problem.q_len):
         raise ValueError(f"bidirectional_ids must have shape [batch, q_len] = {(problem.batch, problem.q_len)}, "
                          f"got {s}")
-    kind = getattr(ids.dtype, "is_floating_point", None)
-    is_float = kind if isinstance(kind, bool) else "float" in str(ids.dtype)
-    if is_float or "bool" in str(ids.dtype) or "complex" in str(ids.dtype):
-        raise TypeError(f"bidirectional_ids must be an integer array, got {ids.dtype}")
-    if device_of is not None and _devices_differ(device_of(q), device_of(ids)):
-        raise ValueError(f"bidirectional_ids must be on q's device {device_of(q)}, got {device_of(ids)}")
+    _check_int_ids("bidirectional_ids", ids, q, device_of)
 
 
 def attention_flops(problem: AttentionProblem, *, backward: bool = False) -> float:
