@@ -37,6 +37,9 @@ CASES = {
     # split-K with the scale rows loaded per step (preloading off)
     "decode-2rows-split-per-step-scales": ((2, 384), 40, 128, True, "float32",
                                            Int4Blocks(16, 32, 64, 2, 4, 1, preload_scales=False), None),
+    # split-K whose last split is shorter: 7 K steps as 4 + 3 (the k_end clamp)
+    "decode-2rows-uneven-splits-asym": ((2, 448), 40, 64, True, "float32", Int4Blocks(16, 32, 64, 2, 4, 1),
+                                        PallasInt4Blocks(16, 16, 64, 2, 4, 1)),
     "prefill-70rows-sym-fp16-scale-after-dot": ((70, 256), 48, 128, False, "float16",
                                                 Int4Blocks(32, 32, 64, 1, 4, 1, scale_after_dot=True), None),
 }
@@ -97,6 +100,29 @@ def test_pallas_matches_float64(rng, case):  # (Triton-only tile options are lef
     base = jax_ops.int4_matmul(xj, pj, sj, zj, g, impl="reference")
     assert_close(np.asarray(y, np.float64), truth, np.asarray(base, np.float64), x.dtype,
                  what=f"pallas {case}")
+
+
+@pytest.mark.parametrize("blocks", [None, Int4Blocks(16, 32, 32, 2, 4, 1, scale_after_dot=True)],
+                         ids=["default", "scale-after-dot"])
+def test_fractional_zero_points_are_kept(rng, blocks):
+    """Zero points with a fraction (other quantizers write them; ours are integers): every impl
+    dequantizes (q - z) * s with z as given, none rounds z (the Triton 2^23 + z trick did)."""
+    from kernels import jax_ops
+
+    x, packed, scales, _, _ = _problem(rng, (3, 128), 24, 32, True, "float16")
+    zeros = torch.tensor(rng.uniform(0.0, 15.0, (128 // 32, 24))).to(scales.dtype)
+    assert (zeros != zeros.round()).float().mean() > 0.9
+    truth = ref_torch.int4_matmul_reference(x.double(), packed, scales, zeros, 32)
+    base = torch_ops.int4_matmul(x, packed, scales, zeros, 32, impl="reference")
+    y = (torch_ops.int4_matmul(x, packed, scales, zeros, 32, impl="triton") if blocks is None
+         else int4_matmul_triton(x, packed, scales, zeros, 32, blocks=blocks))
+    assert_close(y, truth, base, x.dtype, what="triton, fractional zeros")
+    if blocks is None:
+        xj, pj, sj, zj = _to_jax(x, packed, scales, zeros)
+        yj = jax_ops.int4_matmul(xj, pj, sj, zj, 32, impl="pallas")
+        bj = jax_ops.int4_matmul(xj, pj, sj, zj, 32, impl="reference")
+        assert_close(np.asarray(yj, np.float64), truth, np.asarray(bj, np.float64), x.dtype,
+                     what="pallas, fractional zeros")
 
 
 @pytest.mark.parametrize("xs", [(0, 128), (2, 0, 128)], ids=["0x128", "2x0x128"])

@@ -10,7 +10,8 @@ z[g, n]; the 4-bit code q[n, k] in [0, 15] dequantizes to
     W[n, k] = (q[n, k] - z[k // group_size, n]) * s[k // group_size, n]
   symmetric (zeros=None):  z = 8, s = max|W_group| / 7, q = clamp(round(W / s), -8, 7) + 8
   asymmetric (zeros given): s = (max - min) / 15, z = clamp(round(-min / s), 0, 15),
-                            q = clamp(round(W / s) + z, 0, 15)   (z is an integer-valued float)
+                            q = clamp(round(W / s) + z, 0, 15)   (z an integer-valued float here; the
+                            kernels take any float zero point, as other quantizers write)
 
 Packed layout: packed_w uint8 [out, in // 2], byte j of row n = q[n, 2j] | q[n, 2j + 1] << 4
 (low nibble = even input index, high nibble = the odd one after it). Why [out, in // 2]:

@@ -178,9 +178,10 @@ def _int4_matmul_kernel(
             acc += part * s[None, :]
         else:
             # code q as a float without I2F (a quarter-rate conversion): q | 0x4B000000 is 2^23 + q
-            # exactly, and 2^23 + z is exact too, so the difference is q - z with no rounding
+            # exactly, so big - 2^23 is q exactly, then (q - z) * s; z keeps any fraction (2^23 + z,
+            # one FADD fewer, would round z to an integer)
             big = (q.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
-            w = ((big - (z[:, None] + 8388608.0)) * s[:, None]).to(X.dtype.element_ty)
+            w = (((big - 8388608.0) - z[:, None]) * s[:, None]).to(X.dtype.element_ty)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     out = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
