@@ -1,5 +1,6 @@
 """Compiled kernels on a CUDA GPU (skipped elsewhere): bf16 and fp16, forward and
-backward, against the float64 reference on the CPU. Run by `make bench-gpu`.
+backward, against the float64 reference on the CPU (plain, windowed, softcapped, and with
+segment ids and bidirectional image blocks). Run by `make bench-gpu`.
 
 CPU self-check, for editing this file without a GPU (as tests/test_kernels_gpu.py):
     KERNELS_GPU_TESTS_ON_CPU=1 python -m pytest tests/test_attention_gpu.py -q -m gpu
@@ -193,3 +194,70 @@ def test_pallas_on_gpu(case, dtype, rng):
     got = [np.asarray(t.astype(jnp.float32)) for t in (o, *vjp(jnp.asarray(do, jdt)))]
     for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
         assert_close(g, t, b, dtype, f"pallas {name}")
+
+
+# image blocks seen bidirectionally (bidirectional_ids; GQA, causal) and packed documents
+# (segment ids; MQA, causal, window): the masks the model's multimodal and packed batches use
+def _masks(rng, b, sq, kind):
+    """(kwargs for the kernels, (q_segment_ids, kv_segment_ids, q_end) for the reference)."""
+    if kind == "bidir":  # text (-1) with two image runs per row at random places
+        ids = np.full((b, sq), -1, np.int64)
+        for r in range(b):
+            for run in range(2):
+                start = int(rng.integers(0, max(1, sq - sq // 4)))
+                ids[r, start:start + max(2, sq // 6)] = run + 10 * r
+        ids_t = torch.tensor(ids, dtype=torch.int32)
+        from kernels.attention.reference import bidirectional_q_end
+
+        return dict(bidirectional_ids=ids_t), (None, None, bidirectional_q_end(ids_t, sq))
+    seg = torch.tensor(np.sort(rng.integers(0, 3, (b, sq)), axis=1), dtype=torch.int32)
+    return dict(segment_ids=seg), (seg, seg, None)
+
+
+MASK_CASES = [("bidir-gqa-300-d128", (2, _sized(300), _sized(300), 8, 2, 128), dict(causal=True), "bidir"),
+              ("segments-mqa-257-window-d128", (2, _sized(257), _sized(257), 8, 1, 128),
+               dict(causal=True, window=_sized(100)), "segments")]
+
+
+@pytest.mark.parametrize("impl", ["triton", "pallas"])
+@pytest.mark.parametrize("case", MASK_CASES, ids=[c[0] for c in MASK_CASES])
+def test_masked_attention_on_gpu(case, impl, rng):
+    """bidirectional_ids and segment_ids through the compiled Triton and Pallas kernels,
+    forward and backward, bf16 (fp16 in the CPU self-check), against float64."""
+    _, shape, flags, kind = case
+    dtype = torch.float16 if GPU_TESTS_ON_CPU else torch.bfloat16
+    q, k, v, do = attention_inputs(rng, *shape)
+    kw, (qs, ks, q_end) = _masks(rng, shape[0], shape[1], kind)
+
+    def ref(a, b, c, upcast=True):
+        dev = a.device
+        return ref_torch(a, b, c, scale=shape[-1] ** -0.5, causal=flags["causal"], window=flags.get("window"),
+                         softcap=None, upcast=upcast, q_end=None if q_end is None else q_end.to(dev),
+                         q_segment_ids=None if qs is None else qs.to(dev),
+                         kv_segment_ids=None if ks is None else ks.to(dev))
+
+    truth = torch_attention_vjp(ref, *(rounded(x, dtype) for x in (q, k, v)), do, torch.float64)
+    base = torch_attention_vjp(lambda a, b, c: ref(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE), upcast=False),
+                               q, k, v, do, dtype)
+    if impl == "triton":
+        from kernels import torch_ops
+
+        kwd = {n: t.to(DEVICE) for n, t in kw.items()}
+        got = torch_attention_vjp(lambda a, b, c: torch_ops.attention(a.to(DEVICE), b.to(DEVICE), c.to(DEVICE),
+                                                                      impl="triton", **flags, **kwd),
+                                  q, k, v, do, dtype)
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        from kernels import jax_ops
+
+        if not GPU_TESTS_ON_CPU and jax.default_backend() != "gpu":
+            pytest.skip(f"JAX sees no GPU (backend {jax.default_backend()})")
+        jdt = jnp.dtype(str(dtype).replace("torch.", ""))
+        kwj = {n: jnp.asarray(t.numpy()) for n, t in kw.items()}
+        f = lambda a, b, c: jax_ops.attention(a, b, c, impl="pallas", **flags, **kwj)  # noqa: E731
+        o, vjp = jax.vjp(f, *[jnp.asarray(rounded(x, dtype), jdt) for x in (q, k, v)])
+        got = [np.asarray(t.astype(jnp.float32)) for t in (o, *vjp(jnp.asarray(do, jdt)))]
+    for name, g, t, b in zip(("out", "dq", "dk", "dv"), got, truth, base):
+        assert_close(g, t, b, dtype, f"{impl} {kind} {name}")
