@@ -114,6 +114,16 @@ def test_block_shapes(rng, blocks):
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=blocks)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["window", "causal-window"])
+def test_window_edge_on_a_row_block_boundary(rng, causal):
+    """window 31 = -1 mod block_m (MHA: one query per folded row): the dK/dV pass's unmasked
+    row blocks for key block n end at row n + 16, just short of query n + 31, which must not
+    see key n; one row block more left unmasked lets it see key n (caught in dK)."""
+    case = Case(1, 48, 48, 2, 2, 16, causal=causal, window=31)
+    tensors, do, kwargs = _inputs(rng, case)
+    _check_against_reference(tensors, do, torch.float32, kwargs, blocks=TritonAttentionBlocks(16, 16, 4, 1))
+
+
 @pytest.mark.parametrize("splits", [1, 3], ids=["splits1", "splits3"])
 @pytest.mark.parametrize("case", [CASES[2], CASES[7], Case(2, 70, 90, 8, 1, 64, window=24, causal=True)],
                          ids=lambda c: c.id)

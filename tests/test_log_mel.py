@@ -139,6 +139,31 @@ def test_pallas_matches_float64(rng, batch, samples, dtype):
     assert_close(np.asarray(out), ref, base, jnp.dtype(dtype), "log_mel")
 
 
+@pytest.mark.parametrize("framework", ["triton", "pallas"])
+def test_gpu_default_chunking_matches_float64(rng, framework):
+    """The GPU blocks: several frequency chunks (block_f 64 of n_fft / 2 = 256) and, for
+    Triton, window chunks of 32 with a partial last one (400 = 12 x 32 + 16). The interpret
+    defaults take bigger steps, so this is what catches a chunk-offset bug on the CPU."""
+    x = rng.standard_normal((1, 1200))
+    p = geometry(1200, 1, n_mels=80)
+    ref = log_mel_reference(torch.tensor(x))
+    if framework == "triton":
+        blocks = triton_log_mel.default_blocks(torch.float32, capability=(9, 0))
+        assert (blocks.block_k, blocks.block_f) == (32, 64)
+        wave = torch.tensor(x, dtype=torch.float32)
+        out = triton_log_mel.log_mel_triton(wave, p, blocks=blocks)
+        base = _same_precision_baseline(x, torch.float32, 80)
+    else:
+        from kernels.audio.pallas_log_mel import default_blocks, log_mel_pallas
+
+        blocks = default_blocks(interpret=False)
+        assert blocks.block_f == 64
+        wave = jnp.asarray(x, jnp.float32)
+        out = np.asarray(log_mel_pallas(wave, p, blocks=blocks, interpret=True))
+        base = np.asarray(reference_jax.log_mel_xla(wave))
+    assert_close(out, ref, base, torch.float32, f"log_mel {framework}")
+
+
 def test_peers_match_float64(rng):
     x = rng.standard_normal((2, 1000))
     ref = log_mel_reference(torch.tensor(x), n_mels=128)

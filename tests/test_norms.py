@@ -5,7 +5,8 @@ Pallas in interpret mode (fp32, bf16). Bound (conftest.assert_close): 2x the err
 framework doing the same math in the input dtype, plus the dtype floor. Odd shapes: 39 rows
 (not a block multiple), hidden 1152, 2048 and 100 (masked columns); past 8192 columns the
 column-blocked Triton backward (8200: a partial last column chunk; 10240: a row-group loop).
-NaN / inf: confined to their own rows in both kernels (the policy in spec.py).
+NaN / inf: confined to their own rows in both kernels (the policy in spec.py). eps: zero,
+constant and tiny rows, where dropping it gives NaN or a wrong scale.
 """
 from __future__ import annotations
 
@@ -169,6 +170,40 @@ def _assert_jax_matches(got, arrays, cots, case, dtype):
         assert g.dtype == dtype, (name, g.dtype)
         assert_close(np.asarray(g.astype(jnp.float32)), r, np.asarray(bl.astype(jnp.float32)),
                      jnp.dtype(dtype).name, name)
+
+
+def _eps_rows(rng, residual):
+    """Rows where eps matters: all zero, constant, and tiny (mean square 1e-6 and ~1e-8, at or
+    under eps). With a residual, x and r are halves of those rows (h = x + r exactly)."""
+    hidden = 100
+    rows = np.stack([np.zeros(hidden), np.full(hidden, 3.0), 1e-3 * rng.standard_normal(hidden),
+                     1e-4 * (rng.standard_normal(hidden) + 1.0)])
+    rows = rounded(rows, torch.float32)
+    arrays = dict(x=rows / 2 if residual else rows, r=rows / 2 if residual else None)
+    cots = [rng.standard_normal(rows.shape) for _ in range(1 + residual)]
+    return arrays, cots
+
+
+@pytest.mark.parametrize("framework", ["triton", "pallas"])
+@pytest.mark.parametrize("rms,residual", [(True, True), (True, False), (False, True), (False, False)],
+                         ids=["rms-res", "rms", "layer-res", "layer"])
+def test_eps_rows_match_float64(rng, rms, residual, framework):
+    """Zero, constant and tiny rows (fp32): finite and float64-close only if eps is added to
+    the mean square / variance (the random rows elsewhere have variance ~4, far above eps)."""
+    from kernels.norms.pallas_norms import norm_pallas
+
+    case = Case(rms, 100, residual, lead=(4,))
+    arrays, cots = _eps_rows(rng, residual)
+    arrays.update(w=rounded(rng.standard_normal(100), torch.float32),
+                  b=None if rms else rounded(rng.standard_normal(100), torch.float32))
+    kw = _kwargs(case)
+    if framework == "triton":
+        got = _torch_run(lambda x, w, b, r: triton_norms.norm_triton(x, w, b, r, **kw), arrays, cots,
+                         torch.float32)
+        _assert_torch_matches(got, arrays, cots, case, torch.float32)
+    else:
+        got = _jax_run(lambda x, w, b, r: norm_pallas(x, w, b, r, **kw), arrays, cots, jnp.float32)
+        _assert_jax_matches(got, arrays, cots, case, jnp.float32)
 
 
 @pytest.mark.parametrize("rms,residual", [(True, True), (False, False)], ids=["rms-res", "layer"])
