@@ -45,14 +45,19 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 PROFILE_STRATEGIES := [dp,fsdp,tp,sp,fsdp_tp]
+comma := ,
+# sharding.profile's output stem: the strategy names joined by '+'
+PROFILE_STEM := benchmarks/results/sharding/profile-nano2-$(subst $(comma),+,$(patsubst [%],%,$(PROFILE_STRATEGIES)))
 
+# the report: per device the newest results file and each older one with issue-goal rows the
+# newer ones lack (benchmarks.report.latest_results), the compile report and the two profiles
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.compile_report
 	$(PY) -m sharding.profile model=nano2 strategy=$(PROFILE_STRATEGIES) hardware=h100_sxm
 	$(PY) -m sharding.profile model=nano2 strategy=$(PROFILE_STRATEGIES) hardware=tpu_v5p
 	$(PY) -m benchmarks.report --latest benchmarks/results --out benchmarks/report \
-	  --include benchmarks/report/compile_report.md benchmarks/results/sharding/profile-nano2-*.png
+	  --include benchmarks/report/compile_report.md $(PROFILE_STEM)-h100_sxm.png $(PROFILE_STEM)-tpu_v5p.png
 
 # On a GPU machine: system python (torch 2.11 / triton 3.6 / jax 0.11 there); hydra-core
 # travels as wheels in .whl/ (made here by `make gpu-wheels`). Results go to $$OUT.

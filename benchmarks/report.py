@@ -8,20 +8,22 @@
   each case's counted FLOPs and bytes (decode and elementwise count bytes only: bytes / the
   chip's HBM bandwidth, a memory-bound time), in their own table labeled modeled;
 - PNGs: throughput vs sequence length per impl, a roofline chart per device, and the
-  cross-hardware comparison.
+  cross-hardware comparison; PNGs an earlier report in the folder linked and this one does not
+  are deleted.
 Files missing a provenance field are refused: results come only from the runner.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import io
 import json
 import os
-import shutil
+import re
 from collections import defaultdict
 
 from benchmarks.hardware import hardware_table, match_hardware
-from benchmarks.results import pct_of_ceiling, rate, write_text_atomic
+from benchmarks.results import pct_of_ceiling, rate, write_bytes_atomic, write_text_atomic
 
 REQUIRED = ("schema", "created_utc", "device", "commit", "versions", "config", "ceilings", "records")
 
@@ -249,15 +251,16 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
 
 
 def _save(fig, out_dir, name):
+    """The figure as a PNG in ``out_dir`` (atomically: no partial file or temporary on error)."""
     import matplotlib.pyplot as plt
 
-    path = os.path.join(out_dir, name)
-    tmp = path + ".tmp.png"
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return write_bytes_atomic(os.path.join(out_dir, name), buf.getvalue())
 
 
 def _provenance(d: dict, path: str) -> str:
@@ -294,15 +297,23 @@ def sweep_table(path: str) -> str:
 
 
 def profile_table(path: str, top: int = 12) -> str:
-    """A ``benchmarks.profile_model`` file: device time per kernel family and top kernels."""
+    """A ``benchmarks.profile_model`` file: device time per kernel family and top kernels. The
+    families are derived here from the stored kernel names (``benchmarks.profile_model.family``),
+    not read from the file: a file written before a pattern was fixed reports as a new one would."""
+    from benchmarks.profile_model import family
+
     with open(path) as f:
         d = json.load(f)
-    md = [f"### Where a step's GPU time goes: {d['case']}", "", _provenance(d, path) + f"; {d['method']}", ""]
+    md = [f"### Where a step's GPU time goes: {d['case']}", "", _provenance(d, path) + f"; {d['method']}",
+          "", "Kernel families from the kernel names (`benchmarks/profile_model.py` FAMILIES).", ""]
     for impl, p in d["profiles"].items():
         total = p["total_kernel_ms"]
+        fams: dict = defaultdict(float)
+        for k in p["kernels"]:
+            fams[family(k["kernel"])] += k["ms"]
         md += [f"**{impl}**: {total:.1f} ms of kernels", "", "| family | ms | share |", "|---|---|---|"]
         md += [f"| {fam} | {ms:.2f} | {100 * ms / total:.1f}% |"
-               for fam, ms in sorted(p["families"].items(), key=lambda kv: -kv[1])]
+               for fam, ms in sorted(fams.items(), key=lambda kv: -kv[1])]
         md += ["", "| kernel | calls | ms |", "|---|---|---|"]
         md += [f"| `{k['kernel'][:90]}` | {k['calls']} | {k['ms']:.2f} |" for k in p["kernels"][:top]]
         md.append("")
@@ -317,6 +328,8 @@ def render(paths: list[str], out_dir: str, include: list[str] = (), sweeps: list
     files = [load(p) for p in paths]
     files.sort(key=lambda d: d["created_utc"])
     os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "report.md")
+    stale = _linked_pngs(path)  # what the previous report here showed; unlinked ones go below
     pngs = plots(files, out_dir)
     md = ["# Benchmark report", "",
           "Measured numbers come only from the results files listed; the modeled table is a "
@@ -342,21 +355,41 @@ def render(paths: list[str], out_dir: str, include: list[str] = (), sweeps: list
         if extra.endswith(".png"):
             name = os.path.basename(extra)
             if os.path.abspath(os.path.dirname(extra)) != os.path.abspath(out_dir):
-                shutil.copyfile(extra, os.path.join(out_dir, name))
+                with open(extra, "rb") as f:
+                    write_bytes_atomic(os.path.join(out_dir, name), f.read())
             md += ["", f"![{name}]({name})"]
         else:
             with open(extra) as f:  # its headings move two levels down, under this report's
                 md += [""] + [("##" + line) if line.startswith("#") else line for line in f.read().splitlines()]
-    path = os.path.join(out_dir, "report.md")
-    write_text_atomic(path, "\n".join(md) + "\n")
+    text = "\n".join(md) + "\n"
+    write_text_atomic(path, text)
+    own = {n for n in os.listdir(out_dir) if _OWN_PNG.fullmatch(n)}
+    for name in (stale | own) - _linked_pngs(text=text):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
     return path
+
+
+_OWN_PNG = re.compile(r"(throughput|roofline)-\d+\.png|cross-hardware\.png")  # the names plots() writes
+_LINK = re.compile(r"^!\[[^\]]*\]\(([^)/\\]+\.png)\)$", re.M)  # a PNG beside the report
+
+
+def _linked_pngs(path: str | None = None, text: str | None = None) -> set[str]:
+    """The PNG names a report (file ``path``, or ``text``) links beside itself; none if no file."""
+    if text is None:
+        if not os.path.exists(path):
+            return set()
+        with open(path) as f:
+            text = f.read()
+    return set(_LINK.findall(text))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", help="results JSON files written by benchmarks.run")
     ap.add_argument("--latest", metavar="DIR",
-                    help="also the newest benchmark results, sweep and profile file of each device in DIR")
+                    help="also, per device in DIR, the newest benchmark results file and each older one "
+                         "holding issue-goal rows the newer ones lack, and the newest sweep and profile file")
     ap.add_argument("--out", default="benchmarks/report", help="folder for report.md and PNGs")
     ap.add_argument("--include", nargs="*", default=[],
                     help="markdown files to inline and PNGs to show (compile report, profiles)")
@@ -375,10 +408,12 @@ def main(argv=None):
 
 
 def latest_results(folder: str, schema: str = "gemini-kernels-bench") -> list[str]:
-    """The newest file of ``schema`` (benchmark results by default; ``gemini-kernels-sweep``,
-    ``gemini-kernels-profile``) of each device in ``folder``, oldest device first: the
-    cross-hardware table compares machines."""
-    newest: dict = {}
+    """Files of ``schema`` (benchmark results by default; ``gemini-kernels-sweep``,
+    ``gemini-kernels-profile``) in ``folder``, oldest first: per device the newest one and, for
+    benchmark results, each older one that measured an issue goal (``benchmarks.goals``) none of
+    that device's newer files measured. A short GPU run thus does not hide the goal rows of an
+    earlier full one; a CPU machine measures no goal (interpret mode) and keeps its newest file."""
+    by_dev: dict = defaultdict(list)
     for name in os.listdir(folder):
         if not name.endswith(".json"):
             continue
@@ -387,12 +422,24 @@ def latest_results(folder: str, schema: str = "gemini-kernels-bench") -> list[st
             data = json.load(f)
         if not str(data.get("schema", "")).startswith(schema):
             continue
-        dev, stamp = data.get("device", {}).get("name", "?"), data.get("created_utc", "")
-        if dev not in newest or stamp > newest[dev][0]:
-            newest[dev] = (stamp, path)
-    if not newest and schema == "gemini-kernels-bench":
+        by_dev[data.get("device", {}).get("name", "?")].append((data.get("created_utc", ""), path, data))
+    if not by_dev and schema == "gemini-kernels-bench":
         raise FileNotFoundError(f"no benchmark results file in {folder}")
-    return [path for _, path in sorted(newest.values())]
+    from benchmarks.goals import goals
+
+    keep = []
+    for runs in by_dev.values():
+        runs.sort(key=lambda x: x[:2], reverse=True)
+        keep.append(runs[0][:2])
+        if schema != "gemini-kernels-bench":
+            continue
+        seen = set()  # goals measured by this device's newer files
+        for i, (stamp, path, data) in enumerate(runs):
+            measured = {g["goal"] for g in goals(data) if g["measured"] != "not measured"}
+            if i and measured - seen:
+                keep.append((stamp, path))
+            seen |= measured
+    return [path for _, path in sorted(keep)]
 
 
 if __name__ == "__main__":

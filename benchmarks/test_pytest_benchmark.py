@@ -1,10 +1,11 @@
-"""The benchmark grid as a pytest-benchmark suite:
+"""The attention grid (the attention suite only) as a pytest-benchmark suite:
 
-    pytest benchmarks/ --benchmark-json=out.json [--bench-preset gpu]
+    [BENCH_PRESET=gpu] pytest benchmarks/ --benchmark-json=out.json
 
-Each (case, impl) is checked against the reference first (a failure fails the test with
-its error); then pytest-benchmark times it, with TFLOP/s, GB/s, the error and the mode
-in ``extra_info``. Interpret-mode kernels run one round (their time is the interpreter's).
+The BENCH_PRESET environment variable names the conf/bench preset (default cpu). Each
+(case, impl) is checked against the reference first (a failure fails the test with its
+error); then pytest-benchmark times it, with TFLOP/s, GB/s, the error and the mode in
+``extra_info``. Interpret-mode kernels run one round (their time is the interpreter's).
 """
 from __future__ import annotations
 

@@ -3,12 +3,18 @@
     python -m sharding.profile model=nano2 strategy=fsdp hardware=h100_sxm devices=[8,64,1024]
     python -m sharding.profile model=tiny strategy=[dp,fsdp,tp] hardware=cpu devices=[8] measure=true
 
-strategy: names of ``conf/sharding/*.yaml`` (a list: one line per strategy in the PNG);
+strategy: names of ``conf/sharding/*.yaml`` (a list: one line per strategy in the PNG; the
+output files are named profile-<model>-<strategies joined by '+'>-<hardware>.{json,png});
 mesh.<axis>=N overrides the config's mesh. Per device count: per-device memory (params,
 grads, Adam state, activations with and without remat), communication bytes per collective
-kind, compute time at the chip's bf16 peak, predicted step time and MFU (all MODELED by
+kind, compute time, predicted step time and MFU (of the datasheet bf16 peak; all MODELED by
 ``sharding/comm_model.py``); a table on stdout, a PNG (step time and MFU vs devices) and a
 results JSON (``benchmarks.results.write_json_atomic``, with provenance).
+
+Compute runs at an achievable fraction of the datasheet bf16 peak, not at the peak itself
+(the table and the results file say which and where it came from): ``matmul_efficiency=X``
+if given, else the best bf16 matmul ceiling a ``benchmarks.run`` file in ``results_dir``
+measured on this chip over its datasheet peak, else ``DEFAULT_MATMUL_EFFICIENCY``.
 
 Network model (labeled "modeled"): mesh axes are laid out tensor innermost, then seq, fsdp,
 data; an axis group whose span fits in one node (``devices_per_node``, 8 for GPU entries)
@@ -23,6 +29,8 @@ present devices: on CPU these are simulated host devices (``XLA_FLAGS=
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
 import time
@@ -31,17 +39,28 @@ from omegaconf import OmegaConf
 
 from model.config import PRESETS, ModelConfig
 from sharding import comm_model as cm
+from benchmarks.results import write_bytes_atomic
 from sharding.rules import MESH_AXES, make_plan, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF_DIR = os.path.join(ROOT, "conf", "sharding")
 DEFAULTS = dict(model="nano2", strategy="fsdp", hardware="h100_sxm", devices=[8, 16, 32, 64, 128, 256, 512, 1024],
                 batch_per_device=4, seq_len=2048, remat=False, act_bytes=2, measure=False,
-                measure_steps=3, out_dir="benchmarks/results/sharding", mesh={})
+                measure_steps=3, out_dir="benchmarks/results/sharding", mesh={},
+                matmul_efficiency=None, results_dir="benchmarks/results")
+# the modeled compute's fraction of the datasheet bf16 peak where results_dir measured no matmul
+# ceiling on the chip: the H200's bf16 8192^3 matmul, 803 of 989 TFLOP/s
+# (benchmarks/results/nvidia-h200-20261126T213458Z.json)
+DEFAULT_MATMUL_EFFICIENCY = 803 / 989
+_DEFAULT_SOURCE = "default: the H200's measured bf16 matmul, 803 of 989 TFLOP/s"
+SEP = "+"  # joins strategy names in output file names; refused inside a name
 
 
 def load_strategy(name: str) -> dict:
     """conf/sharding/<name>.yaml -> {"strategy": "...", "mesh": {...}}; unknown names refused."""
+    if SEP in name:
+        raise ValueError(f"strategy names may not contain {SEP!r} (it joins them in output file names); "
+                         f"got {name!r}: pass a list, strategy=[{name.replace(SEP, ',')}]")
     path = os.path.join(CONF_DIR, f"{name}.yaml")
     if not os.path.exists(path):
         known = sorted(f[:-5] for f in os.listdir(CONF_DIR) if f.endswith(".yaml"))
@@ -75,8 +94,42 @@ def _wire_time(item, plan, hw) -> float:
     return item["bytes"] * factor / bw
 
 
-def profile_row(cfg: ModelConfig, name: str, conf: dict, devices: int, hw: dict, opts) -> dict:
-    """One modeled row; an invalid configuration gives status 'invalid' and the reason."""
+def matmul_efficiency(opts, hw: dict) -> tuple[float, str]:
+    """(fraction of ``hw``'s datasheet bf16 peak the modeled compute runs at, where it came
+    from): the option if set; else the best bf16 matmul ceiling measured on this chip by a
+    results file in ``opts.results_dir``; else ``DEFAULT_MATMUL_EFFICIENCY``."""
+    from benchmarks.hardware import match_hardware
+
+    if opts.matmul_efficiency is not None:
+        eff = opts.matmul_efficiency
+        if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1:
+            raise ValueError(f"matmul_efficiency: expected a fraction of the datasheet peak in (0, 1], "
+                             f"got {eff!r}")
+        return float(eff), "matmul_efficiency option"
+    folder = opts.results_dir if os.path.isabs(opts.results_dir) else os.path.join(ROOT, opts.results_dir)
+    best = None
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            data = json.load(f)
+        ceil = data.get("ceilings") if isinstance(data, dict) else None
+        if (not ceil or not str(data.get("schema", "")).startswith("gemini-kernels-bench")
+                or ceil.get("matmul_dtype") != "bfloat16" or not ceil.get("matmul_tflops")):
+            continue
+        if (match_hardware(data["device"]["name"]) or {}).get("name") == hw["name"]:
+            if best is None or ceil["matmul_tflops"] > best[0]:
+                best = (ceil["matmul_tflops"], name)
+    if best is not None:
+        return best[0] / hw["bf16_tflops"], (f"measured: bf16 matmul {best[0]:.0f} of {hw['bf16_tflops']} "
+                                             f"TFLOP/s in {opts.results_dir}/{best[1]}")
+    return DEFAULT_MATMUL_EFFICIENCY, f"{_DEFAULT_SOURCE}; no {hw['name']} results file in {opts.results_dir}"
+
+
+def profile_row(cfg: ModelConfig, name: str, conf: dict, devices: int, hw: dict, opts,
+                efficiency: float = 1.0) -> dict:
+    """One modeled row, compute at ``efficiency`` x the datasheet bf16 peak (MFU stays of the
+    peak); an invalid configuration gives status 'invalid' and the reason."""
     row = {"strategy": name, "devices": devices, "modeled": True}
     try:
         plan = make_plan(conf["strategy"], {**conf["mesh"], **opts.mesh}, devices)
@@ -89,7 +142,7 @@ def profile_row(cfg: ModelConfig, name: str, conf: dict, devices: int, hw: dict,
     items = cm.collectives(cfg, plan, wl)
     mem, fl = cm.memory(cfg, plan, wl), cm.flops(cfg, plan, wl)
     peak = hw["bf16_tflops"] * 1e12
-    compute = fl["device_flops"] / peak
+    compute = fl["device_flops"] / (peak * efficiency)
     overlap = sum(_wire_time(i, plan, hw) for i in items if i["overlap"])
     exposed = sum(_wire_time(i, plan, hw) for i in items if not i["overlap"])
     step = max(compute, overlap) + exposed
@@ -100,7 +153,7 @@ def profile_row(cfg: ModelConfig, name: str, conf: dict, devices: int, hw: dict,
             "step_s": step, "mfu": fl["model_flops"] / (devices * peak * step)}
 
 
-def table(rows) -> str:
+def table(rows, efficiency: tuple[float, str] = (1.0, "datasheet peak")) -> str:
     head = ("strategy", "devices", "mesh d/f/s/t", "params", "grads", "adam", "act", "act+remat",
             "AG GB", "RS GB", "AR GB", "CP GB", "compute ms", "step ms", "MFU")
     out = [head]
@@ -117,7 +170,8 @@ def table(rows) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) if len(row) == len(head) else "  ".join(row)
              for row in out]
     lines.insert(1, "-" * len(lines[0]))
-    return "MODELED (memory in GB per device, bytes per step per device)\n" + "\n".join(lines)
+    return (f"MODELED (memory in GB per device, bytes per step per device; compute at {100 * efficiency[0]:.1f}% "
+            f"of the datasheet bf16 peak ({efficiency[1]}), MFU of that peak)\n" + "\n".join(lines))
 
 
 def plot(rows, path: str, title: str) -> str:
@@ -141,10 +195,13 @@ def plot(rows, path: str, title: str) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(f"{title} — MODELED, not measured")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    buf = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def measure_step(cfg: ModelConfig, conf: dict, opts, batch_per_device: int, seq_len: int) -> dict:
@@ -205,16 +262,17 @@ def main(argv: list[str]) -> dict:
     names = list(opts.strategy) if OmegaConf.is_list(opts.strategy) else [str(opts.strategy)]
     confs = {n: load_strategy(n) for n in names}
     devices = list(opts.devices) if OmegaConf.is_list(opts.devices) else [int(opts.devices)]
-    rows = [profile_row(cfg, n, confs[n], int(d), hw, opts) for n in names for d in devices]
-    print(table(rows))
+    eff = matmul_efficiency(opts, hw)
+    rows = [profile_row(cfg, n, confs[n], int(d), hw, opts, eff[0]) for n in names for d in devices]
+    print(table(rows, eff))
     os.makedirs(opts.out_dir, exist_ok=True)
-    stem = os.path.join(opts.out_dir, f"profile-{opts.model}-{'_'.join(names)}-{opts.hardware}")
-    png = plot(rows, stem + ".png", f"{cfg.name} on {hw['name']}")
+    stem = os.path.join(opts.out_dir, f"profile-{opts.model}-{SEP.join(names)}-{opts.hardware}")
+    png = plot(rows, stem + ".png", f"{cfg.name} on {hw['name']}, compute at {100 * eff[0]:.0f}% of bf16 peak")
     measured = []
     if opts.measure:
         for n in names:
             m = measure_step(cfg, confs[n], opts, int(opts.batch_per_device), int(opts.seq_len))
-            pred = profile_row(cfg, n, confs[n], m["devices"], hw, opts)
+            pred = profile_row(cfg, n, confs[n], m["devices"], hw, opts, eff[0])
             measured.append({"strategy": n, **m, "modeled_step_s_on": hw["name"],
                              "modeled_step_s": pred.get("step_s")})
             print(f"{n}: {m['label']}: step {m['median_step_s'] * 1e3:.1f} ms "
@@ -222,6 +280,7 @@ def main(argv: list[str]) -> dict:
                   f"{pred['step_s'] * 1e3 if pred.get('step_s') else float('nan'):.1f} ms)")
     payload = {"kind": "sharding_profile", "modeled": True, "model": cfg.to_dict(), "hardware": hw,
                "options": OmegaConf.to_container(opts), "rows": rows, "measured": measured,
+               "matmul_efficiency": {"fraction": eff[0], "source": eff[1]},
                "png": png, "provenance": {"git": git_commit(), "versions": library_versions(),
                                           "argv": argv}}
     path = write_json_atomic(stem + ".json", payload)

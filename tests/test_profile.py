@@ -32,6 +32,71 @@ def test_cli_writes_table_png_and_results(tmp_path, capsys):
     assert "mesh.fsdp=1024" in rows[("fsdp", 1024)]["reason"] and "width=2560" in rows[("fsdp", 1024)]["reason"]
     ok = rows[("fsdp", 64)]
     assert 0 < ok["mfu"] < 1 and ok["step_s"] >= ok["compute_s"]
+    # output names join the strategies with '+', which no strategy name holds
+    assert sorted(os.listdir(tmp_path)) == ["profile-nano2-fsdp+dp+tp-h100_sxm.json",
+                                            "profile-nano2-fsdp+dp+tp-h100_sxm.png"]
+
+
+def test_output_names_of_a_list_and_a_combined_strategy_differ(tmp_path):
+    main(["model=nano2", "strategy=[fsdp,tp]", "devices=[8]", f"out_dir={tmp_path}"])
+    main(["model=nano2", "strategy=fsdp_tp", "devices=[8]", f"out_dir={tmp_path}"])
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".json")) == [
+        "profile-nano2-fsdp+tp-h100_sxm.json", "profile-nano2-fsdp_tp-h100_sxm.json"]
+    with pytest.raises(ValueError, match=r"may not contain '\+'.*strategy=\[fsdp,tp\]"):
+        main(["strategy=fsdp+tp", f"out_dir={tmp_path}"])
+
+
+def _results_file(folder, device: str, tflops: float, dtype="bfloat16"):
+    folder.mkdir(exist_ok=True)
+    (folder / f"{device.replace(' ', '-')}-{tflops}.json").write_text(json.dumps({
+        "schema": "gemini-kernels-bench/1", "device": {"name": device},
+        "ceilings": {"matmul_tflops": tflops, "matmul_dtype": dtype, "copy_gbps": 1.0}}))
+
+
+def test_compute_runs_at_a_measured_matmul_efficiency_not_the_datasheet_peak(tmp_path, capsys):
+    """The modeled compute runs at the best bf16 matmul ceiling measured on the chip over its
+    datasheet peak (a results file in results_dir), else the default (the H200's 803/989), or
+    the option; the table and the file say which. MFU (of the peak) never reaches 100 %."""
+    from sharding.profile import DEFAULT_MATMUL_EFFICIENCY
+
+    res = tmp_path / "results"
+    _results_file(res, "NVIDIA H100 80GB HBM3", 700.0)
+    _results_file(res, "NVIDIA H100 80GB HBM3", 600.0)
+    _results_file(res, "NVIDIA H100 80GB HBM3", 900.0, dtype="float32")  # not a bf16 ceiling
+    _results_file(res, "NVIDIA H200", 800.0)  # another chip
+    argv = ["model=nano2", "strategy=fsdp", "devices=[8]", f"out_dir={tmp_path}"]
+    measured = main([*argv, f"results_dir={res}"])
+    assert measured["matmul_efficiency"]["fraction"] == pytest.approx(700 / 989)
+    assert "700 of 989" in measured["matmul_efficiency"]["source"]
+    assert "compute at 70.8% of the datasheet bf16 peak (measured" in capsys.readouterr().out
+    default = main([*argv, f"results_dir={tmp_path / 'none'}"])
+    assert default["matmul_efficiency"]["fraction"] == pytest.approx(DEFAULT_MATMUL_EFFICIENCY)
+    assert "no H100 SXM results file" in default["matmul_efficiency"]["source"]
+    # fsdp on 8 devices: gradient and gather traffic overlaps compute, so MFU is the efficiency
+    assert default["rows"][0]["mfu"] == pytest.approx(DEFAULT_MATMUL_EFFICIENCY, rel=1e-6)
+    given = main([*argv, "matmul_efficiency=0.5"])
+    assert given["rows"][0]["compute_s"] == pytest.approx(default["rows"][0]["compute_s"]
+                                                          * DEFAULT_MATMUL_EFFICIENCY / 0.5)
+    assert given["rows"][0]["mfu"] == pytest.approx(0.5, rel=1e-6)
+    for bad in ("1.5", "0", "fast"):
+        with pytest.raises(ValueError, match="matmul_efficiency: expected a fraction"):
+            main([*argv, f"matmul_efficiency={bad}"])
+
+
+def test_plot_writes_atomically(tmp_path, monkeypatch):
+    """A failing savefig leaves neither a partial PNG nor a temporary behind."""
+    import matplotlib.figure
+
+    from sharding.profile import plot
+
+    def bad_savefig(self, target, **kw):
+        (target.write(b"partial") if hasattr(target, "write") else open(target, "wb").write(b"partial"))
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", bad_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plot([], str(tmp_path / "p.png"), "t")
+    assert os.listdir(tmp_path) == []
 
 
 def test_memory_model_shards_what_the_strategy_promises():
