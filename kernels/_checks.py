@@ -26,8 +26,14 @@ def check_same_dtype(name: str, x: Any, ref_name: str, ref: Any) -> None:
         raise TypeError(f"{name} dtype must equal {ref_name} dtype {ref.dtype}, got {x.dtype}")
 
 
+def devices_differ(a: Any, b: Any) -> bool:
+    """Two device_of results differ; None (unknown: a JAX tracer or uncommitted array) matches anything."""
+    return a is not None and b is not None and a != b
+
+
 def check_device(name: str, x: Any, ref_name: str, ref: Any, device_of) -> None:
-    if device_of is not None and device_of(x) != device_of(ref):
+    """``device_of`` None skips the check; a None device (see ``devices_differ``) is not compared."""
+    if device_of is not None and devices_differ(device_of(x), device_of(ref)):
         raise ValueError(f"{name} must be on {ref_name}'s device {device_of(ref)}, got {device_of(x)}")
 
 

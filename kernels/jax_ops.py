@@ -138,7 +138,8 @@ def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, imp
 
     check_impl(impl, NORM_IMPLS)
     off = resolve_offset(offset, gemma)
-    p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off, dtypes=JAX_DTYPES)
+    p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off, dtypes=JAX_DTYPES,
+                        device_of=_device)
     return _norm_dispatch(x, weight, None, residual, rms=True, eps=p.eps, offset=off, impl=impl)
 
 
@@ -147,7 +148,8 @@ def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="pallas"):
     from .norms.spec import check_norm_args
 
     check_impl(impl, NORM_IMPLS)
-    p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0, dtypes=JAX_DTYPES)
+    p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0, dtypes=JAX_DTYPES,
+                        device_of=_device)
     return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
 
 
@@ -167,7 +169,7 @@ def rope(x, positions, *, theta=10000.0, impl="pallas"):
     from .rope.spec import check_rope_args
 
     check_impl(impl, ROPE_IMPLS)
-    p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=JAX_DTYPES)
+    p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=JAX_DTYPES, device_of=_device)
     return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
 
 
@@ -176,7 +178,7 @@ def rope_2d(x, positions_hw, *, theta=10000.0, impl="pallas"):
     from .rope.spec import check_rope_args
 
     check_impl(impl, ROPE_IMPLS)
-    p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=JAX_DTYPES)
+    p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=JAX_DTYPES, device_of=_device)
     return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
 
 
@@ -196,7 +198,7 @@ def gelu(x, *, approximate="tanh", impl="pallas"):
     from .activations.spec import check_gelu_args
 
     check_impl(impl, ACTIVATION_IMPLS)
-    check_gelu_args(x, None, approximate=approximate, dtypes=JAX_DTYPES)
+    check_gelu_args(x, None, approximate=approximate, dtypes=JAX_DTYPES, device_of=_device)
     return _act_dispatch(x, None, approximate=approximate, impl=impl)
 
 
@@ -205,7 +207,7 @@ def gated_gelu(gate, up, *, approximate="tanh", impl="pallas"):
     from .activations.spec import check_gelu_args
 
     check_impl(impl, ACTIVATION_IMPLS)
-    check_gelu_args(gate, up, approximate=approximate, dtypes=JAX_DTYPES)
+    check_gelu_args(gate, up, approximate=approximate, dtypes=JAX_DTYPES, device_of=_device)
     return _act_dispatch(gate, up, approximate=approximate, impl=impl)
 
 
@@ -233,7 +235,8 @@ def patch_embed(images, weight, bias, pos_embed, *, patch, impl="pallas"):
 
     check_impl(impl, PATCH_EMBED_IMPLS)
     check_patch_embed_args(images, weight, bias, pos_embed, patch=patch,
-                           dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"))
+                           dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"),
+                           device_of=_device)
     if impl == "pallas":
         from .patch_embed.pallas_patch_embed import patch_embed_pallas
 
@@ -290,7 +293,7 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="pallas"):
     check_impl(impl, INT4_IMPLS)
     check_int4_args(x, packed_w, scales, zeros, group_size,
                     dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"),
-                    scale_dtypes=INT4_SCALE_DTYPES, uint8=jnp.dtype(jnp.uint8))
+                    scale_dtypes=INT4_SCALE_DTYPES, uint8=jnp.dtype(jnp.uint8), device_of=_device)
     if impl == "pallas":
         from .int4.pallas_int4 import int4_matmul_pallas
 
@@ -308,19 +311,15 @@ def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normali
     "pallas" and "xla" chunk the rows (the [N, V] logits never exist; the softmax step in a
     Pallas kernel or in XLA-fused jnp), "reference" builds the full logits. x [..., W],
     weight [V, W] (the tied embedding), targets int [...], mask bool [...] (None: every row);
-    normalizer: a positive number or scalar array (None: the masked-in row count, >= 1).
-    Masked-in targets are range-checked when they are concrete (not under ``jit``); masked-out
-    rows may hold any target. Differentiable in x and weight."""
+    normalizer: a positive number or 0-d array (None: the masked-in row count, >= 1); an
+    array's value is checked > 0 and finite when concrete (not under ``jit``), as are the
+    masked-in targets' range; masked-out rows may hold any target. Differentiable in x and weight."""
     from .cross_entropy.spec import check_linear_cross_entropy_args
 
     check_impl(impl, LOSS_IMPLS)
     _, width, vocab = check_linear_cross_entropy_args(
-        x, weight, targets, mask, softcap=softcap, normalizer=None,
-        dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl == "reference"), device_of=None)
-    if normalizer is not None and getattr(normalizer, "shape", None) != ():  # a scalar array passes
-        from ._checks import check_float
-
-        check_float("normalizer", normalizer, positive=True)
+        x, weight, targets, mask, softcap=softcap, normalizer=normalizer,
+        dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl == "reference"), device_of=_device)
     t = targets.reshape(-1)
     m = jnp.ones(t.shape, bool) if mask is None else mask.reshape(-1)
     _check_concrete_targets(t, m, vocab)

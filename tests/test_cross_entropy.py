@@ -7,6 +7,7 @@ multiple), rows 1 and 21 with a partial last chunk, masked rows holding -100, so
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +101,21 @@ def test_bad_input_is_refused_before_launch(rng):
             torch_ops.linear_cross_entropy(kw.pop("x"), kw.pop("weight"), kw.pop("targets"), **kw)
     with pytest.raises(ValueError, match="chunk_rows"):
         CrossEntropyBlocks(chunk_rows=-1)
+    # a 0-d tensor normalizer: as a number (JAX takes a 0-d array the same way), checked on the host
+    for impl in ("triton", "reference"):
+        want = torch_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=3.0, impl=impl)
+        for n in (torch.tensor(3.0), torch.tensor(3)):
+            torch.testing.assert_close(torch_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=n, impl=impl),
+                                       want)
+    for bad, err, match in ((torch.tensor(0.0), ValueError, "normalizer must be > 0, got 0.0"),
+                            (torch.tensor(-2.0), ValueError, "normalizer must be > 0, got -2.0"),
+                            (torch.tensor(float("nan")), ValueError, "normalizer must be finite"),
+                            (torch.ones(1), ValueError, r"normalizer must be a number or a 0-d array, got shape"),
+                            (torch.tensor(True), TypeError, "normalizer must have an integer or floating"),
+                            (torch.tensor(3.0, device="meta"), ValueError, "normalizer must be on x's device cpu"),
+                            (np.float32(3.0), TypeError, "normalizer must be a number or a 0-d array of x's")):
+        with pytest.raises(err, match=match):
+            torch_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=bad)
     # check_targets=False (a step captured as a CUDA graph): no host read, the same loss
     checked = torch_ops.linear_cross_entropy(x, w, t, mask=m, impl="reference")
     unchecked = torch_ops.linear_cross_entropy(x, w, t, mask=m, impl="reference", check_targets=False)

@@ -105,7 +105,7 @@ def test_public_api_matches_the_models_loss_without_full_logits(rng):
     (dict(targets=np.full((2, 9), VOCAB)), ValueError, r"targets must lie in \[0, vocab=301\)"),
     (dict(mask=np.ones((2, 9), np.int32)), TypeError, r"mask must be a bool array"),
     (dict(normalizer=0.0), ValueError, r"normalizer"),
-    (dict(normalizer=np.ones(3, np.float32)), TypeError, r"normalizer must be a float"),
+    (dict(normalizer=np.ones(3, np.float32)), ValueError, r"normalizer must be a number or a 0-d array, got shape"),
     (dict(impl="triton"), ValueError, r"impl"),
 ])
 def test_bad_input_is_refused(rng, bad, err, match):
@@ -115,6 +115,28 @@ def test_bad_input_is_refused(rng, bad, err, match):
     args.update({k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in bad.items()})
     with pytest.raises(err, match=match):
         jax_ops.linear_cross_entropy(**args)
+
+
+def test_normalizer_array_is_checked_like_a_number(rng):
+    """A 0-d array normalizer equals the same Python number; a concrete one must be finite and
+    > 0 (as torch's tensors); a traced one (under jit) is not read; torch tensors are refused."""
+    x, w, t, m = (jnp.asarray(a) for a in _data(rng, (2, 9)))
+    x, w = x.astype(jnp.float32), w.astype(jnp.float32)
+    for impl in jax_ops.LOSS_IMPLS:
+        loss = lambda n: jax_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=n, impl=impl)  # noqa: E731
+        want = float(loss(3.0))
+        for n in (jnp.array(3.0), jnp.array(3), np.float32(3.0)):
+            np.testing.assert_allclose(float(loss(n)), want, rtol=1e-6)
+        np.testing.assert_allclose(float(jax.jit(loss)(jnp.array(3.0))), want, rtol=1e-6)
+        for bad, match in ((jnp.array(0.0), "normalizer must be > 0, got 0.0"),
+                           (jnp.array(-2.0), "normalizer must be > 0, got -2.0"),
+                           (jnp.array(jnp.inf), "normalizer must be finite")):
+            with pytest.raises(ValueError, match=match):
+                loss(bad)
+    with pytest.raises(TypeError, match="normalizer must have an integer or floating dtype"):
+        jax_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=jnp.array(True))
+    with pytest.raises(TypeError, match="normalizer must be a number or a 0-d array of x's framework"):
+        jax_ops.linear_cross_entropy(x, w, t, mask=m, normalizer=torch.tensor(3.0))
 
 
 @pytest.mark.parametrize("bad", [dict(block_r=3), dict(block_v=0), dict(num_warps=3), dict(chunk_rows=-1),

@@ -91,6 +91,8 @@ def _bwd_kernel(*refs, cfg: _Config, has_up: bool):
 def _call(kernel, ins, n_out, cfg: _Config, name: str, *, has_up: bool):
     flat = [a.reshape(-1) for a in ins]
     n = flat[0].shape[0]
+    if n == 0:  # empty arrays: no launch (a 0-element ref cannot be gathered from)
+        return [jnp.zeros(ins[-1].shape, flat[-1].dtype) for _ in range(n_out)]
     outs = pl.pallas_call(
         functools.partial(kernel, cfg=cfg, has_up=has_up),
         grid=(pl.cdiv(n, cfg.blocks.block),),

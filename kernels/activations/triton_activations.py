@@ -104,6 +104,8 @@ def default_blocks(*, capability: Optional[tuple] = None) -> ActivationBlocks:
 
 
 def _launch(kernel, n, blocks, *args, approximate, has_up):
+    if n == 0:  # empty tensors: nothing to launch (the outputs are empty too)
+        return
     kernel[(triton.cdiv(n, blocks.block),)](
         *args, n, APPROX_TANH=approximate == "tanh", HAS_UP=has_up, BLOCK=blocks.block,
         num_warps=blocks.num_warps)

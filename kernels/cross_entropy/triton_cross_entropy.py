@@ -94,7 +94,8 @@ class CrossEntropyBlocks:
         check_chunk_blocks(self)
 
     def rows(self, n: int, vocab: int, itemsize: int) -> int:
-        return min(n, self.chunk_rows or max(1, self.chunk_bytes // (vocab * itemsize)))
+        # at least 1 (a range() step) even for n = 0, where the forward loop then never runs
+        return max(1, min(n, self.chunk_rows or self.chunk_bytes // (vocab * itemsize)))
 
 
 def default_blocks(vocab: int, *, capability: Optional[tuple] = None) -> CrossEntropyBlocks:
@@ -121,7 +122,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.empty(n, dtype=torch.float32, device=x.device)
         dx = torch.empty_like(x) if want_dx else None
         dw = torch.zeros_like(weight) if want_dw else None
-        step = blocks.rows(n, v, x.element_size())
+        step = blocks.rows(n, v, x.element_size())  # n == 0: no chunk, no launch; loss 0, zero grads
         for s in range(0, n, step):
             xc = x[s:s + step]
             logits = xc @ weight.T  # [c, V] in x's dtype (fp32 accumulation inside the matmul)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from .._checks import shape_of
+from .._checks import devices_differ, shape_of
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def check_int4_args(x: Any, packed_w: Any, scales: Any, zeros: Any, group_size: 
     if device_of is not None:
         dev = device_of(x)
         for name, t in (("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
-            if t is not None and device_of(t) != dev:
+            if t is not None and devices_differ(dev, device_of(t)):
                 raise ValueError(f"{name} must be on x's device {dev}, got {device_of(t)}")
     rows = 1
     for s in xs[:-1]:

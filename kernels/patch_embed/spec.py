@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .._checks import devices_differ
+
 PATCH_SIZES = (14, 16)
 
 
@@ -100,7 +102,7 @@ def check_patch_embed_args(images, weight, bias, pos_embed, *, patch, dtypes: Se
     if device_of is not None:
         dev = device_of(images)
         for name, x in (("weight", weight), ("bias", bias), ("pos_embed", pos_embed)):
-            if device_of(x) != dev:
+            if devices_differ(dev, device_of(x)):  # None (a JAX tracer, uncommitted): not compared
                 raise ValueError(f"{name} must be on images' device {dev}, got {device_of(x)}")
     return PatchProblem(batch=b, height=h, width=w, channels=c, patch=patch, dim=dim)
 
