@@ -36,7 +36,7 @@ def _device(x):
 def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
               segment_ids=None, impl="pallas", bidirectional_ids=None):
     """Multi-query / grouped-query / multi-head attention. See ``kernels/attention/spec.py``."""
-    check_impl(impl, ATTENTION_IMPLS)
+    check_impl(impl, ATTENTION_IMPLS, op="attention")
     problem, q_ids, kv_ids = check_attention_args(
         q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
         segment_ids=segment_ids, dtypes=JAX_DTYPES, device_of=_device,
@@ -91,7 +91,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     from .decode.spec import check_decode_args
     from .decode.xla import host_lengths
 
-    check_impl(impl, DECODE_IMPLS)
+    check_impl(impl, DECODE_IMPLS, op="decode_attention")
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=JAX_DTYPES, host_lengths=host_lengths,
                           block_table=block_table, device_of=_device)
@@ -136,7 +136,7 @@ def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, imp
     """
     from .norms.spec import check_norm_args, resolve_offset
 
-    check_impl(impl, NORM_IMPLS)
+    check_impl(impl, NORM_IMPLS, op="rms_norm")
     off = resolve_offset(offset, gemma)
     p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off, dtypes=JAX_DTYPES,
                         device_of=_device)
@@ -147,7 +147,7 @@ def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="pallas"):
     """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual)."""
     from .norms.spec import check_norm_args
 
-    check_impl(impl, NORM_IMPLS)
+    check_impl(impl, NORM_IMPLS, op="layer_norm")
     p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0, dtypes=JAX_DTYPES,
                         device_of=_device)
     return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
@@ -168,7 +168,7 @@ def rope(x, positions, *, theta=10000.0, impl="pallas"):
     """Rotary embedding, rotate-half pairs (i, i + D/2) as HF Llama/Gemma. See ``kernels/rope/spec.py``."""
     from .rope.spec import check_rope_args
 
-    check_impl(impl, ROPE_IMPLS)
+    check_impl(impl, ROPE_IMPLS, op="rope")
     p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=JAX_DTYPES, device_of=_device)
     return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
 
@@ -177,7 +177,7 @@ def rope_2d(x, positions_hw, *, theta=10000.0, impl="pallas"):
     """2-D rotary embedding for patches: head_dim's first half rotated by row, second by column."""
     from .rope.spec import check_rope_args
 
-    check_impl(impl, ROPE_IMPLS)
+    check_impl(impl, ROPE_IMPLS, op="rope_2d")
     p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=JAX_DTYPES, device_of=_device)
     return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
 
@@ -197,7 +197,7 @@ def gelu(x, *, approximate="tanh", impl="pallas"):
     """GELU; approximate="tanh" (Gemma's gelu_pytorch_tanh) or "none" (exact erf)."""
     from .activations.spec import check_gelu_args
 
-    check_impl(impl, ACTIVATION_IMPLS)
+    check_impl(impl, ACTIVATION_IMPLS, op="gelu")
     check_gelu_args(x, None, approximate=approximate, dtypes=JAX_DTYPES, device_of=_device)
     return _act_dispatch(x, None, approximate=approximate, impl=impl)
 
@@ -206,7 +206,7 @@ def gated_gelu(gate, up, *, approximate="tanh", impl="pallas"):
     """GeGLU: gelu(gate) * up, fused (Gemma's MLP). See ``kernels/activations/spec.py``."""
     from .activations.spec import check_gelu_args
 
-    check_impl(impl, ACTIVATION_IMPLS)
+    check_impl(impl, ACTIVATION_IMPLS, op="gated_gelu")
     check_gelu_args(gate, up, approximate=approximate, dtypes=JAX_DTYPES, device_of=_device)
     return _act_dispatch(gate, up, approximate=approximate, impl=impl)
 
@@ -233,7 +233,7 @@ def patch_embed(images, weight, bias, pos_embed, *, patch, impl="pallas"):
     """
     from .patch_embed.spec import check_patch_embed_args
 
-    check_impl(impl, PATCH_EMBED_IMPLS)
+    check_impl(impl, PATCH_EMBED_IMPLS, op="patch_embed")
     check_patch_embed_args(images, weight, bias, pos_embed, patch=patch,
                            dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"),
                            device_of=_device)
@@ -260,7 +260,7 @@ def log_mel(waveform, *, sample_rate=16000, n_mels=80, win_ms=25.0, hop_ms=10.0,
 
     from .audio.spec import check_log_mel_args
 
-    check_impl(impl, LOG_MEL_IMPLS)
+    check_impl(impl, LOG_MEL_IMPLS, op="log_mel")
     problem = check_log_mel_args(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
                                  hop_ms=hop_ms, n_fft=n_fft,
                                  dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"))
@@ -290,7 +290,7 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="pallas"):
     """
     from .int4.spec import check_int4_args
 
-    check_impl(impl, INT4_IMPLS)
+    check_impl(impl, INT4_IMPLS, op="int4_matmul")
     check_int4_args(x, packed_w, scales, zeros, group_size,
                     dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl != "pallas"),
                     scale_dtypes=INT4_SCALE_DTYPES, uint8=jnp.dtype(jnp.uint8), device_of=_device)
@@ -316,7 +316,7 @@ def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normali
     masked-in targets' range; masked-out rows may hold any target. Differentiable in x and weight."""
     from .cross_entropy.spec import check_linear_cross_entropy_args
 
-    check_impl(impl, LOSS_IMPLS)
+    check_impl(impl, LOSS_IMPLS, op="linear_cross_entropy")
     _, width, vocab = check_linear_cross_entropy_args(
         x, weight, targets, mask, softcap=softcap, normalizer=normalizer,
         dtypes=JAX_DTYPES + (jnp.dtype(jnp.float64),) * (impl == "reference"), device_of=_device)

@@ -33,7 +33,7 @@ def _device(t: torch.Tensor):
 def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
               segment_ids=None, impl="triton", blocks=None, bidirectional_ids=None):
     """Multi-query / grouped-query / multi-head attention. See ``kernels/attention/spec.py``."""
-    check_impl(impl, ATTENTION_IMPLS)
+    check_impl(impl, ATTENTION_IMPLS, op="attention")
     if blocks is not None and impl != "triton":
         raise ValueError(f"blocks: only impl='triton' takes tile sizes, got blocks={blocks!r} with impl={impl!r}")
     problem, q_ids, kv_ids = check_attention_args(
@@ -80,7 +80,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     """
     from .decode.spec import check_decode_args
 
-    check_impl(impl, DECODE_IMPLS)
+    check_impl(impl, DECODE_IMPLS, op="decode_attention")
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=TORCH_DTYPES, device_of=_device,
                           host_lengths=(lambda t: t.cpu().numpy()) if check_lengths else None,
@@ -125,7 +125,7 @@ def rms_norm(x, weight, *, eps=1e-6, offset=0.0, gemma=False, residual=None, imp
     """
     from .norms.spec import check_norm_args, resolve_offset
 
-    check_impl(impl, NORM_IMPLS)
+    check_impl(impl, NORM_IMPLS, op="rms_norm")
     off = resolve_offset(offset, gemma)
     p = check_norm_args(x, weight, None, residual, rms=True, eps=eps, offset=off,
                         dtypes=TORCH_DTYPES, device_of=_device)
@@ -136,7 +136,7 @@ def layer_norm(x, weight, bias, *, eps=1e-5, residual=None, impl="triton"):
     """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual)."""
     from .norms.spec import check_norm_args
 
-    check_impl(impl, NORM_IMPLS)
+    check_impl(impl, NORM_IMPLS, op="layer_norm")
     p = check_norm_args(x, weight, bias, residual, rms=False, eps=eps, offset=0.0,
                         dtypes=TORCH_DTYPES, device_of=_device)
     return _norm_dispatch(x, weight, bias, residual, rms=False, eps=p.eps, offset=0.0, impl=impl)
@@ -157,7 +157,7 @@ def rope(x, positions, *, theta=10000.0, impl="triton"):
     """Rotary embedding, rotate-half pairs (i, i + D/2) as HF Llama/Gemma. See ``kernels/rope/spec.py``."""
     from .rope.spec import check_rope_args
 
-    check_impl(impl, ROPE_IMPLS)
+    check_impl(impl, ROPE_IMPLS, op="rope")
     p = check_rope_args(x, positions, theta=theta, sections=1, dtypes=TORCH_DTYPES, device_of=_device)
     return _rope_dispatch(x, positions, theta=p.theta, sections=1, impl=impl)
 
@@ -166,7 +166,7 @@ def rope_2d(x, positions_hw, *, theta=10000.0, impl="triton"):
     """2-D rotary embedding for patches: head_dim's first half rotated by row, second by column."""
     from .rope.spec import check_rope_args
 
-    check_impl(impl, ROPE_IMPLS)
+    check_impl(impl, ROPE_IMPLS, op="rope_2d")
     p = check_rope_args(x, positions_hw, theta=theta, sections=2, dtypes=TORCH_DTYPES,
                         device_of=_device)
     return _rope_dispatch(x, positions_hw, theta=p.theta, sections=2, impl=impl)
@@ -187,7 +187,7 @@ def gelu(x, *, approximate="tanh", impl="triton"):
     """GELU; approximate="tanh" (Gemma's gelu_pytorch_tanh) or "none" (exact erf)."""
     from .activations.spec import check_gelu_args
 
-    check_impl(impl, ACTIVATION_IMPLS)
+    check_impl(impl, ACTIVATION_IMPLS, op="gelu")
     check_gelu_args(x, None, approximate=approximate, dtypes=TORCH_DTYPES, device_of=_device)
     return _act_dispatch(x, None, approximate=approximate, impl=impl)
 
@@ -196,7 +196,7 @@ def gated_gelu(gate, up, *, approximate="tanh", impl="triton"):
     """GeGLU: gelu(gate) * up, fused (Gemma's MLP). See ``kernels/activations/spec.py``."""
     from .activations.spec import check_gelu_args
 
-    check_impl(impl, ACTIVATION_IMPLS)
+    check_impl(impl, ACTIVATION_IMPLS, op="gated_gelu")
     check_gelu_args(gate, up, approximate=approximate, dtypes=TORCH_DTYPES, device_of=_device)
     return _act_dispatch(gate, up, approximate=approximate, impl=impl)
 
@@ -223,7 +223,7 @@ def patch_embed(images, weight, bias, pos_embed, *, patch, impl="triton"):
     """
     from .patch_embed.spec import check_patch_embed_args
 
-    check_impl(impl, PATCH_EMBED_IMPLS)
+    check_impl(impl, PATCH_EMBED_IMPLS, op="patch_embed")
     check_patch_embed_args(images, weight, bias, pos_embed, patch=patch,
                            dtypes=TORCH_DTYPES + (torch.float64,) * (impl != "triton"),
                            device_of=_device)
@@ -248,7 +248,7 @@ def log_mel(waveform, *, sample_rate=16000, n_mels=80, win_ms=25.0, hop_ms=10.0,
     Non-finite samples are refused here (one host sync)."""
     from .audio.spec import check_log_mel_args
 
-    check_impl(impl, LOG_MEL_IMPLS)
+    check_impl(impl, LOG_MEL_IMPLS, op="log_mel")
     problem = check_log_mel_args(waveform, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
                                  hop_ms=hop_ms, n_fft=n_fft,
                                  dtypes=TORCH_DTYPES + (torch.float64,) * (impl != "triton"))
@@ -280,7 +280,7 @@ def int4_matmul(x, packed_w, scales, zeros, group_size, *, impl="triton", blocks
     """
     from .int4.spec import check_int4_args
 
-    check_impl(impl, INT4_IMPLS)
+    check_impl(impl, INT4_IMPLS, op="int4_matmul")
     if blocks is not None and impl != "triton":
         raise ValueError(f"blocks: only impl='triton' takes tile sizes, got blocks={blocks!r} with impl={impl!r}")
     check_int4_args(x, packed_w, scales, zeros, group_size,
@@ -308,7 +308,7 @@ def linear_cross_entropy(x, weight, targets, *, mask=None, softcap=None, normali
     as a CUDA graph, whose caller guarantees the targets."""
     from .cross_entropy.spec import check_linear_cross_entropy_args
 
-    check_impl(impl, LOSS_IMPLS)
+    check_impl(impl, LOSS_IMPLS, op="linear_cross_entropy")
     _, width, vocab = check_linear_cross_entropy_args(
         x, weight, targets, mask, softcap=softcap, normalizer=normalizer, dtypes=TORCH_DTYPES,
         device_of=_device)

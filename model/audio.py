@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from kernels.audio.spec import SAMPLE_RATE, geometry
 from model.encoder_common import check_int, count, mlp_specs, projection_specs, transformer_block_specs
 
@@ -147,6 +149,21 @@ def audio_param_count(cfg: AudioConfig) -> int:
     return count(audio_param_specs(cfg))
 
 
+def _check_lengths(lengths) -> list[int]:
+    """``lengths`` as host ints: a 1-D integer array / tensor or a list / tuple of integers (numpy
+    integers too); floats, bools, strings and nested sequences are refused, not truncated."""
+    vals = lengths.tolist() if hasattr(lengths, "tolist") else lengths  # numpy / torch / JAX -> list
+    if not isinstance(vals, (list, tuple)):
+        raise TypeError(f"lengths must be a 1-D sequence or array of integers (samples per clip), got "
+                        f"{type(lengths).__name__} {lengths!r}")
+    for i, v in enumerate(vals):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            got = "a nested sequence (2-D or more)" if isinstance(v, (list, tuple)) else f"{type(v).__name__} {v!r}"
+            raise TypeError(f"lengths must be a 1-D sequence or array of integers (samples per clip), "
+                            f"got lengths[{i}] = {got}")
+    return [int(v) for v in vals]
+
+
 def check_audio(waveform, lengths, cfg: AudioConfig, *, sample_rate, is_float) -> tuple[int, int, list[int]]:
     """Shape / dtype / length checks before any kernel runs; returns (batch, samples, lengths)
     with ``lengths`` as host ints (None -> every clip is full length)."""
@@ -167,7 +184,7 @@ def check_audio(waveform, lengths, cfg: AudioConfig, *, sample_rate, is_float) -
     if lengths is None:
         lens = [s] * b
     else:
-        lens = [int(v) for v in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+        lens = _check_lengths(lengths)
         if len(lens) != b:
             raise ValueError(f"lengths must have one entry per clip ({b}), got {len(lens)}")
     for i, n in enumerate(lens):

@@ -145,9 +145,9 @@ def param_count(cfg: ModelConfig) -> int:
     return total
 
 
-# What KernelConfig accepts, for both frameworks (each framework's front end then refuses the
-# other's names with its own list: kernels.torch_ops / kernels.jax_ops *_IMPLS). A typo fails
-# here, when the config is built, not at the first kernel call.
+# What KernelConfig accepts, for both frameworks; KernelConfig.validate(framework) then refuses
+# the other framework's names (train, generate and sharding/launch call it). A typo fails here,
+# when the config is built, not at the first kernel call.
 KERNEL_PRESETS = ("reference", "triton", "sdpa", "pallas", "xla")
 _ELEMENTWISE = {"reference", "triton", "compiled", "pallas", "xla"}
 OP_IMPLS = {
@@ -156,6 +156,21 @@ OP_IMPLS = {
     "norm": _ELEMENTWISE, "rope": _ELEMENTWISE, "mlp": _ELEMENTWISE,
     "loss": {"reference", "triton", "pallas", "xla"},
 }
+# each framework's presets and per-op impls (kernels/torch_ops.py, kernels/jax_ops.py *_IMPLS;
+# "ring": sharding/ring_attention_jax.py), checked by KernelConfig.validate(framework)
+FRAMEWORK_PRESETS = {"torch": ("reference", "sdpa", "triton"), "jax": ("pallas", "reference", "xla")}
+_TORCH_ELEMENTWISE = ("compiled", "reference", "triton")
+_JAX_ELEMENTWISE = ("pallas", "reference", "xla")
+FRAMEWORK_IMPLS = {
+    "torch": {"attention": ("reference", "sdpa", "triton"), "decode": ("reference", "sdpa", "triton"),
+              "norm": _TORCH_ELEMENTWISE, "rope": _TORCH_ELEMENTWISE, "mlp": _TORCH_ELEMENTWISE,
+              "loss": ("reference", "triton")},
+    "jax": {"attention": ("pallas", "pallas_mgpu", "pallas_tpu", "reference", "ring", "xla"),
+            "decode": ("pallas", "pallas_tpu", "reference", "xla"),
+            "norm": _JAX_ELEMENTWISE, "rope": _JAX_ELEMENTWISE, "mlp": _JAX_ELEMENTWISE,
+            "loss": ("pallas", "reference", "xla")},
+}
+_FRAMEWORK_NAMES = {"torch": "PyTorch", "jax": "JAX"}
 
 
 @dataclass
@@ -189,6 +204,26 @@ class KernelConfig:
                                  f"or None (the preset), got {chosen!r}")
         if self.attention_blocks not in (None, "autotune"):
             raise ValueError(f"attention_blocks: expected None or 'autotune', got {self.attention_blocks!r}")
+
+    def validate(self, framework: str) -> "KernelConfig":
+        """Refuse a preset or per-op impl that ``framework`` lacks (``FRAMEWORK_IMPLS``), naming the
+        key, at config time (not at the op's first call); returns self."""
+        if framework not in FRAMEWORK_IMPLS:
+            raise ValueError(f"framework must be one of {sorted(FRAMEWORK_IMPLS)}, got {framework!r}")
+        other = "jax" if framework == "torch" else "torch"
+        presets = FRAMEWORK_PRESETS[framework]
+        if self.preset not in presets:
+            owner = f"a {_FRAMEWORK_NAMES[other]} preset" if self.preset in FRAMEWORK_PRESETS[other] else "no preset"
+            raise ValueError(f"kernels={self.preset!r} is {owner}; framework={framework} takes the presets "
+                             f"{list(presets)}")
+        for op, known in FRAMEWORK_IMPLS[framework].items():
+            chosen = getattr(self, op)
+            if chosen is not None and chosen not in known:
+                owner = (f"a {_FRAMEWORK_NAMES[other]} impl" if chosen in FRAMEWORK_IMPLS[other][op]
+                         else f"no {_FRAMEWORK_NAMES[framework]} impl")
+                raise ValueError(f"kernels.{op}={chosen!r} is {owner}; framework={framework} takes "
+                                 f"{list(known)} (or null: the preset)")
+        return self
 
     def impl(self, op: str) -> str:
         chosen = getattr(self, op)

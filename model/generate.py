@@ -185,6 +185,7 @@ def generate(model_or_params, prompts, *, max_new_tokens: int, temperature: floa
         kernels, dtype = model_or_params.kernels, model_or_params.model.embed_tokens.weight.dtype
     else:
         kernels, dtype = kernels or KernelConfig(), model_or_params["model.embed_tokens.weight"].dtype
+    kernels.validate(framework)
     paging = _paging(cache, use_cache, plan, kernels.impl("decode"), dtype)
     if framework == "torch":
         steps = _generate_torch(model_or_params, plan, media, media_ids, use_cache=use_cache, paging=paging)
@@ -515,6 +516,9 @@ def parse_args(argv: Sequence[str]) -> GenerateArgs:
         raise ValueError("ckpt=PATH (a safetensors checkpoint or a Hugging Face Gemma directory) is required")
     if not args.prompt:
         raise ValueError('at least one prompt="..." is required')
+    if args.framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {FRAMEWORKS}, got {args.framework!r}")
+    kernel_config(args.kernels).validate(args.framework)  # e.g. a JAX-only impl with framework=torch
     if args.int4_blocks not in (None, "autotune"):
         raise ValueError(f"int4_blocks: expected autotune (or unset), got {args.int4_blocks!r}")
     if args.int4_blocks is not None and (args.framework, args.kernels.preset) != ("torch", "triton"):

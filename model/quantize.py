@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +52,7 @@ from safetensors.torch import save as st_save
 from benchmarks.results import write_bytes_atomic
 from kernels.int4.reference import dequantize_int4, quantize_int4
 from kernels.int4.spec import check_group_size
+from model.checkpoint import check_file
 from model.config import ModelConfig, param_specs
 
 QUANT_KEY = "quantization"
@@ -354,6 +356,7 @@ def quantize_checkpoint(src, dst, *, group_size: int = 128, asymmetric: bool = F
         from model.gptq import check_calib_batches
 
         check_calib_batches(calib_batches)
+    check_file(src)  # missing / directory / truncated: named, before safetensors' own errors
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
     check_not_quantized(meta, src)
@@ -392,6 +395,7 @@ def is_quantized(path) -> bool:
     """Whether the safetensors file at ``path`` is an int4 checkpoint (its metadata says so)."""
     from safetensors import safe_open
 
+    check_file(path)
     with safe_open(str(path), framework="pt") as f:
         return QUANT_KEY in (f.metadata() or {})
 
@@ -402,6 +406,7 @@ def load_quantized(path, *, impl: str = "triton", dtype=torch.float32, blocks=No
     packed (``QuantizedEmbedding``, compute dtype ``dtype``); norms are cast to ``dtype``."""
     from safetensors import safe_open
 
+    check_file(path)
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
     if QUANT_KEY not in meta:
@@ -604,9 +609,13 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.calib_batches < 1:
         ap.error(f"--calib-batches must be >= 1, got {a.calib_batches}")
-    dst = quantize_checkpoint(a.ckpt, a.out, group_size=a.group_size, asymmetric=a.asymmetric,
-                              int8_embed=a.int8_embed, method=a.method, calib_batches=a.calib_batches,
-                              calib_config=a.calib_config, scale_dtype=a.scale_dtype)
+    try:
+        dst = quantize_checkpoint(a.ckpt, a.out, group_size=a.group_size, asymmetric=a.asymmetric,
+                                  int8_embed=a.int8_embed, method=a.method, calib_batches=a.calib_batches,
+                                  calib_config=a.calib_config, scale_dtype=a.scale_dtype)
+    except (ValueError, FileNotFoundError, IsADirectoryError) as e:  # bad arguments / checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"wrote {dst} ({os.path.getsize(dst) / 1e6:.1f} MB; input {os.path.getsize(a.ckpt) / 1e6:.1f} MB)")
 
 

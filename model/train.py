@@ -119,28 +119,53 @@ def check_fresh_checkpoint_dir(folder: str | None) -> None:
                          f"(empty or new) checkpoint.dir, or delete those step folders")
 
 
+def _fsync_dir(path: str) -> None:
+    """Make the folder's entries (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_train_checkpoint(folder: str, step: int, trainer, state: dict, keep: int) -> str:
-    """Write ``folder/step_<step>`` atomically (temp folder + rename); keep the newest ``keep``
-    (by step number; the folder holds only this run's checkpoints: ``_train`` resumes from them
-    or refuses a non-empty folder)."""
+    """Write ``folder/step_<step>`` atomically (temp folder, every file and the folder fsynced,
+    then a rename); keep the newest ``keep`` (by step number; the folder holds only this run's
+    checkpoints: ``_train`` resumes from them or refuses a non-empty folder). An older save of
+    the same step is renamed aside, replaced, and only then deleted: a failure before the new
+    folder is in place puts it back."""
     from model import checkpoint
 
     os.makedirs(folder, exist_ok=True)
     final = os.path.join(folder, f"{CHECKPOINT_PREFIX}{step:08d}")
     tmp = tempfile.mkdtemp(prefix=".tmp-" + CHECKPOINT_PREFIX, dir=folder)
+    aside = None
     try:
         checkpoint.save_checkpoint(os.path.join(tmp, "model.safetensors"), trainer.params_numpy(), trainer.cfg)
         moments, opt_step = trainer.optim_state_numpy()
         with open(os.path.join(tmp, "optim.npz"), "wb") as f:
             np.savez(f, **moments)
+            f.flush()
+            os.fsync(f.fileno())
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({**state, "step": step, "data_index": step, "optim_step": opt_step}, f)
-        if os.path.exists(final):  # a rerun past an older save of the same step
-            shutil.rmtree(final)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if os.path.exists(final):  # a rerun past an older save of the same step: aside, not deleted yet
+            aside = tempfile.mkdtemp(prefix=".old-" + CHECKPOINT_PREFIX, dir=folder)
+            os.replace(final, aside)  # onto the empty temp folder (a POSIX directory rename)
         os.replace(tmp, final)
     except BaseException:
+        if aside is not None and not os.path.exists(final):
+            os.replace(aside, final)  # the old save of this step back in place
+        elif aside is not None:  # the first rename failed: the aside folder is the empty temp one
+            shutil.rmtree(aside, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_dir(folder)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     old = _checkpoints(folder)[:-keep] if keep > 0 else []
     for _, name in old:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
@@ -212,7 +237,7 @@ class TrainResult:
 def build_trainer(tcfg, mcfg: ModelConfig):
     from model.train_config import kernel_config
 
-    kernels = kernel_config(tcfg.kernels, tcfg.attention_blocks)
+    kernels = kernel_config(tcfg.kernels, tcfg.attention_blocks).validate(tcfg.framework)
     if tcfg.attention_blocks is not None and (tcfg.framework != "torch" or kernels.impl("attention") != "triton"):
         raise ValueError(f"attention_blocks={tcfg.attention_blocks!r} tunes torch's Triton attention: it needs "
                          f"framework=torch and triton attention, got framework={tcfg.framework!r}, "
@@ -242,6 +267,9 @@ def _validate(tcfg) -> None:
         raise ValueError(f"batch_size={tcfg.batch_size} must be divisible by grad_accum={tcfg.grad_accum}")
     if tcfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {tcfg.precision!r}")
+    from model.train_config import kernel_config
+
+    kernel_config(tcfg.kernels, tcfg.attention_blocks).validate(tcfg.framework)  # before any setup
 
 
 def _check_data_fits(tcfg, mcfg: ModelConfig, source) -> None:

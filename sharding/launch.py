@@ -48,6 +48,9 @@ def _options(argv):
         raise ValueError(f"framework must be 'jax' or 'torch', got {opts.framework!r}")
     if opts.model not in PRESETS:
         raise ValueError(f"unknown model {opts.model!r}; known: {sorted(PRESETS)}")
+    if not isinstance(opts.kernels, str):
+        raise ValueError(f"kernels must be a preset name, got {opts.kernels!r}")
+    KernelConfig(opts.kernels).validate(opts.framework)  # before any process group or device
     return opts
 
 

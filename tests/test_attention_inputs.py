@@ -191,3 +191,30 @@ def test_packages_resolve_to_this_repository():
     root = pathlib.Path(__file__).resolve().parents[1]
     for mod in (kernels, model, sharding, benchmarks):
         assert pathlib.Path(mod.__file__).resolve().parent.parent == root, mod.__file__
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_numpy_integer_window_is_an_int_window(framework):
+    """window=np.int64(2) is window=2 (as decode takes it); np.float64 / np.bool_ stay refused."""
+    import numpy as np
+
+    attention, make = FRAMEWORKS[framework][:2]
+    g = np.random.default_rng(0)
+    q, k, v = (np.asarray(g.standard_normal(x.shape), np.float32) for x in make(sq=6, skv=6))
+    q, k, v = ((torch.from_numpy(x) if framework == "torch" else jnp.asarray(x)) for x in (q, k, v))
+    want = np.asarray(attention(q, k, v, causal=True, window=2, impl="reference"))
+    for w in (np.int64(2), np.int32(2)):
+        got = np.asarray(attention(q, k, v, causal=True, window=w, impl="reference"))
+        np.testing.assert_array_equal(got, want)
+    for w in (np.float64(2.0), np.bool_(True)):
+        with pytest.raises(TypeError, match="window must be an int >= 1 or None"):
+            attention(q, k, v, causal=True, window=w, impl="reference")
+
+
+def test_check_impl_names_the_op():
+    from kernels.attention.spec import check_impl
+
+    with pytest.raises(ValueError, match=r"^attention impl must be one of \['reference', 'triton'\], got 'xla'"):
+        check_impl("xla", ("triton", "reference"), op="attention")
+    with pytest.raises(ValueError, match=r"^impl must be one of"):
+        check_impl("xla", ("triton", "reference"))

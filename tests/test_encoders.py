@@ -331,7 +331,15 @@ def test_bad_images(framework, images, err, match):
     (np.zeros((1, 4000), np.int16), None, 16000, TypeError, "floating point"),
     (np.zeros((4000,), np.float32), None, 16000, ValueError, "2-D"),
     (np.where(np.arange(4000) == 7, np.inf, 0.0)[None].astype(np.float32), None, 16000, ValueError, "NaN or inf"),
-], ids=["rate", "empty", "short", "short-clip", "lengths", "int16", "1d", "inf"])
+    (np.zeros((2, 4000), np.float32), [4000, 3999.5], 16000, TypeError, r"lengths\[1\] = float 3999.5"),
+    (np.zeros((2, 4000), np.float32), np.array([4000.0, 4000.0]), 16000, TypeError, r"lengths\[0\] = float"),
+    (np.zeros((2, 4000), np.float32), [4000, True], 16000, TypeError, r"lengths\[1\] = bool"),
+    (np.zeros((1, 4000), np.float32), "4000", 16000, TypeError, "lengths must be a 1-D sequence.*got str"),
+    (np.zeros((1, 4000), np.float32), 4000, 16000, TypeError, "lengths must be a 1-D sequence.*got int"),
+    (np.zeros((2, 4000), np.float32), [[4000], [4000]], 16000, TypeError, r"lengths\[0\] = a nested"),
+    (np.zeros((2, 4000), np.float32), np.full((2, 1), 4000), 16000, TypeError, r"lengths\[0\] = a nested"),
+], ids=["rate", "empty", "short", "short-clip", "lengths", "int16", "1d", "inf", "lengths-float",
+        "lengths-float-array", "lengths-bool", "lengths-str", "lengths-scalar", "lengths-2d", "lengths-2d-array"])
 def test_bad_audio(framework, wave, lengths, rate, err, match):
     p = init_params(audio_param_specs(AUDIO))
     with pytest.raises(err, match=match):
@@ -339,6 +347,16 @@ def test_bad_audio(framework, wave, lengths, rate, err, match):
             ET.audio_forward(to_torch(p), torch.as_tensor(wave), lengths, cfg=AUDIO, sample_rate=rate)
         else:
             EJ.audio_forward(to_jax(p), jnp.asarray(wave), lengths, cfg=AUDIO, sample_rate=rate)
+
+
+def test_audio_lengths_take_integer_arrays_of_any_framework():
+    from model.audio import check_audio
+
+    wave = np.zeros((2, 4000), np.float32)
+    for lengths in ([4000, 3999], (np.int64(4000), np.int32(3999)), np.array([4000, 3999], np.int64),
+                    torch.tensor([4000, 3999]), jnp.asarray([4000, 3999], jnp.int32)):
+        lens = check_audio(wave, lengths, AUDIO, sample_rate=16000, is_float=lambda d: d.kind == "f")[2]
+        assert lens == [4000, 3999] and all(type(n) is int for n in lens)
 
 
 def test_bad_configs_and_video():

@@ -9,6 +9,7 @@ the exponential-race draw follows softmax (frequency test); stop tokens end rows
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -292,6 +293,10 @@ def test_generate_bad_input(torch_model, jax_params):
         generate(jax_params, PROMPTS, max_new_tokens=2, framework="jax")
     with pytest.raises(TypeError, match="unexpected keyword argument 'top_q'"):
         generate(torch_model, PROMPTS, max_new_tokens=2, top_q=0.5)
+    with pytest.raises(ValueError, match=r"kernels='triton' is a PyTorch preset; framework=jax takes the presets"):
+        generate(jax_params, PROMPTS, max_new_tokens=2, framework="jax", cfg=CFG, kernels="triton")
+    with pytest.raises(ValueError, match=r"kernels.decode='sdpa' is a PyTorch impl; framework=jax takes"):
+        generate(jax_params, PROMPTS, max_new_tokens=2, framework="jax", cfg=CFG, kernels=KernelConfig(decode="sdpa"))
 
 
 def test_cli_bad_input():
@@ -342,6 +347,16 @@ def test_cli_kernel_overrides_and_stop_tokens_options():
         parse_args(["ckpt=x.safetensors", "prompt=hi", "kernels.softmax=triton"])
     with pytest.raises(ValueError, match="bad option value for 'stop_tokens"):
         parse_args(["ckpt=x.safetensors", "prompt=hi", "stop_tokens=eos"])
+    # an impl / preset of the other framework: refused at parse time, naming the key
+    with pytest.raises(ValueError, match=re.escape("kernels.attention='xla' is a JAX impl; framework=torch "
+                                                   "takes ['reference', 'sdpa', 'triton']")):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "kernels.attention=xla"])
+    with pytest.raises(ValueError, match=re.escape("kernels='triton' is a PyTorch preset; framework=jax")):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "framework=jax", "kernels=triton"])
+    with pytest.raises(ValueError, match="framework must be one of"):
+        parse_args(["ckpt=x.safetensors", "prompt=hi", "framework=tf"])
+    assert kernel_config(parse_args(["ckpt=x", "prompt=hi", "framework=jax", "kernels=pallas",
+                                     "kernels.attention=xla"]).kernels) == KernelConfig("pallas", attention="xla")
     with pytest.raises(ValueError, match="int4_blocks='autotune' tunes torch's Triton int4 kernel"):
         parse_args(["ckpt=x.safetensors", "prompt=hi", "int4_blocks=autotune", "kernels.mlp=triton"])
 

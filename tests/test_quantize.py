@@ -326,6 +326,22 @@ def test_cli_bf16_scales_round_trip(tmp_path, float_ckpt, float_model):
         mq.quantize_checkpoint(float_ckpt, tmp_path / "x.safetensors", scale_dtype="float32")
 
 
+def test_cli_names_a_missing_or_truncated_checkpoint(tmp_path, capsys):
+    """A bad input file is "error: <path> ..." with exit status 2, not a safetensors traceback."""
+    src = tmp_path / "t.safetensors"
+    save_file({"w": torch.zeros(4, 8)}, str(src))
+    src.write_bytes(src.read_bytes()[:-16])  # truncated
+    missing = tmp_path / "missing.safetensors"
+    for path, cause in ((src, "corrupt or truncated"), (missing, "not found"), (tmp_path, "is a directory")):
+        with pytest.raises(SystemExit) as e:
+            mq.main([str(path), str(tmp_path / "out.safetensors")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and str(path) in err and cause in err, err
+        with pytest.raises((ValueError, OSError), match=cause):  # the readers name it too
+            mq.load_quantized(path)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 DOWN = "model.layers.0.mlp.down_proj.weight"  # [128, 512]: qweight [128, 256], scales [16, 128] at g32
 BAD_FILES = {  # id -> (edit of (tensors, quantization record), error pattern after the file name)
     "short-qweight": (lambda t, q: t.update({DOWN + ".qweight": t[DOWN + ".qweight"][:, :-1].contiguous()}),

@@ -78,3 +78,17 @@ def test_torchrun_tensor_parallel_matches_unsharded():
         ref = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, cfg.vocab_size), targets.reshape(-1))
     assert len(losses) == 3 and abs(losses[0] - float(ref)) <= 1e-4, (losses, float(ref))
     assert losses[2] < losses[1] < losses[0], losses
+
+
+def test_options_refuse_a_preset_of_the_other_framework():
+    """kernels=<preset> is checked against the framework before any process group or device."""
+    from sharding.launch import _options
+
+    with pytest.raises(ValueError, match=re.escape("kernels='pallas' is a JAX preset; framework=torch takes "
+                                                   "the presets ['reference', 'sdpa', 'triton']")):
+        _options(["framework=torch", "kernels=pallas"])
+    with pytest.raises(ValueError, match=re.escape("kernels='triton' is a PyTorch preset; framework=jax")):
+        _options(["kernels=triton"])
+    with pytest.raises(ValueError, match="kernels must be a preset name"):
+        _options(["kernels.attention=xla"])
+    assert _options(["framework=torch", "kernels=triton"]).kernels == "triton"

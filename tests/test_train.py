@@ -254,7 +254,80 @@ def test_checkpoint_dir_of_another_run(tmp_path):
     assert out.steps_done == 4 and os.listdir(fresh) == ["step_00000004"]
 
 
+class _FakeTrainer:
+    """What save_train_checkpoint reads: a micro model's zero weights and one moment."""
+
+    def __init__(self, value: float):
+        from model.config import param_specs
+
+        self.cfg = ModelConfig(width=32, layers=1, heads=2, head_dim=16, mlp_dim=64, vocab_size=272)
+        self.value = value
+        self.specs = param_specs(self.cfg)
+
+    def params_numpy(self):
+        return {n: np.full(shape, self.value, np.float32) for n, (shape, _) in self.specs.items()}
+
+    def optim_state_numpy(self):
+        return {"m/x": np.full(3, self.value, np.float32)}, 7
+
+
+def test_checkpoint_resave_survives_a_failed_rename(tmp_path, monkeypatch):
+    """Saving a step that already has a folder (a rerun) never leaves that step without one: the
+    old folder is renamed aside and restored when the new one cannot be put in place; the files
+    of the new folder are fsynced before the rename."""
+    from model.train import latest_checkpoint, save_train_checkpoint
+
+    folder = str(tmp_path)
+    final = save_train_checkpoint(folder, 3, _FakeTrainer(1.0), {"losses": [1.0]}, keep=2)
+    real_replace, real_fsync = os.replace, os.fsync
+    synced = []
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):  # the new folder's rename fails (e.g. interrupted)
+        if os.path.basename(src).startswith(".tmp-step_"):
+            raise KeyboardInterrupt("interrupted")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_train_checkpoint(folder, 3, _FakeTrainer(2.0), {"losses": [2.0]}, keep=2)
+    assert {"optim.npz", "state.json"} <= set(synced) and any(n.startswith(".tmp-step_") for n in synced)
+    assert os.listdir(folder) == ["step_00000003"] and latest_checkpoint(folder) == final
+    with open(os.path.join(final, "state.json")) as f:
+        assert json.load(f)["losses"] == [1.0]  # the old save, whole
+    monkeypatch.setattr(os, "replace", real_replace)
+    save_train_checkpoint(folder, 3, _FakeTrainer(2.0), {"losses": [2.0]}, keep=2)
+    assert os.listdir(folder) == ["step_00000003"]  # replaced; nothing aside left behind
+    with open(os.path.join(final, "state.json")) as f:
+        assert json.load(f)["losses"] == [2.0]
+
+
 # ---------------------------------------------------------------- bad input
+def test_kernel_impl_of_the_other_framework_is_refused_at_config_time():
+    """kernels.<op> / kernels=<preset> that only the other framework has is refused, naming the
+    key, before any setup (train's _validate, build_trainer), not inside the first step."""
+    from model.config import KernelConfig
+    from model.train import _validate
+
+    with pytest.raises(ValueError, match=re.escape("kernels.loss='xla' is a JAX impl; framework=torch "
+                                                   "takes ['reference', 'triton']")):
+        _validate(cfg("kernels.loss=xla"))
+    with pytest.raises(ValueError, match=re.escape("kernels.attention='sdpa' is a PyTorch impl; framework=jax")):
+        _validate(cfg("framework=jax", "kernels.attention=sdpa"))
+    with pytest.raises(ValueError, match=re.escape("kernels='triton' is a PyTorch preset; framework=jax takes "
+                                                   "the presets ['pallas', 'reference', 'xla']")):
+        _validate(cfg("framework=jax", "kernels=triton"))
+    _validate(cfg("framework=jax", "kernels=pallas", "kernels.loss=xla"))
+    _validate(cfg("kernels=triton", "kernels.norm=compiled"))
+    assert KernelConfig("xla", attention="ring").validate("jax") == KernelConfig("xla", attention="ring")
+    with pytest.raises(ValueError, match="framework must be one of"):
+        KernelConfig().validate("tf")
+
+
 def test_data_must_fit_the_model():
     with pytest.raises(ValueError, match=r"data.retrieval.seq_len=18 exceeds the model's context "
                                          r"model.max_seq_len=8"):
@@ -307,3 +380,18 @@ def test_retrieval_accuracy_short_budget(tmp_path):
         rec = json.load(f)
     assert rec["held_out"]["accuracy"] == out.final_eval["accuracy"]
     assert len(rec["loss_curve"]) == 1500 and rec["commit"]["commit"] and rec["versions"]["torch"]
+
+
+def test_framework_impl_tables_match_the_front_ends():
+    """model.config.FRAMEWORK_IMPLS (what KernelConfig.validate accepts) lists exactly each
+    front end's impls (plus JAX's context-parallel "ring" attention), and OP_IMPLS their union."""
+    from kernels import jax_ops, torch_ops
+    from model.config import FRAMEWORK_IMPLS, OP_IMPLS
+
+    tables = {"attention": "ATTENTION_IMPLS", "decode": "DECODE_IMPLS", "norm": "NORM_IMPLS",
+              "rope": "ROPE_IMPLS", "mlp": "ACTIVATION_IMPLS", "loss": "LOSS_IMPLS"}
+    for op, table in tables.items():
+        assert set(FRAMEWORK_IMPLS["torch"][op]) == set(getattr(torch_ops, table)), op
+        ring = {"ring"} if op == "attention" else set()
+        assert set(FRAMEWORK_IMPLS["jax"][op]) == set(getattr(jax_ops, table)) | ring, op
+        assert OP_IMPLS[op] == set(FRAMEWORK_IMPLS["torch"][op]) | set(FRAMEWORK_IMPLS["jax"][op]), op

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from .._checks import check_optional_positive
 
 MAX_HEAD_DIM = 256
@@ -55,9 +57,10 @@ def _shape(name: str, x: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def check_impl(impl: Any, impls: Sequence[str]) -> None:
+def check_impl(impl: Any, impls: Sequence[str], op: str | None = None) -> None:
+    """``op`` (e.g. "attention") names the op in the message: "attention impl must be one of ..."."""
     if impl not in impls:
-        raise ValueError(f"impl must be one of {sorted(impls)}, got {impl!r}")
+        raise ValueError(f"{op + ' ' if op else ''}impl must be one of {sorted(impls)}, got {impl!r}")
 
 
 def check_attention_args(
@@ -118,13 +121,14 @@ def check_attention_args(
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
     if window is not None:
-        if isinstance(window, bool) or not isinstance(window, int):
+        # a Python or numpy integer (as decode's spec), a plain int from here on
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
             raise TypeError(f"window must be an int >= 1 or None, got {window!r}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         # Keys sit at [0, kv_len) and every query at p <= kv_len - 1, so W >= kv_len keeps
         # (p - W, p] whole: clamping changes no result and keeps W (and c_last + W) in int32.
-        window = min(window, q_len + kv_len)
+        window = min(int(window), q_len + kv_len)
     softcap = check_optional_positive("softcap", softcap)
     scale = d**-0.5 if scale is None else check_optional_positive("scale", scale)
     q_ids, kv_ids = _check_segments(segment_ids, b, q_len, kv_len, device_of, q)
