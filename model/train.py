@@ -95,9 +95,26 @@ def _checkpoints(folder: str | None) -> list[tuple[int, str]]:
     """(step, folder name) of every complete ``step_<N>`` folder under ``folder``, by step."""
     if not folder or not os.path.isdir(folder):
         return []
+    _restore_aside(folder)
     found = [(int(n[len(CHECKPOINT_PREFIX):]), n) for n in os.listdir(folder)
              if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found)
+
+
+def _restore_aside(folder: str) -> None:
+    """A save killed between its two renames (``save_train_checkpoint``) leaves the older save
+    of its step in ``.old-step_<N>-*`` with no ``step_<N>``: put it back; drop one whose step
+    folder is in place (the new save got in)."""
+    prefix = ".old-" + CHECKPOINT_PREFIX
+    for n in sorted(os.listdir(folder)):
+        digits = n[len(prefix):len(prefix) + 8]
+        if not (n.startswith(prefix) and digits.isdigit()):
+            continue
+        final = os.path.join(folder, CHECKPOINT_PREFIX + digits)
+        if os.path.exists(final):
+            shutil.rmtree(os.path.join(folder, n), ignore_errors=True)
+        elif os.path.exists(os.path.join(folder, n, "state.json")):  # a whole save (the aside is a
+            os.replace(os.path.join(folder, n), final)                 # complete step folder)
 
 
 def latest_checkpoint(folder: str | None) -> str | None:
@@ -153,7 +170,7 @@ def save_train_checkpoint(folder: str, step: int, trainer, state: dict, keep: in
             os.fsync(f.fileno())
         _fsync_dir(tmp)
         if os.path.exists(final):  # a rerun past an older save of the same step: aside, not deleted yet
-            aside = tempfile.mkdtemp(prefix=".old-" + CHECKPOINT_PREFIX, dir=folder)
+            aside = tempfile.mkdtemp(prefix=f".old-{CHECKPOINT_PREFIX}{step:08d}-", dir=folder)
             os.replace(final, aside)  # onto the empty temp folder (a POSIX directory rename)
         os.replace(tmp, final)
     except BaseException:

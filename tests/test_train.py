@@ -306,6 +306,22 @@ def test_checkpoint_resave_survives_a_failed_rename(tmp_path, monkeypatch):
         assert json.load(f)["losses"] == [2.0]
 
 
+def test_checkpoint_killed_between_the_renames_is_found_again(tmp_path):
+    """A process killed after the old step folder went aside and before the new one came in
+    (no exception handler runs): the next look at the folder puts the old save back."""
+    from model.train import latest_checkpoint, save_train_checkpoint
+
+    folder = str(tmp_path)
+    save_train_checkpoint(folder, 2, _FakeTrainer(0.5), {"losses": [0.5]}, keep=3)
+    final = save_train_checkpoint(folder, 3, _FakeTrainer(1.0), {"losses": [1.0]}, keep=3)
+    os.replace(final, os.path.join(folder, ".old-step_00000003-abc123"))  # the state a kill leaves
+    os.mkdir(os.path.join(folder, ".tmp-step_xyz"))  # the new save, never renamed in
+    assert latest_checkpoint(folder) == final
+    with open(os.path.join(final, "state.json")) as f:
+        assert json.load(f)["losses"] == [1.0]
+    assert not any(n.startswith(".old-") for n in os.listdir(folder))
+
+
 # ---------------------------------------------------------------- bad input
 def test_kernel_impl_of_the_other_framework_is_refused_at_config_time():
     """kernels.<op> / kernels=<preset> that only the other framework has is refused, naming the
