@@ -178,10 +178,13 @@ def _int4_matmul_kernel(
             acc += part * s[None, :]
         else:
             # code q as a float without I2F (a quarter-rate conversion): q | 0x4B000000 is 2^23 + q
-            # exactly, so big - 2^23 is q exactly, then (q - z) * s; z keeps any fraction (2^23 + z,
-            # one FADD fewer, would round z to an integer)
+            # exactly. Symmetric: q - 8 = big - (2^23 + 8), one FADD. Zero points: big - 2^23 is q
+            # exactly, then (q - z) (z keeps any fraction: 2^23 + z would round it to an integer)
             big = (q.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
-            w = (((big - 8388608.0) - z[:, None]) * s[:, None]).to(X.dtype.element_ty)
+            if HAS_ZEROS:
+                w = (((big - 8388608.0) - z[:, None]) * s[:, None]).to(X.dtype.element_ty)
+            else:
+                w = ((big - 8388616.0) * s[:, None]).to(X.dtype.element_ty)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     out = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
