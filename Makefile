@@ -18,7 +18,9 @@ OUT ?= benchmarks/results
 # tries (about 25 candidates now, the Gluon ones among them; its compiles are the bench's, found
 # in Triton's cache later), bench 170 (+60 for the entry running at the deadline), profile 40,
 # ncu 40, sweep 60 (+25);
-# then the issues' goals read from the results file (benchmarks/goals.py), printed last
+# then the issues' goals read from the results file (benchmarks/goals.py), printed last, with
+# the GPU tests run against those collected (the stage runs each test function's first case
+# before any second: tests/conftest.py breadth_first)
 GPU_TEST_S ?= 75
 CANARY_S ?= 105
 BENCH_DEADLINE_S ?= 170
@@ -66,7 +68,8 @@ bench-gpu:
 	  --target /tmp/site .whl/*.whl; fi; \
 	export PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1; mkdir -p $(OUT); \
 	nvidia-smi > $(OUT)/nvidia-smi.txt 2>&1; \
-	XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT -k 20 $(GPU_TEST_S) python3 -m pytest -q -m gpu \
+	XLA_PYTHON_CLIENT_PREALLOCATE=false KERNELS_GPU_TESTS_COLLECTED=/tmp/gpu-collected.txt \
+	  timeout -s INT -k 20 $(GPU_TEST_S) python3 -m pytest -q -m gpu \
 	  -p no:cacheprovider $$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8') -rfE --tb=short \
 	  tests/ --junitxml=$(OUT)/gpu-tests.xml 2>&1 | tee $(OUT)/gpu-tests.log | tail -40; \
 	end=$$(( $$(date +%s) + $(CANARY_S) )); for try in 1 2 3 4 5; do left=$$(( end - $$(date +%s) )); \
@@ -86,7 +89,8 @@ bench-gpu:
 	if [ $(SWEEP_S) -gt 0 ]; then timeout $$(( $(SWEEP_S) + 25 )) python3 -m benchmarks.sweep \
 	  --out-dir $(OUT) --ops int4,decode,patch_embed,attention --deadline-s $(SWEEP_S) 2>&1 | tail -5; fi; \
 	R=$$(ls -t $(OUT)/*.json 2>/dev/null | grep -v -e '/sweep-' -e '/profile-' -e '/canary' | head -1); \
-	if [ -n "$$R" ]; then timeout 20 python3 -m benchmarks.goals $$R; fi
+	if [ -n "$$R" ]; then timeout 20 python3 -m benchmarks.goals $$R --tests $(OUT)/gpu-tests.xml \
+	  --collected /tmp/gpu-collected.txt; fi
 
 gpu-wheels: $(STAMP)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

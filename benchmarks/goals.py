@@ -235,12 +235,47 @@ def table(results: dict, path: str = "") -> str:
     return "\n".join(lines)
 
 
+def gpu_tests(xml_path: str, collected_path: Optional[str] = None) -> str:
+    """What a GPU test stage ran (its JUnit XML) against what it collected (the ids tests/conftest.py
+    writes): passed, failed, errors, skipped, and the test functions it never reached (a stage
+    stopped at its time budget has no result for them: untested, not passed)."""
+    import xml.etree.ElementTree as ET
+
+    ran: dict = {}
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        if not case.get("name"):  # the nameless entries of workers stopped mid-run
+            continue
+        mod = case.get("classname", "").replace(".", "/") + ".py"
+        kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        ran[f"{mod}::{case.get('name')}"] = kind
+    counts = {k: sum(v == k for v in ran.values()) for k in ("passed", "failure", "error", "skipped")}
+    line = (f"GPU tests ({xml_path}): {len(ran)} ran: {counts['passed']} passed, {counts['failure']} failed, "
+            f"{counts['error']} errors, {counts['skipped']} skipped")
+    if not collected_path:
+        return line
+    with open(collected_path) as f:
+        collected = [ln.strip() for ln in f if ln.strip()]
+    missing = [i for i in collected if i not in ran]
+    funcs = sorted({i.split("[")[0] for i in missing} - {i.split("[")[0] for i in ran})
+    line += f"; {len(collected)} collected, {len(missing)} not run (untested, not passed)"
+    if funcs:
+        line += "; functions with no case run: " + ", ".join(f.split("::")[-1] for f in funcs)
+    return line
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", help="a benchmarks.run results file (JSON)")
+    ap.add_argument("--tests", help="the GPU test stage's JUnit XML (make bench-gpu's gpu-tests.xml)")
+    ap.add_argument("--collected", help="the ids that stage collected (KERNELS_GPU_TESTS_COLLECTED)")
     args = ap.parse_args(argv)
     with open(args.results) as f:
         text = table(json.load(f), args.results)
+    if args.tests:
+        try:
+            text += "\n\n" + gpu_tests(args.tests, args.collected)
+        except (OSError, ValueError) as e:  # ET.ParseError is a ValueError
+            text += f"\n\nGPU tests: no summary ({type(e).__name__}: {e})"
     print(text)
     return text
 

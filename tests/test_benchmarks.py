@@ -857,3 +857,33 @@ def test_goals_read_each_issue_goal_from_a_results_file():
     assert {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]["met"] is False
     md = goals.table({"records": records, "device": {"name": "X"}, "created_utc": "t"}, "f.json")
     assert md.count("| yes |") >= 2 and "| not measured | – |" in md
+
+
+def test_gpu_test_stage_runs_breadth_first_and_counts_what_it_never_reached(tmp_path, monkeypatch):
+    """make bench-gpu's test stage: every test function's first case before any second
+    (tests/conftest.breadth_first), the collected ids recorded, and benchmarks.goals --tests
+    --collected counting the cases and functions a stopped stage never ran (from the committed
+    H200 log: 79 cases ran, as its log's summary says)."""
+    from types import SimpleNamespace
+
+    import conftest
+    from benchmarks import goals
+
+    items = [SimpleNamespace(nodeid=f"tests/{m}.py::{f}[{c}]", originalname=f, name=f"{f}[{c}]")
+             for m, f, n in (("a", "t1", 3), ("a", "t2", 1), ("b", "t1", 2)) for c in range(n)]
+    order = [i.nodeid for i in conftest.breadth_first(items)]
+    assert order == ["tests/a.py::t1[0]", "tests/a.py::t2[0]", "tests/b.py::t1[0]",
+                     "tests/a.py::t1[1]", "tests/b.py::t1[1]", "tests/a.py::t1[2]"]
+    path = tmp_path / "collected.txt"
+    monkeypatch.setenv("KERNELS_GPU_TESTS_COLLECTED", str(path))
+    xml = "benchmarks/results/gpu-logs/gpu-tests-20261126T215208Z.xml"
+    ran = ["tests/test_attention_gpu.py::test_triton_on_gpu[gqa-333x1025-d64-torch.float16]"]
+    conftest._record_collected(ran + ["tests/test_x.py::test_never[1]", "tests/test_x.py::test_never[2]"])
+    line = goals.gpu_tests(xml, str(path))
+    assert line.startswith(f"GPU tests ({xml}): 79 ran: 75 passed, 4 failed, 0 errors, 0 skipped; ") and "3 collected, 2 not run" in line
+    assert line.endswith("functions with no case run: test_never")
+    out = goals.main(["benchmarks/results/nvidia-h200-20261126T215208Z.json", "--tests", xml,
+                      "--collected", str(path)])
+    assert out.splitlines()[-1] == line
+    assert "GPU tests: no summary (FileNotFoundError" in goals.main(
+        ["benchmarks/results/nvidia-h200-20261126T215208Z.json", "--tests", str(tmp_path / "none.xml")])
