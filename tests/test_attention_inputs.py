@@ -9,6 +9,26 @@ import torch
 from kernels import jax_ops, torch_ops
 
 
+@pytest.fixture(autouse=True)
+def no_kernel_launches(monkeypatch):
+    """Every call here is refused or runs a reference / peer impl: the Triton attention LAUNCHES
+    counter is unchanged and no Pallas kernel is built (pallas_call, plgpu.kernel recorded).
+    The JAX device checks run in a subprocess, outside this fixture."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    from kernels.attention import triton_attention
+
+    built = []
+    for mod, name in ((pl, "pallas_call"), (plgpu, "kernel")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name, **kw: built.append(_name) or _real(*a, **kw))
+    before = dict(triton_attention.LAUNCHES)
+    yield
+    assert dict(triton_attention.LAUNCHES) == before, f"Triton launches: {before} -> {dict(triton_attention.LAUNCHES)}"
+    assert not built, f"Pallas kernels built: {built}"
+
+
 def _torch(b=1, sq=4, skv=4, h=4, kvh=2, d=16, dtype=torch.float32):
     return (torch.zeros(b, sq, h, d, dtype=dtype), torch.zeros(b, skv, kvh, d, dtype=dtype),
             torch.zeros(b, skv, kvh, d, dtype=dtype))

@@ -413,7 +413,7 @@ AOT_SWEEP = [(f"decode paged64 hd{d} {dt}", cap, ["_decode_split_kernel"])
 def test_paged_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     """The paged split kernel in its default sm_90 configuration: compiles, no spills, tensor
     cores; then spill audit entries (fp32, sm_80) in the same compile process."""
-    from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
+    from aot import assert_compiled_clean, compile_in_subprocess, sass_mix, sweep_jobs
 
     jobs = {cid: {"module": "kernels.decode.triton_decode", "args": [d, f"torch.{dt}"],
                   "kwargs": {"window": w, "softcap": c, "group": g, "page_size": p},
@@ -430,4 +430,4 @@ def test_paged_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path)
         r = kernels["_decode_split_kernel"]
         assert_compiled_clean(r, f"{cid} paged split")
         if "fp32" not in cid:  # fp32 runs ieee dots on the FMA units
-            assert r["sass_mix"] is None or r["sass_mix"]["HMMA"] > 0, f"{cid}: no tensor cores"
+            assert sass_mix(r, f"{cid} paged split")["HMMA"] > 0, f"{cid}: no tensor cores"

@@ -6,7 +6,7 @@ SASS). Compiles run in a fresh process (``tests/aot.py``), as for every AOT test
 from __future__ import annotations
 
 import pytest
-from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
+from aot import assert_compiled_clean, compile_in_subprocess, sass_mix, sweep_jobs
 
 PATCH = "kernels.patch_embed.triton_patch_embed"
 MEL = "kernels.audio.triton_log_mel"
@@ -53,8 +53,7 @@ def test_patch_embed_two_pass_forward_is_a_plain_gemm(reports):
     through registers) on wgmma at 128x128 tiles without spills; the patchify pass is a copy."""
     fwd = reports["patch-bf16-p14-two-pass"]["_patch_embed_fwd_kernel"]
     assert_compiled_clean(fwd, "two-pass forward", wgmma=True)
-    if fwd["sass_mix"] is not None:
-        assert fwd["sass_mix"]["LDGSTS"] > 0, fwd["sass_mix"]
+    assert sass_mix(fwd, "two-pass forward")["LDGSTS"] > 0, fwd["sass_mix"]
     assert_compiled_clean(reports["patch-bf16-p14-two-pass"]["_patchify_kernel"], "patchify")
 
 

@@ -14,7 +14,7 @@ real compiler corrupt each other's state within one process.
 from __future__ import annotations
 
 import pytest
-from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
+from aot import assert_compiled_clean, compile_in_subprocess, sass_mix, sweep_jobs
 
 MMA_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")
 
@@ -206,11 +206,11 @@ def test_tma_passes_compile_to_tensor_copies_and_wgmma(aot_report, job):
     for name in TMA_JOBS[job][0]:
         report = aot_report[job][name]
         assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
-        if report["sass_mix"] is not None:
-            assert report["sass_mix"]["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"
-            # segment ids, and the backward's lse/delta rows, stay pointer loads
-            if name == "_attn_fwd_kernel" and not TMA_JOBS[job][-1].get("segments"):
-                assert report["sass_mix"]["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left"
+        mix = sass_mix(report, f"{job} {name}")
+        assert mix["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"
+        # segment ids, and the backward's lse/delta rows, stay pointer loads
+        if name == "_attn_fwd_kernel" and not TMA_JOBS[job][-1].get("segments"):
+            assert mix["LDGSTS"] == 0, f"{job}: pointer (cp.async) loads left"
 
 
 @pytest.mark.parametrize("job", list(DUP_JOBS))
@@ -230,8 +230,7 @@ def test_gluon_forward_compiles_warp_specialized(aot_report, job):
     report = aot_report[job]["_attn_fwd_kernel"]
     assert_compiled_clean(report, job, cap=90, wgmma=True)
     assert report["num_warps"] == 12 and report["registers"] <= 168, report
-    if report["sass_mix"] is not None:
-        assert report["sass_mix"]["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"
+    assert sass_mix(report, job)["UTMALDG"] > 0, f"{job}: no TMA loads in SASS"
 
 
 @pytest.mark.parametrize("job", list(GLUON_BWD_JOBS))
@@ -242,5 +241,4 @@ def test_gluon_dkdv_pass_compiles_warp_specialized(aot_report, job):
         report = aot_report[job][name]
         assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
         assert report["num_warps"] == 12 and report["registers"] <= 168, report
-        if report["sass_mix"] is not None:
-            assert report["sass_mix"]["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"
+        assert sass_mix(report, f"{job} {name}")["UTMALDG"] > 0, f"{job} {name}: no TMA loads in SASS"
