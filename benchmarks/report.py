@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
 import os
 import re
 from collections import defaultdict
 
 from benchmarks.hardware import hardware_table, match_hardware
-from benchmarks.results import pct_of_ceiling, rate, write_bytes_atomic, write_text_atomic
+from benchmarks.results import pct_of_ceiling, rate, save_figure_atomic, write_bytes_atomic, write_text_atomic
 
 REQUIRED = ("schema", "created_utc", "device", "commit", "versions", "config", "ceilings", "records")
 
@@ -252,15 +251,7 @@ def plots(files: list[dict], out_dir: str) -> list[str]:
 
 def _save(fig, out_dir, name):
     """The figure as a PNG in ``out_dir`` (atomically: no partial file or temporary on error)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    try:
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return write_bytes_atomic(os.path.join(out_dir, name), buf.getvalue())
+    return save_figure_atomic(fig, os.path.join(out_dir, name))
 
 
 def _provenance(d: dict, path: str) -> str:

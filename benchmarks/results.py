@@ -66,6 +66,22 @@ def write_bytes_atomic(path, data: bytes) -> str:
     return str(path)
 
 
+def save_figure_atomic(fig, path: str) -> str:
+    """A matplotlib figure as a PNG at ``path`` (rendered in memory, then ``write_bytes_atomic``:
+    no partial file or temporary on error); the figure is closed either way."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
 def results_path(out_dir: str, device_name: str) -> str:
     slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
     while "--" in slug:

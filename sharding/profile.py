@@ -29,7 +29,6 @@ present devices: on CPU these are simulated host devices (``XLA_FLAGS=
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -39,7 +38,7 @@ from omegaconf import OmegaConf
 
 from model.config import PRESETS, ModelConfig
 from sharding import comm_model as cm
-from benchmarks.results import write_bytes_atomic
+from benchmarks.results import save_figure_atomic
 from sharding.rules import MESH_AXES, make_plan, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,13 +194,7 @@ def plot(rows, path: str, title: str) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(f"{title} — MODELED, not measured")
-    buf = io.BytesIO()
-    try:
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return save_figure_atomic(fig, path)
 
 
 def measure_step(cfg: ModelConfig, conf: dict, opts, batch_per_device: int, seq_len: int) -> dict:
