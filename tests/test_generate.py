@@ -160,6 +160,22 @@ def test_top_k_1_and_tiny_top_p_are_greedy(framework, rng):
             np.testing.assert_array_equal(got, greedy)
 
 
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_top_p_boundary_keeps_the_smallest_prefix_reaching_it(framework):
+    """HF TopPLogitsWarper's convention: probabilities [.5, .25, .25] (exact in fp32) and
+    top_p=.5 keep only the first token, whose mass already reaches top_p. A strict ``>`` would
+    keep a second token too."""
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]], np.float32))
+    cfg = SamplingConfig(temperature=1.0, top_p=0.5)
+    if framework == "torch":
+        out = filter_logits_torch(torch.from_numpy(logits), cfg).numpy()
+    else:
+        import jax.numpy as jnp
+
+        out = np.asarray(filter_logits_jax(jnp.asarray(logits), cfg))
+    np.testing.assert_array_equal(np.isfinite(out), [[True, False, False], [False, True, False]])
+
+
 # --- generation ---
 
 from model.config import KernelConfig, ModelConfig  # noqa: E402

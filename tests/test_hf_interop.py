@@ -20,12 +20,13 @@ transformers = pytest.importorskip("transformers", reason="test-only dependency 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    """Random Gemma (MQA, head_dim != width / heads, theta 500) with non-zero norm scales."""
+    """Random Gemma (MQA, head_dim != width / heads, theta 500, rms_norm_eps 1e-2 rather than the
+    1e-6 default) with non-zero norm scales."""
     torch.manual_seed(0)
     cfg = transformers.GemmaConfig(
         vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
-        rope_parameters={"rope_theta": 500.0, "rope_type": "default"})
+        rms_norm_eps=1e-2, rope_parameters={"rope_theta": 500.0, "rope_type": "default"})
     model = transformers.GemmaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -48,10 +49,11 @@ def test_hf_gemma_logits_in_both_frameworks(hf_dir):
     model, tok_path = load_hf_torch(d)
     assert tok_path == d / "tokenizer.json"
     assert (model.cfg.width, model.cfg.heads, model.cfg.kv_heads, model.cfg.head_dim,
-            model.cfg.rope_theta) == (48, 4, 1, 16, 500.0)
+            model.cfg.rope_theta, model.cfg.norm_eps) == (48, 4, 1, 16, 500.0, 1e-2)
     out_t = model(tokens).detach().double().numpy()
     assert np.abs(out_t - ref).max() <= _tol(ref)
     ckpt = load_hf(d, framework="jax")
+    assert ckpt.cfg.norm_eps == 1e-2
     fwd = jax.jit(functools.partial(jax_model.forward, cfg=ckpt.cfg))
     out_j = np.asarray(fwd(ckpt.params, jnp.asarray(tokens.numpy())), np.float64)
     assert np.abs(out_j - ref).max() <= _tol(ref)

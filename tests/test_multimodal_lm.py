@@ -2,10 +2,11 @@
 bidirectional attention within media blocks (``ModelConfig.bidirectional_media``).
 
 Both frameworks against the float64 numpy model of ``tests/test_model.py`` (``forward64``
-knows both options) with the same tolerance rule; loss and gradients across frameworks from
-one checkpoint; a tiny model learning to emit an image-token sequence; perturbation tests of
-the attention pattern (an image token sees its whole block, nothing after it; text stays
-causal); the options off leave the parameters and outputs as before.
+knows both options) with the same tolerance rule (its baseline held to the fp32 floor); loss
+and gradients across frameworks from one checkpoint; a tiny model learning to emit an
+image-token sequence; perturbation tests of the attention pattern (an image token sees its
+whole block, nothing after it; text stays causal); the options off leave the parameters and
+outputs as before.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from model import jax_model
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import KernelConfig, ModelConfig, param_specs
 from model.torch_model import GeminiModel, KVCache
-from test_model import FULL, PLAIN, bound, err, forward64, random_params, torch_model
+from test_model import FULL, PLAIN, bound, err, forward64, random_params, reference_error, torch_model
 
 IMG = dataclasses.replace(FULL, name="full_img", image_vocab=7)  # V + I = 103
 BIDI = dataclasses.replace(FULL, name="full_bidi", bidirectional_media=True)
@@ -80,8 +81,7 @@ def img_case(tmp_path_factory):
     save_checkpoint(path, params, cfg)
     tokens = _image_tokens(cfg, (2, 11), 11)
     ref = forward64(params, tokens, cfg)
-    base = err(torch_model(cfg, params)(torch.from_numpy(tokens)).detach(), ref)
-    return cfg, params, path, tokens, ref, base
+    return cfg, params, path, tokens, ref, reference_error(cfg, params, tokens, ref)
 
 
 def test_image_head_logits_match_float64_from_one_checkpoint(img_case):
@@ -324,8 +324,8 @@ def bidi_case():
     tokens = np.random.default_rng(21).integers(0, cfg.vocab_size, (2, 13))
     media = _media_ids()
     ref = forward64(params, tokens, cfg, media_ids=media)
-    base = err(torch_model(cfg, params)(torch.from_numpy(tokens), media_ids=torch.from_numpy(media)).detach(), ref)
-    return cfg, params, tokens, media, ref, base
+    return cfg, params, tokens, media, ref, reference_error(cfg, params, tokens, ref,
+                                                             media_ids=torch.from_numpy(media))
 
 
 def test_bidirectional_reference_differs_from_causal(bidi_case):
@@ -417,7 +417,7 @@ def test_bidirectional_kv_cache_prefill_then_decode(bidi_case):
     ref = forward64(params, tokens, cfg, media_ids=media)
     m = torch_model(cfg, params)
     t, mt = torch.from_numpy(tokens), torch.from_numpy(media)
-    base = err(m(t, media_ids=mt).detach(), ref)
+    base = reference_error(cfg, params, tokens, ref, media_ids=mt)
     cache = KVCache.create(cfg, 2, tokens.shape[1])
     steps = [m(t[:, :p], media_ids=mt[:, :p], cache=cache).detach().numpy()]
     steps += [m(t[:, i:i + 1], cache=cache).detach().numpy() for i in range(p, tokens.shape[1])]

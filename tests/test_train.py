@@ -140,6 +140,17 @@ def test_learning_rate_schedule():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
 
 
+def test_train_flops_per_token_is_the_documented_formula():
+    """MFU's numerator (README): 6 N + 12 L H D S / 2, attention's 12 L H D S halved for the
+    causal mask. A full (unhalved) or doubled attention term would inflate the reported MFU."""
+    from model.config import param_count
+    from model.train import flops_per_token
+
+    c = ModelConfig(name="x", vocab_size=64, width=32, layers=2, heads=2, kv_heads=1, head_dim=16, mlp_dim=64,
+                    max_seq_len=64)
+    assert flops_per_token(c, 64) == 6 * param_count(c) + 12 * 2 * 2 * 16 * 64 / 2
+
+
 # ---------------------------------------------------------------- the loop
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_resume_equals_uninterrupted(tmp_path, framework):
@@ -183,6 +194,59 @@ def test_distillation_from_a_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "big.safetensors", GeminiModel(big_cfg), big_cfg)
     out = train(cfg("steps=1", "batch_size=4", f"distill.teacher={tmp_path / 'big.safetensors'}"), log=quiet)
     assert np.isfinite(out.losses[0]) and out.losses[0] > 0
+
+
+def _trainer_and_source(*overrides):
+    from omegaconf import OmegaConf
+
+    from model.train import build_trainer
+
+    c = cfg(*overrides)
+    src = RetrievalTask(seed=c.seed, **OmegaConf.to_container(c.data.retrieval, resolve=True))
+    return build_trainer(c, ModelConfig(**dict(c.model))), src, c
+
+
+@pytest.mark.parametrize("clip", [0.05, 100.0])
+def test_torch_and_jax_trainers_take_the_same_adamw_steps(clip):
+    """Same parameters (norm scales non-zero, so decaying them would show), same micro-batches
+    (grad_accum=2), 3 steps: equal losses and parameters. A JAX optimizer slip (bias
+    correction dropped, norm scales decayed, clip scaling up under clip=100, normalizer from the
+    first micro-batch only) or torch's no-decay group decayed makes the two diverge."""
+    run = ["batch_size=4", "grad_accum=2", f"optim.clip_norm={clip}", "optim.weight_decay=0.5",
+           "optim.lr=1e-2", "eval.batches=0", "model.layers=1"]
+    tt, src, c = _trainer_and_source("framework=torch", *run)
+    tj, _, _ = _trainer_and_source("framework=jax", *run)
+    r = np.random.default_rng(0)
+    init = {n: p + 0.3 * r.standard_normal(p.shape).astype(np.float32) if p.ndim == 1 else p
+            for n, p in tt.params_numpy().items()}
+    tt.load_state(init, {}, 0)
+    tj.load_state(init, {}, 0)
+    for step in range(3):
+        micro = src.batch("train", step, c.batch_size).split(c.grad_accum)
+        st, sj = tt.train_step(micro, 1e-2), tj.train_step(micro, 1e-2)
+        assert st["loss"] == pytest.approx(sj["loss"], rel=1e-4), step
+        assert (st["grad_norm"] > clip) == (clip < 1), st  # clipping active for 0.05 only
+    pt, pj = tt.params_numpy(), tj.params_numpy()
+    for n in pt:
+        np.testing.assert_allclose(pj[n], pt[n], rtol=1e-3, atol=1e-5, err_msg=n)
+
+
+def test_torch_and_jax_distillation_steps_agree(tmp_path):
+    """One distillation step (T=2, weight 0.5) from the same student and teacher: equal losses.
+    A framework that dropped the temperature (T=1) or the weight would differ."""
+    from model.checkpoint import save_checkpoint
+    from model.torch_model import GeminiModel
+
+    run = ["batch_size=4", "eval.batches=0", "model.layers=1", f"distill.teacher={tmp_path / 't.safetensors'}",
+           "distill.weight=0.5", "distill.temperature=2.0"]
+    c = cfg(*run)
+    mcfg = ModelConfig(**dict(c.model))
+    save_checkpoint(tmp_path / "t.safetensors", GeminiModel(mcfg, seed=5), mcfg)
+    tt, src, _ = _trainer_and_source("framework=torch", *run)
+    tj, _, _ = _trainer_and_source("framework=jax", *run)
+    tj.load_state(tt.params_numpy(), {}, 0)
+    micro = src.batch("train", 0, 4).split(1)
+    assert tt.train_step(micro, 1e-3)["loss"] == pytest.approx(tj.train_step(micro, 1e-3)["loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("framework,kernel", [("torch", "triton"), ("jax", "pallas")])
