@@ -47,6 +47,10 @@ CASES = [
     Case(2, 2, 100, 100, 64, BF16, window=20, segments=True,
          blocks=PallasAttentionBlocks(block_q=32, block_k=16)),
     Case(3, 1, 100, 17, 64, F32, softcap=1.5, segments=True, blocks=SMALL),
+    # MHA on 16-tiles: causal shift 14 = -2 mod 16, and a window of 2 mod 16, put a query or a
+    # window edge next to a block edge (off-by-ones in the skip / unmasked-range bounds show)
+    Case(1, 1, 32, 46, 16, F32, causal=True, blocks=SMALL),
+    Case(1, 1, 48, 48, 16, F32, causal=True, window=18, blocks=SMALL),
 ]
 
 

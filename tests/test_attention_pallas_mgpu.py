@@ -137,6 +137,18 @@ def test_matches_reference_interpret(rng, case):
     _check(*_make(rng, case), case, interpret=True)
 
 
+# 64-row / 64-key tiles, one q tile: shift 62 (= -2 mod 64: query 0 at position 62 sits next to
+# a block edge) and shift 64 with window 2 (its window starts at key 63, the last of a block):
+# an off-by-one in block_ranges' unmasked or window bound moves a block to the wrong loop
+RESIDUE_CASES = [Case(2, 2, 8, 70, 64, F16, causal=True, batch=2),
+                 Case(2, 2, 8, 72, 64, F16, causal=True, window=2, batch=2)]
+
+
+@pytest.mark.parametrize("case", RESIDUE_CASES, ids=lambda c: c.id)
+def test_block_ranges_at_residues_interpret(rng, case):
+    _check(*_make(rng, case), case, interpret=True)
+
+
 @pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.id)
 def test_gradients_match_reference_interpret(rng, case):
     """The custom_vjp: forward (+ log-sum-exp), dK/dV kernel and dQ kernel, interpreted."""

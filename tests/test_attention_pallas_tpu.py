@@ -76,6 +76,20 @@ def test_matches_reference(rng, case):
         assert_close(out, ref64, base, case.dtype, what)
 
 
+def test_kv_tile_in_compute_chunks(rng):
+    """block_kv 256 in two block_kv_compute chunks of 128 (as the chip tables have, e.g. v4's
+    512 / 1024 / 512): each chunk masks its own key columns. Causal, forward and backward."""
+    c = Case(1, 1, 256, 256, 128, F32, causal=True)
+    q, k, v, do, ids = make_inputs(rng, c)
+    blocks = TpuAttentionBlocks(block_q=128, block_kv=256, block_kv_compute=128)
+    kernel = jax_vjp(lambda q, k, v: attention_pallas_tpu(
+        q, k, v, q_segment_ids=None, kv_segment_ids=None, blocks=blocks, **c.flags), q, k, v, do)
+    truth = torch_truth(q, k, v, do, ids, **c.flags)
+    for what, out, ref64, base in zip(("out", "dq", "dk", "dv"), kernel, truth,
+                                      _baseline(q, k, v, do, ids, **c.flags)):
+        assert_close(out, ref64, base, c.dtype, what)
+
+
 def _races_found() -> bool:
     """The race detector's verdict for the last kernel interpreted (module state of jax 0.10)."""
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
@@ -190,29 +204,54 @@ def test_lowers_for_tpu_without_running():
         assert text.count("tpu_custom_call") == 1
 
 
+def _check_block_ranges(q_len, kv_len, group, causal, window, mask, bq=128, bk=128):
+    """block_ranges' visible / unmasked tile intervals equal the tile pairs ``mask`` touches /
+    fills ([q_len, kv_len] bool)."""
+    t = TpuTileStatics(q_len=q_len, kv_len=kv_len, group=group, block_q=bq, block_kv=bk,
+                       block_kv_compute=128, causal=causal, window=window, softcap=None,
+                       scale=1.0, has_segments=False, kv_padded=True)
+    rows = np.repeat(mask, group, axis=0)  # folded row r = s * G + g
+    nq, nk = -(-rows.shape[0] // bq), -(-kv_len // bk)
+    rows = np.pad(rows, ((0, nq * bq - rows.shape[0]), (0, nk * bk - kv_len)))
+    tiles = rows.reshape(nq, bq, nk, bk)
+    touched = tiles.any(axis=(1, 3))
+    real = np.arange(nq * bq).reshape(nq, bq) < q_len * group  # rows that are not padding
+    full = np.array([[tiles[a, real[a], b].all() for b in range(nk)] for a in range(nq)])
+    full &= (np.arange(nk) + 1) * bk <= kv_len  # a tile past kv_len keeps its mask
+    (kv_lo, kv_hi, kv_flo, kv_fhi), (q_lo, q_hi, q_flo, q_fhi) = block_ranges(t, nq, nk)
+    i, j = np.arange(nq)[:, None], np.arange(nk)[None, :]
+    what = f"q_len={q_len} kv_len={kv_len} group={group} causal={causal} window={window} bk={bk}"
+    assert np.array_equal((j >= kv_lo[:, None]) & (j < kv_hi[:, None]), touched), what
+    assert np.array_equal((i >= q_lo[None, :]) & (i < q_hi[None, :]), touched), what
+    assert np.array_equal((j >= kv_flo[:, None]) & (j < kv_fhi[:, None]), full), what
+    assert np.array_equal((i >= q_flo[None, :]) & (i < q_fhi[None, :]), full), what
+
+
 @pytest.mark.parametrize("q_len,kv_len,group,causal,window", [
     (100, 257, 4, True, None), (257, 100, 1, True, None), (300, 300, 2, True, 40),
     (50, 400, 3, False, 70), (130, 130, 1, False, None)])
 def test_block_ranges_match_the_mask(q_len, kv_len, group, causal, window):
     """The host-computed visible tile intervals cover exactly the tile pairs the mask touches."""
-    t = TpuTileStatics(q_len=q_len, kv_len=kv_len, group=group, block_q=128, block_kv=128,
-                       block_kv_compute=128, causal=causal, window=window, softcap=None,
-                       scale=1.0, has_segments=False, kv_padded=True)
     mask = np.asarray(reference_jax.attention_mask(q_len, kv_len, causal=causal, window=window))[0]
-    rows = np.repeat(mask, group, axis=0)  # folded row r = s * G + g
-    nq, nk = -(-rows.shape[0] // 128), -(-kv_len // 128)
-    rows = np.pad(rows, ((0, nq * 128 - rows.shape[0]), (0, nk * 128 - kv_len)))
-    tiles = rows.reshape(nq, 128, nk, 128)
-    touched = tiles.any(axis=(1, 3))
-    real = np.arange(nq * 128).reshape(nq, 128) < q_len * group  # rows that are not padding
-    full = np.array([[tiles[a, real[a], b].all() for b in range(nk)] for a in range(nq)])
-    full &= (np.arange(nk) + 1) * 128 <= kv_len  # a tile past kv_len keeps its mask
-    (kv_lo, kv_hi, kv_flo, kv_fhi), (q_lo, q_hi, q_flo, q_fhi) = block_ranges(t, nq, nk)
-    i, j = np.arange(nq)[:, None], np.arange(nk)[None, :]
-    assert np.array_equal((j >= kv_lo[:, None]) & (j < kv_hi[:, None]), touched)
-    assert np.array_equal((i >= q_lo[None, :]) & (i < q_hi[None, :]), touched)
-    assert np.array_equal((j >= kv_flo[:, None]) & (j < kv_fhi[:, None]), full)
-    assert np.array_equal((i >= q_flo[None, :]) & (i < q_fhi[None, :]), full)
+    _check_block_ranges(q_len, kv_len, group, causal, window, mask)
+
+
+def test_block_ranges_at_tile_edge_residues():
+    """The same over lengths and windows at 0, +-1, +-2 of a tile edge (numpy only, < 1 s): a
+    query or a window edge next to a tile boundary is where an off-by-one in a bound shows."""
+    for q_len in (1, 2, 126, 127, 128, 129, 256, 300):
+        for kv_len in (1, 2, 128, 129, 130, 256, 383):
+            q_pos = np.arange(q_len)[:, None] + kv_len - q_len
+            k_pos = np.arange(kv_len)[None, :]
+            for window in (None, 1, 2, 3, 127, 128, 129, 130, 254):
+                for causal in (True, False) if window is None else (True,):
+                    mask = np.ones((q_len, kv_len), bool)
+                    if causal:
+                        mask &= k_pos <= q_pos
+                    if window is not None:
+                        mask &= k_pos > q_pos - window
+                    for group, bk in ((1, 128), (3, 128), (2, 256)):
+                        _check_block_ranges(q_len, kv_len, group, causal, window, mask, bk=bk)
 
 
 @pytest.mark.parametrize("kwargs", [dict(block_q=100), dict(block_kv=64), dict(block_q_bwd=0),

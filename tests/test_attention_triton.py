@@ -124,6 +124,19 @@ def test_window_edge_on_a_row_block_boundary(rng, causal):
     _check_against_reference(tensors, do, torch.float32, kwargs, blocks=TritonAttentionBlocks(16, 16, 4, 1))
 
 
+# 16x16 tiles, MHA (one query per row): causal shift 14 = -2 and 1 mod 16 and a window of
+# 2 mod 16 put a query or a window edge next to a block edge, where an off-by-one in a skip or
+# unmasked-range bound changes the result (forward full_hi / window lo, dK/dV lo / hi, dQ)
+RESIDUE_CASES = [Case(1, 32, 46, 1, 1, 16, causal=True), Case(1, 32, 33, 1, 1, 16, causal=True),
+                 Case(1, 48, 48, 1, 1, 16, causal=True, window=18)]
+
+
+@pytest.mark.parametrize("case", RESIDUE_CASES, ids=[c.id for c in RESIDUE_CASES])
+def test_bounds_at_block_residues(rng, case):
+    tensors, do, kwargs = _inputs(rng, case)
+    _check_against_reference(tensors, do, torch.float32, kwargs, blocks=TritonAttentionBlocks(16, 16, 4, 1))
+
+
 @pytest.mark.parametrize("splits", [1, 3], ids=["splits1", "splits3"])
 @pytest.mark.parametrize("case", [CASES[2], CASES[7], Case(2, 70, 90, 8, 1, 64, window=24, causal=True)],
                          ids=lambda c: c.id)

@@ -58,6 +58,22 @@ def test_forward_matches_reference(rng, case, blocks):
     assert_close(got, ref, base, torch.float16, "out")
 
 
+# one 128-row tile at shift 126 (= -2 mod 32, 64 and 128: query 0 at position 126 sits next to
+# a key-block edge) and shift 128 with window 2 (its window starts at key 127, the last of a
+# block): an off-by-one in the full_hi or window lo bound moves a block to the wrong loop
+RESIDUE_CASES = [Case(2, 8, 134, 2, 2, 64, causal=True), Case(2, 8, 136, 2, 2, 64, causal=True, window=2)]
+
+
+@pytest.mark.parametrize("blocks", list(FWD.values()), ids=list(FWD))
+@pytest.mark.parametrize("case", RESIDUE_CASES, ids=[c.id for c in RESIDUE_CASES])
+def test_forward_bounds_at_block_residues(rng, case, blocks):
+    tensors, _, kwargs = _inputs(rng, case)
+    before = triton_attention.LAUNCHES["_gluon_attn_fwd_kernel"]
+    got, ref, base = _forward(tensors, torch.float16, kwargs, blocks)
+    assert triton_attention.LAUNCHES["_gluon_attn_fwd_kernel"] == before + 1
+    assert_close(got, ref, base, torch.float16, "out")
+
+
 def test_forward_bf16_and_its_lse_in_the_triton_layout(rng):
     """bf16 (the models' dtype) and the log2-domain LSE [B * KVH, Sq * G] the Triton backward
     reads: row pos * G + g of kv head kvh; +inf where a query sees no key."""
