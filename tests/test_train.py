@@ -447,19 +447,35 @@ def test_retrieval_accuracy_short_budget(tmp_path):
     gives ~0.3). Measured with this budget: seeds 0, 1, 2 formed the circuit by step 500-1000
     and ended at 1.0; with 1000 steps (the cosine decays sooner) seed 1 stayed at 0.37. The
     documented full run (24 pairs, 83 tokens, <= 5 min) is recorded in
-    benchmarks/results/train-tiny-retrieval-*.json."""
+    benchmarks/results/train-tiny-retrieval-*.json.
+
+    Then #8's quality claim on this trained model (model.quant_eval, int4 round-to-nearest,
+    group 32): the quantized model keeps its held-out accuracy within 2 points (of 512 answers)
+    and its logits' KL to the float model is small; float accuracy is the training run's own."""
+    import glob
+
+    from model.quant_eval import run as quant_eval
+
     with initialize_config_dir(config_dir=CONF, version_base=None):
         run = compose(config_name="train/tiny_retrieval",
                       overrides=["log_every=0", "eval.every=0", "eval.batches=4", "steps=1500",
                                  "max_seconds=0",  # a budget in steps: a loaded machine is slower, not worse
                                  "data.retrieval.pairs=8", "data.retrieval.queries=8",
-                                 "data.retrieval.seq_len=34", f"results_dir={tmp_path}", "run_name=t"])
+                                 "data.retrieval.seq_len=34", f"results_dir={tmp_path}", "run_name=t",
+                                 f"checkpoint.dir={tmp_path / 'ck'}"])
     out = train(run, log=quiet)
     assert out.final_eval["answers"] == 4 * 16 * 8 and out.final_eval["accuracy"] >= 0.95, out.final_eval
     with open(out.results_path) as f:
         rec = json.load(f)
     assert rec["held_out"]["accuracy"] == out.final_eval["accuracy"]
     assert len(rec["loss_curve"]) == 1500 and rec["commit"]["commit"] and rec["versions"]["torch"]
+    ckpt, = glob.glob(str(tmp_path / "ck" / "*" / "model.safetensors"))
+    res = quant_eval(out.results_path, ckpt, group_size=32, batches=4)
+    assert res["float"]["accuracy"] == out.final_eval["accuracy"]  # the same held-out batches
+    assert res["float"]["answers"] == res["int4"]["answers"] == 4 * 16 * 8
+    assert res["accuracy_drop_points"] == pytest.approx(100 * (res["float"]["accuracy"] - res["int4"]["accuracy"]))
+    assert abs(res["accuracy_drop_points"]) <= 2.0, res  # the issue's bound
+    assert 0 < res["logits_kl_nats"] < 5e-2 and res["quantization"]["group_size"] == 32, res
 
 
 def test_framework_impl_tables_match_the_front_ends():
