@@ -44,6 +44,17 @@ def assert_close(out, ref64, baseline, dtype, what="output"):
     return err
 
 
+def refused(fn, fragment):
+    """``fn()`` raises a ValueError whose message holds ``fragment`` (for the subprocess scripts
+    of the multi-device tests, which import it from here)."""
+    try:
+        fn()
+    except ValueError as e:
+        assert fragment in str(e), (fragment, str(e))
+        return
+    raise AssertionError(f"no ValueError, expected {fragment!r}")
+
+
 @pytest.fixture
 def rng():
     """Fresh random data each run; the seed is printed on failure through the test id log."""

@@ -120,7 +120,7 @@ def test_torch_device_mismatch_named():
 
 
 _JAX_DEVICES_SCRIPT = r"""
-import os
+import os, sys
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 import re
 import jax, jax.numpy as jnp, numpy as np
@@ -132,13 +132,8 @@ on = jax.device_put
 q, k = on(jnp.zeros((2, 4, 2, 8)), d0), on(jnp.zeros((2, 4, 1, 8)), d0)
 ids = on(jnp.zeros((2, 4), jnp.int32), d0)
 
-def refused(fn, fragment):
-    try:
-        fn()
-    except ValueError as e:
-        assert fragment in str(e), (fragment, str(e))
-        return
-    raise AssertionError(f"no ValueError, expected {fragment!r}")
+sys.path.insert(0, "tests")
+from conftest import refused  # noqa: E402
 
 for impl in jax_ops.ATTENTION_IMPLS:  # refused before any impl runs
     refused(lambda: jax_ops.attention(q, on(k, d1), k, impl=impl), "k must be on q's device cpu:0, got cpu:1")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 _SCRIPT = r"""
-import os
+import os, sys
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 import jax, jax.numpy as jnp
 from kernels import jax_ops as J
@@ -20,13 +20,8 @@ d0, d1 = jax.devices()[:2]
 on = jax.device_put
 f = lambda *s: jnp.ones(s, jnp.float32)
 
-def refused(fn, fragment):
-    try:
-        fn()
-    except ValueError as e:
-        assert fragment in str(e), (fragment, str(e))
-        return
-    raise AssertionError(f"no ValueError, expected {fragment!r}")
+sys.path.insert(0, "tests")
+from conftest import refused  # noqa: E402
 
 x, w = on(f(3, 8), d0), f(8)
 pos, pos2 = jnp.zeros((1, 3), jnp.int32), jnp.zeros((1, 3, 2), jnp.int32)
