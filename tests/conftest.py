@@ -55,6 +55,21 @@ def refused(fn, fragment):
     raise AssertionError(f"no ValueError, expected {fragment!r}")
 
 
+def run_two_device_script(script: str) -> None:
+    """Run a multi-device check script in a fresh Python (XLA_FLAGS must be set before JAX
+    starts) from the repository root; it prints DEVICE CHECKS OK when every check held."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, cwd=root, env=env)
+    assert proc.returncode == 0 and "DEVICE CHECKS OK" in proc.stdout, proc.stderr[-3000:]
+
+
 @pytest.fixture
 def rng():
     """Fresh random data each run; the seed is printed on failure through the test id log."""

@@ -173,17 +173,9 @@ def test_jax_device_mismatch_named():
     """Committed jax.Arrays on different devices are refused by name before any kernel runs
     (attention and decode); a fresh process, because XLA_FLAGS must ask for 2 host devices
     before JAX initializes."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
+    from conftest import run_two_device_script
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _JAX_DEVICES_SCRIPT], capture_output=True, text=True,
-                          timeout=240, cwd=root, env=env)
-    assert proc.returncode == 0 and "DEVICE CHECKS OK" in proc.stdout, proc.stderr[-3000:]
+    run_two_device_script(_JAX_DEVICES_SCRIPT)
 
 
 @pytest.mark.parametrize("impl,attention,make", [("sdpa", torch_ops.attention, _torch),

@@ -5,10 +5,7 @@ before JAX initializes); attention and decode are covered in test_attention_inpu
 """
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
+from conftest import run_two_device_script
 
 _SCRIPT = r"""
 import os, sys
@@ -73,9 +70,4 @@ print("DEVICE CHECKS OK")
 
 
 def test_jax_device_mismatch_named():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
-                          timeout=240, cwd=root, env=env)
-    assert proc.returncode == 0 and "DEVICE CHECKS OK" in proc.stdout, proc.stderr[-3000:]
+    run_two_device_script(_SCRIPT)
