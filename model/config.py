@@ -145,19 +145,10 @@ def param_count(cfg: ModelConfig) -> int:
     return total
 
 
-# What KernelConfig accepts, for both frameworks; KernelConfig.validate(framework) then refuses
-# the other framework's names (train, generate and sharding/launch call it). A typo fails here,
-# when the config is built, not at the first kernel call.
-KERNEL_PRESETS = ("reference", "triton", "sdpa", "pallas", "xla")
-_ELEMENTWISE = {"reference", "triton", "compiled", "pallas", "xla"}
-OP_IMPLS = {
-    "attention": {"reference", "triton", "sdpa", "pallas", "xla", "pallas_mgpu", "pallas_tpu", "ring"},
-    "decode": {"reference", "triton", "sdpa", "pallas", "xla", "pallas_tpu"},
-    "norm": _ELEMENTWISE, "rope": _ELEMENTWISE, "mlp": _ELEMENTWISE,
-    "loss": {"reference", "triton", "pallas", "xla"},
-}
-# each framework's presets and per-op impls (kernels/torch_ops.py, kernels/jax_ops.py *_IMPLS;
-# "ring": sharding/ring_attention_jax.py), checked by KernelConfig.validate(framework)
+# Each framework's presets and per-op impls (kernels/torch_ops.py, kernels/jax_ops.py *_IMPLS;
+# "ring": sharding/ring_attention_jax.py). KernelConfig accepts their union (a typo fails when
+# the config is built, not at the first kernel call); KernelConfig.validate(framework) then
+# refuses the other framework's names (train, generate and sharding/launch call it).
 FRAMEWORK_PRESETS = {"torch": ("reference", "sdpa", "triton"), "jax": ("pallas", "reference", "xla")}
 _TORCH_ELEMENTWISE = ("compiled", "reference", "triton")
 _JAX_ELEMENTWISE = ("pallas", "reference", "xla")
@@ -170,6 +161,8 @@ FRAMEWORK_IMPLS = {
             "norm": _JAX_ELEMENTWISE, "rope": _JAX_ELEMENTWISE, "mlp": _JAX_ELEMENTWISE,
             "loss": ("pallas", "reference", "xla")},
 }
+KERNEL_PRESETS = tuple(sorted(set(FRAMEWORK_PRESETS["torch"]) | set(FRAMEWORK_PRESETS["jax"])))
+OP_IMPLS = {op: set(FRAMEWORK_IMPLS["torch"][op]) | set(FRAMEWORK_IMPLS["jax"][op]) for op in FRAMEWORK_IMPLS["torch"]}
 _FRAMEWORK_NAMES = {"torch": "PyTorch", "jax": "JAX"}
 
 
