@@ -133,11 +133,13 @@ def _split_kernel(lens_ref, q_ref, k_ref, v_ref, *refs, st: _Statics):
         s = _dot(q, k, tb=True) * qk_scale  # [BH, bk]
         if st.softcap is not None:
             s = st.softcap * jnp.tanh(s)
-        s = jnp.where(((cols >= lo) & (cols < length))[None, :], s * LOG2E, -jnp.inf)
+        live = (cols >= lo) & (cols < length)
+        s = jnp.where(live[None, :], s * LOG2E, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=-1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
         p = jnp.exp2(s - m_safe[:, None])
         alpha = jnp.exp2(m - m_safe)
+        v = jnp.where(live[:, None], v, 0)  # positions past L may hold NaN/inf (0 * NaN = NaN)
         return alpha[:, None] * acc + _dot(p.astype(v.dtype), v), m_new, alpha * l + p.sum(axis=-1)
 
     bh, dp = q.shape

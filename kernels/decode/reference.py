@@ -65,7 +65,8 @@ def _decode(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, upcas
     p = torch.exp(s - m)
     den = p.sum(-1, keepdim=True)
     p = p / torch.where(den > 0, den, torch.ones_like(den))
-    o = torch.einsum("bkgt,btkd->bkgd", p.to(cdt), v_cache.to(cdt))
+    v = v_cache.to(cdt).masked_fill(~mask[:, 0, 0, :, None, None], 0)  # unseen positions may be NaN
+    o = torch.einsum("bkgt,btkd->bkgd", p.to(cdt), v)
     return o.reshape(b, h, d).to(q.dtype)
 
 

@@ -35,7 +35,8 @@ def _decode(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, upcas
     p = jnp.exp(s - m)
     den = p.sum(-1, keepdims=True)
     p = p / jnp.where(den > 0, den, 1.0)
-    o = jnp.einsum("bkgt,btkd->bkgd", p.astype(cdt), v_cache.astype(cdt), preferred_element_type=acc_t)
+    v = jnp.where(mask[:, 0, 0, :, None, None], v_cache.astype(cdt), 0)  # unseen positions may be NaN
+    o = jnp.einsum("bkgt,btkd->bkgd", p.astype(cdt), v, preferred_element_type=acc_t)
     return o.reshape(b, h, d).astype(q.dtype)
 
 

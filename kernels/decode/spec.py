@@ -7,6 +7,10 @@ Semantics (both frameworks):
   written to the cache); with window=W only positions (L - 1 - W, L - 1]. heads % kv_heads
   == 0 (kv_heads == 1 is MQA). softcap=c: s -> c * tanh(s / c) before the softmax.
   A row with L == 0 returns zeros. Output [batch, heads, head_dim] in q's dtype.
+  Cache positions a row does not attend may hold anything, NaN and inf included (a cache
+  from torch.empty, a reused slot, a page's tail): the kernels and the references never
+  let them reach the output (flash_attn_with_kvcache's convention). The peers (sdpa, xla)
+  weight them by zero, and 0 * NaN = NaN: for them the whole cache must be finite.
 
 Paged cache (``block_table`` int32/int64 [batch, pages_per_row], FlashAttention's
 ``flash_attn_with_kvcache(block_table=...)`` convention): k_cache, v_cache are page pools
