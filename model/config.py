@@ -12,6 +12,7 @@ Presets (``conf/model/*.yaml`` mirror them): ``tiny`` (tests), ``nano1`` (~1.8B)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -143,6 +144,17 @@ def param_count(cfg: ModelConfig) -> int:
             n *= s
         total += n
     return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, train: bool = True) -> float:
+    """Model FLOPs per token, the one convention of every MFU this project prints (the train
+    log, ``make bench``'s model rows, ``sharding.profile``): PaLM's and torchtitan's
+    6 N + 12 L H D S for a train step (2 N + 4 L H D S forward), N the matmul parameters (the
+    tied head counts, the embedding lookup and the norms do not), attention counted in full
+    even under a causal mask, so the MFU compares with torchtitan's published figures."""
+    n = sum(math.prod(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    attn = cfg.layers * cfg.heads * cfg.head_dim * seq_len
+    return 6 * n + 12 * attn if train else 2 * n + 4 * attn
 
 
 # Each framework's presets and per-op impls (kernels/torch_ops.py, kernels/jax_ops.py *_IMPLS;

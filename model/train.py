@@ -20,12 +20,15 @@ optional distillation from a teacher checkpoint (``distill.teacher=PATH``: loss 
 Throughput: tokens/s counts input positions (batch_size * seq_len per step) over the wall
 time of the steps (the first step, which compiles, is excluded). MFU is
 
-    MFU = (6 * N + 6 * L * H * D * S) * tokens / time / peak
+    MFU = (6 * N + 12 * L * H * D * S) * tokens / time / peak
 
-with N = param_count(cfg) (the tied embedding counted once: it is the output-head matmul),
-L layers, H query heads, D head_dim, S the sequence length. The attention term is the
-usual 12 * L * H * D * S (QK^T and PV, forward + backward) HALVED because attention is
-causal (the kernels skip the masked half). ``peak`` is ``hardware_peak_tflops`` or the
+(``model.config.flops_per_token``, the one convention of every MFU the project prints) with
+N the matmul parameters (the tied embedding counted once, as the output-head matmul; the
+norms' weights not), L layers, H query heads, D head_dim, S the sequence length. The
+attention term 12 * L * H * D * S (QK^T and PV, forward + backward) is counted in full
+under the causal mask, as PaLM and torchtitan count it, so the MFU compares with their
+published figures (the kernels skip the masked half, so this overstates attention's share
+of the work). ``peak`` is ``hardware_peak_tflops`` or the
 detected chip's dense bf16 datasheet peak from ``conf/hardware`` (also for fp32 runs);
 on a CPU there is none and MFU is omitted (null).
 
@@ -57,6 +60,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.config import ModelConfig, param_count
+from model.config import flops_per_token as config_flops_per_token
 from model.data import make_source
 
 CHECKPOINT_PREFIX = "step_"
@@ -74,8 +78,8 @@ def learning_rate(step: int, *, lr: float, warmup_steps: int, total_steps: int,
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N + 12 L H D S / 2 (causal attention counts half)."""
-    return 6.0 * param_count(cfg) + 6.0 * cfg.layers * cfg.heads * cfg.head_dim * seq_len
+    """Training FLOPs per token for the logged MFU: ``model.config.flops_per_token``."""
+    return config_flops_per_token(cfg, seq_len, train=True)
 
 
 def peak_tflops(override: float | None) -> tuple[float | None, str]:

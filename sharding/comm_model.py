@@ -1,7 +1,7 @@
 """Modeled per-device memory, collectives and FLOPs of one training step under a Plan.
 
 Everything here is a model (labeled so wherever it is printed), calibrated against what
-XLA's SPMD partitioner emits for the same step (tests/test_profile.py compares the
+XLA's SPMD partitioner emits for the same step (tests/test_sharding_jax.py compares the
 collectives of the compiled 8-device step with ``collectives`` within 10% per kind).
 Collective bytes use the convention of ``sharding/hlo.py``: the full logical buffer of each
 collective (gathered result, unreduced operand). Wire time: ring algorithms move
@@ -168,10 +168,13 @@ def memory(cfg: ModelConfig, plan: Plan, wl: Workload) -> dict[str, float]:
 
 
 def flops(cfg: ModelConfig, plan: Plan, wl: Workload) -> dict[str, float]:
-    """Model FLOPs of the step (6 N T + attention) and hardware FLOPs per device (+ remat)."""
-    n_matmul = sum(_numel(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    """Model FLOPs of the step (``model.config.flops_per_token``: attention in full, the MFU
+    convention) and hardware FLOPs per device: the work done, causal attention's half that a
+    flash kernel skips left out, a second forward added under remat."""
+    from model.config import flops_per_token
+
     tokens = wl.global_batch * wl.seq_len
-    attn = 12 * cfg.layers * cfg.heads * cfg.head_dim * wl.seq_len * tokens / 2  # causal half
-    model = 6 * n_matmul * tokens + attn
-    hardware = model * (4 / 3 if wl.remat else 1.0)
+    model = flops_per_token(cfg, wl.seq_len, train=True) * tokens
+    skipped = 6 * cfg.layers * cfg.heads * cfg.head_dim * wl.seq_len * tokens  # causal: half of 12 L H D S
+    hardware = (model - skipped) * (4 / 3 if wl.remat else 1.0)
     return {"model_flops": model, "device_flops": hardware / plan.devices}

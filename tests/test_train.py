@@ -141,14 +141,17 @@ def test_learning_rate_schedule():
 
 
 def test_train_flops_per_token_is_the_documented_formula():
-    """MFU's numerator (README): 6 N + 12 L H D S / 2, attention's 12 L H D S halved for the
-    causal mask. A full (unhalved) or doubled attention term would inflate the reported MFU."""
+    """MFU's numerator (README): 6 N + 12 L H D S, N the matmul parameters (the norms' weights
+    left out), attention in full (torchtitan's convention), and the same number the benchmark
+    suite's model rows use: one MFU convention for one train step."""
+    from benchmarks.suites.model import flops_per_token as bench_flops
     from model.config import param_count
     from model.train import flops_per_token
 
     c = ModelConfig(name="x", vocab_size=64, width=32, layers=2, heads=2, kv_heads=1, head_dim=16, mlp_dim=64,
                     max_seq_len=64)
-    assert flops_per_token(c, 64) == 6 * param_count(c) + 12 * 2 * 2 * 16 * 64 / 2
+    n_matmul = param_count(c) - (2 * c.layers + 1) * c.width  # a pre-attention and a pre-MLP norm, a final one
+    assert flops_per_token(c, 64) == 6 * n_matmul + 12 * 2 * 2 * 16 * 64 == bench_flops(c, 64, train=True)
 
 
 # ---------------------------------------------------------------- the loop

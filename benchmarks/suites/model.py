@@ -99,12 +99,9 @@ def _interpreted(framework: str, impl: str) -> bool:
 
 
 def flops_per_token(cfg, seq: int, *, train: bool) -> float:
-    from model.config import param_count
+    from model.config import flops_per_token as model_flops
 
-    n = param_count(cfg) - cfg.vocab_size * cfg.width - (2 * cfg.layers + 1) * cfg.width  # no embed/norms
-    n += cfg.vocab_size * cfg.width  # the tied head is a matmul
-    attn = cfg.layers * cfg.heads * cfg.head_dim * seq
-    return 6 * n + 12 * attn if train else 2 * n + 4 * attn
+    return model_flops(cfg, seq, train=train)
 
 
 class ModelSuite:
