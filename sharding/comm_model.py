@@ -2,7 +2,7 @@
 
 Everything here is a model (labeled so wherever it is printed), calibrated against what
 XLA's SPMD partitioner emits for the same step (tests/test_sharding_jax.py compares the
-collectives of the compiled 8-device step with ``collectives`` within 10% per kind).
+collectives of the compiled 8-device step with ``collectives`` within 0.1% per kind).
 Collective bytes use the convention of ``sharding/hlo.py``: the full logical buffer of each
 collective (gathered result, unreduced operand). Wire time: ring algorithms move
 (n-1)/n of that buffer per device for all-gather / reduce-scatter and 2(n-1)/n for

@@ -1,14 +1,19 @@
-"""Backward-pass cases found by mutating the attention backward kernels (round 4A): each test
-below fails with the named mutation and passes without it (see its docstring).
+"""Backward-pass cases found by mutating the attention backward kernels (rounds 4A and
+4A-bis): each test below fails with the named mutation and passes without it (see its docstring).
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from attention_cases import AttentionCase, make_inputs, torch_truth
+from conftest import assert_close
 
+from kernels.attention import pallas_tpu, reference
 from kernels.attention.pallas_mgpu_bwd_kernels import q_tile_range
 from kernels.attention.pallas_mgpu_kernels import MgpuTileStatics
+from kernels.attention.pallas_tpu import DEFAULT_BLOCKS
 from kernels.attention.reference import attention_mask
 from kernels.attention.triton_attention import TritonAttentionBlocks
 
@@ -88,3 +93,35 @@ def test_gluon_dkdv_masks_the_row_blocks_at_the_band_edges(rng, case, pair):
     tensors = (q, k, v)
     bwd = TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True, dkdv_splits=1)
     _check_against_reference(tensors, do, torch.float16, kwargs, blocks=(TritonAttentionBlocks(64, 64, 4, 1), bwd))
+
+
+def _torch_fp32_dq(q, k, v, do, **flags):
+    """dQ of the torch reference in float32 (the same-precision baseline), by autograd."""
+    q, k, v = (torch.tensor(np.asarray(x), requires_grad=(i == 0)) for i, x in enumerate((q, k, v)))
+    o = reference._attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, upcast=False, **flags)
+    o.backward(torch.tensor(np.asarray(do)))
+    return q.grad
+
+
+def test_pallas_tpu_dq_masks_the_window_tile_before_the_full_ones(rng):
+    """One query at position 255 with window 200 over two 128-key tiles: key tile 1 is wholly
+    inside the window (unmasked), key tile 0 is cut by it (keys 0..55 hidden). Catches, in
+    pallas_tpu_kernels.dq_kernel, ``(j + 1 >= kv_flo[i])`` for ``(j >= kv_flo[i])``: tile 0
+    then runs unmasked and dQ picks up the hidden keys. The TPU gradient cases of
+    test_attention_pallas_tpu.py have no masked tile ahead of an unmasked one, so it passes
+    them. Only the dQ kernel runs (interpret mode is slow): out and lse come from float64."""
+    c = AttentionCase(1, 1, 1, 256, 64, jnp.dtype(jnp.float32), window=200)
+    q, k, v, do, ids = make_inputs(rng, c)
+    f = c.flags
+    o64, dq64, _, _ = torch_truth(q, k, v, do, ids, **f)
+    s = np.einsum("bqhd,bkhd->bhqk", np.asarray(q, np.float64), np.asarray(k, np.float64)) * f["scale"]
+    s = s[..., c.kv_len - c.window:]  # the keys query 0 (position 255) sees
+    lse = np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) + s.max(-1, keepdims=True)
+    cfg = pallas_tpu._Config(causal=c.causal, window=c.window, softcap=c.softcap, scale=f["scale"],
+                             blocks=DEFAULT_BLOCKS, interpret=pallas_tpu.default_interpret())
+    o, lse = jnp.asarray(o64.numpy(), jnp.float32), jnp.asarray(lse, jnp.float32)  # lse [B, KVH, rows, 1]
+    ops, dof, lse_p, delta = pallas_tpu._backward_operands(q, k, v, None, None, o, lse, do, cfg)
+    kv_lo, kv_hi, kv_flo, kv_fhi = (np.asarray(r) for r in ops.tables)
+    assert (kv_lo[0], kv_flo[0], kv_fhi[0], kv_hi[0]) == (0, 1, 2, 2)  # tile 0 masked, tile 1 not
+    dq = pallas_tpu._unfold(pallas_tpu._backward_dq(ops, dof, lse_p, delta, cfg), q.shape)
+    assert_close(dq, dq64, _torch_fp32_dq(q, k, v, do, **f), c.dtype, "dq")
