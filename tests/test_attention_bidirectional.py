@@ -306,9 +306,10 @@ def test_q_end_helpers_match_brute_force(rng):
 # --- JAX: Pallas, the reference, jax.nn ---------------------------------------------------
 
 def _jax_run(fn, arrays, dtype):
-    q, k, v, do = (jnp.asarray(x, dtype) for x in arrays)
-    o, vjp = jax.vjp(fn, q, k, v)
-    return (o, *vjp(do))
+    def run(q, k, v, do):  # under jit: one compile, not one per eager op
+        o, vjp = jax.vjp(fn, q, k, v)
+        return (o, *vjp(do))
+    return jax.jit(run)(*(jnp.asarray(x, dtype) for x in arrays))
 
 
 def _check_jax(rng, c: Case, dtype, impl="pallas", blocks=None):

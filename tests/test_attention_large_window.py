@@ -64,9 +64,10 @@ JAX_IMPLS = [(i, jnp.float16 if i == "pallas_mgpu" else jnp.float32)  # mgpu: 16
 
 
 def _jax_run(impl, dtype, xs, **kw):
-    js = [jnp.asarray(x, dtype) for x in xs]
-    o, vjp = jax.vjp(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw), *js[:3])
-    return [np.asarray(x, np.float32) for x in (o, *vjp(js[3]))]
+    def run(q, k, v, do):  # under jit: one compile, not one per eager op
+        o, vjp = jax.vjp(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw), q, k, v)
+        return (o, *vjp(do))
+    return [np.asarray(x, np.float32) for x in jax.jit(run)(*(jnp.asarray(x, dtype) for x in xs))]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"s{s[1]}x{s[2]}")
