@@ -19,7 +19,8 @@ Counted per step (L layers, a = one [batch_local, seq_local, width] activation):
     minus the fsdp axis, ``sharding.jax_sharding.compute_shardings``), and the forward and
     backward both use that value (the embedding lookup then needs no token-id gather).
   tp: per layer 5 all-reduces of a (o_proj, down_proj forward; their input gradients and the
-    norm-input gradient backward; +2 with remat) plus dK, dV when kv heads are replicated;
+    norm-input gradient backward) plus dK, dV when kv heads are replicated (with remat one
+    more a per step, not per layer: the policy saves the projections' all-reduced outputs);
     the vocab-parallel lookup and head input-gradient (2a) and 3 cross-entropy statistics.
   sp: ring attention (``Workload.context_parallel="ring"``, sharding/ring_attention_jax.py):
     per layer collective-permute hops of the local K/V block, n forward (the last unused but
@@ -120,10 +121,13 @@ def collectives(cfg: ModelConfig, plan: Plan, wl: Workload, *, backend: str = "g
     add("all-reduce", reduce_axes, 4, "loss", False)
 
     if plan.mesh["tensor"] > 1:
-        per_layer = (7 if wl.remat else 5) * a
+        per_layer = 5 * a
         if _kv_replicated(plan, cfg):
             per_layer += 2 * b * s * cfg.kv_heads * cfg.head_dim * wl.act_bytes
-        add("all-reduce", ("tensor",), L * per_layer, "Megatron activation all-reduces", False)
+        # remat (jax_sharding's policy saves every projection's output, which under TP is the
+        # all-reduced value): the recomputed forward redoes no layer's all-reduce; XLA adds one
+        # activation all-reduce per step, whatever the depth (compiled 2- and 3-layer steps)
+        add("all-reduce", ("tensor",), L * per_layer + (a if wl.remat else 0), "Megatron activation all-reduces", False)
         add("all-reduce", ("tensor",), 2 * a + 3 * b * s * 4, "vocab-parallel embedding / loss", False)
     if plan.mesh["seq"] > 1 and wl.context_parallel == "ring":
         # K/V block: n hops forward (the n-th issued, unused) and n backward, of which the first

@@ -16,7 +16,8 @@ backward use of a 2-D (fsdp x tensor) sharded weight separately and emits two ga
 that CSE does not merge (their replica groups are spelled differently: ``mesh[...]`` vs
 iota), which doubled the fsdp+tp all-gather bytes against the profile. Cost: a gathered
 weight may stay live from its forward use to its backward use (XLA's scheduler decides;
-this step has no remat, the profile's remat=true assumes a second gather per parameter).
+with ``remat`` the gathers sit inside the checkpointed forward and are redone in the
+backward, a second gather per parameter, as the profile's remat=true models it).
 
 Context parallelism ("sp"): with the model's attention impl "ring"
 (``KernelConfig(..., attention="ring")``) attention runs ``sharding/ring_attention_jax.py``
@@ -113,10 +114,15 @@ def adam_update(params, grads, opt, *, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
     return new, {"m": m, "v": v, "step": step}
 
 
-def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None, positions=None):
-    if gather is not None:
-        params = {k: jax.lax.with_sharding_constraint(v, gather[k]) for k, v in params.items()}
-    return cross_entropy(forward(params, tokens, cfg=cfg, kernels=kernels, positions=positions), targets)
+def loss_fn(params, tokens, targets, *, forward, cfg, kernels=None, gather=None, positions=None, remat=False):
+    def logits(params):
+        if gather is not None:
+            params = {k: jax.lax.with_sharding_constraint(v, gather[k]) for k, v in params.items()}
+        return forward(params, tokens, cfg=cfg, kernels=kernels, positions=positions)
+
+    if remat:  # model/train_jax.py's policy; the gathers are inside, so the backward redoes them
+        logits = jax.checkpoint(logits, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return cross_entropy(logits(params), targets)
 
 
 def uses_ring(kernels) -> bool:
@@ -135,12 +141,13 @@ def zigzag_order(plan: Plan, seq_len: int) -> np.ndarray:
 
 
 def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None, batch: int,
-                    seq_len: int, optimizer: bool = True):
+                    seq_len: int, optimizer: bool = True, remat: bool = False):
     """jit(step) with the plan's shardings. Validates the plan first (no compilation on error).
 
     With ``kernels.attention == "ring"`` (context parallelism over the plan's seq axis) the
     step takes tokens and targets in ``zigzag_order(plan, seq_len)`` and gives rope the
-    matching positions.
+    matching positions. ``remat``: the forward (parameter gathers included) under
+    ``jax.checkpoint`` with model/train_jax.py's policy, recomputed in the backward.
 
     step(params, opt, tokens, targets) -> (loss, grads, new_params, new_opt) when ``optimizer``
     else step(params, tokens, targets) -> (loss, grads). Gradients, parameters and Adam
@@ -158,7 +165,7 @@ def make_train_step(forward, cfg: ModelConfig, plan: Plan, mesh, *, kernels=None
     scalar = NamedSharding(mesh, P())
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, forward=forward, cfg=cfg, kernels=kernels,
                                                    gather=compute_shardings(plan, cfg, mesh),
-                                                   positions=positions))
+                                                   positions=positions, remat=remat))
 
     def grads_only(params, tokens, targets):
         with activate(plan, cfg, mesh):

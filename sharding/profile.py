@@ -216,7 +216,8 @@ def measure_step(cfg: ModelConfig, conf: dict, opts, batch_per_device: int, seq_
     mesh = js.make_mesh(plan, devs)
     # a seq axis runs context parallelism through the ring (as the profile models it)
     kernels = KernelConfig("reference", attention="ring" if plan.mesh["seq"] > 1 else None)
-    step = js.make_train_step(forward, cfg, plan, mesh, kernels=kernels, batch=batch, seq_len=seq_len)
+    step = js.make_train_step(forward, cfg, plan, mesh, kernels=kernels, batch=batch, seq_len=seq_len,
+                              remat=bool(opts.remat))
     params = js.shard_params(init_params(cfg, jax.random.key(0)), plan, cfg, mesh)
     opt = js.adam_init(params)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len)), jnp.int32)

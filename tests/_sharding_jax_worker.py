@@ -47,7 +47,8 @@ def run_case(case, params, tokens, targets, ref):
     if ring:  # the ring step takes the sequence in zigzag order (the mean loss does not care)
         order = js.zigzag_order(plan, S)
         tokens, targets = tokens[:, order], targets[:, order]
-    step = js.make_train_step(forward, CFG, plan, mesh, kernels=kernels, batch=B, seq_len=S)
+    remat = bool(case.get("remat"))
+    step = js.make_train_step(forward, CFG, plan, mesh, kernels=kernels, batch=B, seq_len=S, remat=remat)
     sp = js.shard_params(params, plan, CFG, mesh)
     opt = js.adam_init(sp)
     compiled = step.lower(sp, opt, tokens, targets).compile()
@@ -70,7 +71,7 @@ def run_case(case, params, tokens, targets, ref):
         own_new, _ = js.adam_update(params, host_grads, js.adam_init(params))
     grad_scale = max(float(np.max(np.abs(g))) for g in ref_grads.values())
     measured = {k: v["bytes"] for k, v in collectives(compiled.as_text()).items()}
-    wl = cm.Workload(B, S, 4, 4, context_parallel="ring" if ring else "all-gather")
+    wl = cm.Workload(B, S, 4, 4, context_parallel="ring" if ring else "all-gather", remat=remat)
     modeled = cm.by_kind(cm.collectives(CFG, plan, wl, backend="cpu"))
     return dict(strategy=case.get("id", case["strategy"]), mesh=plan.mesh, loss=float(loss), ref_loss=float(ref_loss),
                 grad_err=max(_err(grads[k], ref_grads[k]) for k in grads), grad_scale=grad_scale,

@@ -33,6 +33,11 @@ CASES = [
     ("dp+sp", "dp+sp", {"data": 2, "seq": 4}, "ring"),
     ("fsdp+tp", "fsdp+tp", {"fsdp": 4, "tensor": 2}, None),
     ("dp+fsdp+tp", "dp+fsdp+tp", {"data": 2, "fsdp": 2, "tensor": 2}, None),
+    # remat (jax.checkpoint over the forward): FSDP gathers twice, the ring's K/V hops and XLA's
+    # own K/V gathers redone, TP's all-reduces not (the policy saves the projections' outputs)
+    ("fsdp+tp+remat", "fsdp+tp", {"fsdp": 4, "tensor": 2}, None),
+    ("dp+sp+remat", "dp+sp", {"data": 2, "seq": 4}, "ring"),
+    ("sp-allgather+remat", "sp", {"seq": -1}, None),  # XLA partitions attention: K/V all-gathers
 ]
 IDS = [c[0] for c in CASES]
 CHECKS = {  # check -> fragments its ValueError must contain
@@ -53,7 +58,8 @@ UNMODELED_FRACTION = 0.02  # small resharding collectives (all-to-all) the model
 def rows():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")
-    spec = {"seed": seed, "cases": [{"id": i, "strategy": s, "mesh": m, "attention": a} for i, s, m, a in CASES]}
+    spec = {"seed": seed, "cases": [{"id": i, "strategy": s, "mesh": m, "attention": a, "remat": i.endswith("+remat")}
+                                    for i, s, m, a in CASES]}
     proc = subprocess.run([sys.executable, os.path.join(HERE, "_sharding_jax_worker.py"), json.dumps(spec)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"worker failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
