@@ -59,8 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.config import ModelConfig, param_count
-from model.config import flops_per_token as config_flops_per_token
+from model.config import ModelConfig, flops_per_token, param_count
 from model.data import make_source
 
 CHECKPOINT_PREFIX = "step_"
@@ -75,11 +74,6 @@ def learning_rate(step: int, *, lr: float, warmup_steps: int, total_steps: int,
     span = max(total_steps - warmup_steps - 1, 1)
     frac = min((step - warmup_steps) / span, 1.0)
     return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token for the logged MFU: ``model.config.flops_per_token``."""
-    return config_flops_per_token(cfg, seq_len, train=True)
 
 
 def peak_tflops(override: float | None) -> tuple[float | None, str]:

@@ -74,10 +74,10 @@ def torch_truth(q, k, v, do, ids, **flags):
     return o.detach(), *(x.grad for x in t)
 
 
-def jax_vjp(fn, q, k, v, do):
-    """(o, dq, dk, dv) of ``fn`` by jax.vjp, under jax.jit: one compile per call instead of
-    one per eager op of a fresh shape (about half the time of eager here)."""
+def jax_vjp(fn, q, k, v, do, *, jit=True):
+    """(o, dq, dk, dv) of ``fn`` by jax.vjp, under jax.jit unless ``jit=False``: one compile
+    per call instead of one per eager op of a fresh shape (about half the time of eager here)."""
     def run(q, k, v, do):
         o, vjp = jax.vjp(fn, q, k, v)
-        return o, *vjp(do)
-    return jax.jit(run)(q, k, v, do)
+        return o, *vjp(do.astype(o.dtype))
+    return (jax.jit(run) if jit else run)(q, k, v, do)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from kernels.attention import reference, reference_jax, triton_attention
 from kernels.attention.pallas_attention import PallasAttentionBlocks, attention_pallas
 from kernels.attention.triton_attention import TritonAttentionBlocks
 
+from attention_cases import jax_vjp
 from conftest import assert_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -306,10 +306,7 @@ def test_q_end_helpers_match_brute_force(rng):
 # --- JAX: Pallas, the reference, jax.nn ---------------------------------------------------
 
 def _jax_run(fn, arrays, dtype):
-    def run(q, k, v, do):  # under jit: one compile, not one per eager op
-        o, vjp = jax.vjp(fn, q, k, v)
-        return (o, *vjp(do))
-    return jax.jit(run)(*(jnp.asarray(x, dtype) for x in arrays))
+    return jax_vjp(fn, *(jnp.asarray(x, dtype) for x in arrays))
 
 
 def _check_jax(rng, c: Case, dtype, impl="pallas", blocks=None):

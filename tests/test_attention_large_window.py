@@ -8,11 +8,11 @@ silently) and window >= 2**31 raised a bare OverflowError inside jit.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from attention_cases import jax_vjp
 
 from kernels import jax_ops, torch_ops
 from kernels.attention.spec import check_attention_args
@@ -64,10 +64,8 @@ JAX_IMPLS = [(i, jnp.float16 if i == "pallas_mgpu" else jnp.float32)  # mgpu: 16
 
 
 def _jax_run(impl, dtype, xs, **kw):
-    def run(q, k, v, do):  # under jit: one compile, not one per eager op
-        o, vjp = jax.vjp(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw), q, k, v)
-        return (o, *vjp(do))
-    return [np.asarray(x, np.float32) for x in jax.jit(run)(*(jnp.asarray(x, dtype) for x in xs))]
+    got = jax_vjp(lambda a, b_, c: jax_ops.attention(a, b_, c, impl=impl, **kw), *(jnp.asarray(x, dtype) for x in xs))
+    return [np.asarray(x, np.float32) for x in got]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"s{s[1]}x{s[2]}")

@@ -7,11 +7,11 @@ the error bound: the independent naive attention of the same file in the same dt
 (``naive_torch`` / ``naive_jax``), never the impl under test."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from attention_cases import jax_vjp
 from attention_oracle import naive_jax, naive_torch, oracle_attention
 from conftest import assert_close, attention_inputs, rounded, torch_attention_vjp
 
@@ -91,11 +91,7 @@ def test_jax_peers_match_float64(case, impl, dtype, rng):
         kw["segment_ids"] = tuple(jnp.asarray(x) for x in kw["segment_ids"])
 
     def run(fn, jit=True):
-        def vjp(q, k, v, do):
-            o, pullback = jax.vjp(fn, q, k, v)
-            return (o, *pullback(do.astype(o.dtype)))
-        # jit: one compile per case instead of one per eager op (about 3x faster here)
-        return (jax.jit(vjp) if jit else vjp)(*(jnp.asarray(x, dtype) for x in (q, k, v, do)))
+        return jax_vjp(fn, *(jnp.asarray(x, dtype) for x in (q, k, v, do)), jit=jit)
 
     # XLA:CPU has no fp16 dot with an f32 accumulator under jit, which jax.nn asks for
     # ("precision 'F16_F16_F32' is not supported"); eager dispatch takes another path.

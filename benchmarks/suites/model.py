@@ -44,6 +44,7 @@ import numpy as np
 
 from benchmarks.suites.common import Skip, rel_err
 from kernels.tolerances import BENCH_RTOL
+from model.config import flops_per_token  # the one MFU convention
 
 # impl -> the model's KernelConfig ("triton-autotune": Triton kernels, attention tiles autotuned)
 TORCH_PRESETS = {"reference": dict(preset="reference"), "compiled": dict(preset="reference"),
@@ -96,12 +97,6 @@ def _interpreted(framework: str, impl: str) -> bool:
     if framework == "torch":  # (sets TRITON_INTERPRET without CUDA, as importing a kernel would)
         return impl.startswith("triton") and _platform.configure_triton_interpret()
     return impl == "pallas" and _platform.pallas_interpret_default()
-
-
-def flops_per_token(cfg, seq: int, *, train: bool) -> float:
-    from model.config import flops_per_token as model_flops
-
-    return model_flops(cfg, seq, train=train)
 
 
 class ModelSuite:
