@@ -159,6 +159,57 @@ CANDIDATE_JOBS = {
 }
 
 
+def _attn_blocks(**fields) -> dict:
+    """TritonAttentionBlocks as job JSON (``_resolve`` builds it in the compiling process)."""
+    return {"__dataclass__": "kernels.attention.triton_attention:TritonAttentionBlocks", **fields}
+
+
+_ATTN = "kernels.attention.triton_attention"
+_FWD, _DKDV = ["_attn_fwd_kernel"], ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"]
+# Feature variants whose compile costs the README cites (sm_90; spills are reported, not
+# errors): tiles and features the defaults avoid because they spill. label -> (launcher
+# module, aot_kernels args, kwargs, kernels compiled).
+VARIANT_JOBS = {
+    "attention fwd causal hd128 bf16 pointer 128x128": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "blocks": _attn_blocks(
+            block_m=128, block_n=128, num_warps=8, num_stages=2)}, _FWD),
+    "attention fwd causal hd128 bf16 TMA 128x128": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "blocks": _attn_blocks(
+            block_m=128, block_n=128, num_warps=8, num_stages=2, tma=True)}, _FWD),
+    "attention bwd causal hd128 bf16 TMA 64x64 softcap": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "softcap": 30.0, "blocks": _attn_blocks(
+            block_m=64, block_n=64, num_warps=8, num_stages=3, tma=True)}, _DKDV),
+    "attention bwd causal hd80 fp16 TMA 64x64 window+softcap+segments": (
+        _ATTN, [80, "torch.float16"], {"causal": True, "window": 128, "softcap": 30.0, "segments": True,
+                                       "blocks": _attn_blocks(block_m=64, block_n=64, num_warps=8,
+                                                              num_stages=3, tma=True)}, _DKDV),
+    **{f"gluon fwd causal hd128 bf16 mode {m} 128x128 window+softcap": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "window": 4096, "softcap": 50.0,
+                                         "blocks": _attn_blocks(block_m=128, block_n=128, num_warps=w,
+                                                                num_stages=2, gluon=m)}, _FWD)
+       for m, w in ((1, 8), (2, 8), (3, 4))},
+    **{f"gluon fwd causal hd128 bf16 mode {m} 128x128 segments": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "segments": True,
+                                         "blocks": _attn_blocks(block_m=128, block_n=128, num_warps=w,
+                                                                num_stages=2, gluon=m)}, _FWD)
+       for m, w in ((1, 8), (2, 8), (3, 4))},
+    "gluon fwd causal hd256 bf16 mode 3 128x64 segments": (
+        _ATTN, [256, "torch.bfloat16"], {"causal": True, "segments": True, "blocks": _attn_blocks(
+            block_m=128, block_n=64, num_warps=4, num_stages=2, gluon=3)}, _FWD),
+    **{f"gluon dkdv causal hd128 bf16 {m}-row window+softcap": (
+        _ATTN, [128, "torch.bfloat16"], {"causal": True, "window": 4096, "softcap": 50.0,
+                                         "blocks": _attn_blocks(block_m=m, block_n=128, num_warps=8,
+                                                                num_stages=2, gluon_dkdv=True, **dq)}, _DKDV)
+       for m, dq in ((64, dict(dq_block_m=64, dq_block_n=64)), (32, dict(dq_atomic=True)))},
+}
+
+
+def variant_jobs(caps=(90,)) -> dict:
+    """Compile jobs "label|cap" of VARIANT_JOBS."""
+    return {f"{label}|{cap}": {"module": m, "args": a, "kwargs": k, "cap": cap, "kernels": kernels}
+            for cap in caps for label, (m, a, k, kernels) in VARIANT_JOBS.items()}
+
+
 def _resolve(value):
     """"torch.<dtype>" -> the dtype; {"__dataclass__": "module:Class", **fields} -> an instance
     (block dataclasses in JSON job files); anything else as is."""
@@ -378,9 +429,11 @@ def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> di
     jobs = {f"{label}|{cap}": {"module": m, "args": a, "kwargs": k, "cap": cap}
             for cap in caps for label, (m, a, k) in DEFAULT_JOBS.items()}
     cand = candidate_jobs(candidate_caps)
+    variants = variant_jobs(candidate_caps)
     with tempfile.TemporaryDirectory() as work:
         results = compile_jobs(jobs, work)
         cand_results = compile_jobs(cand, work)
+        variant_results = compile_jobs(variants, work)
 
     def default_key(job_id):
         label, cap = job_id.rsplit("|", 1)
@@ -393,7 +446,8 @@ def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> di
                 "blocks": repr(blocks)}
 
     report = {"commit": git_commit(), "versions": library_versions(), "rows": _rows(results, default_key),
-              "candidates": _rows(cand_results, candidate_key)}
+              "candidates": _rows(cand_results, candidate_key),
+              "variants": _rows(variant_results, default_key)}
     if pallas:
         from benchmarks.pallas_report import build_pallas_rows
 
@@ -442,6 +496,15 @@ def to_markdown(report: dict) -> str:
                     f"`{r['blocks']}` | {r['kernel']} | {r['target']} |")
             cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
             lines.append(f"{head} {cells} |")
+    if report.get("variants"):
+        lines += ["", "## Feature variants (tiles and features the defaults avoid; spills are reported, "
+                  "not errors)", "",
+                  "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
+                  "| HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["variants"]:
+            cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
+            lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | {cells} |")
     text = "\n".join(lines) + "\n"
     if report.get("pallas") is not None:
         from benchmarks.pallas_report import pallas_markdown

@@ -8,8 +8,8 @@ import pytest
 from aot import assert_compiled_clean, compile_in_subprocess
 
 from benchmarks.compile_report import (CANDIDATE_JOBS, DEFAULT_JOBS, SWEEP_DTYPES, SWEEP_KNOWN_SPILLS, _resolve,
-                                       blocks_json, candidate_jobs, known_spill, sweep_configs, sweep_jobs,
-                                       to_markdown)
+                                       VARIANT_JOBS, blocks_json, candidate_jobs, known_spill, sweep_configs,
+                                       sweep_jobs, to_markdown, variant_jobs)
 
 JOBS = {f"{label}|80": {"module": m, "args": a, "kwargs": k, "cap": 80}
         for label, (m, a, k) in DEFAULT_JOBS.items()}
@@ -65,6 +65,29 @@ def test_candidate_compiles_with_its_blocks(reports):
     md = to_markdown({"commit": {"commit": "x"}, "versions": {"triton": "3.6.0"}, "rows": [],
                       "candidates": [row]})
     assert f"| decode split hd128 bf16 | 1 | `{blocks!r}` | _decode_split_kernel | sm_90 |" in md
+
+
+def test_variants_resolve_and_render_with_their_spills():
+    """The feature variants' blocks build (a field the dataclass lacks would raise here), each
+    names the kernels its blocks launch, and the markdown lists each variant row with its
+    spills marked."""
+    from kernels.attention.triton_attention import TritonAttentionBlocks
+
+    jobs = variant_jobs((90,))
+    assert len(jobs) == len(VARIANT_JOBS)
+    for job_id, job in jobs.items():
+        blocks = _resolve(job["kwargs"]["blocks"])
+        assert isinstance(blocks, TritonAttentionBlocks), job_id
+        assert job["cap"] == 90 and job["kernels"], job_id
+        assert ("fwd" in job_id) == (job["kernels"] == ["_attn_fwd_kernel"]), job_id
+    r = {"registers": 255, "spill_store_bytes": 52, "spill_load_bytes": 52, "shared_bytes": 1024,
+         "num_warps": 8, "occupancy": 0.125, "limited_by": "registers", "sass_mix": {}, "mma_dots": None}
+    row = {"op": "attention fwd causal hd128 bf16 pointer 128x128", "kernel": "_attn_fwd_kernel",
+           "target": "sm_90", **r}
+    md = to_markdown({"commit": {"commit": "x"}, "versions": {"triton": "3.6.0"}, "rows": [],
+                      "variants": [row]})
+    assert "## Feature variants" in md
+    assert "| attention fwd causal hd128 bf16 pointer 128x128 | _attn_fwd_kernel | sm_90 | 255 | 104 **spills** |" in md
 
 
 def test_sweep_covers_every_op_at_every_dtype(monkeypatch):
