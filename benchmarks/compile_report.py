@@ -201,6 +201,11 @@ VARIANT_JOBS = {
                                          "blocks": _attn_blocks(block_m=m, block_n=128, num_warps=8,
                                                                 num_stages=2, gluon_dkdv=True, **dq)}, _DKDV)
        for m, dq in ((64, dict(dq_block_m=64, dq_block_n=64)), (32, dict(dq_atomic=True)))},
+    # the H200 sweep's 1.09 ms one-pass tile (the default took 1.39), not a candidate since 2c7c9ca
+    "patch_embed fwd p14 bf16 128x128x32 8 warps 3 stages": (
+        "kernels.patch_embed.triton_patch_embed", ["torch.bfloat16"], {"patch": 14, "blocks": {
+            "__dataclass__": "kernels.patch_embed.triton_patch_embed:PatchEmbedBlocks", "block_m": 128,
+            "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3}}, ["_patch_embed_fwd_kernel"]),
 }
 
 
