@@ -19,7 +19,9 @@ VMEM. ``--jobs`` compiles a given job list (the AOT tests use it, in a subproces
 ``--sweep`` is the spill audit: ``sweep_configs`` (every op's default over fp32/fp16/bf16
 and the head dims / widths the models run: 756 kernels, about 90 s on 2 cores
 with a warm Triton cache, scaled from 588 in ~70 s) on ``--caps``, printed, exit
-status 1 on a spill not in ``SWEEP_KNOWN_SPILLS``. Runs in its own process with
+status 1 on a spill not in ``SWEEP_KNOWN_SPILLS``; ``--json-out`` records its rows with the
+commit and library versions (``benchmarks/report/spill_audit.json``). ``VARIANT_JOBS`` (sm_90)
+are the tiles and features the defaults avoid, with their spills, as the README cites them. Runs in its own process with
 TRITON_INTERPRET=0: Triton's interpreter patches ``triton.language`` in a way that breaks
 real compiles in the same process. Exit status 1 when a default configuration fails to
 compile or spills.
@@ -518,14 +520,18 @@ def to_markdown(report: dict) -> str:
     return text
 
 
-def _print_sweep(results: dict) -> int:
-    """Print the sweep's rows (spills marked) and a summary; 1 when a config fails or spills
-    (other than SWEEP_KNOWN_SPILLS)."""
+def _sweep_rows(results: dict) -> list[dict]:
     def key(job_id):
         label, cap = job_id.rsplit("|", 1)
         return {"op": label, "target": f"sm_{cap}"}
 
-    rows = _rows(results, key)
+    return _rows(results, key)
+
+
+def _print_sweep(results: dict) -> int:
+    """Print the sweep's rows (spills marked) and a summary; 1 when a config fails or spills
+    (other than SWEEP_KNOWN_SPILLS)."""
+    rows = _sweep_rows(results)
     print("| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
           "| HGMMA | HMMA | FFMA | MUFU | replicated dots |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -568,7 +574,12 @@ def main(argv=None):
             jobs = sweep_jobs(tuple(args.caps))
         with tempfile.TemporaryDirectory() as work:
             results = compile_jobs(jobs, work)
-        if args.json_out:
+        if args.json_out and args.sweep:  # a record: the rows with their commit and versions
+            from benchmarks.results import git_commit, library_versions
+
+            write_json_atomic(args.json_out, {"commit": git_commit(), "versions": library_versions(),
+                                              "caps": list(args.caps), "rows": _sweep_rows(results)})
+        elif args.json_out:
             write_json_atomic(args.json_out, results)
         if args.sweep:
             sys.exit(_print_sweep(results))

@@ -109,6 +109,27 @@ def test_sweep_covers_every_op_at_every_dtype(monkeypatch):
     assert not known_spill("layer_norm 1024 fp32", "_norm_bwd_kernel")
 
 
+def test_sweep_json_out_records_rows_with_commit_and_versions(monkeypatch, tmp_path):
+    """--sweep --json-out writes a record (rows, commit, versions), not the bare per-job dict;
+    the exit status still follows the spills."""
+    import json
+
+    from benchmarks import compile_report
+
+    clean = {"registers": 64, "spill_store_bytes": 0, "spill_load_bytes": 0, "shared_bytes": 0,
+             "num_warps": 4, "occupancy": 1.0, "limited_by": "warps", "sass_mix": {}, "mma_dots": None}
+    monkeypatch.setattr(compile_report, "sweep_jobs", lambda caps: {"rope hd64 fp32|80": {}})
+    monkeypatch.setattr(compile_report, "compile_jobs",
+                        lambda jobs, work: {"rope hd64 fp32|80": {"_rope_kernel": clean}})
+    out = tmp_path / "audit.json"
+    with pytest.raises(SystemExit) as e:
+        compile_report.main(["--sweep", "--caps", "80", "--json-out", str(out)])
+    assert e.value.code == 0
+    record = json.loads(out.read_text())
+    assert record["caps"] == [80] and "commit" in record["commit"] and record["versions"]["triton"]
+    assert record["rows"] == [{"op": "rope hd64 fp32", "target": "sm_80", "kernel": "_rope_kernel", **clean}]
+
+
 def test_mma_dots_counts_replicated_result_layouts():
     """A 64-row result over 8 warps along M (16 rows each) is replicated; 128 rows is not; N
     replicates when the warps along N times the instruction's N exceed the tile."""
