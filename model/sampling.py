@@ -3,7 +3,8 @@
 ``SamplingConfig`` is the one validated description (both frameworks). Order, as Hugging
 Face applies it: logits / temperature, then keep the top_k largest, then keep the smallest
 prefix of the sorted distribution whose mass reaches top_p (the most likely token always
-stays), then draw. temperature == 0 is greedy (argmax; top_k / top_p then change nothing).
+stays; top_p = 1 keeps every token, as in HF, though fp32 mass can round to 1 early), then
+draw. temperature == 0 is greedy (argmax; top_k / top_p then change nothing).
 
 The draw is the exponential race: argmax(softmax(l) / E) with E ~ Exp(1) i.i.d., which
 samples softmax(l) exactly (Gumbel-max), needs no normalisation, and gives a token whose
@@ -61,7 +62,7 @@ def filter_logits_torch(logits, cfg: SamplingConfig):
     if cfg.top_k is not None:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None:
+    if cfg.top_p is not None and cfg.top_p < 1.0:  # 1 keeps all (fp32 mass may round to 1)
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(-1) - probs
@@ -96,7 +97,7 @@ def filter_logits_jax(logits, cfg: SamplingConfig):
     if cfg.top_k is not None:
         kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if cfg.top_p is not None:
+    if cfg.top_p is not None and cfg.top_p < 1.0:  # 1 keeps all (fp32 mass may round to 1)
         order = jnp.argsort(-logits, axis=-1, stable=True)  # descending, ties by id
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
