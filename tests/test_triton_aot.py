@@ -56,8 +56,9 @@ TMA_JOBS = {
                                            dict(window=128, softcap=30.0, segments=True)),
     "sm90-bwd-tma-bf16-64x64": (BWD, 128, "bf16", 64, 64, 8, 3, {}),  # tma_blocks: 2 -> 3 stages
     "sm90-bwd-tma-bf16-64x64-unsplit": (BWD, 128, "bf16", 64, 64, 8, 3, dict(dkdv_splits=1)),
-    # with softcap the TMA dK/dV pass spills 4-8 B at 255 registers (its tanh tile stays live;
-    # the pointer pass sits at 254-255 without spilling): window + segments only here
+    # with softcap as well the TMA dK/dV pass spills at 255 registers (12 B at hd80 fp16 with
+    # window, softcap and segments; none at hd128 bf16 with softcap alone: the compile report's
+    # feature variants): window + segments only here
     "sm90-bwd-tma-fp16-d80-window-segments": (BWD, 80, "fp16", 64, 64, 8, 3,
                                               dict(window=128, segments=True)),
 }
@@ -111,7 +112,8 @@ GLUON_JOBS = {
     "sm90-gluon-pingpong-bf16-d256-32key": (256, "bf16", 8, True, dict(block_m=128, block_n=32, num_warps=4,
                                                                        num_stages=3, gluon=3)),
     # Gemma 2's local layers and caps: window + softcap (warp-specialized 128x128 and 64-key
-    # ping-pong stay spill-free; the 128-key overlapped modes spill 0.3-0.5 KB with a window)
+    # ping-pong stay spill-free; modes 2 and 3 at 128 keys spill 416 / 908 B with both: the
+    # compile report's feature variants)
     "sm90-gluon-ws-bf16-d128-window-softcap": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=8,
                                                                           num_stages=2, gluon=1),
                                                dict(window=4096, softcap=50.0)),
