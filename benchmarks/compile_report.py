@@ -477,6 +477,12 @@ def _compile_cells(r: dict, mark_spills: bool = False) -> str:
             + " | ".join(str(mix.get(op, "–")) for op in ("HGMMA", "HMMA", "FFMA", "MUFU", "loop")) + f" | {rep}")
 
 
+# the header of the per-kernel tables (default configurations, feature variants)
+_KERNEL_TABLE_HEAD = ["| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
+                      "| HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
 def to_markdown(report: dict) -> str:
     lines = ["# Compile report (ahead of time, no GPU; compiler facts, not measurements)", "",
              f"commit `{report['commit'].get('commit')}`, triton {report['versions'].get('triton')}", "",
@@ -484,9 +490,7 @@ def to_markdown(report: dict) -> str:
              "tile, so several warpgroups compute the same elements (`mma_dots`), of all the TTGIR's dots.",
              "Largest loop: SASS instructions in the kernel's largest loop body, one thread's work per",
              "iteration (`loop_instructions`).", "",
-             "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
-             "| HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             *_KERNEL_TABLE_HEAD]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | error: {r['error'][:80]} |")
@@ -505,10 +509,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"{head} {cells} |")
     if report.get("variants"):
         lines += ["", "## Feature variants (tiles and features the defaults avoid; spills are reported, "
-                  "not errors)", "",
-                  "| op | kernel | target | regs | spills (B) | shared (KiB) | warps | occupancy | limited by "
-                  "| HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "not errors)", "", *_KERNEL_TABLE_HEAD]
         for r in report["variants"]:
             cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
             lines.append(f"| {r['op']} | {r['kernel']} | {r['target']} | {cells} |")
