@@ -316,6 +316,9 @@ def test_telemetry_samples_in_watts_and_summarizes_min_max_mean(monkeypatch):
 # ---------------------------------------------------------------- timing.py
 
 
+from test_benchmark_harness_cases import _FakeEvent  # noqa: E402  (reads .clock.now)
+
+
 class _Clock:
     def __init__(self):
         self.now = 0.0
@@ -333,22 +336,6 @@ def test_wall_timer_runs_past_min_runs_while_under_budget(monkeypatch):
     monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock.now))
     t = timing.Timer("cpu", warmup=0, min_runs=2, max_runs=100, budget_s=0.007)(fn)
     assert t.runs == 4
-
-
-class _FakeEvent:
-    clock: _Clock
-
-    def __init__(self, enable_timing=False):
-        self.t = None
-
-    def record(self):
-        self.t = self.clock.now
-
-    def synchronize(self):
-        pass
-
-    def elapsed_time(self, end):
-        return (end.t - self.t) * 1e3
 
 
 class _SlowFlush:
