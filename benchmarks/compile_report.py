@@ -161,9 +161,14 @@ CANDIDATE_JOBS = {
 }
 
 
+def _blocks_spec(cls: str, **fields) -> dict:
+    """A block dataclass ("module:Class") as job JSON (``_resolve`` builds it in the compiling
+    process, so this module imports no kernels)."""
+    return {"__dataclass__": cls, **fields}
+
+
 def _attn_blocks(**fields) -> dict:
-    """TritonAttentionBlocks as job JSON (``_resolve`` builds it in the compiling process)."""
-    return {"__dataclass__": "kernels.attention.triton_attention:TritonAttentionBlocks", **fields}
+    return _blocks_spec("kernels.attention.triton_attention:TritonAttentionBlocks", **fields)
 
 
 _ATTN = "kernels.attention.triton_attention"
@@ -205,9 +210,9 @@ VARIANT_JOBS = {
        for m, dq in ((64, dict(dq_block_m=64, dq_block_n=64)), (32, dict(dq_atomic=True)))},
     # the H200 sweep's 1.09 ms one-pass tile (the default took 1.39), not a candidate since 2c7c9ca
     "patch_embed fwd p14 bf16 128x128x32 8 warps 3 stages": (
-        "kernels.patch_embed.triton_patch_embed", ["torch.bfloat16"], {"patch": 14, "blocks": {
-            "__dataclass__": "kernels.patch_embed.triton_patch_embed:PatchEmbedBlocks", "block_m": 128,
-            "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3}}, ["_patch_embed_fwd_kernel"]),
+        "kernels.patch_embed.triton_patch_embed", ["torch.bfloat16"], {"patch": 14, "blocks": _blocks_spec(
+            "kernels.patch_embed.triton_patch_embed:PatchEmbedBlocks", block_m=128, block_n=128, block_k=32,
+            num_warps=8, num_stages=3)}, ["_patch_embed_fwd_kernel"]),
 }
 
 
@@ -427,6 +432,12 @@ def _rows(results: dict, key) -> list[dict]:
     return rows
 
 
+def _label_cap_key(job_id: str) -> dict:
+    """A "label|cap" job's row fields (default configurations, variants, the sweep)."""
+    label, cap = job_id.rsplit("|", 1)
+    return {"op": label, "target": f"sm_{cap}"}
+
+
 def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> dict:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("run the compile report with TRITON_INTERPRET=0 (python -m "
@@ -442,19 +453,15 @@ def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> di
         cand_results = compile_jobs(cand, work)
         variant_results = compile_jobs(variants, work)
 
-    def default_key(job_id):
-        label, cap = job_id.rsplit("|", 1)
-        return {"op": label, "target": f"sm_{cap}"}
-
     def candidate_key(job_id):
         label, cap, i = job_id.split("|")
         blocks = _resolve(cand[job_id]["kwargs"]["blocks"])
         return {"op": label, "target": f"sm_{cap}", "candidate": int(i), "default": i == "0",
                 "blocks": repr(blocks)}
 
-    report = {"commit": git_commit(), "versions": library_versions(), "rows": _rows(results, default_key),
+    report = {"commit": git_commit(), "versions": library_versions(), "rows": _rows(results, _label_cap_key),
               "candidates": _rows(cand_results, candidate_key),
-              "variants": _rows(variant_results, default_key)}
+              "variants": _rows(variant_results, _label_cap_key)}
     if pallas:
         from benchmarks.pallas_report import build_pallas_rows
 
@@ -522,11 +529,7 @@ def to_markdown(report: dict) -> str:
 
 
 def _sweep_rows(results: dict) -> list[dict]:
-    def key(job_id):
-        label, cap = job_id.rsplit("|", 1)
-        return {"op": label, "target": f"sm_{cap}"}
-
-    return _rows(results, key)
+    return _rows(results, _label_cap_key)
 
 
 def _print_sweep(results: dict) -> int:
