@@ -156,3 +156,39 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"block=100 must be a power of two >= 128"):
         ActivationBlocks(block=100)
     assert not triton_activations.LAUNCHES
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["geglu", "gelu"])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_pallas_lowers_to_triton_for_cuda(approximate, gated):
+    """The compiled kernels, forward and backward, lower to Triton for CUDA (export, no GPU).
+    The exact form once did not: Pallas's Triton lowering has no erf (H200, jax 0.11.2)."""
+    import re
+
+    from jax import export
+
+    from kernels.activations.pallas_activations import default_blocks
+
+    def loss(x, up):
+        y = gelu_pallas(x, up if gated else None, approximate=approximate, interpret=False,
+                        blocks=default_blocks(interpret=False))
+        return y.astype(jnp.float32).sum()
+
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1) if gated else 0))
+    call = "__gpu$xla.gpu.triton"
+    x = jax.ShapeDtypeStruct((7, 301), jnp.bfloat16)
+    exported = export.export(f, platforms=("cuda",), disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(x, x)
+    assert re.findall(r"custom_call @(\S+)\(", exported.mlir_module()).count(call) == 2  # forward, backward
+
+
+def test_pallas_normal_cdf_tails():
+    """The Pallas kernels' fp32 Phi(x) (erf-free: exp and polynomials) against float64 erfc,
+    relative, over [-12, 12] (both tails: erfc's form on the left, no cancellation)."""
+    import math
+
+    from kernels.activations.pallas_activations import _normal_cdf
+
+    x = np.concatenate([np.linspace(-12.0, 12.0, 24001), np.linspace(-1.2, 1.2, 2401)]).astype(np.float32)
+    got = np.asarray(jax.jit(_normal_cdf)(jnp.asarray(x)), np.float64)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    assert np.all(np.abs(got - want) <= 2e-5 * want), np.max(np.abs(got - want) / want)
