@@ -122,7 +122,7 @@ def sweep_attention(setup: Setup, timer: Timer, past_deadline) -> list[dict]:
         m = min(256, s)  # the last query rows against a float32 reference (full-length keys)
         want = ref(q[:, -m:].float(), k.float(), v.float(), causal=True, window=None, softcap=None,
                    scale=d ** -0.5, q_segment_ids=None, kv_segment_ids=None)
-        base_f = ta.default_blocks(d, dt, capability=cap)
+        base_f = ta.default_forward_blocks(q, k, v, cap)  # what attention_triton picks for these
         base_b = ta.default_backward_blocks(q, k, v, cap)  # what attention_triton picks for these
         default_grads: list = []  # the default blocks' (dq, dk, dv), made once per shape
 

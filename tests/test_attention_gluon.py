@@ -156,3 +156,27 @@ def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():
         cands = candidate_blocks(d, torch.bfloat16, backward=True, capability=(9, 0))
         assert sorted(b.dq_atomic for b in cands if b.gluon_dkdv) == [False, True]  # dQ by Triton, by atomics
         assert not any(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(8, 0)))
+
+
+@pytest.mark.parametrize("change,gluon", [
+    (dict(), True), (dict(d=256), True), (dict(h=8, kvh=2), True), (dict(dtype=torch.float16), True),
+    (dict(features=True), False), (dict(d=64), False), (dict(d=80), False), (dict(dtype=torch.float32), False),
+    (dict(cap=(8, 0)), False), (dict(cap=(10, 0)), False), (dict(cap=None), False),
+    (dict(h=12, kvh=4), False),  # group size 3: no descriptor tile of whole positions
+    (dict(h=128, kvh=1), False),  # group 128: ping-pong's 64 folded rows a warpgroup cannot hold it
+])
+def test_problem_defaults_take_the_gluon_kernels_where_measured_and_possible(change, gluon):
+    """sm_90, 16-bit, head_dim 128 or 256, no window / softcap / segment ids: the Gluon forward
+    and dK/dV pass (GLUON_DEFAULTS, timed on an H200); anything else keeps the Triton tiles it
+    had, so no input that ran before is refused."""
+    ta = triton_attention
+    opts = dict(d=128, dtype=torch.bfloat16, cap=(9, 0), h=16, kvh=1, features=False) | change
+    q, k, v = _qkv(sq=64, skv=64, h=opts["h"], kvh=opts["kvh"], d=opts["d"], dtype=opts["dtype"])
+    fwd = ta.default_forward_blocks(q, k, v, opts["cap"], features=opts["features"])
+    bwd = ta.default_backward_blocks(q, k, v, opts["cap"], features=opts["features"])
+    if gluon:
+        assert (fwd, bwd) == ta.GLUON_DEFAULTS[opts["d"]]
+        assert fwd.gluon == 3 and bwd.gluon_dkdv and bwd.dq_atomic
+    else:
+        assert not fwd.gluon and not bwd.gluon_dkdv
+        assert fwd == ta.default_blocks(opts["d"], opts["dtype"], capability=opts["cap"])

@@ -129,14 +129,16 @@ def test_autotune_rules_out_a_candidate_that_fails(rng, monkeypatch):
 
 
 def test_default_backward_takes_tma_only_where_measured_and_possible():
-    """sm_90 bf16 head_dim 128: the TMA backward (measured faster); head_dim 256, fp32, sm_80 or
-    a problem no descriptor can address: the pointer tiles, so no input is newly refused."""
+    """sm_90 bf16 head_dim 128 with a window, softcap or segment ids (no Gluon default there): the
+    TMA backward (measured faster); head_dim 256, fp32, sm_80 or a problem no descriptor can
+    address: the pointer tiles, so no input is newly refused. Without features sm_90 takes the
+    Gluon pass (test_attention_gluon.py)."""
     ta = triton_attention
 
     def pick(d=128, dtype=torch.bfloat16, cap=(9, 0), h=8, kvh=1, sq=64):
         q = torch.zeros(1, sq, h, d, dtype=dtype)
         k = v = torch.zeros(1, 64, kvh, d, dtype=dtype)
-        return ta.default_backward_blocks(q, k, v, cap)
+        return ta.default_backward_blocks(q, k, v, cap, features=True)
 
     base = ta.default_blocks(128, torch.bfloat16, backward=True, capability=(9, 0))
     assert pick() == ta.tma_blocks(base, backward=True)

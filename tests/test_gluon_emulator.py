@@ -244,3 +244,22 @@ def test_gluon_forward_and_backward_on_random_problems(p):
     case, fwd, bwd, seed = p
     tensors, do, kwargs = _inputs(np.random.default_rng(seed), case)
     _check_against_reference(tensors, do, torch.float16, kwargs, blocks=(fwd, bwd))
+
+
+@pytest.mark.parametrize("case", [Case(1, 70, 70, 4, 1, 128, causal=True), Case(2, 33, 33, 4, 2, 256)],
+                         ids=["mqa-causal-hd128", "gqa-b2-hd256"])
+def test_sm90_defaults_run_the_gluon_kernels(rng, monkeypatch, case):
+    """With no blocks on an sm_90 device (the capability stood in for; the kernels emulated on
+    CPU tensors), attention_triton picks the Gluon forward and dK/dV pass (dQ by atomics) and
+    matches float64; with a softcap it keeps the Triton kernels."""
+    monkeypatch.setattr(triton_attention, "_capability", lambda t: (9, 0))
+    tensors, do, kwargs = _inputs(rng, case)
+    before = dict(triton_attention.LAUNCHES)
+    _check_against_reference(tensors, do, torch.float16, kwargs, blocks=None)
+    ran = lambda name: triton_attention.LAUNCHES[name] - before.get(name, 0)  # noqa: E731
+    passes = triton_attention.GLUON_DEFAULTS[case.head_dim][1].dkdv_passes
+    assert (ran("_gluon_attn_fwd_kernel"), ran("_gluon_attn_bwd_dkdv_kernel"), ran("_attn_bwd_dq_kernel")) == (1, passes, 0)
+    before = dict(triton_attention.LAUNCHES)
+    q, k, v = (t.to(torch.float16) for t in tensors)
+    attention_triton(q, k, v, causal=True, softcap=5.0)
+    assert ran("_attn_fwd_kernel") == 1 and ran("_gluon_attn_fwd_kernel") == 0
