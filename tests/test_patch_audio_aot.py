@@ -68,5 +68,5 @@ def test_default_configs_across_dtypes_and_targets_without_spills(reports, job):
     assert "error" not in kernels, kernels.get("error")
     cap = SWEEP_JOBS[job]["cap"]
     for name, report in kernels.items():
-        wgmma = cap == 90 and "fp32" not in job and name != "_patch_embed_dpos_kernel"
+        wgmma = cap == 90 and "fp32" not in job and name not in ("_patch_embed_dpos_kernel", "_patchify_kernel")
         assert_compiled_clean(report, f"{job} {name}", cap=cap, wgmma=wgmma)

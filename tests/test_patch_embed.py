@@ -284,3 +284,16 @@ def test_pallas_lowers_to_triton_for_cuda():
                              )(images, weight, bias, pos)
     targets = re.findall(r"custom_call @(\S+)\(", exported.mlir_module())
     assert sorted(t for t in targets if "triton" in t) == [call] * 3, targets
+
+
+def test_sm90_forward_default_is_the_two_pass_gemm():
+    """sm_90, 16-bit: the two-pass forward (timed 0.215 ms against the fused gather's 1.40 ms on
+    an H200); fp32, sm_80, the interpreter and the backward passes keep their tiles."""
+    from kernels.patch_embed.triton_patch_embed import PatchEmbedBlocks, default_blocks
+
+    for dt in (torch.bfloat16, torch.float16):
+        assert default_blocks(dt, "fwd", capability=(9, 0)) == PatchEmbedBlocks(128, 128, 64, 8, 3, two_pass=True)
+    assert not default_blocks(torch.float32, "fwd", capability=(9, 0)).two_pass
+    assert not default_blocks(torch.bfloat16, "fwd", capability=(8, 0)).two_pass
+    assert not default_blocks(torch.bfloat16, "fwd", capability=None).two_pass
+    assert not any(default_blocks(torch.bfloat16, p, capability=(9, 0)).two_pass for p in ("dweight", "dimages", "dpos"))

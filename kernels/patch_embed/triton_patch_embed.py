@@ -83,11 +83,16 @@ def default_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
         return PatchEmbedBlocks(32, 64, 32, 4, 2)
     if pass_ == "dpos":
         return PatchEmbedBlocks(32, 128, 16, 4, 1)
+    if capability[0] == 9 and pass_ == "fwd":  # the two-pass forward (patchify, then a plain
+        # GEMM over the dense [B * N, K] matrix): 0.215 ms on an H200 (8 x 896 px, p14, d1152, bf16:
+        # benchmarks/results/sweep-nvidia-h200-20261127T184547Z.json) against the fused gather's
+        # 1.40 ms (64x64, 4 warps) and cuBLAS's 0.24 ms on the pre-unfolded GEMM alone; the
+        # gathered A tile's 64-bit addresses were the cost. Other GPUs: not timed, the fused tiles
+        return PatchEmbedBlocks(128, 128, 64, 8, 3, two_pass=True)
     if capability[0] >= 9:  # the gathered tile's 64-bit addresses cost registers, so the largest
-        # spill-free tiles are narrower than a plain GEMM's. fwd: 64x64, 4 warps measured 1.39 ms
-        # against 1.89 ms for 128x64, 8 warps on an H200 (8 x 896 px, p14, d1152, bf16:
-        # benchmarks/results/sweep-nvidia-h200-20261126T215348Z.json); both are far from cuBLAS
-        # on the unfolded GEMM (0.24 ms): the gather, not the tile, is what costs
+        # spill-free fused tiles are narrower than a plain GEMM's. fwd: 64x64, 4 warps measured
+        # 1.39 ms against 1.89 ms for 128x64, 8 warps on an H200
+        # (benchmarks/results/sweep-nvidia-h200-20261126T215348Z.json)
         return {"fwd": PatchEmbedBlocks(64, 64, 32, 4, 3),
                 "dweight": PatchEmbedBlocks(64, 64, 128, 8, 2),
                 "dimages": PatchEmbedBlocks(128, 32, 64, 8, 3)}[pass_]
@@ -105,7 +110,7 @@ def candidate_blocks(dtype: torch.dtype, pass_: str = "fwd", *,
     if pass_ == "fwd":  # patch-row steps: contiguous (pw, c) runs instead of per-k (ph, pw, c)
         # math; and the two-pass forward, a plain GEMM's tiles over the patchified matrix
         # (sm_90: 163 registers, no spills, cp.async for both operands). 128x64 / 8 warps
-        # (1.89 ms on the H200 sweep, the old default) makes room
+        # (1.89 ms on the H200 sweep) makes room; more[0] is the fused default sm_90 had before
         more = [more[0], more[2], PatchEmbedBlocks(64, 64, 64, 4, 3, rows=True),
                 PatchEmbedBlocks(128, 128, 64, 8, 3, two_pass=True),
                 PatchEmbedBlocks(128, 128, 32, 8, 4, two_pass=True)]
