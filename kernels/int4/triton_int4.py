@@ -80,6 +80,12 @@ def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple]
     if dtype == torch.float32:  # ieee fp32 dots on FMA units: modest tiles
         return Int4Blocks(16 if rows <= 16 else 32, 64, 32, 0, 4, 2)
     if rows <= 16:  # decode: GEMV-style, bound by the 0.5 B/weight stream; split-K fills the SMs
+        if capability[0] == 9:  # exact codes by inline PTX, the scale after the dot, scale rows
+            # per step: 14.1-15.3 us at nano1's 2048->9984 and 9984->2048 (1, 16 rows) against
+            # 21.0-24.0 for the tiles below, 8.7-8.8 against 9.4-9.6 at 2048->2048 (H200 sweep,
+            # benchmarks/results/sweep-nvidia-h200-20261127T184547Z.json; every decode candidate
+            # passed the GPU test against float64 in that call). Other GPUs: not timed
+            return Int4Blocks(16, 64, 128, 0, 4, 4, scale_after_dot=True, preload_scales=False)
         return Int4Blocks(16, 64, 128, 0, 4, 4)
     if rows <= 64:
         return Int4Blocks(64, 64, 128, 0, 4, 3)
@@ -94,12 +100,13 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
         # (16, 32, 128) was the slowest on the H200 sweep at every shape and (16, 64, 64) within
         # 5% of the default; the default with the scale rows loaded per step measures what
         # preloading them gains
-        more = [Int4Blocks(16, 128, 128, 0, 4, 4), dataclasses.replace(base, preload_scales=False)]
-        if dtype != torch.float32:  # the default's tiles with exact codes (PTX) and the scale after
-            # the dot: 243 SASS instructions a 64-code step on sm_90 (322 preloaded) where the default
-            # takes 531 (628)
-            more[:0] = [dataclasses.replace(base, scale_after_dot=True),
-                        dataclasses.replace(base, scale_after_dot=True, preload_scales=False)]
+        plain = dataclasses.replace(base, scale_after_dot=False, preload_scales=True)  # codes by shifts and masks
+        more = [Int4Blocks(16, 128, 128, 0, 4, 4), dataclasses.replace(plain, preload_scales=False)]
+        if dtype != torch.float32:  # the tiles with exact codes (PTX) and the scale after the dot:
+            # 243 SASS instructions a 64-code step on sm_90 (322 preloaded) where the plain tiles
+            # take 531 (628); sm_90's default is one of these
+            more[:0] = [plain, dataclasses.replace(plain, scale_after_dot=True),
+                        dataclasses.replace(plain, scale_after_dot=True, preload_scales=False)]
     else:
         more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
                 Int4Blocks(128, 256, 64, 1, 8, 3)]
