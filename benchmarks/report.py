@@ -42,6 +42,14 @@ def _f(x, spec):
     return "–" if x is None else format(x, spec)
 
 
+def _dirty_note(commit: dict) -> str:
+    """' (dirty)', with the files' tree hash where the run recorded it (results.git_commit: the
+    commit whose tree it is holds the code that ran)."""
+    if not commit.get("dirty"):
+        return ""
+    return f" (dirty; tree `{commit['tree']}`)" if commit.get("tree") else " (dirty)"
+
+
 def _device_label(d: dict) -> str:
     return f"{d['device']['name']} ({d['created_utc']})"
 
@@ -50,7 +58,7 @@ def measured_table(d: dict) -> str:
     dev, ver, commit = d["device"], d["versions"], d["commit"]
     lines = [f"### {_device_label(d)}", "",
              f"- file: `{os.path.basename(d['_path'])}`; commit `{commit.get('commit')}`"
-             f"{' (dirty)' if commit.get('dirty') else ''}; driver {dev.get('driver') or '–'}, "
+             f"{_dirty_note(commit)}; driver {dev.get('driver') or '–'}, "
              f"CUDA {dev.get('cuda') or '–'}",
              f"- python {ver.get('python')}, torch {ver.get('torch')}, triton {ver.get('triton')}, "
              f"jax {ver.get('jax')}",
@@ -256,7 +264,7 @@ def _save(fig, out_dir, name):
 
 def _provenance(d: dict, path: str) -> str:
     dev, v = d["device"], d["versions"]
-    commit = d["commit"].get("commit", "?")[:10] + (" (dirty)" if d["commit"].get("dirty") else "")
+    commit = d["commit"].get("commit", "?")[:10] + _dirty_note(d["commit"])
     return (f"`{path}`: {dev.get('name')} (driver {dev.get('driver', '–')}), torch {v.get('torch')}, "
             f"triton {v.get('triton')}, jax {v.get('jax')}, commit {commit}, {d['created_utc']}")
 

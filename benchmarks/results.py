@@ -16,16 +16,40 @@ from importlib import metadata
 
 
 def git_commit() -> dict:
-    def git(*args):
+    """HEAD, whether tracked files differ from it, and ``tree``: the git tree hash of the files
+    the run actually had (tracked and untracked-not-ignored, as ``git add -A`` sees them). A
+    copy whose git metadata is stale (the device machines keep a lease's first sync of .git)
+    reports an old HEAD, dirty; its ``tree`` still names the content:
+    ``git log --all --format='%H %T' | grep TREE`` gives the commit it equals. None where git
+    cannot tell."""
+    def git(*args, env=None):
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=60,
+                                  check=True, env=env).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None,
+            "tree": _worktree_tree(git) if commit else None}
+
+
+def _worktree_tree(git):
+    """The tree hash of the working tree, through a scratch index and a scratch object store
+    (existing objects found through the repository's as alternates): nothing in .git changes."""
+    objects = git("rev-parse", "--git-path", "objects")
+    top = git("rev-parse", "--show-toplevel")
+    if not objects or not top:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        os.mkdir(os.path.join(scratch, "objects"))
+        env = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index"),
+               "GIT_OBJECT_DIRECTORY": os.path.join(scratch, "objects"),
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.abspath(os.path.join(os.getcwd(), objects))}
+        if git("-C", top, "add", "-A", env=env) is None:
+            return None
+        return git("-C", top, "write-tree", env=env)
 
 
 def library_versions() -> dict:

@@ -344,7 +344,40 @@ def test_commit_provenance_says_dirty_when_a_tracked_file_changed(tmp_path, monk
     clean = git_commit()
     assert clean["dirty"] is False and len(clean["commit"]) == 40
     (tmp_path / "f.txt").write_text("b")
-    assert git_commit() == {"commit": clean["commit"], "dirty": True}
+    dirty = git_commit()
+    assert (dirty["commit"], dirty["dirty"]) == (clean["commit"], True) and dirty["tree"] != clean["tree"]
+
+
+def test_commit_provenance_names_the_content_when_the_git_metadata_is_stale(tmp_path, monkeypatch):
+    """A copy whose .git lags its files (the device machines keep a lease's first sync of .git):
+    HEAD is the old commit, dirty, but ``tree`` is the newer commit's tree hash, and the
+    repository's objects and index are left as they were."""
+    import subprocess
+
+    from benchmarks.results import git_commit
+
+    monkeypatch.chdir(tmp_path)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-qm", "old")
+    old = git("rev-parse", "HEAD")
+    assert git_commit()["tree"] == git("rev-parse", "HEAD^{tree}")
+    (tmp_path / "f.txt").write_text("b")
+    (tmp_path / "new.py").write_text("x = 1")  # a file the newer commit adds
+    git("add", "-A")
+    git("commit", "-qm", "new")
+    new_tree = git("rev-parse", "HEAD^{tree}")
+    git("reset", "-q", "--soft", old)  # the stale metadata: HEAD and index at the old commit
+    git("reset", "-q")
+    objects = sorted(p.name for p in (tmp_path / ".git" / "objects").rglob("*"))
+    index = (tmp_path / ".git" / "index").read_bytes()
+    got = git_commit()
+    assert got == {"commit": old, "dirty": True, "tree": new_tree}
+    assert sorted(p.name for p in (tmp_path / ".git" / "objects").rglob("*")) == objects
+    assert (tmp_path / ".git" / "index").read_bytes() == index
 
 
 def test_cross_hardware_table_leaves_out_interpret_mode_rows():

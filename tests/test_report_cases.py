@@ -27,7 +27,7 @@ def test_commit_provenance_is_unknown_not_clean_when_git_fails(monkeypatch):
         raise OSError("git: not found")
 
     monkeypatch.setattr(results.subprocess, "run", no_git)
-    assert results.git_commit() == {"commit": None, "dirty": None}
+    assert results.git_commit() == {"commit": None, "dirty": None, "tree": None}
 
 
 def test_a_write_failing_after_the_data_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -458,3 +458,13 @@ def test_a_run_stopped_after_a_suite_leaves_a_file_marked_incomplete_with_its_ro
     assert data["complete"] is False and data["records"] == [row]
     assert data["commit"] == {"commit": "abc", "dirty": True} and data["ceilings"] == ceil
     assert "**incomplete run**" in report.measured_table(report.load(str(f)))
+
+
+def test_a_dirty_runs_provenance_names_its_tree_where_recorded():
+    """The report's commit note: nothing when clean, the tree hash beside "dirty" where the file
+    has one (older files have none), so a stale-metadata run still names its code."""
+    from benchmarks.report import _dirty_note
+
+    assert _dirty_note({"commit": "a" * 40, "dirty": False, "tree": "t" * 40}) == ""
+    assert _dirty_note({"commit": "a" * 40, "dirty": True, "tree": "t" * 40}) == f" (dirty; tree `{'t' * 40}`)"
+    assert _dirty_note({"commit": "a" * 40, "dirty": True}) == " (dirty)"
