@@ -246,6 +246,22 @@ def blocks_json(blocks) -> dict:
     return {"__dataclass__": f"{cls.__module__}:{cls.__name__}", **dataclasses.asdict(blocks)}
 
 
+def _is_gluon_default(label: str, cap: int, blocks) -> bool:
+    """Whether ``blocks`` is sm_90's attention default for problems without a window, softcap
+    or segment ids (``triton_attention.GLUON_DEFAULTS``; the CANDIDATE_JOBS problems have none)."""
+    from kernels.attention.triton_attention import GLUON_DEFAULTS
+
+    return cap == 90 and label.startswith("attention") and any(blocks in pair for pair in GLUON_DEFAULTS.values())
+
+
+def _candidate_note(row: dict) -> str:
+    """The candidate's default marks: ``default_blocks`` (candidate 0), and sm_90's attention
+    default where no window / softcap / segment ids rule the Gluon kernels out."""
+    notes = (["default_blocks"] if row["default"] else []) + (
+        ["sm_90 default without window/softcap/segments"] if row.get("problem_default") else [])
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def candidate_jobs(caps=(90,)) -> dict:
     """Compile jobs for every candidate of CANDIDATE_JOBS on each capability:
     "label|cap|i" -> job with kwargs blocks = candidate i (0 = the default)."""
@@ -457,7 +473,7 @@ def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> di
         label, cap, i = job_id.split("|")
         blocks = _resolve(cand[job_id]["kwargs"]["blocks"])
         return {"op": label, "target": f"sm_{cap}", "candidate": int(i), "default": i == "0",
-                "blocks": repr(blocks)}
+                "problem_default": _is_gluon_default(label, int(cap), blocks), "blocks": repr(blocks)}
 
     report = {"commit": git_commit(), "versions": library_versions(), "rows": _rows(results, _label_cap_key),
               "candidates": _rows(cand_results, candidate_key),
@@ -510,7 +526,7 @@ def to_markdown(report: dict) -> str:
                   "| limited by | HGMMA | HMMA | FFMA | MUFU | largest loop | replicated dots |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["candidates"]:
-            head = (f"| {r['op']} | {r['candidate']}{' (default)' if r['default'] else ''} | "
+            head = (f"| {r['op']} | {r['candidate']}{_candidate_note(r)} | "
                     f"`{r['blocks']}` | {r['kernel']} | {r['target']} |")
             cells = f"error: {r['error'][:80]}" if "error" in r else _compile_cells(r, mark_spills=True)
             lines.append(f"{head} {cells} |")
