@@ -102,6 +102,9 @@ GLUON_JOBS = {
                                                                  gluon=3)),
     "sm90-gluon-pingpong-bf16-d128-64key": (128, "bf16", 8, True, dict(block_m=128, block_n=64, num_warps=4,
                                                                        num_stages=3, gluon=3)),
+    # a 3-deep K/V ring at 128 keys: 224 KiB of shared memory, inside the 227 KiB limit
+    "sm90-gluon-pingpong-bf16-d128-ring3": (128, "bf16", 8, True, dict(block_m=128, block_n=128, num_warps=4,
+                                                                       num_stages=3, gluon=3)),
     "sm90-gluon-pingpong-fp16-d64-gqa": (64, "fp16", 4, False, dict(block_m=128, block_n=128, num_warps=4,
                                                                     num_stages=2, gluon=3)),
     # head_dim 256 (nano1's, Gemma's): O through shared memory and a TMA store keeps them spill-free

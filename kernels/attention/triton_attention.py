@@ -371,11 +371,14 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
             # (FA3's schedule) and its one-partition modes, 128 x 128 tiles, a 2-deep ring:
             # 0 spills, 240 registers a consumer thread, 164 KB of shared memory (sm_90 AOT).
             # Untimed: the autotuner checks each against the default before timing it.
+            # And ping-pong with a 3-deep ring (224 KiB of the 227 the SM allows, no spills):
+            # the H200 put the 2-deep one 1.08x cuDNN at 8k and 32k, short of #2's 1.1x (untimed)
             more = [TritonAttentionBlocks(128, 64, 8, 4, tma=True),
                     TritonAttentionBlocks(128, 128, 4, 2, gluon=3),
                     TritonAttentionBlocks(128, 128, 8, 2, gluon=2),
                     TritonAttentionBlocks(128, 128, 8, 2, gluon=1),
-                    TritonAttentionBlocks(128, 64, 4, 3, gluon=3)]
+                    TritonAttentionBlocks(128, 64, 4, 3, gluon=3),
+                    TritonAttentionBlocks(128, 128, 4, 3, gluon=3)]
         elif capability[0] == 9 and head_dim == 256:
             # the pointer default (128 x 32 mma tiles; 339 TFLOP/s in the H200's nano1 step) and
             # TMA 128 x 64, then the Gluon forward with 64-key tiles (197 KB of shared memory)
