@@ -99,6 +99,22 @@ def _interpreted(framework: str, impl: str) -> bool:
     return impl == "pallas" and _platform.pallas_interpret_default()
 
 
+def decode_step_bytes(cfg, batch: int, cache_len: int, dtype: str) -> int:
+    """Bytes one decode step reads at least: the 2-D weights (matmuls and the tied embedding
+    head) once, and K and V of every layer over ``cache_len`` positions for each row, in
+    ``dtype`` (the lower bound a step's GB/s is measured against)."""
+    import math
+
+    import torch
+
+    from model.config import param_specs
+
+    item = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    weights = sum(math.prod(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    kv = 2 * cfg.layers * batch * cache_len * cfg.kv_heads * cfg.head_dim
+    return (weights + kv) * item
+
+
 class ModelSuite:
     name = "model"
     peers = {"torch": ("reference", "compiled"), "jax": ("xla",)}
@@ -231,6 +247,9 @@ class ModelSuite:
         if case.mode != "decode":
             flops = flops_per_token(self._model_cfg(), case.seq, train=case.mode == "train_step") * tokens
             out.update(flops=flops, tflops=flops / t.median_s / 1e12)
+        else:  # a step reads every weight matrix (the tied head once) and each layer's K/V cache
+            nbytes = decode_step_bytes(self._model_cfg(), case.batch, case.seq, case.dtype)
+            out.update(bytes=nbytes, gbps=nbytes / t.median_s / 1e9)
         if graph_t is not None:
             out["graph"] = {"median_ms": graph_t.median_s * 1e3, "tflops": out["flops"] / graph_t.median_s / 1e12,
                             "captured": "not a graph" not in graph_t.method, "timing": graph_t.to_dict()}
