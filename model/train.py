@@ -418,7 +418,7 @@ def write_results(tcfg, result: TrainResult) -> str:
         "steps": result.steps_done,
         "tokens_per_s": result.tokens_per_s,
         "mfu": result.mfu,
-        "mfu_formula": "(6*N + 6*L*H*D*S) * tokens/s / peak; attention 12*L*H*D*S halved (causal)",
+        "mfu_formula": "(6*N + 12*L*H*D*S) * tokens/s / peak; attention counted in full under the causal mask",
         **extra,
     }
     return write_json_atomic(os.path.join(tcfg.results_dir, f"{tcfg.run_name}-{stamp}.json"), payload)
