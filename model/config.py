@@ -146,13 +146,18 @@ def param_count(cfg: ModelConfig) -> int:
     return total
 
 
+def matmul_params(cfg: ModelConfig) -> int:
+    """The 2-D weights' element count: every matmul, the tied embedding head once."""
+    return sum(math.prod(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, train: bool = True) -> float:
     """Model FLOPs per token, the one convention of every MFU this project prints (the train
     log, ``make bench``'s model rows, ``sharding.profile``): PaLM's and torchtitan's
     6 N + 12 L H D S for a train step (2 N + 4 L H D S forward), N the matmul parameters (the
     tied head counts, the embedding lookup and the norms do not), attention counted in full
     even under a causal mask, so the MFU compares with torchtitan's published figures."""
-    n = sum(math.prod(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    n = matmul_params(cfg)
     attn = cfg.layers * cfg.heads * cfg.head_dim * seq_len
     return 6 * n + 12 * attn if train else 2 * n + 4 * attn
 

@@ -103,14 +103,12 @@ def decode_step_bytes(cfg, batch: int, cache_len: int, dtype: str) -> int:
     """Bytes one decode step reads at least: the 2-D weights (matmuls and the tied embedding
     head) once, and K and V of every layer over ``cache_len`` positions for each row, in
     ``dtype`` (the lower bound a step's GB/s is measured against)."""
-    import math
-
     import torch
 
-    from model.config import param_specs
+    from model.config import matmul_params
 
     item = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    weights = sum(math.prod(shape) for shape, _ in param_specs(cfg).values() if len(shape) == 2)
+    weights = matmul_params(cfg)
     kv = 2 * cfg.layers * batch * cache_len * cfg.kv_heads * cfg.head_dim
     return (weights + kv) * item
 
