@@ -246,12 +246,12 @@ def blocks_json(blocks) -> dict:
     return {"__dataclass__": f"{cls.__module__}:{cls.__name__}", **dataclasses.asdict(blocks)}
 
 
-def _is_gluon_default(label: str, cap: int, blocks) -> bool:
+def _is_sm90_default(label: str, cap: int, blocks) -> bool:
     """Whether ``blocks`` is sm_90's attention default for problems without a window, softcap
-    or segment ids (``triton_attention.GLUON_DEFAULTS``; the CANDIDATE_JOBS problems have none)."""
-    from kernels.attention.triton_attention import GLUON_DEFAULTS
+    or segment ids (``triton_attention.SM90_DEFAULTS``; the CANDIDATE_JOBS problems have none)."""
+    from kernels.attention.triton_attention import SM90_DEFAULTS
 
-    return cap == 90 and label.startswith("attention") and any(blocks in pair for pair in GLUON_DEFAULTS.values())
+    return cap == 90 and label.startswith("attention") and any(blocks in pair for pair in SM90_DEFAULTS.values())
 
 
 def _candidate_note(row: dict) -> str:
@@ -473,7 +473,7 @@ def build_report(caps=(80, 90), candidate_caps=(90,), pallas: bool = True) -> di
         label, cap, i = job_id.split("|")
         blocks = _resolve(cand[job_id]["kwargs"]["blocks"])
         return {"op": label, "target": f"sm_{cap}", "candidate": int(i), "default": i == "0",
-                "problem_default": _is_gluon_default(label, int(cap), blocks), "blocks": repr(blocks)}
+                "problem_default": _is_sm90_default(label, int(cap), blocks), "blocks": repr(blocks)}
 
     report = {"commit": git_commit(), "versions": library_versions(), "rows": _rows(results, _label_cap_key),
               "candidates": _rows(cand_results, candidate_key),

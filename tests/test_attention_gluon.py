@@ -167,16 +167,30 @@ def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():
 ])
 def test_problem_defaults_take_the_gluon_kernels_where_measured_and_possible(change, gluon):
     """sm_90, 16-bit, head_dim 128 or 256, no window / softcap / segment ids: the Gluon forward
-    and dK/dV pass (GLUON_DEFAULTS, timed on an H200); anything else keeps the Triton tiles it
-    had, so no input that ran before is refused."""
+    and, at head_dim 128, the Gluon dK/dV pass (at 256 the Triton two-pass tile; SM90_DEFAULTS,
+    timed on an H200 and an H100); anything else keeps the Triton tiles it had, so no input that
+    ran before is refused."""
     ta = triton_attention
     opts = dict(d=128, dtype=torch.bfloat16, cap=(9, 0), h=16, kvh=1, features=False) | change
     q, k, v = _qkv(sq=64, skv=64, h=opts["h"], kvh=opts["kvh"], d=opts["d"], dtype=opts["dtype"])
     fwd = ta.default_forward_blocks(q, k, v, opts["cap"], features=opts["features"])
     bwd = ta.default_backward_blocks(q, k, v, opts["cap"], features=opts["features"])
     if gluon:
-        assert (fwd, bwd) == ta.GLUON_DEFAULTS[opts["d"]]
-        assert fwd.gluon == 3 and bwd.gluon_dkdv and bwd.dq_atomic
+        assert (fwd, bwd) == ta.SM90_DEFAULTS[opts["d"]]
+        assert fwd.gluon == 3 and bwd.dq_atomic and bwd.gluon_dkdv == (opts["d"] == 128)
+        assert bwd.dkdv_passes == (1 if opts["d"] == 128 else 2)
     else:
         assert not fwd.gluon and not bwd.gluon_dkdv
         assert fwd == ta.default_blocks(opts["d"], opts["dtype"], capability=opts["cap"])
+
+
+def test_head_dim_256_backward_default_needs_no_descriptors():
+    """At head_dim 256 sm_90's default backward is the Triton pointer tile (two passes, dQ by
+    atomics): a group size no Gluon descriptor tile can hold (3) keeps the Triton forward and
+    still takes that backward; with features both keep ``default_blocks``."""
+    ta = triton_attention
+    q, k, v = _qkv(sq=64, skv=64, h=12, kvh=4, d=256, dtype=torch.bfloat16)
+    assert ta.default_forward_blocks(q, k, v, (9, 0)) == ta.default_blocks(256, torch.bfloat16, capability=(9, 0))
+    assert ta.default_backward_blocks(q, k, v, (9, 0)) == ta.SM90_DEFAULTS[256][1]
+    assert ta.default_backward_blocks(q, k, v, (9, 0), features=True) == ta.default_blocks(
+        256, torch.bfloat16, backward=True, capability=(9, 0))

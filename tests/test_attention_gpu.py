@@ -36,7 +36,7 @@ CASES = [  # id, (b, sq, skv, h, kvh, d), flags
     ("gqa-700-window-d80", (1, _sized(700), _sized(700), 4, 2, 80), dict(window=_sized(129))),
     ("mqa-513-softcap-d256", (1, _sized(513), _sized(513), 4, 1, 256), dict(causal=True, softcap=30.0)),
     ("mha-1x777-d128", (1, 1, _sized(777), 4, 4, 128), dict()),
-    # sm_90's Gluon defaults (GLUON_DEFAULTS): head_dim 256, GQA, batch 2, Sq < Skv, causal
+    # sm_90's defaults (SM90_DEFAULTS): head_dim 256, GQA, batch 2, Sq < Skv, causal
     ("gqa-b2-300x555-causal-d256", (2, _sized(300), _sized(555), 8, 2, 256), dict(causal=True)),
 ]
 # the Triton interpreter's bf16 tl.dot is wrong: the CPU self-check runs Triton in fp16 only

@@ -170,19 +170,19 @@ def test_loop_instructions_counts_predicated_back_edges_only():
 
 
 def test_candidates_mark_sm90s_gluon_attention_defaults():
-    """sm_90's attention defaults without features (GLUON_DEFAULTS) are candidates of the
+    """sm_90's attention defaults without features (SM90_DEFAULTS) are candidates of the
     report's attention jobs, and the markdown marks them beside candidate 0 (default_blocks)."""
-    from benchmarks.compile_report import _candidate_note, _is_gluon_default
-    from kernels.attention.triton_attention import GLUON_DEFAULTS
+    from benchmarks.compile_report import _candidate_note, _is_sm90_default
+    from kernels.attention.triton_attention import SM90_DEFAULTS
 
     jobs = candidate_jobs((90,))
     for d in (128, 256):
-        for backward, blocks in zip((False, True), GLUON_DEFAULTS[d]):
+        for backward, blocks in zip((False, True), SM90_DEFAULTS[d]):
             label = f"attention {'bwd' if backward else 'fwd'} causal hd{d} bf16"
             found = [j for j in jobs if j.startswith(f"{label}|90|") and _resolve(jobs[j]["kwargs"]["blocks"]) == blocks]
             assert len(found) == 1, (label, blocks)
-            assert _is_gluon_default(label, 90, blocks) and not _is_gluon_default(label, 80, blocks)
-    assert not _is_gluon_default("int4 matmul m16 bf16", 90, GLUON_DEFAULTS[128][0])
+            assert _is_sm90_default(label, 90, blocks) and not _is_sm90_default(label, 80, blocks)
+    assert not _is_sm90_default("int4 matmul m16 bf16", 90, SM90_DEFAULTS[128][0])
     assert _candidate_note({"default": True}) == " (default_blocks)"
     assert _candidate_note({"default": False, "problem_default": True}) == " (sm_90 default without window/softcap/segments)"
     assert _candidate_note({"default": False, "problem_default": False}) == ""

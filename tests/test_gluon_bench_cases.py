@@ -252,7 +252,7 @@ def test_attention_sweep_rates_default_marks_and_deadline(monkeypatch):
     real = ta.candidate_blocks
     monkeypatch.setattr(ta, "candidate_blocks", lambda *a, **kw: real(*a, **kw)[:1])
     # the forward's one candidate stands as the problem's default (on sm_90 that would be the
-    # Gluon ping-pong, GLUON_DEFAULTS): the plumbing of the mark is under test here
+    # Gluon ping-pong, SM90_DEFAULTS): the plumbing of the mark is under test here
     monkeypatch.setattr(ta, "default_forward_blocks",
                         lambda q, k, v, cap, **kw: real(q.shape[-1], q.dtype, capability=cap)[0])
 

@@ -250,15 +250,18 @@ def test_gluon_forward_and_backward_on_random_problems(p):
                          ids=["mqa-causal-hd128", "gqa-b2-hd256"])
 def test_sm90_defaults_run_the_gluon_kernels(rng, monkeypatch, case):
     """With no blocks on an sm_90 device (the capability stood in for; the kernels emulated on
-    CPU tensors), attention_triton picks the Gluon forward and dK/dV pass (dQ by atomics) and
-    matches float64; with a softcap it keeps the Triton kernels."""
+    CPU tensors), attention_triton picks the Gluon forward and the backward of SM90_DEFAULTS
+    (dQ by atomics: the Gluon dK/dV pass at head_dim 128, the Triton one in two passes at 256)
+    and matches float64; with a softcap it keeps the Triton kernels."""
     monkeypatch.setattr(triton_attention, "_capability", lambda t: (9, 0))
     tensors, do, kwargs = _inputs(rng, case)
     before = dict(triton_attention.LAUNCHES)
     _check_against_reference(tensors, do, torch.float16, kwargs, blocks=None)
     ran = lambda name: triton_attention.LAUNCHES[name] - before.get(name, 0)  # noqa: E731
-    passes = triton_attention.GLUON_DEFAULTS[case.head_dim][1].dkdv_passes
-    assert (ran("_gluon_attn_fwd_kernel"), ran("_gluon_attn_bwd_dkdv_kernel"), ran("_attn_bwd_dq_kernel")) == (1, passes, 0)
+    bwd = triton_attention.SM90_DEFAULTS[case.head_dim][1]
+    dkdv = "_gluon_attn_bwd_dkdv_kernel" if bwd.gluon_dkdv else "_attn_bwd_dkdv_kernel"
+    assert bwd.gluon_dkdv == (case.head_dim == 128) and bwd.dq_atomic
+    assert (ran("_gluon_attn_fwd_kernel"), ran(dkdv), ran("_attn_bwd_dq_kernel")) == (1, bwd.dkdv_passes, 0)
     before = dict(triton_attention.LAUNCHES)
     q, k, v = (t.to(torch.float16) for t in tensors)
     attention_triton(q, k, v, causal=True, softcap=5.0)

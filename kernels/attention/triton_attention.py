@@ -231,37 +231,42 @@ def default_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = False,
 TMA_BACKWARD_HEAD_DIMS = range(65, 129)
 
 
-# sm_90, 16-bit, no window / softcap / segment ids: the Gluon kernels by default, per head_dim.
+# sm_90, 16-bit, no window / softcap / segment ids: the defaults per head_dim, (forward, backward).
 # Measured on an H200 (benchmarks/results/nvidia-h200-20261127T184133Z.json, MQA causal bf16,
 # 16 heads, 8k-32k; the triton-autotune rows' candidates, each checked against the reference):
-# forward at head_dim 128, ping-pong 128 x 128 0.82 / 1.63 / 7.60 ms at 8k / 16k / 32k against
-# the pointer default's 1.21 / 2.35 / 9.55; backward, the Gluon dK/dV pass adding dQ by atomics
-# (FlashAttention 2/3's five GEMMs) 5.55 / 10.7 / 31.6 ms against the TMA default's 6.86 / 13.4 /
-# 55.9. Head_dim 256 (nano1's 8 heads, 8k): forward 0.38 ms against 0.82, backward (dV and dK in
-# two passes) 3.37 against 10.9. Not bitwise deterministic (the dQ adds land in any order, as in
-# FlashAttention's default); explicit ``blocks`` (e.g. ``default_blocks(..., backward=True)``)
-# keep a deterministic backward. With features (the Gluon modes spill with window + softcap or
-# segment ids: benchmarks/report/compile_report.md) and at other head dims (not timed), the
-# Triton tiles below.
-GLUON_DEFAULTS = {
+# forward at head_dim 128, the Gluon ping-pong 128 x 128 0.82 / 1.63 / 7.60 ms at 8k / 16k / 32k
+# against the pointer default's 1.21 / 2.35 / 9.55; backward, the Gluon dK/dV pass adding dQ by
+# atomics (FlashAttention 2/3's five GEMMs) 5.55 / 10.7 / 31.6 ms against the TMA default's 6.86 /
+# 13.4 / 55.9. Head_dim 256 (nano1's 8 heads, 8k): the Gluon forward 0.38 ms against 0.82; the
+# backward is the Triton dK/dV kernel in two passes (dV, then dK) adding dQ by atomics: forward +
+# backward 4.62 ms on the H200 and 5.29 on an H100 against the Gluon dK/dV pass's 4.88 and 5.75
+# (sweep-nvidia-h200-20261127T184547Z.json, sweep-nvidia-h100-80gb-hbm3-20261127T215735Z.json).
+# Not bitwise deterministic (the dQ adds land in any order, as in FlashAttention's default);
+# explicit ``blocks`` (e.g. ``default_blocks(..., backward=True)``) keep a deterministic backward.
+# With features (the Gluon modes spill with window + softcap or segment ids:
+# benchmarks/report/compile_report.md) and at other head dims (not timed), the Triton tiles of
+# ``default_blocks``.
+SM90_DEFAULTS = {
     128: (TritonAttentionBlocks(128, 128, 4, 2, gluon=3),
           TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True)),
     256: (TritonAttentionBlocks(128, 64, 4, 2, gluon=3),
-          TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True)),
+          TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True)),
 }
 
 
-def _gluon_default(q, k, v, capability: Optional[tuple], features: bool, backward: bool):
-    """The Gluon default for this problem (``GLUON_DEFAULTS``), or None where it does not apply
-    or the problem rules it out (``gluon_problem``: descriptors, group size)."""
+def _sm90_default(q, k, v, capability: Optional[tuple], features: bool, backward: bool):
+    """The sm_90 default for this problem (``SM90_DEFAULTS``), or None where it does not apply
+    or the problem rules a Gluon entry out (``gluon_problem``: descriptors, group size)."""
     d = q.shape[-1]
     if (capability is None or capability[0] != 9 or q.dtype == torch.float32 or features
-            or d not in GLUON_DEFAULTS):
+            or d not in SM90_DEFAULTS):
         return None
     from . import gluon_attention
 
-    blocks = GLUON_DEFAULTS[d][int(backward)]
+    blocks = SM90_DEFAULTS[d][int(backward)]
     if backward:
+        if not blocks.gluon_dkdv:  # the Triton pointer kernels take any layout
+            return blocks
         why = gluon_attention.gluon_bwd_problem(q, k, v, blocks, window=None, softcap=None, segments=False,
                                                 capability=capability)
     else:
@@ -271,20 +276,21 @@ def _gluon_default(q, k, v, capability: Optional[tuple], features: bool, backwar
 
 
 def default_forward_blocks(q, k, v, capability: Optional[tuple], *, features: bool = False) -> TritonAttentionBlocks:
-    """The forward's default tiles for these inputs: the Gluon kernel where ``GLUON_DEFAULTS``
+    """The forward's default tiles for these inputs: the Gluon kernel where ``SM90_DEFAULTS``
     applies (sm_90, 16-bit, head_dim 128 or 256, ``features`` False: no window, softcap or
     segment ids) and the problem allows it, else ``default_blocks``."""
-    gluon = _gluon_default(q, k, v, capability, features, backward=False)
+    gluon = _sm90_default(q, k, v, capability, features, backward=False)
     return gluon or default_blocks(q.shape[-1], q.dtype, capability=capability)
 
 
 def default_backward_blocks(q, k, v, capability: Optional[tuple], *, features: bool = False) -> TritonAttentionBlocks:
-    """The backward's default tiles for these inputs: the Gluon dK/dV pass where
-    ``GLUON_DEFAULTS`` applies (as ``default_forward_blocks``); else ``default_blocks(backward=True)``,
+    """The backward's default tiles for these inputs: ``SM90_DEFAULTS``' backward (the Gluon
+    dK/dV pass at head_dim 128, the Triton two-pass tile at 256) where it applies (as
+    ``default_forward_blocks``); else ``default_blocks(backward=True)``,
     or its TMA version where measured faster (``TMA_BACKWARD_HEAD_DIMS``, sm_90+, 16-bit) and the
     problem allows descriptors (``tma_problem``); a problem neither can take keeps the pointer
     tiles, so no input that ran before is refused."""
-    gluon = _gluon_default(q, k, v, capability, features, backward=True)
+    gluon = _sm90_default(q, k, v, capability, features, backward=True)
     if gluon is not None:
         return gluon
     d = q.shape[-1]
