@@ -7,6 +7,8 @@ in x's dtype (the same-precision baseline). ``torch.compile`` of ``_rope`` is th
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .spec import check_rope_args, inv_freq64
@@ -14,12 +16,28 @@ from .spec import check_rope_args, inv_freq64
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+@functools.lru_cache(maxsize=64)
+def _inv_freq_on(half: int, theta: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # usable in any later autograd / mode
+        return torch.as_tensor(inv_freq64(half, theta), device=device).to(dtype)
+
+
+def inv_freq(half: int, theta: float, device, dtype: torch.dtype) -> torch.Tensor:
+    """``inv_freq64`` on ``device`` in ``dtype``, copied there once per (half, theta, device,
+    dtype) and kept: a host-to-device copy on every call would stop the step it sits in from
+    being captured as a CUDA graph (and costs a synchronizing copy per layer). Traced by
+    torch.compile, the table is built in the graph (a constant)."""
+    if torch.compiler.is_compiling():
+        return torch.as_tensor(inv_freq64(half, theta), device=device).to(dtype)
+    return _inv_freq_on(int(half), float(theta), torch.device(device), dtype)
+
+
 def _rope(x, positions, *, theta: float, sections: int, upcast: bool = True):
     b, s, h, d = x.shape
     half = d // (2 * sections)
     adt = torch.float64 if x.dtype == torch.float64 else torch.float32  # angle precision
     cdt = torch.promote_types(x.dtype, torch.float32) if upcast else x.dtype
-    inv = torch.as_tensor(inv_freq64(half, theta), device=x.device).to(adt)
+    inv = inv_freq(half, theta, x.device, adt)
     pos = positions.reshape(b, s, sections).to(adt)
     parts = []
     for j in range(sections):

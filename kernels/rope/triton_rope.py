@@ -29,7 +29,7 @@ import triton.language as tl  # noqa: E402
 from .._platform import triton_interpreting
 from .._aot import aot_kernel, jit_module, triton_dtype
 from . import spec
-from .spec import inv_freq64
+from .reference import inv_freq
 
 LAUNCHES: collections.Counter = collections.Counter()
 TWO_PI_HI = tl.constexpr(spec.TWO_PI_HI)  # kernels may read only constexpr globals
@@ -97,7 +97,7 @@ def _launch(x, pos, *, theta, sections, inverse, blocks):
     half = d // (2 * sections)
     xc = x.contiguous()
     y = torch.empty_like(xc)
-    inv = torch.as_tensor(inv_freq64(half, theta), dtype=torch.float32, device=x.device)
+    inv = inv_freq(half, theta, x.device, torch.float32)  # on the device once (graph capture)
     n_rows = b * s * h
     _rope_kernel[(triton.cdiv(n_rows, blocks.block_r),)](
         xc, pos, inv, y, n_rows, h, HEAD_DIM=d, SECTIONS=sections, HALF=half,
