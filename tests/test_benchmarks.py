@@ -857,6 +857,11 @@ def test_goals_read_each_issue_goal_from_a_results_file():
     assert {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]["met"] is False
     md = goals.table({"records": records, "device": {"name": "X"}, "created_utc": "t"}, "f.json")
     assert md.count("| yes |") >= 2 and "| not measured | – |" in md
+    # a graph whose capture failed was timed eagerly: neither its time nor its MFU is a graph's
+    records[-1]["median_ms"] = 330.0
+    records[-2]["graph"] |= {"captured": False}
+    five = {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]
+    assert five["met"] is False and "40 % MFU, 400 ms (per call)" in five["measured"]
 
 
 def test_gpu_test_stage_runs_breadth_first_and_counts_what_it_never_reached(tmp_path, monkeypatch):
