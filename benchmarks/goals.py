@@ -195,6 +195,10 @@ def model(records) -> list[dict]:
         return [_row(goal, "not measured", None)]
     ms, how = _ms(tri)
     text = f"{tri['impl']} {100 * mfu(tri):.0f} % MFU, {ms:.0f} ms ({how})" + _picks(tri)
+    for r in records:  # a peer that could not run (out of memory on an 80 GB card) is said so
+        if (r.get("suite") == "model" and r.get("status") == "error" and r.get("impl", "").startswith("sdpa")
+                and r.get("config", {}).get("model") == "nano1" and r.get("config", {}).get("mode") == "train_step"):
+            text += f"; {r['impl']} {str(r.get('reason', 'error')).split(':')[0]}"
     met = mfu(tri) >= 0.5
     if peer is None:
         return [_row(goal, text + "; no SDPA row", None)]

@@ -577,3 +577,18 @@ def test_model_decode_rows_report_the_bytes_they_read(monkeypatch):
     weights = 4 * sum(math.prod(shape) for shape, _ in param_specs(c).values() if len(shape) == 2)
     assert rec["bytes"] >= kv + weights
     assert rec["gbps"] == pytest.approx(rec["bytes"] / MEDIAN_S / 1e9)
+
+
+def test_model_sdpa_fused_loss_row_is_sdpa_with_the_fused_loss_alone():
+    """The peer that fits an 80 GB H100: sdpa attention and reference ops, the loss through
+    the fused linear cross-entropy; its train step matches the reference model's loss."""
+    from benchmarks.suites.model import TORCH_PRESETS
+    from model.config import KernelConfig
+
+    kc = KernelConfig(**TORCH_PRESETS["sdpa-fused-loss"])
+    assert [kc.impl(op) for op in ("attention", "decode", "norm", "rope", "mlp", "loss")] == \
+        ["sdpa", "sdpa", "reference", "reference", "reference", "triton"]
+    suite = _model_suite(FakeTimers(), modes=["train_step"], torch_impls=["sdpa-fused-loss"])
+    (case, fw, impl), = list(suite.entries())
+    rec = suite.run(case, fw, impl)
+    assert rec["status"] == "ok" and rec["max_error"] < rec["tolerance"] and rec["mode"] == "interpret"

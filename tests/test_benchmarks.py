@@ -862,6 +862,13 @@ def test_goals_read_each_issue_goal_from_a_results_file():
     records[-2]["graph"] |= {"captured": False}
     five = {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]
     assert five["met"] is False and "40 % MFU, 400 ms (per call)" in five["measured"]
+    # a peer row that ran out of memory is named; the fastest sdpa row that ran is the peer
+    records += [dict(rec("model", "sdpa-fused-loss", nano, median_ms=500.0), status="ok"),
+                {"suite": "model", "impl": "sdpa", "status": "error", "config": nano, "framework": "torch",
+                 "reason": "OutOfMemoryError: CUDA out of memory. Tried to allocate 7.81 GiB"}]
+    records[-3]["status"] = "skipped"  # the ok sdpa row above: here it did not run
+    five = {g["goal"].split(":")[0]: g for g in goals.goals({"records": records})}["#5 nano1 8k bf16 train step"]
+    assert "sdpa-fused-loss 500 ms (per call)" in five["measured"] and "sdpa OutOfMemoryError" in five["measured"]
 
 
 def test_gpu_test_stage_runs_breadth_first_and_counts_what_it_never_reached(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 choice, and decode tokens/s against a long KV cache.
 
 Impls are kernel presets: PyTorch ``reference`` (eager), ``compiled`` (torch.compile of the
-reference-kernel model), ``triton``, ``sdpa``; JAX ``xla``, ``pallas``, ``reference``.
+reference-kernel model), ``triton``, ``sdpa``, ``sdpa-fused-loss`` (sdpa with the fused loss,
+``TORCH_PRESETS``); JAX ``xla``, ``pallas``, ``reference``.
 Peers: the PyTorch eager/compiled model, JAX XLA.
 
 MFU (stated, torchtitan's convention, causal attention NOT halved):
@@ -46,9 +47,13 @@ from benchmarks.suites.common import Skip, rel_err
 from kernels.tolerances import BENCH_RTOL
 from model.config import flops_per_token  # the one MFU convention
 
-# impl -> the model's KernelConfig ("triton-autotune": Triton kernels, attention tiles autotuned)
+# impl -> the model's KernelConfig ("triton-autotune": Triton kernels, attention tiles autotuned;
+# "sdpa-fused-loss": the sdpa preset with the loss alone swapped for the chunked fused linear
+# cross-entropy, so the peer fits where its full fp32 [S, vocab] logits do not: nano1's 8k train
+# step on an 80 GB H100 ran out of memory with them)
 TORCH_PRESETS = {"reference": dict(preset="reference"), "compiled": dict(preset="reference"),
                  "triton": dict(preset="triton"), "sdpa": dict(preset="sdpa"),
+                 "sdpa-fused-loss": dict(preset="sdpa", loss="triton"),
                  "triton-autotune": dict(preset="triton", attention_blocks="autotune")}
 JAX_PRESETS = {"xla": "xla", "pallas": "pallas", "reference": "reference"}
 
@@ -300,7 +305,7 @@ class ModelSuite:
         if case.mode == "train_step":  # the model's loss (its ``loss`` kernel), compiled with it
             run_model = torch.compile(model.loss) if impl == "compiled" else model.loss
         triton_mode = "interpret" if _platform.triton_interpreting() else "compiled"
-        mode = {"triton": triton_mode, "triton-autotune": triton_mode,
+        mode = {"triton": triton_mode, "triton-autotune": triton_mode, "sdpa-fused-loss": triton_mode,
                 "compiled": "torch.compile"}.get(impl, "eager")
         tokens, kv = self._data(case)
         cache = self._cache(model, case, kv)
