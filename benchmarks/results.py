@@ -17,7 +17,8 @@ from importlib import metadata
 
 def git_commit() -> dict:
     """HEAD, whether tracked files differ from it, and ``tree``: the git tree hash of the files
-    the run actually had (tracked and untracked-not-ignored, as ``git add -A`` sees them). A
+    the run actually had (tracked and untracked-not-ignored, as ``git add -A`` sees them, less
+    the carried wheels in ``.whl/``). A
     copy whose git metadata is stale (the device machines keep a lease's first sync of .git)
     reports an old HEAD, dirty; its ``tree`` still names the content:
     ``git log --all --format='%H %T' | grep TREE`` gives the commit it equals. None where git
@@ -47,7 +48,9 @@ def _worktree_tree(git):
         env = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index"),
                "GIT_OBJECT_DIRECTORY": os.path.join(scratch, "objects"),
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.abspath(os.path.join(os.getcwd(), objects))}
-        if git("-C", top, "add", "-A", env=env) is None:
+        # .whl/: the wheels `make gpu-wheels` makes and a device call carries (ignored here
+        # through .git/info/exclude, which a device copy may lack): not the project's code
+        if git("-C", top, "add", "-A", "--", ".", ":(exclude).whl", env=env) is None:
             return None
         return git("-C", top, "write-tree", env=env)
 

@@ -374,6 +374,8 @@ def test_commit_provenance_names_the_content_when_the_git_metadata_is_stale(tmp_
     git("reset", "-q")
     objects = sorted(p.name for p in (tmp_path / ".git" / "objects").rglob("*"))
     index = (tmp_path / ".git" / "index").read_bytes()
+    (tmp_path / ".whl").mkdir()  # carried wheels, not ignored on a device copy: not in the tree
+    (tmp_path / ".whl" / "pkg-1.0-py3-none-any.whl").write_bytes(b"PK")
     got = git_commit()
     assert got == {"commit": old, "dirty": True, "tree": new_tree}
     assert sorted(p.name for p in (tmp_path / ".git" / "objects").rglob("*")) == objects
