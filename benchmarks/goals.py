@@ -183,8 +183,10 @@ def _picks(row) -> str:
 
 
 def model(records) -> list[dict]:
-    rows = _ok(records, "model", lambda r: r.get("config", {}).get("model") == "nano1"
-               and r.get("config", {}).get("mode") == "train_step" and r.get("framework") == "torch")
+    def nano1_step(r):
+        return (r.get("config", {}).get("model") == "nano1" and r.get("config", {}).get("mode") == "train_step"
+                and r.get("framework") == "torch")
+    rows = _ok(records, "model", nano1_step)
     goal = "#5 nano1 8k bf16 train step: ≥ 50 % MFU (measured peak) and faster than SDPA"
 
     def mfu(r):
@@ -197,7 +199,7 @@ def model(records) -> list[dict]:
     text = f"{tri['impl']} {100 * mfu(tri):.0f} % MFU, {ms:.0f} ms ({how})" + _picks(tri)
     for r in records:  # a peer that could not run (out of memory on an 80 GB card) is said so
         if (r.get("suite") == "model" and r.get("status") == "error" and r.get("impl", "").startswith("sdpa")
-                and r.get("config", {}).get("model") == "nano1" and r.get("config", {}).get("mode") == "train_step"):
+                and nano1_step(r)):
             text += f"; {r['impl']} {str(r.get('reason', 'error')).split(':')[0]}"
     met = mfu(tri) >= 0.5
     if peer is None:

@@ -16,10 +16,14 @@ from .spec import check_rope_args, inv_freq64
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _table(half: int, theta: float, device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(inv_freq64(half, theta), device=device).to(dtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _inv_freq_on(half: int, theta: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():  # usable in any later autograd / mode
-        return torch.as_tensor(inv_freq64(half, theta), device=device).to(dtype)
+        return _table(half, theta, device, dtype)
 
 
 def inv_freq(half: int, theta: float, device, dtype: torch.dtype) -> torch.Tensor:
@@ -28,7 +32,7 @@ def inv_freq(half: int, theta: float, device, dtype: torch.dtype) -> torch.Tenso
     being captured as a CUDA graph (and costs a synchronizing copy per layer). Traced by
     torch.compile, the table is built in the graph (a constant)."""
     if torch.compiler.is_compiling():
-        return torch.as_tensor(inv_freq64(half, theta), device=device).to(dtype)
+        return _table(half, theta, device, dtype)
     return _inv_freq_on(int(half), float(theta), torch.device(device), dtype)
 
 
