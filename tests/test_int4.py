@@ -42,6 +42,14 @@ CASES = {
                                         PallasInt4Blocks(16, 16, 64, 2, 4, 1)),
     "prefill-70rows-sym-fp16-scale-after-dot": ((70, 256), 48, 128, False, "float16",
                                                 Int4Blocks(32, 32, 64, 1, 4, 1, scale_after_dot=True), None),
+    # scale rows loaded a step ahead: uneven splits (the last split's step has no next row) ...
+    "decode-2rows-uneven-splits-prefetch-asym": ((2, 448), 40, 64, True, "float32",
+                                                 Int4Blocks(16, 32, 64, 2, 4, 1, preload_scales=False,
+                                                            prefetch_scales=True), None),
+    # ... and one split of steps half a group long (two steps read each row), codes after the dot
+    "decode-3x5-sym-fp16-scale-after-dot-prefetch": ((3, 5, 256), 72, 64, False, "float16",
+                                                     Int4Blocks(16, 32, 32, 1, 4, 1, scale_after_dot=True,
+                                                                prefetch_scales=True), None),
 }
 
 

@@ -53,23 +53,27 @@ class Int4Blocks:
     # split-K launches: each program loads the scale (and zero) rows of its K range once, before
     # the loop, instead of one [block_n] row per step (a blocking load: too small for cp.async)
     preload_scales: bool = True
+    # where no scale rows are preloaded: each step's row (and zero row) is loaded one step ahead
+    # into registers, so its latency hides under the step before (triton_kernels.py PREFETCH)
+    prefetch_scales: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n", "block_k"))
         if not isinstance(self.split_k, int) or not 0 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k={self.split_k!r} must be an int in [0, {MAX_SPLIT_K}] (0 = auto)")
-        for name in ("scale_after_dot", "preload_scales"):
+        for name in ("scale_after_dot", "preload_scales", "prefetch_scales"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a bool")
 
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.num_stages,
-                int(self.scale_after_dot), int(self.preload_scales)]
+                int(self.scale_after_dot), int(self.preload_scales), int(self.prefetch_scales)]
 
     @classmethod
     def from_list(cls, values: list) -> "Int4Blocks":
-        *tiles, after, preload = values
-        return cls(*tiles, scale_after_dot=bool(after), preload_scales=bool(preload))
+        *tiles, after, preload, prefetch = values
+        return cls(*tiles, scale_after_dot=bool(after), preload_scales=bool(preload),
+                   prefetch_scales=bool(prefetch))
 
 
 def default_blocks(rows: int, dtype: torch.dtype, *, capability: Optional[tuple] = None) -> Int4Blocks:
@@ -111,6 +115,12 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
             # and 11 % of DRAM bandwidth at 2048->9984 (2 splits, 312 programs of 4 warps: too
             # few loads in flight); 8 splits make 1248 programs there (untimed)
             more.append(dataclasses.replace(plain, scale_after_dot=True, preload_scales=False, split_k=8))
+            # the per-step scale row is a blocking load each step (too small for cp.async):
+            # the same tiles with it issued a step ahead, at the default split and at 8 splits
+            # (untimed). (16, 128, 128) was the slowest decode tile at every shape of the H100
+            # sweep (sweep-nvidia-h100-80gb-hbm3-20261127T215735Z.json: 10.6-24.3 us)
+            ahead = dataclasses.replace(plain, scale_after_dot=True, preload_scales=False, prefetch_scales=True)
+            more = [b for b in more if b.block_n != 128] + [ahead, dataclasses.replace(ahead, split_k=8)]
     else:
         more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
                 Int4Blocks(128, 256, 64, 1, 8, 3)]
@@ -192,6 +202,7 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
         return x.new_zeros(out_shape)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(m, blocks.block_m), triton.cdiv(n, blocks.block_n), split)
+    preload = preload_groups(per, bk, group_size, split, blocks)
     partials = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     locks = _locks(x.device, grid[0] * grid[1]) if split > 1 else y
     triton_kernels._int4_matmul_kernel[grid](
@@ -201,7 +212,7 @@ def _int4_matmul(x, packed_w, scales, zeros, group_size: int, blocks: Int4Blocks
         GROUP=group_size, HAS_ZEROS=zeros is not None, SPLIT_K=split,
         BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, BLOCK_K=bk,
         DOT_PRECISION=_dot_precision(x.dtype), **scale_consts,
-        PRELOAD_GROUPS=preload_groups(per, bk, group_size, split, blocks),
+        PRELOAD_GROUPS=preload, PREFETCH=blocks.prefetch_scales and preload == 0,
         num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     LAUNCHES["_int4_matmul_kernel"] += 1
@@ -270,7 +281,8 @@ def aot_kernels(dtype=torch.float16, *, rows: int = 16, group_size: int = 128, a
                   DOT_PRECISION=_dot_precision(dtype),
                   **{**_scale_consts(dtype, blocks), "ASM": blocks.scale_after_dot},  # GPU code
                   # split launches at their most registers: the largest preloaded scale tile
-                  PRELOAD_GROUPS=MAX_PRELOAD_GROUPS if split > 1 and blocks.preload_scales else 0)
+                  PRELOAD_GROUPS=MAX_PRELOAD_GROUPS if split > 1 and blocks.preload_scales else 0,
+                  PREFETCH=blocks.prefetch_scales and not (split > 1 and blocks.preload_scales))
     sty = "*" + triton_dtype(scale_dtype)
     ptrs = {"X": "*" + triton_dtype(dtype), "QW": "*u8", "S": sty, "Z": sty,
             "Y": "*" + triton_dtype(dtype), "P": "*" + triton_dtype(dtype) if split == 1 else "*fp32",

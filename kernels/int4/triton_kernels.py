@@ -20,6 +20,9 @@ What bounds a decode program (sm_90 compile facts; none of this is timed yet):
   is a blocking DRAM load every step. PRELOAD_GROUPS > 0 loads every scale (and zero) row of
   the split's K range as one [PRELOAD_GROUPS, BLOCK_N] tile before the loop; each step picks
   its row in registers (a where + sum, then a layout conversion: ~80 instructions a step).
+  PREFETCH (where nothing is preloaded) keeps the one row a step but issues each step's load
+  one step ahead, into registers: its latency hides under the step before, at no instructions
+  a step (a software prefetch; the loop carries the next row).
 - Instructions per code: the default step (64 codes a thread at BLOCK_N 64, BLOCK_K 128,
   4 warps) is 531 SASS instructions (628 with preloading): ~8 a code, where streaming the
   bytes at copy bandwidth leaves time for ~5 (H100) or ~4 (H200) at the full issue rate of
@@ -121,6 +124,7 @@ def _int4_matmul_kernel(
     MAGIC: tl.constexpr = 0.0,  # SCALE_AFTER_DOT: the value of those bits (128.0, 1024.0)
     ASM: tl.constexpr = False,  # SCALE_AFTER_DOT, compiled: the nibbles through inline PTX
     PRELOAD_GROUPS: tl.constexpr = 0,  # > 0: the split's scale/zero rows loaded once, before the K loop
+    PREFETCH: tl.constexpr = False,  # PRELOAD_GROUPS == 0: each step's scale/zero row loaded a step ahead
 ):
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -141,6 +145,11 @@ def _int4_matmul_kernel(
         s_all = tl.load(S + g_ptrs, mask=g_mask, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             z_all = tl.load(Z + g_ptrs, mask=g_mask, other=0.0).to(tl.float32)
+    elif PREFETCH:  # the first step's rows; each step then issues the next step's loads
+        g_next = (k_start // GROUP) * stride_sg
+        s_next = tl.load(S + g_next + offs_n, mask=n_ok, other=0.0)
+        if HAS_ZEROS:
+            z_next = tl.load(Z + g_next + offs_n, mask=n_ok, other=0.0)
     for k0 in range(k_start, k_end, BLOCK_K):
         x = tl.load(x_rows + (k0 + offs_k)[None, :], mask=m_ok[:, None], other=0.0)
         p = tl.load(w_rows + (k0 // 2 + offs_j)[None, :], mask=n_ok[:, None], other=0)
@@ -149,12 +158,23 @@ def _int4_matmul_kernel(
         if PRELOAD_GROUPS > 0:  # the step's row picked from registers: no load on the critical path
             pick = (offs_g == k0 // GROUP - g_first)[:, None]
             s = tl.sum(tl.where(pick, s_all, 0.0), 0)
+        elif PREFETCH:  # this step's rows arrived during the last step; the next step's go out now
+            s = s_next.to(tl.float32)
+            if HAS_ZEROS:
+                z_pre = z_next.to(tl.float32)
+            more = n_ok & (k0 + BLOCK_K < k_end)  # nothing past the split's range
+            g_next = ((k0 + BLOCK_K) // GROUP) * stride_sg
+            s_next = tl.load(S + g_next + offs_n, mask=more, other=0.0)
+            if HAS_ZEROS:
+                z_next = tl.load(Z + g_next + offs_n, mask=more, other=0.0)
         else:  # a [BLOCK_N] row is too small for cp.async, so the pipeliner leaves it a blocking load
             g = (k0 // GROUP) * stride_sg  # scales hold in * out / GROUP < 2^31 elements
             s = tl.load(S + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             if PRELOAD_GROUPS > 0:
                 z = tl.sum(tl.where(pick, z_all, 0.0), 0)
+            elif PREFETCH:
+                z = z_pre
             else:
                 z = tl.load(Z + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         else:
