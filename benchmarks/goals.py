@@ -63,6 +63,26 @@ def _frac_bw(r: dict) -> Optional[float]:
     return max(options) if options else None
 
 
+SPREAD = 1.1  # a row whose median run is this much slower than its fastest gets its spread said
+
+
+def _runs_note(r: dict) -> str:
+    """What the row's runs say beyond the median, where it matters: a median over SPREAD x the
+    fastest run (the H100's 8k forward ran at 0.81 ms in some runs and 1.1 in most of another
+    call), the SM clocks read after the runs and any clock-event reasons (power cap, thermal;
+    benchmarks/timing.py). Empty for a tight, unthrottled row or one timed without them."""
+    t = r.get("timing", {})
+    parts = []
+    if t.get("min_s") and t.get("median_s", 0) > SPREAD * t["min_s"]:
+        parts.append(f"runs {1e3 * t['min_s']:.3g}-{1e3 * t.get('p80_s', t['median_s']):.3g} ms (min-p80)")
+    clocks = t.get("sm_clock_mhz") or []
+    if clocks and (parts or t.get("clock_events")):
+        parts.append(f"SM {min(clocks)}-{max(clocks)} MHz")
+    if t.get("clock_events"):
+        parts.append("clocks held by " + "+".join(t["clock_events"]))
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def _row(goal, measured, met) -> dict:
     return {"goal": goal, "measured": measured, "met": met}
 
@@ -84,14 +104,14 @@ def attention(records) -> list[dict]:
             if tri is None:
                 out.append(_row(goal, "not measured", None))
                 continue
-            text = f"{tri['impl']} {tri['tflops']:.0f} TFLOP/s"
+            text = f"{tri['impl']} {tri['tflops']:.0f} TFLOP/s{_runs_note(tri)}"
             met = direction != "fwd" or tri["tflops"] >= 550
             if peer is None:
                 text += "; no SDPA row"
                 met = None
             else:
                 ratio = tri["tflops"] / peer["tflops"]
-                text += f"; best SDPA {peer['impl']} {peer['tflops']:.0f} ({ratio:.2f}×)"
+                text += f"; best SDPA {peer['impl']} {peer['tflops']:.0f}{_runs_note(peer)} ({ratio:.2f}×)"
                 met = met and ratio >= want
             out.append(_row(goal, text, met))
     return out

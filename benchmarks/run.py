@@ -44,6 +44,12 @@ CPU_CACHE_NOTE = ("CPU: the copy ceiling is measured on a 256 MB buffer (DRAM); 
 
 
 def make_timer_factory(device, tcfg):
+    probe = None
+    if device.kind == "cuda":  # each timed run's SM clock and clock-event reasons (benchmarks/timing.py)
+        from benchmarks.telemetry import ClockProbe
+
+        probe = ClockProbe()
+
     def factory(framework: str, interpret: bool = False, cuda_graphs: bool | None = None) -> Timer:
         """cuda_graphs: None takes the config's setting (torch only); a suite may ask per row."""
         kind = device.kind if framework == "torch" else ("jax-gpu" if device.kind == "cuda" else "cpu")
@@ -52,7 +58,7 @@ def make_timer_factory(device, tcfg):
                          budget_s=0.0, flush_l2_mb=0)
         graphs = tcfg.cuda_graphs if cuda_graphs is None else cuda_graphs
         return Timer(kind, warmup=tcfg.warmup, min_runs=tcfg.min_runs, max_runs=tcfg.max_runs,
-                     budget_s=tcfg.budget_s, cuda_graphs=graphs and framework == "torch")
+                     budget_s=tcfg.budget_s, cuda_graphs=graphs and framework == "torch", probe=probe)
 
     return factory
 

@@ -15,12 +15,18 @@
   time between one jitted program of n back-to-back calls and one of n // 2.
 - CPU: wall clock over repeated runs.
 Runs stop at ``max_runs`` or once ``budget_s`` of timed work is spent, whichever first.
+Every timing keeps its runs' times in the order taken (``samples_ms``), so a bimodal row (a
+kernel that is fast in some runs and slow in others) shows as such and not only as a wide
+p20-p80; CUDA timers given a ``probe`` (``benchmarks.telemetry.ClockProbe``) also read the SM
+clock and NVML's clock-event reasons (power cap, thermal, ...) after each run, outside the
+timed window, so a slow run can be told apart from a throttled one.
 """
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Optional
 
 
 @dataclass
@@ -31,16 +37,21 @@ class Timing:
     min_s: float
     runs: int
     method: str
+    samples_ms: Optional[list] = None  # every run's time in the order taken (4 significant digits)
+    sm_clock_mhz: Optional[list] = None  # with a probe: the SM clock read after each run
+    clock_events: Optional[list] = None  # with a probe: NVML clock-event reasons seen after any run
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _summarize(samples: list[float], method: str) -> Timing:
+def _summarize(samples: list[float], method: str, clocks: Optional[list] = None,
+               events: Optional[list] = None) -> Timing:
     s = sorted(samples)
     q = statistics.quantiles(s, n=5) if len(s) >= 2 else [s[0]] * 4
     return Timing(median_s=statistics.median(s), p20_s=q[0], p80_s=q[3], min_s=s[0], runs=len(s),
-                  method=method)
+                  method=method, samples_ms=[float(f"{x * 1e3:.4g}") for x in samples],
+                  sm_clock_mhz=clocks, clock_events=events)
 
 
 def _block(x):
@@ -58,8 +69,10 @@ class Timer:
     """``Timer(kind)(fn)`` runs ``fn`` (no arguments) and returns a :class:`Timing`."""
 
     def __init__(self, kind: str, *, warmup: int = 3, min_runs: int = 5, max_runs: int = 100,
-                 budget_s: float = 2.0, flush_l2_mb: int = 256, cuda_graphs: bool = False):
+                 budget_s: float = 2.0, flush_l2_mb: int = 256, cuda_graphs: bool = False,
+                 probe: Optional[Callable[[], tuple]] = None):
         self.kind, self.warmup, self.min_runs = kind, warmup, min_runs
+        self.probe = probe if kind == "cuda" else None  # () -> (SM MHz, [clock-event reason names])
         self.cuda_graphs = cuda_graphs and kind == "cuda"
         self.max_runs, self.budget_s = max_runs, budget_s
         self._flush = None
@@ -173,6 +186,8 @@ class Timer:
         import torch
 
         samples: list[float] = []
+        clocks: Optional[list] = [] if self.probe is not None else None
+        events: set = set()
         spent = 0.0
         while self._more(samples, spent):
             if self._flush is not None:
@@ -185,7 +200,11 @@ class Timer:
             dt = start.elapsed_time(end) / 1e3
             samples.append(dt / per)
             spent += dt
-        return _summarize(samples, method)
+            if clocks is not None:  # after the run, outside the timed window
+                mhz, reasons = self.probe()
+                clocks.append(mhz)
+                events.update(reasons)
+        return _summarize(samples, method, clocks, None if clocks is None else sorted(events))
 
     def _cuda(self, fn) -> Timing:
         import torch

@@ -446,3 +446,77 @@ def test_remat_costs_a_second_forward_in_hardware_flops_not_model_flops():
     work = plain["model_flops"] - 6 * cfg.layers * cfg.heads * cfg.head_dim * 128 * (8 * 128)
     assert plain["device_flops"] == pytest.approx(work / 4)
     assert remat["device_flops"] == pytest.approx(4 / 3 * work / 4)
+
+
+def test_cuda_timer_keeps_each_runs_time_and_the_clock_read_after_it(monkeypatch):
+    """A CUDA-event Timer with a probe (events and NVML faked): samples_ms holds every timed run
+    in order (warm-up left out), sm_clock_mhz one probe reading per timed run, clock_events the
+    union of the reasons seen; no probe, no clock fields. Catches: samples sorted or holding the
+    warm-up, the probe read inside the timed window or once per row, reasons of one run only."""
+    import torch
+
+    clock = _FakeClock([0.5] + [0.002, 0.001, 0.004])
+    _FakeEvent.clock = clock
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    readings = iter([(1980, []), (1410, ["sw_power_cap"]), (1500, ["hw_thermal", "sw_power_cap"])])
+    probe_calls = []
+
+    def probe():
+        probe_calls.append(clock.calls)  # the run it follows has finished
+        return next(readings)
+
+    t = timing.Timer("cuda", warmup=1, min_runs=3, max_runs=3, budget_s=1e9, flush_l2_mb=0, probe=probe)(clock.fn)
+    assert t.samples_ms == [2.0, 1.0, 4.0]
+    assert t.sm_clock_mhz == [1980, 1410, 1500] and probe_calls == [2, 3, 4]
+    assert t.clock_events == ["hw_thermal", "sw_power_cap"]
+    assert t.to_dict()["clock_events"] == ["hw_thermal", "sw_power_cap"]
+    plain = timing.Timer("cpu", warmup=0, min_runs=2, max_runs=2, budget_s=1e9, probe=probe)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=_FakeClock([0.003, 0.001]).perf_counter))
+    d = plain(lambda: None).to_dict()
+    assert "sm_clock_mhz" not in d and "clock_events" not in d and len(probe_calls) == 3
+
+
+def test_clock_probe_names_nvml_reasons_and_leaves_out_idle(monkeypatch):
+    """ClockProbe over a fake pynvml: the SM clock, the reason bits by name (idle dropped: the
+    probe reads after a run, when the GPU is idle by construction; unknown bits in hex), and no
+    reasons where NVML refuses. Catches: a bit mapped to the wrong name, idle reported."""
+    import sys
+
+    from benchmarks import telemetry
+
+    class NVMLError(Exception):
+        pass
+
+    state = {"mask": 0x1 | 0x4 | 0x40 | 0x10000}
+
+    def reasons(h):
+        if state["mask"] is None:
+            raise NVMLError("not supported")
+        return state["mask"]
+
+    fake = SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: "h", NVML_CLOCK_SM=0,
+                           nvmlDeviceGetClockInfo=lambda h, kind: 1755, NVMLError=NVMLError,
+                           nvmlDeviceGetCurrentClocksEventReasons=reasons)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    probe = telemetry.ClockProbe()
+    assert probe() == (1755, ["sw_power_cap", "hw_thermal", "0x10000"])
+    state["mask"] = None
+    assert probe() == (1755, [])
+    assert telemetry.clock_event_names(0x8 | 0x20 | 0x80) == ["hw_slowdown", "sw_thermal", "hw_power_brake"]
+
+
+def test_goal_rows_say_a_wide_spread_and_held_clocks():
+    """benchmarks.goals: a Triton row whose median is over 1.1x its fastest run shows min-p80
+    and, with clocks read, the SM range and the clock-event reasons; a tight unthrottled row
+    shows nothing. Catches: the note on every row, the spread test inverted."""
+    from benchmarks import goals
+
+    cfg = {"seq": 8192, "kv_heads": 1, "head_dim": 128, "causal": True, "direction": "fwd", "dtype": "bfloat16"}
+    wide = _rec("attention", "triton", cfg, tflops=560.0, timing={
+        "median_s": 1.1e-3, "p80_s": 1.2e-3, "min_s": 0.8e-3, "sm_clock_mhz": [1980, 1410],
+        "clock_events": ["sw_power_cap"]})
+    tight = _rec("attention", "sdpa-cudnn", cfg, tflops=600.0, timing={
+        "median_s": 0.9e-3, "p80_s": 0.91e-3, "min_s": 0.89e-3, "sm_clock_mhz": [1980, 1980], "clock_events": []})
+    (row,) = [r for r in goals.attention([wide, tight]) if "s8192" in r["goal"] and "fwd+bwd" not in r["goal"]]
+    assert "[runs 0.8-1.2 ms (min-p80), SM 1410-1980 MHz, clocks held by sw_power_cap]" in row["measured"]
+    assert "sdpa-cudnn 600 (" in row["measured"]  # the tight peer: no note
