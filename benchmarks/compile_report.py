@@ -364,7 +364,8 @@ def _compile(kernel, cap: int, workdir: str):
         f.write(compiled.asm["cubin"])
     # warps as launched: a warp-specialized kernel adds its worker partitions' warpgroups
     return (base, cap, int(compiled.metadata.shared), int(compiled.metadata.num_warps), kernel.num_stages,
-            "wgmma" in compiled.asm["ptx"], mma_dots(compiled.asm["ttgir"]))
+            "wgmma" in compiled.asm["ptx"], mma_dots(compiled.asm["ttgir"]),
+            "griddepcontrol.wait" in compiled.asm["ptx"])
 
 
 _MMA_LAYOUT = re.compile(r"^(#mma\d*) = #ttg\.nvidia_mma<\{versionMajor = \d+, versionMinor = \d+, "
@@ -413,7 +414,7 @@ def loop_instructions(sass: str) -> int:
 
 
 def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, wgmma: bool,
-             dots: dict | None = None) -> dict:
+             dots: dict | None = None, pdl_wait: bool = False) -> dict:
     """ptxas -v on ``base``.ptx (registers, spills) and nvdisasm on ``base``.cubin (SASS mix);
     subprocesses only, so threads can run several kernels' at once."""
     from triton.backends.nvidia import compiler as nvidia
@@ -434,7 +435,9 @@ def _inspect(base: str, cap: int, shared: int, num_warps: int, num_stages: int, 
         mix["loop"] = loop_instructions(sass)
     return {"registers": regs, "spill_store_bytes": int(spills[1]), "spill_load_bytes": int(spills[2]),
             "shared_bytes": shared, "num_warps": num_warps, "num_stages": num_stages,
-            "wgmma_in_ptx": wgmma, "sass_mix": mix, "mma_dots": dots, **occupancy(regs, shared, num_warps, cap)}
+            "wgmma_in_ptx": wgmma, "sass_mix": mix, "mma_dots": dots,
+            # a programmatic dependent launch's wait (griddepcontrol.wait) in the PTX
+            "pdl_wait_in_ptx": pdl_wait, **occupancy(regs, shared, num_warps, cap)}
 
 
 def _rows(results: dict, key) -> list[dict]:

@@ -141,6 +141,34 @@ def test_triton_combine_splits_head_dim_across_programs(rng):
     _torch_check(o, q, k, v, lens, c, torch.float32)
 
 
+def test_pdl_blocks_run_in_order_here_and_are_refused_before_sm90(rng, monkeypatch):
+    """pdl=True (programmatic dependent launch, an sm_90 candidate): the interpreter runs the
+    two launches in order, with the same result as plain launches; a compiled pre-sm_90 device
+    is refused naming blocks.pdl, before any launch; sm_90 takes it (the waits are checked in
+    the AOT test below, and on a GPU by tests/test_kernels_gpu.py's decode candidates)."""
+    c = Case(4, 1, 64, 200, (200, 3))
+    q, k, v, lens = _inputs(rng, c)
+    ts = [torch.tensor(x).float() for x in (q, k, v)]
+    blk = triton_decode.TritonDecodeBlocks(16, 4, 1)
+    plain = triton_decode.decode_triton(*ts, torch.tensor(lens), num_splits=3, blocks=blk)
+    before = dict(triton_decode.LAUNCHES)
+    pdl = triton_decode.decode_triton(*ts, torch.tensor(lens), num_splits=3,
+                                      blocks=dataclasses.replace(blk, pdl=True))
+    assert torch.equal(pdl, plain)
+    assert triton_decode.LAUNCHES["_decode_combine_kernel"] == before["_decode_combine_kernel"] + 1
+    monkeypatch.setattr(triton_decode, "_capability", lambda t: (8, 0))
+    with pytest.raises(ValueError, match=r"blocks.pdl: programmatic dependent launch needs sm_90 or newer, got sm_80"):
+        triton_decode.decode_triton(*ts, torch.tensor(lens), num_splits=3, blocks=dataclasses.replace(blk, pdl=True))
+    assert triton_decode.LAUNCHES["_decode_combine_kernel"] == before["_decode_combine_kernel"] + 1  # nothing ran
+    monkeypatch.setattr(triton_decode, "_capability", lambda t: (9, 0))
+    assert triton_decode._use_pdl(dataclasses.replace(blk, pdl=True), ts[0])
+    assert not triton_decode._use_pdl(blk, ts[0])
+    assert [b.pdl for b in triton_decode.candidate_blocks(128, torch.bfloat16, 32768)].count(True) == 1
+    assert not any(b.pdl for b in triton_decode.candidate_blocks(128, torch.bfloat16, 32768, capability=(8, 0)))
+    with pytest.raises(ValueError, match="pdl=1 must be a bool"):
+        triton_decode.TritonDecodeBlocks(16, 4, 1, pdl=1)
+
+
 def test_triton_non_contiguous_cache(rng):
     """Caches viewed out of a wider pool (kv heads interleaved, strided head_dim)."""
     b, t, kvh, d = 2, 70, 2, 64
@@ -339,11 +367,20 @@ def test_triton_decode_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     then spill audit entries (fp32 on sm_80/90, 16-bit on sm_80) in the same compile process."""
     from aot import assert_compiled_clean, compile_in_subprocess, sweep_jobs
 
+    from benchmarks.compile_report import blocks_json
+
     jobs = {cid: {"module": "kernels.decode.triton_decode", "args": [d, f"torch.{dt}"],
                   "kwargs": {"window": w, "softcap": c, "group": g}, "cap": 90}
             for cid, (d, dt, w, c, g) in AOT.items()}
+    pdl = triton_decode.TritonDecodeBlocks(64, 4, 3, pdl=True)  # the sm_90 PDL candidate
+    pdl_job = {"module": "kernels.decode.triton_decode", "args": [128, "torch.bfloat16"],
+               "kwargs": {"group": 16, "blocks": blocks_json(pdl)}, "cap": 90}
     sweep = sweep_jobs(AOT_SWEEP)
-    report = compile_in_subprocess({**jobs, **sweep}, tmp_path)
+    report = compile_in_subprocess({**jobs, **sweep, "pdl-d128-bf16-mqa": pdl_job}, tmp_path)
+    for name, r in report.pop("pdl-d128-bf16-mqa").items():  # both kernels wait before their loads
+        assert_compiled_clean(r, f"pdl {name}")
+        assert r["pdl_wait_in_ptx"], f"pdl {name}: no griddepcontrol.wait in the PTX"
+    assert not any(r.get("pdl_wait_in_ptx") for ks in report.values() for r in ks.values() if isinstance(r, dict))
     for job in sweep:
         kernels = report.pop(job)
         assert "error" not in kernels, (job, kernels.get("error"))

@@ -143,6 +143,25 @@ def test_triton_decode(rng, case, dtype):
     test_decode._torch_check(out, q, k, v, lens, case, dtype, device=DEVICE)
 
 
+@pytest.mark.parametrize("case,dtype", params(DECODE_PAIRS[:1], case_id, triton=True))
+def test_triton_decode_every_candidate(rng, case, dtype):
+    """Each decode ``candidate_blocks`` on this GPU against float64, sm_90's PDL launch among
+    them (split and combine launched as programmatic dependents, each waiting before its
+    loads: on a GPU the combine really starts under the split). Twice each: back to back,
+    the second launch's split overlaps the first's combine."""
+    q, k, v, lens = test_decode._inputs(rng, case)
+    args = (tt(q, dtype), tt(k, dtype), tt(v, dtype), torch.tensor(lens, device=DEVICE, dtype=torch.int32))
+    cap = (9, 0) if GPU_TESTS_ON_CPU else torch.cuda.get_device_capability()
+    cands = triton_decode.candidate_blocks(case.head_dim, dtype, case.max_len, capability=cap)
+    assert any(b.pdl for b in cands) == (cap >= (9, 0))
+    for blocks in cands:
+        with launched(triton_decode, "_decode_split_kernel", "_decode_combine_kernel"):
+            outs = [triton_decode.decode_triton(*args, window=case.window, softcap=case.softcap, blocks=blocks)
+                    for _ in range(2)]
+        for out in outs:
+            test_decode._torch_check(out, q, k, v, lens, case, dtype, device=DEVICE)
+
+
 @pytest.mark.parametrize("case,dtype", params(PAGED_PAIRS, case_id, triton=True))
 def test_triton_paged_decode(rng, case, dtype):
     with launched(triton_decode, "_decode_split_kernel", "_decode_combine_kernel"):

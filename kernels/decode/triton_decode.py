@@ -46,8 +46,13 @@ class TritonDecodeBlocks:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    # programmatic dependent launch of both kernels (sm_90+; triton_kernels.py USE_PDL): the
+    # combine starts under the split's tail. The interpreter runs launches in order anyway
+    pdl: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.pdl, bool):
+            raise ValueError(f"pdl={self.pdl!r} must be a bool")
         if not isinstance(self.block_n, int) or self.block_n < 16 or self.block_n & (self.block_n - 1):
             raise ValueError(f"block_n={self.block_n!r} must be a power of two >= 16 (tl.dot tile)")
         if self.num_warps not in (1, 2, 4, 8, 16):
@@ -79,6 +84,8 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, span: int, *,
     few block_n / warps / stages neighbours (spills, if any, show in benchmarks.compile_report)."""
     base = default_blocks(head_dim, dtype, span, capability=tuple(capability))
     more = [TritonDecodeBlocks(32, 4, 3), TritonDecodeBlocks(128, 4, 2), TritonDecodeBlocks(64, 8, 3)]
+    if tuple(capability) >= (9, 0):  # the default tiles launched as split -> combine with PDL (untimed)
+        more.append(dataclasses.replace(base, pdl=True))
     return [base] + [b for b in more if b != base]
 
 
@@ -113,6 +120,20 @@ def _capability(t: torch.Tensor) -> Optional[tuple]:
     return torch.cuda.get_device_capability(t.device)
 
 
+def _use_pdl(blocks: TritonDecodeBlocks, q: torch.Tensor) -> bool:
+    """Launch with PDL: blocks.pdl on a compiled sm_90+ device. The interpreter runs the two
+    launches in order, which is what the waits give, so it takes pdl=True as plain launches;
+    an older GPU cannot launch so and is refused."""
+    if not blocks.pdl:
+        return False
+    cap = _capability(q)
+    if cap is None:
+        return False
+    if cap < (9, 0):
+        raise ValueError(f"blocks.pdl: programmatic dependent launch needs sm_90 or newer, got sm_{cap[0]}{cap[1]}")
+    return True
+
+
 def _span(max_len: int, window: Optional[int]) -> int:
     return max_len if window is None else min(max_len, window)
 
@@ -124,9 +145,9 @@ def _paged_blocks(blocks: TritonDecodeBlocks, page_size: Optional[int]) -> Trito
     return dataclasses.replace(blocks, block_n=page_size)
 
 
-def _constexprs(head_dim, dtype, group, *, window, softcap, blocks, page_size=None):
+def _constexprs(head_dim, dtype, group, *, window, softcap, blocks, page_size=None, pdl=False):
     """Compile-time specialization of the split kernel (shared with ``aot_kernels``)."""
-    return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    return dict(USE_PDL=pdl, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
                 BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=blocks.block_n,
                 HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
                 PAGED=page_size is not None, PAGE_SIZE=page_size or 1,
@@ -158,20 +179,23 @@ def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, b
     o_part = torch.empty((b, h, num_splits, d), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((b, h, num_splits), dtype=torch.float32, device=q.device)
     o = torch.empty((b, h, d), dtype=q.dtype, device=q.device)
-    meta = _constexprs(d, q.dtype, g, window=window, softcap=softcap, blocks=blocks, page_size=page_size)
+    pdl = _use_pdl(blocks, q)
+    meta = _constexprs(d, q.dtype, g, window=window, softcap=softcap, blocks=blocks, page_size=page_size,
+                       pdl=pdl)
     w = 0 if window is None else min(int(window), max_len)  # wider than the cache: no-op, stays int32
+    launch = dict(launch_pdl=True) if pdl else {}
     triton_kernels._decode_split_kernel[(num_splits, b * kvh)](
         q, k_cache, v_cache, lens, table, o_part, lse_part,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), table.stride(0),
         max_len, kvh, num_splits, k_cache.shape[0],
         float(scale), 1.0 if softcap is None else float(softcap), w,
-        **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+        **meta, num_warps=blocks.num_warps, num_stages=blocks.num_stages, **launch,
     )
     block_s = triton.next_power_of_2(num_splits)
     block_dc = combine_columns(meta["BLOCK_D"], block_s)
     triton_kernels._decode_combine_kernel[(b * h, triton.cdiv(d, block_dc))](
         o_part, lse_part, o, *o.stride(), h, num_splits,
-        HEAD_DIM=d, BLOCK_S=block_s, BLOCK_DC=block_dc, num_warps=4,
+        HEAD_DIM=d, BLOCK_S=block_s, BLOCK_DC=block_dc, USE_PDL=pdl, num_warps=4, **launch,
     )
     LAUNCHES.update(("_decode_split_kernel", "_decode_combine_kernel"))
     return o, o_part, lse_part
@@ -181,17 +205,17 @@ def _decode_fwd(q, k_cache, v_cache, cache_seqlens, *, window, softcap, scale, b
 def decode_attention_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
     block_table: Optional[torch.Tensor], window: Optional[int], softcap: Optional[float], scale: float,
-    block_n: int, num_warps: int, num_stages: int, num_splits: int,
+    block_n: int, num_warps: int, num_stages: int, num_splits: int, pdl: bool = False,
 ) -> torch.Tensor:
     """Decode output [B, H, D]; the launch knobs are TritonDecodeBlocks fields and the split count."""
     return _decode_fwd(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
-                       scale=scale, blocks=TritonDecodeBlocks(block_n, num_warps, num_stages),
+                       scale=scale, blocks=TritonDecodeBlocks(block_n, num_warps, num_stages, pdl),
                        num_splits=num_splits, block_table=block_table)[0]
 
 
 @decode_attention_op.register_fake
 def _(q, k_cache, v_cache, cache_seqlens, block_table, window, softcap, scale, block_n, num_warps,
-      num_stages, num_splits):
+      num_stages, num_splits, pdl=False):
     return q.new_empty(q.shape)
 
 
@@ -219,7 +243,7 @@ def decode_triton(q, k_cache, v_cache, cache_seqlens, *, block_table=None, windo
         raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}], got {num_splits!r}")
     scale = d**-0.5 if scale is None else float(scale)
     return decode_attention_op(q, k_cache, v_cache, cache_seqlens, block_table, window, softcap, scale,
-                               blocks.block_n, blocks.num_warps, blocks.num_stages, num_splits)
+                               blocks.block_n, blocks.num_warps, blocks.num_stages, num_splits, blocks.pdl)
 
 
 # --- ahead-of-time compile support ---------------------------------------------------------
@@ -236,15 +260,16 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, window=None, softcap=None,
     if page_size is not None:
         check_kernel_page_size(page_size, "triton")
         blocks = _paged_blocks(blocks, page_size)
+    pdl = blocks.pdl and tuple(capability) >= (9, 0)
     split_meta = _constexprs(head_dim, dtype, group, window=window, softcap=softcap, blocks=blocks,
-                             page_size=page_size)
+                             page_size=page_size, pdl=pdl)
     ptrs = dict(Q=ty, K=ty, V=ty, LENS="*i32", BT="*i32", O_PART="*fp32", LSE_PART="*fp32")
     fn = mod._decode_split_kernel
     out = {"_decode_split_kernel": aot_kernel(
         fn, pointers=ptrs, constexprs=split_meta, num_warps=blocks.num_warps,
         num_stages=blocks.num_stages, floats=("sm_scale", "softcap"), unit_strides=d_strides(fn))}
     combine_meta = dict(HEAD_DIM=head_dim, BLOCK_S=MAX_SPLITS,  # the most shares: the largest tile
-                        BLOCK_DC=combine_columns(split_meta["BLOCK_D"], MAX_SPLITS))
+                        BLOCK_DC=combine_columns(split_meta["BLOCK_D"], MAX_SPLITS), USE_PDL=pdl)
     fn = mod._decode_combine_kernel
     out["_decode_combine_kernel"] = aot_kernel(
         fn, pointers=dict(O_PART="*fp32", LSE_PART="*fp32", O=ty), constexprs=combine_meta,

@@ -20,6 +20,13 @@ M = max lse; all-empty rows (L == 0) give zeros. Each program loads all S shares
 BLOCK_DC columns at once (<= 32 KiB): one round trip, where a loop over chunks of shares
 was one dependent round trip per chunk (16 for 256 shares, on only B * H programs).
 
+USE_PDL (sm_90+, launched with programmatic dependent launch): a kernel's blocks may start
+while the kernel before it in the stream finishes; ``griddepcontrol.wait`` before the first
+load makes what that kernel wrote visible. The split kernel waits, then lets the combine
+launch at once (its blocks start, index, and wait for the split grid's end before loading
+the partials): the combine's launch and ramp hide under the split's tail, a few of the ~12 us
+of a batch-1 32k decode (FlashInfer and TensorRT-LLM launch their decode kernels so).
+
 Limits: head_dim <= 256 (BLOCK_D = next power of two, masked); any strides; cache offsets
 in int64 (caches beyond 2^31 elements); L is clamped to [0, max_len]; paged: PAGE_SIZE a
 power of two >= 16 (BLOCK_N = min(block_n, PAGE_SIZE)). fp32 (ieee dots),
@@ -35,6 +42,7 @@ configure_triton_interpret()  # before any @triton.jit: the interpreter when the
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
 
 
 @triton.jit
@@ -66,11 +74,15 @@ def _decode_split_kernel(
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,  # paged cache; PAGE_SIZE % BLOCK_N == 0
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit
+    USE_PDL: tl.constexpr = False,  # launched as a programmatic dependent launch (sm_90+)
 ):
     split = tl.program_id(0)
     pid = tl.program_id(1)
     off_b = pid // KVH
     off_kvh = pid % KVH
+    if USE_PDL:  # before the first load: what the kernel before it wrote is visible after the wait;
+        gdc_wait()  # then the combine may launch (it waits for this grid's end before its loads)
+        gdc_launch_dependents()
     length = tl.minimum(tl.maximum(tl.load(LENS + off_b), 0), max_len)
     lo = 0
     if HAS_WINDOW:
@@ -150,6 +162,7 @@ def _decode_combine_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,  # next_power_of_2(num_splits): every share at once
     BLOCK_DC: tl.constexpr,  # head-dim columns per program (BLOCK_S * BLOCK_DC <= 8192)
+    USE_PDL: tl.constexpr = False,  # launched as a programmatic dependent launch of the split
 ):
     pid = tl.program_id(0)  # b * H + h
     off_b = pid // H
@@ -159,6 +172,8 @@ def _decode_combine_kernel(
     row0 = pid.to(tl.int64) * num_splits
     offs_s = tl.arange(0, BLOCK_S)
     s_ok = offs_s < num_splits
+    if USE_PDL:  # started while the split kernel ran: its partials are complete after this
+        gdc_wait()
     # one shot: both loads in flight together, no loop of dependent round trips
     lse = tl.load(LSE_PART + row0 + offs_s, mask=s_ok, other=float("-inf"))
     part = tl.load(O_PART + (row0 + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
