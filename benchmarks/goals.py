@@ -26,7 +26,7 @@ import argparse
 import json
 from typing import Callable, Optional
 
-TRITON = ("triton", "triton-tma", "triton-autotune", "triton-graph")
+TRITON = ("triton", "triton-tma", "triton-autotune", "triton-graph", "triton-pdl")
 
 
 def _ok(records, suite, pred: Callable[[dict], bool]) -> list[dict]:

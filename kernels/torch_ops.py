@@ -68,7 +68,7 @@ DECODE_IMPLS = ("triton", "reference", "sdpa")
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, window=None,
-                     softcap=None, scale=None, impl="triton", check_lengths=True):
+                     softcap=None, scale=None, impl="triton", check_lengths=True, blocks=None):
     """One-token decode attention against a KV cache. See ``kernels/decode/spec.py``.
 
     block_table (int32/int64 [batch, pages_per_row]) makes k_cache/v_cache page pools
@@ -77,10 +77,14 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     Reads cache_seqlens (and block_table) on the host to check them (one device->host sync);
     ``check_lengths=False`` skips that read (shapes, dtypes and devices are still checked) for
     callers that already checked the values, e.g. a model's later layers in one decode step.
+    ``blocks`` (triton only): a ``TritonDecodeBlocks`` (tiles, launch options such as sm_90's
+    programmatic dependent launch) in place of the device's defaults.
     """
     from .decode.spec import check_decode_args
 
     check_impl(impl, DECODE_IMPLS, op="decode_attention")
+    if blocks is not None and impl != "triton":
+        raise ValueError(f"blocks: only impl='triton' takes tile sizes, got blocks={blocks!r} with impl={impl!r}")
     p = check_decode_args(q, k_cache, v_cache, cache_seqlens, window=window, softcap=softcap,
                           scale=scale, dtypes=TORCH_DTYPES, device_of=_device,
                           host_lengths=(lambda t: t.cpu().numpy()) if check_lengths else None,
@@ -89,7 +93,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, wi
     if impl == "triton":
         from .decode.triton_decode import decode_triton
 
-        return decode_triton(q, k_cache, v_cache, cache_seqlens, block_table=block_table, **kwargs)
+        return decode_triton(q, k_cache, v_cache, cache_seqlens, block_table=block_table, blocks=blocks, **kwargs)
     if block_table is not None:  # peers and the reference: gather the pages (not a kernel)
         from .decode.reference import gather_pages
 

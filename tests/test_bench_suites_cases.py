@@ -318,6 +318,49 @@ def test_decode_interpreted_rows_get_no_steady_timing():
     assert "steady" not in rec and timers.steady_calls == 0
 
 
+def test_decode_pdl_row_is_skipped_off_sm90_and_runs_the_default_tiles_with_pdl(monkeypatch):
+    """triton-pdl: on a CPU the row is skipped saying why; given an sm_90 device (faked) its
+    function calls the public decode with the device's default tiles and pdl set, lengths
+    checked only when asked. Catches: the row timing plain launches, or other tiles."""
+    import dataclasses
+
+    import torch
+
+    from benchmarks.suites import decode as suite_mod
+    from benchmarks.suites.common import Skip
+    from kernels import torch_ops
+    from kernels.decode import triton_decode
+
+    suite = suite_mod.DecodeSuite(_dec_cfg(torch_impls=["triton-pdl"]), CPU, FakeTimers())
+    with pytest.raises(Skip, match="programmatic dependent launch needs an sm_90"):
+        suite._torch_fn("triton-pdl")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch_ops, "decode_attention", lambda *a, **kw: calls.append(kw))
+    q, k, v = torch.zeros(1, 8, 128, dtype=torch.bfloat16), torch.zeros(1, 4096, 1, 128), torch.zeros(1, 4096, 1, 128)
+    suite_mod.DecodeSuite._pdl_fn()(q, k, v, torch.tensor([4096]), check=False)
+    want = dataclasses.replace(triton_decode.default_blocks(128, torch.bfloat16, 4096, capability=(9, 0)), pdl=True)
+    assert calls == [dict(block_table=None, impl="triton", check_lengths=False, blocks=want)]
+
+
+def test_decode_blocks_argument_is_for_triton_only():
+    """torch_ops.decode_attention(blocks=...): a TritonDecodeBlocks reaches the Triton kernel (the
+    same output as its defaults here); another impl or another type is refused by name."""
+    import torch
+
+    from kernels import torch_ops
+    from kernels.decode.triton_decode import TritonDecodeBlocks
+
+    q, k, v = torch.randn(1, 4, 16), torch.randn(1, 32, 2, 16), torch.randn(1, 32, 2, 16)
+    lens = torch.tensor([20])
+    got = torch_ops.decode_attention(q, k, v, lens, blocks=TritonDecodeBlocks(16, 4, 1))
+    assert torch.allclose(got, torch_ops.decode_attention(q, k, v, lens, impl="reference"), atol=1e-5)
+    with pytest.raises(ValueError, match="blocks: only impl='triton' takes tile sizes"):
+        torch_ops.decode_attention(q, k, v, lens, impl="sdpa", blocks=TritonDecodeBlocks())
+    with pytest.raises(ValueError, match="blocks must be None or a TritonDecodeBlocks, got 'fast'"):
+        torch_ops.decode_attention(q, k, v, lens, blocks="fast")
+
+
 # ---- int4.py ------------------------------------------------------------------------------
 
 def _int4_cfg(**kw):

@@ -10,7 +10,10 @@ reading K/V as fast as the copy moves bytes).
 Timing: the torch rows run ``kernels.torch_ops.decode_attention``, checked once and timed
 with ``check_lengths=False`` (no host read of the lengths: one device-to-host sync a call),
 as the JAX rows are timed without theirs; ``triton-graph`` replays the call captured as a
-CUDA graph (no launch overhead, as serving engines run decode steps). With ``steady_calls``
+CUDA graph (no launch overhead, as serving engines run decode steps); ``triton-pdl`` (sm_90+)
+runs the default tiles with both kernels launched as programmatic dependents (the combine
+starts under the split's tail; in the steady graph each call's split under the last call's
+combine). With ``steady_calls``
 (GPU preset) each torch row is also timed as that many calls back to back in one graph over
 distinct caches, per call ("steady": the decode step's layers in a serving engine's graph,
 cold L2 each replay, as FlashInfer times its kernels), and each JAX row as the same calls in
@@ -156,15 +159,38 @@ class DecodeSuite(GridSuite):
                 raise Skip("flash-attn needs a CUDA device")
             return (lambda q, k, v, L: flash_attn_with_kvcache(
                 q[:, None], k, v, cache_seqlens=L, softmax_scale=q.shape[-1] ** -0.5)[:, 0]), "compiled"
-        if impl not in ("triton", "sdpa", "reference", "triton_paged", "triton-graph"):
+        if impl not in ("triton", "sdpa", "reference", "triton_paged", "triton-graph", "triton-pdl"):
             raise Skip(f"unknown torch impl {impl!r}")
         if impl == "triton-graph" and self.device.kind != "cuda":
             raise Skip("CUDA-graph replay needs a CUDA device")
+        if impl == "triton-pdl":  # the default tiles, split and combine as programmatic dependent launches
+            import torch
+
+            if self.device.kind != "cuda" or torch.cuda.get_device_capability() < (9, 0):
+                raise Skip("programmatic dependent launch needs an sm_90+ GPU")
+            return self._pdl_fn(), "compiled"
         kernel = impl.startswith("triton")
         mode = ("interpret" if _platform.triton_interpreting() else "compiled") if kernel else "eager"
         impl = impl.removesuffix("_paged").removesuffix("-graph")  # *_paged rows: args[4] = table
         return (lambda q, k, v, L, *bt, check=True: torch_ops.decode_attention(
             q, k, v, L, block_table=bt[0] if bt else None, impl=impl, check_lengths=check)), mode
+
+    @staticmethod
+    def _pdl_fn():
+        import dataclasses
+
+        import torch
+
+        from kernels import torch_ops
+        from kernels.decode import triton_decode as td
+
+        def f(q, k, v, L, *bt, check=True):
+            span = k.shape[1] if not bt else bt[0].shape[1] * k.shape[1]
+            blocks = dataclasses.replace(td.default_blocks(q.shape[-1], q.dtype, span,
+                                                           capability=torch.cuda.get_device_capability()), pdl=True)
+            return torch_ops.decode_attention(q, k, v, L, block_table=bt[0] if bt else None, impl="triton",
+                                              check_lengths=check, blocks=blocks)
+        return f
 
     def _jax_fn(self, impl):
         import jax

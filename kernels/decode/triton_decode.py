@@ -236,6 +236,8 @@ def decode_triton(q, k_cache, v_cache, cache_seqlens, *, block_table=None, windo
     span = _span(max_len, window)
     if blocks is None:
         blocks = default_blocks(d, q.dtype, span, capability=_capability(q))
+    elif not isinstance(blocks, TritonDecodeBlocks):
+        raise ValueError(f"blocks must be None or a TritonDecodeBlocks, got {blocks!r}")
     blocks = _paged_blocks(blocks, page_size)
     if num_splits is None:
         num_splits = num_kv_splits(b, kvh, span, blocks.block_n, compiled_sm_count(q))
