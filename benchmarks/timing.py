@@ -9,6 +9,14 @@
   an H100) of extra DRAM traffic -- double the traffic of a kernel reading 10 MB. A read
   pass writes back the previous run's dirty lines before the timer starts and leaves clean
   lines, which cost nothing to evict.
+  Each timed run first holds the stream with a spin kernel (``torch.cuda._sleep``) long enough
+  for the host to enqueue the flush, the start event and the call behind it: the GPU then runs
+  them back to back, and the time between the events is the GPU's, not the host's. Without
+  the hold, a call whose Python launcher takes longer than the flush's ~0.1 ms leaves the GPU
+  idle after the start event, and that idle time was timed (one run fast, the next slow,
+  as the host's own jitter went). The host's enqueue time of each call is kept
+  (``host_ms``: median and max), with the hold (``hold_ms``, a lower bound: its cycles are
+  counted at 2 GHz, and the SM clock is at most that on the GPUs here).
 - JAX: ``block_until_ready`` on the result, wall clock (L2 flushed too on a GPU). That
   includes one dispatch of the jitted program (tens of microseconds), as a JAX user's call
   pays it; ``steady_jax`` takes it out for kernels that run for less: the slope of the wall
@@ -40,18 +48,33 @@ class Timing:
     samples_ms: Optional[list] = None  # every run's time in the order taken (4 significant digits)
     sm_clock_mhz: Optional[list] = None  # with a probe: the SM clock read after each run
     clock_events: Optional[list] = None  # with a probe: NVML clock-event reasons seen after any run
+    host_ms: Optional[dict] = None  # CUDA events: the host's time to enqueue a call, median and max
+    hold_ms: Optional[float] = None  # CUDA events: the spin that held the stream while it did
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _summarize(samples: list[float], method: str, clocks: Optional[list] = None,
-               events: Optional[list] = None) -> Timing:
+               events: Optional[list] = None, host: Optional[list] = None,
+               hold_s: Optional[float] = None) -> Timing:
     s = sorted(samples)
     q = statistics.quantiles(s, n=5) if len(s) >= 2 else [s[0]] * 4
+    host_ms = None if not host else {"median": float(f"{statistics.median(host) * 1e3:.4g}"),
+                                     "max": float(f"{max(host) * 1e3:.4g}")}
     return Timing(median_s=statistics.median(s), p20_s=q[0], p80_s=q[3], min_s=s[0], runs=len(s),
                   method=method, samples_ms=[float(f"{x * 1e3:.4g}") for x in samples],
-                  sm_clock_mhz=clocks, clock_events=events)
+                  sm_clock_mhz=clocks, clock_events=events, host_ms=host_ms,
+                  hold_ms=None if hold_s is None else float(f"{hold_s * 1e3:.4g}"))
+
+
+HOLD_MIN_S, HOLD_MAX_S = 2e-4, 2e-2  # the stream hold: 3x the host's enqueue time, within these
+HOLD_CLOCK_HZ = 2.0e9  # cycles per second the hold is counted at (the highest SM clock here: 1.98 GHz)
+
+
+def hold_seconds(host_s: float) -> float:
+    """How long to hold the stream before a run whose call took ``host_s`` to enqueue."""
+    return min(max(3 * host_s, HOLD_MIN_S), HOLD_MAX_S)
 
 
 def _block(x):
@@ -185,16 +208,24 @@ class Timer:
         max_runs or, past min_runs, budget_s of timed work."""
         import torch
 
+        t0 = time.perf_counter()  # one more untimed call: how long the host takes to enqueue it
+        fn()
+        hold_s = hold_seconds(time.perf_counter() - t0)
+        torch.cuda.synchronize()
         samples: list[float] = []
+        host: list[float] = []
         clocks: Optional[list] = [] if self.probe is not None else None
         events: set = set()
         spent = 0.0
         while self._more(samples, spent):
+            torch.cuda._sleep(int(hold_s * HOLD_CLOCK_HZ))  # the GPU spins while the host enqueues
             if self._flush is not None:
                 self._flush_l2()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             _block(fn())
+            host.append(time.perf_counter() - t0)
             end.record()
             end.synchronize()
             dt = start.elapsed_time(end) / 1e3
@@ -204,7 +235,8 @@ class Timer:
                 mhz, reasons = self.probe()
                 clocks.append(mhz)
                 events.update(reasons)
-        return _summarize(samples, method, clocks, None if clocks is None else sorted(events))
+        method += f", the stream held {hold_s * 1e3:.3g} ms while the host enqueued each run"
+        return _summarize(samples, method, clocks, None if clocks is None else sorted(events), host, hold_s)
 
     def _cuda(self, fn) -> Timing:
         import torch

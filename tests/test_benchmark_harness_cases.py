@@ -65,19 +65,46 @@ class _FakeEvent:
         return (end.t - self.t) * 1e3
 
 
+def _fake_cuda(monkeypatch, clock) -> list:
+    """torch.cuda's events, synchronize and _sleep faked on ``clock``; -> the _sleep calls, each
+    as (cycles, fake-clock calls made before it)."""
+    import torch
+
+    _FakeEvent.clock = clock
+    sleeps = []
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: sleeps.append((cycles, clock.calls)))
+    return sleeps
+
+
 def test_cuda_event_timer_reports_seconds_per_call(monkeypatch):
     """CUDA-event Timer (events faked, no GPU): elapsed_time's milliseconds become seconds, and a
     graph of ``per`` back-to-back calls is reported per call. Catches: ms divided by 1e6 (T6),
     the graph's time not divided by its call count (T7)."""
-    import torch
-
-    clock = _FakeClock([0.5] + [0.002, 0.004, 0.003] + [0.008, 0.008, 0.008])
-    _FakeEvent.clock = clock
-    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    clock = _FakeClock([0.5, 0.5] + [0.002, 0.004, 0.003] + [0.5] + [0.008, 0.008, 0.008])
+    _fake_cuda(monkeypatch, clock)
     timer = timing.Timer("cuda", warmup=1, min_runs=3, max_runs=3, budget_s=1e9, flush_l2_mb=0)
     assert timer(clock.fn).median_s == pytest.approx(0.003)
     per_call = timer._event_samples(clock.fn, "graph of 4 calls", per=4)
     assert per_call.median_s == pytest.approx(0.002)
+
+
+def test_cuda_timer_holds_the_stream_before_each_run_for_the_hosts_enqueue(monkeypatch):
+    """Before each timed run the stream is held (a spin of hold_seconds(host time) at 2 GHz),
+    the host's enqueue time of the untimed probe call setting it, clamped to [0.2, 20] ms;
+    the record says the hold and the host's enqueue times. Catches: no hold (a slow Python
+    launcher timed as GPU time), one hold for all runs, the hold after the run."""
+    clock = _FakeClock([0.5, 0.5, 0.001, 0.001, 0.001])
+    sleeps = _fake_cuda(monkeypatch, clock)
+    host_clock = iter([0.0, 0.004] + [1.0, 1.00005, 2.0, 2.00007, 3.0, 3.00006])  # probe call, then runs
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: next(host_clock)))
+    t = timing.Timer("cuda", warmup=1, min_runs=3, max_runs=3, budget_s=1e9, flush_l2_mb=0)(clock.fn)
+    assert timing.hold_seconds(0.004) == pytest.approx(0.012)
+    assert sleeps == [(int(0.012 * 2e9), 2), (int(0.012 * 2e9), 3), (int(0.012 * 2e9), 4)]
+    assert t.hold_ms == pytest.approx(12.0) and t.host_ms == {"median": 0.06, "max": 0.07}
+    assert "the stream held 12 ms while the host enqueued each run" in t.method
+    assert timing.hold_seconds(1e-6) == timing.HOLD_MIN_S and timing.hold_seconds(1.0) == timing.HOLD_MAX_S
 
 
 @pytest.mark.parametrize("device_name, entry", [
@@ -453,11 +480,8 @@ def test_cuda_timer_keeps_each_runs_time_and_the_clock_read_after_it(monkeypatch
     in order (warm-up left out), sm_clock_mhz one probe reading per timed run, clock_events the
     union of the reasons seen; no probe, no clock fields. Catches: samples sorted or holding the
     warm-up, the probe read inside the timed window or once per row, reasons of one run only."""
-    import torch
-
-    clock = _FakeClock([0.5] + [0.002, 0.001, 0.004])
-    _FakeEvent.clock = clock
-    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    clock = _FakeClock([0.5, 0.5] + [0.002, 0.001, 0.004])
+    _fake_cuda(monkeypatch, clock)
     readings = iter([(1980, []), (1410, ["sw_power_cap"]), (1500, ["hw_thermal", "sw_power_cap"])])
     probe_calls = []
 
@@ -467,7 +491,7 @@ def test_cuda_timer_keeps_each_runs_time_and_the_clock_read_after_it(monkeypatch
 
     t = timing.Timer("cuda", warmup=1, min_runs=3, max_runs=3, budget_s=1e9, flush_l2_mb=0, probe=probe)(clock.fn)
     assert t.samples_ms == [2.0, 1.0, 4.0]
-    assert t.sm_clock_mhz == [1980, 1410, 1500] and probe_calls == [2, 3, 4]
+    assert t.sm_clock_mhz == [1980, 1410, 1500] and probe_calls == [3, 4, 5]
     assert t.clock_events == ["hw_thermal", "sw_power_cap"]
     assert t.to_dict()["clock_events"] == ["hw_thermal", "sw_power_cap"]
     plain = timing.Timer("cpu", warmup=0, min_runs=2, max_runs=2, budget_s=1e9, probe=probe)

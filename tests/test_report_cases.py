@@ -357,6 +357,8 @@ def test_cuda_event_timer_flushes_l2_before_each_run_outside_the_timed_region(mo
     clock = _Clock()
     _FakeEvent.clock = clock
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: None)  # the stream hold before each run
     timer = timing.Timer("cuda", warmup=0, min_runs=3, max_runs=3, budget_s=1e9, flush_l2_mb=0)
     timer._flush = _SlowFlush(clock)
 
@@ -415,6 +417,7 @@ def test_failed_graph_capture_is_said_in_the_timing_method(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
     monkeypatch.setattr(torch.cuda, "graph", lambda g: BadGraph())
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: None)
     timer = timing.Timer("cuda", warmup=0, min_runs=2, max_runs=2, budget_s=1e9, flush_l2_mb=0, cuda_graphs=True)
 
     def fn():
