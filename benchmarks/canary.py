@@ -11,7 +11,9 @@ the same compiled specializations, so the benchmark later finds them in Triton's
 - attention backward, MQA causal bf16: head_dim 128 with 16 heads (the attention goal rows)
   and head_dim 256 with 8 heads (nano1's train step), 1024 tokens (split dK/dV passes);
   the forward's at both (the Gluon kernel's modes, whose barriers could hang, go first);
-- int4 decode, 1 and 16 rows, 2048 -> 9984, group 128.
+- int4 decode, 1 and 16 rows, 2048 -> 9984, group 128;
+- decode's split kernel, MQA batch 1 on a 4k cache, its programmatic dependent launch among
+  them (the benchmark's ``triton-pdl`` rows skip it where the canary excluded it).
 State (JSON, written atomically): each candidate is marked "running" before its launch and
 "ok" (or "error" with the exception: a raised error leaves the process usable) after it. A
 run that finds a candidate left "running" by an earlier try marks it "crashed" and goes on
@@ -80,6 +82,21 @@ def _int4_jobs(dev, dt, cap, small):
     return jobs
 
 
+def _decode_jobs(dev, dt, cap, small):
+    """The decode split kernel's candidates (sm_90's programmatic dependent launch among them),
+    MQA batch 1, 16 heads, head_dim 128, a 4k cache (interpreter: 2 heads, 64 positions)."""
+    from kernels.decode import triton_decode as td
+
+    h, t = (2, 64) if small else (16, 4096)
+    g = torch.Generator(device=dev).manual_seed(1)
+    q = torch.randn(1, h, 128, device=dev, dtype=dt, generator=g)
+    k, v = (torch.randn(1, t, 1, 128, device=dev, dtype=dt, generator=g) for _ in range(2))
+    lens = torch.full((1,), t, dtype=torch.int32, device=dev)
+    return [(f"decode mqa h{h}/1 d128 cache {t}", blk,
+             lambda blk=blk: td.decode_triton(q, k, v, lens, blocks=blk))
+            for blk in td.candidate_blocks(128, dt, t, capability=cap)[1:]]  # [0]: the default
+
+
 def _load(path: str) -> dict:
     if not os.path.exists(path):
         return {"tries": 0, "complete": False, "candidates": []}
@@ -113,7 +130,8 @@ def run(state_path: str, smoke: bool = False, hang_s: float = HANG_S) -> dict:
     dev, dt = ("cpu", torch.float16) if smoke else ("cuda", BF16)  # the interpreter: no bf16 dots
     cap = (9, 0) if smoke else torch.cuda.get_device_capability()
     settled = {(c["label"], c["blocks"]) for c in state["candidates"]}
-    for label, blk, fn in _attention_jobs(dev, dt, cap, smoke) + _int4_jobs(dev, dt, cap, smoke):
+    jobs = _attention_jobs(dev, dt, cap, smoke) + _int4_jobs(dev, dt, cap, smoke) + _decode_jobs(dev, dt, cap, smoke)
+    for label, blk, fn in jobs:
         if (label, repr(blk)) in settled:
             continue
         entry = {"label": label, "blocks": repr(blk), "status": "running"}

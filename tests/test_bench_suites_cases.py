@@ -341,6 +341,10 @@ def test_decode_pdl_row_is_skipped_off_sm90_and_runs_the_default_tiles_with_pdl(
     suite_mod.DecodeSuite._pdl_fn()(q, k, v, torch.tensor([4096]), check=False)
     want = dataclasses.replace(triton_decode.default_blocks(128, torch.bfloat16, 4096, capability=(9, 0)), pdl=True)
     assert calls == [dict(block_table=None, impl="triton", check_lengths=False, blocks=want)]
+    monkeypatch.setattr("kernels._autotune.excluded_blocks", lambda: {repr(want): "the canary process died"})
+    with pytest.raises(Skip, match="the canary excluded .*pdl=True.*: the canary process died"):
+        suite_mod.DecodeSuite._pdl_fn()(q, k, v, torch.tensor([4096]))
+    assert len(calls) == 1
 
 
 def test_decode_blocks_argument_is_for_triton_only():

@@ -15,11 +15,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 
 def test_smoke_launches_every_non_default_candidate(tmp_path):
     from kernels.attention import triton_attention as ta
+    from kernels.decode import triton_decode as td
     from kernels.int4 import triton_int4 as ti
 
     state = canary.run(str(tmp_path / "canary.json"), smoke=True)
     want = sum(len(ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))) - 1 for d in (256, 128))
     want += sum(len(ti.candidate_blocks(m, torch.float16, capability=(9, 0))) - 1 for m in (1, 16))
+    decode = td.candidate_blocks(128, torch.float16, 64, capability=(9, 0))[1:]
+    assert any(b.pdl for b in decode)  # sm_90's programmatic dependent launch is among them
+    want += len(decode)
     fwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, capability=(9, 0))[1:]]
     bwd = [b for d in (256, 128) for b in ta.candidate_blocks(d, torch.float16, backward=True, capability=(9, 0))]
     want += len(fwd)
@@ -48,6 +52,7 @@ def test_a_candidate_left_running_is_marked_crashed_and_skipped_everywhere(tmp_p
 
     monkeypatch.setattr(canary, "_attention_jobs", lambda *a: [job("killer"), job("ok1")])
     monkeypatch.setattr(canary, "_int4_jobs", lambda *a: [job("raises", fail=True), job("ok2")])
+    monkeypatch.setattr(canary, "_decode_jobs", lambda *a: [])
     path = tmp_path / "canary.json"
     path.write_text(json.dumps({"tries": 1, "complete": False, "candidates": [
         {"label": "bench", "blocks": repr("killer"), "status": "running"}]}))
@@ -83,6 +88,7 @@ def test_a_hung_launch_is_marked_and_ends_the_try(tmp_path):
         "from benchmarks import canary\n"
         "canary._attention_jobs = lambda *a: [('bench', 'ok0', lambda: None), ('bench', 'sleeper', lambda: time.sleep(60))]\n"
         "canary._int4_jobs = lambda *a: []\n"
+        "canary._decode_jobs = lambda *a: []\n"
         f"canary.run({str(path)!r}, smoke=True, hang_s=0.5)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert proc.returncode == canary.HUNG_RC, proc.stderr[-2000:]
