@@ -121,6 +121,11 @@ def candidate_blocks(rows: int, dtype: torch.dtype, *, capability: tuple = (9, 0
             # sweep (sweep-nvidia-h100-80gb-hbm3-20261127T215735Z.json: 10.6-24.3 us)
             ahead = dataclasses.replace(plain, scale_after_dot=True, preload_scales=False, prefetch_scales=True)
             more = [b for b in more if b.block_n != 128] + [ahead, dataclasses.replace(ahead, split_k=8)]
+            # and with 8 stages: nano1's decode splits are 2-9 K steps, so a program has all
+            # (or all but one) of its packed tiles in flight at once, one DRAM round trip
+            # where 4 stages made two or three; 57 KB of shared memory, 4 programs an SM, so
+            # every split plan here (<= 312 programs) is one wave on 132 SMs (untimed)
+            more.append(dataclasses.replace(ahead, num_stages=8))
     else:
         more = [Int4Blocks(128, 64, 64, 1, 4, 3), Int4Blocks(64, 128, 64, 1, 4, 4),
                 Int4Blocks(128, 256, 64, 1, 8, 3)]
