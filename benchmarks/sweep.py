@@ -447,9 +447,11 @@ def main(argv=None) -> str:
     payload = dict(schema="gemini-kernels-sweep/1",
                    created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    complete=False, device=device.to_dict(), commit=git_commit(), versions=library_versions(),
-                   config=vars(args), timing={"attention": "cuda-events, L2 flushed by a read",
+                   config=vars(args), timing={"attention": "cuda-events, L2 flushed by a read, the stream "
+                                                           "held while the host enqueues each run",
                                               "int4, patch_embed, decode": "cuda-graph replay, cuda-events, "
-                                                                           "L2 flushed by a read",
+                                                                           "L2 flushed by a read, the stream "
+                                                                           "held while the host enqueues each run",
                                               "tpu_attention, tpu_decode": "wall-clock, block_until_ready"},
                    records=[])
     for op in ops:
