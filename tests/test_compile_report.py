@@ -47,7 +47,8 @@ def test_candidates_start_with_the_default_and_round_trip_through_json():
         mod = importlib.import_module(module)
         args = [_resolve(a) for a in c_args]
         cands = mod.candidate_blocks(*args, **c_kwargs, capability=(9, 0))
-        assert 2 <= len(cands) <= 7 and len(set(cands)) == len(cands), (label, cands)
+        # at most 8 (int4's 16-bit decode rows): each one is compiled, canaried and swept
+        assert 2 <= len(cands) <= 8 and len(set(cands)) == len(cands), (label, cands)
         assert cands[0] == mod.default_blocks(*args, **c_kwargs, capability=(9, 0)), label
         for i, b in enumerate(cands):
             job = jobs[f"{label}|90|{i}"]

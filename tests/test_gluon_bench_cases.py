@@ -187,7 +187,7 @@ def test_a_candidate_that_kills_the_process_is_on_disk_and_excluded_next_try(tmp
     path = tmp_path / "canary.json"
     script = ("import os\nfrom benchmarks import canary\n"
               "canary._attention_jobs = lambda *a: [('bench', 'ok0', lambda: None), ('bench', 'killer', lambda: os._exit(9))]\n"
-              "canary._int4_jobs = lambda *a: []\n"
+              "canary._int4_jobs = lambda *a: []\ncanary._decode_jobs = lambda *a: []\n"
               f"canary.run({str(path)!r}, smoke=True)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
@@ -197,6 +197,7 @@ def test_a_candidate_that_kills_the_process_is_on_disk_and_excluded_next_try(tmp
     monkeypatch.setattr(canary, "_attention_jobs", lambda *a: [
         ("bench", "ok0", lambda: pytest.fail("settled")), ("bench", "killer", lambda: pytest.fail("relaunched"))])
     monkeypatch.setattr(canary, "_int4_jobs", lambda *a: [])
+    monkeypatch.setattr(canary, "_decode_jobs", lambda *a: [])
     state = canary.run(str(path), smoke=True)
     assert state["complete"] and [c["status"] for c in state["candidates"]] == ["ok", "crashed"]
     monkeypatch.setenv(EXCLUDED_ENV, str(path))
@@ -222,6 +223,7 @@ def test_an_async_fault_is_charged_to_the_candidate_that_caused_it(tmp_path, mon
     monkeypatch.setattr(canary, "_attention_jobs", lambda *a: [
         ("bench", "faulty", lambda: pending.append(1)), ("bench", "fine", lambda: sync())])
     monkeypatch.setattr(canary, "_int4_jobs", lambda *a: [])
+    monkeypatch.setattr(canary, "_decode_jobs", lambda *a: [])
     state = canary.run(str(tmp_path / "canary.json"))
     status = {c["blocks"]: c["status"] for c in state["candidates"]}
     assert status == {repr("faulty"): "error", repr("fine"): "ok"}
