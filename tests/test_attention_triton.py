@@ -138,11 +138,16 @@ def test_bounds_at_block_residues(rng, case):
 
 
 @pytest.mark.parametrize("splits", [1, 3], ids=["splits1", "splits3"])
-@pytest.mark.parametrize("case", [CASES[2], CASES[7], Case(2, 70, 90, 8, 1, 64, window=24, causal=True)],
+@pytest.mark.parametrize("case", [Case(1, 40, 70, 4, 2, 80, causal=True), Case(2, 40, 40, 4, 2, 64, causal=True,
+                                                                                 segments=True),
+                                  Case(1, 30, 50, 8, 1, 64, window=24, causal=True)],
                          ids=lambda c: c.id)
 def test_dkdv_splits(rng, case, splits):
     """The dk/dv pass over interleaved row blocks (fp32 partials summed after), pinned to one
-    program per key block and to three (the CPU default is two): same float64 agreement."""
+    program per key block and to three (the CPU default is two): same float64 agreement.
+    Five to fifteen 16-row folded blocks a program (GQA, MQA; head_dim 80 masked, segments, a
+    window), so three splits take uneven shares: the interpreter's time goes by tiles, and
+    these shapes have a ninth of CASES[2]'s."""
     tensors, do, kwargs = _inputs(rng, case)
     _check_against_reference(tensors, do, torch.float32, kwargs,
                              blocks=TritonAttentionBlocks(16, 16, 4, 1, dkdv_splits=splits))
