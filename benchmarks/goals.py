@@ -179,7 +179,7 @@ def patch_embed(records) -> list[dict]:
                        f"({ratio:.2f}×)", ratio >= 1 / 1.1)]
 
 
-_FLAGS = ("tma", "dq_atomic", "dq_tma", "gluon_dkdv")
+_FLAGS = ("tma", "dq_atomic", "dq_tma", "gluon_dkdv", "dkdv_per_head")
 
 
 def _brief(blocks_repr: str) -> str:

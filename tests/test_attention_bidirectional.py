@@ -216,7 +216,8 @@ def test_triton_matches_float64(rng, case, dtype):
     TritonAttentionBlocks(16, 16, 4, 1, dkdv_splits=3, dkdv_passes=2),
     TritonAttentionBlocks(16, 32, 4, 1, dq_atomic=True),
     TritonAttentionBlocks(32, 16, 4, 1, dq_block_m=16, dq_block_n=32),
-], ids=["16x16", "splits3-two-pass", "dq-atomic", "dq-own-tile"])
+    TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True),  # q_end bounds in positions of one head
+], ids=["16x16", "splits3-two-pass", "dq-atomic", "dq-own-tile", "per-head"])
 def test_triton_small_tiles(rng, blocks):
     c = Case(2, 40, 56, 4, 2, 16, spans=((0, 5, 27, 0), (0, 27, 30, 1), (1, 18, 39, 2)), window=13)
     _check_torch(rng, c, torch.float32, blocks=blocks)

@@ -181,6 +181,28 @@ def test_dq_by_atomics_from_the_dkdv_pass(rng, case, passes, splits, dtype):
     assert triton_attention.LAUNCHES["_attn_bwd_dq_kernel"] == before.get("_attn_bwd_dq_kernel", 0)
 
 
+@pytest.mark.parametrize("case,blocks,dtype", [
+    (Case(1, 40, 70, 4, 2, 80, causal=True), TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True), torch.float32),
+    (Case(2, 40, 40, 4, 2, 64, causal=True, segments=True),
+     TritonAttentionBlocks(16, 32, 4, 1, dkdv_per_head=True, dq_atomic=True), torch.float16),
+    (Case(1, 30, 50, 8, 1, 64, window=24, causal=True, softcap=5.0),
+     TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True, dkdv_passes=2, dq_atomic=True), torch.float32),
+    (Case(1, 57, 30, 4, 1, 64, causal=True), TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True), torch.float16),
+    (CASES[0], TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True), torch.float32),
+    (CASES[8], TritonAttentionBlocks(16, 32, 4, 1, dkdv_per_head=True), torch.float32),
+], ids=lambda v: v.id if isinstance(v, Case) else str(v)[6:] if isinstance(v, torch.dtype) else
+    f"{v.block_m}x{v.block_n}" + "-atomic-dq" * v.dq_atomic + "-two-pass" * (v.dkdv_passes == 2))
+def test_dkdv_per_query_head(rng, case, blocks, dtype):
+    """dkdv_per_head: one dK/dV program per query head and key block, looping over that head's
+    positions (bounds in positions, lse/delta gathered from the folded rows), G fp32 partials
+    summed: the same float64 agreement on GQA/MQA/MHA, causal with Sq < and > Skv, window,
+    softcap, segments, length 1, dQ by atomics, two passes."""
+    tensors, do, kwargs = _inputs(rng, case)
+    before = triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"]
+    _check_against_reference(tensors, do, dtype, kwargs, blocks=blocks)
+    assert triton_attention.LAUNCHES["_attn_bwd_dkdv_kernel"] == before + blocks.dkdv_passes
+
+
 def test_dkdv_splits_follow_the_device():
     from kernels.attention.triton_attention import dkdv_splits
 
@@ -268,9 +290,12 @@ def test_custom_op_registration(rng):
 
 @pytest.mark.parametrize("bad", [dict(block_m=48), dict(block_n=8), dict(num_warps=3), dict(num_stages=0),
                                  dict(dkdv_splits=17), dict(dq_block_m=24), dict(dq_block_n=8),
-                                 dict(dkdv_passes=3), dict(dq_atomic=1), dict(dq_atomic=True, dq_block_m=32)],
+                                 dict(dkdv_passes=3), dict(dq_atomic=1), dict(dq_atomic=True, dq_block_m=32),
+                                 dict(dkdv_per_head=1), dict(dkdv_per_head=True, tma=True),
+                                 dict(dkdv_per_head=True, dkdv_splits=2)],
                          ids=["block_m48", "block_n8", "warps3", "stages0", "splits17", "dq_m24", "dq_n8",
-                              "passes3", "atomic_int", "atomic_with_dq_tile"])
+                              "passes3", "atomic_int", "atomic_with_dq_tile", "per_head_int", "per_head_tma",
+                              "per_head_splits"])
 def test_blocks_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TritonAttentionBlocks(**{**dict(block_m=64, block_n=64, num_warps=4, num_stages=2), **bad})

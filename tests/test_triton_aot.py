@@ -90,6 +90,16 @@ DUP_JOBS = {
                                            ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
 }
 
+# The dK/dV pass per query head (dkdv_per_head, the sm_90 hd128 backward candidates; MQA with
+# a group of 16, as the #2 goal rows): job -> (head_dim, group, blocks kwargs, wgmma expected).
+# The 64x32 4-warp tile is mma.sync (as the folded one); 128 keys x 32 rows is wgmma.
+PER_HEAD_JOBS = {
+    "sm90-bwd-bf16-d128-per-head-64x32": (128, 16, dict(block_m=64, block_n=32, num_warps=4, num_stages=2,
+                                                        dkdv_per_head=True), False),
+    "sm90-bwd-bf16-d128-per-head-atomic-dq": (128, 16, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                            dq_atomic=True, dkdv_per_head=True), True),
+}
+
 
 # The Gluon forward (sm_90; gluon_attention.py): its three modes at head_dim 128 (MQA, G 8,
 # causal), ping-pong with 64-key tiles and at head_dim 64 (GQA, G 4, fp16, not causal).
@@ -183,8 +193,12 @@ def aot_report(tmp_path_factory):
                                        **(features[0] if features else {})},
                             "cap": 90, "kernels": kernels}
                       for job, (d, kw, kernels, *features) in GLUON_BWD_JOBS.items()}
-    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs, **gluon_bwd_jobs},
-                                 tmp_path_factory.mktemp("aot"))
+    per_head_jobs = {job: {"module": "kernels.attention.triton_attention", "args": [d, "torch.bfloat16"],
+                           "kwargs": {"causal": True, "group": g, "blocks": {"__dataclass__": blocks, **kw}},
+                           "cap": 90, "kernels": ["_attn_bwd_dkdv_kernel"]}
+                     for job, (d, g, kw, _) in PER_HEAD_JOBS.items()}
+    return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs, **gluon_bwd_jobs,
+                                  **per_head_jobs}, tmp_path_factory.mktemp("aot"))
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -226,6 +240,17 @@ def test_backward_tiles_that_replicate_score_dots(aot_report, job):
         assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=True)
         dots = report["mma_dots"]
         assert dots["total"] > 0 and (dots["replicated"] > 0) == replicated, (job, name, dots)
+
+
+@pytest.mark.parametrize("job", list(PER_HEAD_JOBS))
+def test_per_head_dkdv_pass_compiles_without_spills(aot_report, job):
+    """The per-query-head dK/dV pass (HEAD_SPLIT: positions of one head a step, its lse/delta
+    rows gathered from the folded layout) fits its tile without spills."""
+    *_, wgmma = PER_HEAD_JOBS[job]
+    report = aot_report[job]["_attn_bwd_dkdv_kernel"]
+    assert_compiled_clean(report, job, cap=90, wgmma=wgmma)
+    if not wgmma:
+        assert not report["wgmma_in_ptx"], f"{job}: expected mma.sync, got wgmma"
 
 
 @pytest.mark.parametrize("job", list(GLUON_JOBS))

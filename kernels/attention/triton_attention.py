@@ -86,6 +86,15 @@ class TritonAttentionBlocks:
     # the Triton dQ pass on its own pointer tile (dq_block_m, dq_block_n, both set), or with
     # dq_atomic from the Gluon dK pass (dQ^T = K^T dS^T, added into an fp32 dQ by atomics)
     gluon_dkdv: bool = False
+    # backward: one dK/dV program per query head of the group and key block (FlashAttention
+    # 3's GQA backward), looping over that head's positions, its partial dK/dV (fp32) summed
+    # over the group by the launcher, where the default folds the group into each row block.
+    # What it changes: the programs running together stream one head's q and dO, which stay
+    # in L2 (MQA at 16k, hd128: 8 MB against 128 MB for all 16 heads; the H100's Nsight
+    # Compute gave the folded Gluon dK/dV pass a 35-39 % L2 hit rate, and the folded dK/dV
+    # pass ran at 245 TFLOP/s where the dQ pass, whose K/V stay in L2, ran at 557).
+    # Pointer tiles: tma, dq_tma and gluon_dkdv off; dkdv_splits 0 (the group is the split)
+    dkdv_per_head: bool = False
 
     def __post_init__(self):
         check_triton_blocks(self, ("block_m", "block_n"))
@@ -118,6 +127,11 @@ class TritonAttentionBlocks:
             raise ValueError(f"gluon_dkdv=True takes block_n=128, num_warps=8, block_m 32 or 64, num_stages >= 2, "
                              f"tma, dq_tma and gluon off, and either dq_atomic (dS K added into dQ by the dK "
                              f"pass) or the Triton dQ pass's own tile (dq_block_m, dq_block_n), got {self}")
+        if not isinstance(self.dkdv_per_head, bool):
+            raise ValueError(f"dkdv_per_head={self.dkdv_per_head!r} must be a bool")
+        if self.dkdv_per_head and (self.tma or self.dq_tma or self.gluon_dkdv or self.dkdv_splits):
+            raise ValueError(f"dkdv_per_head=True takes pointer tiles and splits over the group's heads: tma, "
+                             f"dq_tma and gluon_dkdv off and dkdv_splits=0, got {self}")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -131,13 +145,13 @@ class TritonAttentionBlocks:
     def as_list(self) -> list:
         return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
                 self.dkdv_splits, self.dq_block_m, self.dq_block_n, self.dkdv_passes, int(self.dq_atomic),
-                int(self.dq_tma), self.gluon, int(self.gluon_dkdv)]
+                int(self.dq_tma), self.gluon, int(self.gluon_dkdv), int(self.dkdv_per_head)]
 
     @classmethod
     def from_list(cls, values: list) -> "TritonAttentionBlocks":
-        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma, gluon, gluon_dkdv = values
+        m, n, w, st, tma, splits, dq_m, dq_n, passes, dq_atomic, dq_tma, gluon, gluon_dkdv, per_head = values
         return cls(m, n, w, st, bool(tma), splits, dq_m, dq_n, passes, bool(dq_atomic), bool(dq_tma), gluon,
-                   bool(gluon_dkdv))
+                   bool(gluon_dkdv), bool(per_head))
 
     def dkdv_pass_flags(self) -> tuple:
         """(DO_DK, DO_DV, DO_DQ) of each launch of the dk/dv kernel, in launch order."""
@@ -343,7 +357,15 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # through 16 KB of shared memory, v4 fp32 atomics; 32 rows a step: no spills,
                 # 123 KB; 64 spill 20 B), in place of the Triton pass's pointer atomics (the
                 # bulk-reduction form of the same five GEMMs stays: 525 loop instructions to 637).
-                more = [tma_blocks(base, backward=True), more[0],
+                # First (untimed; a deadline-cut sweep reaches them), the dK/dV pass per query
+                # head (dkdv_per_head: each program streams one head's q and dO, which stay in
+                # L2, where every folded tile below streams the whole group's; sm_90 AOT at MQA
+                # G=16): with the 64x32 4-warp tile both passes share (the H100's fastest dQ
+                # pass, 2.96 ms at 16k; 255 registers, no spills), and 128 keys x 32 rows with
+                # dQ by atomics (241 registers, no spills, wgmma).
+                more = [TritonAttentionBlocks(64, 32, 4, 2, dkdv_per_head=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dkdv_per_head=True),
+                        tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True),
                         TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dq_tma=True)]
@@ -612,7 +634,11 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
         GROUP=g, HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_M=blocks.block_m, **launch,
     )
     key_blocks = triton.cdiv(skv, blocks.block_n)
-    splits = blocks.dkdv_splits or dkdv_splits(b * kvh * key_blocks, rows_grid[0], compiled_sm_count(q))
+    if blocks.dkdv_per_head:  # grid axis 2: the group's query heads, each over its own positions
+        splits, loop_splits = g, 1
+    else:
+        splits = blocks.dkdv_splits or dkdv_splits(b * kvh * key_blocks, rows_grid[0], compiled_sm_count(q))
+        loop_splits = splits
     dk_out, dv_out = dk, dv
     if splits > 1:  # fp32 partial sums per split, reduced below in a fixed order
         dk_out = torch.empty((splits, b, skv, kvh, d), dtype=torch.float32, device=q.device)
@@ -626,10 +652,10 @@ def _flash_bwd(do, q, k, v, o, lse, q_seg, kv_seg, *, causal, window, softcap, s
             continue
         triton_kernels._attn_bwd_dkdv_kernel[(key_blocks, b * kvh, splits)](
             q, k, v, do, dq_acc, dk_out, dv_out, lse, delta, qs, ks, qe, *qdo_descs, dq_desc if do_dq else None,
-            splits, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(), *dv.stride(),
-            *seg_strides, *qe_strides, sq.bit_length() if bidir else 0,  # binary-search steps over q_end
+            loop_splits, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_strides, *dk.stride(),
+            *dv.stride(), *seg_strides, *qe_strides, sq.bit_length() if bidir else 0,  # binary-search steps
             *scalars, **meta, **launch, SPLITS=splits > 1, DO_DK=do_dk, DO_DV=do_dv,
-            DO_DQ=do_dq, DQ_TMA=do_dq and blocks.dq_tma,
+            DO_DQ=do_dq, DQ_TMA=do_dq and blocks.dq_tma, HEAD_SPLIT=blocks.dkdv_per_head,
         )
     if splits > 1:
         dk.copy_(dk_out.sum(0))
@@ -823,8 +849,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         types = pointer_types
-        if "SPLITS" in fn.arg_names:  # fp32 partials unless splits are pinned to 1
-            meta["SPLITS"] = pass_blocks.dkdv_splits != 1
+        if "SPLITS" in fn.arg_names:  # fp32 partials unless splits are pinned to 1 (per head: G > 1)
+            meta["SPLITS"] = pass_blocks.dkdv_splits != 1 or (pass_blocks.dkdv_per_head and group > 1)
             if meta["SPLITS"]:
                 types = {**types, "DK": "*fp32", "DV": "*fp32"}
         if "TMA" in fn.arg_names:  # the descriptors: None without tma, else their launch types
@@ -849,7 +875,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         types = {**types, "DQ": "*fp32"}  # the fp32 dQ accumulator (a dummy without dq_atomic)
         for do_dk, do_dv, do_dq in pass_blocks.dkdv_pass_flags():
             dq_tma = do_dq and pass_blocks.dq_tma
-            flags = {**meta, "DO_DK": do_dk, "DO_DV": do_dv, "DO_DQ": do_dq, "DQ_TMA": dq_tma}
+            flags = {**meta, "DO_DK": do_dk, "DO_DV": do_dv, "DO_DQ": do_dq, "DQ_TMA": dq_tma,
+                     "HEAD_SPLIT": pass_blocks.dkdv_per_head}
             pass_types = types
             if dq_tma:  # the descriptor over the fp32 accumulator, tiles of the folded rows
                 pass_types = {**types, "DQ_DESC": _aot_dq_descriptor_type(head_dim, group, pass_blocks)}

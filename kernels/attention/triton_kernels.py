@@ -297,6 +297,7 @@ def _bwd_dkdv_loop(
     window, offs_d, d_ok, QEND, qend_base, stride_qends,
     start, stop,  # folded rows of this loop, start a multiple of BLOCK_M (or >= stop)
     split, num_splits,  # this program takes the row blocks b with b % num_splits == split
+    # (HEAD_SPLIT: split is the query head within the group, num_splits 1)
     DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd,  # DO_DQ: fp32 dq accumulator [B, Sq, H, D]
     DQ_DESC,  # DQ_TMA: a 4-D descriptor over DQ, tiles [1, BLOCK_M / G, G, BLOCK_D] (else None)
     MASK_POS: tl.constexpr,  # apply causal / window / Skv-edge masks in this loop
@@ -307,13 +308,20 @@ def _bwd_dkdv_loop(
     DO_DQ: tl.constexpr = False,  # also add dS K (unscaled) into DQ with fp32 atomics (needs DO_DK)
     DQ_TMA: tl.constexpr = False,  # DO_DQ through DQ_DESC's bulk reductions instead of pointer atomics
     HAS_QEND: tl.constexpr = False,  # row positions from QEND (bidirectional blocks)
+    HEAD_SPLIT: tl.constexpr = False,  # rows are positions of the one query head ``split``
 ):
     first = start + (split - (start // BLOCK_M) % num_splits + num_splits) % num_splits * BLOCK_M
     for start_m in range(first, stop, BLOCK_M * num_splits):
         rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
-        q_idx = rows // GROUP
-        head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+        if HEAD_SPLIT:  # n_rows = Sq; lse and delta stay in the folded layout
+            q_idx = rows
+            head = (off_kvh * GROUP + split).to(tl.int64)
+            stat_rows = rows * GROUP + split
+        else:
+            q_idx = rows // GROUP
+            head = (off_kvh * GROUP + rows % GROUP).to(tl.int64)
+            stat_rows = rows
         if TMA:  # start_m is a multiple of BLOCK_M, so of G: whole positions
             q = Q_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
             do = DO_DESC.load([off_b, start_m // GROUP, off_kvh * GROUP, 0]).reshape(BLOCK_M, BLOCK_D)
@@ -323,8 +331,8 @@ def _bwd_dkdv_loop(
             do_rows = off_b.to(tl.int64) * stride_dob + q_idx.to(tl.int64) * stride_dos + head * stride_doh
             q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
             do = tl.load(DO + do_rows[:, None] + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
-        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
-        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + row_base + stat_rows, mask=row_ok, other=float("inf"))  # padded rows: p = 0
+        delta = tl.load(DELTA + row_base + stat_rows, mask=row_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M] = s^T
         if HAS_SOFTCAP:
             t = _tanh(st * (sm_scale / softcap))
@@ -404,6 +412,9 @@ def _attn_bwd_dkdv_kernel(
     DO_DQ: tl.constexpr = False,  # with DO_DK: dQ too, by fp32 atomics into DQ (no dQ kernel)
     DQ_TMA: tl.constexpr = False,  # those atomics as bulk tile reductions through DQ_DESC
     HAS_QEND: tl.constexpr = False,  # bidirectional blocks: positions from QEND (needs CAUSAL)
+    # one program per query head of the group (grid axis 2, num_splits 1): it loops over that
+    # head's positions only, BLOCK_M a step, and writes fp32 partials per head (SPLITS)
+    HEAD_SPLIT: tl.constexpr = False,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), looping over the folded q rows of the
     # group (every num_splits-th row block), so dk/dv sum over the G query heads in registers
@@ -415,12 +426,18 @@ def _attn_bwd_dkdv_kernel(
     # into an fp32 dQ with relaxed atomics, which replaces the dQ kernel and its two score
     # recomputes (3 of the 7 GEMMs) at the cost of one GEMM and BLOCK_M x D atomics a step;
     # the adds' order varies from run to run, so dQ is not bitwise deterministic.
+    # HEAD_SPLIT (FlashAttention 3's GQA backward): the programs running together stream one
+    # query head's q and dO (MQA at 16k, hd128: 8 MB, L2-resident, as the dQ pass's K/V are)
+    # where folded row blocks stream every head's (128 MB): the bounds below are then in
+    # positions (rows per position 1), and the G heads' partials are summed after.
+    tl.static_assert(not (HEAD_SPLIT and TMA), "HEAD_SPLIT takes pointer tiles")
+    RPP: tl.constexpr = 1 if HEAD_SPLIT else GROUP  # loop rows per query position
     start_n = tl.program_id(0) * BLOCK_N
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
     off_b = pid_bh // KVH
     off_kvh = pid_bh % KVH
-    n_rows = Sq * GROUP
+    n_rows = Sq * RPP
     shift = Skv - Sq
     kv_pos = start_n + tl.arange(0, BLOCK_N)
     kv_ok = kv_pos < Skv
@@ -440,10 +457,10 @@ def _attn_bwd_dkdv_kernel(
     lo = 0
     hi = n_rows
     if CAUSAL:
-        lo = tl.maximum(start_n - shift, 0) * GROUP // BLOCK_M * BLOCK_M
+        lo = tl.maximum(start_n - shift, 0) * RPP // BLOCK_M * BLOCK_M
     if HAS_WINDOW:
         n_last = tl.minimum(start_n + BLOCK_N, Skv) - 1
-        hi = tl.minimum(n_rows, tl.maximum(n_last + window - shift, 0) * GROUP)
+        hi = tl.minimum(n_rows, tl.maximum(n_last + window - shift, 0) * RPP)
 
     # Inside [lo, hi), the row blocks [mid_lo, mid_hi) need no position mask: every query is
     # at or after the block's last key (causal) and within the window of its first one. The
@@ -451,20 +468,20 @@ def _attn_bwd_dkdv_kernel(
     mid_lo = lo
     mid_hi = hi
     if CAUSAL:
-        mid_lo = tl.maximum(start_n + BLOCK_N - 1 - shift, 0) * GROUP
+        mid_lo = tl.maximum(start_n + BLOCK_N - 1 - shift, 0) * RPP
         mid_lo = tl.minimum(tl.maximum((mid_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, lo), hi)
     if HAS_WINDOW:
-        mid_hi = tl.maximum(start_n + window - shift, 0) * GROUP // BLOCK_M * BLOCK_M
+        mid_hi = tl.maximum(start_n + window - shift, 0) * RPP // BLOCK_M * BLOCK_M
         mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
     qend_base = off_b.to(tl.int64) * stride_qendb
     if HAS_QEND:  # the same four bounds with q_end[i] in place of i + shift: queries before
         # the first whose q_end reaches a key, by binary search (q_end is non-decreasing)
-        lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n, qend_steps) * GROUP // BLOCK_M * BLOCK_M
-        mid_lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + BLOCK_N - 1, qend_steps) * GROUP
+        lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n, qend_steps) * RPP // BLOCK_M * BLOCK_M
+        mid_lo = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + BLOCK_N - 1, qend_steps) * RPP
         if HAS_WINDOW:  # rows whose window (q_end - W, q_end] still reaches the block's last key
             n_last = tl.minimum(start_n + BLOCK_N, Skv) - 1
-            hi = _queries_before(QEND, qend_base, stride_qends, Sq, n_last + window, qend_steps) * GROUP
-            mid_hi = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + window, qend_steps) * GROUP
+            hi = _queries_before(QEND, qend_base, stride_qends, Sq, n_last + window, qend_steps) * RPP
+            mid_hi = _queries_before(QEND, qend_base, stride_qends, Sq, start_n + window, qend_steps) * RPP
             mid_hi = mid_hi // BLOCK_M * BLOCK_M
         else:
             hi = n_rows
@@ -477,7 +494,7 @@ def _attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    row_base = pid_bh.to(tl.int64) * n_rows
+    row_base = pid_bh.to(tl.int64) * (Sq * GROUP)  # lse / delta rows: always folded
     args = (k, v, kv_pos, kv_ok, kv_seg, Q, DO, LSE, DELTA, QSEG, Q_DESC, DO_DESC, row_base,
             off_b, off_kvh, stride_qb, stride_qs, stride_qh, stride_qd, stride_dob, stride_dos,
             stride_doh, stride_dod, stride_qsegb, stride_qsegs, n_rows, shift, sm_scale, softcap,
@@ -485,13 +502,13 @@ def _attn_bwd_dkdv_kernel(
     dq_args = (split, num_splits, DQ, stride_dqb, stride_dqs, stride_dqh, stride_dqd, DQ_DESC)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, lo, mid_lo, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA, HAS_QEND)
+                            DQ_TMA, HAS_QEND, HEAD_SPLIT)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_lo, mid_hi, *dq_args, False, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA, HAS_QEND)
+                            DQ_TMA, HAS_QEND, HEAD_SPLIT)
     dk, dv = _bwd_dkdv_loop(dk, dv, *args, mid_hi, hi, *dq_args, True, GROUP, BLOCK_M, BLOCK_D, CAUSAL,
                             HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DOT_PRECISION, TMA, DO_DK, DO_DV, DO_DQ,
-                            DQ_TMA, HAS_QEND)
+                            DQ_TMA, HAS_QEND, HEAD_SPLIT)
     dk = dk * sm_scale
     if SPLITS:  # fp32 partials [num_splits, B, Skv, KVH, D], contiguous
         part = ((split * (tl.num_programs(1) // KVH) + off_b).to(tl.int64) * Skv + kv_row) * KVH + off_kvh
