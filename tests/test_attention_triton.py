@@ -190,6 +190,8 @@ def test_dq_by_atomics_from_the_dkdv_pass(rng, case, passes, splits, dtype):
     (Case(1, 57, 30, 4, 1, 64, causal=True), TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True), torch.float16),
     (CASES[0], TritonAttentionBlocks(16, 16, 4, 1, dkdv_per_head=True), torch.float32),
     (CASES[8], TritonAttentionBlocks(16, 32, 4, 1, dkdv_per_head=True), torch.float32),
+    (CASES[9], TritonAttentionBlocks(16, 32, 4, 1, dkdv_passes=2, dq_block_m=32, dq_block_n=16, dkdv_per_head=True),
+     torch.float16),  # head_dim 256, the nano1 candidate's two passes and own dQ tile
 ], ids=lambda v: v.id if isinstance(v, Case) else str(v)[6:] if isinstance(v, torch.dtype) else
     f"{v.block_m}x{v.block_n}" + "-atomic-dq" * v.dq_atomic + "-two-pass" * (v.dkdv_passes == 2))
 def test_dkdv_per_query_head(rng, case, blocks, dtype):

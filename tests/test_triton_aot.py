@@ -90,14 +90,20 @@ DUP_JOBS = {
                                            ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
 }
 
-# The dK/dV pass per query head (dkdv_per_head, the sm_90 hd128 backward candidates; MQA with
-# a group of 16, as the #2 goal rows): job -> (head_dim, group, blocks kwargs, wgmma expected).
-# The 64x32 4-warp tile is mma.sync (as the folded one); 128 keys x 32 rows is wgmma.
+# The dK/dV pass per query head (dkdv_per_head, the sm_90 backward candidates; MQA with the
+# groups of the #2 goal rows and of nano1): job -> (head_dim, group, blocks kwargs, kernels,
+# wgmma expected). The 64x32 4-warp tile is mma.sync (as the folded one); 128 keys x 32 rows
+# is wgmma.
 PER_HEAD_JOBS = {
     "sm90-bwd-bf16-d128-per-head-64x32": (128, 16, dict(block_m=64, block_n=32, num_warps=4, num_stages=2,
-                                                        dkdv_per_head=True), False),
+                                                        dkdv_per_head=True), ["_attn_bwd_dkdv_kernel"], False),
     "sm90-bwd-bf16-d128-per-head-atomic-dq": (128, 16, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
-                                                            dq_atomic=True, dkdv_per_head=True), True),
+                                                            dq_atomic=True, dkdv_per_head=True),
+                                              ["_attn_bwd_dkdv_kernel"], True),
+    "sm90-bwd-bf16-d256-per-head-two-pass": (256, 8, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                          dkdv_passes=2, dq_block_m=64, dq_block_n=32,
+                                                          dkdv_per_head=True),
+                                             ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], True),
 }
 
 
@@ -195,8 +201,8 @@ def aot_report(tmp_path_factory):
                       for job, (d, kw, kernels, *features) in GLUON_BWD_JOBS.items()}
     per_head_jobs = {job: {"module": "kernels.attention.triton_attention", "args": [d, "torch.bfloat16"],
                            "kwargs": {"causal": True, "group": g, "blocks": {"__dataclass__": blocks, **kw}},
-                           "cap": 90, "kernels": ["_attn_bwd_dkdv_kernel"]}
-                     for job, (d, g, kw, _) in PER_HEAD_JOBS.items()}
+                           "cap": 90, "kernels": kernels}
+                     for job, (d, g, kw, kernels, _) in PER_HEAD_JOBS.items()}
     return compile_in_subprocess({**jobs, **SWEEP_JOBS, **tma_jobs, **dup_jobs, **gluon_jobs, **gluon_bwd_jobs,
                                   **per_head_jobs}, tmp_path_factory.mktemp("aot"))
 
@@ -246,11 +252,12 @@ def test_backward_tiles_that_replicate_score_dots(aot_report, job):
 def test_per_head_dkdv_pass_compiles_without_spills(aot_report, job):
     """The per-query-head dK/dV pass (HEAD_SPLIT: positions of one head a step, its lse/delta
     rows gathered from the folded layout) fits its tile without spills."""
-    *_, wgmma = PER_HEAD_JOBS[job]
-    report = aot_report[job]["_attn_bwd_dkdv_kernel"]
-    assert_compiled_clean(report, job, cap=90, wgmma=wgmma)
-    if not wgmma:
-        assert not report["wgmma_in_ptx"], f"{job}: expected mma.sync, got wgmma"
+    *_, kernels, wgmma = PER_HEAD_JOBS[job]
+    for name in kernels:
+        report = aot_report[job][name]
+        assert_compiled_clean(report, f"{job} {name}", cap=90, wgmma=wgmma)
+        if not wgmma:
+            assert not report["wgmma_in_ptx"], f"{job} {name}: expected mma.sync, got wgmma"
 
 
 @pytest.mark.parametrize("job", list(GLUON_JOBS))

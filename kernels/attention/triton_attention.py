@@ -385,7 +385,13 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # TMA producer warp to 8 warps owning 128 keys; 131 and 197 KB, no spills), with
                 # the 64 x 32 dQ tile, or with the dK pass adding dQ^T = K^T dS^T itself (v4 fp32
                 # atomics; 221 KB, no spills), in place of the 128 x 16 dQ tile (16-key steps).
-                more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
+                # First (untimed), the two passes per query head (dkdv_per_head, as at head_dim
+                # 128: nano1's 8 heads' q and dO at 8k are 64 MB folded, 8 MB a head) with the
+                # 64x32 dQ tile (244 / 224 registers, no spills; with dQ by atomics the dK pass
+                # spills 8 B, so not that).
+                more = [TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32,
+                                              dkdv_per_head=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_block_m=64, dq_block_n=32),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True, dq_atomic=True),
                         TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, dq_atomic=True),
                         TritonAttentionBlocks(16, 128, 8, 2, dkdv_passes=2, dq_atomic=True, dq_tma=True),
