@@ -154,7 +154,9 @@ def test_gluon_bwd_problem_names_what_it_cannot_run(change, match):
 def test_candidates_offer_the_gluon_dkdv_pass_on_sm90_only():
     for d in (128, 256):
         cands = candidate_blocks(d, torch.bfloat16, backward=True, capability=(9, 0))
-        assert sorted(b.dq_atomic for b in cands if b.gluon_dkdv) == [False, True]  # dQ by Triton, by atomics
+        # dQ by Triton, by atomics; and (head_dim 128) the atomic one per query head
+        assert sorted(b.dq_atomic for b in cands if b.gluon_dkdv and not b.dkdv_per_head) == [False, True]
+        assert [b.dq_atomic for b in cands if b.gluon_dkdv and b.dkdv_per_head] == ([True] if d == 128 else [])
         assert not any(b.gluon_dkdv for b in candidate_blocks(d, torch.bfloat16, backward=True, capability=(8, 0)))
 
 

@@ -30,7 +30,7 @@ def test_smoke_launches_every_non_default_candidate(tmp_path):
     assert state["complete"] and state["tries"] == 1 and len(state["candidates"]) == want
     # the Gluon forward and dK/dV candidates run too, in kernels._gluon_emu on the CPU
     gluon = {repr(b) for b in fwd + bwd if b.gluon or b.gluon_dkdv}
-    assert len(gluon) == 12
+    assert len(gluon) == 13
     assert {c["blocks"] for c in state["candidates"]} >= gluon
     for c in state["candidates"]:
         assert c["status"] == "ok", c

@@ -9,6 +9,7 @@ forward alone is also checked in bf16.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
@@ -109,10 +110,16 @@ BWD_256_DQ = TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True
     (Case(1, 17, 100, 4, 4, 128, window=33, softcap=2.0, segments=True), BWD_128),
     (Case(2, 150, 150, 2, 1, 256, segments=True), TritonAttentionBlocks(32, 128, 8, 2, dkdv_passes=2, gluon_dkdv=True,
                                                                         dq_atomic=True, dkdv_splits=2)),
+    # dkdv_per_head: one head's positions a program ([1, block_m, 1, D] boxes), partials summed
+    (Case(1, 100, 257, 4, 2, 64, causal=True), dataclasses.replace(BWD_128_DQ, dkdv_per_head=True)),
+    (Case(2, 70, 90, 8, 1, 128, softcap=5.0, segments=True), dataclasses.replace(BWD_128_DQ, dkdv_per_head=True)),
+    (Case(1, 200, 130, 2, 2, 128, causal=True, window=33), dataclasses.replace(BWD_128, dkdv_per_head=True)),
+    (Case(1, 70, 90, 2, 1, 256, causal=True), dataclasses.replace(BWD_256, dkdv_per_head=True)),
 ], ids=["gqa-causal", "sq-gt-skv", "mqa-b2-splits2", "len1", "hd256-two-passes", "hd256-mha-splits3",
         "dq-atomic-gqa-causal", "dq-atomic-mqa-b2-sq-gt-skv", "dq-atomic-len1-splits2", "dq-atomic-hd256",
         "window7", "softcap-b2", "window-softcap-sq-gt-skv", "hd256-window-softcap", "segments-b2",
-        "segments-window-softcap", "hd256-segments-splits2"])
+        "segments-window-softcap", "hd256-segments-splits2", "per-head-dq-atomic-gqa-causal",
+        "per-head-dq-atomic-mqa-b2-softcap-segments", "per-head-window-sq-gt-skv", "per-head-hd256-two-passes"])
 def test_gluon_forward_and_dkdv_backward_match_reference(rng, case, bwd):
     """The whole Gluon path: the ping-pong forward, then the dK/dV pass on its LSE (dQ from the
     Triton pass, or with dq_atomic from the dK pass's atomics), against float64 for out, dq, dk

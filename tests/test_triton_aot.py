@@ -90,8 +90,9 @@ DUP_JOBS = {
                                            ["_attn_bwd_dkdv_kernel", "_attn_bwd_dv_kernel"], False),
 }
 
-# The dK/dV pass per query head (dkdv_per_head, the sm_90 backward candidates; MQA with the
-# groups of the #2 goal rows and of nano1): job -> (head_dim, group, blocks kwargs, kernels,
+# The Triton dK/dV pass per query head (dkdv_per_head; the 64x32 and head_dim-256 ones are sm_90
+# backward candidates, 128 keys x 32 rows with dQ by atomics is not: eight at most); MQA with the
+# groups of the #2 goal rows and of nano1: job -> (head_dim, group, blocks kwargs, kernels,
 # wgmma expected). The 64x32 4-warp tile is mma.sync (as the folded one); 128 keys x 32 rows
 # is wgmma.
 PER_HEAD_JOBS = {
@@ -166,6 +167,10 @@ GLUON_BWD_JOBS = {
     "sm90-gluon-dkdv-dq-atomic-bf16-d128-segments": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
                                                                gluon_dkdv=True, dq_atomic=True),
                                                      ["_attn_bwd_dkdv_kernel"], dict(segments=True)),
+    # per query head (q/dO boxes [1, 32, 1, D] of one head): the hd128 candidate
+    "sm90-gluon-dkdv-dq-atomic-bf16-d128-per-head": (128, dict(block_m=32, block_n=128, num_warps=8, num_stages=2,
+                                                               gluon_dkdv=True, dq_atomic=True, dkdv_per_head=True),
+                                                     ["_attn_bwd_dkdv_kernel"]),
 }
 
 

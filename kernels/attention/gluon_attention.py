@@ -199,8 +199,10 @@ def gluon_bwd_problem(q, k, v, blocks, *, window: Optional[int], softcap: Option
 
 
 def _bwd_boxes(head_dim: int, group: int, blocks) -> tuple[list, list]:
-    """q and dO tiles [1, block_m / G, G, D] (a row block's folded rows), k and v [1, 128, 1, D]."""
-    return [1, blocks.block_m // group, group, head_dim], [1, blocks.block_n, 1, head_dim]
+    """q and dO tiles [1, block_m / G, G, D] (a row block's folded rows; per head: [1, block_m,
+    1, D], block_m positions of one head), k and v [1, 128, 1, D]."""
+    rows = [1, blocks.block_m, 1, head_dim] if blocks.dkdv_per_head else [1, blocks.block_m // group, group, head_dim]
+    return rows, [1, blocks.block_n, 1, head_dim]
 
 
 def _bwd_descriptors(q, k, v, do, blocks) -> tuple:
@@ -214,7 +216,7 @@ def _bwd_constexprs(head_dim: int, group: int, causal: bool, blocks, do_dk: bool
                 NUM_STAGES=blocks.num_stages, CAUSAL=bool(causal or window is not None),
                 HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SEGMENTS=bool(segments),
                 DO_DK=do_dk, DO_DV=do_dv,
-                SPLITS=splits, DO_DQ=do_dq)
+                SPLITS=splits, DO_DQ=do_dq, HEAD_SPLIT=blocks.dkdv_per_head)
 
 
 def gluon_dkdv(q, k, v, do, lse, delta, dk_out, dv_out, *, splits: int, causal: bool, scale: float, blocks,

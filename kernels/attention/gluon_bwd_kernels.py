@@ -22,6 +22,9 @@ skipped; rows past Sq read lse = +inf (P = 0); keys past Skv are loaded as zeros
 stored. Takes fp16/bf16, head_dim 64, 128 or 256, causal or not, a sliding window and a
 softcap (Gemma 2's local layers and caps), segment ids (packed sequences: every row block
 masked by them), G a power of two dividing BLOCK_M.
+HEAD_SPLIT (``dkdv_per_head``): one program per query head of the group, its q/dO boxes
+[1, BLOCK_M, 1, D] (BLOCK_M positions of that head), lse/delta gathered from the folded rows,
+fp32 partials per head summed by the launcher (``triton_attention.TritonAttentionBlocks``).
 Checked against float64 in the CPU emulator (``kernels._gluon_emu``), not yet run on a GPU:
 offered as sm_90 backward autotune candidates, which the autotuner
 checks against the default backward's gradients before timing them.
@@ -38,10 +41,11 @@ from .gluon_kernels import _tanh
 
 @gluon.jit
 def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
-                  off_b, off_kvh, start_n, first, step, n_it, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
-                  DO_DK: gl.constexpr):
+                  off_b, off_kvh, start_n, first, step, n_it, head, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
+                  DO_DK: gl.constexpr, HEAD_SPLIT: gl.constexpr):
     """1 warp: K (and V for dK) once, then the q and dO tiles of row blocks first, first + step,
-    ... into slot i % NUM_STAGES once the consumer released it."""
+    ... into slot i % NUM_STAGES once the consumer released it (HEAD_SPLIT: BLOCK_M positions
+    of query head ``head`` of the group a tile, [1, BLOCK_M, 1, D])."""
     NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
     if DO_DK:
         mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
@@ -52,22 +56,27 @@ def _bwd_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
     for i in range(n_it):
         slot = i % NUM_STAGES
         mbarrier.wait(empty.index(slot), ((i // NUM_STAGES) & 1) ^ 1)  # a fresh barrier's phase 1 is done
-        pos = (first + i * step) // GROUP  # the row block's first position (G divides BLOCK_M)
+        if HEAD_SPLIT:  # rows are positions of one head
+            pos = first + i * step
+            h0 = off_kvh * GROUP + head
+        else:
+            pos = (first + i * step) // GROUP  # the row block's first position (G divides BLOCK_M)
+            h0 = off_kvh * GROUP
         bar = ready.index(slot)
         mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [off_b, pos, off_kvh * GROUP, 0], bar, q_bufs.index(slot))
-        tma.async_copy_global_to_shared(do_desc, [off_b, pos, off_kvh * GROUP, 0], bar, do_bufs.index(slot))
+        tma.async_copy_global_to_shared(q_desc, [off_b, pos, h0, 0], bar, q_bufs.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [off_b, pos, h0, 0], bar, do_bufs.index(slot))
 
 
 @gluon.jit
 def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
                   off_b, off_kvh, start_n, first, step, n_it,
                   DK, DV, LSE, DELTA, row_base, n_rows, shift, Skv, qk_scale, sm_scale, masks,
-                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h, segs,
+                  dk_b, dk_s, dk_h, dv_b, dv_s, dv_h, part_row0, KVH, DQ, ds_smem, dq_s, dq_h, segs, head,
                   GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                   CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
                   HAS_SEGMENTS: gl.constexpr, DO_DK: gl.constexpr, DO_DV: gl.constexpr, SPLITS: gl.constexpr,
-                  DO_DQ: gl.constexpr, num_warps: gl.constexpr):
+                  DO_DQ: gl.constexpr, HEAD_SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """The default partition (num_warps 8): the products above over its row blocks, then dK, dV
     (or their fp32 partials) for keys [start_n, start_n + BLOCK_N) below Skv. DO_DQ (with DO_DK):
     each row block's dQ^T = K^T dS^T too, dS^T staged in shared memory as the GEMM's B operand,
@@ -76,7 +85,10 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
     before mask_until (the causal diagonal) or ending past window_edge (the window's far edge)
     are masked; with a softcap c, t = tanh(s * scale / c), P = exp2(t * c log2 e - lse) and
     dS picks up (1 - t^2), as the Triton pass. ``segs`` = (this batch's q and kv segment-id
-    pointers, their position strides): with HAS_SEGMENTS a pair counts only within one segment."""
+    pointers, their position strides): with HAS_SEGMENTS a pair counts only within one segment.
+    HEAD_SPLIT: rows are positions of query head ``head`` (n_rows = Sq); lse and delta stay in
+    the folded layout (row r of the head is folded row r * G + head)."""
+    RPP: gl.constexpr = 1 if HEAD_SPLIT else GROUP  # rows per query position
     mask_until, window_edge, window, softcap_in, softcap_out = masks
     NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -113,9 +125,12 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
         # spilled 24 B at 64 rows a step, head_dim 128: it is loaded after the wait)
         start_m = first + i * step
         rows = start_m + cols
-        lse = gl.load(LSE + row_base + rows, mask=rows < n_rows, other=float("inf"))  # padded rows: P = 0
+        stat_rows = rows
+        if HEAD_SPLIT:
+            stat_rows = rows * GROUP + head
+        lse = gl.load(LSE + row_base + stat_rows, mask=rows < n_rows, other=float("inf"))  # padded rows: P = 0
         if HAS_SEGMENTS:
-            q_seg = gl.load(segs[0] + (rows // GROUP) * segs[2], mask=rows < n_rows, other=-2)
+            q_seg = gl.load(segs[0] + (rows // RPP) * segs[2], mask=rows < n_rows, other=-2)
         if DO_DK:
             st, dpt = warpgroup_mma_wait(num_outstanding=0, deps=(st, dpt))
         else:
@@ -127,7 +142,7 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
             pt = gl.exp2(st * qk_scale - gl.expand_dims(lse, 0))
         if CAUSAL:
             if (start_m < mask_until) | (start_m + BLOCK_M > window_edge):  # the diagonal, the window's edge
-                q_pos = gl.expand_dims(rows // GROUP + shift, 0)
+                q_pos = gl.expand_dims(rows // RPP + shift, 0)
                 ok = gl.expand_dims(kv_pos, 1) <= q_pos
                 if HAS_WINDOW:
                     ok = ok & (gl.expand_dims(kv_pos, 1) > q_pos - window)
@@ -137,7 +152,7 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
         if DO_DV:
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_t, dv, is_async=True)
         if DO_DK:
-            delta = gl.load(DELTA + row_base + rows, mask=rows < n_rows, other=0.0)
+            delta = gl.load(DELTA + row_base + stat_rows, mask=rows < n_rows, other=0.0)
             dst = pt * (dpt - gl.expand_dims(delta, 0))
             if HAS_SOFTCAP:
                 dst = dst * (1.0 - t * t)
@@ -161,7 +176,10 @@ def _bwd_consumer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bu
             dqt = gl.convert_layout(dqt, add_layout)
             r = start_m + gl.arange(0, BLOCK_M, gl.SliceLayout(0, add_layout))
             d_col = gl.arange(0, HEAD_DIM, gl.SliceLayout(1, add_layout))
-            row_off = (r // GROUP) * dq_s + (off_kvh * GROUP + r % GROUP) * dq_h
+            if HEAD_SPLIT:
+                row_off = r * dq_s + (off_kvh * GROUP + head) * dq_h
+            else:
+                row_off = (r // GROUP) * dq_s + (off_kvh * GROUP + r % GROUP) * dq_h
             gl.atomic_add(DQ + gl.expand_dims(d_col, 1) + gl.expand_dims(row_off, 0), dqt,
                           mask=gl.expand_dims(r < n_rows, 0), sem="relaxed")
 
@@ -200,13 +218,15 @@ def _gluon_attn_bwd_dkdv_kernel(
     HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SEGMENTS: gl.constexpr,
     DO_DK: gl.constexpr, DO_DV: gl.constexpr,
     SPLITS: gl.constexpr, DO_DQ: gl.constexpr, num_warps: gl.constexpr,
+    HEAD_SPLIT: gl.constexpr = False,  # grid axis 2 is the query head of the group (q/dO blocks [1, BLOCK_M, 1, D])
 ):
+    RPP: gl.constexpr = 1 if HEAD_SPLIT else GROUP  # loop rows per query position
     start_n = gl.program_id(0) * BLOCK_N
     pid_bh = gl.program_id(1)
     split = gl.program_id(2)
     off_b = pid_bh // KVH
     off_kvh = pid_bh % KVH
-    n_rows = Sq * GROUP
+    n_rows = Sq * RPP
     shift = Skv - Sq
     # folded row blocks [lo, hi) that can see this key block; those before mask_until hold a
     # row before the block's last key, those past window_edge one whose window ends inside the
@@ -216,16 +236,20 @@ def _gluon_attn_bwd_dkdv_kernel(
     mask_until = 0
     window_edge = n_rows + BLOCK_M  # no window: no row block reaches it
     if CAUSAL:
-        lo = gl.maximum(start_n - shift, 0) * GROUP // BLOCK_M * BLOCK_M
-        mask_until = gl.maximum(start_n + BLOCK_N - 1 - shift, 0) * GROUP
+        lo = gl.maximum(start_n - shift, 0) * RPP // BLOCK_M * BLOCK_M
+        mask_until = gl.maximum(start_n + BLOCK_N - 1 - shift, 0) * RPP
     if HAS_WINDOW:
         n_last = gl.minimum(start_n + BLOCK_N, Skv) - 1
-        hi = gl.minimum(n_rows, gl.maximum(n_last + window - shift, 0) * GROUP)
-        window_edge = gl.maximum(start_n + window - shift, 0) * GROUP
-    first = lo + split * BLOCK_M
-    step = BLOCK_M * num_splits
+        hi = gl.minimum(n_rows, gl.maximum(n_last + window - shift, 0) * RPP)
+        window_edge = gl.maximum(start_n + window - shift, 0) * RPP
+    if HEAD_SPLIT:  # every row block of this head: split is the head, not a share of the rows
+        first = lo
+        step = BLOCK_M
+    else:
+        first = lo + split * BLOCK_M
+        step = BLOCK_M * num_splits
     n_it = (gl.maximum(hi - first, 0) + step - 1) // step
-    row_base = pid_bh.to(gl.int64) * n_rows
+    row_base = pid_bh.to(gl.int64) * (Sq * GROUP)  # lse / delta rows: always folded
     part_row0 = ((split * (gl.num_programs(1) // KVH) + off_b).to(gl.int64) * Skv) * KVH + off_kvh
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [NUM_STAGES] + q_desc.block_type.shape, q_desc.layout)
@@ -253,9 +277,9 @@ def _gluon_attn_bwd_dkdv_kernel(
                          stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh, part_row0, KVH,
                          dq_base, ds_smem, stride_dqs, stride_dqh,
                          (QSEG + off_b.to(gl.int64) * stride_qsb, KVSEG + off_b.to(gl.int64) * stride_kvsb,
-                          stride_qss, stride_kvss),
+                          stride_qss, stride_kvss), split,
                          GROUP, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_SEGMENTS, DO_DK,
-                         DO_DV, SPLITS, DO_DQ, num_warps)),
+                         DO_DV, SPLITS, DO_DQ, HEAD_SPLIT, num_warps)),
         (_bwd_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_bufs, do_bufs, kv_bar, ready, empty,
-                         off_b, off_kvh, start_n, first, step, n_it, BLOCK_M, GROUP, DO_DK)),
+                         off_b, off_kvh, start_n, first, step, n_it, split, BLOCK_M, GROUP, DO_DK, HEAD_SPLIT)),
     ], [1], [24])

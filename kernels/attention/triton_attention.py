@@ -93,7 +93,8 @@ class TritonAttentionBlocks:
     # in L2 (MQA at 16k, hd128: 8 MB against 128 MB for all 16 heads; the H100's Nsight
     # Compute gave the folded Gluon dK/dV pass a 35-39 % L2 hit rate, and the folded dK/dV
     # pass ran at 245 TFLOP/s where the dQ pass, whose K/V stay in L2, ran at 557).
-    # Pointer tiles: tma, dq_tma and gluon_dkdv off; dkdv_splits 0 (the group is the split)
+    # Pointer tiles or the Gluon pass (gluon_dkdv: q/dO boxes [1, block_m, 1, D] of one head):
+    # tma and dq_tma off; dkdv_splits 0 (the group is the split)
     dkdv_per_head: bool = False
 
     def __post_init__(self):
@@ -129,9 +130,9 @@ class TritonAttentionBlocks:
                              f"pass) or the Triton dQ pass's own tile (dq_block_m, dq_block_n), got {self}")
         if not isinstance(self.dkdv_per_head, bool):
             raise ValueError(f"dkdv_per_head={self.dkdv_per_head!r} must be a bool")
-        if self.dkdv_per_head and (self.tma or self.dq_tma or self.gluon_dkdv or self.dkdv_splits):
-            raise ValueError(f"dkdv_per_head=True takes pointer tiles and splits over the group's heads: tma, "
-                             f"dq_tma and gluon_dkdv off and dkdv_splits=0, got {self}")
+        if self.dkdv_per_head and (self.tma or self.dq_tma or self.dkdv_splits):
+            raise ValueError(f"dkdv_per_head=True takes pointer tiles (or the Gluon pass's own) and splits over the "
+                             f"group's heads: tma and dq_tma off and dkdv_splits=0, got {self}")
         if self.dq_atomic and (self.dq_block_m or self.dq_block_n):
             raise ValueError(f"dq_atomic=True has no dQ pass to tile: dq_block_m and dq_block_n must be 0, "
                              f"got {self.dq_block_m} and {self.dq_block_n}")
@@ -361,10 +362,13 @@ def candidate_blocks(head_dim: int, dtype: torch.dtype, *, backward: bool = Fals
                 # head (dkdv_per_head: each program streams one head's q and dO, which stay in
                 # L2, where every folded tile below streams the whole group's; sm_90 AOT at MQA
                 # G=16): with the 64x32 4-warp tile both passes share (the H100's fastest dQ
-                # pass, 2.96 ms at 16k; 255 registers, no spills), and 128 keys x 32 rows with
-                # dQ by atomics (241 registers, no spills, wgmma).
+                # pass, 2.96 ms at 16k; 255 registers, no spills), and sm_90's default (the Gluon
+                # pass with dQ by atomics) per query head: [1, 32, 1, D] TMA boxes of one head
+                # (168 registers at the launch cap, no spills, 123 KB of shared memory). Left
+                # out (eight candidates at most): the Triton 128 x 32 form with dQ by atomics
+                # (241 registers, no spills; tests/test_triton_aot.py compiles it).
                 more = [TritonAttentionBlocks(64, 32, 4, 2, dkdv_per_head=True),
-                        TritonAttentionBlocks(32, 128, 8, 2, dq_atomic=True, dkdv_per_head=True),
+                        TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True, dkdv_per_head=True),
                         tma_blocks(base, backward=True), more[0],
                         TritonAttentionBlocks(64, 128, 8, 2, dq_block_m=64, dq_block_n=64, gluon_dkdv=True),
                         TritonAttentionBlocks(32, 128, 8, 2, gluon_dkdv=True, dq_atomic=True),
