@@ -15,7 +15,7 @@ OUT ?= benchmarks/results
 # from their goals (benchmarks/ncu_targets.py; where ncu exists), the block-size sweep. At
 # most 8 files come back from a device call: this writes 8. The stages' timeouts sum to
 # about 595 s (under a device call's 600 s limit): tests 75 (+20 to stop), canary 85 in all
-# tries (38 candidates now: attention 20, int4 14, decode 4; the Gluon ones among them; its compiles are the bench's, found
+# tries (41 candidates now: attention 23, int4 14, decode 4; the Gluon ones among them; its compiles are the bench's, found
 # in Triton's cache later), bench 170 (+60 for the entry running at the deadline), profile 60
 # (the triton preset: sm_90's defaults are the tiles triton-autotune picked on the H200; the
 # 2026-11-27 call's 40 s for triton-autotune wrote no profile),
