@@ -859,8 +859,8 @@ def aot_kernels(head_dim=128, dtype=torch.float16, *, causal=True, window=None, 
         fn = getattr(triton_kernels, name)
         meta = {k: v for k, v in meta.items() if k in fn.arg_names}
         types = pointer_types
-        if "SPLITS" in fn.arg_names:  # fp32 partials unless splits are pinned to 1 (per head: G > 1)
-            meta["SPLITS"] = pass_blocks.dkdv_splits != 1 or (pass_blocks.dkdv_per_head and group > 1)
+        if "SPLITS" in fn.arg_names:  # fp32 partials unless splits are pinned to 1 (per head: always 0)
+            meta["SPLITS"] = pass_blocks.dkdv_splits != 1
             if meta["SPLITS"]:
                 types = {**types, "DK": "*fp32", "DV": "*fp32"}
         if "TMA" in fn.arg_names:  # the descriptors: None without tma, else their launch types
